@@ -1,0 +1,58 @@
+"""Cached artefacts (zoo models, gradient sets, meta-attackers, decoded datasets).
+
+Each artefact lives at ``<cache_root>/<kind>/<name>-<key>.<ext>`` where ``key``
+is a hash of every setting that made it, so changed settings never reuse a
+stale file. :func:`cached` rebuilds a corrupt file with a warning.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import CheckpointError
+from .paths import cache_root
+
+
+def settings_key(settings: Mapping[str, Any], *, length: int = 12) -> str:
+    """A short stable hash of ``settings`` (JSON with sorted keys)."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def artefact_path(kind: str, name: str, settings: Mapping[str, Any], *, root: str | os.PathLike | None = None, ext: str = "pt") -> Path:
+    """Where the artefact of ``kind``/``name`` made with ``settings`` is cached."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return cache_root(root) / kind / f"{safe}-{settings_key(settings)}.{ext}"
+
+
+def cached(
+    kind: str,
+    name: str,
+    settings: Mapping[str, Any],
+    build: Callable[[], Mapping[str, Any]],
+    *,
+    root: str | os.PathLike | None = None,
+    map_location: str = "cpu",
+) -> tuple[dict[str, Any], Path]:
+    """Load the cached checkpoint for ``settings`` or ``build()`` and cache it.
+
+    ``build`` returns the state to save (a dict of tensors / state dicts /
+    plain values). A corrupt cached file is rebuilt with a warning. Returns
+    ``(state, path)``.
+    """
+    path = artefact_path(kind, name, settings, root=root)
+    if path.exists():
+        try:
+            state, _ = load_checkpoint(path, map_location=map_location)
+            return state, path
+        except CheckpointError as exc:
+            warnings.warn(f"{exc}; rebuilding it", stacklevel=2)
+    state = dict(build())
+    save_checkpoint(path, state, {"kind": kind, "name": name, "settings": dict(settings)})
+    return state, path

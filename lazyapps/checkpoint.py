@@ -1,0 +1,99 @@
+"""Checkpoints: tensors in a ``.pt`` file plus a JSON metadata file beside it.
+
+Both are written atomically (temporary file in the same folder, then
+``os.replace``), so an interrupted write never leaves a half-written file and
+never destroys the previous checkpoint. Loading uses
+``torch.load(..., weights_only=True)``: a checkpoint can hold tensors, numbers,
+strings, lists and dicts, never pickled code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    data = (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode()
+    _atomic_write(Path(path), lambda handle: handle.write(data))
+
+
+def meta_path(path: str | os.PathLike) -> Path:
+    """The JSON metadata file that goes with checkpoint ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> Path:
+    """Save ``state`` (state dicts, tensors, plain values) to ``path`` and ``metadata`` to ``path.json``.
+
+    The tensors are written first, then the metadata, each atomically; the
+    metadata records the format so :func:`load_checkpoint` can check it.
+    """
+    path = Path(path)
+    _atomic_write(path, lambda handle: torch.save(dict(state), handle))
+    write_json_atomic(meta_path(path), {"format": "lazyapps-checkpoint-1", **(metadata or {})})
+    return path
+
+
+def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of checkpoint ``path`` (an empty dict where the JSON file is absent)."""
+    mpath = meta_path(path)
+    if not mpath.exists():
+        return {}
+    try:
+        return json.loads(mpath.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint metadata {mpath} is unreadable ({exc}); delete it or pass another checkpoint") from None
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    map_location: str | torch.device = "cpu",
+    expect: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load ``(state, metadata)`` from ``path`` with ``weights_only=True``.
+
+    ``expect`` maps metadata keys to required values (e.g. ``{"kind": "longtail",
+    "dataset": "cifar10"}``); a mismatch raises :class:`CheckpointError` naming
+    the key, so a checkpoint from other settings is never silently used.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt, truncated, or not a weights-only file
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); it is corrupt or not a lazyapps checkpoint") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} does not hold a dict of tensors; it is not a lazyapps checkpoint")
+    metadata = load_metadata(path)
+    for key, value in (expect or {}).items():
+        found = metadata.get(key)
+        if found != value:
+            raise CheckpointError(f"checkpoint {path} was made with {key}={found!r}, but {key}={value!r} is needed here")
+    return state, metadata

@@ -1,0 +1,154 @@
+"""The ``lazyapps`` command line.
+
+Product commands are imported only when they run (``COMMANDS`` maps a name to
+``module:attribute``), so ``lazyapps --help`` never imports torch. Every
+command takes the options of :func:`common_options`; errors a user can cause
+(:class:`~lazyapps.errors.LazyAppsError`) end with one line and exit code 2.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from . import __version__
+
+#: name -> ("module:attribute" of a click command, one-line help); imported on first use.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "zoo": ("models_zoo.cli:zoo", "Model zoo: list, train and evaluate architectures."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports subcommands lazily and turns user errors into one line."""
+
+    def __init__(self, *args, lazy: Mapping[str, tuple[str, str]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module, attr = self.lazy[name][0].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help lists the lazy commands from their table entry: importing them would import torch.
+        rows = [(name, self.lazy[name][1]) for name in sorted(self.lazy)]
+        rows += [(name, cmd.get_short_help_str()) for name, cmd in sorted(self.commands.items()) if name not in self.lazy]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .errors import LazyAppsError
+
+        try:
+            return super().invoke(ctx)
+        except LazyAppsError as exc:
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from None
+
+
+@dataclass
+class RunContext:
+    """The global options of one command run, and the helpers that use them."""
+
+    command: str
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    device_name: str = "auto"
+    seed: int = 0
+    json_path: str | None = None
+    quiet: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def device(self):
+        from .runtime import resolve_device
+
+        return resolve_device(self.device_name)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def echo(self, text: str = "") -> None:
+        """Print a result line on stdout (results are printed even with ``--quiet``)."""
+        click.echo(text)
+
+    def finish(self, config: Mapping[str, Any], metrics: Mapping[str, Any], *, table: str | None = None, **extra: Any) -> dict[str, Any]:
+        """Print ``table``, write the ``--json`` result and return the result object."""
+        from .results import make_result, write_result
+
+        result = make_result(self.command, config, metrics, self.elapsed_s, **extra)
+        if table:
+            self.echo(table)
+        if self.json_path:
+            write_result(self.json_path, result)
+        return result
+
+
+def common_options(func: Callable) -> Callable:
+    """Add ``--data-dir --cache-dir --device --seed --json --quiet`` and pass a :class:`RunContext` as ``run``."""
+
+    @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Data root (default: $LAZYAPPS_DATA or ~/.cache/lazyapps/data).")
+    @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Cache root (default: $LAZYAPPS_CACHE or ~/.cache/lazyapps/cache).")
+    @click.option("--device", "device_name", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to compute.")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed for torch, numpy and random.")
+    @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result object to this JSON file.")
+    @click.option("--quiet", is_flag=True, help="No progress bars or status lines.")
+    @click.pass_context
+    @functools.wraps(func)
+    def wrapper(ctx: click.Context, data_dir, cache_dir, device_name, seed, json_path, quiet, **kwargs):
+        from .progress import set_quiet
+        from .runtime import seed_everything
+
+        set_quiet(quiet)
+        seed_everything(seed)
+        run = RunContext(ctx.command_path.removeprefix("lazyapps ").strip(), data_dir, cache_dir, device_name, seed, json_path, quiet)
+        run.device  # fail early on --device cuda without a GPU
+        return func(run=run, **kwargs)
+
+    return wrapper
+
+
+def apply_preset(presets: Mapping[str, Mapping[str, Any]], preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of ``preset`` with every explicit (non-``None``) override applied."""
+    from .errors import UnknownNameError
+
+    if preset not in presets:
+        raise UnknownNameError("preset", preset, presets)
+    settings = dict(presets[preset])
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
+def preset_option(default: str = "quick") -> Callable:
+    """``--preset smoke|quick|paper``: smoke runs in seconds, quick in minutes on a CPU, paper as the papers."""
+    return click.option("--preset", type=click.Choice(["smoke", "quick", "paper"]), default=default, show_default=True,
+                        help="Settings bundle: smoke (seconds), quick (minutes on a CPU), paper (the papers' settings, GPU). Explicit flags override it.")
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lazyapps")
+def cli() -> None:
+    """lazyapps: the lazy teacher of long-horizon meta-learning as three products:
+    a query-efficient blackbox attack, a long-tail trainer and few-shot learners."""
+
+
+def main() -> None:
+    cli(prog_name="lazyapps")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Errors a user can cause, and how they reach the command line.
+
+Every error a user can fix (unknown name, missing data, bad flag combination,
+corrupt checkpoint) is a :class:`LazyAppsError`. The CLI prints its message as
+one line and exits with a non-zero code, never a traceback.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class LazyAppsError(Exception):
+    """A problem the user can fix; the message says what is wrong and how to fix it."""
+
+    exit_code = 2
+
+
+class UnknownNameError(LazyAppsError, KeyError):
+    """A name (model, dataset, method, ...) that is not one of the valid ones."""
+
+    def __init__(self, kind: str, name: str, valid: Iterable[str]):
+        self.kind, self.name, self.valid = kind, name, sorted(valid)
+        super().__init__(f"unknown {kind} {name!r}; valid: {', '.join(self.valid)}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class DataNotFoundError(LazyAppsError, FileNotFoundError):
+    """A dataset whose files are not where we looked (and could not be downloaded)."""
+
+
+class CheckpointError(LazyAppsError):
+    """A checkpoint that is missing, corrupt, or made by other settings."""

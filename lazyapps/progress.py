@@ -1,0 +1,33 @@
+"""Progress bars on stderr (tqdm), off with ``--quiet`` or when stderr is not a terminal."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence every progress bar and status line of this process (``--quiet``)."""
+    global _quiet
+    _quiet = bool(quiet)
+
+
+def enabled() -> bool:
+    return not _quiet and sys.stderr.isatty()
+
+
+def progress(iterable: Iterable[T] | None = None, *, desc: str = "", total: int | None = None, **kwargs) -> tqdm:
+    """A tqdm bar on stderr that is disabled when quiet or when stderr is not a terminal."""
+    return tqdm(iterable, desc=desc, total=total, disable=not enabled(), leave=False, dynamic_ncols=True, **kwargs)
+
+
+def status(message: str) -> None:
+    """A one-line summary of what a long step is doing (stderr; silent with ``--quiet``)."""
+    if not _quiet:
+        print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,72 @@
+"""Results: a JSON object (``command``, ``config``, ``metrics``, ``versions``,
+``elapsed_s``) and a readable table on stdout."""
+from __future__ import annotations
+
+import csv
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import write_json_atomic
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, lazyapps and the main libraries, for reproducibility."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("lazyapps", "torch", "torchvision", "timm", "foolbox", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def make_result(command: str, config: Mapping[str, Any], metrics: Mapping[str, Any], elapsed_s: float, **extra: Any) -> dict[str, Any]:
+    """The result object every command writes with ``--json``."""
+    return {
+        "command": command,
+        "config": dict(config),
+        "metrics": dict(metrics),
+        "versions": versions(),
+        "elapsed_s": round(float(elapsed_s), 3),
+        **extra,
+    }
+
+
+def write_result(path: str | os.PathLike, result: Mapping[str, Any]) -> None:
+    """Write a result object as JSON, atomically."""
+    write_json_atomic(path, dict(result))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+    return "-" if value is None else str(value)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *, title: str | None = None) -> str:
+    """Render ``rows`` (dicts) as an aligned plain-text table."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+    cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    out = ([title] if title else []) + [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in cells]
+    return "\n".join(out)
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
+    """Write rows (dicts) as CSV (atomically, via a temporary file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(columns or (rows[0].keys() if rows else []))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
