@@ -115,7 +115,8 @@ def common_options(func: Callable) -> Callable:
 
         set_quiet(quiet)
         seed_everything(seed)
-        run = RunContext(ctx.command_path.removeprefix("lazyapps ").strip(), data_dir, cache_dir, device_name, seed, json_path, quiet)
+        # "lazyapps zoo train" -> "zoo train": the command without the program name.
+        run = RunContext(" ".join(ctx.command_path.split()[1:]), data_dir, cache_dir, device_name, seed, json_path, quiet)
         run.device  # fail early on --device cuda without a GPU
         return func(run=run, **kwargs)
 

@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from lazyapps.cache import artefact_path, cached, settings_key
+
+
+def test_key_depends_on_every_setting_and_not_on_order():
+    assert settings_key({"a": 1, "b": 2}) == settings_key({"b": 2, "a": 1})
+    assert settings_key({"a": 1, "b": 2}) != settings_key({"a": 1, "b": 3})
+    assert artefact_path("zoo", "net4", {"e": 1}, root="/c") != artefact_path("zoo", "net4", {"e": 2}, root="/c")
+
+
+def test_cached_builds_once_then_loads(tmp_path):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"w": torch.randn(3)}
+
+    first, path = cached("zoo", "m", {"e": 1}, build, root=tmp_path)
+    second, path2 = cached("zoo", "m", {"e": 1}, build, root=tmp_path)
+    assert path == path2 and len(calls) == 1
+    assert torch.equal(first["w"], second["w"])
+    cached("zoo", "m", {"e": 2}, build, root=tmp_path)
+    assert len(calls) == 2
+
+
+def test_corrupt_cache_is_rebuilt_with_warning(tmp_path):
+    _, path = cached("zoo", "m", {}, lambda: {"w": torch.zeros(1)}, root=tmp_path)
+    path.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="rebuilding"):
+        state, _ = cached("zoo", "m", {}, lambda: {"w": torch.ones(1)}, root=tmp_path)
+    assert torch.equal(state["w"], torch.ones(1))

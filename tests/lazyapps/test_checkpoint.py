@@ -1,0 +1,65 @@
+import json
+
+import pytest
+import torch
+
+from lazyapps.checkpoint import load_checkpoint, meta_path, save_checkpoint, write_json_atomic
+from lazyapps.errors import CheckpointError
+
+
+def test_round_trip_keeps_tensors_and_metadata(tmp_path):
+    path = tmp_path / "m.pt"
+    state = {"model": {"w": torch.arange(6.0).view(2, 3)}, "epoch": 3}
+    save_checkpoint(path, state, {"kind": "zoo", "arch": "net4"})
+    loaded, meta = load_checkpoint(path, expect={"kind": "zoo"})
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
+    assert loaded["epoch"] == 3
+    assert meta["arch"] == "net4" and meta["format"] == "lazyapps-checkpoint-1"
+    assert not list(tmp_path.glob(".*tmp")), "temporary files must not be left behind"
+
+
+def test_metadata_mismatch_names_the_key(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", {"x": torch.zeros(1)}, {"dataset": "cifar10"})
+    with pytest.raises(CheckpointError, match=r"dataset='cifar10', but dataset='cifar100'"):
+        load_checkpoint(path, expect={"dataset": "cifar100"})
+
+
+def test_corrupt_and_missing_files_are_user_errors(tmp_path):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_pickled_code_is_refused(tmp_path):
+    # weights_only=True: an arbitrary object is not loadable.
+    path = tmp_path / "evil.pt"
+    torch.save({"obj": _Opaque()}, path)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+class _Opaque:
+    pass
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", {"v": torch.ones(2)}, {"n": 1})
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint(path, {"v": Unsaveable()}, {"n": 2})
+    state, meta = load_checkpoint(path)
+    assert torch.equal(state["v"], torch.ones(2)) and meta["n"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.pt.json"]
+
+
+def test_write_json_atomic(tmp_path):
+    write_json_atomic(tmp_path / "r.json", {"a": 1})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1}
+    assert meta_path(tmp_path / "x.pt").name == "x.pt.json"

@@ -1,0 +1,27 @@
+import csv
+import json
+
+from lazyapps.results import format_table, make_result, write_csv, write_result
+
+
+def test_result_object_has_the_documented_keys(tmp_path):
+    result = make_result("zoo train", {"arch": "net4"}, {"accuracy": 0.98}, 1.23456)
+    assert set(result) == {"command", "config", "metrics", "versions", "elapsed_s"}
+    assert result["elapsed_s"] == 1.235 and "torch" in result["versions"]
+    write_result(tmp_path / "r.json", result)
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"] == {"accuracy": 0.98}
+
+
+def test_table_aligns_columns():
+    table = format_table([{"name": "net4", "acc": 0.98765}, {"name": "lenet5", "acc": 1}], title="T")
+    lines = table.splitlines()
+    assert lines[0] == "T"
+    assert lines[1].split() == ["name", "acc"]
+    assert lines[3].startswith("net4  ") and lines[3].endswith("0.9877")
+    assert len({len(line) for line in lines[1:]}) == 1
+
+
+def test_csv(tmp_path):
+    write_csv(tmp_path / "a.csv", [{"a": 1, "b": 2}, {"a": 3, "b": 4}])
+    with open(tmp_path / "a.csv") as handle:
+        assert list(csv.DictReader(handle)) == [{"a": "1", "b": "2"}, {"a": "3", "b": "4"}]
