@@ -26,7 +26,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "matplotlib>=3.6"],  # the tests exercise the --plot options too
         "plot": ["matplotlib>=3.6"],
     },
     entry_points={"console_scripts": ["lazyapps=lazyapps.cli:main"]},

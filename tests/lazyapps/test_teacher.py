@@ -1,0 +1,265 @@
+"""Tests for lazyapps.teacher: the student (explore), the teacher's grid search, and both meta-updates."""
+import copy
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lazyapps.functional import params_of
+from lazyapps.teacher import Leap, LazyTeacher, explore, lazy_maml_meta_gradient, reptile_update, simplex_grid
+
+GAMMAS = (0.75, 0.80, 0.85, 0.90, 0.95)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+def vec_params(*values, dtype=torch.float64):
+    return [{"w": torch.tensor(v, dtype=dtype)} for v in values]
+
+
+def sq_dist(c):
+    return lambda p: float(((p["w"] - c) ** 2).sum())
+
+
+# --- the teacher's grid search -------------------------------------------------------------------------------
+
+
+def test_grid_search_last1_finds_nearest_grid_gamma_to_closed_form_optimum():
+    # L(γ) = ||γθ + (1−γ)φ − c||² with c on the segment at γ0 = 0.87: a parabola with vertex 0.87,
+    # so the best grid γ is the grid point nearest to 0.87, i.e. 0.85.
+    theta, phi = vec_params([1.0, -2.0, 0.5], [3.0, 1.0, -1.0])
+    c = 0.87 * theta["w"] + 0.13 * phi["w"]
+    leap = LazyTeacher().leap(theta, [phi], sq_dist(c))
+    assert leap.gamma == 0.85 and leap.weights == (1.0,)
+    assert leap.score == pytest.approx(((0.85 * theta["w"] + 0.15 * phi["w"] - c) ** 2).sum().item())
+    assert [s[0] for s in leap.scores] == list(GAMMAS)
+    # the closed-form vertex agrees: γ* = <φ − c, φ − θ> / ||φ − θ||²
+    d = phi["w"] - theta["w"]
+    assert float((phi["w"] - c) @ d / (d @ d)) == pytest.approx(0.87)
+
+
+def test_grid_search_last3_recovers_grid_point_and_matches_brute_force():
+    torch.manual_seed(0)
+    theta, *phis = [{"w": torch.randn(6, dtype=torch.float64)} for _ in range(5)]  # 4 checkpoints, last 3 used
+    used = phis[-3:]
+    c = 0.8 * theta["w"] + 0.2 * (0.2 * used[0]["w"] + 0.3 * used[1]["w"] + 0.5 * used[2]["w"])
+    leap = LazyTeacher(last=3).leap(theta, phis, sq_dist(c))
+    assert leap.gamma == 0.80 and leap.weights == pytest.approx((0.2, 0.3, 0.5))
+    assert leap.score < 1e-20
+    assert len(leap.scores) == 66 * 5
+
+    # an off-grid target against a slow obvious loop over γ and the 0.1-simplex
+    c = torch.randn(6, dtype=torch.float64)
+    best = None
+    for g in GAMMAS:
+        for i in range(11):
+            for j in range(11 - i):
+                a = (i / 10, j / 10, (10 - i - j) / 10)
+                p = g * theta["w"] + (1 - g) * sum(ai * u["w"] for ai, u in zip(a, used))
+                loss = float(((p - c) ** 2).sum())
+                if best is None or loss < best[0]:
+                    best = (loss, g, a)
+    leap = LazyTeacher(last=3).leap(theta, phis, sq_dist(c))
+    assert leap.score == pytest.approx(best[0])
+    assert leap.gamma == best[1] and leap.weights == pytest.approx(best[2])
+
+
+def test_accuracy_criterion_maximises_and_ties_go_to_first_candidate():
+    theta, phi = vec_params([1.0, -2.0, 0.5], [3.0, 1.0, -1.0])
+    c = 0.87 * theta["w"] + 0.13 * phi["w"]
+    loss = sq_dist(c)
+    accuracy = lambda p: 1.0 / (1.0 + loss(p))  # noqa: E731 - monotone decreasing in the loss
+    assert LazyTeacher(criterion="accuracy").leap(theta, [phi], accuracy).gamma == 0.85
+    assert LazyTeacher(criterion="loss").leap(theta, [phi], accuracy).gamma == 0.75  # minimises it instead
+    assert LazyTeacher(criterion="accuracy").leap(theta, [phi], loss).gamma == 0.75  # farthest from 0.87
+    tie = LazyTeacher(last=3, gammas=(0.9, 0.8), criterion="accuracy").leap(theta, [phi] * 3, lambda p: 0.5)
+    assert tie.gamma == 0.9 and tie.weights == (0.0, 0.0, 1.0)
+
+
+def test_nan_scores_never_win_and_all_nan_raises():
+    theta, phi = vec_params([0.0, 0.0], [1.0, 1.0])
+    # candidate w = (1 − γ)·1: NaN for the first (γ=0.75) and for the would-be minimiser (γ=0.95)
+    score = lambda p: float("nan") if not 0.07 < p["w"][0] < 0.22 else float(p["w"][0])  # noqa: E731
+    leap = LazyTeacher().leap(theta, [phi], score)
+    assert leap.gamma == 0.90 and leap.score == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="NaN"):
+        LazyTeacher().leap(theta, [phi], lambda p: float("nan"))
+
+
+def test_simplex_grid_and_teacher_validation():
+    grid = simplex_grid(3, 0.1)
+    assert len(grid) == 66 and all(abs(sum(w) - 1) < 1e-12 and min(w) >= 0 for w in grid)
+    assert set(grid) == {(i / 10, j / 10, k / 10) for i, j, k in itertools.product(range(11), repeat=3) if i + j + k == 10}
+    assert simplex_grid(1, 0.25) == ((1.0,),)
+    assert LazyTeacher(last=2, weight_grid=[(0.5, 0.5)]).weights == ((0.5, 0.5),)
+    with pytest.raises(ValueError, match="1/n"):
+        LazyTeacher(last=3, weight_grid=0.3)
+    with pytest.raises(ValueError, match="1/n"):
+        LazyTeacher(last=3, weight_grid=0.0)
+    with pytest.raises(ValueError, match="summing to 1"):
+        LazyTeacher(last=2, weight_grid=[(0.5, 0.6)])
+    with pytest.raises(ValueError, match="gammas"):
+        LazyTeacher(gammas=(0.5, 1.5))
+    with pytest.raises(ValueError, match="valid: loss, accuracy"):
+        LazyTeacher(criterion="acc")
+    with pytest.raises(ValueError, match="at least last=3"):
+        LazyTeacher(last=3).leap(vec_params([0.0])[0], vec_params([1.0], [2.0]), lambda p: 0.0)
+    with pytest.raises(ValueError, match="keys"):
+        LazyTeacher().leap({"w": torch.zeros(1)}, [{"v": torch.zeros(1)}], lambda p: 0.0)
+
+
+# --- the MAML-style lazy meta-gradient -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("last", [1, 3])
+def test_lazy_meta_gradient_is_gamma_times_gradient_at_phi(last):
+    model = mlp()
+    x, y = torch.randn(8, 3), torch.randn(8, 2)
+    theta = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+    # checkpoints that (wrongly) carry a graph to θ must still be treated as constants
+    ckpts = [{k: v * (1 + 0.1 * i) + 0.01 for k, v in theta.items()} for i in range(3)]
+    val_loss = lambda p: F.mse_loss(torch.func.functional_call(model, p, (x,)), y)  # noqa: E731
+    leap = LazyTeacher(last=last).leap(theta, ckpts, lambda p: float(val_loss(p)))
+    loss, grads = lazy_maml_meta_gradient(theta, leap, val_loss)
+
+    phi = {k: v.detach().requires_grad_() for k, v in leap.params.items()}  # fresh leaf at φ
+    ref = torch.autograd.grad(val_loss(phi), list(phi.values()))
+    assert loss == val_loss(phi).detach()
+    for (k, g), r in zip(grads.items(), ref):
+        torch.testing.assert_close(g, leap.gamma * r, rtol=0, atol=0)
+    assert leap.gamma < 1.0 and any(r.abs().max() > 0 for r in ref)
+
+
+def test_lazy_meta_gradient_without_graph_raises():
+    theta = {"w": torch.ones(2, requires_grad=True)}
+    with torch.no_grad():
+        leap = LazyTeacher().leap(theta, [{"w": torch.zeros(2)}], lambda p: float(p["w"].sum()))
+    with pytest.raises(ValueError, match="no_grad"):
+        lazy_maml_meta_gradient(theta, leap, lambda p: p["w"].sum())
+    with pytest.raises(ValueError, match="requires_grad"):
+        lazy_maml_meta_gradient({"w": torch.ones(2)}, leap, lambda p: p["w"].sum())
+    assert isinstance(leap, Leap)
+
+
+# --- the student ----------------------------------------------------------------------------------------------
+
+
+def minibatches(n_steps, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(5, 3, generator=g), torch.randn(5, 2, generator=g)) for _ in range(n_steps)]
+
+
+def student_loss(batches):
+    """A loss_fn that draws the next minibatch on each call, as callers may."""
+    it = iter(batches)
+
+    def loss_fn(predict):
+        x, y = next(it)
+        return F.mse_loss(predict(x), y)
+
+    return loss_fn
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_explore_matches_reference_optimizer(optimizer, device):
+    model, steps, lr = mlp().to(device), 5, 0.05
+    batches = [(x.to(device), y.to(device)) for x, y in minibatches(steps)]
+    theta = params_of(model)  # live nn.Parameters requiring grad
+    before = {k: v.detach().clone() for k, v in theta.items()}
+    ckpts = explore(model, theta, student_loss(batches), steps=steps, lr=lr, optimizer=optimizer, keep_last=3)
+
+    ref = copy.deepcopy(model)
+    opt = torch.optim.Adam(ref.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8) if optimizer == "adam" else None
+    history = []
+    for x, y in batches:
+        loss = F.mse_loss(ref(x), y)
+        if opt is not None:
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        else:
+            grads = torch.autograd.grad(loss, list(ref.parameters()))
+            with torch.no_grad():
+                for p, g in zip(ref.parameters(), grads):
+                    p -= lr * g
+        history.append({k: v.detach().clone() for k, v in ref.named_parameters()})
+
+    assert len(ckpts) == 3
+    for got, want in zip(ckpts, history[-3:]):  # oldest first, last = φ_k
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for ck in ckpts:
+        assert all(not v.requires_grad and v.grad_fn is None for v in ck.values())
+    torch.testing.assert_close({k: v.detach() for k, v in theta.items()}, before, rtol=0, atol=0)
+    assert model[0].weight.grad is None  # the caller's module is untouched too
+
+
+def test_explore_under_no_grad_and_unused_parameters():
+    class WithUnused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.unused = nn.Linear(3, 2), nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return self.lin(x)
+
+    torch.manual_seed(0)
+    model = WithUnused()
+    theta = params_of(model, detach=True)
+    with torch.no_grad():  # the student computes its own gradients regardless
+        ckpts = explore(model, theta, student_loss(minibatches(2)), steps=2, lr=0.1, optimizer="adam")
+    assert len(ckpts) == 1
+    torch.testing.assert_close(ckpts[0]["unused"], theta["unused"], rtol=0, atol=0)
+    assert not torch.allclose(ckpts[0]["lin.weight"], theta["lin.weight"])
+
+
+def test_explore_validates_arguments():
+    model = mlp()
+    theta, loss_fn = params_of(model, detach=True), student_loss(minibatches(3))
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        explore(model, theta, loss_fn, steps=0, lr=0.1)
+    with pytest.raises(ValueError, match="keep_last"):
+        explore(model, theta, loss_fn, steps=2, lr=0.1, keep_last=3)
+    with pytest.raises(ValueError, match="keep_last"):
+        explore(model, theta, loss_fn, steps=2, lr=0.1, keep_last=0)
+    with pytest.raises(ValueError, match="valid: sgd, adam"):
+        explore(model, theta, loss_fn, steps=2, lr=0.1, optimizer="rmsprop")
+
+
+# --- the Reptile-style meta-update ---------------------------------------------------------------------------
+
+
+def test_reptile_update_matches_closed_form_for_lists_and_stacked():
+    torch.manual_seed(0)
+    theta = {"a": torch.randn(2, 3), "b": torch.randn(4)}
+    tasks = [{k: torch.randn_like(v) for k, v in theta.items()} for _ in range(3)]
+    inputs = copy.deepcopy((theta, tasks))
+    beta = 0.1
+    # θ − β Σ_i (θ − φ_i) = (1 − nβ) θ + β Σ_i φ_i
+    want = {k: (1 - 3 * beta) * theta[k] + beta * sum(t[k] for t in tasks) for k in theta}
+    got = reptile_update(theta, tasks, step_size=beta)
+    torch.testing.assert_close(got, want)
+    stacked = {k: torch.stack([t[k] for t in tasks]) for k in theta}
+    torch.testing.assert_close(reptile_update(theta, stacked, step_size=beta), want)
+    torch.testing.assert_close((theta, tasks), inputs, rtol=0, atol=0)  # nothing mutated
+    assert got["a"].data_ptr() != theta["a"].data_ptr()
+
+
+def test_reptile_update_rejects_bad_arguments():
+    theta = {"a": torch.zeros(2)}
+    with pytest.raises(ValueError, match="empty"):
+        reptile_update(theta, [], step_size=0.1)
+    with pytest.raises(ValueError, match="step_size"):
+        reptile_update(theta, [{"a": torch.ones(2)}], step_size=0.0)
+    with pytest.raises(ValueError, match="keys"):
+        reptile_update(theta, [{"b": torch.ones(2)}], step_size=0.1)
+    with pytest.raises(ValueError, match="keys"):
+        reptile_update(theta, {"a": torch.ones(1, 2), "b": torch.ones(1, 2)}, step_size=0.1)
+    with pytest.raises(ValueError, match="expected"):
+        reptile_update(theta, {"a": torch.ones(2)}, step_size=0.1)  # missing the task dim
