@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "lazyapps" / "__init__.py").read_text()).group(1)
@@ -13,7 +13,7 @@ setup(
     description="Lazy-teacher meta-learning: meta-attack, long-tail reweighting and few-shot learners",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    packages=["lazyapps", "models_zoo", "attacks", "longtail", "fewshot"],
+    packages=find_packages(include=["lazyapps*", "models_zoo*", "attacks*", "longtail*", "fewshot*"]),
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",
