@@ -1,0 +1,165 @@
+"""Architecture details that the products rely on, checked against independent references."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+import models_zoo
+from models_zoo.fewshot_nets import Conv4
+from models_zoo.normalize import Normalize, unwrap, with_normalization
+from models_zoo.resnet32 import NormedLinear, ZeroPadShortcut
+
+
+def test_net4_layers_match_meta_attack():
+    net = models_zoo.create("net4")
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 128, (3, 3)), (128, 64, (3, 3))]
+    assert [(l.in_features, l.out_features) for l in linears] == [(1600, 128), (128, 10)]
+    assert sum(isinstance(m, nn.Tanh) for m in net.modules()) == 2
+    assert sum(isinstance(m, nn.ReLU) for m in net.modules()) == 1
+
+
+def test_net4_equals_the_literal_tanh_then_pool_order():
+    """Pooling before tanh is an optimisation: the paper's order must give the same logits and input gradients."""
+    torch.manual_seed(0)
+    net = models_zoo.create("net4").eval()
+    conv1, conv2 = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    fc1, fc2 = [m for m in net.modules() if isinstance(m, nn.Linear)]
+
+    def reference(x):
+        x = F.max_pool2d(torch.tanh(conv1(x)), 2)
+        x = F.max_pool2d(torch.tanh(conv2(x)), 2)
+        return fc2(F.relu(fc1(x.flatten(1))))
+
+    x = torch.rand(4, 1, 28, 28, requires_grad=True)
+    out = net(x)
+    expected = reference(x)
+    torch.testing.assert_close(out, expected)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    (grad_ref,) = torch.autograd.grad(expected.sum(), x)
+    torch.testing.assert_close(grad, grad_ref)
+
+
+def test_resnet32_has_about_0_46m_parameters():
+    net = models_zoo.create("resnet32")
+    count = models_zoo.num_parameters(net)
+    # conv1 + bn1, 15 blocks of two 3x3 conv-BN layers (16/32/64 wide), fc 64->10; option-A adds nothing.
+    by_hand = 3 * 16 * 9 + 32
+    for width, first_in in ((16, 16), (32, 16), (64, 32)):
+        by_hand += first_in * width * 9 + width * width * 9 + 4 * width  # first block of the stage
+        by_hand += 4 * (2 * width * width * 9 + 4 * width)
+    by_hand += 64 * 10 + 10
+    assert count == by_hand == 464_154
+    assert abs(count - 0.46e6) / 0.46e6 < 0.02
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) + 1 == 32  # 31 convs and one linear layer: ResNet-32
+
+
+def test_option_a_shortcut_is_parameter_free_and_pads_zeros():
+    shortcut = ZeroPadShortcut(16, 32, stride=2)
+    assert list(shortcut.parameters()) == [] and list(shortcut.buffers()) == []
+    x = torch.randn(2, 16, 8, 8)
+    out = shortcut(x)
+    assert out.shape == (2, 32, 4, 4)
+    torch.testing.assert_close(out[:, 8:24], x[:, :, ::2, ::2])
+    assert out[:, :8].abs().sum() == 0 and out[:, 24:].abs().sum() == 0
+    net = models_zoo.create("resnet32")
+    assert sum(isinstance(m, ZeroPadShortcut) for m in net.modules()) == 2
+    assert all(not isinstance(m, nn.Conv2d) or m.kernel_size == (3, 3) for m in net.modules())  # no 1x1 projections
+
+
+def test_resnet32_features_fc_and_normalized_head():
+    torch.manual_seed(0)
+    net = models_zoo.create("resnet32").eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        features = net.features(x)
+        assert features.shape == (3, 64)
+        torch.testing.assert_close(net.fc(features), net(x))
+    cosine = models_zoo.create("resnet32", normalized_head=True).eval()
+    assert isinstance(cosine.fc, NormedLinear)
+    with torch.no_grad():
+        logits = cosine(x)
+        f = cosine.features(x)
+        w = cosine.fc.weight
+        expected = (f / f.norm(dim=1, keepdim=True)) @ (w / w.norm(dim=0, keepdim=True))
+    torch.testing.assert_close(logits, expected)
+    assert logits.abs().max() <= 1 + 1e-5
+
+
+def test_cifar_stems_keep_the_resolution():
+    net = models_zoo.create("resnet18")
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    assert isinstance(net.maxpool, nn.Identity)
+    seen = {}
+    net.layer4.register_forward_hook(lambda m, i, o: seen.__setitem__("layer4", o.shape))
+    mobile = models_zoo.create("mobilenetv2")
+    mobile.features.register_forward_hook(lambda m, i, o: seen.__setitem__("mobile", o.shape))
+    dense = models_zoo.create("densenet121")
+    assert dense.features.conv0.kernel_size == (3, 3) and isinstance(dense.features.pool0, nn.Identity)
+    with torch.no_grad():
+        net.eval()(torch.rand(2, 3, 32, 32))
+        mobile.eval()(torch.rand(2, 3, 32, 32))
+    assert seen["layer4"][-2:] == (4, 4)  # total stride 8, as in the CIFAR ResNets
+    assert seen["mobile"][-2:] == (4, 4)
+
+
+def test_vgg_has_batchnorm_after_every_conv():
+    for name, convs in (("vgg11", 8), ("vgg13", 10), ("vgg16", 13), ("vgg19", 16)):
+        net = models_zoo.create(name)
+        layers = list(net.features)
+        conv_positions = [i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)]
+        assert len(conv_positions) == convs
+        assert all(isinstance(layers[i + 1], nn.BatchNorm2d) for i in conv_positions)
+
+
+def test_conv4_runs_under_vmap_over_tasks():
+    torch.manual_seed(0)
+    net = Conv4(num_classes=5, in_channels=1, image_size=28, hidden=32)
+    assert list(net.buffers()) == []  # batch statistics only: nothing to update inside vmap
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    tasks, shots = 3, 5
+    x = torch.rand(tasks, shots, 1, 28, 28)
+    y = torch.randint(0, 5, (tasks, shots))
+    # Per-task parameters, as in an inner loop that has already diverged.
+    batched = {k: v.unsqueeze(0) + 0.01 * torch.randn(tasks, *v.shape) for k, v in params.items()}
+
+    def loss(p, xs, ys):
+        return F.cross_entropy(functional_call(net, p, (xs,)), ys)
+
+    losses = vmap(loss)(batched, x, y)
+    grads = vmap(torch.func.grad(loss))(batched, x, y)
+    for t in range(tasks):
+        one = {k: v[t].clone().requires_grad_(True) for k, v in batched.items()}
+        expected = loss(one, x[t], y[t])
+        torch.testing.assert_close(losses[t], expected)
+        reference = torch.autograd.grad(expected, list(one.values()))
+        for (k, g), r in zip(grads.items(), reference):
+            torch.testing.assert_close(g[t], r, atol=1e-5, rtol=1e-4)
+
+
+def test_conv4_with_running_stats_and_miniimagenet_size():
+    net = Conv4(num_classes=5, in_channels=3, image_size=84, hidden=32, track_running_stats=True)
+    assert net.head.in_features == 32 * 5 * 5  # MAML's miniImageNet head: 800 features
+    assert any(name.endswith("running_mean") for name, _ in net.named_buffers())
+
+
+def test_sine_mlp_shape_and_size():
+    net = models_zoo.create("sine_mlp")
+    assert models_zoo.num_parameters(net) == (1 * 40 + 40) + (40 * 40 + 40) + (40 + 1)
+    assert net(torch.linspace(-5, 5, 7).unsqueeze(1)).shape == (7, 1)
+
+
+def test_normalize_inside_the_model():
+    net = models_zoo.create("mlp", in_channels=3, image_size=4)
+    model = with_normalization(net, (0.1, 0.2, 0.3), (0.5, 0.25, 2.0))
+    assert unwrap(model) is net and unwrap(net) is net
+    x = torch.rand(2, 3, 4, 4)
+    mean = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)
+    std = torch.tensor([0.5, 0.25, 2.0]).view(1, 3, 1, 1)
+    torch.testing.assert_close(model(x), net((x - mean) / std))
+    assert set(model.state_dict()) >= {"normalize.mean", "normalize.std"}
+    assert isinstance(model.normalize, Normalize)

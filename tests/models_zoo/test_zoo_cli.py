@@ -1,0 +1,90 @@
+"""``lazyapps zoo list|train|eval`` through click's CliRunner."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from click.testing import CliRunner
+
+from lazyapps.cli import cli
+
+import models_zoo
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, ["zoo", *args], catch_exceptions=False)
+
+
+def test_list_shows_every_architecture_and_writes_json(tmp_path):
+    out = tmp_path / "list.json"
+    result = invoke("list", "--json", str(out))
+    assert result.exit_code == 0
+    for name in models_zoo.available():
+        assert name in result.output
+    assert "timm:<name>" in result.output
+    rows = {row["name"]: row for row in json.loads(out.read_text())["metrics"]["models"]}
+    assert rows["resnet32"]["params"] == "0.464M" and rows["net4"]["input"] == "1x28x28"
+    assert rows["net4"]["params"] == f"{models_zoo.num_parameters(models_zoo.create('net4')) / 1e6:.3f}M"
+
+
+def test_train_then_cached_then_eval(tmp_path, cache_dir):
+    common = ["--arch", "mlp", "--dataset", "digits", "--epochs", "2", "--cache-dir", str(cache_dir), "--device", "cpu", "--quiet"]
+    first_json = tmp_path / "first.json"
+    first = invoke("train", *common, "--json", str(first_json))
+    assert first.exit_code == 0, first.output
+    assert "from_cache" in first.output and " no" in first.output
+    result = json.loads(first_json.read_text())
+    assert result["metrics"]["from_cache"] is False and result["config"]["arch"] == "mlp"
+    accuracy = result["metrics"]["test_accuracy"]
+    assert accuracy > 0.5
+
+    second_json = tmp_path / "second.json"
+    second = invoke("train", *common, "--json", str(second_json))
+    assert second.exit_code == 0 and " yes" in second.output
+    again = json.loads(second_json.read_text())
+    assert again["metrics"]["from_cache"] is True and again["path"] == result["path"]
+
+    eval_json = tmp_path / "eval.json"
+    evaluated = invoke("eval", *common, "--json", str(eval_json))
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(eval_json.read_text())["metrics"]["accuracy"] == accuracy
+
+    # The same model through --checkpoint: the zoo file, and its state dict given with --arch.
+    by_file = invoke("eval", "--dataset", "digits", "--checkpoint", result["path"], "--quiet", "--json", str(eval_json))
+    assert by_file.exit_code == 0 and json.loads(eval_json.read_text())["metrics"]["accuracy"] == accuracy
+    state_path = tmp_path / "state.pt"
+    torch.save(models_zoo.load_trained(result["path"]).model.state_dict(), state_path)
+    by_state = invoke("eval", "--arch", "mlp", "--dataset", "digits", "--checkpoint", str(state_path), "--quiet", "--json", str(eval_json))
+    assert by_state.exit_code == 0 and json.loads(eval_json.read_text())["metrics"]["accuracy"] == accuracy
+    wrong = invoke("eval", "--arch", "net4", "--dataset", "digits", "--checkpoint", result["path"])
+    assert wrong.exit_code != 0 and "holds a mlp model" in wrong.output
+    other_data = tmp_path / "other.npz"  # 3-channel 8x8 images: the digits MLP cannot take them
+    rng = np.random.default_rng(0)
+    np.savez(other_data, x_train=rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8), y_train=np.arange(20) % 10,
+             x_test=rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8), y_test=np.arange(10))
+    mismatch = invoke("eval", "--dataset", f"npz:{other_data}", "--checkpoint", result["path"])
+    assert mismatch.exit_code == 2 and "cannot classify" in mismatch.output and "Traceback" not in mismatch.output
+
+
+def test_unknown_arch_is_one_line_without_traceback(cache_dir):
+    for command in ("train", "eval"):
+        result = invoke(command, "--arch", "nosuchnet", "--cache-dir", str(cache_dir))
+        assert result.exit_code == 2
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "unknown model 'nosuchnet'" in lines[0] and "net4" in lines[0]
+        assert "Traceback" not in result.output
+
+
+def test_eval_of_an_untrained_setting_says_how_to_train(cache_dir):
+    result = invoke("eval", "--arch", "mlp", "--dataset", "digits", "--epochs", "7", "--cache-dir", str(cache_dir))
+    assert result.exit_code == 2 and "lazyapps zoo train --arch mlp" in result.output and "Traceback" not in result.output
+
+
+def test_missing_arch_and_corrupt_checkpoint_are_user_errors(tmp_path):
+    missing = invoke("train", "--dataset", "digits")
+    assert missing.exit_code == 2 and "--arch is required" in missing.output
+    corrupt = tmp_path / "bad.pt"
+    corrupt.write_bytes(b"garbage")
+    result = invoke("eval", "--arch", "mlp", "--dataset", "digits", "--checkpoint", str(corrupt))
+    assert result.exit_code == 2 and "cannot be read" in result.output and "Traceback" not in result.output

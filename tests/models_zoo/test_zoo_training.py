@@ -1,0 +1,160 @@
+"""Training, caching, loading and evaluating zoo models on real data."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import models_zoo
+from lazyapps.data import load_dataset
+from lazyapps.errors import CheckpointError, LazyAppsError
+from models_zoo.training import crop_flip, random_crop_flip, training_settings
+
+# A small real run: LeNet-5 on the first 2,000 MNIST training images, one epoch.
+MNIST_RUN = dict(epochs=1, train_subset=2000, batch_size=64, device="cpu", quiet=True)
+# Cheaper still for cache mechanics: an MLP on scikit-learn's 8x8 digits.
+DIGITS_RUN = dict(epochs=2, device="cpu", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def mnist_lenet(data_root, session_cache):
+    return models_zoo.train("lenet5", "mnist", data_dir=data_root, cache_dir=session_cache, **MNIST_RUN)
+
+
+def test_training_on_real_mnist_beats_chance_clearly(mnist_lenet, data_root):
+    assert not mnist_lenet.from_cache
+    assert mnist_lenet.test_accuracy > 0.5  # chance is 0.1
+    data = load_dataset("mnist", root=data_root)
+    # The reported accuracy is the model's accuracy on the full test split, with images in [0, 1].
+    assert models_zoo.evaluate(mnist_lenet.model, data.test) == pytest.approx(mnist_lenet.test_accuracy)
+    torch.testing.assert_close(mnist_lenet.model.normalize.mean.flatten(), torch.tensor(data.mean, dtype=torch.float32))
+    assert mnist_lenet.metadata["settings"]["train_subset"] == 2000
+    assert not mnist_lenet.model.training
+
+
+def test_second_call_loads_the_cached_model(mnist_lenet, data_root, session_cache):
+    again = models_zoo.train("lenet5", "mnist", data_dir=data_root, cache_dir=session_cache, **MNIST_RUN)
+    assert again.from_cache and again.path == mnist_lenet.path
+    assert again.metadata["train_time_s"] == mnist_lenet.metadata["train_time_s"]  # recorded once, at training
+    for key, value in mnist_lenet.model.state_dict().items():
+        torch.testing.assert_close(again.model.state_dict()[key], value)
+    loaded = models_zoo.load("lenet5", "mnist", data_dir=data_root, cache_dir=session_cache,
+                             **{k: v for k, v in MNIST_RUN.items() if k not in ("quiet",)})
+    assert loaded.path == mnist_lenet.path and loaded.test_accuracy == mnist_lenet.test_accuracy
+
+
+def test_every_setting_is_in_the_cache_key(data_root, session_cache):
+    base = dict(epochs=1, train_subset=2000, batch_size=64)
+    path = models_zoo.cache_path("lenet5", "mnist", data_dir=data_root, cache_dir=session_cache, **base)
+    assert path == models_zoo.cache_path("lenet5", "mnist", data_dir=data_root, cache_dir=session_cache, **base)
+    changes = [dict(epochs=2), dict(train_subset=1000), dict(batch_size=32), dict(lr=1e-2), dict(seed=1), dict(optimizer="sgd"),
+               dict(weight_decay=1e-4), dict(augment=True), dict(schedule="cosine")]
+    paths = {models_zoo.cache_path("lenet5", "mnist", data_dir=data_root, cache_dir=session_cache, **{**base, **change})
+             for change in changes}
+    paths.add(models_zoo.cache_path("net4", "mnist", data_dir=data_root, cache_dir=session_cache, **base))
+    assert path not in paths and len(paths) == len(changes) + 1
+
+
+def test_load_without_a_cached_model_says_how_to_train(data_root, cache_dir):
+    with pytest.raises(CheckpointError, match="lazyapps zoo train --arch mlp --dataset digits"):
+        models_zoo.load("mlp", "digits", cache_dir=cache_dir, epochs=2)
+
+
+def test_corrupt_or_pickled_cache_file_is_rebuilt_with_a_warning(cache_dir):
+    first = models_zoo.train("mlp", "digits", cache_dir=cache_dir, **DIGITS_RUN)
+    first.path.write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="rebuilding"):
+        rebuilt = models_zoo.train("mlp", "digits", cache_dir=cache_dir, **DIGITS_RUN)
+    assert not rebuilt.from_cache and rebuilt.path == first.path
+    assert rebuilt.test_accuracy == pytest.approx(first.test_accuracy)  # same seed, same model
+    # Loading is weights_only: a file holding pickled code (not just tensors) is refused, then rebuilt.
+    torch.save({"model": torch.nn.Linear(2, 2)}, first.path)
+    with pytest.warns(UserWarning, match="rebuilding"):
+        again = models_zoo.train("mlp", "digits", cache_dir=cache_dir, **DIGITS_RUN)
+    assert not again.from_cache
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert models_zoo.train("mlp", "digits", cache_dir=cache_dir, **DIGITS_RUN).from_cache
+
+
+def test_force_retrains(cache_dir):
+    first = models_zoo.train("mlp", "digits", cache_dir=cache_dir, **DIGITS_RUN)
+    forced = models_zoo.train("mlp", "digits", cache_dir=cache_dir, force=True, **DIGITS_RUN)
+    assert not forced.from_cache and forced.path == first.path
+
+
+def test_bad_training_settings_are_user_errors(cache_dir):
+    with pytest.raises(LazyAppsError, match="optimizer"):
+        training_settings("net4", optimizer="rmsprop")
+    with pytest.raises(LazyAppsError, match="few-shot"):
+        training_settings("sine_mlp")
+    with pytest.raises(LazyAppsError, match="only 1437"):
+        models_zoo.train("mlp", "digits", cache_dir=cache_dir, train_subset=5000, **DIGITS_RUN)
+
+
+def test_family_defaults_and_augmentation_default():
+    mnist = training_settings("net4", "mnist")
+    assert (mnist["optimizer"], mnist["lr"], mnist["augment"]) == ("adam", 1e-3, False)
+    cifar = training_settings("resnet32", "cifar10")
+    assert (cifar["optimizer"], cifar["lr"], cifar["weight_decay"], cifar["schedule"], cifar["augment"]) == ("sgd", 0.05, 5e-4, "cosine", True)
+
+
+def test_crop_flip_matches_a_per_image_reference():
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 8, 8)
+    top = torch.tensor([0, 4, 8, 2, 7, 4])
+    left = torch.tensor([8, 4, 0, 5, 1, 4])
+    flip = torch.tensor([False, True, False, True, True, False])
+    out = crop_flip(images, top, left, flip, padding=4)
+    for i in range(6):
+        padded = torch.zeros(3, 16, 16)
+        padded[:, 4:12, 4:12] = images[i]
+        expected = padded[:, top[i]:top[i] + 8, left[i]:left[i] + 8]
+        if flip[i]:
+            expected = expected.flip(-1)
+        torch.testing.assert_close(out[i], expected)
+    torch.testing.assert_close(out[5], images[5])  # centred offsets, no flip: unchanged
+    random = random_crop_flip(images, generator=torch.Generator().manual_seed(1))
+    assert random.shape == images.shape
+
+
+def test_user_models_state_dict_torchscript_and_errors(mnist_lenet, tmp_path):
+    x = torch.rand(4, 1, 28, 28)
+    expected = mnist_lenet.model(x)
+    # ARCH:STATE_DICT of the normalised model keeps its normalisation.
+    state_path = tmp_path / "lenet.pt"
+    torch.save(mnist_lenet.model.state_dict(), state_path)
+    torch.testing.assert_close(models_zoo.load_user_model(f"lenet5:{state_path}")(x), expected)
+    # A bare network's state dict plus the mean/std it was trained with.
+    bare_path = tmp_path / "bare.pt"
+    torch.save(mnist_lenet.model.net.state_dict(), bare_path)
+    mean, std = mnist_lenet.model.normalize.mean.flatten().tolist(), mnist_lenet.model.normalize.std.flatten().tolist()
+    torch.testing.assert_close(models_zoo.load_user_model(f"lenet5:{bare_path}", mean=mean, std=std)(x), expected)
+    # TorchScript and torch.export programs carry their own code.
+    script_path = tmp_path / "lenet.ts"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export, still supported
+        torch.jit.save(torch.jit.trace(mnist_lenet.model, x), str(script_path))
+        torch.testing.assert_close(models_zoo.load_user_model(str(script_path))(x), expected)
+    exported_path = tmp_path / "lenet.pt2"
+    program = torch.export.export(mnist_lenet.model, (x,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+    torch.export.save(program, str(exported_path))
+    exported = models_zoo.load_user_model(str(exported_path))
+    torch.testing.assert_close(exported(x[:3]), expected[:3])
+    assert exported.eval() is exported and exported.train() is exported  # callers may switch modes on any target
+    images, labels = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (64,))
+    assert models_zoo.evaluate(exported, (images, labels)) == models_zoo.evaluate(mnist_lenet.model, (images, labels))
+    # The zoo checkpoint file itself.
+    torch.testing.assert_close(models_zoo.load_user_model(str(mnist_lenet.path))(x), expected)
+    # Mismatched architecture, corrupt file, missing file, plain state dict without an arch.
+    with pytest.raises(CheckpointError, match="does not fit architecture 'net4'"):
+        models_zoo.load_user_model(f"net4:{state_path}")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        models_zoo.load_user_model(f"lenet5:{corrupt}")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        models_zoo.load_user_model(f"lenet5:{tmp_path / 'missing.pt'}")
+    with pytest.raises(CheckpointError, match="ARCH:"):
+        models_zoo.load_user_model(str(state_path))
