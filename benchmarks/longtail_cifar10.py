@@ -1,0 +1,235 @@
+"""CIFAR-LT benchmark: every long-tail method under one (reduced) budget, beside the papers' numbers.
+
+    python benchmarks/longtail_cifar10.py                      # CIFAR-10-LT x100 on the shared subset, reduced budget
+    python benchmarks/longtail_cifar10.py --smoke              # seconds: a code-path check (tiny model, 2 epochs)
+    python benchmarks/longtail_cifar10.py --dataset cifar100 --imbalance 100 --epochs 200 --n-max 0 --test-per-class 0
+
+All methods share data, seed, initial weights and schedule. The meta methods
+(l2rw, meta-weight-net, two-component, lazy-two-component) train with plain CE
+until the meta phase starts (Jamal et al.), so their first epochs are *exactly*
+the CE run's: they start from the CE run's checkpoint at that epoch instead of
+recomputing it (same weights, momentum and random stream, by construction).
+Plain methods run in parallel worker processes (``--jobs``), so their per-epoch
+wall times are perturbed by each other; the meta/CE cost ratio is measured
+separately, in one process, by interleaving CE, two-component and
+lazy-two-component steps on the same batches from the same weights.
+
+Reference: ResNet-32 top-1 error (%) on CIFAR-100-LT at imbalance 200/100/50/20
+as reported in the lazy paper (Jamal, Wang, Gong) — CIFAR-100 is not on this
+machine, so these are printed beside, not reproduced.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+PAPER_CIFAR100_LT = {  # imbalance 200 / 100 / 50 / 20, ResNet-32 top-1 error %
+    "ce": (65.16, 61.68, 56.15, 48.86),
+    "cb-ce": (64.30, 61.44, 55.45, 48.47),
+    "l2rw": (67.00, 61.10, 56.83, 49.25),
+    "meta-weight-net": (63.38, 58.39, 54.34, 46.96),
+    "two-component": (60.69, 56.65, 51.47, 44.38),
+    "lazy-two-component": (58.67, 53.46, 48.24, 43.68),
+}
+PLAIN = ("ce", "cb-ce", "cb-focal", "ldam-drw", "logit-adjust")
+META = ("l2rw", "meta-weight-net", "two-component", "lazy-two-component")
+
+
+def _config(args, method):
+    from longtail.trainer import TrainConfig
+
+    return TrainConfig(dataset=args.dataset, imbalance=args.imbalance, method=method, epochs=args.epochs,
+                       batch_size=args.batch_size, inner_steps=args.inner_steps, n_max=args.n_max or None,
+                       test_per_class=args.test_per_class or None, model=args.model, seed=args.seed,
+                       preset="benchmark-smoke" if args.smoke else "benchmark")
+
+
+def _data(args):
+    from longtail.data import CIFARLongTail
+
+    return CIFARLongTail.load(args.dataset, imbalance=args.imbalance, root=args.data_dir, n_max=args.n_max or None,
+                              test_per_class=args.test_per_class or None, seed=args.seed)
+
+
+def run_method(args, method: str, threads: int) -> dict:
+    """Train one method (a worker process); meta methods start from the CE phase checkpoint."""
+    import torch
+
+    from longtail.trainer import Trainer, epoch_times
+
+    torch.set_num_threads(threads)
+    data = _data(args)
+    trainer = Trainer(_config(args, method), data, device=args.device)
+    ce_phase = Path(args.out) / "ce_phase.pt"
+    started_at = 0
+    if method in META:
+        state = torch.load(ce_phase, map_location=args.device, weights_only=True)
+        trainer.load_state(state)
+        started_at = trainer.epoch
+
+    def keep_ce_phase(tr, row):
+        if method == "ce" and tr.epoch == tr.schedule.meta_start:
+            tr.save(ce_phase)
+
+    started = time.perf_counter()
+    trainer.run(on_epoch_end=keep_ce_phase)
+    own = trainer.history[started_at:]
+    return {"method": method, "best": _strip(trainer.best), "last": _strip(trainer.last),
+            "own_epoch_s": epoch_times(own)["epoch_s"], "own_epochs": len(own), "wall_s": time.perf_counter() - started,
+            "history": trainer.history}
+
+
+def _strip(res):
+    return None if res is None else {k: v for k, v in res.items() if k != "per_class_accuracy"}
+
+
+def measure_cost(args, steps: int) -> dict:
+    """Seconds per training step of ce / two-component / lazy-two-component, interleaved on the same batches."""
+    import torch
+
+    from longtail.augment import normalize, random_crop_flip
+    from longtail.methods import StepContext, create_method
+    from longtail.trainer import Trainer
+
+    data = _data(args)
+    base = Trainer(_config(args, "ce"), data, device=args.device)
+    val_x = normalize(data.val_images.to(args.device), data.mean, data.std)[: args.batch_size]
+    val_y = data.val_labels.to(args.device)[: args.batch_size]
+    gen = torch.Generator().manual_seed(args.seed)
+    names = ("ce", "two-component", "lazy-two-component")
+    methods = {n: create_method(n, data.counts, device=args.device, **({"inner_steps": args.inner_steps} if n.startswith("lazy") else {}))
+               for n in names}
+    times = {n: [] for n in names}
+    for step in range(steps + 1):  # the first round warms up (allocations, forward-mode AD setup) and is dropped
+        idx = torch.randperm(len(data.train_labels), generator=gen)[: args.batch_size]
+        x = normalize(random_crop_flip(data.train_images[idx], generator=gen).to(args.device), data.mean, data.std)
+        y = data.train_labels[idx].to(args.device)
+        for n in names:
+            model = copy.deepcopy(base.model)  # same weights for every method (outside the timed region)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+            ctx = StepContext(model, 0.1, 0, val_x, val_y)
+            t = time.perf_counter()
+            loss = methods[n].loss(ctx, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step:
+                times[n].append(time.perf_counter() - t)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    return {"step_s": med, "two_component_over_ce": med["two-component"] / med["ce"],
+            "lazy_over_ce": med["lazy-two-component"] / med["ce"], "steps": steps}
+
+
+def _fmt(v, digits=2):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--imbalance", type=float, default=100.0)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--n-max", type=int, default=200, help="largest class (0: the dataset's standard 4990/490)")
+    parser.add_argument("--test-per-class", type=int, default=50, help="0: the whole test set")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--inner-steps", type=int, default=5)
+    parser.add_argument("--model", default="resnet32")
+    parser.add_argument("--methods", default=",".join(PLAIN + META))
+    parser.add_argument("--jobs", type=int, default=4, help="worker processes for the runs")
+    parser.add_argument("--timing-steps", type=int, default=5, help="interleaved steps for the cost ratio")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data-dir", default=os.environ.get("LAZYAPPS_DATA"))
+    parser.add_argument("--out", default="benchmark-runs/longtail")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--cost-only", action="store_true", help="only the interleaved step-cost measurement")
+    parser.add_argument("--smoke", action="store_true", help="seconds: LeNet-5, 2 epochs, ~250 images, 1 job")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.epochs, args.n_max, args.test_per_class, args.batch_size = 2, 100, 10, 64
+        args.model, args.jobs, args.timing_steps, args.inner_steps = "lenet5", 1, 1, 2
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = set(methods) - set(PLAIN + META)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; valid: {', '.join(PLAIN + META)}")
+    if any(m in META for m in methods) and "ce" not in methods:
+        methods.insert(0, "ce")  # the meta methods start from the CE phase
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    data = _data(args)
+    print(data.describe(), flush=True)
+    from longtail.schedule import Schedule
+
+    sched = Schedule.scaled(args.epochs)
+    budget = (f"REDUCED BUDGET: {args.model}, {args.epochs} epochs (lr 0.1, warm-up {sched.warmup_epochs}, x0.01 from epoch "
+              f"{sched.decay_epochs[0] + 1}, x0.0001 from {sched.decay_epochs[1] + 1}, meta/DRW from epoch {sched.meta_start + 1}), "
+              f"batch {args.batch_size}, n_max {args.n_max or 'standard'}, {len(data.test_labels)} test images, seed {args.seed}")
+    print(budget, flush=True)
+
+    results: dict[str, dict] = {}
+    started = time.perf_counter()
+    if args.cost_only:
+        methods = []
+    threads = 1 if args.jobs > 1 else max(1, os.cpu_count() or 1)
+    if args.jobs > 1:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(args.jobs) as pool:
+            pending = {m: pool.apply_async(run_method, (args, m, threads)) for m in methods if m in PLAIN}
+            meta_pending = {}
+            while pending or meta_pending:
+                for m, job in list(pending.items()) + list(meta_pending.items()):
+                    if job.ready():
+                        results[m] = job.get()
+                        print(f"  done {m}: best error {results[m]['best']['top1_error']:.2f}% ({results[m]['wall_s']:.0f}s)", flush=True)
+                        pending.pop(m, None), meta_pending.pop(m, None)
+                        if m == "ce":
+                            meta_pending = {mm: pool.apply_async(run_method, (args, mm, threads)) for mm in methods if mm in META}
+                time.sleep(2)
+    else:
+        for m in [m for m in methods if m in PLAIN] + [m for m in methods if m in META]:
+            results[m] = run_method(args, m, threads)
+            print(f"  done {m}: best error {results[m]['best']['top1_error']:.2f}% ({results[m]['wall_s']:.0f}s)", flush=True)
+    import torch
+
+    torch.set_num_threads(threads)  # one thread when runs share the CPU: contention would distort the ratio
+    cost = measure_cost(args, args.timing_steps)
+
+    header = f"{'method':<20} {'best err%':>9} {'last err%':>9} {'many%':>6} {'med%':>6} {'few%':>6} {'s/epoch':>8} {'epochs run':>10}   paper C100-LT x200/x100/x50/x20"
+    lines = [f"{args.dataset}-LT imbalance {args.imbalance:g} on this machine; accuracy columns at the best epoch "
+             "(the literature reports the best epoch)", budget, header, "-" * len(header)]
+    for m in [m for m in PLAIN + META if m in results]:
+        r = results[m]
+        b = r["best"]
+        paper = "/".join(f"{v:.2f}" for v in PAPER_CIFAR100_LT[m]) if m in PAPER_CIFAR100_LT else "-"
+        lines.append(f"{m:<20} {_fmt(b['top1_error']):>9} {_fmt(r['last']['top1_error']):>9} {_fmt(b['many_accuracy'], 1):>6} "
+                     f"{_fmt(b['medium_accuracy'], 1):>6} {_fmt(b['few_accuracy'], 1):>6} {_fmt(r['own_epoch_s'], 1):>8} "
+                     f"{r['own_epochs']:>10}   {paper}")
+    s = cost["step_s"]
+    lines.append(f"cost per training step, interleaved in one process ({cost['steps']} steps, median): ce {s['ce']:.3f}s, "
+                 f"two-component {s['two-component']:.3f}s ({cost['two_component_over_ce']:.2f}x), "
+                 f"lazy-two-component {s['lazy-two-component']:.3f}s ({cost['lazy_over_ce']:.2f}x CE; budget 4x)")
+    lines.append("s/epoch: mean training seconds of the epochs each method ran itself (meta methods: their meta epochs); "
+                 f"{args.jobs} runs in parallel, so these are perturbed; the step costs above are the fair comparison")
+    table = "\n".join(lines)
+    print(table)
+    out = {"config": {k: v for k, v in vars(args).items()}, "counts": data.counts, "budget": budget,
+           "results": results, "cost": cost, "paper_cifar100_lt": PAPER_CIFAR100_LT, "elapsed_s": time.perf_counter() - started}
+    json_path = args.json or str(Path(args.out) / "results.json")
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(out, indent=1, default=str))
+    print(f"results written to {json_path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""``lazyapps longtail``: train and evaluate long-tailed CIFAR recognisers.
+
+Top-level imports stay light (click only); torch and the product load when a
+command runs, so ``lazyapps --help`` stays fast.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lazyapps.cli import apply_preset, common_options, preset_option
+
+METHOD_NAMES = ("ce", "cb-ce", "cb-focal", "ldam-drw", "logit-adjust", "l2rw", "meta-weight-net", "two-component",
+                "lazy-two-component")
+
+#: smoke: seconds (a few hundred images, 2 epochs); quick: minutes on a 2-core CPU; paper: Cao/Jamal et al.'s settings.
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {"epochs": 2, "n_max": 100, "test_per_class": 20, "batch_size": 64},
+    "quick": {"epochs": 20, "n_max": 500, "test_per_class": 200, "batch_size": 128},
+    "paper": {"epochs": 200, "n_max": None, "test_per_class": None, "batch_size": 128},
+}
+
+
+def _parse_gammas(text: str | None) -> tuple[float, ...] | None:
+    from lazyapps.errors import LazyAppsError
+
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise LazyAppsError(f"--gammas must be comma-separated numbers in [0, 1] such as 0.75,0.8,0.85, got {text!r}") from None
+    if not values or not all(0 <= g <= 1 for g in values):
+        raise LazyAppsError(f"--gammas must be comma-separated numbers in [0, 1] such as 0.75,0.8,0.85, got {text!r}")
+    return values
+
+
+def _default_out(cache_root: Path, config) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.dataset}-imb{config.imbalance:g}-{config.method}-{config.preset}-seed{config.seed}")
+    return cache_root / "longtail" / name
+
+
+def _result_rows(best: dict[str, Any] | None, last: dict[str, Any] | None) -> list[dict[str, Any]]:
+    rows = []
+    for which, res in (("best", best), ("last", last)):
+        if res:
+            rows.append({"epoch": f"{which} ({res['epoch']})", "top1 error %": res["top1_error"],
+                         "many %": res["many_accuracy"], "medium %": res["medium_accuracy"], "few %": res["few_accuracy"]})
+    return rows
+
+
+def _per_class_rows(classes, counts, best, last) -> list[dict[str, Any]]:
+    from .evaluation import shot_group
+
+    rows = []
+    for c, (name, n) in enumerate(zip(classes, counts)):
+        rows.append({"class": c, "name": name, "train_images": n, "group": shot_group(n),
+                     "best_accuracy": None if best is None else round(best["per_class_accuracy"][c], 4),
+                     "last_accuracy": None if last is None else round(last["per_class_accuracy"][c], 4)})
+    return rows
+
+
+def _plot(path: str, rows: list[dict[str, Any]], title: str, keys: tuple[str, ...]) -> None:
+    from lazyapps.errors import LazyAppsError
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise LazyAppsError("--plot needs matplotlib: pip install 'lazyapps[plot]' (or leave out --plot)") from None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    counts = [r["train_images"] for r in rows]
+    for key, marker in zip(keys, "oxs"):
+        values = [r[key] for r in rows]
+        if all(v is not None for v in values):
+            ax.scatter(counts, values, marker=marker, label=key.replace("_", " "))
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.legend()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _write_outputs(run, per_class, per_class_csv, plot, title, keys=("best_accuracy", "last_accuracy")) -> None:
+    from lazyapps.results import write_csv
+
+    if per_class_csv:
+        write_csv(per_class_csv, per_class)
+        run.echo(f"per-class accuracy written to {per_class_csv}")
+    if plot:
+        _plot(plot, per_class, title, keys)
+        run.echo(f"per-class plot written to {plot}")
+
+
+@click.group()
+def longtail() -> None:
+    """Long-tailed recognition on CIFAR-LT: lazy two-component weighting and its baselines."""
+
+
+@longtail.command()
+@click.option("--dataset", default="cifar100", show_default=True, help="cifar10, cifar100 or npz:PATH (an array bundle).")
+@click.option("--imbalance", type=float, default=100.0, show_default=True, help="Largest / smallest class size (>= 1).")
+@click.option("--method", default="lazy-two-component", show_default=True, help=f"One of: {', '.join(METHOD_NAMES)}.")
+@preset_option("quick")
+@click.option("--epochs", type=int, default=None, help="Epochs (the lr decays, DRW and meta phase scale with it).")
+@click.option("--batch-size", type=int, default=None, help="Training batch size (preset: 128; smoke 64).")
+@click.option("--lr", type=float, default=None, help="Base learning rate (default 0.1).")
+@click.option("--inner-steps", type=int, default=None, help="Student steps k of lazy-two-component (default 5).")
+@click.option("--gammas", default=None, help="The teacher's γ grid, e.g. 0.75,0.8,0.85,0.9,0.95 (default).")
+@click.option("--split", "rule", type=click.Choice(["first", "ldam"]), default="first", show_default=True,
+              help="first: per class the first 10 images validate, the next n_c train (file order); ldam: Cao et al.'s seeded shuffle.")
+@click.option("--val-per-class", type=int, default=10, show_default=True, help="Balanced validation images per class.")
+@click.option("--n-max", type=int, default=None, help="Training images of the largest class (paper: 4990 CIFAR-10, 490 CIFAR-100; smoke 100, quick 500).")
+@click.option("--test-per-class", type=int, default=None, help="Evaluate on the first N test images per class (paper: all).")
+@click.option("--model", default="resnet32", show_default=True, help="Zoo architecture (see 'lazyapps zoo'); ResNet-32 is the literature's.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder for checkpoint.pt / best.pt (default: under the cache root).")
+@click.option("--resume", type=click.Path(dir_okay=False), default=None, help="Continue the run of this checkpoint.pt exactly where it stopped.")
+@click.option("--per-class-csv", type=click.Path(dir_okay=False), default=None, help="Write per-class accuracy (best and last epoch) as CSV.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Plot per-class accuracy vs. training images (needs matplotlib).")
+@common_options
+def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner_steps, gammas, rule, val_per_class, n_max,
+          test_per_class, model, out, resume, per_class_csv, plot) -> None:
+    """Train ResNet-32 on CIFAR-LT with one method and report top-1 error and shot-group accuracy."""
+    from lazyapps.errors import LazyAppsError, UnknownNameError
+    from lazyapps.paths import cache_root
+    from lazyapps.progress import status
+
+    if not imbalance >= 1:
+        raise LazyAppsError(f"--imbalance must be >= 1 (largest / smallest class size), got {imbalance}")
+    if method not in METHOD_NAMES:
+        raise UnknownNameError("method", method, METHOD_NAMES)
+    settings = apply_preset(PRESETS, preset, {"epochs": epochs, "batch_size": batch_size, "n_max": n_max,
+                                              "test_per_class": test_per_class})
+    from .data import CIFARLongTail
+    from .trainer import TrainConfig, Trainer
+
+    config = TrainConfig(dataset=dataset, imbalance=imbalance, method=method, epochs=settings["epochs"],
+                         batch_size=settings["batch_size"], lr=0.1 if lr is None else lr,
+                         inner_steps=5 if inner_steps is None else inner_steps,
+                         gammas=_parse_gammas(gammas) or (0.75, 0.80, 0.85, 0.90, 0.95), rule=rule,
+                         val_per_class=val_per_class, n_max=settings["n_max"], test_per_class=settings["test_per_class"],
+                         model=model, seed=run.seed, preset=preset)
+    if config.batch_size < 2:
+        raise LazyAppsError(f"--batch-size must be >= 2 (BatchNorm needs a batch), got {config.batch_size}")
+    if resume is not None and not Path(resume).is_file():
+        raise LazyAppsError(f"--resume {resume}: no such checkpoint file")
+    out_dir = Path(out) if out else (Path(resume).parent if resume else _default_out(cache_root(run.cache_dir), config))
+    if resume is None and (out_dir / "checkpoint.pt").exists():
+        raise LazyAppsError(f"{out_dir} already holds a run's checkpoint; continue it with --resume {out_dir / 'checkpoint.pt'} "
+                            f"or choose another --out (nothing was overwritten)")
+    data = CIFARLongTail.load(dataset, imbalance=imbalance, root=run.data_dir, rule=rule, val_per_class=val_per_class,
+                              n_max=config.n_max, test_per_class=config.test_per_class, seed=run.seed)
+    status(data.describe())
+    trainer = Trainer(config, data, device=run.device, out_dir=out_dir)
+    if resume is not None:
+        trainer.resume(resume)
+        status(f"resumed from {resume} after epoch {trainer.epoch}")
+    schedule = trainer.schedule
+    status(f"{method}: {config.epochs} epochs, lr {config.lr} (warm-up {schedule.warmup_epochs}, ×0.01 from epoch "
+           f"{schedule.decay_epochs[0] + 1}, ×0.0001 from {schedule.decay_epochs[1] + 1})"
+           + (f", meta steps from epoch {schedule.meta_start + 1}" if trainer.method.meta else "") + f"; checkpoints in {out_dir}")
+
+    def report(tr, row):
+        status(f"epoch {row['epoch']}/{config.epochs}: loss {row['train_loss']:.4f}, top-1 error {row['top1_error']:.2f}%, "
+               f"{row['train_s']:.1f}s{' (meta)' if row['meta'] else ''}")
+
+    trainer.run(on_epoch_end=report)
+    from .trainer import epoch_times
+
+    times = epoch_times(trainer.history)
+    per_class = _per_class_rows(data.classes, data.counts, trainer.best, trainer.last)
+    table = _table(f"{dataset}-LT imbalance {imbalance:g}, {method}, {config.epochs} epochs ({preset} preset); "
+                   "the literature reports the best epoch", trainer.best, trainer.last, times)
+    _write_outputs(run, per_class, per_class_csv, plot, f"{dataset}-LT x{imbalance:g}, {method}")
+    metrics = {"best": _strip(trainer.best), "last": _strip(trainer.last), **times, "counts": data.counts,
+               "per_class": per_class, "history": trainer.history, "checkpoint": str(trainer.checkpoint_path)}
+    run.finish(config.identity() | {"preset": preset, "out": str(out_dir)}, metrics, table=table)
+
+
+def _strip(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if result is None else {k: v for k, v in result.items() if k != "per_class_accuracy"}
+
+
+def _table(title, best, last, times) -> str:
+    from lazyapps.results import format_table
+
+    text = format_table(_result_rows(best, last), title=title)
+    parts = [f"{k.replace('_', ' ')} {v:.1f}s" for k, v in times.items() if v is not None]
+    return text + ("\ntraining time: " + ", ".join(parts) if parts else "")
+
+
+@longtail.command(name="eval")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="checkpoint.pt or best.pt of a longtail run.")
+@click.option("--per-class-csv", type=click.Path(dir_okay=False), default=None, help="Write per-class accuracy as CSV.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Plot per-class accuracy vs. training images (needs matplotlib).")
+@common_options
+def eval_command(run, checkpoint, per_class_csv, plot) -> None:
+    """Evaluate a longtail checkpoint on its test set (top-1 error, many/medium/few-shot and per-class accuracy)."""
+    import models_zoo
+    from lazyapps.checkpoint import load_checkpoint
+    from lazyapps.errors import CheckpointError
+    from lazyapps.results import format_table
+
+    from .data import CIFARLongTail
+    from .evaluation import evaluate
+    from .trainer import CHECKPOINT_KIND
+
+    state, meta = load_checkpoint(checkpoint, map_location=run.device)
+    if meta.get("kind") != CHECKPOINT_KIND or "model" not in state:
+        raise CheckpointError(f"{checkpoint} is not a longtail checkpoint (kind {meta.get('kind')!r}); pass a checkpoint.pt or best.pt written by 'lazyapps longtail train'")
+    data = CIFARLongTail.load(meta["dataset"], imbalance=meta["imbalance"], root=run.data_dir, rule=meta["rule"],
+                              val_per_class=meta["val_per_class"], n_max=meta["n_max"],
+                              test_per_class=meta["test_per_class"], seed=meta["seed"])
+    options = {"normalized_head": True} if meta.get("normalized_head") else {}
+    model = models_zoo.create(meta["model"], num_classes=len(meta["classes"]), in_channels=int(data.test_images.shape[1]),
+                              image_size=int(data.test_images.shape[-1]), **options).to(run.device)
+    model.load_state_dict(state["model"])
+    result = evaluate(model, data.test_images, data.test_labels, data.counts, mean=data.mean, std=data.std, device=run.device)
+    epoch = meta.get("best_epoch", meta.get("epochs_done"))
+    row = {"epoch": epoch, "top1 error %": result["top1_error"], "many %": result["many_accuracy"],
+           "medium %": result["medium_accuracy"], "few %": result["few_accuracy"]}
+    table = format_table([row], title=f"{meta['dataset']}-LT imbalance {meta['imbalance']:g}, {meta['method']}: {checkpoint}")
+    per_class = _per_class_rows(data.classes, data.counts, {"per_class_accuracy": result["per_class_accuracy"]}, None)
+    for r in per_class:
+        r["accuracy"] = r.pop("best_accuracy")
+        del r["last_accuracy"]
+    _write_outputs(run, per_class, per_class_csv, plot, f"{meta['dataset']}-LT x{meta['imbalance']:g}, {meta['method']}",
+                   keys=("accuracy",))
+    run.finish({"checkpoint": str(checkpoint), **{k: meta.get(k) for k in ("dataset", "imbalance", "method", "model")}},
+               {**_strip(result), "epoch": epoch, "per_class": per_class}, table=table)

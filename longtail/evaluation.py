@@ -1,0 +1,65 @@
+"""Evaluation on the balanced test set: top-1 error, per-class accuracy and the shot groups.
+
+Shot groups follow the long-tail literature (Liu et al., CVPR 2019, "OLTR"):
+many-shot classes have more than 100 training images, medium-shot 20–100, and
+few-shot fewer than 20. A group with no class (e.g. few-shot on CIFAR-10-LT at
+imbalance 100, whose smallest class has 50 images) is reported as ``None``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .augment import normalize
+
+MANY_SHOT = 100  # more than this many training images
+FEW_SHOT = 20  # fewer than this many training images
+
+
+def shot_group(count: int) -> str:
+    """``many`` (> 100 training images), ``medium`` (20–100) or ``few`` (< 20)."""
+    return "many" if count > MANY_SHOT else ("few" if count < FEW_SHOT else "medium")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
+            batch_size: int = 500, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Top-1 predictions of ``model`` (eval mode) for ``uint8`` images, batch by batch."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = normalize(images[start:start + batch_size].to(device), mean, std)
+            out.append(model(x).argmax(1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def summarize(predictions: torch.Tensor, labels: torch.Tensor, counts: Sequence[int]) -> dict[str, Any]:
+    """Top-1 error (%), many/medium/few-shot accuracy (%) and per-class accuracy (%) from predictions."""
+    num_classes = len(counts)
+    correct = (predictions == labels).double()
+    per_class_total = torch.bincount(labels, minlength=num_classes).double()
+    per_class_correct = torch.bincount(labels, weights=correct, minlength=num_classes)
+    per_class = (100 * per_class_correct / per_class_total.clamp_min(1)).tolist()
+    groups: dict[str, list[int]] = {"many": [], "medium": [], "few": []}
+    for c, n in enumerate(counts):
+        if per_class_total[c] > 0:
+            groups[shot_group(n)].append(c)
+    result: dict[str, Any] = {"top1_error": float(100 * (1 - correct.mean())) if len(labels) else None}
+    for group, members in groups.items():
+        result[f"{group}_accuracy"] = (sum(per_class[c] for c in members) / len(members)) if members else None
+        result[f"{group}_classes"] = len(members)
+    result["per_class_accuracy"] = per_class
+    return result
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, counts: Sequence[int], *,
+             mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu") -> dict[str, Any]:
+    """:func:`summarize` of ``model``'s predictions on ``images``."""
+    return summarize(predict(model, images, mean=mean, std=std, device=device), labels.cpu(), counts)

@@ -1,0 +1,273 @@
+"""The training methods of ``lazyapps longtail train --method``, by name.
+
+Each method turns a training batch into the scalar loss whose gradient the
+trainer's SGD step follows. Plain methods (``ce``, ``cb-ce``, ``cb-focal``,
+``ldam-drw``, ``logit-adjust``) only weight or reshape the per-example loss.
+Meta methods (``l2rw``, ``meta-weight-net``, ``two-component``,
+``lazy-two-component``) train with plain CE until the meta phase starts (epoch
+160 of 200 in the paper preset, as Jamal et al.), then weight each example by
+a look-ahead on the balanced validation set (:mod:`longtail.reweighting`).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lazyapps.errors import UnknownNameError
+from lazyapps.functional import params_of
+from lazyapps.teacher import LazyTeacher
+
+from . import losses as L
+from .reweighting import LookAhead, chunks, clipped_normalized, lazy_direction, plain_direction
+from .weights import class_balanced_weights
+
+
+@dataclass
+class StepContext:
+    """What a method needs besides the batch: the model, the current lr and epoch, the validation batch."""
+
+    model: nn.Module
+    lr: float
+    epoch: int  # 0-based
+    val_inputs: Tensor | None = None
+    val_targets: Tensor | None = None
+
+
+class Method:
+    """Base: plain cross-entropy. Subclasses override :meth:`per_example` / :meth:`loss`."""
+
+    name = "ce"
+    summary = "softmax cross-entropy"
+    meta = False
+    normalized_head = False
+
+    def __init__(self, counts: Sequence[int], *, device: torch.device | str = "cpu") -> None:
+        self.counts = list(counts)
+        self.device = torch.device(device)
+        self.meta_start = 0
+        self.diagnostics: dict[str, float] = {}
+
+    def per_example(self, logits: Tensor, targets: Tensor, epoch: int) -> Tensor:
+        return L.cross_entropy(logits, targets)
+
+    def loss(self, ctx: StepContext, inputs: Tensor, targets: Tensor) -> Tensor:
+        """The scalar training loss of one batch (the real forward updates BatchNorm statistics once)."""
+        return self.per_example(ctx.model(inputs), targets, ctx.epoch).mean()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class ClassBalancedCE(Method):
+    name = "cb-ce"
+    summary = "class-balanced CE, weights (1-β)/(1-β^n), β=0.9999 (Cui et al. 2019)"
+
+    def __init__(self, counts, *, device="cpu", beta: float = 0.9999) -> None:
+        super().__init__(counts, device=device)
+        self.class_weights = class_balanced_weights(counts, beta=beta).to(self.device)
+
+    def loss(self, ctx, inputs, targets):
+        return L.weighted_mean(self.per_example(ctx.model(inputs), targets, ctx.epoch), self.class_weights[targets])
+
+
+class ClassBalancedFocal(ClassBalancedCE):
+    name = "cb-focal"
+    summary = "class-balanced softmax focal loss, β=0.9999, γ=1 (Cui et al. 2019)"
+
+    def __init__(self, counts, *, device="cpu", beta: float = 0.9999, gamma: float = 1.0) -> None:
+        super().__init__(counts, device=device, beta=beta)
+        self.gamma = gamma
+
+    def per_example(self, logits, targets, epoch):
+        return L.focal_loss(logits, targets, gamma=self.gamma)
+
+
+class LDAMDRW(Method):
+    name = "ldam-drw"
+    summary = "LDAM loss (max margin 0.5, s=30, cosine head) + deferred re-weighting (Cao et al. 2019)"
+    normalized_head = True
+
+    def __init__(self, counts, *, device="cpu", max_margin: float = 0.5, scale: float = 30.0, beta: float = 0.9999) -> None:
+        super().__init__(counts, device=device)
+        self.margins = L.ldam_margins(counts, max_margin=max_margin).to(self.device)
+        self.scale = scale
+        self.class_weights = class_balanced_weights(counts, beta=beta).to(self.device)
+        self.drw_start = 160  # set by the trainer from the schedule (the first lr decay)
+
+    def loss(self, ctx, inputs, targets):
+        per = L.ldam_loss(ctx.model(inputs), targets, margins=self.margins, scale=self.scale)
+        if ctx.epoch >= self.drw_start:
+            return L.weighted_mean(per, self.class_weights[targets])
+        return per.mean()
+
+
+class LogitAdjust(Method):
+    name = "logit-adjust"
+    summary = "logit-adjusted loss, τ=1 (Menon et al. 2021)"
+
+    def __init__(self, counts, *, device="cpu", tau: float = 1.0) -> None:
+        super().__init__(counts, device=device)
+        self.log_prior = L.log_priors(counts).to(self.device)
+        self.tau = tau
+
+    def per_example(self, logits, targets, epoch):
+        return L.logit_adjusted_loss(logits, targets, log_prior=self.log_prior, tau=self.tau)
+
+
+class MetaMethod(Method):
+    """Shared meta step: real forward, virtual step, validation direction, weight update, weighted loss."""
+
+    meta = True
+
+    def loss(self, ctx, inputs, targets):
+        if ctx.epoch < self.meta_start or ctx.val_inputs is None:
+            return super().loss(ctx, inputs, targets)
+        model = ctx.model
+        params = params_of(model)
+        losses = L.cross_entropy(model(inputs), targets)  # the real forward: BN running stats move once
+        base = self.base_weights(losses, targets)
+        look = LookAhead(model, params, inputs, targets, L.cross_entropy, lr=ctx.lr, losses=losses)
+        theta_tilde = look.step(base)
+        direction = self.direction(ctx, theta_tilde, inputs, targets, base)
+        grad_w = look.weight_gradient(direction)
+        weights = self.final_weights(grad_w, base, losses, targets)
+        self.diagnostics["weight_mean"] = float(weights.mean())
+        return self.reduce(losses, weights)
+
+    def base_weights(self, losses: Tensor, targets: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def direction(self, ctx, theta_tilde, inputs, targets, base):
+        v, val_loss = plain_direction(ctx.model, theta_tilde, ctx.val_inputs, ctx.val_targets)
+        self.diagnostics["val_loss"] = val_loss
+        return v
+
+    def final_weights(self, grad_w: Tensor, base: Tensor, losses: Tensor, targets: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def reduce(self, losses: Tensor, weights: Tensor) -> Tensor:
+        return L.weighted_mean(losses, weights.detach())
+
+
+class L2RW(MetaMethod):
+    name = "l2rw"
+    summary = "learning to reweight: ε=0, weights max(-∂L_val/∂ε, 0) normalised (Ren et al. 2018)"
+
+    def base_weights(self, losses, targets):
+        return torch.zeros_like(losses)
+
+    def final_weights(self, grad_w, base, losses, targets):
+        return clipped_normalized(-grad_w)
+
+
+class TwoComponent(MetaMethod):
+    name = "two-component"
+    summary = "w_y (Cui et al.) + ε_i from a one-step look-ahead on the validation set (Jamal et al. 2020)"
+
+    def __init__(self, counts, *, device="cpu", beta: float = 0.9999) -> None:
+        super().__init__(counts, device=device)
+        self.class_weights = class_balanced_weights(counts, beta=beta).to(self.device)
+
+    def base_weights(self, losses, targets):
+        return self.class_weights[targets]
+
+    def final_weights(self, grad_w, base, losses, targets):
+        # ε: L2RW's clipped step from ε = 0, scaled to the batch's class-weight mass so both
+        # components count alike; an all-zero ε leaves the class-balanced weights.
+        return base + clipped_normalized(-grad_w, total=base.sum())
+
+
+class LazyTwoComponent(TwoComponent):
+    name = "lazy-two-component"
+    summary = "two-component with ε through the lazy teacher's leap over a k-step student (Jamal et al., lazy, Alg. 2)"
+
+    def __init__(self, counts, *, device="cpu", beta: float = 0.9999, inner_steps: int = 5,
+                 gammas: Sequence[float] = (0.75, 0.80, 0.85, 0.90, 0.95)) -> None:
+        super().__init__(counts, device=device, beta=beta)
+        self.inner_steps = inner_steps
+        self.teacher = LazyTeacher(gammas=tuple(gammas), last=1, criterion="accuracy")
+
+    def direction(self, ctx, theta_tilde, inputs, targets, base):
+        # The student walks k SGD steps from θ̃ over k slices of this batch with the class weights:
+        # one pass over the batch in all, so the look-ahead costs about one extra training step.
+        slices = iter(chunks(len(targets), self.inner_steps))
+        weights = base.detach()
+
+        def student_loss(predict):
+            part = next(slices)
+            return L.weighted_mean(L.cross_entropy(predict(inputs[part]), targets[part]), weights[part])
+
+        v, leap, val_loss = lazy_direction(ctx.model, theta_tilde, student_loss, ctx.val_inputs, ctx.val_targets,
+                                           steps=min(self.inner_steps, len(targets)), lr=ctx.lr, teacher=self.teacher)
+        self.diagnostics.update(val_loss=val_loss, gamma=leap.gamma, leap_val_accuracy=leap.score)
+        return v
+
+
+class WeightNet(nn.Module):
+    """Meta-Weight-Net's weighting function: MLP 1-100-1 with ReLU, sigmoid output, input the loss (Shu et al. 2019)."""
+
+    def __init__(self, hidden: int = 100) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, losses: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(losses[:, None])).squeeze(1)
+
+
+class MetaWeightNet(MetaMethod):
+    name = "meta-weight-net"
+    summary = "weights from an MLP on the loss, trained through the look-ahead (Shu et al. 2019)"
+
+    def __init__(self, counts, *, device="cpu", meta_lr: float = 1e-5, momentum: float = 0.9, weight_decay: float = 5e-4) -> None:
+        super().__init__(counts, device=device)
+        self.weight_net = WeightNet().to(self.device)
+        self.optimizer = torch.optim.SGD(self.weight_net.parameters(), lr=meta_lr, momentum=momentum, weight_decay=weight_decay)
+
+    def base_weights(self, losses, targets):
+        self._weights_with_graph = self.weight_net(losses.detach())
+        return self._weights_with_graph.detach()
+
+    def final_weights(self, grad_w, base, losses, targets):
+        # ∂L_val/∂ψ = Σ_i ∂L_val/∂w_i · ∂w_i/∂ψ, then one meta-optimiser step and fresh weights.
+        self.optimizer.zero_grad(set_to_none=True)
+        self._weights_with_graph.backward(grad_w)
+        self.optimizer.step()
+        del self._weights_with_graph
+        with torch.no_grad():
+            return self.weight_net(losses.detach())
+
+    def reduce(self, losses, weights):
+        return (losses * weights.detach()).mean()  # Shu et al.'s (1/N) Σ V(ℓ_i) ℓ_i, unnormalised
+
+    def state_dict(self):
+        return {"weight_net": self.weight_net.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        if not state:  # a checkpoint from before the meta phase (or the CE phase): keep the fresh meta-net
+            return
+        self.weight_net.load_state_dict(state["weight_net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (Method, ClassBalancedCE, ClassBalancedFocal, LDAMDRW, LogitAdjust, L2RW, MetaWeightNet, TwoComponent, LazyTwoComponent)
+}
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def create_method(name: str, counts: Sequence[int], *, device: torch.device | str = "cpu", **options: Any) -> Method:
+    """The method ``name`` for training counts ``counts`` (``UnknownNameError`` lists the valid names)."""
+    if name not in METHODS:
+        raise UnknownNameError("method", name, METHODS)
+    return METHODS[name](counts, device=device, **options)

@@ -1,0 +1,193 @@
+"""The one functional look-ahead shared by every meta-reweighting method.
+
+L2RW (Ren et al., ICML 2018), Meta-Weight-Net (Shu et al., NeurIPS 2019), the
+two-component weighting (Jamal, Brown, Yang, Wang, Gong, CVPR 2020) and its
+lazy variant (Algorithm 2 of Jamal, Wang, Gong, "A Lazy Approach to
+Long-Horizon Gradient-Based Meta-Learning") all take a *virtual* SGD step with
+per-example weights w,
+
+    θ̃(w) = θ − α ∇_θ (1/N) Σ_i w_i ℓ_i(θ),
+
+score the result on the balanced validation set and move the weights along
+−∂L_val/∂w. By the chain rule
+
+    ∂L_val/∂w_i = ⟨∂θ̃/∂w_i, v⟩ = −(α/N) ⟨∇_θ ℓ_i(θ), v⟩,   v = ∂L_val/∂θ̃,
+
+so the pull-back of v to the weights is one forward-mode pass (a JVP of the
+per-example losses along v) rather than a double backward through the
+virtual step. :class:`LookAhead` does both halves; the methods only differ in
+how they get v (plain validation gradient at θ̃, or through the lazy teacher's
+leap, :func:`lazy_direction`) and what they do with ∂L_val/∂w.
+
+Everything runs with :func:`lazyapps.functional.forward`
+(``torch.func.functional_call``) on parameter dicts: no module is copied or
+rebuilt. Virtual forwards run under :func:`batch_statistics`, so BatchNorm
+normalises with the batch's statistics (as the real training forward does)
+but never touches its running statistics.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import jvp
+
+from lazyapps.functional import Params, forward
+from lazyapps.teacher import Leap, LazyTeacher, explore, lazy_maml_meta_gradient
+
+PerExampleLoss = Callable[[Tensor, Tensor], Tensor]
+"""``loss_fn(logits, targets) -> per-example losses`` (length N)."""
+
+
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Inside, BatchNorm layers normalise with batch statistics and leave running statistics alone.
+
+    ``track_running_stats=False`` makes a training-mode BatchNorm pass no
+    running buffers to ``F.batch_norm`` (and skip ``num_batches_tracked``), so
+    virtual steps cannot change the model's buffers. Restored on exit.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.track_running_stats for m in norms]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, flag in zip(norms, saved):
+            m.track_running_stats = flag
+
+
+def _no_buffers() -> dict[str, Tensor]:
+    return {}
+
+
+class LookAhead:
+    """One virtual SGD step θ̃(w) on a training batch, and the pull-back of a direction to the weights.
+
+    ``params`` are θ by name. ``losses`` may be given: the per-example losses of
+    the real training forward at θ with a graph to ``params`` (the virtual step
+    then reuses that forward); otherwise they are computed here in batch-statistics
+    mode. ``lr`` is α, the learning rate of the virtual step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: Mapping[str, Tensor],
+        inputs: Tensor,
+        targets: Tensor,
+        loss_fn: PerExampleLoss,
+        *,
+        lr: float,
+        losses: Tensor | None = None,
+    ) -> None:
+        self.model = model
+        self.params = dict(params)
+        self.theta = {k: v.detach() for k, v in self.params.items()}
+        self.inputs, self.targets, self.loss_fn, self.lr = inputs, targets, loss_fn, float(lr)
+        self.losses = losses
+
+    def _per_example(self, params: Mapping[str, Tensor]) -> Tensor:
+        with batch_statistics(self.model):
+            return self.loss_fn(forward(self.model, params, _no_buffers(), self.inputs), self.targets)
+
+    def step(self, weights: Tensor) -> Params:
+        """θ̃(w) = θ − α ∇_θ (1/N) Σ_i w_i ℓ_i(θ) for fixed ``weights`` (detached result)."""
+        weights = weights.detach()
+        if not bool((weights != 0).any()):
+            return dict(self.theta)  # zero weights (L2RW's ε = 0): the virtual step does not move
+        with torch.enable_grad():
+            if self.losses is not None and self.losses.requires_grad:
+                losses, wrt = self.losses, self.params
+            else:
+                wrt = {k: v.requires_grad_() for k, v in ((k, v.detach()) for k, v in self.theta.items())}
+                losses = self._per_example(wrt)
+            objective = (weights * losses).sum() / len(losses)
+            grads = torch.autograd.grad(objective, list(wrt.values()), retain_graph=True, allow_unused=True)
+        return {k: (t - self.lr * g if g is not None else t) for (k, t), g in zip(self.theta.items(), grads)}
+
+    def weight_gradient(self, direction: Mapping[str, Tensor]) -> Tensor:
+        """∂⟨θ̃(w), v⟩/∂w_i = −(α/N)⟨∇_θ ℓ_i(θ), v⟩ for every example i (one JVP at θ along ``direction``).
+
+        With ``direction`` = ∂L_val/∂θ̃ this is ∂L_val(θ̃(w))/∂w, the same for every
+        w since θ̃ is linear in w.
+        """
+        tangent = {k: direction[k].detach().to(t) if k in direction else torch.zeros_like(t) for k, t in self.theta.items()}
+        _, along = jvp(self._per_example, (self.theta,), (tangent,))
+        return -(self.lr / len(self.targets)) * along.detach()
+
+
+def validation_loss(model: nn.Module, params: Mapping[str, Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of ``params`` on a validation batch (batch-statistics BatchNorm)."""
+    with batch_statistics(model):
+        logits = forward(model, params, _no_buffers(), inputs)
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def validation_accuracy(model: nn.Module, params: Mapping[str, Tensor], inputs: Tensor, targets: Tensor) -> float:
+    """Top-1 accuracy of ``params`` on a validation batch (batch-statistics BatchNorm, no graph)."""
+    with torch.no_grad(), batch_statistics(model):
+        logits = forward(model, params, _no_buffers(), inputs)
+    return float((logits.argmax(1) == targets).float().mean())
+
+
+def plain_direction(model: nn.Module, theta_tilde: Mapping[str, Tensor], val_inputs: Tensor, val_targets: Tensor) -> tuple[Params, float]:
+    """v = ∂L_val/∂θ̃ at the virtual step (L2RW, Meta-Weight-Net, two-component). Returns (v, L_val)."""
+    with torch.enable_grad():
+        leaf = {k: t.detach().requires_grad_() for k, t in theta_tilde.items()}
+        loss = validation_loss(model, leaf, val_inputs, val_targets)
+        grads = torch.autograd.grad(loss, list(leaf.values()), allow_unused=True, materialize_grads=True)
+    return dict(zip(leaf, grads)), float(loss.detach())
+
+
+def lazy_direction(
+    model: nn.Module,
+    theta_tilde: Mapping[str, Tensor],
+    student_loss: Callable[[Callable[..., Tensor]], Tensor],
+    val_inputs: Tensor,
+    val_targets: Tensor,
+    *,
+    steps: int,
+    lr: float,
+    teacher: LazyTeacher,
+) -> tuple[Params, Leap, float]:
+    """v = ∂L_val(φ)/∂θ̃ through the lazy teacher's leap φ = γ̂θ̃ + (1 − γ̂)φ_k (Algorithm 2).
+
+    The student takes ``steps`` SGD steps from θ̃ on ``student_loss`` with
+    :func:`lazyapps.teacher.explore` (no graph); ``teacher`` picks γ̂ on the
+    validation batch (accuracy or loss, per its criterion); the meta-gradient
+    comes from :func:`lazyapps.teacher.lazy_maml_meta_gradient`, so v = γ̂·∇L_val(φ).
+    Returns (v, the leap, L_val(φ)).
+    """
+    with batch_statistics(model):
+        checkpoints = explore(model, theta_tilde, student_loss, steps=steps, lr=lr, keep_last=teacher.last, buffers=_no_buffers())
+        if teacher.criterion == "accuracy":
+            def score(p: Params) -> float:
+                return validation_accuracy(model, p, val_inputs, val_targets)
+        else:
+            def score(p: Params) -> float:
+                with torch.no_grad():
+                    return float(validation_loss(model, p, val_inputs, val_targets))
+        leaf = {k: t.detach().requires_grad_() for k, t in theta_tilde.items()}
+        leap = teacher.leap(leaf, checkpoints, score)
+        loss, grads = lazy_maml_meta_gradient(leaf, leap, lambda p: validation_loss(model, p, val_inputs, val_targets))
+    return grads, leap, float(loss)
+
+
+def clipped_normalized(negative_gradient: Tensor, *, total: float | Tensor = 1.0) -> Tensor:
+    """max(−∂L/∂w, 0) rescaled to sum to ``total`` (all zeros when no example helps): L2RW's rule."""
+    clipped = negative_gradient.clamp_min(0)
+    mass = clipped.sum()
+    if float(mass) <= 0:
+        return torch.zeros_like(clipped)
+    return clipped * (total / mass)
+
+
+def chunks(n: int, parts: int) -> Sequence[slice]:
+    """``parts`` contiguous slices covering range(n) as evenly as possible (the student's minibatches)."""
+    parts = max(1, min(parts, n))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [slice(bounds[i], bounds[i + 1]) for i in range(parts)]

@@ -1,0 +1,252 @@
+"""Training a CIFAR-LT model with any method, with per-epoch checkpoints and exact resume.
+
+:class:`Trainer` owns the model, the SGD optimiser, the method (with its
+meta state), a CPU random generator for shuffling and augmentation, and the
+history. After every epoch it evaluates on the test set and writes
+``checkpoint.pt`` atomically (and ``best.pt`` when the test accuracy improved),
+so an interrupted run (Ctrl-C included) keeps the last completed epoch, and
+``resume`` continues bit-for-bit: same weights, momentum, meta-net, random
+stream and history as a run that was never stopped.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lazyapps.checkpoint import load_checkpoint, save_checkpoint
+from lazyapps.errors import CheckpointError, LazyAppsError
+from lazyapps.progress import progress
+
+from .augment import normalize, random_crop_flip
+from .data import CIFARLongTail
+from .evaluation import evaluate
+from .methods import Method, StepContext, create_method
+from .schedule import Schedule
+
+CHECKPOINT_KIND = "longtail-train"
+#: Settings a checkpoint must share with the run that resumes it (anything else would mix two runs).
+IDENTITY_KEYS = ("dataset", "imbalance", "method", "rule", "val_per_class", "n_max", "test_per_class", "model",
+                 "epochs", "batch_size", "lr", "weight_decay", "momentum", "inner_steps", "gammas", "seed")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a long-tail training run (the paper's values by default)."""
+
+    dataset: str = "cifar100"
+    imbalance: float = 100.0
+    method: str = "ce"
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    inner_steps: int = 5
+    gammas: tuple[float, ...] = (0.75, 0.80, 0.85, 0.90, 0.95)
+    rule: str = "first"
+    val_per_class: int = 10
+    n_max: int | None = None
+    test_per_class: int | None = None
+    model: str = "resnet32"
+    seed: int = 0
+    preset: str = "paper"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule.scaled(self.epochs, lr=self.lr)
+
+    def identity(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["gammas"] = [float(g) for g in self.gammas]
+        d["imbalance"] = float(self.imbalance)
+        return {k: d[k] for k in IDENTITY_KEYS}
+
+
+class Interrupted(LazyAppsError):
+    """Training stopped by Ctrl-C; the message names the checkpoint to resume from."""
+
+    exit_code = 130
+
+
+def _method_options(config: TrainConfig) -> dict[str, Any]:
+    if config.method == "lazy-two-component":
+        return {"inner_steps": config.inner_steps, "gammas": tuple(config.gammas)}
+    return {}
+
+
+class Trainer:
+    """Train ``config.model`` on ``data`` with ``config.method``; checkpoints go to ``out_dir``."""
+
+    def __init__(self, config: TrainConfig, data: CIFARLongTail, *, device: torch.device | str = "cpu",
+                 out_dir: str | Path | None = None, model: nn.Module | None = None) -> None:
+        import models_zoo
+
+        if config.inner_steps < 1:
+            raise LazyAppsError(f"--inner-steps must be >= 1, got {config.inner_steps}")
+        if config.epochs < 1:
+            raise LazyAppsError(f"--epochs must be >= 1, got {config.epochs}")
+        self.config, self.data = config, data
+        self.device = torch.device(device)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.schedule = config.schedule
+        self.method: Method = create_method(config.method, data.counts, device=self.device, **_method_options(config))
+        self.method.meta_start = self.schedule.meta_start
+        if hasattr(self.method, "drw_start"):
+            self.method.drw_start = self.schedule.meta_start
+        torch.manual_seed(config.seed)  # the same initial weights for every method of a seed
+        if model is None:
+            # Only ResNet-32 has LDAM's cosine head; other zoo models keep their linear head.
+            options = {"normalized_head": True} if self.method.normalized_head and config.model == "resnet32" else {}
+            model = models_zoo.create(config.model, num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]),
+                                      image_size=int(data.train_images.shape[-1]), **options)
+        self.model = model.to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.epoch = 0  # the next epoch to run (0-based)
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.last: dict[str, Any] | None = None
+        self._val = None
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / "checkpoint.pt" if self.out_dir is not None else None
+
+    def metadata(self) -> dict[str, Any]:
+        return {"kind": CHECKPOINT_KIND, **self.config.identity(), "preset": self.config.preset,
+                "epochs_done": self.epoch, "classes": self.data.classes, "counts": self.data.counts,
+                "mean": list(self.data.mean), "std": list(self.data.std),
+                "normalized_head": self.method.normalized_head and self.config.model == "resnet32"}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "best": self.best,
+            "last": self.last,
+        }
+
+    def save(self, path: str | Path | None = None) -> Path:
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("no checkpoint path: give out_dir or a path")
+        return save_checkpoint(path, self.state_dict(), self.metadata())
+
+    def resume(self, path: str | Path) -> None:
+        """Load a checkpoint of this same configuration (any other is refused with the differing setting named)."""
+        expect = {"kind": CHECKPOINT_KIND, **self.config.identity()}
+        try:
+            state, _ = load_checkpoint(path, map_location=self.device, expect=expect)
+        except CheckpointError as exc:
+            raise CheckpointError(f"cannot resume: {exc}; resume with the same settings or start a new run with another --out") from None
+        self.load_state(state)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore everything :meth:`state_dict` saved (no settings check: :meth:`resume` does that)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.method.load_state_dict(state["method"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.best, self.last = state["best"], state["last"]
+
+    # -- training ----------------------------------------------------------------------------------
+    def _validation_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self.method.meta or len(self.data.val_labels) == 0:
+            return None
+        if self._val is None:
+            self._val = (normalize(self.data.val_images.to(self.device), self.data.mean, self.data.std),
+                         self.data.val_labels.to(self.device))
+        images, labels = self._val
+        if len(labels) <= self.config.batch_size:
+            return images, labels
+        pick = torch.randperm(len(labels), generator=self.generator)[: self.config.batch_size].to(self.device)
+        return images[pick], labels[pick]
+
+    def train_epoch(self) -> dict[str, Any]:
+        """One epoch over the long-tailed training set; returns loss, lr and train time."""
+        epoch, data, cfg = self.epoch, self.data, self.config
+        lr = self.schedule.lr_at(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        meta_phase = self.method.meta and epoch >= self.method.meta_start
+        order = torch.randperm(len(data.train_labels), generator=self.generator)
+        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        total, seen = 0.0, 0
+        started = time.perf_counter()
+        for idx in progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs} {cfg.method}{' (meta)' if meta_phase else ''}"):
+            x = random_crop_flip(data.train_images[idx], generator=self.generator).to(self.device)
+            x = normalize(x, data.mean, data.std)
+            y = data.train_labels[idx].to(self.device)
+            val = self._validation_batch() if meta_phase else None
+            ctx = StepContext(self.model, lr, epoch, *(val or (None, None)))
+            loss = self.method.loss(ctx, x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss.detach()) * len(y)
+            seen += len(y)
+        train_s = time.perf_counter() - started
+        return {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(seen, 1), "train_s": train_s, "meta": meta_phase,
+                **{f"meta_{k}": v for k, v in self.method.diagnostics.items()}}
+
+    def evaluate(self) -> dict[str, Any]:
+        """Top-1 error, shot-group and per-class accuracy of the current model on the test set."""
+        return evaluate(self.model, self.data.test_images, self.data.test_labels, self.data.counts,
+                        mean=self.data.mean, std=self.data.std, device=self.device)
+
+    def run(self, *, on_epoch_end: Callable[[Trainer, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """Train from ``self.epoch`` to the last epoch, checkpointing after each; returns the history.
+
+        Ctrl-C raises :class:`Interrupted` naming the checkpoint of the last completed epoch.
+        """
+        try:
+            while self.epoch < self.config.epochs:
+                row = self.train_epoch()
+                result = self.evaluate()
+                row.update({k: v for k, v in result.items() if k != "per_class_accuracy"})
+                self.history.append(row)
+                self.last = {"epoch": row["epoch"], **result}
+                improved = self.best is None or result["top1_error"] < self.best["top1_error"]
+                if improved:
+                    self.best = {"epoch": row["epoch"], **result}
+                self.epoch += 1
+                if self.out_dir is not None:
+                    self.save()
+                    if improved:
+                        save_checkpoint(self.out_dir / "best.pt", {"model": self.model.state_dict()},
+                                        {**self.metadata(), "best_epoch": row["epoch"]})
+                if on_epoch_end is not None:
+                    on_epoch_end(self, row)
+        except KeyboardInterrupt:
+            where = (f"the checkpoint of epoch {self.epoch} is kept at {self.checkpoint_path}; continue with "
+                     f"--resume {self.checkpoint_path}") if self.out_dir is not None and self.epoch > 0 else "no epoch was completed, nothing was saved"
+            raise Interrupted(f"interrupted during epoch {self.epoch + 1}; {where}") from None
+        return self.history
+
+
+def epoch_times(history: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """Mean training seconds per epoch, overall, in the plain phase and in the meta phase."""
+    def mean(rows):
+        rows = list(rows)
+        return sum(r["train_s"] for r in rows) / len(rows) if rows else None
+
+    return {"epoch_s": mean(history), "plain_epoch_s": mean(r for r in history if not r["meta"]),
+            "meta_epoch_s": mean(r for r in history if r["meta"])}

@@ -1,0 +1,78 @@
+"""``lazyapps longtail``: smoke runs on the real CIFAR-10 subset, outputs, and bad-input messages."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from lazyapps.cli import cli
+
+TINY = ["--dataset", "cifar10", "--preset", "smoke", "--n-max", "30", "--imbalance", "10", "--test-per-class", "5", "--quiet"]
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, ["longtail", *args], catch_exceptions=False)
+
+
+@pytest.fixture
+def env(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAZYAPPS_DATA", str(data_root))
+    monkeypatch.setenv("LAZYAPPS_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_train_smoke_resnet32_writes_json_csv_and_eval_agrees(env):
+    out = env / "run"
+    result = _invoke("train", *TINY, "--method", "ce", "--out", str(out), "--json", str(env / "r.json"),
+                     "--per-class-csv", str(env / "pc.csv"))
+    assert result.exit_code == 0, result.output
+    assert "the literature reports the best epoch" in result.output and "best (" in result.output
+    res = json.loads((env / "r.json").read_text())
+    assert res["command"] == "longtail train" and res["config"]["model"] == "resnet32"
+    counts = res["metrics"]["counts"]
+    assert counts == [int(30 * 0.1 ** (c / 9)) for c in range(10)]
+    assert len(res["metrics"]["history"]) == 2 and res["metrics"]["last"]["few_classes"] == sum(n < 20 for n in counts)
+    rows = list(csv.DictReader(open(env / "pc.csv")))
+    assert [r["train_images"] for r in rows] == [str(c) for c in res["metrics"]["counts"]] and rows[9]["group"] == "few"
+    # eval of the last checkpoint reproduces the last epoch's test error
+    ev = _invoke("eval", "--checkpoint", str(out / "checkpoint.pt"), "--json", str(env / "e.json"), "--quiet")
+    assert ev.exit_code == 0, ev.output
+    assert json.loads((env / "e.json").read_text())["metrics"]["top1_error"] == pytest.approx(res["metrics"]["last"]["top1_error"])
+
+
+def test_train_lazy_method_small_model_and_resume_refusals(env):
+    out = env / "lazy"
+    args = [*TINY, "--model", "lenet5", "--method", "lazy-two-component", "--inner-steps", "2", "--gammas", "0.8,0.9"]
+    result = _invoke("train", *args, "--out", str(out), "--json", str(env / "l.json"))
+    assert result.exit_code == 0, result.output
+    history = json.loads((env / "l.json").read_text())["metrics"]["history"]
+    assert [h["meta"] for h in history] == [False, True] and history[1]["meta_gamma"] in (0.8, 0.9)
+    before = (out / "checkpoint.pt").read_bytes()
+    again = CliRunner().invoke(cli, ["longtail", "train", *args, "--out", str(out)])
+    assert again.exit_code == 2 and "already holds a run's checkpoint" in again.output
+    other = CliRunner().invoke(cli, ["longtail", "train", *TINY, "--model", "lenet5", "--method", "ce", "--resume", str(out / "checkpoint.pt")])
+    assert other.exit_code == 2 and "method='lazy-two-component', but method='ce' is needed" in other.output
+    assert "Traceback" not in other.output and (out / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--imbalance", "0.5"], "--imbalance must be >= 1"),
+    (["--method", "focal-magic"], "unknown method 'focal-magic'; valid: cb-ce, cb-focal, ce, l2rw, lazy-two-component"),
+    (["--val-per-class", "3000"], "needs 3000 for validation"),
+    (["--gammas", "0.8,2"], "--gammas must be comma-separated numbers in [0, 1]"),
+])
+def test_bad_input_is_one_clear_line(env, args, message):
+    result = CliRunner().invoke(cli, ["longtail", "train", "--dataset", "cifar10", "--preset", "smoke", *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_missing_cifar100_error_says_how_to_get_it(tmp_path, monkeypatch):
+    import lazyapps.data as data_module
+
+    monkeypatch.setattr(data_module, "_download", lambda name, root: (_ for _ in ()).throw(OSError("offline")))
+    result = CliRunner().invoke(cli, ["longtail", "train", "--imbalance", "100", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "cifar-100-python" in result.output and "--dataset cifar10" in result.output
+    assert len(result.output.strip().splitlines()) == 1

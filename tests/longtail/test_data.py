@@ -1,0 +1,91 @@
+"""CIFAR-LT splits: counts from the closed form, validation = first images per class, errors."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from lazyapps.data import load_dataset
+from lazyapps.errors import DataNotFoundError, LazyAppsError
+from longtail.data import CIFARLongTail, longtail_counts, split_indices
+
+
+def test_counts_closed_form_imbalance_100():
+    counts = longtail_counts(10, 100, 4990)
+    expected = [int(4990 * 0.01 ** (c / 9)) for c in range(10)]
+    # The issue's rule with n_max = 4990: the smallest class has int(49.9) = 49 images.
+    assert counts == expected == [4990, 2991, 1793, 1075, 644, 386, 231, 138, 83, 49]
+    assert longtail_counts(100, 100, 490)[0] == 490 and longtail_counts(100, 100, 490)[-1] == 4
+    assert longtail_counts(10, 1, 7) == [7] * 10
+
+
+def test_default_split_on_real_subset(data_root):
+    lt = CIFARLongTail.load("cifar10", imbalance=100, root=data_root)
+    assert lt.counts == [4990, 2991, 1793, 1075, 644, 386, 231, 138, 83, 49]
+    assert torch.bincount(lt.train_labels, minlength=10).tolist() == lt.counts
+    labels = load_dataset("cifar10", root=data_root).train.labels.numpy()
+    start = 0
+    for c, n_c in enumerate(lt.counts):
+        in_file_order = np.flatnonzero(labels == c)
+        # validation: the first 10 images of the class in file order; training: the next n_c
+        assert lt.val_index[10 * c:10 * (c + 1)].tolist() == in_file_order[:10].tolist()
+        assert lt.train_index[start:start + n_c].tolist() == in_file_order[10:10 + n_c].tolist()
+        start += n_c
+    assert len(set(lt.val_index.tolist()) & set(lt.train_index.tolist())) == 0
+    assert len(lt.test_labels) == 10000 and lt.val_images.shape == (100, 3, 32, 32)
+
+
+def test_ldam_split_is_seeded_shuffle():
+    labels = torch.arange(4).repeat_interleave(50)
+    counts = [40, 20, 10, 5]
+    a = split_indices(labels, counts, val_per_class=5, rule="ldam", seed=3)
+    b = split_indices(labels, counts, val_per_class=5, rule="ldam", seed=3)
+    c = split_indices(labels, counts, val_per_class=5, rule="ldam", seed=4)
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(a[0], c[0])
+    rng = np.random.RandomState(3)
+    perm0 = np.arange(50)
+    rng.shuffle(perm0)
+    assert a[1][:5].tolist() == perm0[:5].tolist() and a[0][:40].tolist() == perm0[5:45].tolist()
+
+
+def test_too_few_images_is_a_clear_error(data_root):
+    with pytest.raises(LazyAppsError, match=r"class 1 \(automobile\) has 3874 training images but the split needs 10 for validation \+ 4172"):
+        CIFARLongTail.load("cifar10", imbalance=5, root=data_root)
+    with pytest.raises(LazyAppsError, match="needs 3000 for validation"):
+        CIFARLongTail.load("cifar10", imbalance=100, root=data_root, val_per_class=3000)
+    with pytest.raises(LazyAppsError, match="--imbalance must be >= 1"):
+        CIFARLongTail.load("cifar10", imbalance=0.5, root=data_root)
+
+
+def test_missing_cifar100_says_how_to_get_it(tmp_path, monkeypatch):
+    import lazyapps.data as data_module
+
+    monkeypatch.setattr(data_module, "_download", lambda name, root: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(DataNotFoundError, match="cifar-100-python.*--dataset cifar10"):
+        CIFARLongTail.load("cifar100", imbalance=100, root=tmp_path)
+
+
+def _write_cifar100(root, per_class_train=8, per_class_test=2):
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    for name, per in (("train", per_class_train), ("test", per_class_test)):
+        fine = np.tile(np.arange(100), per)  # interleaved classes, as in the real files
+        data = rng.randint(0, 256, size=(len(fine), 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as handle:
+            pickle.dump({b"data": data, b"fine_labels": fine.tolist(), b"coarse_labels": (fine // 5).tolist()}, handle)
+    with open(folder / "meta", "wb") as handle:
+        pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)],
+                     b"coarse_label_names": [f"s{i}".encode() for i in range(20)]}, handle)
+
+
+def test_cifar100_lt_from_official_format(tmp_path):
+    _write_cifar100(tmp_path)
+    lt = CIFARLongTail.load("cifar100", imbalance=3, root=tmp_path, val_per_class=2, n_max=6)
+    assert lt.counts == [int(6 * (1 / 3) ** (c / 99)) for c in range(100)] and lt.counts[0] == 6 and lt.counts[-1] == 2
+    assert torch.bincount(lt.train_labels, minlength=100).tolist() == lt.counts
+    # class 0 sits at rows 0, 100, 200, ...: validation rows 0 and 100, training from row 200 on
+    assert lt.val_index[:2].tolist() == [0, 100] and lt.train_index[:6].tolist() == [200, 300, 400, 500, 600, 700]
+    assert len(lt.test_labels) == 200 and lt.num_classes == 100

@@ -1,0 +1,68 @@
+"""Losses and class-balanced weights against closed forms and slow references."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longtail import losses as L
+from longtail.weights import class_balanced_weights
+
+
+def test_class_balanced_weights_closed_form():
+    counts, beta = [500, 100, 10], 0.999
+    raw = [(1 - beta) / (1 - beta ** n) for n in counts]
+    expected = [3 * r / sum(raw) for r in raw]
+    assert class_balanced_weights(counts, beta=beta).tolist() == pytest.approx(expected, rel=1e-6)
+    assert class_balanced_weights(counts, beta=0.0).tolist() == pytest.approx([1.0, 1.0, 1.0])
+    w = class_balanced_weights([4990, 49], beta=0.9999)
+    assert float(w.sum()) == pytest.approx(2.0) and w[1] > w[0]
+
+
+def _slow_ldam(logits, targets, counts, max_margin, scale):
+    margins = [n ** -0.25 for n in counts]
+    margins = [m * max_margin / max(margins) for m in margins]
+    out = []
+    for z, y in zip(logits.tolist(), targets.tolist()):
+        z = [scale * (v - (margins[y] if j == y else 0.0)) for j, v in enumerate(z)]
+        out.append(-z[y] + math.log(sum(math.exp(v) for v in z)))
+    return torch.tensor(out)
+
+
+def test_ldam_matches_slow_reference():
+    torch.manual_seed(0)
+    counts = [1000, 200, 30, 5]
+    logits = torch.rand(7, 4) * 2 - 1  # cosines
+    targets = torch.tensor([0, 1, 2, 3, 3, 2, 0])
+    margins = L.ldam_margins(counts, max_margin=0.5)
+    assert float(margins.max()) == pytest.approx(0.5) and int(margins.argmax()) == 3
+    got = L.ldam_loss(logits, targets, margins=margins, scale=30.0)
+    assert torch.allclose(got, _slow_ldam(logits, targets, counts, 0.5, 30.0), atol=1e-4)
+
+
+def test_logit_adjusted_loss_matches_reference():
+    torch.manual_seed(1)
+    counts = [90, 9, 1]
+    logits, targets = torch.randn(5, 3), torch.tensor([0, 1, 2, 2, 1])
+    prior = [n / 100 for n in counts]
+    expected = []
+    for z, y in zip(logits.tolist(), targets.tolist()):
+        z = [v + 1.0 * math.log(p) for v, p in zip(z, prior)]
+        expected.append(-z[y] + math.log(sum(math.exp(v) for v in z)))
+    got = L.logit_adjusted_loss(logits, targets, log_prior=L.log_priors(counts), tau=1.0)
+    assert torch.allclose(got, torch.tensor(expected), atol=1e-5)
+
+
+def test_focal_reduces_to_ce_and_downweights_easy_examples():
+    torch.manual_seed(2)
+    logits, targets = torch.randn(6, 4), torch.randint(0, 4, (6,))
+    assert torch.allclose(L.focal_loss(logits, targets, gamma=0.0), F.cross_entropy(logits, targets, reduction="none"))
+    p = F.softmax(logits, 1).gather(1, targets[:, None]).squeeze(1)
+    assert torch.allclose(L.focal_loss(logits, targets, gamma=1.0), -(1 - p) * p.log(), atol=1e-6)
+
+
+def test_weighted_mean():
+    assert float(L.weighted_mean(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 3.0]))) == pytest.approx(2.5)
+    assert float(L.weighted_mean(torch.tensor([1.0, 3.0]), torch.zeros(2))) == 0.0

@@ -1,0 +1,132 @@
+"""The shared look-ahead: ε-gradient vs finite differences, BatchNorm buffers, the lazy leap, augmentation."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lazyapps.functional import params_of
+from longtail import losses as L
+from longtail.augment import random_crop_flip
+from longtail.methods import LazyTwoComponent, StepContext, TwoComponent
+from longtail.reweighting import LookAhead, batch_statistics, chunks, plain_direction, validation_loss
+
+
+
+def _batch(n, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 6, 6, generator=g, dtype=dtype), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_weight_gradient_matches_finite_differences_float64(tiny_net):
+    model = tiny_net().double().train()
+    x, y = _batch(8, 0, torch.float64)
+    vx, vy = _batch(6, 1, torch.float64)
+    look = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.7)
+    w = torch.rand(8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def val_loss(weights):
+        return float(validation_loss(model, look.step(weights), vx, vy))
+
+    v, _ = plain_direction(model, look.step(w), vx, vy)
+    analytic = look.weight_gradient(v)
+    h = 1e-6
+    numeric = torch.tensor([(val_loss(w + h * e) - val_loss(w - h * e)) / (2 * h) for e in torch.eye(8, dtype=torch.float64)], dtype=torch.float64)
+    assert analytic.abs().max() > 1e-4  # not trivially zero
+    assert torch.allclose(analytic, numeric, rtol=1e-5, atol=1e-9)
+
+
+def test_virtual_steps_leave_batchnorm_buffers_alone(tiny_net):
+    model = tiny_net().train()
+    x, y = _batch(16, 3)
+    vx, vy = _batch(10, 4)
+    before = {k: v.clone() for k, v in model.named_buffers()}
+    look = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.1)
+    theta_tilde = look.step(torch.ones(16))
+    v, _ = plain_direction(model, theta_tilde, vx, vy)
+    look.weight_gradient(v)
+    assert all(torch.equal(before[k], v_) for k, v_ in model.named_buffers())
+    assert all(m.track_running_stats for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    # the virtual forward normalises with batch statistics, like the real training forward
+    with batch_statistics(model):
+        virtual = model(x)
+    assert torch.allclose(virtual, model(x), atol=1e-6)
+
+
+def test_step_from_the_real_forward_equals_the_functional_step(tiny_net):
+    model = tiny_net().train()
+    x, y = _batch(12, 5)
+    w = torch.rand(12)
+    params = params_of(model)
+    shared = LookAhead(model, params, x, y, L.cross_entropy, lr=0.3, losses=L.cross_entropy(model(x), y)).step(w)
+    separate = LookAhead(model, params, x, y, L.cross_entropy, lr=0.3).step(w)
+    assert all(torch.allclose(shared[k], separate[k], atol=1e-6) for k in shared)
+    # against the obvious SGD step
+    loss = (w * F.cross_entropy(model(x), y, reduction="none")).mean()
+    grads = torch.autograd.grad(loss, list(params.values()))
+    assert all(torch.allclose(shared[k], p.detach() - 0.3 * g, atol=1e-6) for (k, p), g in zip(params.items(), grads))
+
+
+def test_lazy_direction_is_gamma_times_validation_gradient_at_the_leap(tiny_net):
+    torch.manual_seed(0)
+    model = tiny_net().train()
+    x, y = _batch(20, 6)
+    vx, vy = _batch(30, 7)
+    counts = [50, 30, 20, 12, 8, 5, 3, 2, 2, 1]
+    method = LazyTwoComponent(counts, inner_steps=4, gammas=(0.6, 0.8, 0.95))
+    base = method.base_weights(torch.zeros(20), y)
+    params = params_of(model)
+    theta_tilde = LookAhead(model, params, x, y, L.cross_entropy, lr=0.5).step(base)
+    ctx = StepContext(model, 0.5, 0, vx, vy)
+    v = method.direction(ctx, theta_tilde, x, y, base)
+
+    # Slow reference: 4 plain SGD steps on the 4 slices, grid over γ by validation accuracy, γ̂·∇L_val(φ).
+    phi = {k: t.clone() for k, t in theta_tilde.items()}
+    for part in chunks(20, 4):
+        with batch_statistics(model):
+            leaf = {k: t.requires_grad_() for k, t in ((k, t.detach().clone()) for k, t in phi.items())}
+            out = torch.func.functional_call(model, leaf, (x[part],))
+            loss = (base[part] * F.cross_entropy(out, y[part], reduction="none")).sum() / base[part].sum()
+            g = torch.autograd.grad(loss, list(leaf.values()))
+        phi = {k: (t - 0.5 * gi).detach() for (k, t), gi in zip(leaf.items(), g)}
+    best = None
+    for gamma in (0.6, 0.8, 0.95):
+        mix = {k: gamma * theta_tilde[k] + (1 - gamma) * phi[k] for k in phi}
+        with torch.no_grad(), batch_statistics(model):
+            acc = float((torch.func.functional_call(model, mix, (vx,)).argmax(1) == vy).float().mean())
+        if best is None or acc > best[0]:
+            best = (acc, gamma, mix)
+    _, gamma, mix = best
+    assert method.diagnostics["gamma"] == gamma
+    ref, _ = plain_direction(model, mix, vx, vy)
+    assert all(torch.allclose(v[k], gamma * ref[k], atol=1e-5) for k in ref)
+
+
+def test_two_component_step_weights_and_buffers(tiny_net):
+    model = tiny_net().train()
+    x, y = _batch(16, 8)
+    vx, vy = _batch(20, 9)
+    counts = [40, 30, 20, 12, 8, 5, 3, 2, 2, 1]
+    method = TwoComponent(counts)
+    running = model[1].running_mean.clone()
+    loss = method.loss(StepContext(model, 0.1, 0, vx, vy), x, y)
+    loss.backward()
+    assert not torch.equal(running, model[1].running_mean)  # the real forward updated BN once ...
+    reference = tiny_net().train()
+    reference(x)
+    assert torch.allclose(reference[1].running_mean, model[1].running_mean, atol=1e-6)  # ... exactly once
+    assert method.diagnostics["weight_mean"] >= float(method.class_weights[y].mean()) - 1e-6
+
+
+def test_random_crop_flip_is_a_shifted_window():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(images, padding=2, generator=g)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = F.pad(images.float(), (2, 2, 2, 2))
+    for i in range(64):
+        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        candidates = windows + [w.flip(-1) for w in windows]
+        assert any(torch.equal(out[i].float(), c) for c in candidates)
+    flipped = sum(not any(torch.equal(out[i].float(), w) for w in
+                          [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]) for i in range(64))
+    assert 10 < flipped < 54  # about half flipped (a symmetric window could count as unflipped)

@@ -1,0 +1,79 @@
+"""Training loop: exact resume, Ctrl-C, refusal of other runs' checkpoints, schedule."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lazyapps.errors import CheckpointError
+from longtail.data import CIFARLongTail
+from longtail.schedule import Schedule
+from longtail.trainer import Interrupted, TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def small_lt(data_root):
+    return CIFARLongTail.load("cifar10", imbalance=10, root=data_root, n_max=30, test_per_class=5)
+
+
+def _config(method, **kw):
+    return TrainConfig(dataset="cifar10", imbalance=10, method=method, epochs=kw.pop("epochs", 10), batch_size=32,
+                       n_max=30, test_per_class=5, model="tiny", inner_steps=2, **kw)
+
+
+def _trainer(config, data, out, tiny_net):
+    return Trainer(config, data, out_dir=out, model=tiny_net())
+
+
+def test_paper_schedule():
+    s = Schedule.scaled(200)
+    assert (s.warmup_epochs, s.decay_epochs, s.meta_start) == (5, (160, 180), 160)
+    assert [s.lr_at(e) for e in (0, 4, 5, 159)] == pytest.approx([0.02, 0.1, 0.1, 0.1])
+    assert s.lr_at(160) == pytest.approx(1e-3) and s.lr_at(179) == pytest.approx(1e-3) and s.lr_at(180) == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize("method", ["meta-weight-net", "lazy-two-component"])
+def test_interrupted_then_resumed_equals_uninterrupted(small_lt, tmp_path, tiny_net, method):
+    config = _config(method)
+    full = _trainer(config, small_lt, tmp_path / "full", tiny_net)
+    full.run()
+    assert full.history[-1]["meta"] and not full.history[0]["meta"]
+
+    part = _trainer(config, small_lt, tmp_path / "part", tiny_net)
+    calls = {"n": 0}
+    original = part.method.loss
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if part.epoch == 9 and calls["n"] > 1:  # Ctrl-C in the middle of the last (meta) epoch
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    part.method.loss = interrupting
+    with pytest.raises(Interrupted, match=r"interrupted during epoch 10; the checkpoint of epoch 9 is kept at .*--resume"):
+        part.run()
+
+    resumed = _trainer(config, small_lt, tmp_path / "part", tiny_net)
+    resumed.resume(tmp_path / "part" / "checkpoint.pt")
+    assert resumed.epoch == 9
+    resumed.run()
+    for (k, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    for (k, a), (_, b) in zip(full.method.state_dict().get("weight_net", {}).items(),
+                              resumed.method.state_dict().get("weight_net", {}).items()):
+        assert torch.equal(a, b), k
+    strip = lambda h: [{k: v for k, v in r.items() if k != "train_s"} for r in h]  # noqa: E731
+    assert strip(full.history) == strip(resumed.history)
+    assert (tmp_path / "part" / "best.pt").exists()
+
+
+def test_resume_refuses_another_runs_checkpoint(small_lt, tmp_path, tiny_net):
+    trainer = _trainer(_config("ce", epochs=1), small_lt, tmp_path / "ce", tiny_net)
+    trainer.run()
+    before = (tmp_path / "ce" / "checkpoint.pt").read_bytes()
+    other = _trainer(_config("two-component", epochs=1), small_lt, tmp_path / "tc", tiny_net)
+    with pytest.raises(CheckpointError, match="method='ce', but method='two-component' is needed"):
+        other.resume(tmp_path / "ce" / "checkpoint.pt")
+    other_data = _trainer(TrainConfig(**{**_config("ce", epochs=1).__dict__, "imbalance": 20.0}), small_lt, tmp_path / "x", tiny_net)
+    with pytest.raises(CheckpointError, match="imbalance=10.0, but imbalance=20.0 is needed"):
+        other_data.resume(tmp_path / "ce" / "checkpoint.pt")
+    assert (tmp_path / "ce" / "checkpoint.pt").read_bytes() == before  # nothing lost
