@@ -1,0 +1,157 @@
+"""Few-shot accuracy under a wall-clock budget per learner, beside the papers' numbers.
+
+    python benchmarks/fewshot_accuracy.py --minutes 30                 # the issue's budget (idle CPU)
+    python benchmarks/fewshot_accuracy.py --minutes 5 --learners maml,lazy-maml
+    python benchmarks/fewshot_accuracy.py --smoke                      # seconds: a code-path check
+
+Part 1, Omniglot 5-way 1-shot (Finn et al.'s split, conv4): each learner
+meta-trains with its paper's hyperparameters (``paper_defaults``: inner lr and
+steps, meta-batch, meta lr) until ``--minutes`` of wall time have passed (or
+``--max-iterations``), then is scored on the same seeded test tasks (15
+queries per class, transductive BatchNorm as in MAML's code). Reptile's meta
+step is annealed over the *estimated* number of iterations the budget allows.
+Part 2, sine regression 5-shot (and 10-shot) MSE for maml, meta-sgd, turtle and
+meta-lstm (those registered), under ``--sine-minutes``.
+
+A short budget on a shared CPU reaches far less than the papers' 60,000
+iterations: the table says how many iterations each learner ran.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+#: Omniglot 5-way 1-shot / 5-shot, 20-way 1-shot / 5-shot accuracy (%), as published.
+OMNIGLOT_REFERENCE = {
+    "maml": (98.7, 99.9, 95.8, 98.9),  # Finn et al. 2017
+    "fomaml": (98.3, 99.2, 89.4, 97.9),  # Finn et al. 2017
+    "reptile": (97.68, 99.48, 89.43, 97.12),  # Nichol et al. 2018 (transductive)
+    "imaml": (99.16, 99.67, 94.46, 98.69),  # Rajeswaran et al. 2019
+    "lazy-reptile": (98.20, 99.70, None, None),  # Jamal, Wang, Gong (5-way)
+}
+#: Sine regression MSE, 5-shot / 10-shot.
+SINE_REFERENCE = {"maml": (1.13, 0.77), "meta-sgd": (0.90, 0.53)}  # Li et al. 2017 (Meta-SGD), Table 1
+OMNIGLOT_LEARNERS = "maml,fomaml,lazy-maml,reptile,lazy-reptile,finetune,scratch"
+SINE_LEARNERS = "maml,meta-sgd,turtle,meta-lstm"
+EVAL_SEED = 2017
+
+
+def train_for(learner, source, *, meta_batch: int, seconds: float, max_iterations: int | None) -> tuple[int, float]:
+    """Meta-train until ``seconds`` pass or ``max_iterations`` are done; returns (iterations, seconds used)."""
+    start = time.perf_counter()
+    learner.total_iterations = max_iterations or 1
+    while True:
+        elapsed = time.perf_counter() - start
+        if (max_iterations is not None and learner.iteration >= max_iterations) or (max_iterations is None and elapsed >= seconds):
+            break
+        if max_iterations is None and learner.iteration:
+            # Annealed schedules (Reptile) need a horizon: the iterations the budget will allow at this pace.
+            learner.total_iterations = max(learner.iteration + 1, int(learner.iteration * seconds / elapsed))
+        learner.train()
+        learner.meta_step(source.sample(meta_batch).to(learner.device))
+        learner.iteration += 1
+    return learner.iteration, time.perf_counter() - start
+
+
+def run_part(names, *, dataset, ways, shots, args, device, reference, ref_index):
+    from fewshot.base import available
+    from fewshot.datasets import task_source
+    from fewshot.experiment import build_learner, split_settings
+
+    import torch
+
+    rows = []
+    registered = set(available())
+    train_src = task_source(dataset, split="train", ways=ways, shots=shots, queries=args.train_queries, seed=args.seed,
+                            device=device, root=args.data_dir, cache_dir=args.cache_dir)
+    test_tasks = task_source(dataset, split="test", ways=ways, shots=shots, queries=args.eval_queries, seed=EVAL_SEED,
+                             device=device, root=args.data_dir, cache_dir=args.cache_dir).fixed_tasks(args.eval_tasks, seed=EVAL_SEED)
+    minutes = args.sine_minutes if dataset == "sine" else args.minutes
+    for name in names:
+        ref = reference.get(name, (None,) * 4)[ref_index]
+        if name not in registered:
+            rows.append({"learner": name, "note": "not registered"})
+            continue
+        torch.manual_seed(args.seed)
+        try:
+            hparams, loop = split_settings(name, dataset=dataset, ways=ways, shots=shots, explicit={})
+            options = {"hidden": args.hidden} if args.hidden and dataset != "sine" else {}
+            learner = build_learner(name, dataset=dataset, ways=ways, device=device, model_options=options, **hparams)
+            meta_batch = args.meta_batch or loop.get("meta_batch", 4)
+            iterations, used = (0, 0.0) if not learner.meta_learns else train_for(
+                learner, train_src, meta_batch=meta_batch, seconds=60 * minutes, max_iterations=args.max_iterations)
+            ev = learner.evaluate(test_tasks)
+        except Exception as exc:  # one learner failing must not hide the others' numbers
+            rows.append({"learner": name, "note": f"failed: {type(exc).__name__}: {str(exc)[:120]}"})
+            continue
+        unit = "%" if ev.metric == "accuracy" else ""
+        rows.append({"learner": name, "iterations": iterations, "meta-batch": meta_batch, "minutes": round(used / 60, 1),
+                     ev.metric: f"{ev.mean:.2f}{unit} ± {ev.ci95:.2f}", "mean": round(ev.mean, 3), "paper": ref,
+                     "transductive": ev.transductive})
+        print(f"  {dataset} {name}: {ev} after {iterations} iterations", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget per Omniglot learner")
+    parser.add_argument("--sine-minutes", type=float, default=5.0, help="wall-clock budget per sine learner")
+    parser.add_argument("--max-iterations", type=int, default=None, help="stop at this many iterations instead of the time budget")
+    parser.add_argument("--learners", default=OMNIGLOT_LEARNERS)
+    parser.add_argument("--sine-learners", default=SINE_LEARNERS, help="'' to skip the sine part")
+    parser.add_argument("--meta-batch", type=int, default=None, help="override every learner's paper meta-batch")
+    parser.add_argument("--train-queries", type=int, default=5)
+    parser.add_argument("--eval-queries", type=int, default=15)
+    parser.add_argument("--eval-tasks", type=int, default=500)
+    parser.add_argument("--hidden", type=int, default=None, help="conv4 filters (default 64)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--json", default="benchmarks/results/fewshot_accuracy.json")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.max_iterations, args.eval_tasks, args.train_queries, args.eval_queries = 1, 2, 1, 1
+        args.meta_batch, args.hidden = 1, 8
+        args.learners, args.sine_learners = "maml,lazy-maml,lazy-reptile,scratch", "maml,meta-sgd"
+
+    import torch
+
+    from lazyapps.results import format_table, make_result, write_result
+    from lazyapps.runtime import resolve_device
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    start = time.perf_counter()
+    columns = ["learner", "iterations", "meta-batch", "minutes", "accuracy", "paper", "transductive", "note"]
+    omniglot = run_part([n for n in args.learners.split(",") if n], dataset="omniglot", ways=5, shots=1, args=args, device=device,
+                        reference=OMNIGLOT_REFERENCE, ref_index=0)
+    print(format_table(omniglot, columns, title=f"Omniglot 5-way 1-shot test accuracy, {args.eval_tasks} tasks "
+                                                 f"(budget {'%d iterations' % args.max_iterations if args.max_iterations else '%g min' % args.minutes} per learner; paper = published)"))
+    sine = []
+    if args.sine_learners:
+        for shots, index in ((5, 0), (10, 1)) if not args.smoke else ((5, 0),):
+            part = run_part([n for n in args.sine_learners.split(",") if n], dataset="sine", ways=1, shots=shots, args=args,
+                            device=device, reference=SINE_REFERENCE, ref_index=index)
+            for row in part:
+                row["shots"] = shots
+            sine += part
+        print(format_table(sine, ["learner", "shots", "iterations", "minutes", "mse", "paper", "note"],
+                           title="Sine regression test MSE (paper = Finn et al. / Li et al.)"))
+    result = make_result("benchmarks/fewshot_accuracy.py", vars(args), {"omniglot_5way_1shot": omniglot, "sine": sine, "device": str(device)},
+                         time.perf_counter() - start)
+    if args.json:
+        write_result(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

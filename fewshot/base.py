@@ -1,0 +1,354 @@
+"""The learner API every few-shot algorithm implements, and the registry of learners.
+
+A :class:`Learner` owns a model (its parameters are the meta-parameters θ),
+any extra meta-parameters (learning rates, a meta-network) as submodules or
+``nn.Parameter`` attributes, and its meta-optimiser. Subclasses implement two
+methods:
+
+* :meth:`Learner.meta_step` — one meta-iteration on a :class:`~fewshot.tasks.TaskBatch`
+  (update the meta-parameters, return metrics such as the query loss);
+* :meth:`Learner.adapt` — fast weights for each task of a batch from its
+  support set (stacked on a leading task dim).
+
+The base class provides :meth:`meta_train`, :meth:`predict` (with or without
+transductive BatchNorm), :meth:`evaluate` (mean ± 95% confidence interval),
+checkpoint state and hyperparameter metadata.
+
+Conventions for subclasses (so checkpoints can rebuild a learner):
+
+* ``__init__(self, model, *, <hyperparameters with the papers' defaults>, **base)``
+  passes ``problem``, ``vectorize``, ``transductive`` on to ``Learner.__init__``;
+* each keyword hyperparameter is stored as an attribute of the same name
+  (:meth:`hparams` reads them back; values must be JSON-able);
+* register with ``@register("algo-name")``; ``paper_defaults`` may return the
+  published settings for a dataset/ways/shots combination.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lazyapps.errors import UnknownNameError
+from lazyapps.functional import Params, buffers_of, forward, map_tasks, params_of
+
+from .tasks import TaskBatch, TaskSource
+
+PROBLEMS = ("classification", "regression")
+
+
+def task_loss(problem: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The loss of one task's outputs: cross-entropy (classification) or MSE (regression, Finn et al.)."""
+    return F.cross_entropy if problem == "classification" else F.mse_loss
+
+
+def task_scores(problem: str, outputs: Tensor, targets: Tensor) -> Tensor:
+    """Per-task metric of stacked outputs ``(T, Q, ...)``: accuracy in percent or mean squared error."""
+    if problem == "classification":
+        return (outputs.argmax(-1) == targets).float().mean(-1) * 100
+    return ((outputs - targets) ** 2).flatten(1).mean(-1)
+
+
+def metric_name(problem: str) -> str:
+    return "accuracy" if problem == "classification" else "mse"
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class _BatchStatNorm:
+    """BatchNorm with batch statistics written with elementary ops.
+
+    Why: under ``torch.func.vmap``, the second derivative of PyTorch's fused
+    ``batch_norm`` is wrong (measured: second-order MAML meta-gradients of a
+    conv-BN net differ from the per-task loop and from finite differences by up
+    to 1e-1, torch 2.x), while the same function built from mean/var/sqrt
+    differentiates correctly. Same parameters, same state dict, same values.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        mean = x.mean(dims, keepdim=True)
+        var = x.var(dims, unbiased=False, keepdim=True)
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+class BatchStatNorm1d(_BatchStatNorm, nn.BatchNorm1d):
+    pass
+
+
+class BatchStatNorm2d(_BatchStatNorm, nn.BatchNorm2d):
+    pass
+
+
+def make_vmap_safe(model: nn.Module) -> nn.Module:
+    """Swap (in place) every BatchNorm without running statistics for :class:`_BatchStatNorm`'s equivalent.
+
+    Only modules that always use batch statistics (``track_running_stats=False``)
+    are swapped, so the model computes exactly what it did before.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
+            if type(module) is nn.BatchNorm2d:
+                module.__class__ = BatchStatNorm2d
+            elif type(module) is nn.BatchNorm1d:
+                module.__class__ = BatchStatNorm1d
+    return model
+
+
+@dataclass
+class Evaluation:
+    """Result of :meth:`Learner.evaluate`.
+
+    ``mean`` ± ``ci95`` (1.96·std/√n over tasks) of ``metric`` (accuracy in
+    percent, or MSE); ``values`` holds the per-task metric. ``transductive``
+    says how BatchNorm was run on the queries (``None``: the model has no BN).
+    """
+
+    metric: str
+    mean: float
+    ci95: float
+    tasks: int
+    transductive: bool | None
+    values: list[float] = field(repr=False, default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "mean": self.mean, "ci95": self.ci95, "tasks": self.tasks, "transductive": self.transductive}
+
+    def __str__(self) -> str:
+        unit = "%" if self.metric == "accuracy" else ""
+        return f"{self.metric} {self.mean:.2f}{unit} ± {self.ci95:.2f}{unit} (95% CI, {self.tasks} tasks)"
+
+
+def confidence_interval(values: Tensor) -> tuple[float, float]:
+    """Mean and 95% half-width 1.96·std/√n (std with Bessel's correction; 0 for one value)."""
+    values = values.double().flatten()
+    n = values.numel()
+    std = float(values.std()) if n > 1 else 0.0
+    return float(values.mean()), 1.96 * std / math.sqrt(n)
+
+
+class Learner(nn.Module):
+    """Base class of few-shot meta-learners (see the module docstring for the contract).
+
+    ``problem`` is ``"classification"`` (cross-entropy, accuracy) or
+    ``"regression"`` (MSE). ``vectorize`` runs a meta-batch's tasks under
+    ``torch.func.vmap`` (with a per-task loop fallback in
+    :func:`lazyapps.functional.map_tasks`); ``False`` always loops.
+    ``transductive``: at evaluation the queries of a task are classified in one
+    batch, so BatchNorm uses the query batch's statistics (what MAML's code
+    does); ``False`` classifies each query example on its own in a batch made
+    of the support set plus that one example (Nichol et al.'s non-transductive
+    protocol), so no information flows between query examples.
+    """
+
+    name: ClassVar[str] = ""
+    #: whether meta-training changes the model (False for ``scratch``); informs the CLI.
+    meta_learns: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, *, problem: str = "classification", vectorize: bool = True, transductive: bool = True) -> None:
+        super().__init__()
+        if problem not in PROBLEMS:
+            raise ValueError(f"problem must be one of {PROBLEMS}, got {problem!r}")
+        self.model = make_vmap_safe(model)
+        self.problem = problem
+        self.vectorize = vectorize
+        self.transductive = transductive
+        self.loss_fn = task_loss(problem)
+        self.iteration = 0  # meta-iterations done (kept in checkpoints; schedules read it)
+        self.total_iterations = 0  # set by meta_train, for annealed schedules
+        self.meta_optimizer: torch.optim.Optimizer | None = None
+
+    # -- what subclasses implement -------------------------------------------------
+    def meta_step(self, tasks: TaskBatch) -> dict[str, float]:
+        """One meta-iteration on ``tasks``; returns float metrics (e.g. ``loss``, ``accuracy`` on the queries)."""
+        raise NotImplementedError
+
+    def adapt(self, support: tuple[Tensor, Tensor]) -> Params:
+        """Fast weights for every task of ``support = (x, y)`` (leading task dim), stacked per task, detached."""
+        raise NotImplementedError
+
+    @classmethod
+    def paper_defaults(cls, *, dataset: str, ways: int, shots: int) -> dict[str, Any]:
+        """The published hyperparameters for this setting (overrides of ``__init__``'s defaults)."""
+        return {}
+
+    # -- shared machinery ----------------------------------------------------------
+    @property
+    def theta(self) -> Params:
+        """The model's parameters (the meta-parameters θ) by name; live tensors, not copies."""
+        return params_of(self.model)
+
+    @property
+    def buffers(self) -> Params:
+        return buffers_of(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def hparams(self) -> dict[str, Any]:
+        """The keyword hyperparameters of ``__init__`` with their current values (JSON-able)."""
+        out: dict[str, Any] = {}
+        for klass in type(self).__mro__:
+            if klass is nn.Module or not issubclass(klass, Learner):
+                continue
+            for name, param in inspect.signature(klass.__init__).parameters.items():
+                if param.kind is inspect.Parameter.KEYWORD_ONLY and name not in out and hasattr(self, name):
+                    value = getattr(self, name)
+                    out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def hparam_names(cls) -> set[str]:
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            if klass is nn.Module or not issubclass(klass, Learner):
+                continue
+            names |= {n for n, p in inspect.signature(klass.__init__).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return names
+
+    def apply_meta_gradient(self, grads: Mapping[str, Tensor], params: Mapping[str, Tensor] | None = None) -> None:
+        """Write ``grads`` (by name) into ``.grad`` of ``params`` (default: the model's) and step the meta-optimiser."""
+        params = self.theta if params is None else params
+        assert self.meta_optimizer is not None, "this learner has no meta-optimizer"
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        for name, g in grads.items():
+            params[name].grad = g.detach().to(params[name].dtype)
+        self.meta_optimizer.step()
+
+    def predict(self, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
+        """Outputs ``(T, Q, ...)`` of the per-task ``params`` (stacked) on ``query_x``.
+
+        Transductive (or a model without BatchNorm): one forward pass of each
+        task's query set. Non-transductive: each query example is run in a batch
+        with the task's support set and only its own output is kept.
+        """
+        buffers = self.buffers
+        model = self.model
+        if self.transductive or not has_batchnorm(model):
+            def run(p: Params, q: Tensor) -> Tensor:
+                return forward(model, p, buffers, q)
+            return map_tasks(run, params, query_x, vectorize=self.vectorize)
+
+        def run_one(p: Params, s: Tensor, q: Tensor) -> Tensor:
+            def one(example: Tensor) -> Tensor:
+                return forward(model, p, buffers, torch.cat([s, example.unsqueeze(0)]))[-1]
+            return map_tasks(one, q, vectorize=self.vectorize)
+
+        return map_tasks(run_one, params, support_x, query_x, vectorize=self.vectorize)
+
+    def evaluate(self, tasks: TaskBatch | Iterable[TaskBatch]) -> Evaluation:
+        """Adapt on each task's support set and score its query set: mean ± 95% CI over tasks."""
+        batches = [tasks] if isinstance(tasks, TaskBatch) else list(tasks)
+        was_training = self.training
+        self.eval()
+        values = []
+        try:
+            for batch in batches:
+                batch = batch.to(self.device)
+                fast = self.adapt(batch.support)
+                with torch.no_grad():
+                    out = self.predict(fast, batch.support_x, batch.query_x)
+                    values.append(task_scores(self.problem, out, batch.query_y).cpu())
+        finally:
+            self.train(was_training)
+        allv = torch.cat(values)
+        mean, ci = confidence_interval(allv)
+        return Evaluation(metric_name(self.problem), mean, ci, allv.numel(),
+                          self.transductive if has_batchnorm(self.model) else None, allv.tolist())
+
+    def meta_train(
+        self,
+        source: TaskSource,
+        *,
+        iterations: int,
+        meta_batch: int,
+        callback: Callable[[int, dict[str, float]], None] | None = None,
+        progress: bool = False,
+    ) -> list[dict[str, float]]:
+        """Meta-train until :attr:`iteration` reaches ``iterations`` (so a resumed learner continues).
+
+        Each step draws ``meta_batch`` tasks from ``source`` and calls
+        :meth:`meta_step`; ``callback(iteration, metrics)`` runs after each step
+        (logging, periodic validation, checkpoints). Returns the metrics per step.
+        """
+        from lazyapps.progress import progress as bar
+
+        self.total_iterations = iterations
+        history = []
+        steps = range(self.iteration, iterations)
+        for _ in (bar(steps, desc=f"meta-train {self.name}") if progress else steps):
+            tasks = source.sample(meta_batch).to(self.device)
+            self.train()
+            metrics = self.meta_step(tasks)
+            self.iteration += 1
+            history.append(metrics)
+            if callback is not None:
+                callback(self.iteration, metrics)
+        return history
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to resume: learner state dict, meta-optimiser state, iteration."""
+        return {
+            "learner": self.state_dict(),
+            "optimizer": self.meta_optimizer.state_dict() if self.meta_optimizer is not None else {},
+            "iteration": self.iteration,
+        }
+
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        self.load_state_dict(state["learner"])
+        if self.meta_optimizer is not None and state.get("optimizer"):
+            self.meta_optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state.get("iteration", 0))
+
+
+#: algorithm name -> learner class (filled by :func:`register`).
+LEARNERS: dict[str, type[Learner]] = {}
+
+
+def register(name: str) -> Callable[[type[Learner]], type[Learner]]:
+    """Class decorator: make a learner available as ``--algo name``."""
+
+    def deco(cls: type[Learner]) -> type[Learner]:
+        if name in LEARNERS and LEARNERS[name] is not cls:
+            raise ValueError(f"learner name {name!r} is already registered by {LEARNERS[name].__qualname__}")
+        cls.name = name
+        LEARNERS[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_all() -> None:
+    import fewshot.learners  # noqa: F401  (registers every learner)
+
+
+def available() -> list[str]:
+    """Names of the registered learners."""
+    _load_all()
+    return sorted(LEARNERS)
+
+
+def get_learner(name: str) -> type[Learner]:
+    """The learner class registered as ``name``; :class:`UnknownNameError` lists the valid names."""
+    _load_all()
+    if name not in LEARNERS:
+        raise UnknownNameError("algorithm", name, LEARNERS)
+    return LEARNERS[name]
+
+
+def create_learner(name: str, model: nn.Module, **hparams: Any) -> Learner:
+    """An instance of learner ``name`` around ``model``."""
+    return get_learner(name)(model, **hparams)

@@ -1,0 +1,257 @@
+"""``lazyapps fewshot``: meta-train a few-shot learner (``train``) and evaluate a checkpoint (``eval``).
+
+Top-level imports stay light (click only); torch loads when a command runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lazyapps.cli import RunContext, apply_preset, common_options, preset_option
+
+#: every learner is scored on the same seeded test tasks, whatever ``--seed`` trained it.
+EVAL_SEED = 2017
+
+#: Loop settings per preset (None: the learner's paper default). Hyperparameters stay the papers'.
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {"iterations": 3, "meta_batch": 2, "queries": 2, "eval_tasks": 4, "eval_every": 0},
+    "quick": {"iterations": 300, "meta_batch": 8, "queries": 5, "eval_tasks": 200, "eval_every": 50},
+    "paper": {"iterations": None, "meta_batch": None, "queries": 15, "eval_tasks": 1000, "eval_every": 1000},
+}
+DEFAULT_LOOP = {"iterations": 1000, "meta_batch": 4}
+CURVE_TASKS = 50  # tasks per learning-curve point (cheap, fixed)
+
+
+def _gammas(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        gammas = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of numbers in [0, 1], e.g. 0.75,0.8,0.85,0.9,0.95") from None
+    if not gammas or not all(0 <= g <= 1 for g in gammas):
+        raise click.BadParameter("every gamma must be in [0, 1]")
+    return gammas
+
+
+@click.group()
+def fewshot() -> None:
+    """Few-shot learning: MAML family, lazy learners, iMAML, Meta-SGD, meta-LSTM, TURTLE."""
+
+
+def _plot_curve(path: str, history: list[dict[str, float]], curve: list[dict[str, float]], *, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from lazyapps.errors import LazyAppsError
+
+        raise LazyAppsError("--plot needs matplotlib: pip install 'lazyapps[plot]'") from None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    keys = [k for k in ("accuracy", "mse", "loss") if any(k in h for h in history)]
+    if keys:
+        key = keys[0]
+        xs = [i + 1 for i, h in enumerate(history) if key in h]
+        ys = [h[key] for h in history if key in h]
+        window = max(1, len(ys) // 50)
+        smooth = [sum(ys[max(0, i - window + 1): i + 1]) / len(ys[max(0, i - window + 1): i + 1]) for i in range(len(ys))]
+        ax.plot(xs, smooth, label=f"meta-train query {key}")
+    if curve:
+        ax.plot([c["iteration"] for c in curve], [c["mean"] for c in curve], "o-", label=f"held-out {curve[0]['metric']}")
+    ax.set_xlabel("meta-iteration")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _table(rows: list[dict[str, Any]], title: str) -> str:
+    from lazyapps.results import format_table
+
+    return format_table(rows, title=title)
+
+
+@fewshot.command("train")
+@click.option("--algo", required=True, help="Learning algorithm (e.g. maml, fomaml, reptile, lazy-maml, lazy-reptile, scratch, finetune; see `lazyapps fewshot algos`).")
+@click.option("--dataset", default="omniglot", show_default=True, help="omniglot, omniglot-lake, sine, cifar-fs, miniimagenet, tieredimagenet or folder:PATH.")
+@click.option("--arch", default=None, help="Model zoo architecture (default: conv4 for images, sine_mlp for sine).")
+@click.option("--ways", type=int, default=5, show_default=True, help="Classes per task (N).")
+@click.option("--shots", type=int, default=1, show_default=True, help="Support examples per class (K).")
+@click.option("--queries", type=int, default=None, help="Query examples per class (default: the preset's).")
+@click.option("--inner-steps", type=int, default=None, help="Inner (student) steps during meta-training (default: the paper's).")
+@click.option("--eval-inner-steps", type=int, default=None, help="Inner steps at meta-test (default: the paper's).")
+@click.option("--inner-lr", type=float, default=None, help="Inner learning rate (default: the paper's).")
+@click.option("--meta-lr", type=float, default=None, help="Meta learning rate (default: the paper's).")
+@click.option("--iterations", type=int, default=None, help="Meta-iterations (default: the preset's).")
+@click.option("--meta-batch", type=int, default=None, help="Tasks per meta-iteration (default: the preset's / paper's).")
+@click.option("--last", type=click.IntRange(1, 10), default=None, help="Lazy learners: checkpoints the teacher mixes (1 or 3 in the paper).")
+@click.option("--gammas", callback=_gammas, default=None, help="Lazy learners: the teacher's gamma grid, comma-separated (default 0.75,...,0.95).")
+@click.option("--shuffle-classes/--no-shuffle-classes", default=True, show_default=True, help="Relabel classes per task (off: one global class order, Yin et al.'s memorization setting).")
+@click.option("--transductive/--no-transductive", default=True, show_default=True, help="BatchNorm statistics of the whole query batch at test (off: support + one query example at a time).")
+@click.option("--vectorize/--no-vectorize", default=True, show_default=True, help="Run a meta-batch's tasks with torch.func.vmap (off: a loop over tasks).")
+@click.option("--eval-tasks", type=int, default=None, help="Test tasks scored at the end (default: the preset's).")
+@click.option("--eval-every", type=int, default=None, help="Learning-curve point + checkpoint every N iterations (0: only at the end).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder for checkpoint.pt (default: fewshot-runs/<algo>-<dataset>-<ways>way-<shots>shot).")
+@click.option("--resume", type=click.Path(dir_okay=False), default=None, help="Continue from this checkpoint (same algo, arch, dataset, ways, shots).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save the learning curve to this image file (needs matplotlib).")
+@preset_option("quick")
+@common_options
+def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int, shots: int, queries: int | None,
+          inner_steps: int | None, eval_inner_steps: int | None, inner_lr: float | None, meta_lr: float | None,
+          iterations: int | None, meta_batch: int | None, last: int | None, gammas: tuple[float, ...] | None,
+          shuffle_classes: bool, transductive: bool, vectorize: bool, eval_tasks: int | None, eval_every: int | None,
+          out: str | None, resume: str | None, plot: str | None, preset: str) -> None:
+    """Meta-train a few-shot learner, checkpoint it, and score it on held-out test tasks."""
+    from lazyapps.errors import LazyAppsError
+    from lazyapps.progress import status
+
+    from .base import get_learner
+    from .datasets import dataset_info, task_source
+    from .experiment import build_learner, checkpoint_metadata, load_learner, save_learner, split_settings
+
+    cls = get_learner(algo)  # unknown name -> one line listing the registry
+    info = dataset_info(dataset)
+    if info.problem == "regression":
+        ways = 1
+    arch = arch or info.arch
+    settings = apply_preset(PRESETS, preset, {"iterations": iterations, "meta_batch": meta_batch, "queries": queries,
+                                               "eval_tasks": eval_tasks, "eval_every": eval_every})
+    explicit = {"inner_steps": inner_steps, "eval_inner_steps": eval_inner_steps, "inner_lr": inner_lr, "meta_lr": meta_lr,
+                "last": last, "gammas": gammas}
+    hparams, paper_loop = split_settings(algo, dataset=dataset, ways=ways, shots=shots, explicit=explicit)
+    for key in ("iterations", "meta_batch"):
+        if settings.get(key) is None:
+            settings[key] = paper_loop.get(key, DEFAULT_LOOP[key])
+    if not cls.meta_learns:
+        settings["iterations"] = 0
+    for key in ("iterations", "meta_batch", "queries", "eval_tasks"):
+        if settings[key] < (0 if key == "iterations" else 1):
+            raise LazyAppsError(f"--{key.replace('_', '-')} must be positive, got {settings[key]}")
+
+    out_dir = Path(out or f"fewshot-runs/{algo}-{dataset.replace(':', '_').replace('/', '_')}-{ways}way-{shots}shot")
+    ckpt = out_dir / "checkpoint.pt"
+    if ckpt.exists() and (resume is None or Path(resume).resolve() != ckpt.resolve()):
+        raise LazyAppsError(f"{ckpt} already exists; pass --resume {ckpt} to continue it, or another --out")
+
+    common = {"ways": ways, "shots": shots, "queries": settings["queries"], "shuffle_classes": shuffle_classes,
+              "device": run.device, "root": run.data_dir, "cache_dir": run.cache_dir}
+    status(f"loading {dataset} ({ways}-way {shots}-shot, {settings['queries']} queries per class)")
+    train_tasks = task_source(dataset, split="train", seed=run.seed, **common)
+    test_tasks = task_source(dataset, split="test", seed=EVAL_SEED, **common)
+
+    hparams.update(transductive=transductive, vectorize=vectorize)
+    history: list[dict[str, float]] = []
+    curve: list[dict[str, Any]] = []
+    if resume:
+        learner, state, meta = load_learner(resume, device=run.device, expect={"algo": algo, "arch": arch, "dataset": dataset, "ways": ways, "shots": shots},
+                                            transductive=transductive, vectorize=vectorize)
+        history, curve = list(state.get("history", [])), list(state.get("curve", []))
+        status(f"resumed {resume} at iteration {learner.iteration}")
+    else:
+        learner = build_learner(algo, dataset=dataset, ways=ways, arch=arch, device=run.device, **hparams)
+    meta = checkpoint_metadata(learner, arch=arch, dataset=dataset, ways=ways, shots=shots, queries=settings["queries"],
+                               shuffle_classes=shuffle_classes, seed=run.seed)
+    curve_tasks = test_tasks.fixed_tasks(min(CURVE_TASKS, settings["eval_tasks"]), seed=EVAL_SEED + 1)
+
+    def save() -> None:
+        save_learner(ckpt, learner, {**meta, "iteration": learner.iteration}, history=history, curve=curve)
+
+    def callback(iteration: int, metrics: dict[str, float]) -> None:
+        history.append({k: float(v) for k, v in metrics.items()})
+        every = settings["eval_every"]
+        if every and iteration % every == 0 and iteration < settings["iterations"]:
+            ev = learner.evaluate(curve_tasks)
+            curve.append({"iteration": iteration, "metric": ev.metric, "mean": ev.mean, "ci95": ev.ci95})
+            save()
+
+    status(f"meta-training {algo} on {arch} for {settings['iterations']} iterations, meta-batch {settings['meta_batch']}")
+    try:
+        learner.meta_train(train_tasks, iterations=settings["iterations"], meta_batch=settings["meta_batch"],
+                           callback=callback, progress=True)
+    except KeyboardInterrupt:
+        save()
+        raise LazyAppsError(f"interrupted at iteration {learner.iteration}; saved {ckpt} (continue with --resume {ckpt})") from None
+    final = learner.evaluate(curve_tasks)
+    curve.append({"iteration": learner.iteration, "metric": final.metric, "mean": final.mean, "ci95": final.ci95})
+    save()
+    status(f"scoring on {settings['eval_tasks']} test tasks")
+    evaluation = learner.evaluate(test_tasks.fixed_tasks(settings["eval_tasks"], seed=EVAL_SEED))
+    if plot:
+        _plot_curve(plot, history, curve, title=f"{algo} {dataset} {ways}-way {shots}-shot")
+    recent = [h for h in history[-20:]]
+    train_metric = {k: sum(h[k] for h in recent if k in h) / max(1, sum(k in h for h in recent))
+                    for k in ("loss", "accuracy", "mse") if any(k in h for h in recent)}
+    metrics = {"test": evaluation.as_dict(), "train_last20": train_metric, "iterations": learner.iteration,
+               "curve": curve, "checkpoint": str(ckpt)}
+    config = {"algo": algo, "dataset": dataset, "arch": arch, "ways": ways, "shots": shots, "preset": preset,
+              **{k: settings[k] for k in ("iterations", "meta_batch", "queries", "eval_tasks", "eval_every")},
+              "shuffle_classes": shuffle_classes, "hparams": learner.hparams(), "device": str(run.device), "seed": run.seed}
+    unit = "%" if evaluation.metric == "accuracy" else ""
+    row = {"algo": algo, "dataset": dataset, "setting": f"{ways}-way {shots}-shot" if info.problem == "classification" else f"{shots}-shot",
+           "iterations": learner.iteration, f"test {evaluation.metric}": f"{evaluation.mean:.2f}{unit} ± {evaluation.ci95:.2f}",
+           "tasks": evaluation.tasks,
+           "transductive BN": "n/a" if evaluation.transductive is None else ("yes" if evaluation.transductive else "no")}
+    run.finish(config, metrics, table=_table([row], f"few-shot meta-training (checkpoint: {ckpt})"))
+
+
+@fewshot.command("eval")
+@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False), help="A checkpoint.pt written by `lazyapps fewshot train`.")
+@click.option("--tasks", "num_tasks", type=click.IntRange(1), default=1000, show_default=True, help="Seeded test tasks to score.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True, help="Which classes the tasks come from.")
+@click.option("--queries", type=int, default=None, help="Query examples per class (default: as trained).")
+@click.option("--eval-inner-steps", type=int, default=None, help="Adaptation steps (default: as trained).")
+@click.option("--transductive/--no-transductive", default=None, help="BatchNorm on the whole query batch or per query example (default: as trained).")
+@click.option("--algo", default=None, help="Refuse the checkpoint unless it was made by this algorithm.")
+@click.option("--arch", default=None, help="Refuse the checkpoint unless it was made with this architecture.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save the checkpoint's learning curve to this image file.")
+@common_options
+def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, queries: int | None, eval_inner_steps: int | None,
+                 transductive: bool | None, algo: str | None, arch: str | None, plot: str | None) -> None:
+    """Score a checkpoint on seeded test tasks: mean accuracy ± 95% confidence interval (MSE for sine)."""
+    from lazyapps.progress import status
+
+    from .base import get_learner
+    from .datasets import dataset_info, task_source
+    from .experiment import load_learner
+
+    if algo is not None:
+        get_learner(algo)
+    expect = {k: v for k, v in {"algo": algo, "arch": arch}.items() if v is not None}
+    learner, state, meta = load_learner(checkpoint, expect=expect, device=run.device, transductive=transductive,
+                                        eval_inner_steps=eval_inner_steps)
+    dataset, ways, shots = meta["dataset"], int(meta["ways"]), int(meta["shots"])
+    queries = queries or int(meta.get("queries", 15))
+    status(f"scoring {meta['algo']} ({meta['arch']}, {meta['iteration']} iterations) on {num_tasks} {split} tasks of {dataset}")
+    tasks = task_source(dataset, split=split, ways=ways, shots=shots, queries=queries, seed=EVAL_SEED, device=run.device,
+                        shuffle_classes=bool(meta.get("shuffle_classes", True)), root=run.data_dir, cache_dir=run.cache_dir)
+    evaluation = learner.evaluate(tasks.fixed_tasks(num_tasks, seed=EVAL_SEED))
+    if plot:
+        _plot_curve(plot, list(state.get("history", [])), list(state.get("curve", [])), title=f"{meta['algo']} {dataset} {ways}-way {shots}-shot")
+    unit = "%" if evaluation.metric == "accuracy" else ""
+    row = {"algo": meta["algo"], "arch": meta["arch"], "dataset": dataset, "split": split,
+           "setting": f"{ways}-way {shots}-shot" if dataset_info(dataset).problem == "classification" else f"{shots}-shot",
+           evaluation.metric: f"{evaluation.mean:.2f}{unit} ± {evaluation.ci95:.2f}{unit}", "tasks": evaluation.tasks,
+           "transductive BN": "n/a" if evaluation.transductive is None else ("yes" if evaluation.transductive else "no")}
+    config = {"checkpoint": checkpoint, "tasks": num_tasks, "split": split, "queries": queries, **{k: meta[k] for k in ("algo", "arch", "dataset", "ways", "shots", "iteration")},
+              "hparams": learner.hparams(), "device": str(run.device), "eval_seed": EVAL_SEED}
+    run.finish(config, {"test": evaluation.as_dict()}, table=_table([row], "few-shot evaluation (95% CI = 1.96·std/√tasks)"))
+
+
+@fewshot.command("algos")
+@common_options
+def algos_command(run: RunContext) -> None:
+    """List the registered learning algorithms with their default hyperparameters."""
+    from .base import LEARNERS, available
+
+    rows = []
+    for name in available():
+        cls = LEARNERS[name]
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        rows.append({"algo": name, "description": doc})
+    run.finish({}, {"algos": available()}, table=_table(rows, "few-shot learners"))

@@ -1,0 +1,107 @@
+"""Building a learner for a benchmark setting, and saving/loading it as a checkpoint.
+
+Shared by the CLI and the benchmark scripts. Hyperparameters resolve in this
+order (later wins): the learner's ``__init__`` defaults, its
+``paper_defaults`` for the dataset/ways/shots, then the caller's explicit values.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from lazyapps.checkpoint import load_checkpoint, load_metadata, save_checkpoint
+from lazyapps.errors import CheckpointError, LazyAppsError
+
+from .base import Learner, get_learner
+from .datasets import dataset_info
+
+CHECKPOINT_KIND = "fewshot"
+#: settings that are not learner hyperparameters but come from ``paper_defaults``.
+LOOP_SETTINGS = ("meta_batch", "iterations")
+
+
+def split_settings(algo: str, *, dataset: str, ways: int, shots: int, explicit: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(learner hparams, loop settings)`` for ``algo`` from its paper defaults and the ``explicit`` (non-None) values.
+
+    An explicit hyperparameter the learner does not take is a :class:`LazyAppsError`.
+    """
+    cls = get_learner(algo)
+    names = cls.hparam_names()
+    paper = cls.paper_defaults(dataset=dataset, ways=ways, shots=shots)
+    hparams = {k: v for k, v in paper.items() if k in names}
+    loop = {k: v for k, v in paper.items() if k in LOOP_SETTINGS}
+    for key, value in explicit.items():
+        if value is None:
+            continue
+        if key in LOOP_SETTINGS:
+            loop[key] = value
+        elif key in names:
+            hparams[key] = value
+        else:
+            flag = "--" + key.replace("_", "-")
+            takes = sorted(n.replace("_", "-") for n in names - {"problem", "vectorize", "transductive"})
+            raise LazyAppsError(f"{flag} does not apply to --algo {algo} (it takes: {', '.join(takes)})")
+    return hparams, loop
+
+
+def build_model(arch: str, *, dataset: str, ways: int, **options: Any) -> torch.nn.Module:
+    """The network for ``dataset`` (``ways`` outputs; 1 for sine) from the model zoo; ``options`` go to the architecture."""
+    import models_zoo
+
+    info = dataset_info(dataset)
+    if info.problem == "regression":
+        return models_zoo.create(arch, num_classes=1, in_channels=1, **options)
+    return models_zoo.create(arch, num_classes=ways, in_channels=info.in_channels, image_size=info.image_size, **options)
+
+
+def build_learner(algo: str, *, dataset: str, ways: int, arch: str | None = None, device: str | torch.device = "cpu",
+                  model_options: Mapping[str, Any] | None = None, **hparams: Any) -> Learner:
+    """Learner ``algo`` around a fresh ``arch`` network (default: the dataset's standard one) on ``device``.
+
+    ``model_options`` go to the architecture (e.g. ``{"hidden": 32}`` for a slimmer conv4).
+    """
+    cls = get_learner(algo)
+    info = dataset_info(dataset)
+    model = build_model(arch or info.arch, dataset=dataset, ways=ways, **dict(model_options or {}))
+    try:
+        learner = cls(model, problem=info.problem, **hparams)
+    except (TypeError, ValueError) as exc:
+        raise LazyAppsError(f"--algo {algo}: {exc}") from None
+    return learner.to(device)
+
+
+def checkpoint_metadata(learner: Learner, *, arch: str, dataset: str, ways: int, shots: int, **extra: Any) -> dict[str, Any]:
+    """What a checkpoint records: enough to rebuild the learner and to refuse mismatching uses."""
+    return {"kind": CHECKPOINT_KIND, "algo": learner.name, "arch": arch, "dataset": dataset, "ways": ways, "shots": shots,
+            "iteration": learner.iteration, "hparams": learner.hparams(), **extra}
+
+
+def save_learner(path: str | os.PathLike, learner: Learner, metadata: Mapping[str, Any], **state: Any) -> None:
+    save_checkpoint(path, {**learner.checkpoint_state(), **state}, {**metadata, "iteration": learner.iteration})
+
+
+def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
+                 **overrides: Any) -> tuple[Learner, dict[str, Any], dict[str, Any]]:
+    """``(learner, state, metadata)`` from a checkpoint written by :func:`save_learner`.
+
+    ``expect`` (e.g. ``{"algo": "maml", "arch": "conv4"}``) must match the
+    metadata, else :class:`CheckpointError`; ``overrides`` replace stored
+    hyperparameters that do not change the weights (``transductive``,
+    ``eval_inner_steps``, ``vectorize``).
+    """
+    meta = load_metadata(path)
+    if meta and meta.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"checkpoint {path} is a {meta.get('kind', 'non-fewshot')!r} checkpoint, not a few-shot learner")
+    state, meta = load_checkpoint(path, map_location=device, expect={"kind": CHECKPOINT_KIND, **(expect or {})})
+    hparams = dict(meta.get("hparams", {}))
+    hparams.update({k: v for k, v in overrides.items() if v is not None})
+    hparams.pop("problem", None)
+    learner = build_learner(meta["algo"], dataset=meta["dataset"], ways=int(meta["ways"]), arch=meta["arch"], device=device, **hparams)
+    try:
+        learner.load_checkpoint_state(state)
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit a {meta['algo']} learner on {meta['arch']} ({str(exc).splitlines()[0][:200]})") from None
+    return learner, state, meta

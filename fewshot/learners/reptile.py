@@ -1,0 +1,208 @@
+"""Reptile and lazy Reptile.
+
+Reptile: Nichol, Achiam, Schulman, "On First-Order Meta-Learning Algorithms"
+(2018). Each task trains θ for a few minibatch steps (Adam, lr 1e-3) on its
+data, giving φ_i; the meta-update moves θ towards the tasks' solutions,
+θ ← θ + ε·mean_i(φ_i − θ), with ε linearly annealed from 1.0 to 0 (their
+Omniglot settings: 5 inner steps on batches of 10, meta-batch 5, 50 Adam steps
+at test).
+
+Lazy Reptile: Jamal, Wang, Gong, "A Lazy Approach to Long-Horizon
+Gradient-Based Meta-Learning": a long-horizon student (k > 10 steps) on the
+support set, the teacher's leap φ_i(θ) chosen by validation (query) accuracy,
+and θ ← θ − β Σ_i (θ − φ_i(θ)) via :func:`lazyapps.teacher.reptile_update`
+(β = ε / meta-batch, annealed like Reptile's ε).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lazyapps.functional import Params, adapt_tasks, map_tasks, sgd_adapt
+from lazyapps.teacher import OPTIMIZERS, LazyTeacher, explore, reptile_update
+
+from ..base import Learner, register
+from ..tasks import TaskBatch
+from .lazy_maml import LAZY_GAMMAS, student_checkpoints, teacher_leaps
+
+
+class _ReptileBase(Learner):
+    """What Reptile and lazy Reptile share: the annealed meta step and Adam/SGD test-time adaptation."""
+
+    def _init_common(self, *, inner_lr: float, inner_steps: int, eval_inner_steps: int, inner_optimizer: str,
+                     meta_step_size: float, meta_step_final: float) -> None:
+        if inner_optimizer not in OPTIMIZERS:
+            raise ValueError(f"inner_optimizer must be one of {OPTIMIZERS}, got {inner_optimizer!r}")
+        self.inner_lr = inner_lr
+        self.inner_steps = inner_steps
+        self.eval_inner_steps = eval_inner_steps
+        self.inner_optimizer = inner_optimizer
+        self.meta_step_size = meta_step_size
+        self.meta_step_final = meta_step_final
+
+    def current_step_size(self) -> float:
+        """ε, linearly annealed from ``meta_step_size`` to ``meta_step_final`` over the run (Nichol et al.)."""
+        frac = self.iteration / max(1, self.total_iterations)
+        return self.meta_step_size + (self.meta_step_final - self.meta_step_size) * min(1.0, frac)
+
+    def _update_towards(self, phis: Params, num_tasks: int) -> float:
+        eps = self.current_step_size()
+        theta = self.theta
+        if eps > 0:
+            new = reptile_update(theta, phis, step_size=eps / num_tasks)  # sum form with β = ε/T = mean form
+            with torch.no_grad():
+                for k, v in theta.items():
+                    v.copy_(new[k])
+        return eps
+
+    def adapt(self, support: tuple[Tensor, Tensor]) -> Params:
+        theta = {k: v.detach() for k, v in self.theta.items()}
+        if self.inner_optimizer == "sgd":
+            fast = adapt_tasks(self.model, theta, self.buffers, self.loss_fn, support,
+                               steps=self.eval_inner_steps, lr=self.inner_lr, vectorize=self.vectorize)
+            return {k: v.detach() for k, v in fast.items()}
+        per_task = []
+        for t in range(support[0].shape[0]):
+            x, y = support[0][t], support[1][t]
+            per_task.append(explore(self.model, theta, lambda predict: self.loss_fn(predict(x), y), steps=self.eval_inner_steps,
+                                    lr=self.inner_lr, optimizer="adam", buffers=self.buffers)[-1])
+        return {k: torch.stack([p[k] for p in per_task]) for k in theta}
+
+
+@register("reptile")
+class Reptile(_ReptileBase):
+    """Reptile (Nichol et al. 2018).
+
+    Each task's inner loop runs ``inner_steps`` steps of ``inner_optimizer``
+    (Adam with lr 1e-3 as in the paper, or SGD) on minibatches of
+    ``inner_batch`` examples cycling through the task's support ∪ query set
+    (Reptile has no query/support distinction at meta-train time);
+    ``eval_inner_steps`` full-batch steps on the support set at meta-test.
+    Only an SGD inner loop runs batched over tasks (vmap); Adam loops over tasks.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        inner_lr: float = 1e-3,
+        inner_steps: int = 5,
+        eval_inner_steps: int = 50,
+        inner_batch: int = 10,
+        inner_optimizer: str = "adam",
+        meta_step_size: float = 1.0,
+        meta_step_final: float = 0.0,
+        **base: Any,
+    ) -> None:
+        super().__init__(model, **base)
+        self._init_common(inner_lr=inner_lr, inner_steps=inner_steps, eval_inner_steps=eval_inner_steps,
+                          inner_optimizer=inner_optimizer, meta_step_size=meta_step_size, meta_step_final=meta_step_final)
+        self.inner_batch = inner_batch
+
+    @classmethod
+    def paper_defaults(cls, *, dataset: str, ways: int, shots: int) -> dict[str, Any]:
+        if dataset == "sine":  # Nichol et al.'s sine setting: SGD-style small lr, 32 inner steps; not in our references
+            return {"inner_lr": 0.02, "inner_steps": 32, "eval_inner_steps": 32, "inner_optimizer": "sgd", "meta_batch": 1}
+        if dataset.startswith("omniglot"):
+            return {"inner_steps": 10 if ways >= 20 else 5, "inner_batch": 20 if ways >= 20 else 10, "meta_batch": 5, "iterations": 100000}
+        return {"inner_steps": 8, "inner_batch": 10, "meta_batch": 5, "iterations": 100000}
+
+    def _minibatches(self, tasks: TaskBatch) -> tuple[Tensor, Tensor, list[Tensor]]:
+        x = torch.cat([tasks.support_x, tasks.query_x], 1)
+        y = torch.cat([tasks.support_y, tasks.query_y], 1)
+        n = x.shape[1]
+        # The same per-task shuffle feeds the batched and the looped path, so both take the same steps.
+        perm = torch.stack([torch.randperm(n) for _ in range(x.shape[0])]).to(x.device)
+        x = torch.gather(x, 1, perm.view(*perm.shape, *([1] * (x.dim() - 2))).expand_as(x))
+        y = torch.gather(y, 1, perm.view(*perm.shape, *([1] * (y.dim() - 2))).expand_as(y))
+        b = min(self.inner_batch, n)
+        rows = [torch.tensor([(j * b + i) % n for i in range(b)], device=x.device) for j in range(self.inner_steps)]
+        return x, y, rows
+
+    def meta_step(self, tasks: TaskBatch) -> dict[str, float]:
+        x, y, rows = self._minibatches(tasks)
+        theta = {k: v.detach() for k, v in self.theta.items()}
+        model, buffers, loss_fn = self.model, self.buffers, self.loss_fn
+        if self.inner_optimizer == "sgd" and self.vectorize:
+            def run(tx: Tensor, ty: Tensor) -> Params:
+                p = theta
+                for r in rows:
+                    p = sgd_adapt(model, p, buffers, loss_fn, (tx[r], ty[r]), steps=1, lr=self.inner_lr)
+                return p
+
+            with torch.no_grad():
+                phis = map_tasks(run, x, y, vectorize=True)
+        else:
+            per_task = []
+            for t in range(x.shape[0]):
+                batches = iter(rows)
+
+                def loss(predict, t=t):
+                    r = next(batches)
+                    return loss_fn(predict(x[t][r]), y[t][r])
+
+                per_task.append(explore(model, theta, loss, steps=self.inner_steps, lr=self.inner_lr,
+                                        optimizer=self.inner_optimizer, buffers=buffers)[-1])
+            phis = {k: torch.stack([p[k] for p in per_task]) for k in theta}
+        with torch.no_grad():
+            dist = sum(((phis[k] - theta[k]) ** 2).flatten(1).sum(1) for k in theta).sqrt().mean()
+        eps = self._update_towards(phis, x.shape[0])
+        return {"distance": float(dist), "step_size": eps}
+
+
+@register("lazy-reptile")
+class LazyReptile(_ReptileBase):
+    """Lazy Reptile (Jamal et al.): k-step student on the support set, the teacher's leap by
+    validation accuracy, θ ← θ − β Σ_i (θ − φ_i(θ)) with β = ε/T, ε annealed 1 → 0 as in Reptile.
+
+    ``inner_optimizer`` defaults to SGD (runs batched over tasks); ``gammas``,
+    ``last``, ``weight_step`` as in :class:`~fewshot.learners.lazy_maml.LazyMAML`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        inner_lr: float = 0.1,
+        inner_steps: int = 15,
+        eval_inner_steps: int | None = None,
+        inner_optimizer: str = "sgd",
+        meta_step_size: float = 1.0,
+        meta_step_final: float = 0.0,
+        gammas: tuple[float, ...] = LAZY_GAMMAS,
+        last: int = 1,
+        weight_step: float = 0.1,
+        criterion: str = "accuracy",
+        **base: Any,
+    ) -> None:
+        super().__init__(model, **base)
+        self._init_common(inner_lr=inner_lr, inner_steps=inner_steps,
+                          eval_inner_steps=inner_steps if eval_inner_steps is None else eval_inner_steps,
+                          inner_optimizer=inner_optimizer, meta_step_size=meta_step_size, meta_step_final=meta_step_final)
+        self.gammas = tuple(gammas)
+        self.last = last
+        self.weight_step = weight_step
+        self.criterion = criterion
+        self.teacher = LazyTeacher(gammas=self.gammas, last=last, weight_grid=weight_step,
+                                   criterion=criterion if self.problem == "classification" else "loss")
+        self.last_gammas: list[float] = []
+
+    @classmethod
+    def paper_defaults(cls, *, dataset: str, ways: int, shots: int) -> dict[str, Any]:
+        if dataset == "sine":
+            return {"inner_lr": 0.01, "inner_steps": 15, "meta_batch": 25}
+        return {"inner_lr": 0.1 if dataset.startswith("omniglot") else 0.01, "inner_steps": 15, "meta_batch": 5}
+
+    def meta_step(self, tasks: TaskBatch) -> dict[str, float]:
+        checkpoints = student_checkpoints(self, tasks.support, steps=self.inner_steps, lr=self.inner_lr,
+                                          keep_last=self.last, optimizer=self.inner_optimizer)
+        theta = {k: v.detach() for k, v in self.theta.items()}
+        leaps = teacher_leaps(self, self.teacher, theta, checkpoints, tasks.query)
+        phis = {k: torch.stack([leap.params[k].detach() for leap in leaps]) for k in theta}
+        self.last_gammas = [leap.gamma for leap in leaps]
+        eps = self._update_towards(phis, tasks.num_tasks)
+        score = sum(leap.score for leap in leaps) / len(leaps)
+        key = "accuracy" if self.teacher.criterion == "accuracy" else "loss"
+        return {key: score, "gamma": sum(self.last_gammas) / len(self.last_gammas), "step_size": eps}

@@ -1,0 +1,47 @@
+"""The few-shot benchmarks' --smoke sizes run end to end and write their JSON beside the papers' rows."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import fewshot_accuracy  # noqa: E402
+import fewshot_memory  # noqa: E402
+import fewshot_speed  # noqa: E402
+
+
+def _common(data_root, session_cache, out):
+    return ["--smoke", "--data-dir", str(data_root), "--cache-dir", str(session_cache), "--json", str(out)]
+
+
+def test_memory_smoke_measures_both_learners_at_every_horizon(data_root, session_cache, tmp_path, capsys) -> None:
+    out = tmp_path / "memory.json"
+    fewshot_memory.main(_common(data_root, session_cache, out))
+    metrics = json.loads(out.read_text())["metrics"]
+    assert [row["k"] for row in metrics["rows"]] == [1, 2, 4]
+    assert all(row["maml MiB"] > 0 for row in metrics["rows"])
+    assert metrics["maml_grows"] is True  # second-order MAML keeps every step's graph
+    assert "VmHWM" in capsys.readouterr().out
+
+
+def test_speed_smoke_times_vmap_and_loop(data_root, session_cache, tmp_path) -> None:
+    out = tmp_path / "speed.json"
+    fewshot_speed.main(_common(data_root, session_cache, out))
+    rows = {row["learner"]: row for row in json.loads(out.read_text())["metrics"]["rows"]}
+    assert rows["maml"]["vmap tasks/s"] > 0 and rows["maml"]["loop tasks/s"] > 0
+    assert "vmap tasks/s" not in rows["reptile (Adam inner, paper)"]
+
+
+def test_accuracy_smoke_reports_every_learner_beside_the_papers(data_root, session_cache, tmp_path) -> None:
+    out = tmp_path / "accuracy.json"
+    fewshot_accuracy.main(_common(data_root, session_cache, out))
+    metrics = json.loads(out.read_text())["metrics"]
+    rows = {row["learner"]: row for row in metrics["omniglot_5way_1shot"]}
+    assert set(rows) == {"maml", "lazy-maml", "lazy-reptile", "scratch"}
+    assert all("note" not in row for row in rows.values()), rows
+    assert rows["maml"]["paper"] == 98.7 and rows["scratch"]["iterations"] == 0
+    sine = {row["learner"]: row for row in metrics["sine"]}
+    assert sine["maml"]["paper"] == 1.13 and sine["maml"]["mean"] > 0

@@ -1,0 +1,87 @@
+"""``lazyapps fewshot``: train -> checkpoint -> eval, resume, refusals and bad input, each one clear line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from lazyapps.cli import cli
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root, session_cache):
+    out = tmp_path_factory.mktemp("fewshot-run")
+    args = ["fewshot", "train", "--algo", "fomaml", "--dataset", "omniglot", "--ways", "5", "--shots", "1", "--preset", "smoke",
+            "--out", str(out / "run"), "--json", str(out / "train.json"), "--plot", str(out / "curve.png"),
+            "--data-dir", str(data_root), "--cache-dir", str(session_cache), "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return out, result, [*args[:-9]], {"data": str(data_root), "cache": str(session_cache)}
+
+
+def _run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_train_writes_checkpoint_result_and_plot(trained) -> None:
+    out, result, _, _ = trained
+    assert (out / "run" / "checkpoint.pt").is_file() and (out / "curve.png").stat().st_size > 1000
+    saved = json.loads((out / "train.json").read_text())
+    meta = json.loads((out / "run" / "checkpoint.pt.json").read_text())
+    assert meta["algo"] == "fomaml" and meta["arch"] == "conv4" and meta["iteration"] == 3
+    assert saved["metrics"]["test"]["tasks"] == 4 and saved["metrics"]["test"]["transductive"] is True
+    assert "fomaml" in result.output and "±" in result.output
+
+
+def test_eval_prints_mean_and_interval_and_refuses_other_algorithms(trained, tmp_path) -> None:
+    out, _, _, roots = trained
+    ckpt = str(out / "run" / "checkpoint.pt")
+    common = ["--data-dir", roots["data"], "--cache-dir", roots["cache"], "--quiet"]
+    result = _run("fewshot", "eval", "--checkpoint", ckpt, "--tasks", "6", "--no-transductive", "--json", str(tmp_path / "e.json"), *common)
+    assert result.exit_code == 0, result.output
+    test = json.loads((tmp_path / "e.json").read_text())["metrics"]["test"]
+    assert test["tasks"] == 6 and test["transductive"] is False and 0 <= test["mean"] <= 100 and test["ci95"] >= 0
+    for flag, value, needle in (("--algo", "maml", "algo='fomaml', but algo='maml'"), ("--arch", "resnet18", "arch='conv4', but arch='resnet18'")):
+        result = _run("fewshot", "eval", "--checkpoint", ckpt, flag, value, *common)
+        assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_resume_continues_and_a_second_run_never_overwrites(trained, tmp_path) -> None:
+    out, _, args, roots = trained
+    ckpt = out / "run" / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    result = _run(*args, "--out", str(out / "run"), "--data-dir", roots["data"], "--cache-dir", roots["cache"], "--quiet")
+    assert result.exit_code == 2 and "already exists; pass --resume" in result.output
+    assert ckpt.read_bytes() == before
+    result = _run(*args, "--out", str(out / "run"), "--resume", str(ckpt), "--iterations", "5", "--data-dir", roots["data"],
+                  "--cache-dir", roots["cache"], "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "run" / "checkpoint.pt.json").read_text())["iteration"] == 5
+    other = _run("fewshot", "train", "--algo", "maml", "--preset", "smoke", "--out", str(tmp_path / "x"), "--resume", str(ckpt),
+                 "--data-dir", roots["data"], "--cache-dir", roots["cache"], "--quiet")
+    assert other.exit_code == 2 and "algo='fomaml', but algo='maml'" in other.output
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--algo", "mamll"], "unknown algorithm 'mamll'; valid: "),
+    (["--algo", "maml", "--shots", "10", "--queries", "15"], "shots + queries = 10 + 15 = 25 examples per class are needed"),
+    (["--algo", "maml", "--ways", "500"], "--ways 500 is larger than the 423 classes"),
+    (["--algo", "maml", "--last", "3"], "--last does not apply to --algo maml"),
+    (["--algo", "lazy-maml", "--gammas", "0.9,1.5"], "every gamma must be in [0, 1]"),
+])
+def test_bad_input_is_one_clear_line(extra, needle, data_root, session_cache, tmp_path) -> None:
+    result = _run("fewshot", "train", "--preset", "smoke", "--out", str(tmp_path / "r"), *extra,
+                  "--data-dir", str(data_root), "--cache-dir", str(session_cache), "--quiet")
+    assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_sine_regression_reports_mse(tmp_path) -> None:
+    result = _run("fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--preset", "smoke",
+                  "--out", str(tmp_path / "s"), "--json", str(tmp_path / "s.json"), "--quiet")
+    assert result.exit_code == 0, result.output
+    test = json.loads((tmp_path / "s.json").read_text())["metrics"]["test"]
+    assert test["metric"] == "mse" and test["transductive"] is None and test["mean"] > 0
+    assert "5-shot" in result.output and "n/a" in result.output

@@ -1,0 +1,124 @@
+"""Few-shot benchmarks: Omniglot protocols on the real data, sine tasks, CIFAR-FS and image folders on tiny files."""
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot.datasets import CIFAR_FS_TEST, CIFAR_FS_VAL, SineTasks, omniglot_character_split, omniglot_sampler, task_source
+from lazyapps.data import load_dataset
+from lazyapps.errors import DataNotFoundError, LazyAppsError, UnknownNameError
+
+
+@pytest.fixture(scope="module")
+def omniglot(data_root, session_cache):
+    return load_dataset("omniglot", root=data_root, cache_dir=session_cache, image_size=28)
+
+
+def test_finn_split_is_1200_rotated_training_characters_and_423_test_characters(omniglot) -> None:
+    train_chars, test_chars = omniglot_character_split(omniglot, "finn")
+    assert len(train_chars) == 1200 and len(test_chars) == 423
+    assert set(train_chars.tolist()).isdisjoint(test_chars.tolist())
+    assert set(train_chars.tolist()) | set(test_chars.tolist()) == set(range(1623))
+    train = omniglot_sampler(omniglot, split="train", ways=5, shots=1, queries=1)
+    test = omniglot_sampler(omniglot, split="test", ways=5, shots=1, queries=1)
+    assert train.num_classes == 4800 and test.num_classes == 423
+    lake_train = omniglot_sampler(omniglot, split="train", protocol="lake", ways=5, shots=1, queries=1)
+    lake_test = omniglot_sampler(omniglot, split="test", protocol="lake", ways=5, shots=1, queries=1)
+    assert lake_train.num_classes == 964 * 4 and lake_test.num_classes == 659
+
+
+def test_rotated_classes_really_are_rotated(omniglot) -> None:
+    sampler = omniglot_sampler(omniglot, split="train", ways=5, shots=1, queries=1)
+    char = int(omniglot_character_split(omniglot, "finn")[0][0])
+    members = (sampler.labels == 4 * char).nonzero().flatten()
+    base = sampler._images(int((sampler.class_ids == 4 * char).nonzero()), members)
+    for r in (1, 2, 3):
+        cls = int((sampler.class_ids == 4 * char + r).nonzero())
+        rotated = sampler._images(cls, (sampler.labels == 4 * char + r).nonzero().flatten())
+        assert torch.equal(rotated, torch.rot90(base, k=r, dims=(-2, -1)))
+        assert not torch.equal(rotated, base)
+    raw = omniglot.train.images[omniglot.train.labels == char] if char < 964 else omniglot.test.images[omniglot.test.labels == char]
+    assert torch.equal(base, raw.float() / 255)  # rotation 0 is the image itself
+
+
+def test_sine_tasks_follow_finn_et_al() -> None:
+    tasks = SineTasks(shots=5, queries=10, seed=0)
+    batch, amp, phase = tasks.sample(4000, return_params=True)
+    assert batch.support_x.shape == (4000, 5, 1) and batch.query_y.shape == (4000, 10, 1)
+    assert 0.1 <= float(amp.min()) and float(amp.max()) <= 5.0 and abs(float(amp.mean()) - 2.55) < 0.08
+    assert 0 <= float(phase.min()) and float(phase.max()) <= math.pi and abs(float(phase.mean()) - math.pi / 2) < 0.05
+    x = torch.cat([batch.support_x, batch.query_x], 1)
+    assert -5 <= float(x.min()) and float(x.max()) <= 5 and abs(float(x.mean())) < 0.05
+    y = torch.cat([batch.support_y, batch.query_y], 1)
+    assert torch.allclose(y, amp.view(-1, 1, 1) * torch.sin(x - phase.view(-1, 1, 1)))
+    again = SineTasks(shots=5, queries=10, seed=3).fixed_tasks(3, seed=1)[0]
+    assert torch.equal(again.support_x, SineTasks(shots=5, queries=10, seed=4).fixed_tasks(3, seed=1)[0].support_x)
+
+
+def _write_cifar100(root, per_class_train: int = 3, per_class_test: int = 2):
+    names = sorted(list(CIFAR_FS_VAL + CIFAR_FS_TEST) + [f"filler{i:02d}" for i in range(64)])
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class_train), ("test", per_class_test)):
+        fine = np.repeat(np.arange(100), n)
+        data = rng.integers(0, 256, size=(len(fine), 3072), dtype=np.uint8)
+        data[:, 0] = fine  # the first red pixel encodes the class
+        with open(folder / split, "wb") as handle:
+            pickle.dump({"data": data, "fine_labels": fine.tolist(), "coarse_labels": (fine // 5).tolist()}, handle)
+    with open(folder / "meta", "wb") as handle:
+        pickle.dump({"fine_label_names": names, "coarse_label_names": [f"c{i}" for i in range(20)]}, handle)
+    return names
+
+
+def test_cifar_fs_splits_64_16_20_classes_with_train_and_test_images(tmp_path, cache_dir) -> None:
+    names = _write_cifar100(tmp_path)
+    sizes = {}
+    for split, expect in (("train", 64), ("val", 16), ("test", 20)):
+        sampler = task_source("cifar-fs", split=split, ways=5, shots=2, queries=3, root=tmp_path, cache_dir=cache_dir)
+        sizes[split] = sampler.num_classes
+        assert sampler.num_classes == expect
+        batch = sampler.sample(2)
+        assert batch.support_x.shape == (2, 10, 3, 32, 32)
+        seen = {names[int(round(float(v) * 255))] for v in batch.support_x[..., 0, 0, 0].flatten()}
+        allowed = {"val": set(CIFAR_FS_VAL), "test": set(CIFAR_FS_TEST)}.get(split, {n for n in names if n.startswith("filler")})
+        assert seen <= allowed
+    with pytest.raises(LazyAppsError, match="smallest class .* has 5"):  # 3 train + 2 test images per class
+        task_source("cifar-fs", split="test", ways=5, shots=3, queries=3, root=tmp_path, cache_dir=cache_dir)
+
+
+def _write_folder(root, classes, per_class=4, size=10):
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((size, size + 3, 3), 10 * c + i, dtype=np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_folder_dataset_with_split_files_and_with_split_folders(tmp_path, cache_dir) -> None:
+    flat = tmp_path / "mini"
+    _write_folder(flat / "images", ["n01", "n02", "n03", "n04"])
+    (flat / "train.txt").write_text("n01\nn02\nn03\n")
+    (flat / "test.txt").write_text("n04\n")
+    sampler = task_source(f"folder:{flat}", split="train", ways=3, shots=1, queries=2, cache_dir=cache_dir)
+    assert sampler.num_classes == 3
+    batch = sampler.sample(1)
+    assert batch.support_x.shape == (1, 3, 3, 84, 84)
+    values = sorted({int(round(float(v) * 255)) for v in batch.support_x[0, :, 0, 40, 40]})
+    assert all(v // 10 in (0, 1, 2) for v in values)  # only the train classes
+    with pytest.raises(DataNotFoundError, match="has no val split"):
+        task_source(f"folder:{flat}", split="val", ways=1, shots=1, queries=1, cache_dir=cache_dir)
+
+    nested = tmp_path / "tiered"
+    _write_folder(nested / "test", ["a", "b"], per_class=3)
+    sampler = task_source(f"folder:{nested}", split="test", ways=2, shots=1, queries=2, cache_dir=cache_dir)
+    assert sampler.num_classes == 2
+    with pytest.raises(LazyAppsError, match="--ways 3 is larger than the 2 classes"):
+        task_source(f"folder:{nested}", split="test", ways=3, shots=1, queries=1, cache_dir=cache_dir)
+    with pytest.raises(UnknownNameError, match="valid: .*cifar-fs"):
+        task_source("omniglot2", split="test")

@@ -1,0 +1,162 @@
+"""Learners: batched (vmap) vs. looped meta-gradients, MAML against finite differences, BN modes, the registry."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import models_zoo
+from fewshot import create_learner, get_learner
+from fewshot.base import confidence_interval
+from fewshot.tasks import TaskBatch
+from lazyapps.errors import UnknownNameError
+
+
+def _tasks(num_tasks=3, ways=3, shots=2, queries=2, size=16, seed=0) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    labels = lambda n: torch.arange(ways).repeat_interleave(n).expand(num_tasks, -1).clone()  # noqa: E731
+    return TaskBatch(torch.rand(num_tasks, ways * shots, 1, size, size, generator=g), labels(shots),
+                     torch.rand(num_tasks, ways * queries, 1, size, size, generator=g), labels(queries))
+
+
+def _conv(seed=0):
+    torch.manual_seed(seed)
+    return models_zoo.create("conv4", num_classes=3, in_channels=1, image_size=16, hidden=8)
+
+
+def _grads_of(learner, tasks):
+    if learner.name == "lazy-maml":
+        _, grads, _, leaps = learner.meta_gradient(tasks)
+        return grads, [leap.gamma for leap in leaps]
+    return learner.meta_gradient(tasks).grads, None
+
+
+@pytest.mark.parametrize("algo,hp", [("maml", {"inner_steps": 2, "inner_lr": 0.4}), ("fomaml", {"inner_steps": 2}),
+                                     ("lazy-maml", {"inner_steps": 11, "last": 3, "weight_step": 1.0})])
+def test_vmapped_and_looped_meta_gradients_agree(algo, hp) -> None:
+    tasks = _tasks(num_tasks=2)
+    out = []
+    for vectorize in (True, False):
+        learner = create_learner(algo, _conv(), vectorize=vectorize, **hp)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a silent fallback to the loop would make this test vacuous
+            out.append(_grads_of(learner, tasks))
+    (g_vec, gam_vec), (g_loop, gam_loop) = out
+    assert gam_vec == gam_loop
+    for k in g_vec:
+        assert torch.allclose(g_vec[k], g_loop[k], atol=1e-5, rtol=1e-4), k
+    assert any(float(v.abs().max()) > 0 for v in g_vec.values())
+
+
+def test_maml_meta_gradient_matches_finite_differences() -> None:
+    torch.manual_seed(0)
+    model = models_zoo.create("sine_mlp", num_classes=1, in_channels=1, hidden=6).double()
+    learner = create_learner("maml", model, problem="regression", inner_lr=0.05, inner_steps=2)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 8, 1, generator=g, dtype=torch.float64) * 10 - 5
+    tasks = TaskBatch(x[:, :4], torch.sin(x[:, :4]), x[:, 4:], torch.sin(x[:, 4:]))
+    grads = learner.meta_gradient(tasks).grads
+
+    def meta_loss() -> float:
+        return float(learner.meta_gradient(tasks).loss)
+
+    name = "layers.0.weight"
+    param = dict(model.named_parameters())[name]
+    for idx in [(0, 0), (3, 0)]:
+        with torch.no_grad():
+            old = param[idx].item()
+            param[idx] = old + 1e-6
+            up = meta_loss()
+            param[idx] = old - 1e-6
+            down = meta_loss()
+            param[idx] = old
+        assert abs((up - down) / 2e-6 - float(grads[name][idx])) < 1e-6 * max(1.0, abs(float(grads[name][idx])))
+    # The second-order terms matter: FOMAML's gradient differs.
+    fo = create_learner("fomaml", model, problem="regression", inner_lr=0.05, inner_steps=2).meta_gradient(tasks).grads
+    assert not torch.allclose(fo[name], grads[name], atol=1e-8)
+
+
+def test_reptile_batched_sgd_inner_loop_equals_loop() -> None:
+    tasks = _tasks()
+    thetas = []
+    for vectorize in (True, False):
+        learner = create_learner("reptile", _conv(), inner_optimizer="sgd", inner_lr=0.1, inner_steps=3, inner_batch=4, vectorize=vectorize)
+        learner.total_iterations = 10
+        torch.manual_seed(5)  # the same minibatch shuffle for both paths
+        learner.meta_step(tasks)
+        thetas.append({k: v.detach().clone() for k, v in learner.theta.items()})
+    start = dict(_conv().named_parameters())
+    for k in thetas[0]:
+        assert torch.allclose(thetas[0][k], thetas[1][k], atol=1e-5), k
+    assert any(not torch.allclose(thetas[0][k], start[k]) for k in start)
+
+
+def test_lazy_reptile_moves_theta_towards_the_leaps() -> None:
+    tasks = _tasks()
+    learner = create_learner("lazy-reptile", _conv(), inner_steps=11, inner_lr=0.1, meta_step_size=1.0, gammas=(0.8,))
+    learner.total_iterations = 1
+    before = {k: v.detach().clone() for k, v in learner.theta.items()}
+    from fewshot.learners.lazy_maml import student_checkpoints
+
+    phi_k = student_checkpoints(learner, tasks.support, steps=11, lr=0.1, keep_last=1)[0]
+    learner.meta_step(tasks)
+    for k, v in learner.theta.items():
+        # θ' = θ − (1/T) Σ (θ − (0.8θ + 0.2φ_k)) = θ + 0.2·mean(φ_k − θ)
+        expected = before[k] + 0.2 * (phi_k[k] - before[k]).mean(0)
+        assert torch.allclose(v, expected, atol=1e-6), k
+
+
+def test_non_transductive_bn_scores_each_query_with_the_support_set() -> None:
+    tasks = _tasks(num_tasks=2)
+    learner = create_learner("maml", _conv(), transductive=False)
+    fast = learner.adapt(tasks.support)
+    with torch.no_grad():
+        out = learner.predict(fast, tasks.support_x, tasks.query_x)
+        learner.transductive = True
+        trans = learner.predict(fast, tasks.support_x, tasks.query_x)
+        for t in range(2):
+            p = {k: v[t] for k, v in fast.items()}
+            for q in range(tasks.query_x.shape[1]):
+                batch = torch.cat([tasks.support_x[t], tasks.query_x[t, q:q + 1]])
+                ref = torch.func.functional_call(learner.model, p, (batch,))[-1]
+                assert torch.allclose(out[t, q], ref, atol=1e-5)
+                assert torch.allclose(trans[t], torch.func.functional_call(learner.model, p, (tasks.query_x[t],)), atol=1e-5)
+    assert not torch.allclose(out, trans, atol=1e-4)
+
+
+def test_evaluate_reports_mean_and_95_percent_interval() -> None:
+    values = torch.tensor([80.0, 100.0, 60.0, 100.0])
+    mean, ci = confidence_interval(values)
+    assert mean == 85.0 and abs(ci - 1.96 * (1100 / 3) ** 0.5 / 2) < 1e-9  # sample std by hand
+    learner = create_learner("scratch", _conv(), eval_inner_steps=1)
+    ev = learner.evaluate([_tasks(seed=1), _tasks(seed=2)])
+    assert ev.tasks == 6 and ev.metric == "accuracy" and ev.transductive is True and 0 <= ev.mean <= 100
+
+
+def test_registry_and_hparams_round_trip() -> None:
+    with pytest.raises(UnknownNameError, match="unknown algorithm 'mamll'; valid: .*lazy-maml.*maml"):
+        get_learner("mamll")
+    learner = create_learner("lazy-maml", _conv(), inner_steps=13, gammas=(0.9, 0.95), last=3)
+    hp = learner.hparams()
+    assert hp["inner_steps"] == 13 and hp["gammas"] == [0.9, 0.95] and hp["last"] == 3 and hp["transductive"] is True
+    again = create_learner("lazy-maml", _conv(), **hp)
+    assert again.hparams() == hp
+    with pytest.raises(ValueError, match="already registered"):
+        from fewshot.base import register
+
+        register("maml")(type("Other", (get_learner("scratch"),), {}))
+
+
+def test_vmap_safe_batchnorm_computes_what_torch_batchnorm_does() -> None:
+    from fewshot.base import BatchStatNorm2d, make_vmap_safe
+
+    model = _conv()
+    x = torch.rand(6, 1, 16, 16)
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        before = model(x)
+        make_vmap_safe(model)
+        after = model(x)
+    assert isinstance(model.features[1], BatchStatNorm2d) and list(model.state_dict()) == keys
+    assert torch.allclose(before, after, atol=1e-5)

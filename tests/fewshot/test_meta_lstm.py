@@ -1,0 +1,205 @@
+"""Meta-learner LSTM: preprocessing, the cell update against nn.LSTMCell and by hand, first vs second order."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewshot.learners.meta_lstm import (
+    MetaLSTM,
+    MetaLSTMCell,
+    flatten_params,
+    initial_state,
+    meta_lstm_adapt,
+    meta_lstm_step,
+    preprocess,
+    unflatten_params,
+)
+from fewshot.tasks import TaskBatch
+from lazyapps.functional import params_of
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: intra-op threads only add synchronisation (and thrash on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_preprocessing_matches_closed_form():
+    x = torch.tensor([1.0, -0.5, 3.0, 1e-5, -2e-6, 0.0], dtype=torch.float64)
+    p = 10.0
+    expected = torch.tensor([
+        [0.0, 1.0],
+        [math.log(0.5) / p, -1.0],
+        [math.log(3.0) / p, 1.0],
+        [-1.0, math.exp(p) * 1e-5],  # below e^-10 ≈ 4.5e-5: the linear branch
+        [-1.0, -math.exp(p) * 2e-6],
+        [-1.0, 0.0],
+    ], dtype=torch.float64)
+    torch.testing.assert_close(preprocess(x, p=p), expected)
+    # p sets the threshold: with p = 2 (e^-2 ≈ 0.135) 0.1 is "small".
+    torch.testing.assert_close(preprocess(torch.tensor([0.1]), p=2.0), torch.tensor([[-1.0, math.exp(2.0) * 0.1]]))
+    # No NaN gradients from the branch that is not taken (log at 0).
+    x = torch.tensor([0.0, 1e-7, 2.0], requires_grad=True)
+    (g,) = torch.autograd.grad(preprocess(x).sum(), x)
+    assert torch.isfinite(g).all()
+
+
+def test_step_matches_lstmcell_and_gate_equations():
+    torch.manual_seed(0)
+    cell = MetaLSTMCell(hidden_size=5).double()
+    with torch.no_grad():
+        for w in cell.parameters():
+            w.uniform_(-0.5, 0.5)
+    w = cell.weights()
+    g = torch.Generator().manual_seed(1)
+    n = 10
+    theta, grad = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    grad[3] = 1e-6  # exercise the small-gradient branch of the preprocessing
+    loss = torch.tensor(0.7, dtype=torch.float64)
+    state = initial_state(theta, 5)
+    assert state.h.shape == (n, 5) and state.i.shape == (n,) and float(state.f.abs().sum()) == 0.0
+    state = state._replace(i=torch.rand(n, generator=g, dtype=torch.float64), f=torch.rand(n, generator=g, dtype=torch.float64),
+                           h=torch.randn(n, 5, generator=g, dtype=torch.float64), c=torch.randn(n, 5, generator=g, dtype=torch.float64))
+    new, new_state = meta_lstm_step(w, theta, grad, loss, state)
+
+    # Reference: torch's LSTMCell for layer 1, then the gate equations of the paper written out.
+    ref = nn.LSTMCell(4, 5).double()
+    with torch.no_grad():
+        ref.weight_ih.copy_(w["lstm_input"].T)
+        ref.weight_hh.copy_(w["lstm_hidden"].T)
+        ref.bias_ih.copy_(w["lstm_bias"])
+        ref.bias_hh.zero_()
+    x = torch.cat([preprocess(grad), preprocess(loss.reshape(1)).expand(n, 2)], dim=1)
+    h1, c1 = ref(x, (state.h, state.c))
+    wi, wf = w["input_gate"], w["forget_gate"]
+    i = torch.sigmoid(torch.cat([h1, theta[:, None], state.i[:, None]], 1) @ wi + w["input_bias"])
+    f = torch.sigmoid(torch.cat([h1, theta[:, None], state.f[:, None]], 1) @ wf + w["forget_bias"])
+    torch.testing.assert_close(new, f * theta - i * grad)
+    torch.testing.assert_close(new_state.h, h1)
+    torch.testing.assert_close(new_state.c, c1)
+    torch.testing.assert_close(new_state.i, i)
+    torch.testing.assert_close(new_state.f, f)
+
+
+def test_flatten_round_trip():
+    params = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([7.0, 8.0])}
+    flat = flatten_params(params)
+    torch.testing.assert_close(flat, torch.tensor([0.0, 1, 2, 3, 4, 5, 7, 8]))
+    back = unflatten_params(flat, params)
+    assert all(torch.equal(back[k], params[k]) for k in params)
+
+
+def test_hand_set_gates_give_shrunk_gradient_step():
+    # With the gates' weights zero, i = σ(b_I) and f = σ(b_F) for every coordinate:
+    # θ_1 = σ(b_F)·θ_0 − σ(b_I)·∇L(θ_0), with ∇ of the MSE of a linear model in closed form.
+    model = nn.Linear(2, 1, bias=False).double()
+    theta = params_of(model, detach=True)
+    cell = MetaLSTMCell(hidden_size=3).double()
+    with torch.no_grad():
+        cell.input_gate.zero_()
+        cell.forget_gate.zero_()
+        cell.input_bias.fill_(math.log(0.1 / 0.9))  # σ = 0.1
+        cell.forget_bias.fill_(math.log(0.95 / 0.05))  # σ = 0.95
+    x = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.3, -0.2]], dtype=torch.float64)
+    y = torch.tensor([[0.5], [1.0], [-2.0]], dtype=torch.float64)
+    w0 = theta["weight"]
+    grad = 2 * (x @ w0.T - y).T @ x / len(x)  # d/dw mean((xwᵀ - y)²)
+    out = meta_lstm_adapt(model, theta, {}, F.mse_loss, (x, y), cell.weights(), steps=1)
+    torch.testing.assert_close(out["weight"], 0.95 * w0 - 0.1 * grad)
+
+
+def _query_loss(model, init, weights, task, first_order):
+    sx, sy, qx, qy = task
+    fast = meta_lstm_adapt(model, init, {}, F.mse_loss, (sx, sy), weights, steps=2, first_order=first_order)
+    return F.mse_loss(torch.func.functional_call(model, fast, (qx,)), qy)
+
+
+def test_second_order_gradient_matches_finite_differences_and_first_order_differs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+    cell = MetaLSTMCell(hidden_size=3).double()
+    with torch.no_grad():
+        cell.input_bias.fill_(-1.0)  # larger steps than the default so the inner loop matters
+    g = torch.Generator().manual_seed(3)
+    task = [torch.randn(5, 1, generator=g, dtype=torch.float64) for _ in range(4)]
+    init = {k: v.detach().requires_grad_() for k, v in model.named_parameters()}
+    weights = {k: v.detach().requires_grad_() for k, v in cell.weights().items()}
+    checks = [("w", "input_bias", ()), ("w", "forget_bias", ()), ("w", "input_gate", (4,)), ("w", "lstm_bias", (2,)),
+              ("p", "0.weight", (1, 0)), ("p", "2.bias", (0,))]
+    grads = {}
+    for order in (False, True):
+        loss = _query_loss(model, init, weights, task, first_order=order)
+        gw = torch.autograd.grad(loss, [*weights.values(), *init.values()])
+        grads[order] = {**dict(zip([("w", k) for k in weights], gw[:len(weights)])),
+                        **dict(zip([("p", k) for k in init], gw[len(weights):]))}
+    eps, max_first_order_gap = 1e-6, 0.0
+    for kind, name, idx in checks:
+        def loss_at(delta):
+            w = {k: v.detach().clone() for k, v in weights.items()}
+            p = {k: v.detach().clone() for k, v in init.items()}
+            target = w if kind == "w" else p
+            target[name][idx] += delta
+            return float(_query_loss(model, p, w, task, first_order=False))
+        fd = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+        assert abs(float(grads[False][(kind, name)][idx]) - fd) < 1e-6 * max(1.0, abs(fd)), (name, idx)
+        max_first_order_gap = max(max_first_order_gap, abs(float(grads[True][(kind, name)][idx]) - fd))
+    # The paper's first-order assumption ignores real dependencies: it is not the exact gradient.
+    assert max_first_order_gap > 1e-4
+
+
+def test_vmap_and_loop_meta_steps_agree_and_adapt_shapes():
+    g = torch.Generator().manual_seed(5)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    tasks = TaskBatch(r(3, 4, 1), r(3, 4, 1), r(3, 5, 1), r(3, 5, 1))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1)).double()
+    a = MetaLSTM(net, problem="regression", inner_steps=2, first_order=False, vectorize=True)
+    b = MetaLSTM(nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1)).double(), problem="regression",
+                 inner_steps=2, first_order=False, vectorize=False)
+    b.load_state_dict(a.state_dict())
+    assert abs(a.meta_step(tasks)["loss"] - b.meta_step(tasks)["loss"]) < 1e-12
+    for va, vb in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb)
+    fast = a.adapt(tasks.support)
+    assert {k: v.shape for k, v in fast.items()} == {k: (3, *v.shape) for k, v in a.theta.items()}
+    assert all(not v.requires_grad for v in fast.values())
+
+
+def test_short_sine_run_lowers_query_mse():
+    from fewshot.datasets import SineTasks
+    from models_zoo.fewshot_nets import SineMLP
+
+    torch.manual_seed(0)
+    learner = MetaLSTM(SineMLP(hidden=20), problem="regression", inner_steps=2, meta_lr=5e-3)  # a larger meta lr: short run
+    held_out = SineTasks(shots=5, queries=20).fixed_tasks(100, seed=7, batch_size=100)
+    before = learner.evaluate(held_out).mean
+    learner.meta_train(SineTasks(shots=5, queries=10, seed=0), iterations=40, meta_batch=5)
+    after = learner.evaluate(held_out).mean
+    assert after < 0.85 * before, (before, after)
+
+
+@pytest.fixture(scope="module")
+def omniglot_tasks(data_root, session_cache):
+    from fewshot.datasets import task_source
+
+    kw = dict(ways=5, shots=1, queries=2, root=data_root, cache_dir=session_cache)
+    return task_source("omniglot", split="train", seed=0, **kw), task_source("omniglot", split="test", seed=1, **kw)
+
+
+def test_runs_on_conv4_omniglot(omniglot_tasks):
+    from models_zoo.fewshot_nets import Conv4
+
+    train, test = omniglot_tasks
+    torch.manual_seed(0)
+    learner = MetaLSTM(Conv4(num_classes=5, hidden=8), **dict(inner_steps=2))
+    before = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+    history = learner.meta_train(train, iterations=2, meta_batch=2)
+    assert len(history) == 2 and all(math.isfinite(h["loss"]) and 0 <= h["accuracy"] <= 100 for h in history)
+    assert any(not torch.equal(before[k], v) for k, v in learner.state_dict().items())
+    result = learner.evaluate(test.fixed_tasks(4, seed=3))
+    assert result.metric == "accuracy" and result.tasks == 4 and 0 <= result.mean <= 100

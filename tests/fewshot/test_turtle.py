@@ -1,0 +1,164 @@
+"""TURTLE: meta-network shape, the update rule with a hand-set network, second-order meta-gradient vs finite differences."""
+import math
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewshot.learners.turtle import Turtle, UpdateNetwork, turtle_adapt, update_network_forward
+from fewshot.tasks import TaskBatch
+from lazyapps.functional import params_of
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: intra-op threads only add synchronisation (and thrash on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_default_network_is_five_hidden_layers_of_twenty_relu_units():
+    net = UpdateNetwork()
+    assert [(layer.in_features, layer.out_features) for layer in net.layers] == [(2, 20)] + [(20, 20)] * 4 + [(20, 1)]
+    x = torch.randn(3, 4, 2)
+    ref = x
+    for i, layer in enumerate(net.layers):
+        ref = layer(ref)
+        ref = torch.relu(ref) if i < 5 else ref
+    torch.testing.assert_close(net(x), ref.squeeze(-1))
+    learner = Turtle(nn.Linear(3, 2), time_input=True)
+    assert learner.update_network.layers[0].in_features == 3
+    assert [a.shape for a in learner.alpha.values()] == [p.shape for p in learner.theta.values()]
+
+
+def _selector(column: int, in_features: int = 2) -> dict:
+    """Weights of a 2-hidden-layer ReLU network computing exactly its input ``column``: relu(z) − relu(−z)."""
+    w0 = torch.zeros(2, in_features, dtype=torch.float64)
+    w0[0, column], w0[1, column] = 1.0, -1.0
+    return {
+        "layers.0.weight": w0, "layers.0.bias": torch.zeros(2, dtype=torch.float64),
+        "layers.1.weight": torch.eye(2, dtype=torch.float64), "layers.1.bias": torch.zeros(2, dtype=torch.float64),
+        "layers.2.weight": torch.tensor([[1.0, -1.0]], dtype=torch.float64), "layers.2.bias": torch.zeros(1, dtype=torch.float64),
+    }
+
+
+def test_update_is_learning_rate_times_network_output():
+    model = nn.Linear(2, 1, bias=False).double()
+    theta = params_of(model, detach=True)
+    x = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.3, -0.2]], dtype=torch.float64)
+    y = torch.tensor([[0.5], [1.0], [-2.0]], dtype=torch.float64)
+    alpha = {"weight": torch.tensor([[0.3, 0.05]], dtype=torch.float64)}
+
+    def grad_at(w):  # closed-form gradient of the MSE of a linear model
+        return 2 * (x @ w.T - y).T @ x / len(x)
+
+    # Network = raw gradient: plain gradient descent with per-parameter rates.
+    out = turtle_adapt(model, theta, {}, F.mse_loss, (x, y), _selector(0), alpha, steps=2)
+    w1 = theta["weight"] - alpha["weight"] * grad_at(theta["weight"])
+    torch.testing.assert_close(out["weight"], w1 - alpha["weight"] * grad_at(w1))
+
+    # Network = moving average a_t = 0.9 a_{t−1} + 0.1 ∇_t, a_0 = 0: a momentum-like update.
+    out = turtle_adapt(model, theta, {}, F.mse_loss, (x, y), _selector(1), alpha, steps=2, beta=0.9)
+    a1 = 0.1 * grad_at(theta["weight"])
+    w1 = theta["weight"] - alpha["weight"] * a1
+    a2 = 0.9 * a1 + 0.1 * grad_at(w1)
+    torch.testing.assert_close(out["weight"], w1 - alpha["weight"] * a2)
+
+    # The time-step input is t/T.
+    net = _selector(2, in_features=3)
+    out = turtle_adapt(model, theta, {}, F.mse_loss, (x, y), net, alpha, steps=2, time_input=True)
+    torch.testing.assert_close(out["weight"], theta["weight"] - alpha["weight"] * (0.5 + 1.0))
+    torch.testing.assert_close(update_network_forward(net, torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)),
+                               torch.tensor([3.0], dtype=torch.float64))
+
+
+def test_second_order_meta_gradient_matches_finite_differences():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+    g = torch.Generator().manual_seed(4)
+    tasks = TaskBatch(*(torch.randn(2, 5, 1, generator=g, dtype=torch.float64) for _ in range(4)))
+    learner = Turtle(model, problem="regression", inner_steps=3, hidden=(4, 4), lr_init=0.05, time_input=True)
+    learner.double()
+    learner.meta_optimizer = torch.optim.SGD(learner.parameters(), lr=1.0)  # the step is then −(meta-gradient)
+    before = {k: v.detach().clone() for k, v in learner.named_parameters()}
+    learner.meta_step(tasks)
+    grads = {k: before[k] - v.detach() for k, v in learner.named_parameters()}
+
+    def loss_with(name, idx, delta):
+        p = {k: v.clone() for k, v in before.items()}
+        p[name][idx] += delta
+        theta = {k[len("model."):]: v for k, v in p.items() if k.startswith("model.")}
+        network = {k[len("update_network."):]: v for k, v in p.items() if k.startswith("update_network.")}
+        alpha = dict(zip(theta, [p[f"learning_rates.{i}"] for i in range(len(theta))]))
+        losses = []
+        for t in range(tasks.num_tasks):
+            fast = turtle_adapt(model, theta, {}, F.mse_loss, (tasks.support_x[t], tasks.support_y[t]), network, alpha,
+                                steps=3, time_input=True)
+            losses.append(F.mse_loss(torch.func.functional_call(model, fast, (tasks.query_x[t],)), tasks.query_y[t]))
+        return float(torch.stack(losses).mean())
+
+    eps = 1e-6
+    for name, idx in [("model.0.weight", (2, 0)), ("model.2.bias", (0,)), ("learning_rates.0", (1, 0)),
+                      ("learning_rates.3", (0,)), ("update_network.layers.0.weight", (1, 2)),
+                      ("update_network.layers.2.bias", (0,))]:
+        fd = (loss_with(name, idx, eps) - loss_with(name, idx, -eps)) / (2 * eps)
+        assert abs(float(grads[name][idx]) - fd) < 1e-6 * max(1.0, abs(fd)), (name, float(grads[name][idx]), fd)
+
+
+def test_vmap_and_loop_agree_and_first_order_differs():
+    g = torch.Generator().manual_seed(6)
+    tasks = TaskBatch(*(torch.randn(3, 4, 1, generator=g, dtype=torch.float64) for _ in range(4)))
+
+    def make(**kw):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+        learner = Turtle(net, problem="regression", inner_steps=2, lr_init=0.1, **kw).double()
+        learner.meta_optimizer = torch.optim.SGD(learner.parameters(), lr=1.0)
+        return learner
+
+    a, b, c = make(vectorize=True), make(vectorize=False), make(first_order=True)
+    assert abs(a.meta_step(tasks)["loss"] - b.meta_step(tasks)["loss"]) < 1e-12
+    c.meta_step(tasks)
+    for va, vb in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb)
+    gap = max(float((va - vc).abs().max()) for va, vc in zip(a.state_dict().values(), c.state_dict().values()))
+    assert gap > 1e-6
+    fast = a.adapt(tasks.support)
+    assert {k: v.shape for k, v in fast.items()} == {k: (3, *v.shape) for k, v in a.theta.items()}
+
+
+def test_short_sine_run_lowers_query_mse():
+    from fewshot.datasets import SineTasks
+    from models_zoo.fewshot_nets import SineMLP
+
+    torch.manual_seed(0)
+    learner = Turtle(SineMLP(hidden=20), problem="regression", inner_steps=2, meta_lr=5e-3)  # a larger meta lr: short run
+    held_out = SineTasks(shots=5, queries=20).fixed_tasks(100, seed=7, batch_size=100)
+    before = learner.evaluate(held_out).mean
+    learner.meta_train(SineTasks(shots=5, queries=10, seed=0), iterations=60, meta_batch=5)
+    after = learner.evaluate(held_out).mean
+    assert after < 0.8 * before, (before, after)
+
+
+@pytest.fixture(scope="module")
+def omniglot_tasks(data_root, session_cache):
+    from fewshot.datasets import task_source
+
+    kw = dict(ways=5, shots=1, queries=2, root=data_root, cache_dir=session_cache)
+    return task_source("omniglot", split="train", seed=0, **kw), task_source("omniglot", split="test", seed=1, **kw)
+
+
+def test_runs_on_conv4_omniglot(omniglot_tasks):
+    from models_zoo.fewshot_nets import Conv4
+
+    train, test = omniglot_tasks
+    torch.manual_seed(0)
+    learner = Turtle(Conv4(num_classes=5, hidden=8), **dict(inner_steps=2, lr_init=0.4))
+    before = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+    history = learner.meta_train(train, iterations=2, meta_batch=2)
+    assert len(history) == 2 and all(math.isfinite(h["loss"]) and 0 <= h["accuracy"] <= 100 for h in history)
+    assert any(not torch.equal(before[k], v) for k, v in learner.state_dict().items())
+    result = learner.evaluate(test.fixed_tasks(4, seed=3))
+    assert result.metric == "accuracy" and result.tasks == 4 and 0 <= result.mean <= 100
