@@ -21,6 +21,9 @@ from . import __version__
 #: name -> ("module:attribute" of a click command, one-line help); imported on first use.
 COMMANDS: dict[str, tuple[str, str]] = {
     "zoo": ("models_zoo.cli:zoo", "Model zoo: list, train and evaluate architectures."),
+    "longtail": ("longtail.cli:longtail", "Long-tailed recognition: CIFAR-LT with lazy two-component weighting and baselines."),
+    "attack": ("attacks.cli:attack", "Blackbox adversarial attacks: lazy meta-attack and baselines."),
+    "fewshot": ("fewshot.cli:fewshot", "Few-shot learning: MAML family, lazy learners, iMAML, Meta-SGD, meta-LSTM, TURTLE."),
 }
 
 

@@ -1,0 +1,247 @@
+"""``lazyapps attack``: blackbox adversarial attacks — the lazy meta-attack and its baselines.
+
+Everything the attack needs (whitebox zoo, target, gradient sets,
+meta-attacker) is trained and cached on first use. Top-level imports stay
+light (click only); torch loads when the command runs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from lazyapps.cli import RunContext, apply_preset, common_options, preset_option
+
+METHODS = ("lazy-meta", "meta", "zoo", "nes", "bandits", "hsja", "boundary")
+COLUMNS = ["method", "success_rate", "mean_l2", "mean_queries", "median_queries", "wall_s"]
+
+
+@click.command("attack")
+@click.option("--target", "target_spec", default="net4", show_default=True,
+              help="Blackbox target: a zoo name (net4 → MNIST, resnet18 → CIFAR-10, ...), a TorchScript / zoo "
+                   "checkpoint file, or ARCH:STATE_DICT.pt.")
+@click.option("--targeted/--untargeted", default=None, help="Targeted (towards --target-class) or untargeted (default).")
+@click.option("--target-class", type=int, default=None, help="Class to reach (targeted); default (y + 1) mod C per image.")
+@click.option("--method", type=click.Choice(METHODS), default="lazy-meta", show_default=True, help="Attack method.")
+@click.option("--n-images", type=int, default=None, help="Attack the first N correctly classified test images (default 100; smoke 3).")
+@click.option("--max-queries", type=int, default=None, help="Per-image query budget (default 10,000).")
+@click.option("--zoo", "zoo_spec", default=None, help="Comma-separated whitebox zoo (default: lenet5,net2,net3 / vgg13,vgg16,vgg19).")
+@click.option("--per-image", "per_image_path", type=click.Path(dir_okay=False), default=None, help="Write per-image results to this CSV.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Plot success rate vs query budget to this image (needs matplotlib).")
+@preset_option("quick")
+@common_options
+def attack(run: RunContext, target_spec: str, targeted: bool | None, target_class: int | None, method: str,
+           n_images: int | None, max_queries: int | None, zoo_spec: str | None, per_image_path: str | None,
+           plot_path: str | None, preset: str) -> None:
+    """Blackbox adversarial attacks: lazy meta-attack (default) and baselines.
+
+    Example: lazyapps attack --target resnet18 --untargeted
+    """
+    from lazyapps.errors import LazyAppsError
+
+    if target_class is not None and targeted is False:
+        raise LazyAppsError("--target-class is for targeted attacks; drop --untargeted (or use --targeted)")
+    targeted = bool(targeted) or target_class is not None
+    if max_queries is not None and max_queries < 1:
+        raise LazyAppsError(f"--max-queries must be at least 1, got {max_queries}")
+    if n_images is not None and n_images < 1:
+        raise LazyAppsError(f"--n-images must be at least 1, got {n_images}")
+    if plot_path:
+        _require_matplotlib()
+    result = run_attack(
+        run, target_spec=target_spec, targeted=targeted, target_class=target_class, method=method,
+        overrides={"n_images": n_images, "max_queries": max_queries}, zoo_spec=zoo_spec, preset=preset,
+    )
+    outcome, config, row = result["outcome"], result["config"], result["row"]
+    if per_image_path:
+        from lazyapps.results import write_csv
+
+        rows = outcome.rows()
+        for r, test_index in zip(rows, result["test_index"].tolist()):
+            r["test_index"] = test_index
+        write_csv(per_image_path, rows, ["image", "test_index", "label", "target", "success", "queries", "l2"])
+    if plot_path:
+        plot_budget_curve(plot_path, {method: outcome}, config["max_queries"], title=f"{method} on {config['target']}")
+    from lazyapps.results import format_table
+
+    title = (f"{method} attack on {config['target']} ({config['dataset']}, {'targeted' if targeted else 'untargeted'}, "
+             f"{config['n_images']} images, budget {config['max_queries']})")
+    metrics = {**outcome.summary(), "wall_s": row["wall_s"]}
+    run.finish(config, metrics, table=format_table([row], COLUMNS, title=title))
+
+
+def _require_matplotlib() -> None:
+    from lazyapps.errors import LazyAppsError
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise LazyAppsError("--plot needs matplotlib; install it with `pip install lazyapps[plot]` "
+                            "(or pip install matplotlib), or drop --plot") from None
+
+
+def plot_budget_curve(path: str, outcomes: dict[str, Any], max_queries: int, *, title: str = "") -> None:
+    """Success rate vs query budget, one line per method, saved to ``path``."""
+    _require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = sorted({int(max_queries * i / 100) for i in range(1, 101)})
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, outcome in outcomes.items():
+        ax.plot(budgets, outcome.budget_curve(budgets), label=name)
+    ax.set_xlabel("queries per image")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run_attack(
+    run: RunContext,
+    *,
+    target_spec: str,
+    targeted: bool,
+    method: str,
+    target_class: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    zoo_spec: str | None = None,
+    preset: str = "quick",
+    images: tuple | None = None,
+) -> dict[str, Any]:
+    """Build what ``method`` needs and attack; returns ``{outcome, config, row, test_index, images}``.
+
+    ``images`` = ``(x, y, test_index)`` reuses already selected images (the
+    benchmarks attack the same images with every method).
+    """
+    import time
+
+    import torch
+
+    from lazyapps.data import load_dataset
+    from lazyapps.errors import LazyAppsError, UnknownNameError
+
+    from . import pipeline as P
+    from .blackbox import BlackBox
+
+    if method not in METHODS:
+        raise UnknownNameError("attack method", method, METHODS)
+    dataset = P.infer_dataset(target_spec)
+    settings = apply_preset({name: by_ds[dataset] for name, by_ds in P.PRESETS.items()}, preset, overrides or {})
+    if int(settings["max_queries"]) < 1:
+        raise LazyAppsError(f"the query budget must be at least 1, got {settings['max_queries']}")
+    device = run.device
+    zoo_names = P.parse_zoo(zoo_spec, dataset, target_spec) if method in P.META_TRAINING_OF or zoo_spec else []
+    data = load_dataset(dataset, root=run.data_dir)
+    if target_class is not None and not 0 <= target_class < data.num_classes:
+        raise LazyAppsError(f"--target-class {target_class} is out of range: {dataset} has classes 0..{data.num_classes - 1}")
+    common = dict(device=device, seed=run.seed, data_dir=run.data_dir, cache_dir=run.cache_dir, quiet=run.quiet)
+    target = P.load_target(target_spec, dataset, settings, **common)
+
+    if images is None:
+        x, y, test_index = _select(target.model, data, int(settings["n_images"]), target_class, device)
+    else:
+        x, y, test_index = images
+    if target_class is not None and bool((y == target_class).any()):
+        raise LazyAppsError(f"target class {target_class} equals the true class of some attacked images")
+    tclass = None
+    if targeted:
+        tclass = torch.full_like(y, target_class) if target_class is not None else (y + 1) % data.num_classes
+
+    started = time.perf_counter()
+    budget = int(settings["max_queries"])
+    if method in P.META_TRAINING_OF:
+        from .meta_attack import meta_attack
+
+        mode = "targeted" if targeted else "untargeted"
+        sets = []
+        for name in zoo_names:
+            trained = P.train_zoo_model(name, dataset, epochs=settings["zoo_epochs"], subset=settings["zoo_subset"], **common)
+            sets.append(P.gradient_set(trained, name, data, n_images=settings["grad_images"], mode=mode, seed=run.seed,
+                                       device=device, cache_dir=run.cache_dir))
+        model, params, _ = P.meta_attacker(method, dataset, sets, settings, seed=run.seed, device=device,
+                                           cache_dir=run.cache_dir, in_channels=data.channels)
+        started = time.perf_counter()  # the attack's own time; building the pipeline is reported above
+        blackbox = BlackBox(target.model, output="logits", budget=budget)
+        outcome = meta_attack(blackbox, x.to(device), y.to(device), model, params,
+                              target=None if tclass is None else tclass.to(device), max_queries=budget,
+                              q=int(settings["q"]), every=int(settings["every"]), step=float(settings["step"]),
+                              h=float(settings["h"]), finetune_steps=int(settings["finetune_steps"]),
+                              finetune_lr=float(settings["finetune_lr"]), batch_size=int(settings["attack_batch"]),
+                              desc=method)
+    else:
+        outcome = _baseline(method, target.model, x.to(device), y.to(device), tclass, budget, dataset, data)
+    wall = time.perf_counter() - started
+    summary = outcome.summary()
+    row = {"method": method, **{k: summary[k] for k in ("success_rate", "mean_l2", "mean_queries", "median_queries")},
+           "wall_s": round(wall, 1)}
+    config = {"target": target_spec, "dataset": dataset, "method": method, "targeted": targeted,
+              "target_class": target_class, "zoo": zoo_names, "preset": preset, "device": str(device),
+              "seed": run.seed, **settings}
+    return {"outcome": outcome, "config": config, "row": row, "test_index": test_index, "images": (x, y, test_index)}
+
+
+def _select(model, data, n: int, target_class: int | None, device):
+    """The first ``n`` correctly classified test images (skipping those of ``target_class``)."""
+    from lazyapps.progress import status
+
+    from . import pipeline as P
+
+    split = data.test
+    if target_class is not None:
+        keep = (split.labels != target_class).nonzero().flatten()
+        split = split.subset(keep)
+        x, y, index = P.select_images(model, split, n, device=device)
+        status(f"images: the first {n} correctly classified test images not of class {target_class}")
+        return x, y, keep[index]
+    x, y, index = P.select_images(model, split, n, device=device)
+    status(f"images: the first {n} correctly classified test images")
+    return x, y, index
+
+
+def _baseline(method, model, x, y, tclass, budget, dataset, data):
+    """ZOO / NES / Bandits / HopSkipJump / Boundary with attacks-core's settings (``run_baseline``).
+
+    Decision-based methods see labels only; targeted ones start from test images of the target class.
+    """
+    import torch
+
+    from .blackbox import BlackBox
+    from .score_attack import run_baseline
+
+    decision = method in ("hsja", "boundary")
+    blackbox = BlackBox(model, output="label" if decision else "logits", budget=budget)
+    starting = _starting_points(model, data, tclass, x.device) if decision and tclass is not None else None
+    with torch.no_grad():
+        return run_baseline(method, blackbox, x, y, dataset=dataset, target=None if tclass is None else tclass.to(x.device),
+                            max_queries=budget, starting_points=starting)
+
+
+def _starting_points(model, data, tclass, device):
+    """For each image, the first test image the target classifies as its target class (not a counted query:
+    choosing a starting image of the wanted class is part of the targeted decision-based setting)."""
+    import torch
+
+    from lazyapps.errors import LazyAppsError
+
+    found: dict[int, torch.Tensor] = {}
+    wanted = set(tclass.tolist())
+    with torch.no_grad():
+        for start in range(0, len(data.test), 500):
+            xb = data.test.images[start:start + 500].to(device).float().div(255)
+            pred = model(xb).argmax(1).cpu()
+            for c in list(wanted):
+                hit = (pred == c).nonzero().flatten()
+                if len(hit):
+                    found[c] = xb[int(hit[0])]
+                    wanted.discard(c)
+            if not wanted:
+                break
+    if wanted:
+        raise LazyAppsError(f"the target never predicts class(es) {sorted(wanted)} on the test set; no starting point for a targeted attack")
+    return torch.stack([found[int(c)] for c in tclass.tolist()])

@@ -1,0 +1,98 @@
+"""Meta-Attack and lazy Meta-Attack on a blackbox (Algorithm 4 of the lazy paper; Du et al., ICLR 2020).
+
+:func:`meta_attack` runs the package's one score-based loop
+(:func:`attacks.score_attack.score_attack`) with a :class:`MetaEstimator`:
+coordinate sign steps ``x[I] ← x[I] − λ·sign(g[I])`` on the top-q coordinates
+of each image's meta-attacker copy, a ZOO estimate (and fine-tuning of that
+copy) every j-th iteration, clipping to [0, 1] and stopping each image as
+soon as the target is fooled. Images are attacked in chunks of
+``batch_size`` because every image in flight holds a full copy of the
+meta-attacker's parameters.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from lazyapps.errors import LazyAppsError
+from lazyapps.progress import progress
+
+from .blackbox import BlackBox
+from .losses import LossFn
+from .meta_estimator import MetaEstimator
+from .outcome import AttackOutcome
+from .score_attack import score_attack
+
+#: Du et al.'s attack settings by dataset (q coordinates, every j-th iteration ZOO, λ, h).
+PAPER_SETTINGS: dict[str, dict[str, float]] = {
+    "mnist": {"q": 128, "every": 5, "step": 0.01, "h": 1e-4},
+    "cifar10": {"q": 125, "every": 3, "step": 0.01, "h": 1e-4},
+}
+
+
+def check_images(x: Tensor) -> None:
+    """Attacked images must be a float (N, C, H, W) batch in [0, 1]."""
+    if x.dim() != 4 or not x.is_floating_point():
+        raise LazyAppsError(f"attacked images must be float (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        raise LazyAppsError(f"attacked images must lie in [0, 1], got range [{float(x.min()):.4g}, {float(x.max()):.4g}]; "
+                            "divide 8-bit images by 255")
+
+
+def check_targets(y: Tensor, target: Tensor | None, num_classes: int | None) -> None:
+    """Target classes must be valid class numbers and differ from the true classes."""
+    if target is None:
+        return
+    if num_classes is not None and bool(((target < 0) | (target >= num_classes)).any()):
+        raise LazyAppsError(f"target class out of range: the target has classes 0..{num_classes - 1}")
+    if bool((target.cpu() == y.cpu()).any()):
+        bad = int((target.cpu() == y.cpu()).nonzero()[0])
+        raise LazyAppsError(f"target class {int(target[bad])} equals the true class of image {bad}; "
+                            "a targeted attack needs a different class")
+
+
+def meta_attack(
+    blackbox: BlackBox,
+    x: Tensor,
+    y: Tensor,
+    meta_attacker: nn.Module,
+    params: Mapping[str, Tensor] | None = None,
+    *,
+    target: Tensor | None = None,
+    loss: LossFn | None = None,
+    max_queries: int = 10_000,
+    q: int = 128,
+    every: int = 5,
+    step: float = 0.01,
+    h: float = 1e-4,
+    finetune_steps: int = 5,
+    finetune_lr: float = 1e-2,
+    batch_size: int = 250,
+    desc: str = "meta-attack",
+) -> AttackOutcome:
+    """Attack images ``x`` (labels ``y``) on ``blackbox`` with a meta-attacker (Algorithm 4).
+
+    ``target`` (N,) makes it targeted. Defaults are Du et al.'s MNIST settings
+    (see :data:`PAPER_SETTINGS` for CIFAR-10). Rows are charged to blackbox
+    image numbers ``0..N−1``. Returns one :class:`AttackOutcome` for all images.
+    """
+    check_images(x)
+    if int(max_queries) < 1:
+        raise LazyAppsError(f"the query budget must be at least 1, got {max_queries}")
+    estimator = MetaEstimator(meta_attacker, params, q=q, every=every, h=h,
+                              finetune_steps=finetune_steps, finetune_lr=finetune_lr)
+    outcomes = []
+    starts = range(0, len(x), batch_size)
+    for start in progress(starts, desc=desc, total=len(starts)) if len(starts) > 1 else starts:
+        stop = min(start + batch_size, len(x))
+        outcomes.append(score_attack(
+            blackbox, x[start:stop], y[start:stop], estimator,
+            target=None if target is None else target[start:stop], loss=loss, max_queries=max_queries,
+            step_size=step, update="sign", index=torch.arange(start, stop), reset_estimator=True, desc=desc,
+        ))
+    return AttackOutcome.concat(outcomes)
+
+
+__all__ = ["meta_attack", "MetaEstimator", "PAPER_SETTINGS", "check_images", "check_targets"]

@@ -1,0 +1,152 @@
+"""The meta-attacker as a gradient estimator (Algorithm 4 of the lazy paper; Du et al., ICLR 2020, Algorithm 2).
+
+Every attacked image has its own copy of the meta-attacker (stacked
+parameters, :mod:`attacks.per_image`). At an image's calls 0, j, 2j, … the
+estimator ranks coordinates by |its copy's predicted gradient|, takes ZOO
+finite differences on the top q (one blackbox call for all images), returns
+that estimate and fine-tunes the copy on it (masked MSE, a few Adam steps,
+vmapped over images). At the other calls it returns its copy's prediction on
+its top-q coordinates at zero query cost. Coordinates outside the top q are 0
+in the returned gradient, so an attack's sign step moves exactly those q
+coordinates — Du et al.'s coordinate update.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from lazyapps.functional import params_of
+
+from .blackbox import BlackBox
+from .estimators import GradientEstimator, ZOOEstimator
+from .gradient_sets import normalise_maps
+from .losses import LossFn
+from .per_image import finetune, predict, stack_copies, top_coordinates
+
+
+class MetaEstimator(GradientEstimator):
+    """Meta-attacker predictions, refreshed every ``every`` calls by ZOO on its top-``q`` coordinates.
+
+    Args:
+        meta_attacker: the (meta-trained) image → gradient-map network.
+        params: its parameters θ (default: the module's own); every image's copy starts from them.
+        q: coordinates per step (Du et al.: 128 MNIST, 125 CIFAR-10).
+        every: j, the period of zeroth-order estimates (Du et al.: 5 MNIST, 3 CIFAR-10).
+        h: finite-difference step (1e-4).
+        finetune_steps, finetune_lr: Adam steps and learning rate of each fine-tuning.
+        zoo_mode: ``"symmetric"`` (2 queries per coordinate) or ``"forward"``.
+    """
+
+    name = "meta"
+
+    def __init__(
+        self,
+        meta_attacker: nn.Module,
+        params: Mapping[str, Tensor] | None = None,
+        *,
+        q: int = 128,
+        every: int = 5,
+        h: float = 1e-4,
+        finetune_steps: int = 5,
+        finetune_lr: float = 1e-2,
+        zoo_mode: str = "symmetric",
+    ):
+        if q < 1 or every < 1 or finetune_steps < 0:
+            raise ValueError(f"need q >= 1, every >= 1 and finetune_steps >= 0, got {q}, {every}, {finetune_steps}")
+        self.model = meta_attacker.eval()
+        self.theta = {k: v.detach() for k, v in (params if params is not None else params_of(meta_attacker)).items()}
+        self.q, self.every = int(q), int(every)
+        self.finetune_steps, self.finetune_lr = int(finetune_steps), float(finetune_lr)
+        self.zoo = ZOOEstimator(h=h, mode=zoo_mode)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every image's fine-tuned copy and call count."""
+        self._slot = torch.full((0,), -1, dtype=torch.long)  # blackbox image number -> row of the copies
+        self._copies: dict[str, Tensor] | None = None
+        self._calls = torch.zeros(0, dtype=torch.long)  # per row
+        self.zoo_calls = 0
+
+    def queries_per_estimate(self, x_shape: tuple[int, ...], *, scores_known: bool = True) -> int:
+        """The most one call charges an image: a ZOO step on q coordinates (other calls are free)."""
+        d = 1
+        for s in x_shape[1:]:
+            d *= s
+        return self.zoo.queries_on(min(self.q, d), scores_known=scores_known)
+
+    def _rows(self, index: Tensor, device: torch.device) -> Tensor:
+        """Rows of the copies for blackbox images ``index``, creating copies of θ for new images."""
+        need = int(index.max()) + 1
+        if need > len(self._slot):
+            self._slot = torch.cat([self._slot, torch.full((need - len(self._slot),), -1, dtype=torch.long)])
+        new = index[self._slot[index] < 0].unique()
+        if len(new):
+            start = 0 if self._copies is None else next(iter(self._copies.values())).shape[0]
+            self._slot[new] = torch.arange(start, start + len(new))
+            fresh = stack_copies({k: v.to(device) for k, v in self.theta.items()}, len(new))
+            self._copies = fresh if self._copies is None else {k: torch.cat([self._copies[k], fresh[k]]) for k in fresh}
+            self._calls = torch.cat([self._calls, torch.zeros(len(new), dtype=torch.long)])
+        return self._slot[index]
+
+    def copies(self, index: Tensor) -> dict[str, Tensor]:
+        """The current parameters of the copies of images ``index`` (stacked)."""
+        rows = self._slot[torch.as_tensor(index).long()]
+        if self._copies is None or bool((rows < 0).any()):
+            raise KeyError("some of these images have no meta-attacker copy yet")
+        return {k: v[rows.to(v.device)] for k, v in self._copies.items()}
+
+    def estimate(
+        self,
+        blackbox: BlackBox,
+        x: Tensor,
+        y: Tensor,
+        *,
+        loss: LossFn | None = None,
+        index: Tensor | None = None,
+        target: Tensor | None = None,
+        scores: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        b = x.shape[0]
+        index = torch.arange(b) if index is None else torch.as_tensor(index).reshape(-1).long().cpu()
+        x = x.detach()
+        rows = self._rows(index, x.device)
+        dev_rows = rows.to(x.device)
+        params = {k: v[dev_rows] for k, v in self._copies.items()}
+        pred = predict(self.model, params, x.to(next(iter(params.values())).dtype)).to(x.dtype)
+        mask = top_coordinates(pred, self.q)
+        grad = torch.where(mask, pred, torch.zeros_like(pred))
+        queries = torch.zeros(b, dtype=torch.long)
+        d = x[0].numel()
+        cost = self.zoo.queries_on(min(self.q, d), scores_known=scores is not None)
+        due = (self._calls[rows] % self.every == 0) & (blackbox.remaining(index) >= cost)
+        if bool(due.any()):
+            sel = due.nonzero().flatten()
+            dev_sel = sel.to(x.device)
+            coords = pred[dev_sel].abs().flatten(1).topk(min(self.q, d), dim=1).indices
+            zoo_grad, zoo_queries = self.zoo.estimate_on(
+                blackbox, x[dev_sel], y[dev_sel.to(y.device)], coords, loss=loss, index=index[sel],
+                target=None if target is None else target[dev_sel.to(target.device)],
+                scores=None if scores is None else scores[dev_sel.to(scores.device)],
+            )
+            grad[dev_sel] = zoo_grad.to(grad.dtype)
+            queries[sel] = zoo_queries
+            self.zoo_calls += 1
+            if self.finetune_steps:
+                # Same scale as the meta-training maps: each estimate divided by its own std.
+                targets, _ = normalise_maps(zoo_grad.to(pred.dtype))
+                sub = {k: v[dev_sel] for k, v in params.items()}
+                tuned = finetune(self.model, sub, x[dev_sel].to(pred.dtype), targets, mask[dev_sel],
+                                 steps=self.finetune_steps, lr=self.finetune_lr)
+                for k, v in tuned.items():
+                    self._copies[k][dev_rows[dev_sel]] = v
+        self._calls[rows] += 1
+        return grad, queries
+
+    def __repr__(self) -> str:
+        return (f"MetaEstimator(q={self.q}, every={self.every}, h={self.zoo.h}, "
+                f"finetune_steps={self.finetune_steps}, finetune_lr={self.finetune_lr})")
+
+
+__all__ = ["MetaEstimator"]

@@ -1,0 +1,275 @@
+"""Everything an attack needs, built on first use and cached: zoo, target, gradient sets, meta-attacker.
+
+The Meta-Attack pipeline (Du et al., ICLR 2020; lazy variant: Jamal, Wang,
+Gong, Algorithms 3 and 4):
+
+1. whitebox zoo models (``models_zoo.train``, cached by models_zoo);
+2. one gradient set per zoo model (:mod:`attacks.gradient_sets`), cached
+   under ``<cache>/gradient_sets`` keyed by the zoo model's own cache key and
+   every setting of the set;
+3. the meta-attacker meta-trained on them (:mod:`attacks.meta_training`),
+   cached under ``<cache>/meta_attackers`` keyed by the gradient sets' keys and
+   every training setting.
+
+Each step prints one status line (``lazyapps.progress.status``) saying what it
+did; long loops show progress bars. A corrupt cached file is rebuilt with a
+warning line.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lazyapps.cache import cached
+from lazyapps.errors import LazyAppsError, UnknownNameError
+from lazyapps.progress import status
+
+#: The target family → dataset, and each dataset's default zoo and target (Du et al.).
+DATASET_OF_FAMILY = {"mnist": "mnist", "cifar": "cifar10"}
+DEFAULT_ZOO = {"mnist": ("lenet5", "net2", "net3"), "cifar10": ("vgg13", "vgg16", "vgg19")}
+DEFAULT_TARGET = {"mnist": "net4", "cifar10": "resnet18"}
+
+#: The meta-training method behind each meta-attack method.
+META_TRAINING_OF = {"lazy-meta": "lazy-reptile", "meta": "reptile"}
+
+#: ``preset -> dataset -> settings``. smoke: seconds (tests); quick: minutes on a
+#: 2-core CPU; paper: Du et al.'s settings (a GPU). ``None`` = the component's default.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "mnist": dict(zoo_epochs=1, zoo_subset=512, target_epochs=1, target_subset=1024, grad_images=64,
+                      meta_iterations=2, meta_batch=8, n_images=2, max_queries=1000,
+                      q=128, every=5, step=0.01, h=1e-4, finetune_steps=2, finetune_lr=1e-2, attack_batch=16),
+        "cifar10": dict(zoo_epochs=1, zoo_subset=128, target_epochs=1, target_subset=128, grad_images=32,
+                        meta_iterations=1, meta_batch=8, n_images=1, max_queries=300,
+                        q=125, every=3, step=0.01, h=1e-4, finetune_steps=2, finetune_lr=1e-2, attack_batch=8),
+    },
+    "quick": {
+        "mnist": dict(zoo_epochs=1, zoo_subset=None, target_epochs=2, target_subset=None, grad_images=3000,
+                      meta_iterations=300, meta_batch=32, n_images=100, max_queries=10000,
+                      q=128, every=5, step=0.01, h=1e-4, finetune_steps=5, finetune_lr=1e-2, attack_batch=250),
+        "cifar10": dict(zoo_epochs=2, zoo_subset=6000, target_epochs=3, target_subset=6000, grad_images=1500,
+                        meta_iterations=150, meta_batch=16, n_images=100, max_queries=10000,
+                        q=125, every=3, step=0.01, h=1e-4, finetune_steps=5, finetune_lr=1e-2, attack_batch=50),
+    },
+    "paper": {
+        "mnist": dict(zoo_epochs=None, zoo_subset=None, target_epochs=None, target_subset=None, grad_images=10000,
+                      meta_iterations=2000, meta_batch=32, n_images=100, max_queries=10000,
+                      q=128, every=5, step=0.01, h=1e-4, finetune_steps=5, finetune_lr=1e-2, attack_batch=500),
+        "cifar10": dict(zoo_epochs=None, zoo_subset=None, target_epochs=None, target_subset=None, grad_images=10000,
+                        meta_iterations=2000, meta_batch=32, n_images=100, max_queries=10000,
+                        q=125, every=3, step=0.01, h=1e-4, finetune_steps=5, finetune_lr=1e-2, attack_batch=100),
+    },
+}
+
+GRADIENT_SET_FORMAT = 1
+META_ATTACKER_FORMAT = 1
+
+
+@dataclass
+class Target:
+    """The attacked classifier (images in [0, 1] → logits) and how it was obtained."""
+
+    model: nn.Module
+    name: str
+    dataset: str
+    description: str
+
+
+def dataset_of_arch(name: str) -> str:
+    """The dataset a zoo architecture is attacked on (MNIST family → mnist, CIFAR family → cifar10)."""
+    import models_zoo
+
+    arch = models_zoo.get_arch(name)
+    if arch.family not in DATASET_OF_FAMILY:
+        raise LazyAppsError(f"model {name!r} is a {arch.family} model; attack targets are MNIST or CIFAR classifiers "
+                            f"({', '.join(n for n in models_zoo.available() if models_zoo.get_arch(n).family in DATASET_OF_FAMILY)})")
+    return DATASET_OF_FAMILY[arch.family]
+
+
+def is_user_model(spec: str) -> bool:
+    """A model file (TorchScript, zoo checkpoint) or ``ARCH:STATE_DICT`` rather than a zoo name."""
+    looks_like_file = Path(spec).suffix in (".pt", ".pth", ".ts", ".jit") or "/" in spec
+    return Path(spec).exists() or looks_like_file or (":" in spec and not (spec.startswith("timm:") and spec.count(":") == 1))
+
+
+def _user_arch(spec: str) -> str | None:
+    """The architecture of an ``ARCH:STATE_DICT`` spec (None for a model file)."""
+    if Path(spec).exists() or ":" not in spec:
+        return None
+    return spec.rsplit(":", 1)[0]
+
+
+def load_user(spec: str, *, device="cpu") -> nn.Module:
+    """A user's model (``models_zoo.load_user_model``: TorchScript, zoo checkpoint or ``ARCH:STATE_DICT``)."""
+    import models_zoo
+
+    return models_zoo.load_user_model(spec, device=device)
+
+
+def infer_dataset(target: str) -> str:
+    """The dataset of ``target``: from its architecture (zoo name or ``ARCH:PATH``), or by probing a model file."""
+    if not is_user_model(target):
+        return dataset_of_arch(target)
+    arch = _user_arch(target)
+    if arch is not None:
+        return dataset_of_arch(arch)
+    model = load_user(target)
+    for dataset, shape in (("mnist", (1, 1, 28, 28)), ("cifar10", (1, 3, 32, 32))):
+        try:
+            with torch.no_grad():
+                out = model(torch.rand(shape))
+            if out.dim() == 2 and out.shape[1] == 10:
+                return dataset
+        except Exception:  # the file decides which input it takes; try the next shape
+            continue
+    raise LazyAppsError(f"cannot tell which dataset {target} classifies: it accepts neither 1x28x28 (MNIST) "
+                        "nor 3x32x32 (CIFAR-10) images with 10 outputs")
+
+
+def parse_zoo(spec: str | None, dataset: str, target: str) -> list[str]:
+    """The whitebox zoo names: ``spec`` (comma separated) or the dataset's default; never the target."""
+    import models_zoo
+
+    names = list(DEFAULT_ZOO[dataset]) if not spec else [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise LazyAppsError("--zoo needs at least one model name")
+    for name in names:
+        if name not in models_zoo.available():
+            raise UnknownNameError("zoo model", name, [n for n in models_zoo.available() if models_zoo.get_arch(n).family in DATASET_OF_FAMILY])
+        if dataset_of_arch(name) != dataset:
+            raise LazyAppsError(f"zoo model {name!r} is for {dataset_of_arch(name)}, but the target is a {dataset} model")
+    target_arch = (_user_arch(target) if is_user_model(target) else target) or ""
+    if target_arch in names:
+        raise LazyAppsError(f"the target {target_arch!r} is in the whitebox zoo ({', '.join(names)}); "
+                            "a blackbox target must be held out: drop it from --zoo")
+    if len(set(names)) != len(names):
+        raise LazyAppsError(f"--zoo lists a model twice: {', '.join(names)}")
+    return names
+
+
+def train_zoo_model(name: str, dataset: str, *, epochs: int | None, subset: int | None, device, seed: int,
+                    data_dir, cache_dir, quiet: bool, role: str = "zoo"):
+    """A trained zoo model (models_zoo caches it); one status line."""
+    import models_zoo
+
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trained = models_zoo.train(name, dataset, epochs=epochs, train_subset=subset, device=device, seed=seed,
+                                   data_dir=data_dir, cache_dir=cache_dir, quiet=quiet)
+    _relay(caught)
+    how = "loaded from cache" if trained.from_cache else f"trained in {time.perf_counter() - started:.0f} s"
+    status(f"{role} {name} ({dataset}): {how}, test accuracy {trained.test_accuracy:.4f}")
+    return trained
+
+
+def load_target(spec: str, dataset: str, settings: dict[str, Any], *, device, seed: int, data_dir, cache_dir, quiet: bool) -> Target:
+    """The target: a zoo name (trained and cached on first use), ``ARCH:STATE_DICT`` or a TorchScript file."""
+    if not is_user_model(spec):
+        trained = train_zoo_model(spec, dataset, epochs=settings["target_epochs"], subset=settings["target_subset"],
+                                  device=device, seed=seed + 1000, data_dir=data_dir, cache_dir=cache_dir, quiet=quiet, role="target")
+        return Target(trained.model, spec, dataset, f"{spec} (zoo, test accuracy {trained.test_accuracy:.4f})")
+    model = load_user(spec, device=device).eval()
+    status(f"target {spec}: user model loaded")
+    return Target(model, spec, dataset, f"{spec} (user model)")
+
+
+def _relay(caught: list) -> None:
+    for w in caught:
+        status(f"warning: {w.message}")
+
+
+def _zoo_key(trained) -> str:
+    return Path(trained.path).name
+
+
+def gradient_set(trained, name: str, data, *, n_images: int, mode: str, seed: int, device, cache_dir) -> tuple[dict[str, Tensor], Path]:
+    """The (cached) gradient set of zoo model ``name``: ``n_images`` training images drawn with ``seed``."""
+    from .gradient_sets import build_gradient_set
+
+    settings = {"zoo_model": _zoo_key(trained), "n_images": int(n_images), "mode": mode, "seed": int(seed),
+                "format": GRADIENT_SET_FORMAT}
+    built: list[bool] = []
+
+    def build() -> dict[str, Tensor]:
+        built.append(True)
+        n = min(int(n_images), len(data.train))
+        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n]
+        return build_gradient_set(trained.model.to(device), data.train.images[order], data.train.labels[order],
+                                  num_classes=data.num_classes, mode=mode, desc=f"gradients {name}")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state, path = cached("gradient_sets", f"{data.name}-{name}-{mode}", settings, build, root=cache_dir)
+    _relay(caught)
+    status(f"gradient set {name}: {len(state['maps'])} maps {'computed' if built else 'loaded from cache'}")
+    return state, path
+
+
+def meta_attacker(method: str, dataset: str, sets: list[tuple[dict[str, Tensor], Path]], settings: dict[str, Any], *,
+                  seed: int, device, cache_dir, in_channels: int):
+    """The (cached) meta-attacker for ``method`` (``lazy-meta`` / ``meta``), meta-trained on ``sets``.
+
+    Returns ``(module, params, path)``.
+    """
+    from .gradient_sets import as_pairs
+    from .meta_attacker import MetaAttacker, describe
+    from .meta_training import meta_train
+
+    training = META_TRAINING_OF[method]
+    torch.manual_seed(seed)
+    model = MetaAttacker.for_dataset(dataset, in_channels=in_channels).to(device)
+    key = {"method": training, "gradient_sets": sorted(Path(p).name for _, p in sets), "arch": describe(model),
+           "iterations": int(settings["meta_iterations"]), "batch": int(settings["meta_batch"]),
+           "inner_steps": settings.get("inner_steps"), "inner_lr": 1e-2, "seed": int(seed), "format": META_ATTACKER_FORMAT}
+    built: list[float] = []
+
+    def build() -> dict[str, Any]:
+        started = time.perf_counter()
+        tasks = [as_pairs(state, device) for state, _ in sets]
+        result = meta_train(model, tasks, method=training, iterations=key["iterations"], batch_size=key["batch"],
+                            inner_steps=key["inner_steps"], inner_lr=key["inner_lr"],
+                            eval_every=max(1, key["iterations"] // 10),
+                            generator=torch.Generator().manual_seed(seed))
+        built.append(time.perf_counter() - started)
+        return {"params": {k: v.detach().cpu() for k, v in result.params.items()},
+                "history": [[int(i), float(v)] for i, v in result.history]}
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state, path = cached("meta_attackers", f"{dataset}-{method}", key, build, root=cache_dir)
+    _relay(caught)
+    params = {k: v.to(device) for k, v in state["params"].items()}
+    missing = set(dict(model.named_parameters())) ^ set(params)
+    if missing:
+        raise LazyAppsError(f"cached meta-attacker {path} does not fit the network; delete it to rebuild")
+    history = state.get("history") or []
+    mse = f", validation MSE {history[0][1]:.3f} -> {history[-1][1]:.3f}" if len(history) >= 2 else ""
+    how = f"meta-trained ({training}, {key['iterations']} iterations) in {built[0]:.0f} s" if built else "loaded from cache"
+    status(f"meta-attacker {method}: {how}{mse}")
+    return model.eval(), params, path
+
+
+def select_images(model: nn.Module, split, n: int, *, device, batch_size: int = 500) -> tuple[Tensor, Tensor, Tensor]:
+    """The first ``n`` test images the target classifies correctly: ``(x in [0, 1], labels, test indices)``."""
+    chosen: list[Tensor] = []
+    found = 0
+    with torch.no_grad():
+        for start in range(0, len(split), batch_size):
+            x = split.images[start:start + batch_size].to(device).float().div(255)
+            y = split.labels[start:start + batch_size].to(device)
+            ok = (model(x).argmax(1) == y).nonzero().flatten().cpu() + start
+            chosen.append(ok)
+            found += len(ok)
+            if found >= n:
+                break
+    index = torch.cat(chosen)[:n]
+    if len(index) < n:
+        raise LazyAppsError(f"the target classifies only {len(index)} test images correctly; ask for at most that many (--n-images)")
+    return split.images[index].float().div(255), split.labels[index].clone(), index

@@ -1,0 +1,83 @@
+"""Shared driver of the attack benchmarks: every method on the same images, our rows beside the papers'."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO))
+
+
+def parse(argv, *, name: str, default_images: int, default_methods: str, default_out: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=name, description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="Tiny run (seconds): smoke preset, 2 images, 2 methods.")
+    parser.add_argument("--preset", default="quick", choices=["smoke", "quick", "paper"])
+    parser.add_argument("--n-images", type=int, default=default_images)
+    parser.add_argument("--max-queries", type=int, default=None)
+    parser.add_argument("--methods", default=default_methods, help="Comma-separated methods, in table order.")
+    parser.add_argument("--targeted", action="store_true", help="Targeted attacks towards (y + 1) mod 10.")
+    parser.add_argument("--zoo", default=None, help="Comma-separated whitebox zoo (default: the paper's).")
+    parser.add_argument("--target", default=None, help="Another target than the paper's (e.g. a faster one for a smoke run).")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=default_out, help="Where to write the JSON result.")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.preset, args.n_images = "smoke", min(args.n_images, 2)
+        args.methods = ",".join(args.methods.split(",")[:2])
+    return args
+
+
+def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title: str) -> dict:
+    from attacks.cli import COLUMNS, run_attack
+    from lazyapps.cli import RunContext
+    from lazyapps.checkpoint import write_json_atomic
+    from lazyapps.progress import set_quiet
+    from lazyapps.results import format_table, versions
+    from lazyapps.runtime import seed_everything
+
+    set_quiet(args.quiet)
+    ctx = RunContext("benchmark", args.data_dir, args.cache_dir, args.device, args.seed, None, args.quiet)
+    started = time.perf_counter()
+    rows, images, config = [], None, {}
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        seed_everything(args.seed)
+        result = run_attack(ctx, target_spec=target, targeted=args.targeted, method=method, zoo_spec=args.zoo,
+                            preset=args.preset, overrides={"n_images": args.n_images, "max_queries": args.max_queries},
+                            images=images)
+        images = result["images"]  # every method attacks the same images
+        config = {k: v for k, v in result["config"].items() if k not in ("method",)}
+        rows.append({"source": "ours", **result["row"], "n_images": len(images[1])})
+        print(format_table(rows[-1:], ["source", *COLUMNS]), file=sys.stderr, flush=True)
+    wanted = "targeted" if args.targeted else "untargeted"
+    paper = [{"source": "paper", **r} for r in paper_rows if r["setting"] == wanted]
+    columns = ["source", *COLUMNS, "n_images"]
+    table = format_table(rows + paper, columns, title=f"{title} ({wanted}, preset {args.preset})")
+    print(table)
+    result = {"benchmark": Path(sys.argv[0]).stem, "config": config, "rows": rows, "paper": paper,
+              "versions": versions(), "elapsed_s": round(time.perf_counter() - started, 1)}
+    if args.json:
+        write_json_atomic(args.json, result)
+    return result
+
+
+def main_guard(func):
+    """Run ``func`` and turn a user error into one line and exit code 2, like the CLI."""
+    from lazyapps.errors import LazyAppsError
+
+    try:
+        func()
+    except LazyAppsError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(json.dumps({"error": "run attack_mnist.py or attack_cifar.py"}))

@@ -1,0 +1,44 @@
+"""The attack benchmarks' --smoke sizes run and write their JSON with the papers' rows beside ours."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import attack_cifar  # noqa: E402
+import attack_mnist  # noqa: E402
+import pytest  # noqa: E402
+
+from ._mini_data import build_mini_root  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mini_root(data_root, tmp_path_factory):
+    """The first images of the real MNIST / CIFAR-10 files: the smoke runs stay in seconds."""
+    return build_mini_root(data_root, tmp_path_factory.mktemp("mini-data"))
+
+
+def test_mnist_benchmark_smoke(mini_root, session_cache, tmp_path, capsys):
+    out = tmp_path / "mnist.json"
+    attack_mnist.main(["--smoke", "--data-dir", str(mini_root), "--cache-dir", str(session_cache), "--device", "cpu",
+                       "--json", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert "MNIST / net4 (untargeted, preset smoke)" in printed and "paper" in printed
+    result = json.loads(out.read_text())
+    assert [r["method"] for r in result["rows"]] == ["lazy-meta", "meta"]
+    assert all(r["n_images"] == 2 for r in result["rows"])
+    assert {(r["method"], r["mean_queries"]) for r in result["paper"]} == {("meta", 749), ("lazy-meta", 566)}
+
+
+def test_cifar_benchmark_smoke(mini_root, session_cache, tmp_path, capsys):
+    out = tmp_path / "cifar.json"
+    # the smallest CIFAR nets keep this in seconds; the script and pipeline are the benchmark's own
+    attack_cifar.main(["--smoke", "--methods", "lazy-meta", "--zoo", "vgg11", "--target", "resnet32", "--n-images", "1", "--data-dir",
+                       str(mini_root), "--cache-dir", str(session_cache), "--device", "cpu", "--json", str(out), "--quiet"])
+    assert "CIFAR-10 / resnet18" in capsys.readouterr().out  # the benchmark's title
+    result = json.loads(out.read_text())
+    assert result["config"]["dataset"] == "cifar10" and result["config"]["zoo"] == ["vgg11"]
+    assert result["rows"][0]["n_images"] == 1

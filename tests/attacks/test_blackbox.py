@@ -1,0 +1,166 @@
+"""BlackBox: exact per-image counting, budget enforcement, no gradient path, label-only mode, input checks."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from attacks import UNLIMITED, BlackBox, QueryBudgetExceeded
+from lazyapps.errors import LazyAppsError
+
+
+class CountingNet(nn.Module):
+    """Tiny classifier that records how many forward calls and rows it saw."""
+
+    def __init__(self, classes: int = 4):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(2 * 3 * 3, 8), nn.Tanh(), nn.Linear(8, classes))
+        self.calls = 0
+        self.rows = 0
+
+    def forward(self, x):
+        self.calls += 1
+        self.rows += x.shape[0]
+        return self.body(x)
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 2, 3, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def test_counts_each_row_for_its_image():
+    net = CountingNet()
+    bb = BlackBox(net)
+    bb.query(images(5), index=torch.tensor([0, 0, 3, 1, 0]))
+    assert bb.counts.tolist() == [3, 1, 0, 1]
+    bb.query(images(2), index=[4, 1])
+    assert bb.counts.tolist() == [3, 2, 0, 1, 1]
+    assert bb.total == 7 == int(bb.counts.sum())
+    bb.query(images(3))  # default index: row i is image i
+    assert bb.counts.tolist() == [4, 3, 1, 1, 1]
+    assert bb.total == 10 and net.rows == 10
+    bb.reset(8)
+    assert bb.counts.tolist() == [0] * 8 and bb.total == 0
+
+
+def test_batch_size_splits_into_chunks_with_same_scores_and_counts():
+    net = CountingNet()
+    x = images(10)
+    whole = BlackBox(net).query(x)
+    net.calls = 0
+    chunked = BlackBox(net, batch_size=3)
+    scores = chunked.query(x, index=torch.zeros(10, dtype=torch.long))
+    assert net.calls == 4  # ceil(10 / 3)
+    torch.testing.assert_close(scores, whole)
+    assert chunked.counts.tolist() == [10] and chunked.total == 10
+
+
+def test_budget_is_all_or_nothing_and_remaining_is_exact():
+    net = CountingNet()
+    bb = BlackBox(net, budget=4)
+    bb.query(images(3), index=[0, 0, 1])
+    assert bb.remaining().tolist() == [2, 3]
+    assert bb.remaining([1, 5]).tolist() == [3, 4]  # image 5 not seen yet: full budget
+    rows_before = net.rows
+    with pytest.raises(QueryBudgetExceeded) as info:
+        bb.query(images(4), index=[0, 0, 0, 1])  # image 0 would reach 5 > 4
+    assert info.value.images.tolist() == [0]
+    assert "budget of 4" in str(info.value)
+    assert net.rows == rows_before, "a refused query must not run the model"
+    assert bb.counts[:2].tolist() == [2, 1] and bb.total == 3, "a refused query must count nothing"
+    bb.query(images(2), index=[0, 0])  # exactly up to the budget is fine
+    assert bb.remaining([0]).tolist() == [0]
+    assert isinstance(info.value, LazyAppsError)
+
+
+def test_unlimited_remaining():
+    bb = BlackBox(CountingNet())
+    bb.query(images(2))
+    assert bb.remaining().tolist() == [UNLIMITED, UNLIMITED]
+
+
+def test_no_gradient_reaches_model_or_input():
+    net = CountingNet()
+    bb = BlackBox(net)
+    x = images(3).requires_grad_(True)
+    scores = bb.query(x)
+    assert not scores.requires_grad and scores.grad_fn is None
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(scores.sum(), x)
+    with pytest.raises(RuntimeError):
+        scores.sum().backward()
+    assert x.grad is None
+    assert all(p.grad is None for p in net.parameters())
+    # torch.func transforms cannot see through it either: the output does not depend on x
+    try:
+        g = torch.func.grad(lambda z: bb.query(z.unsqueeze(0)).sum())(images(1)[0])
+    except RuntimeError:
+        pass
+    else:
+        assert torch.count_nonzero(g) == 0
+
+
+def test_model_is_not_a_public_attribute():
+    bb = BlackBox(CountingNet())
+    public = {k: v for k, v in vars(bb).items() if not k.startswith("_")}
+    assert not any(isinstance(v, nn.Module) for v in public.values())
+
+
+def test_runs_in_eval_mode():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(18, 16), nn.Dropout(0.5), nn.Linear(16, 3))
+    net.train()
+    bb = BlackBox(net)
+    x = images(4)
+    first, second = bb.query(x), bb.query(x)
+    torch.testing.assert_close(first, second)  # dropout off
+    net.train()  # someone switches it back: queries still run in eval mode
+    torch.testing.assert_close(bb.query(x), first)
+
+
+def test_outputs_probs_and_labels():
+    net = CountingNet(classes=5)
+    x = images(6)
+    logits = BlackBox(net).query(x)
+    probs = BlackBox(net, output="probs").query(x)
+    torch.testing.assert_close(probs, logits.softmax(1))
+    labels = BlackBox(net, output="label").query(x)
+    assert labels.dtype == torch.long and labels.shape == (6,)
+    assert labels.tolist() == logits.argmax(1).tolist()
+
+
+def test_empty_query_counts_nothing():
+    bb = BlackBox(CountingNet(classes=4))
+    out = bb.query(images(0), index=torch.zeros(0, dtype=torch.long))
+    assert out.shape == (0, 4) and bb.total == 0
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (images(2) * 2, "must lie in \\[0, 1\\]"),
+        (images(2) - 0.5, "must lie in \\[0, 1\\]"),
+        (torch.full((1, 2, 3, 3), float("nan")), "NaN"),
+        ((images(2) * 255).to(torch.uint8), "float images"),
+        (torch.rand(3), "batch of images"),
+    ],
+)
+def test_rejects_bad_inputs(x, message):
+    bb = BlackBox(CountingNet())
+    with pytest.raises(LazyAppsError, match=message):
+        bb.query(x)
+    assert bb.total == 0
+
+
+def test_rejects_bad_index_and_settings():
+    bb = BlackBox(CountingNet())
+    with pytest.raises(LazyAppsError, match="2 entries for 3"):
+        bb.query(images(3), index=[0, 1])
+    with pytest.raises(LazyAppsError, match="integer"):
+        bb.query(images(2), index=torch.tensor([0.0, 1.0]))
+    with pytest.raises(LazyAppsError, match="non-negative"):
+        bb.query(images(2), index=[0, -1])
+    with pytest.raises(LazyAppsError, match="valid: label, logits, probs"):
+        BlackBox(CountingNet(), output="softmax")
+    with pytest.raises(LazyAppsError, match="at least 1"):
+        BlackBox(CountingNet(), budget=0)

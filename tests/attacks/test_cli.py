@@ -1,0 +1,102 @@
+"""``lazyapps attack`` end to end on real MNIST images (a small root cut from the real files, smoke preset,
+throw-away cache) and its bad-input messages."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from lazyapps.cli import cli
+
+from ._mini_data import build_mini_root
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, ["attack", *args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def mini_root(data_root, tmp_path_factory):
+    return build_mini_root(data_root, tmp_path_factory.mktemp("mini-data"))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(mini_root, tmp_path_factory):
+    """One untargeted smoke run that builds the whole pipeline into a cache of its own (other tests may
+    already have built the same artefacts into the session cache, and this run must build them)."""
+    out = tmp_path_factory.mktemp("attack-cli")
+    cache = tmp_path_factory.mktemp("attack-cli-cache")
+    args = ["--target", "net4", "--untargeted", "--preset", "smoke", "--data-dir", str(mini_root),
+            "--cache-dir", str(cache), "--device", "cpu", "--json", str(out / "r.json"),
+            "--per-image", str(out / "p.csv"), "--plot", str(out / "curve.png")]
+    result = invoke(*args)
+    return result, out, args, cache
+
+
+def test_smoke_run_end_to_end(smoke_run):
+    result, out, _, _ = smoke_run
+    assert result.exit_code == 0, result.output
+    assert "lazy-meta attack on net4 (mnist, untargeted, 2 images, budget 1000)" in result.stdout
+    assert "success_rate" in result.stdout and "mean_queries" in result.stdout
+    for step in ("target net4 (mnist)", "zoo lenet5 (mnist)", "zoo net2", "zoo net3", "gradient set lenet5",
+                 "meta-attacker lazy-meta: meta-trained (lazy-reptile"):
+        assert step in result.stderr
+    saved = json.loads((out / "r.json").read_text())
+    assert saved["command"] == "attack" and saved["metrics"]["n_images"] == 2
+    assert saved["config"]["zoo"] == ["lenet5", "net2", "net3"] and saved["config"]["dataset"] == "mnist"
+    rows = list(csv.DictReader((out / "p.csv").open()))
+    assert len(rows) == 2 and all(int(r["queries"]) <= 1000 for r in rows)
+    assert [int(r["test_index"]) for r in rows] == sorted(int(r["test_index"]) for r in rows)
+    assert (out / "curve.png").stat().st_size > 0
+
+
+def test_rerun_loads_from_cache_and_rebuilds_a_corrupt_file_with_a_warning(smoke_run):
+    _, _, args, cache = smoke_run
+    files = sorted((cache / "meta_attackers").glob("mnist-lazy-meta-*.pt"))
+    assert files
+    files[0].write_bytes(b"not a checkpoint")
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "gradient set net3: 64 maps loaded from cache" in result.stderr
+    assert "zoo net2 (mnist): loaded from cache" in result.stderr
+    assert "warning:" in result.stderr and "rebuilding it" in result.stderr
+    assert "meta-attacker lazy-meta: meta-trained" in result.stderr
+
+
+def test_targeted_run_reaches_for_the_target_class(mini_root, session_cache, tmp_path):
+    result = invoke("--target-class", "3", "--preset", "smoke", "--data-dir", str(mini_root), "--cache-dir",
+                    str(session_cache), "--device", "cpu", "--per-image", str(tmp_path / "p.csv"), "--quiet",
+                    "--method", "nes")
+    assert result.exit_code == 0, result.output
+    assert "targeted" in result.stdout
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert all(r["target"] == "3" and r["label"] != "3" for r in rows)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--target", "nonet"], "unknown model 'nonet'"),
+    (["--zoo", "lenet5,bogus"], "unknown zoo model 'bogus'"),
+    (["--zoo", "lenet5,net4"], "'net4' is in the whitebox zoo"),
+    (["--zoo", "vgg13"], "zoo model 'vgg13' is for cifar10"),
+    (["--max-queries", "0"], "--max-queries must be at least 1"),
+    (["--n-images", "0"], "--n-images must be at least 1"),
+    (["--untargeted", "--target-class", "2"], "--target-class is for targeted attacks"),
+    (["--target-class", "10"], "--target-class 10 is out of range"),
+    (["--target", "missing.pt"], "does not exist"),
+])
+def test_bad_input_is_one_clear_line(args, message, mini_root, tmp_path):
+    result = CliRunner().invoke(cli, ["attack", *args, "--preset", "smoke", "--data-dir", str(mini_root),
+                                      "--cache-dir", str(tmp_path), "--device", "cpu", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    result = CliRunner().invoke(cli, ["attack", "--plot", str(tmp_path / "c.png"), "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--plot needs matplotlib" in result.output

@@ -1,0 +1,175 @@
+"""Zeroth-order estimators against the true gradient of a smooth model, with exact query counts."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from attacks import BlackBox, margin_loss
+from attacks.estimators import BanditsEstimator, NESEstimator, ZOOEstimator, query_losses
+from lazyapps.errors import LazyAppsError
+
+
+def smooth_model() -> nn.Module:
+    """A float64 tanh conv net (smooth, so finite differences converge to its gradient)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5)
+    ).double()
+
+
+@pytest.fixture
+def setup():
+    model = smooth_model()
+    g = torch.Generator().manual_seed(1)
+    x = 0.2 + 0.6 * torch.rand(3, 1, 8, 8, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # correctly "classified": the margin loss is positive and smooth
+    return model, x, y
+
+
+def true_gradient(model, x, y, target=None):
+    x = x.clone().requires_grad_(True)
+    return torch.autograd.grad(margin_loss(model(x), y, target).sum(), x)[0]
+
+
+def cosine(a, b):
+    return torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)
+
+
+@pytest.mark.parametrize("mode, per_image", [("symmetric", 128), ("forward", 65)])
+def test_zoo_all_coordinates_recovers_gradient(setup, mode, per_image):
+    model, x, y = setup
+    bb = BlackBox(model)
+    grad, queries = ZOOEstimator(mode=mode).estimate(bb, x, y)
+    assert (cosine(grad, true_gradient(model, x, y)) > 0.999).all()
+    assert queries.tolist() == [per_image] * 3 == bb.counts.tolist()
+
+
+def test_zoo_forward_reuses_known_scores(setup):
+    model, x, y = setup
+    bb = BlackBox(model)
+    with torch.no_grad():
+        scores = model(x)
+    grad, queries = ZOOEstimator(mode="forward").estimate(bb, x, y, scores=scores)
+    assert queries.tolist() == [64] * 3 == bb.counts.tolist()
+    assert (cosine(grad, true_gradient(model, x, y)) > 0.999).all()
+
+
+def test_zoo_targeted(setup):
+    model, x, y = setup
+    target = (y + 1) % 5
+    grad, _ = ZOOEstimator().estimate(BlackBox(model), x, y, target=target)
+    assert (cosine(grad, true_gradient(model, x, y, target)) > 0.999).all()
+
+
+def test_zoo_on_given_coordinates_per_image(setup):
+    model, x, y = setup
+    bb = BlackBox(model)
+    g = torch.Generator().manual_seed(5)
+    coords = torch.stack([torch.randperm(64, generator=g)[:10] for _ in range(3)])  # different per image
+    index = torch.tensor([7, 2, 4])
+    grad, queries = ZOOEstimator(h=1e-5).estimate_on(bb, x, y, coords, index=index)
+    truth = true_gradient(model, x, y).flatten(1)
+    flat = grad.flatten(1)
+    torch.testing.assert_close(flat.gather(1, coords), truth.gather(1, coords), rtol=1e-5, atol=1e-8)
+    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, coords, True)
+    assert (flat[~mask] == 0).all()
+    assert queries.tolist() == [20] * 3
+    assert bb.counts[index].tolist() == [20] * 3 and bb.total == 60
+
+
+def test_zoo_random_subset_and_box_edges(setup):
+    model, x, y = setup
+    x = x.clone()
+    x[:, :, 0, :] = 1.0  # whole rows at the box edges: steps are one-sided there
+    x[:, :, 1, :] = 0.0
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    bb = BlackBox(model)
+    grad, _ = ZOOEstimator().estimate(bb, x, y)
+    assert (cosine(grad, true_gradient(model, x, y)) > 0.999).all()
+    sub, queries = ZOOEstimator(coordinates=16).estimate(BlackBox(model), x, y)
+    assert ((sub.flatten(1) != 0).sum(1) <= 16).all() and queries.tolist() == [32] * 3
+
+
+@pytest.mark.parametrize("antithetic, expected_queries", [(True, 400), (False, 401)])
+def test_nes_correlates_with_gradient(setup, antithetic, expected_queries):
+    model, x, y = setup
+    torch.manual_seed(0)
+    bb = BlackBox(model)
+    grad, queries = NESEstimator(samples=400, antithetic=antithetic).estimate(bb, x, y)
+    assert (cosine(grad, true_gradient(model, x, y)) > 0.6).all()
+    assert queries.tolist() == [expected_queries] * 3 == bb.counts.tolist()
+
+
+def test_nes_more_samples_better(setup):
+    model, x, y = setup
+    truth = true_gradient(model, x, y)
+    torch.manual_seed(0)
+    few = torch.stack([cosine(NESEstimator(samples=10).estimate(BlackBox(model), x, y)[0], truth) for _ in range(5)])
+    many = torch.stack([cosine(NESEstimator(samples=400).estimate(BlackBox(model), x, y)[0], truth) for _ in range(5)])
+    assert many.mean() > few.mean() + 0.2
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(), dict(prior_update="gd", fd_eta=0.01, exploration=0.01, online_lr=0.1)],
+    ids=["eg-linf", "gd-l2"],
+)
+def test_bandits_prior_improves_over_iterations(setup, settings):
+    model, x, y = setup
+    torch.manual_seed(0)
+    truth = true_gradient(model, x, y)
+    bb = BlackBox(model)
+    est = BanditsEstimator(tile_size=1, **settings)
+    cos = []
+    for _ in range(150):
+        grad, queries = est.estimate(bb, x, y)
+        cos.append(cosine(grad, truth))
+    assert queries.tolist() == [2] * 3
+    assert bb.counts.tolist() == [300] * 3
+    early, late = torch.stack(cos[:5]).mean(), torch.stack(cos[-10:]).mean(0)
+    assert (late > 0.65).all() and late.mean() > early + 0.4
+
+
+def test_bandits_keeps_a_prior_per_image_and_tiles(setup):
+    model, x, y = setup
+    est = BanditsEstimator(tile_size=4)
+    bb = BlackBox(model)
+    grad, _ = est.estimate(bb, x, y, index=torch.tensor([0, 5, 2]))
+    assert est.priors(torch.tensor([0, 5, 2]), x).shape == (3, 1, 2, 2)
+    # tiles of 4×4 pixels share one value
+    tiles = grad.reshape(3, 1, 2, 4, 2, 4)
+    assert torch.allclose(tiles, tiles[:, :, :, :1, :, :1].expand_as(tiles))
+    untouched = est.priors(torch.tensor([1, 3]), x)
+    assert (untouched == 0).all()  # images never estimated keep a zero prior
+    est.reset()
+    assert (est.priors(torch.tensor([0]), x) == 0).all()
+
+
+def test_query_losses_one_call_for_all_points(setup):
+    model, x, y = setup
+
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    bb = BlackBox(model)
+    points = x.unsqueeze(1).repeat(1, 4, 1, 1, 1)
+    losses = query_losses(bb, points, y, loss=margin_loss, index=torch.arange(3))
+    assert calls == [12] and losses.shape == (3, 4)
+    torch.testing.assert_close(losses[:, 0], margin_loss(model(x), y).detach())
+
+
+def test_label_only_blackbox_is_refused(setup):
+    model, x, y = setup
+    with pytest.raises(LazyAppsError, match="output='logits' or 'probs'"):
+        ZOOEstimator().estimate(BlackBox(model, output="label"), x, y)
+
+
+def test_bad_settings():
+    with pytest.raises(LazyAppsError, match="symmetric, forward"):
+        ZOOEstimator(mode="central")
+    with pytest.raises(LazyAppsError, match="even"):
+        NESEstimator(samples=5)
+    with pytest.raises(LazyAppsError, match="eg, gd"):
+        BanditsEstimator(prior_update="adam")

@@ -1,0 +1,90 @@
+"""HopSkipJump and Boundary through the BlackBox: adversarials found, every query counted, budget kept."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from attacks import BlackBox
+from attacks.foolbox_bridge import BlackBoxFoolboxModel, run_boundary, run_foolbox_attack, run_hsja
+from lazyapps.data import load_dataset
+from lazyapps.errors import LazyAppsError
+
+
+@pytest.fixture(scope="module")
+def mnist_target(data_root):
+    """Softmax regression trained for a second on 3,000 real MNIST digits, and 4 test digits it gets right."""
+    ds = load_dataset("mnist", root=data_root)
+    torch.manual_seed(0)
+    x_train, y_train = ds.train.images[:3000].float().div(255), ds.train.labels[:3000]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x_train), y_train).backward()
+        opt.step()
+    x_test, y_test = ds.test.images[:100].float().div(255), ds.test.labels[:100]
+    with torch.no_grad():
+        right = model(x_test).argmax(1) == y_test
+    return model.eval(), x_test[right][:4], y_test[right][:4]
+
+
+def fooled(model, x_adv, y):
+    with torch.no_grad():
+        return model(x_adv).argmax(1) != y
+
+
+@pytest.mark.parametrize("runner", [run_hsja, run_boundary], ids=["hsja", "boundary"])
+def test_finds_adversarials_within_budget_and_counts_match(mnist_target, runner):
+    model, x, y = mnist_target
+    torch.manual_seed(0)
+    bb = BlackBox(model, output="label")
+    index = torch.arange(4) + 10
+    out = runner(bb, x, y, max_queries=300, index=index)
+    assert out.success.all()
+    assert torch.equal(fooled(model, out.x_adv, y), out.success)
+    assert out.queries.tolist() == bb.counts[index].tolist()
+    assert (out.queries <= 300).all() and (out.queries > 0).all()
+    torch.testing.assert_close(out.l2, (out.x_adv - x).flatten(1).norm(dim=1))
+    assert out.x_adv.min() >= 0 and out.x_adv.max() <= 1
+
+
+def test_blackbox_budget_stops_the_attack_gracefully(mnist_target):
+    model, x, y = mnist_target
+    torch.manual_seed(0)
+    bb = BlackBox(model, budget=150)  # scores blackbox: only decisions are used
+    out = run_hsja(bb, x, y, max_queries=10_000)
+    assert out.success.all()
+    assert out.queries.tolist() == bb.counts.tolist()
+    assert (bb.counts <= 150).all()
+
+
+def test_targeted_needs_and_uses_starting_points(mnist_target):
+    model, x, y = mnist_target
+    target = (y + 1) % 10
+    with pytest.raises(LazyAppsError, match="starting_points"):
+        run_hsja(BlackBox(model), x, y, target=target)
+    # starting points: training digits the target classifies as the target class
+    ds = load_dataset("mnist")
+    pool = ds.train.images[3000:4000].float().div(255)
+    with torch.no_grad():
+        pred = model(pool).argmax(1)
+    starts = torch.stack([pool[(pred == t).nonzero()[0, 0]] for t in target.tolist()])
+    torch.manual_seed(0)
+    bb = BlackBox(model, output="label")
+    out = run_hsja(bb, x, y, target=target, starting_points=starts, max_queries=300)
+    assert out.success.all()
+    with torch.no_grad():
+        assert (model(out.x_adv).argmax(1) == target).all()
+    assert out.queries.tolist() == bb.counts.tolist()
+    assert (out.l2 < (starts - x).flatten(1).norm(dim=1)).all()  # the distance shrank from the start
+
+
+def test_model_rejects_mismatched_batches(mnist_target):
+    model, x, y = mnist_target
+    wrapper = BlackBoxFoolboxModel(BlackBox(model), x, y)
+    assert tuple(wrapper.bounds) == (0.0, 1.0)
+    with pytest.raises(LazyAppsError, match="rows for 4 images"):
+        wrapper(x[:2])
+    with pytest.raises(LazyAppsError, match="at least 1"):
+        run_foolbox_attack(None, BlackBox(model), x, y, max_queries=0)

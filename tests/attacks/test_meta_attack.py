@@ -1,0 +1,186 @@
+"""Algorithm 4: per-image fine-tuning (vmap vs deep copies), budgets, early stop, targeted success, foolbox."""
+from __future__ import annotations
+
+import copy
+
+import foolbox as fb
+import pytest
+import torch
+from torch import nn
+
+from attacks.blackbox import BlackBox
+from attacks.losses import margin_loss
+from attacks.meta_attack import meta_attack
+from attacks.meta_attacker import MetaAttacker
+from attacks.meta_estimator import MetaEstimator
+from attacks.per_image import finetune, masked_mse, stack_copies, top_coordinates
+from attacks.score_attack import score_attack
+from lazyapps.errors import LazyAppsError
+
+
+def _target(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(6 * 64, 4)).eval()
+
+
+def _images(model: nn.Module, n: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=gen).to(next(model.parameters()).dtype)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # correctly classified by construction
+    return x, y
+
+
+def test_vmapped_finetuning_equals_deep_copied_modules():
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (4, 8))
+    x, target = torch.rand(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    mask = top_coordinates(torch.randn(4, 1, 8, 8), 10)
+    stacked = stack_copies(dict(net.named_parameters()), 4)
+    stacked["encoder.0.bias"][2] += 0.1  # copies that already differ stay independent
+    tuned = finetune(net, stacked, x, target, mask, steps=4, lr=1e-2)
+    for i in range(4):
+        ref = copy.deepcopy(net)
+        with torch.no_grad():
+            for k, p in ref.named_parameters():
+                p.copy_(stacked[k][i])
+        opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
+        for _ in range(4):
+            opt.zero_grad()
+            masked_mse(ref(x[i:i + 1])[0], target[i], mask[i]).backward()
+            opt.step()
+        for k, p in ref.named_parameters():
+            torch.testing.assert_close(tuned[k][i], p.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_top_coordinates_picks_largest_magnitudes():
+    maps = torch.tensor([[[[0.1, -5.0], [3.0, 0.2]]]])
+    assert top_coordinates(maps, 2).flatten().tolist() == [False, True, True, False]
+
+
+def test_zoo_step_of_the_estimator_matches_the_true_gradient_on_its_coordinates():
+    model = _target(1).double()
+    x, y = _images(model, 3)
+    est = MetaEstimator(MetaAttacker(1, (4, 8)).double(), q=12, every=3, h=1e-5)
+    bb = BlackBox(model)
+    grad, queries = est.estimate(bb, x, y)
+    assert queries.tolist() == [24, 24, 24] and bb.counts.tolist() == [24, 24, 24]
+    xr = x.clone().requires_grad_()
+    (true,) = torch.autograd.grad(margin_loss(model(xr), y).sum(), xr)
+    support = grad != 0
+    assert support.flatten(1).sum(1).tolist() == [12, 12, 12]
+    cos = torch.nn.functional.cosine_similarity(grad.flatten(1), (true * support).flatten(1), dim=1)
+    assert (cos > 0.999).all()
+    # calls 1 and 2 use the (fine-tuned) copies' predictions: no queries
+    for _ in range(2):
+        g, q = est.estimate(bb, x, y)
+        assert q.tolist() == [0, 0, 0] and (g != 0).flatten(1).sum(1).tolist() == [12, 12, 12]
+    assert bb.counts.tolist() == [24, 24, 24]
+    assert est.estimate(bb, x, y)[1].tolist() == [24, 24, 24]  # call 3 = j: ZOO again
+
+
+def test_finetuning_moves_each_copy_towards_its_zoo_estimate():
+    model = _target(2)
+    x, y = _images(model, 2)
+    est = MetaEstimator(MetaAttacker(1, (4, 8)), q=16, every=5, finetune_steps=10, finetune_lr=5e-2)
+    bb = BlackBox(model)
+    before = {k: v.clone() for k, v in est.theta.items()}
+    zoo_grad, _ = est.estimate(bb, x, y)
+    copies = est.copies(torch.arange(2))
+    assert any(not torch.equal(copies[k][0], before[k]) for k in before)
+    assert any(not torch.equal(copies[k][0], copies[k][1]) for k in before)  # each image its own copy
+    from attacks.gradient_sets import normalise_maps
+    from attacks.per_image import predict, stack_copies as stack
+
+    target, _ = normalise_maps(zoo_grad)
+    mask = zoo_grad != 0
+    err_before = [masked_mse(p, t, m) for p, t, m in zip(predict(est.model, stack(before, 2), x), target, mask)]
+    err_after = [masked_mse(p, t, m) for p, t, m in zip(predict(est.model, copies, x), target, mask)]
+    assert all(a < b for a, b in zip(err_after, err_before))
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_attack_succeeds_respects_budgets_and_box(targeted):
+    model = _target(3)
+    x, y = _images(model, 6)
+    target = (y + 1) % 4 if targeted else None
+    bb = BlackBox(model, budget=600)
+    out = meta_attack(bb, x, y, MetaAttacker(1, (4, 8)), target=target, max_queries=600, q=16, every=3,
+                      step=0.05, finetune_steps=2, batch_size=4)
+    assert out.success.float().mean() >= 0.8
+    assert (bb.counts <= 600).all() and torch.equal(out.queries, bb.counts)
+    assert out.x_adv.min() >= 0 and out.x_adv.max() <= 1
+    with torch.no_grad():
+        pred = model(out.x_adv).argmax(1)
+    ok = out.success
+    if targeted:
+        assert torch.equal(pred[ok], target[ok])
+    else:
+        assert (pred[ok] != y[ok]).all()
+
+
+def test_tight_budgets_are_never_exceeded():
+    model = _target(4)
+    x, y = _images(model, 3)
+    for budget in (1, 20, 33, 70):
+        bb = BlackBox(model, budget=budget)
+        out = meta_attack(bb, x, y, MetaAttacker(1, (4, 8)), max_queries=budget, q=16, every=2, step=1e-4)
+        assert (bb.counts <= budget).all() and torch.equal(out.queries, bb.counts)
+
+
+def test_images_stop_as_soon_as_fooled():
+    model = _target(5)
+    x, y = _images(model, 5)
+    y_wrong = y.clone()
+    y_wrong[0] = (y[0] + 1) % 4  # image 0 is already "fooled": one check query, no more
+    est = MetaEstimator(MetaAttacker(1, (4, 8)), q=16, every=3, finetune_steps=1)
+    succeeded: set[int] = set()
+    seen_after_success = []
+
+    def callback(iteration, rows, x_adv):
+        seen_after_success.extend(int(r) for r in rows if int(r) in succeeded)
+        with torch.no_grad():
+            fooled = model(x_adv[rows]).argmax(1) != y_wrong[rows]
+        succeeded.update(int(r) for r in rows[fooled])
+
+    bb = BlackBox(model, budget=2000)
+    out = score_attack(bb, x, y_wrong, est, max_queries=2000, step_size=0.05, callback=callback)
+    assert out.queries[0] == 1 and out.success[0]
+    assert seen_after_success == []
+    assert out.success.all()
+
+
+def test_bad_inputs_are_clear_errors():
+    model = _target(6)
+    x, y = _images(model, 2)
+    net = MetaAttacker(1, (4,))
+    with pytest.raises(LazyAppsError, match=r"\[0, 1\]"):
+        meta_attack(BlackBox(model), x * 2, y, net)
+    with pytest.raises(LazyAppsError, match="at least 1"):
+        meta_attack(BlackBox(model), x, y, net, max_queries=0)
+    from attacks.meta_attack import check_targets
+
+    with pytest.raises(LazyAppsError, match="equals the true class"):
+        check_targets(y, y.clone(), 4)
+    with pytest.raises(LazyAppsError, match="out of range"):
+        check_targets(y, torch.full_like(y, 7), 4)
+
+
+def test_foolbox_users_call_it_like_any_attack():
+    from attacks.foolbox_meta import MetaAttackFoolbox
+
+    model = _target(7)
+    x, y = _images(model, 4)
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    attack = MetaAttackFoolbox(MetaAttacker(1, (4, 8)), max_queries=600, q=16, every=3, step=0.05, finetune_steps=2)
+    raw, clipped, success = attack(fmodel, x, fb.criteria.Misclassification(y), epsilons=[0.01, None])
+    assert success.shape == (2, 4)
+    assert not success[0].any()  # nothing within L2 0.01
+    assert success[1].float().mean() >= 0.75
+    with torch.no_grad():
+        assert (model(raw[1]).argmax(1)[success[1]] != y[success[1]]).all()
+    assert (attack.last_outcome.queries <= 600).all()
+    target = (y + 2) % 4
+    _, adv, ok = attack(fmodel, x, fb.criteria.TargetedMisclassification(target), epsilons=None)
+    with torch.no_grad():
+        assert torch.equal(model(adv).argmax(1)[ok], target[ok])

@@ -1,0 +1,57 @@
+"""MetaAttacker: output shape for any image size, vmappable per-image copies."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attacks.meta_attacker import PAPER_WIDTHS, MetaAttacker, build, describe
+from attacks.per_image import predict, stack_copies
+
+
+@pytest.mark.parametrize(("dataset", "shape"), [("mnist", (2, 1, 28, 28)), ("cifar10", (2, 3, 32, 32))])
+def test_paper_networks_map_images_to_same_shape(dataset, shape):
+    net = MetaAttacker.for_dataset(dataset)
+    assert net.widths == PAPER_WIDTHS[dataset]
+    assert net.encoder[0].in_channels == shape[1]
+    assert net(torch.rand(shape)).shape == shape
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 13, 17), (3, 1, 5, 5), (1, 4, 40, 33), (1, 3, 1, 1)])
+def test_any_channels_and_size(shape):
+    net = MetaAttacker(shape[1], (4, 8, 8))
+    out = net(torch.rand(shape))
+    assert out.shape == shape
+    assert torch.isfinite(out).all()
+
+
+def test_output_is_linear_and_depends_on_the_image():
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (4, 8))
+    assert isinstance(net.decoder[-1], torch.nn.ConvTranspose2d)  # no final ReLU: gradients take both signs
+    a, b = net(torch.rand(1, 1, 12, 12)), net(torch.rand(1, 1, 12, 12))
+    assert not torch.allclose(a, b)
+
+
+def test_wrong_channels_is_a_clear_error():
+    with pytest.raises(ValueError, match="expected images"):
+        MetaAttacker(1)(torch.rand(1, 3, 28, 28))
+
+
+def test_describe_build_round_trip():
+    net = MetaAttacker(3, (5, 6))
+    again = build(describe(net))
+    assert [p.shape for p in again.parameters()] == [p.shape for p in net.parameters()]
+
+
+def test_vmapped_copies_predict_like_the_module():
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (4, 8))
+    params = dict(net.named_parameters())
+    stacked = stack_copies(params, 3)
+    stacked["decoder.0.bias"][1] += 1.0  # copy 1 differs: must change only row 1
+    x = torch.rand(3, 1, 10, 10)
+    out = predict(net, stacked, x)
+    with torch.no_grad():
+        ref = net(x)
+    torch.testing.assert_close(out[[0, 2]], ref[[0, 2]], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out[1], ref[1])

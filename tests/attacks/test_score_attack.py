@@ -1,0 +1,168 @@
+"""The batched score-based attack loop on a real MNIST classifier: success, exact query accounting, budgets."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from attacks import AttackOutcome, BlackBox, margin_loss
+from attacks.estimators import BanditsEstimator, GradientEstimator, NESEstimator, ZOOEstimator
+from attacks.score_attack import descent_step, make_estimator, project, score_attack
+from lazyapps.data import load_dataset
+from lazyapps.errors import LazyAppsError, UnknownNameError
+
+
+@pytest.fixture(scope="module")
+def mnist_target(data_root):
+    """Softmax regression trained for a second on 3,000 real MNIST digits, and 8 test digits it gets right."""
+    ds = load_dataset("mnist", root=data_root)
+    torch.manual_seed(0)
+    x_train, y_train = ds.train.images[:3000].float().div(255), ds.train.labels[:3000]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x_train), y_train).backward()
+        opt.step()
+    x_test, y_test = ds.test.images[:200].float().div(255), ds.test.labels[:200]
+    with torch.no_grad():
+        right = model(x_test).argmax(1) == y_test
+    assert right.float().mean() > 0.8
+    return model.eval(), x_test[right][:8], y_test[right][:8]
+
+
+class TrueGradient(GradientEstimator):
+    """Oracle 'estimator' (whitebox gradient, 1 nominal query): isolates the loop's mechanics in tests."""
+
+    name = "oracle"
+
+    def __init__(self, model):
+        self.model = model
+
+    def queries_per_estimate(self, x_shape, *, scores_known=True):
+        return 1
+
+    def estimate(self, blackbox, x, y, *, loss=None, index=None, target=None, scores=None):
+        blackbox.query(x, index=index)  # pay the nominal query
+        x = x.clone().requires_grad_(True)
+        grad = torch.autograd.grad(margin_loss(self.model(x), y, target).sum(), x)[0]
+        return grad, torch.ones(len(x), dtype=torch.long)
+
+
+def check_outcome(outcome: AttackOutcome, model, x, y, bb: BlackBox, index=None, target=None):
+    index = torch.arange(len(x)) if index is None else index
+    assert outcome.queries.tolist() == bb.counts[index].tolist()
+    assert outcome.x_adv.min() >= 0 and outcome.x_adv.max() <= 1
+    with torch.no_grad():
+        pred = model(outcome.x_adv).argmax(1)
+    fooled = pred == target if target is not None else pred != y
+    assert torch.equal(fooled, outcome.success)
+    torch.testing.assert_close(outcome.l2, (outcome.x_adv - x).flatten(1).norm(dim=1))
+
+
+def test_oracle_loop_stops_each_image_at_success(mnist_target):
+    model, x, y = mnist_target
+    bb = BlackBox(model)
+    out = score_attack(bb, x, y, TrueGradient(model), step_size=0.02, max_queries=1000)
+    check_outcome(out, model, x, y, bb)
+    assert out.success.all()
+    # 1 initial check + k iterations of (1 estimate + 1 check): the image stopped right at success
+    assert ((out.queries - 1) % 2 == 0).all() and (out.queries > 1).all()
+    summary = out.summary()
+    assert summary["success_rate"] == 1.0 and summary["mean_queries"] == out.queries.double().mean()
+
+
+@pytest.mark.parametrize(
+    "estimator, settings",
+    [
+        (ZOOEstimator(coordinates=128), dict(step_size=0.1)),
+        (NESEstimator(samples=50), dict(step_size=0.5, update="l2")),
+        (BanditsEstimator(), dict(step_size=0.01, epsilon=0.3)),
+    ],
+    ids=["zoo", "nes-l2", "bandits-linf"],
+)
+def test_baselines_fool_mnist_target(mnist_target, estimator, settings):
+    model, x, y = mnist_target
+    torch.manual_seed(0)
+    bb = BlackBox(model)
+    out = score_attack(bb, x[:4], y[:4], estimator, max_queries=3000, **settings)
+    check_outcome(out, model, x[:4], y[:4], bb)
+    assert out.success.all()
+    assert (out.queries <= 3000).all()
+    cost = estimator.queries_per_estimate(tuple(x.shape), scores_known=True) + 1
+    assert ((out.queries - 1) % cost == 0).all()
+    if settings.get("epsilon"):
+        assert (out.x_adv - x[:4]).abs().max() <= settings["epsilon"] + 1e-6
+
+
+def test_targeted(mnist_target):
+    model, x, y = mnist_target
+    target = (y + 1) % 10
+    bb = BlackBox(model, output="probs")
+    out = score_attack(bb, x[:3], y[:3], TrueGradient(model), target=target[:3], step_size=0.02, max_queries=2000)
+    check_outcome(out, model, x[:3], y[:3], bb, target=target[:3])
+    assert out.success.all() and out.target_classes.tolist() == target[:3].tolist()
+
+
+def test_budget_never_exceeded_and_blackbox_budget_respected(mnist_target):
+    model, x, y = mnist_target
+    nes = NESEstimator(samples=50)  # 51 queries per iteration with the check
+    bb = BlackBox(model)
+    out = score_attack(bb, x, y, nes, step_size=0.001, max_queries=200)  # too small a step to succeed
+    assert not out.success.any()
+    assert out.queries.tolist() == [1 + 3 * 51] * len(x)  # the 4th iteration would pass 200
+    # a blackbox budget below max_queries: the loop stops first, the blackbox never refuses
+    tight = BlackBox(model, budget=120)
+    out = score_attack(tight, x, y, nes, step_size=0.001, max_queries=10_000)
+    assert out.queries.tolist() == [1 + 2 * 51] * len(x)
+
+
+def test_index_offsets_and_epsilon_l2(mnist_target):
+    model, x, y = mnist_target
+    bb = BlackBox(model)
+    index = torch.arange(len(x)) + 100
+    out = score_attack(bb, x, y, TrueGradient(model), update="l2", step_size=0.3, epsilon=1.0,
+                       index=index, max_queries=400)
+    check_outcome(out, model, x, y, bb, index=index)
+    assert bb.counts[:100].sum() == 0
+    assert (out.l2 <= 1.0 + 1e-5).all()
+
+
+def test_step_and_projection():
+    x = torch.full((1, 1, 2, 2), 0.5)
+    g = torch.tensor([[[[1.0, -2.0], [0.0, 3.0]]]])
+    assert descent_step(x, g, step_size=0.1).flatten().tolist() == pytest.approx([0.4, 0.6, 0.5, 0.4])
+    l2 = descent_step(x, g, step_size=1.0, update="l2")
+    assert (l2 - x).norm() == pytest.approx(1.0)
+    far = torch.tensor([[[[1.0, 0.0], [0.5, 0.9]]]])
+    assert project(far, x, epsilon=0.2).flatten().tolist() == pytest.approx([0.7, 0.3, 0.5, 0.7])
+    assert (project(far, x, epsilon=0.2, update="l2") - x).norm() == pytest.approx(0.2)
+    assert project(far + 1, x, epsilon=None).max() == 1.0
+
+
+def test_bad_arguments(mnist_target):
+    model, x, y = mnist_target
+    with pytest.raises(UnknownNameError, match="valid: l2, sign"):
+        score_attack(BlackBox(model), x, y, NESEstimator(), update="adam")
+    with pytest.raises(LazyAppsError, match="max_queries must be at least 1"):
+        score_attack(BlackBox(model), x, y, NESEstimator(), max_queries=0)
+    with pytest.raises(UnknownNameError, match="valid: bandits, nes, zoo"):
+        make_estimator("square")
+    assert isinstance(make_estimator("nes", samples=20), NESEstimator)
+
+
+def test_run_baseline_uses_dataset_settings(mnist_target):
+    from attacks.score_attack import BASELINE_SETTINGS, run_baseline
+
+    model, x, y = mnist_target
+    torch.manual_seed(0)
+    bb = BlackBox(model)
+    out = run_baseline("nes", bb, x[:2], y[:2], dataset="mnist", max_queries=2000)
+    check_outcome(out, model, x[:2], y[:2], bb)
+    assert out.success.all()
+    samples = BASELINE_SETTINGS["mnist"]["nes"]["estimator"]["samples"]
+    assert ((out.queries - 1) % (samples + 1) == 0).all()
+    with pytest.raises(UnknownNameError, match="valid: bandits, boundary, hsja, nes, zoo"):
+        run_baseline("square", bb, x, y)
+    with pytest.raises(UnknownNameError, match="valid: cifar10, mnist"):
+        run_baseline("nes", bb, x, y, dataset="svhn")
