@@ -21,6 +21,10 @@ from .errors import CheckpointError
 
 
 def _atomic_write(path: Path, write) -> None:
+    from .distributed import may_write
+
+    if not may_write():  # under torchrun rank 0 writes (or the builder of lazyapps.distributed.main_first)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -77,17 +77,21 @@ class RunContext:
 
     @property
     def device(self):
+        from .distributed import device_for
         from .runtime import resolve_device
 
-        return resolve_device(self.device_name)
+        return device_for(resolve_device(self.device_name))  # under torchrun: cuda -> cuda:LOCAL_RANK
 
     @property
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
 
     def echo(self, text: str = "") -> None:
-        """Print a result line on stdout (results are printed even with ``--quiet``)."""
-        click.echo(text)
+        """Print a result line on stdout (results are printed even with ``--quiet``; under torchrun by rank 0 only)."""
+        from .distributed import is_main
+
+        if is_main():
+            click.echo(text)
 
     def finish(self, config: Mapping[str, Any], metrics: Mapping[str, Any], *, table: str | None = None, **extra: Any) -> dict[str, Any]:
         """Print ``table``, write the ``--json`` result and return the result object."""
@@ -121,7 +125,13 @@ def common_options(func: Callable) -> Callable:
         # "lazyapps zoo train" -> "zoo train": the command without the program name.
         run = RunContext(" ".join(ctx.command_path.split()[1:]), data_dir, cache_dir, device_name, seed, json_path, quiet)
         run.device  # fail early on --device cuda without a GPU
-        return func(run=run, **kwargs)
+        from .distributed import init_from_env, shutdown
+
+        init_from_env(run.device)  # under torchrun: join the process group (gloo on CPU, NCCL on CUDA)
+        try:
+            return func(run=run, **kwargs)
+        finally:
+            shutdown()
 
     return wrapper
 

@@ -19,7 +19,10 @@ def set_quiet(quiet: bool) -> None:
 
 
 def enabled() -> bool:
-    return not _quiet and sys.stderr.isatty()
+    from .distributed import is_main
+
+    # Under torchrun only rank 0 shows progress: N bars fighting over one terminal help nobody.
+    return not _quiet and sys.stderr.isatty() and is_main()
 
 
 def progress(iterable: Iterable[T] | None = None, *, desc: str = "", total: int | None = None, **kwargs) -> tqdm:
@@ -29,5 +32,7 @@ def progress(iterable: Iterable[T] | None = None, *, desc: str = "", total: int 
 
 def status(message: str) -> None:
     """A one-line summary of what a long step is doing (stderr; silent with ``--quiet``)."""
-    if not _quiet:
+    from .distributed import is_main
+
+    if not _quiet and is_main():
         print(message, file=sys.stderr, flush=True)

@@ -61,6 +61,10 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
     """Write rows (dicts) as CSV (atomically, via a temporary file)."""
+    from .distributed import may_write
+
+    if not may_write():  # under torchrun only rank 0 writes results
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(columns or (rows[0].keys() if rows else []))

@@ -1,0 +1,177 @@
+"""lazyapps.distributed: single-process identity, and the collectives on 2 gloo CPU processes."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lazyapps import distributed as D
+from tests.spawn import run_ranks
+
+
+def test_without_torchrun_everything_is_one_process(monkeypatch, tmp_path):
+    for name in D.TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert not D.launched()
+    assert D.init_from_env("cpu") is False
+    assert not torch.distributed.is_initialized()  # no process group was created
+    assert (D.rank(), D.world_size(), D.is_main(), D.may_write(), D.is_distributed()) == (0, 1, True, True, False)
+    assert D.shard(7) == slice(0, 7) and D.shard([1, 2, 3]) == [1, 2, 3]
+    t = {"a": torch.ones(2)}
+    assert D.all_reduce_mean(t, weight=3) is t
+    assert D.all_gather_object({"x": 1}) == [{"x": 1}]
+    with D.main_first() as builder:
+        assert builder
+    D.barrier()
+    p = torch.nn.Parameter(torch.ones(2))
+    p.grad = torch.full((2,), 4.0)
+    D.average_gradients([p], weight=5)
+    assert torch.equal(p.grad, torch.full((2,), 4.0))
+    from lazyapps.checkpoint import write_json_atomic
+
+    write_json_atomic(tmp_path / "x.json", {"a": 1})  # rank 0 of one: writes
+    assert (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 10])
+def test_shards_partition_in_order(n, world):
+    parts = [D.shard(list(range(n)), rank_=r, world=world) for r in range(world)]
+    assert sum(parts, []) == list(range(n))
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    slices = [D.shard(n, rank_=r, world=world) for r in range(world)]
+    assert [list(range(n))[s] for s in slices] == parts
+
+
+def test_device_for_pins_cuda_to_local_rank(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    assert D.device_for("cuda") == torch.device("cuda", 1)
+    assert D.device_for("cuda:0") == torch.device("cuda", 0)
+    assert D.device_for("cpu") == torch.device("cpu")
+    # Launched but no group yet: the rank comes from the environment, and rank 3 stays silent.
+    assert (D.rank(), D.world_size(), D.is_main(), D.is_local_main(), D.may_write()) == (3, 4, False, False, False)
+
+
+def _collectives(folder: str) -> dict:
+    """Runs on each rank: every helper, with rank-dependent inputs whose combined result is known in closed form."""
+    from lazyapps import progress
+    from lazyapps.checkpoint import save_checkpoint, write_json_atomic
+
+    r = D.rank()
+    out: dict = {"rank": r, "world": D.world_size(), "distributed": D.is_distributed(), "main": D.is_main()}
+    # Rank r holds the mean of (r + 1) examples; weights make it the mean over all examples.
+    local = {"a": torch.full((3,), float(r + 1)), "b": torch.tensor([[1.0, -1.0]]) * (r + 1), "c": torch.tensor([r], dtype=torch.float64)}
+    out["mean"] = D.all_reduce_mean(local, weight=r + 1)
+    out["plain"] = D.all_reduce_mean(torch.tensor([float(r)]))
+    out["sums"] = D.all_reduce_sum([r, 1])
+    out["gathered"] = D.all_gather_object({"rank": r, "t": torch.tensor([r])})
+    out["broadcast"] = D.broadcast_object(f"from {r}")
+    out["shard"] = D.shard(list(range(5)))
+
+    # Gradients: p1 has a gradient on rank 0 only, p2 on none, p3 on both.
+    p1, p2, p3 = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    p1.grad = torch.full((2,), 6.0) if r == 0 else None
+    p3.grad = torch.full((2,), float(r + 1))
+    D.average_gradients([p1, p2, p3], weight=r + 1)
+    out["grads"] = [None if p.grad is None else p.grad.clone() for p in (p1, p2, p3)]
+
+    # An optimiser whose step averages the gradients first (what the meta-learners use).
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([w], lr=1.0)
+    handle = D.sync_optimizer(opt, weight=lambda: r + 1)
+    w.grad = torch.full((2,), float(r + 1))
+    opt.step()
+    handle.remove()
+    out["stepped"] = w.detach().clone()
+
+    # Different parameters on each rank; broadcast makes them rank 0's.
+    module = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        module.weight.fill_(float(r))
+    D.broadcast_module(module)
+    out["broadcast_weight"] = module.weight.detach().clone()
+
+    # main_first: the builder writes the file, the others find it when they enter.
+    folder = Path(folder)
+    with D.main_first() as builder:
+        if builder:
+            write_json_atomic(folder / "cache.json", {"by": r})
+        out["cache_seen"] = (folder / "cache.json").exists()
+        out["builder"] = builder
+    # Outside main_first only rank 0 writes; rank 1's attempts leave nothing.
+    write_json_atomic(folder / f"result-{r}.json", {"r": r})
+    save_checkpoint(folder / f"ckpt-{r}.pt", {"x": torch.ones(1)})
+    D.barrier()
+    out["files"] = sorted(p.name for p in folder.iterdir())
+    # Progress and status lines: rank 0 only, even on a terminal.
+    import io
+
+    saved = sys.stderr
+    sys.stderr = io.StringIO()
+    sys.stderr.isatty = lambda: True
+    try:
+        progress.set_quiet(False)
+        out["progress_enabled"] = progress.enabled()
+        progress.status("hello")
+        out["status_text"] = sys.stderr.getvalue()
+    finally:
+        sys.stderr = saved
+    return out
+
+
+def test_collectives_on_two_gloo_processes(tmp_path):
+    results = run_ranks(_collectives, str(tmp_path), world=2)
+    r0, r1 = results
+    assert [r["rank"] for r in results] == [0, 1] and all(r["world"] == 2 and r["distributed"] for r in results)
+    assert (r0["main"], r1["main"]) == (True, False)
+    # weighted mean: (1·1 + 2·2) / 3 for "a"; closed form per entry.
+    for res in results:
+        torch.testing.assert_close(res["mean"]["a"], torch.full((3,), 5 / 3))
+        torch.testing.assert_close(res["mean"]["b"], torch.tensor([[5 / 3, -5 / 3]]))
+        torch.testing.assert_close(res["mean"]["c"], torch.tensor([2 / 3], dtype=torch.float64))
+        assert res["mean"]["c"].dtype == torch.float64
+        torch.testing.assert_close(res["plain"], torch.tensor([0.5]))
+        assert res["sums"] == [1.0, 2.0]
+        assert [g["rank"] for g in res["gathered"]] == [0, 1] and res["gathered"][1]["t"].tolist() == [1]
+        assert res["broadcast"] == "from 0"
+        g1, g2, g3 = res["grads"]
+        torch.testing.assert_close(g1, torch.full((2,), 6.0 * 1 / 3))  # zero on rank 1, weights 1 and 2
+        assert g2 is None  # no rank had one: stays None (Adam skips it like a single process)
+        torch.testing.assert_close(g3, torch.full((2,), 5 / 3))
+        torch.testing.assert_close(res["stepped"], torch.full((2,), -5 / 3))
+        torch.testing.assert_close(res["broadcast_weight"], torch.zeros(2, 2))
+        assert res["cache_seen"]
+        assert res["files"] == ["cache.json", "ckpt-0.pt", "ckpt-0.pt.json", "result-0.json"]
+    assert (r0["builder"], r1["builder"]) == (True, False)
+    assert r0["shard"] == [0, 1, 2] and r1["shard"] == [3, 4]
+    assert (r0["progress_enabled"], r1["progress_enabled"]) == (True, False)
+    assert (r0["status_text"], r1["status_text"]) == ("hello\n", "")
+
+
+
+def test_scaling_benchmark_smoke(tmp_path, data_root):
+    """benchmarks/scaling.py --smoke: every product on 1 and 2 torchrun processes, a table and a JSON."""
+    import json
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "scaling.json"
+    env = {**os.environ, "LAZYAPPS_DATA": str(data_root), "LAZYAPPS_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "scaling.py"), "--smoke", "--json", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["metrics"]["rows"]
+    assert sorted((r["product"], r["processes"]) for r in rows) == sorted(
+        (p, n) for p in ("fewshot", "longtail", "attack") for n in (1, 2))
+    assert all(r["throughput"] > 0 and r["seconds"] > 0 for r in rows)
+    assert all(r["speedup"] == 1.0 for r in rows if r["processes"] == 1)
+    for product in ("fewshot", "longtail", "attack"):
+        assert product in proc.stdout
