@@ -204,13 +204,24 @@ class BlackBox:
         return logits.detach()
 
     def _empty(self, x: Tensor) -> Tensor:
-        # An empty query (every image already done) still has (0, K) scores. K is
-        # known after the first real query; before it, one all-zero probe row
+        # An empty query (every image already done) still has (0, K) scores.
+        return torch.zeros(0, self._classes_for(tuple(x.shape[1:])), device=self.device, dtype=self.dtype)
+
+    def _classes_for(self, image_shape: tuple[int, ...]) -> int:
+        # K is known after the first real query; before it, one all-zero probe row
         # tells it (uncounted: it belongs to no image and reveals nothing about any).
         if self._n_classes is None:
-            probe = torch.zeros((1,) + tuple(x.shape[1:]), device=self.device, dtype=self.dtype)
-            self._n_classes = self._model(probe).shape[1]
-        return torch.zeros(0, self._n_classes, device=self.device, dtype=self.dtype)
+            probe = torch.zeros((1,) + tuple(image_shape), device=self.device, dtype=self.dtype)
+            with torch.no_grad():
+                self._n_classes = self._model(probe).shape[1]
+        return self._n_classes
+
+    def num_classes(self, image_shape: tuple[int, ...]) -> int:
+        """How many classes the target tells apart (public knowledge of a classifier; costs no query).
+
+        ``image_shape`` is one image's (C, H, W), used for a probe before the first query.
+        """
+        return self._classes_for(tuple(image_shape))
 
     def __call__(self, x: Tensor, *, index: Tensor | Sequence[int] | None = None) -> Tensor:
         return self.query(x, index=index)

@@ -15,15 +15,19 @@ from lazyapps.cli import RunContext, apply_preset, common_options, preset_option
 METHODS = ("lazy-meta", "meta", "zoo", "nes", "bandits", "hsja", "boundary")
 COLUMNS = ["method", "success_rate", "mean_l2", "mean_queries", "median_queries", "wall_s"]
 
+#: Rows per forward pass of the target. A ZOO step of 250 MNIST images is 32,000 query rows; sent at once they
+#: would hold tens of GB of activations. The blackbox splits a query into chunks; counting is unchanged.
+QUERY_CHUNK = 2048
+
 
 @click.command("attack")
 @click.option("--target", "target_spec", default="net4", show_default=True,
               help="Blackbox target: a zoo name (net4 → MNIST, resnet18 → CIFAR-10, ...), a TorchScript / zoo "
                    "checkpoint file, or ARCH:STATE_DICT.pt.")
 @click.option("--targeted/--untargeted", default=None, help="Targeted (towards --target-class) or untargeted (default).")
-@click.option("--target-class", type=int, default=None, help="Class to reach (targeted); default (y + 1) mod C per image.")
+@click.option("--target-class", type=int, default=None, help="Class to reach (targeted; test images of that class are skipped); default (y + 1) mod C per image.")
 @click.option("--method", type=click.Choice(METHODS), default="lazy-meta", show_default=True, help="Attack method.")
-@click.option("--n-images", type=int, default=None, help="Attack the first N correctly classified test images (default 100; smoke 3).")
+@click.option("--n-images", type=int, default=None, help="Attack the first N correctly classified test images (default 100; smoke 2).")
 @click.option("--max-queries", type=int, default=None, help="Per-image query budget (default 10,000).")
 @click.option("--zoo", "zoo_spec", default=None, help="Comma-separated whitebox zoo (default: lenet5,net2,net3 / vgg13,vgg16,vgg19).")
 @click.option("--per-image", "per_image_path", type=click.Path(dir_okay=False), default=None, help="Write per-image results to this CSV.")
@@ -60,7 +64,9 @@ def attack(run: RunContext, target_spec: str, targeted: bool | None, target_clas
         for r, test_index in zip(rows, result["test_index"].tolist()):
             r["test_index"] = test_index
         write_csv(per_image_path, rows, ["image", "test_index", "label", "target", "success", "queries", "l2"])
-    if plot_path:
+    from lazyapps.distributed import is_main
+
+    if plot_path and is_main():  # under torchrun rank 0 draws the one figure
         plot_budget_curve(plot_path, {method: outcome}, config["max_queries"], title=f"{method} on {config['target']}")
     from lazyapps.results import format_table
 
@@ -124,6 +130,7 @@ def run_attack(
     import torch
 
     from lazyapps.data import load_dataset
+    from lazyapps import distributed
     from lazyapps.errors import LazyAppsError, UnknownNameError
 
     from . import pipeline as P
@@ -141,7 +148,8 @@ def run_attack(
     if target_class is not None and not 0 <= target_class < data.num_classes:
         raise LazyAppsError(f"--target-class {target_class} is out of range: {dataset} has classes 0..{data.num_classes - 1}")
     common = dict(device=device, seed=run.seed, data_dir=run.data_dir, cache_dir=run.cache_dir, quiet=run.quiet)
-    target = P.load_target(target_spec, dataset, settings, **common)
+    with distributed.main_first():  # torchrun: rank 0 trains and caches the target, the others then load it
+        target = P.load_target(target_spec, dataset, settings, **common)
 
     if images is None:
         x, y, test_index = _select(target.model, data, int(settings["n_images"]), target_class, device)
@@ -153,30 +161,48 @@ def run_attack(
     if targeted:
         tclass = torch.full_like(y, target_class) if target_class is not None else (y + 1) % data.num_classes
 
+    from lazyapps.runtime import seed_everything
+
     started = time.perf_counter()
     budget = int(settings["max_queries"])
+    # torchrun: each rank attacks a contiguous share of the images and the outcomes are gathered in order below.
+    # The meta-attacks' shares are whole chunks of attack_batch images, the unit one process attacks together,
+    # so every image sees exactly the computation (and numbers) of a single-process run.
+    share = distributed.shard_chunks(len(x), int(settings["attack_batch"]) if method in P.META_TRAINING_OF else 1)
+    x_all, y_all = x, y
+    x, y, tclass = x[share], y[share], None if tclass is None else tclass[share]
     if method in P.META_TRAINING_OF:
         from .meta_attack import meta_attack
 
         mode = "targeted" if targeted else "untargeted"
         sets = []
-        for name in zoo_names:
-            trained = P.train_zoo_model(name, dataset, epochs=settings["zoo_epochs"], subset=settings["zoo_subset"], **common)
-            sets.append(P.gradient_set(trained, name, data, n_images=settings["grad_images"], mode=mode, seed=run.seed,
-                                       device=device, cache_dir=run.cache_dir))
-        model, params, _ = P.meta_attacker(method, dataset, sets, settings, seed=run.seed, device=device,
-                                           cache_dir=run.cache_dir, in_channels=data.channels)
+        with distributed.main_first():  # torchrun: rank 0 builds zoo, gradient sets and meta-attacker; the others load them
+            for name in zoo_names:
+                trained = P.train_zoo_model(name, dataset, epochs=settings["zoo_epochs"], subset=settings["zoo_subset"], **common)
+                sets.append(P.gradient_set(trained, name, data, n_images=settings["grad_images"], mode=mode, seed=run.seed,
+                                           device=device, cache_dir=run.cache_dir))
+            model, params, _ = P.meta_attacker(method, dataset, sets, settings, seed=run.seed, device=device,
+                                               cache_dir=run.cache_dir, in_channels=data.channels)
         started = time.perf_counter()  # the attack's own time; building the pipeline is reported above
-        blackbox = BlackBox(target.model, output="logits", budget=budget)
+        # Seeded here, after the pipeline: a run from the cache draws the same random numbers as the first one.
+        seed_everything(run.seed)
+        blackbox = BlackBox(target.model, output="logits", budget=budget, batch_size=QUERY_CHUNK)
         outcome = meta_attack(blackbox, x.to(device), y.to(device), model, params,
                               target=None if tclass is None else tclass.to(device), max_queries=budget,
                               q=int(settings["q"]), every=int(settings["every"]), step=float(settings["step"]),
                               h=float(settings["h"]), finetune_steps=int(settings["finetune_steps"]),
                               finetune_lr=float(settings["finetune_lr"]), batch_size=int(settings["attack_batch"]),
-                              desc=method)
+                              desc=method) if len(x) else None  # (a rank without a chunk attacks nothing)
     else:
-        outcome = _baseline(method, target.model, x.to(device), y.to(device), tclass, budget, dataset, data)
+        seed_everything(run.seed)  # as above: independent of what was built or loaded first
+        outcome = _baseline(method, target.model, x.to(device), y.to(device), tclass, budget, dataset, data) if len(x) else None
     wall = time.perf_counter() - started
+    if distributed.is_distributed():
+        from .outcome import AttackOutcome
+
+        outcome = AttackOutcome.concat([o for o in distributed.all_gather_object(outcome) if o is not None])
+        wall = max(distributed.all_gather_object(wall))
+    x, y = x_all, y_all
     summary = outcome.summary()
     row = {"method": method, **{k: summary[k] for k in ("success_rate", "mean_l2", "mean_queries", "median_queries")},
            "wall_s": round(wall, 1)}
@@ -215,7 +241,7 @@ def _baseline(method, model, x, y, tclass, budget, dataset, data):
     from .score_attack import run_baseline
 
     decision = method in ("hsja", "boundary")
-    blackbox = BlackBox(model, output="label" if decision else "logits", budget=budget)
+    blackbox = BlackBox(model, output="label" if decision else "logits", budget=budget, batch_size=QUERY_CHUNK)
     starting = _starting_points(model, data, tclass, x.device) if decision and tclass is not None else None
     with torch.no_grad():
         return run_baseline(method, blackbox, x, y, dataset=dataset, target=None if tclass is None else tclass.to(x.device),

@@ -32,6 +32,7 @@ from torch import Tensor
 from lazyapps.errors import LazyAppsError
 
 from .blackbox import BlackBox
+from .inputs import check_images, check_targets
 from .losses import is_adversarial, predicted_labels
 from .outcome import AttackOutcome, l2_distance
 
@@ -148,6 +149,10 @@ def run_foolbox_attack(
     """
     if int(max_queries) < 1:
         raise LazyAppsError(f"max_queries must be at least 1, got {max_queries}")
+    check_images(x)
+    check_targets(y, target, blackbox.num_classes(tuple(x.shape[1:])) if len(x) else None)
+    if starting_points is not None:
+        check_images(starting_points)
     if target is not None and starting_points is None:
         raise LazyAppsError(
             "targeted decision-based attacks need starting_points: images the target classifies as the target class"

@@ -64,7 +64,7 @@ class MetaAttackFoolbox(fb.attacks.base.MinimizationAttack):
         every: int = 5,
         step: float = 0.01,
         h: float = 1e-4,
-        finetune_steps: int = 5,
+        finetune_steps: int = 20,
         finetune_lr: float = 1e-2,
         batch_size: int = 250,
     ):
@@ -84,12 +84,13 @@ class MetaAttackFoolbox(fb.attacks.base.MinimizationAttack):
             labels, target = criterion.labels.raw, None
         elif isinstance(criterion, fb.criteria.TargetedMisclassification):
             target = criterion.target_classes.raw
-            # The attack never needs the true labels for a targeted criterion; any label ≠ target does.
-            labels = (target + 1) % 2 ** 31
         else:
             raise LazyAppsError(f"MetaAttackFoolbox supports Misclassification and TargetedMisclassification, not {type(criterion).__name__}")
         self.meta_attacker.to(raw.device)
         blackbox = BlackBox(_FoolboxScores(model, raw.device), output="logits", budget=self.settings["max_queries"])
+        if target is not None:
+            # The attack never needs the true labels for a targeted criterion; any class ≠ target does.
+            labels = (target + 1) % blackbox.num_classes(tuple(raw.shape[1:]))
         params = None if self.params is None else {k: v.to(raw.device) for k, v in self.params.items()}
         outcome = meta_attack(blackbox, raw, labels.to(raw.device), self.meta_attacker, params,
                               target=None if target is None else target.to(raw.device), desc="meta-attack (foolbox)",

@@ -20,6 +20,7 @@ from lazyapps.errors import LazyAppsError
 from lazyapps.progress import progress
 
 from .blackbox import BlackBox
+from .inputs import check_images, check_targets
 from .losses import LossFn
 from .meta_estimator import MetaEstimator
 from .outcome import AttackOutcome
@@ -30,27 +31,6 @@ PAPER_SETTINGS: dict[str, dict[str, float]] = {
     "mnist": {"q": 128, "every": 5, "step": 0.01, "h": 1e-4},
     "cifar10": {"q": 125, "every": 3, "step": 0.01, "h": 1e-4},
 }
-
-
-def check_images(x: Tensor) -> None:
-    """Attacked images must be a float (N, C, H, W) batch in [0, 1]."""
-    if x.dim() != 4 or not x.is_floating_point():
-        raise LazyAppsError(f"attacked images must be float (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
-    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-        raise LazyAppsError(f"attacked images must lie in [0, 1], got range [{float(x.min()):.4g}, {float(x.max()):.4g}]; "
-                            "divide 8-bit images by 255")
-
-
-def check_targets(y: Tensor, target: Tensor | None, num_classes: int | None) -> None:
-    """Target classes must be valid class numbers and differ from the true classes."""
-    if target is None:
-        return
-    if num_classes is not None and bool(((target < 0) | (target >= num_classes)).any()):
-        raise LazyAppsError(f"target class out of range: the target has classes 0..{num_classes - 1}")
-    if bool((target.cpu() == y.cpu()).any()):
-        bad = int((target.cpu() == y.cpu()).nonzero()[0])
-        raise LazyAppsError(f"target class {int(target[bad])} equals the true class of image {bad}; "
-                            "a targeted attack needs a different class")
 
 
 def meta_attack(
@@ -67,8 +47,9 @@ def meta_attack(
     every: int = 5,
     step: float = 0.01,
     h: float = 1e-4,
-    finetune_steps: int = 5,
+    finetune_steps: int = 20,
     finetune_lr: float = 1e-2,
+    zoo_mode: str = "forward",
     batch_size: int = 250,
     desc: str = "meta-attack",
 ) -> AttackOutcome:
@@ -76,13 +57,16 @@ def meta_attack(
 
     ``target`` (N,) makes it targeted. Defaults are Du et al.'s MNIST settings
     (see :data:`PAPER_SETTINGS` for CIFAR-10). Rows are charged to blackbox
-    image numbers ``0..N−1``. Returns one :class:`AttackOutcome` for all images.
+    image numbers ``0..N−1``. ``zoo_mode`` is the finite-difference scheme of
+    the ZOO steps (see :class:`MetaEstimator`). Returns one
+    :class:`AttackOutcome` for all images.
     """
     check_images(x)
     if int(max_queries) < 1:
         raise LazyAppsError(f"the query budget must be at least 1, got {max_queries}")
+    check_targets(y, target, blackbox.num_classes(tuple(x.shape[1:])) if len(x) else None)
     estimator = MetaEstimator(meta_attacker, params, q=q, every=every, h=h,
-                              finetune_steps=finetune_steps, finetune_lr=finetune_lr)
+                              finetune_steps=finetune_steps, finetune_lr=finetune_lr, zoo_mode=zoo_mode)
     outcomes = []
     starts = range(0, len(x), batch_size)
     for start in progress(starts, desc=desc, total=len(starts)) if len(starts) > 1 else starts:

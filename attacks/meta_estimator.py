@@ -1,12 +1,17 @@
 """The meta-attacker as a gradient estimator (Algorithm 4 of the lazy paper; Du et al., ICLR 2020, Algorithm 2).
 
 Every attacked image has its own copy of the meta-attacker (stacked
-parameters, :mod:`attacks.per_image`). At an image's calls 0, j, 2j, … the
+parameters, :mod:`attacks.per_image`). At an image's j-th, 2j-th, … call the
 estimator ranks coordinates by |its copy's predicted gradient|, takes ZOO
 finite differences on the top q (one blackbox call for all images), returns
 that estimate and fine-tunes the copy on it (masked MSE, a few Adam steps,
-vmapped over images). At the other calls it returns its copy's prediction on
-its top-q coordinates at zero query cost. Coordinates outside the top q are 0
+vmapped over images). At the other calls (the first j − 1 included: the
+meta-trained network starts the attack on its own) it returns its copy's
+prediction on its top-q coordinates at zero query cost.
+
+As in Du et al.'s implementation the differences are forward ones, one query
+per coordinate: the scores of the current point are already known (the attack
+loop's check of the previous step), so a ZOO step costs q queries, not 2q. Coordinates outside the top q are 0
 in the returned gradient, so an attack's sign step moves exactly those q
 coordinates — Du et al.'s coordinate update.
 """
@@ -35,8 +40,10 @@ class MetaEstimator(GradientEstimator):
         q: coordinates per step (Du et al.: 128 MNIST, 125 CIFAR-10).
         every: j, the period of zeroth-order estimates (Du et al.: 5 MNIST, 3 CIFAR-10).
         h: finite-difference step (1e-4).
-        finetune_steps, finetune_lr: Adam steps and learning rate of each fine-tuning.
-        zoo_mode: ``"symmetric"`` (2 queries per coordinate) or ``"forward"``.
+        finetune_steps, finetune_lr: Adam steps and learning rate of each fine-tuning (Du et al.'s
+            implementation: 20 at 1e-2).
+        zoo_mode: ``"forward"`` (1 query per coordinate given the current scores; Du et al.) or
+            ``"symmetric"`` (2 per coordinate, more accurate).
     """
 
     name = "meta"
@@ -49,9 +56,9 @@ class MetaEstimator(GradientEstimator):
         q: int = 128,
         every: int = 5,
         h: float = 1e-4,
-        finetune_steps: int = 5,
+        finetune_steps: int = 20,
         finetune_lr: float = 1e-2,
-        zoo_mode: str = "symmetric",
+        zoo_mode: str = "forward",
     ):
         if q < 1 or every < 1 or finetune_steps < 0:
             raise ValueError(f"need q >= 1, every >= 1 and finetune_steps >= 0, got {q}, {every}, {finetune_steps}")
@@ -120,7 +127,8 @@ class MetaEstimator(GradientEstimator):
         queries = torch.zeros(b, dtype=torch.long)
         d = x[0].numel()
         cost = self.zoo.queries_on(min(self.q, d), scores_known=scores is not None)
-        due = (self._calls[rows] % self.every == 0) & (blackbox.remaining(index) >= cost)
+        # calls j−1, 2j−1, …: the j-th, 2j-th … iteration of each image (Du et al., Algorithm 2)
+        due = ((self._calls[rows] + 1) % self.every == 0) & (blackbox.remaining(index) >= cost)
         if bool(due.any()):
             sel = due.nonzero().flatten()
             dev_sel = sel.to(x.device)
@@ -145,7 +153,7 @@ class MetaEstimator(GradientEstimator):
         return grad, queries
 
     def __repr__(self) -> str:
-        return (f"MetaEstimator(q={self.q}, every={self.every}, h={self.zoo.h}, "
+        return (f"MetaEstimator(q={self.q}, every={self.every}, h={self.zoo.h}, zoo_mode={self.zoo.mode!r}, "
                 f"finetune_steps={self.finetune_steps}, finetune_lr={self.finetune_lr})")
 
 

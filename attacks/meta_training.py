@@ -30,6 +30,12 @@ from lazyapps.teacher import LazyTeacher, explore, reptile_update
 
 METHODS = ("reptile", "lazy-reptile")
 
+#: The student's inner steps by dataset: Du et al.'s 5 for ``reptile``; Algorithm 3's k for ``lazy-reptile``.
+INNER_STEPS: dict[str, dict[str, int]] = {
+    "reptile": {"mnist": 5, "cifar10": 5},
+    "lazy-reptile": {"mnist": 8, "cifar10": 10},
+}
+
 Task = tuple[Tensor, Tensor]
 """``(images (N, C, H, W) in [0, 1], normalised gradient maps (N, C, H, W))``."""
 
@@ -152,4 +158,4 @@ def meta_train(
     return result
 
 
-__all__ = ["meta_train", "MetaTrainResult", "METHODS", "split_task", "mse", "default_meta_step"]
+__all__ = ["meta_train", "MetaTrainResult", "METHODS", "INNER_STEPS", "split_task", "mse", "default_meta_step"]

@@ -52,18 +52,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "mnist": dict(zoo_epochs=1, zoo_subset=None, target_epochs=2, target_subset=None, grad_images=3000,
                       meta_iterations=300, meta_batch=32, n_images=100, max_queries=10000,
-                      q=128, every=5, step=0.01, h=1e-4, finetune_steps=5, finetune_lr=1e-2, attack_batch=250),
+                      q=128, every=5, step=0.01, h=1e-4, finetune_steps=20, finetune_lr=1e-2, attack_batch=250),
         "cifar10": dict(zoo_epochs=2, zoo_subset=6000, target_epochs=3, target_subset=6000, grad_images=1500,
                         meta_iterations=150, meta_batch=16, n_images=100, max_queries=10000,
-                        q=125, every=3, step=0.01, h=1e-4, finetune_steps=5, finetune_lr=1e-2, attack_batch=50),
+                        q=125, every=3, step=0.01, h=1e-4, finetune_steps=20, finetune_lr=1e-2, attack_batch=50),
     },
     "paper": {
         "mnist": dict(zoo_epochs=None, zoo_subset=None, target_epochs=None, target_subset=None, grad_images=10000,
                       meta_iterations=2000, meta_batch=32, n_images=100, max_queries=10000,
-                      q=128, every=5, step=0.01, h=1e-4, finetune_steps=5, finetune_lr=1e-2, attack_batch=500),
+                      q=128, every=5, step=0.01, h=1e-4, finetune_steps=20, finetune_lr=1e-2, attack_batch=500),
         "cifar10": dict(zoo_epochs=None, zoo_subset=None, target_epochs=None, target_subset=None, grad_images=10000,
                         meta_iterations=2000, meta_batch=32, n_images=100, max_queries=10000,
-                        q=125, every=3, step=0.01, h=1e-4, finetune_steps=5, finetune_lr=1e-2, attack_batch=100),
+                        q=125, every=3, step=0.01, h=1e-4, finetune_steps=20, finetune_lr=1e-2, attack_batch=100),
     },
 }
 
@@ -123,7 +123,8 @@ def infer_dataset(target: str) -> str:
     for dataset, shape in (("mnist", (1, 1, 28, 28)), ("cifar10", (1, 3, 32, 32))):
         try:
             with torch.no_grad():
-                out = model(torch.rand(shape))
+                # a private generator: probing must not move the global RNG the attack is seeded with
+                out = model(torch.rand(shape, generator=torch.Generator().manual_seed(0)))
             if out.dim() == 2 and out.shape[1] == 10:
                 return dataset
         except Exception:  # the file decides which input it takes; try the next shape
@@ -220,14 +221,15 @@ def meta_attacker(method: str, dataset: str, sets: list[tuple[dict[str, Tensor],
     """
     from .gradient_sets import as_pairs
     from .meta_attacker import MetaAttacker, describe
-    from .meta_training import meta_train
+    from .meta_training import INNER_STEPS, meta_train
 
     training = META_TRAINING_OF[method]
     torch.manual_seed(seed)
     model = MetaAttacker.for_dataset(dataset, in_channels=in_channels).to(device)
+    inner_steps = settings.get("inner_steps") or INNER_STEPS[training].get(dataset, INNER_STEPS[training]["cifar10"])
     key = {"method": training, "gradient_sets": sorted(Path(p).name for _, p in sets), "arch": describe(model),
            "iterations": int(settings["meta_iterations"]), "batch": int(settings["meta_batch"]),
-           "inner_steps": settings.get("inner_steps"), "inner_lr": 1e-2, "seed": int(seed), "format": META_ATTACKER_FORMAT}
+           "inner_steps": int(inner_steps), "inner_lr": 1e-2, "seed": int(seed), "format": META_ATTACKER_FORMAT}
     built: list[float] = []
 
     def build() -> dict[str, Any]:
@@ -251,7 +253,8 @@ def meta_attacker(method: str, dataset: str, sets: list[tuple[dict[str, Tensor],
         raise LazyAppsError(f"cached meta-attacker {path} does not fit the network; delete it to rebuild")
     history = state.get("history") or []
     mse = f", validation MSE {history[0][1]:.3f} -> {history[-1][1]:.3f}" if len(history) >= 2 else ""
-    how = f"meta-trained ({training}, {key['iterations']} iterations) in {built[0]:.0f} s" if built else "loaded from cache"
+    how = (f"meta-trained ({training}, {key['iterations']} iterations of {key['inner_steps']} inner steps) in {built[0]:.0f} s"
+           if built else "loaded from cache")
     status(f"meta-attacker {method}: {how}{mse}")
     return model.eval(), params, path
 

@@ -40,6 +40,7 @@ from lazyapps.progress import progress
 
 from .blackbox import BlackBox
 from .estimators import BanditsEstimator, GradientEstimator, NESEstimator, ZOOEstimator, default_loss
+from .inputs import check_images, check_targets
 from .losses import LossFn, is_adversarial
 from .outcome import AttackOutcome
 
@@ -167,9 +168,11 @@ def score_attack(
         raise LazyAppsError(f"max_queries must be at least 1, got {max_queries}")
     if epsilon is not None and epsilon <= 0:
         raise LazyAppsError(f"epsilon must be positive (or None for no bound), got {epsilon}")
+    check_images(x)
     n = x.shape[0]
     if y.shape != (n,) or (target is not None and target.shape != (n,)):
         raise LazyAppsError(f"need (N,) labels and targets for {n} images")
+    check_targets(y, target, blackbox.num_classes(tuple(x.shape[1:])) if n else None)
     loss = loss or default_loss(blackbox)
     index = torch.arange(n) if index is None else torch.as_tensor(index).reshape(-1).long().cpu()
     if reset_estimator:

@@ -53,7 +53,9 @@ def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title:
                             preset=args.preset, overrides={"n_images": args.n_images, "max_queries": args.max_queries},
                             images=images)
         images = result["images"]  # every method attacks the same images
-        config = {k: v for k, v in result["config"].items() if k not in ("method",)}
+        # the baselines use no zoo: keep the one the meta-attacks were trained on
+        config = {**{k: v for k, v in result["config"].items() if k != "method"},
+                  **({"zoo": config["zoo"]} if config.get("zoo") and not result["config"]["zoo"] else {})}
         rows.append({"source": "ours", **result["row"], "n_images": len(images[1])})
         print(format_table(rows[-1:], ["source", *COLUMNS]), file=sys.stderr, flush=True)
     wanted = "targeted" if args.targeted else "untargeted"

@@ -42,3 +42,7 @@ def test_cifar_benchmark_smoke(mini_root, session_cache, tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["config"]["dataset"] == "cifar10" and result["config"]["zoo"] == ["vgg11"]
     assert result["rows"][0]["n_images"] == 1
+    # Algorithm 3's student explores k = 10 steps on CIFAR-10 (8 on MNIST): the cached meta-attacker says so
+    saved = [json.loads(p.read_text()) for p in (session_cache / "meta_attackers").glob("*-lazy-meta-*.pt.json")]
+    steps = {m["name"].split("-")[0]: m["settings"]["inner_steps"] for m in saved}
+    assert steps["cifar10"] == 10 and steps.get("mnist", 8) == 8

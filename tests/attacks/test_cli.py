@@ -54,12 +54,14 @@ def test_smoke_run_end_to_end(smoke_run):
 
 
 def test_rerun_loads_from_cache_and_rebuilds_a_corrupt_file_with_a_warning(smoke_run):
-    _, _, args, cache = smoke_run
+    _, out, args, cache = smoke_run
+    first = (out / "p.csv").read_text()
     files = sorted((cache / "meta_attackers").glob("mnist-lazy-meta-*.pt"))
     assert files
     files[0].write_bytes(b"not a checkpoint")
     result = invoke(*args)
     assert result.exit_code == 0, result.output
+    assert (out / "p.csv").read_text() == first  # same images, queries and L2 as the run that built everything
     assert "gradient set net3: 64 maps loaded from cache" in result.stderr
     assert "zoo net2 (mnist): loaded from cache" in result.stderr
     assert "warning:" in result.stderr and "rebuilding it" in result.stderr
@@ -100,3 +102,35 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
     result = CliRunner().invoke(cli, ["attack", "--plot", str(tmp_path / "c.png"), "--cache-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "--plot needs matplotlib" in result.output
+
+
+def test_target_accepts_torchscript_and_arch_state_dict(mini_root, session_cache, tmp_path):
+    """A user's own net4 as a TorchScript file and as ``net4:STATE_DICT``: same model, same images, same numbers."""
+    import torch
+
+    import models_zoo
+
+    torch.manual_seed(0)
+    net = models_zoo.create("net4").eval()
+    torch.jit.save(torch.jit.script(net), str(tmp_path / "mine.ts"))
+    torch.save(net.state_dict(), tmp_path / "mine_sd.pt")
+    runs = {}
+    for spec in (str(tmp_path / "mine.ts"), f"net4:{tmp_path / 'mine_sd.pt'}"):
+        out = tmp_path / f"{len(runs)}.json"
+        result = invoke("--target", spec, "--method", "zoo", "--preset", "smoke", "--max-queries", "300",
+                        "--data-dir", str(mini_root), "--cache-dir", str(session_cache), "--device", "cpu",
+                        "--seed", "3", "--json", str(out), "--per-image", str(tmp_path / f"{len(runs)}.csv"))
+        assert result.exit_code == 0, result.output
+        assert f"target {spec}: user model loaded" in result.stderr
+        saved = json.loads(out.read_text())
+        assert saved["config"]["target"] == spec and saved["config"]["dataset"] == "mnist"
+        runs[spec] = list(csv.DictReader((tmp_path / f"{len(runs)}.csv").open()))
+    # the selected images are the ones this net (not a zoo net4) classifies correctly
+    with torch.no_grad():
+        from lazyapps.data import load_dataset
+
+        test = load_dataset("mnist", root=mini_root).test
+        right = (net(test.images.float().div(255)).argmax(1) == test.labels).nonzero().flatten()[:2].tolist()
+    first, second = runs.values()
+    assert [int(r["test_index"]) for r in first] == right
+    assert [(r["test_index"], r["queries"], r["l2"]) for r in first] == [(r["test_index"], r["queries"], r["l2"]) for r in second]

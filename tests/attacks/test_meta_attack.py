@@ -58,31 +58,37 @@ def test_top_coordinates_picks_largest_magnitudes():
     assert top_coordinates(maps, 2).flatten().tolist() == [False, True, True, False]
 
 
-def test_zoo_step_of_the_estimator_matches_the_true_gradient_on_its_coordinates():
+@pytest.mark.parametrize(("zoo_mode", "scores_known", "cost"), [
+    ("forward", True, 12), ("forward", False, 13), ("symmetric", False, 24),
+])
+def test_zoo_step_of_the_estimator_matches_the_true_gradient_on_its_coordinates(zoo_mode, scores_known, cost):
     model = _target(1).double()
     x, y = _images(model, 3)
-    est = MetaEstimator(MetaAttacker(1, (4, 8)).double(), q=12, every=3, h=1e-5)
+    est = MetaEstimator(MetaAttacker(1, (4, 8)).double(), q=12, every=3, h=1e-6, zoo_mode=zoo_mode)
     bb = BlackBox(model)
-    grad, queries = est.estimate(bb, x, y)
-    assert queries.tolist() == [24, 24, 24] and bb.counts.tolist() == [24, 24, 24]
+    scores = model(x).detach() if scores_known else None
+    # calls 0 and 1: the meta-attacker's own predictions on its top 12 coordinates, no queries
+    for _ in range(2):
+        g, q = est.estimate(bb, x, y, scores=scores)
+        assert q.tolist() == [0, 0, 0] and (g != 0).flatten(1).sum(1).tolist() == [12, 12, 12]
+    assert bb.total == 0
+    grad, queries = est.estimate(bb, x, y, scores=scores)  # call 2, the j-th: ZOO
+    assert queries.tolist() == [cost] * 3 and bb.counts.tolist() == [cost] * 3
     xr = x.clone().requires_grad_()
     (true,) = torch.autograd.grad(margin_loss(model(xr), y).sum(), xr)
     support = grad != 0
     assert support.flatten(1).sum(1).tolist() == [12, 12, 12]
     cos = torch.nn.functional.cosine_similarity(grad.flatten(1), (true * support).flatten(1), dim=1)
     assert (cos > 0.999).all()
-    # calls 1 and 2 use the (fine-tuned) copies' predictions: no queries
-    for _ in range(2):
-        g, q = est.estimate(bb, x, y)
-        assert q.tolist() == [0, 0, 0] and (g != 0).flatten(1).sum(1).tolist() == [12, 12, 12]
-    assert bb.counts.tolist() == [24, 24, 24]
-    assert est.estimate(bb, x, y)[1].tolist() == [24, 24, 24]  # call 3 = j: ZOO again
+    for _ in range(2):  # calls 3 and 4 use the fine-tuned copies: free again
+        assert est.estimate(bb, x, y, scores=scores)[1].tolist() == [0, 0, 0]
+    assert est.estimate(bb, x, y, scores=scores)[1].tolist() == [cost] * 3  # call 5 = 2j: ZOO again
 
 
 def test_finetuning_moves_each_copy_towards_its_zoo_estimate():
     model = _target(2)
     x, y = _images(model, 2)
-    est = MetaEstimator(MetaAttacker(1, (4, 8)), q=16, every=5, finetune_steps=10, finetune_lr=5e-2)
+    est = MetaEstimator(MetaAttacker(1, (4, 8)), q=16, every=1, finetune_steps=10, finetune_lr=5e-2)
     bb = BlackBox(model)
     before = {k: v.clone() for k, v in est.theta.items()}
     zoo_grad, _ = est.estimate(bb, x, y)
@@ -184,3 +190,36 @@ def test_foolbox_users_call_it_like_any_attack():
     _, adv, ok = attack(fmodel, x, fb.criteria.TargetedMisclassification(target), epsilons=None)
     with torch.no_grad():
         assert torch.equal(model(adv).argmax(1)[ok], target[ok])
+
+
+def test_meta_trained_free_estimates_follow_the_true_gradient():
+    """The query-free calls of the estimator (a meta-trained copy, fine-tuned on one ZOO step) point along the true
+    gradient of the smooth target on their coordinates; an untrained meta-attacker's do not."""
+    from attacks.gradient_sets import as_pairs, build_gradient_set
+    from attacks.meta_training import meta_train
+
+    model = _target(1)
+    torch.manual_seed(0)
+    xs = torch.rand(600, 1, 8, 8)
+    with torch.no_grad():
+        ys = model(xs).argmax(1)
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (8, 16))
+    trained = meta_train(net, [as_pairs(build_gradient_set(model, xs, ys, num_classes=4))], method="reptile",
+                         iterations=60, batch_size=64, eval_every=60).params
+    x, y = _images(model, 8, seed=5)
+    xr = x.clone().requires_grad_()
+    (true,) = torch.autograd.grad(margin_loss(model(xr), y).sum(), xr)
+
+    def free_estimate_cosine(params):
+        est = MetaEstimator(net, params, q=16, every=2, finetune_steps=5)
+        bb = BlackBox(model)
+        est.estimate(bb, x, y)  # call 0: the meta-attacker alone
+        est.estimate(bb, x, y)  # call 1 (the j-th): ZOO on the top 16 coordinates, then fine-tuning
+        grad, queries = est.estimate(bb, x, y)
+        assert queries.tolist() == [0] * 8
+        return torch.nn.functional.cosine_similarity(grad.flatten(1), (true * (grad != 0)).flatten(1), dim=1)
+
+    meta = free_estimate_cosine(trained)
+    assert meta.mean() > 0.8 and meta.min() > 0.5
+    assert free_estimate_cosine(None).mean() < meta.mean() - 0.25
