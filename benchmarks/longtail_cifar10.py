@@ -51,8 +51,14 @@ def _config(args, method):
 
     return TrainConfig(dataset=args.dataset, imbalance=args.imbalance, method=method, epochs=args.epochs,
                        batch_size=args.batch_size, inner_steps=args.inner_steps, n_max=args.n_max or None,
+                       lr_decay=_decay(args.lr_decay), inner_lr=args.inner_lr, eps_rule=args.eps_rule,
                        test_per_class=args.test_per_class or None, model=args.model, seed=args.seed,
                        preset="benchmark-smoke" if args.smoke else "benchmark")
+
+
+def _decay(text: str) -> tuple[float, float]:
+    first, second = (float(v) for v in text.split(","))
+    return first, second
 
 
 def _data(args):
@@ -74,7 +80,12 @@ def run_method(args, method: str, threads: int) -> dict:
     ce_phase = Path(args.out) / "ce_phase.pt"
     started_at = 0
     if method in META:
-        state = torch.load(ce_phase, map_location=args.device, weights_only=True)
+        from lazyapps.checkpoint import load_checkpoint
+
+        # The CE run's checkpoint at the meta start, made with these same data and schedule settings.
+        same = {k: v for k, v in trainer.config.identity().items()
+                if k not in ("method", "inner_steps", "gammas", "inner_lr", "eps_rule")}
+        state, _ = load_checkpoint(args.ce_phase or ce_phase, map_location=args.device, expect=same)
         trainer.load_state(state)
         started_at = trainer.epoch
 
@@ -143,17 +154,24 @@ def main(argv=None) -> dict:
     parser.add_argument("--n-max", type=int, default=200, help="largest class (0: the dataset's standard 4990/490)")
     parser.add_argument("--test-per-class", type=int, default=50, help="0: the whole test set")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr-decay", default="0.01,0.0001",
+                        help="lr multipliers from the first and second decay (paper: 0.01,0.0001)")
     parser.add_argument("--inner-steps", type=int, default=5)
+    parser.add_argument("--inner-lr", type=float, default=None, help="lazy student's lr (default: the current lr)")
+    parser.add_argument("--eps-rule", default="step", choices=("step", "normalized"), help="two-component's ε rule")
     parser.add_argument("--model", default="resnet32")
     parser.add_argument("--methods", default=",".join(PLAIN + META))
     parser.add_argument("--jobs", type=int, default=4, help="worker processes for the runs")
     parser.add_argument("--timing-steps", type=int, default=5, help="interleaved steps for the cost ratio")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: 1 with --jobs > 1, else all cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-dir", default=os.environ.get("LAZYAPPS_DATA"))
     parser.add_argument("--out", default="benchmark-runs/longtail")
     parser.add_argument("--json", default=None)
     parser.add_argument("--cost-only", action="store_true", help="only the interleaved step-cost measurement")
+    parser.add_argument("--ce-phase", default=None,
+                        help="reuse this ce_phase.pt of an earlier run with the same settings instead of training CE again")
     parser.add_argument("--smoke", action="store_true", help="seconds: LeNet-5, 2 epochs, ~250 images, 1 job")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -163,24 +181,27 @@ def main(argv=None) -> dict:
     unknown = set(methods) - set(PLAIN + META)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; valid: {', '.join(PLAIN + META)}")
-    if any(m in META for m in methods) and "ce" not in methods:
+    if any(m in META for m in methods) and "ce" not in methods and not args.ce_phase:
         methods.insert(0, "ce")  # the meta methods start from the CE phase
     Path(args.out).mkdir(parents=True, exist_ok=True)
     data = _data(args)
     print(data.describe(), flush=True)
     from longtail.schedule import Schedule
 
-    sched = Schedule.scaled(args.epochs)
-    budget = (f"REDUCED BUDGET: {args.model}, {args.epochs} epochs (lr 0.1, warm-up {sched.warmup_epochs}, x0.01 from epoch "
-              f"{sched.decay_epochs[0] + 1}, x0.0001 from {sched.decay_epochs[1] + 1}, meta/DRW from epoch {sched.meta_start + 1}), "
-              f"batch {args.batch_size}, n_max {args.n_max or 'standard'}, {len(data.test_labels)} test images, seed {args.seed}")
+    sched = Schedule.scaled(args.epochs, decay_factors=_decay(args.lr_decay))
+    f1, f2 = sched.decay_factors
+    budget = (f"REDUCED BUDGET: {args.model}, {args.epochs} epochs (lr 0.1, warm-up {sched.warmup_epochs}, x{f1:g} from epoch "
+              f"{sched.decay_epochs[0] + 1}, x{f2:g} from {sched.decay_epochs[1] + 1}, meta/DRW from epoch {sched.meta_start + 1}), "
+              f"batch {args.batch_size}, n_max {args.n_max or 'standard'}, {len(data.test_labels)} test images, seed {args.seed}, "
+              f"lazy student k={args.inner_steps} at lr {args.inner_lr if args.inner_lr else 'of the schedule'}, "
+              f"two-component eps rule '{args.eps_rule}'")
     print(budget, flush=True)
 
     results: dict[str, dict] = {}
     started = time.perf_counter()
     if args.cost_only:
         methods = []
-    threads = 1 if args.jobs > 1 else max(1, os.cpu_count() or 1)
+    threads = args.threads or (1 if args.jobs > 1 else max(1, os.cpu_count() or 1))
     if args.jobs > 1:
         ctx = mp.get_context("spawn")
         with ctx.Pool(args.jobs) as pool:
@@ -204,15 +225,18 @@ def main(argv=None) -> dict:
     torch.set_num_threads(threads)  # one thread when runs share the CPU: contention would distort the ratio
     cost = measure_cost(args, args.timing_steps)
 
-    header = f"{'method':<20} {'best err%':>9} {'last err%':>9} {'many%':>6} {'med%':>6} {'few%':>6} {'s/epoch':>8} {'epochs run':>10}   paper C100-LT x200/x100/x50/x20"
-    lines = [f"{args.dataset}-LT imbalance {args.imbalance:g} on this machine; accuracy columns at the best epoch "
-             "(the literature reports the best epoch)", budget, header, "-" * len(header)]
+    header = (f"{'method':<20} {'best err%':>9} {'many%':>6} {'med%':>6} {'few%':>6} | {'last err%':>9} {'many%':>6} {'med%':>6} "
+              f"{'few%':>6} | {'s/epoch':>8} {'epochs run':>10}   paper C100-LT x200/x100/x50/x20")
+    lines = [f"{args.dataset}-LT imbalance {args.imbalance:g} on this machine; best epoch (what the literature reports, "
+             "selected on the test set) | last epoch", budget, header, "-" * len(header)]
     for m in [m for m in PLAIN + META if m in results]:
         r = results[m]
         b = r["best"]
         paper = "/".join(f"{v:.2f}" for v in PAPER_CIFAR100_LT[m]) if m in PAPER_CIFAR100_LT else "-"
-        lines.append(f"{m:<20} {_fmt(b['top1_error']):>9} {_fmt(r['last']['top1_error']):>9} {_fmt(b['many_accuracy'], 1):>6} "
-                     f"{_fmt(b['medium_accuracy'], 1):>6} {_fmt(b['few_accuracy'], 1):>6} {_fmt(r['own_epoch_s'], 1):>8} "
+        last = r["last"]
+        lines.append(f"{m:<20} {_fmt(b['top1_error']):>9} {_fmt(b['many_accuracy'], 1):>6} {_fmt(b['medium_accuracy'], 1):>6} "
+                     f"{_fmt(b['few_accuracy'], 1):>6} | {_fmt(last['top1_error']):>9} {_fmt(last['many_accuracy'], 1):>6} "
+                     f"{_fmt(last['medium_accuracy'], 1):>6} {_fmt(last['few_accuracy'], 1):>6} | {_fmt(r['own_epoch_s'], 1):>8} "
                      f"{r['own_epochs']:>10}   {paper}")
     s = cost["step_s"]
     lines.append(f"cost per training step, interleaved in one process ({cost['steps']} steps, median): ce {s['ce']:.3f}s, "

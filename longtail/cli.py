@@ -96,7 +96,9 @@ def _write_outputs(run, per_class, per_class_csv, plot, title, keys=("best_accur
     if per_class_csv:
         write_csv(per_class_csv, per_class)
         run.echo(f"per-class accuracy written to {per_class_csv}")
-    if plot:
+    from lazyapps.distributed import is_main
+
+    if plot and is_main():  # under torchrun rank 0 draws the one figure
         _plot(plot, per_class, title, keys)
         run.echo(f"per-class plot written to {plot}")
 
@@ -115,6 +117,9 @@ def longtail() -> None:
 @click.option("--batch-size", type=int, default=None, help="Training batch size (preset: 128; smoke 64).")
 @click.option("--lr", type=float, default=None, help="Base learning rate (default 0.1).")
 @click.option("--inner-steps", type=int, default=None, help="Student steps k of lazy-two-component (default 5).")
+@click.option("--inner-lr", type=float, default=None, help="The lazy student's lr (default: the current training lr).")
+@click.option("--eps-rule", type=click.Choice(["step", "normalized"]), default="step", show_default=True,
+              help="two-component ε: step (Jamal et al.'s code, ε = -0.01 dL_val/dε) or normalized (L2RW-style, mass of w_y).")
 @click.option("--gammas", default=None, help="The teacher's γ grid, e.g. 0.75,0.8,0.85,0.9,0.95 (default).")
 @click.option("--split", "rule", type=click.Choice(["first", "ldam"]), default="first", show_default=True,
               help="first: per class the first 10 images validate, the next n_c train (file order); ldam: Cao et al.'s seeded shuffle.")
@@ -127,7 +132,8 @@ def longtail() -> None:
 @click.option("--per-class-csv", type=click.Path(dir_okay=False), default=None, help="Write per-class accuracy (best and last epoch) as CSV.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Plot per-class accuracy vs. training images (needs matplotlib).")
 @common_options
-def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner_steps, gammas, rule, val_per_class, n_max,
+def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner_steps, inner_lr, eps_rule, gammas, rule,
+          val_per_class, n_max,
           test_per_class, model, out, resume, per_class_csv, plot) -> None:
     """Train ResNet-32 on CIFAR-LT with one method and report top-1 error and shot-group accuracy."""
     from lazyapps.errors import LazyAppsError, UnknownNameError
@@ -138,6 +144,10 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
         raise LazyAppsError(f"--imbalance must be >= 1 (largest / smallest class size), got {imbalance}")
     if method not in METHOD_NAMES:
         raise UnknownNameError("method", method, METHOD_NAMES)
+    if inner_steps is not None and inner_steps < 1:  # checked before the data loads: fail fast, one line
+        raise LazyAppsError(f"--inner-steps must be >= 1, got {inner_steps}")
+    if inner_lr is not None and not inner_lr > 0:
+        raise LazyAppsError(f"--inner-lr must be > 0, got {inner_lr}")
     settings = apply_preset(PRESETS, preset, {"epochs": epochs, "batch_size": batch_size, "n_max": n_max,
                                               "test_per_class": test_per_class})
     from .data import CIFARLongTail
@@ -145,7 +155,7 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
 
     config = TrainConfig(dataset=dataset, imbalance=imbalance, method=method, epochs=settings["epochs"],
                          batch_size=settings["batch_size"], lr=0.1 if lr is None else lr,
-                         inner_steps=5 if inner_steps is None else inner_steps,
+                         inner_steps=5 if inner_steps is None else inner_steps, inner_lr=inner_lr, eps_rule=eps_rule,
                          gammas=_parse_gammas(gammas) or (0.75, 0.80, 0.85, 0.90, 0.95), rule=rule,
                          val_per_class=val_per_class, n_max=settings["n_max"], test_per_class=settings["test_per_class"],
                          model=model, seed=run.seed, preset=preset)
@@ -165,8 +175,8 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
         trainer.resume(resume)
         status(f"resumed from {resume} after epoch {trainer.epoch}")
     schedule = trainer.schedule
-    status(f"{method}: {config.epochs} epochs, lr {config.lr} (warm-up {schedule.warmup_epochs}, ×0.01 from epoch "
-           f"{schedule.decay_epochs[0] + 1}, ×0.0001 from {schedule.decay_epochs[1] + 1})"
+    status(f"{method}: {config.epochs} epochs, lr {config.lr} (warm-up {schedule.warmup_epochs}, ×{schedule.decay_factors[0]:g} "
+           f"from epoch {schedule.decay_epochs[0] + 1}, ×{schedule.decay_factors[1]:g} from {schedule.decay_epochs[1] + 1})"
            + (f", meta steps from epoch {schedule.meta_start + 1}" if trainer.method.meta else "") + f"; checkpoints in {out_dir}")
 
     def report(tr, row):

@@ -49,7 +49,19 @@ class Method:
         self.counts = list(counts)
         self.device = torch.device(device)
         self.meta_start = 0
-        self.diagnostics: dict[str, float] = {}
+        self.diagnostics: dict[str, float] = {}  # means over the steps since reset_diagnostics()
+        self._diagnostic_counts: dict[str, int] = {}
+
+    def record(self, **values: float) -> None:
+        """Fold one step's diagnostic values into their running means."""
+        for key, value in values.items():
+            n = self._diagnostic_counts.get(key, 0) + 1
+            self._diagnostic_counts[key] = n
+            self.diagnostics[key] = self.diagnostics.get(key, 0.0) + (float(value) - self.diagnostics.get(key, 0.0)) / n
+
+    def reset_diagnostics(self) -> None:
+        self.diagnostics.clear()
+        self._diagnostic_counts.clear()
 
     def per_example(self, logits: Tensor, targets: Tensor, epoch: int) -> Tensor:
         return L.cross_entropy(logits, targets)
@@ -138,7 +150,7 @@ class MetaMethod(Method):
         direction = self.direction(ctx, theta_tilde, inputs, targets, base)
         grad_w = look.weight_gradient(direction)
         weights = self.final_weights(grad_w, base, losses, targets)
-        self.diagnostics["weight_mean"] = float(weights.mean())
+        self.record(weight_mean=float(weights.mean()))
         return self.reduce(losses, weights)
 
     def base_weights(self, losses: Tensor, targets: Tensor) -> Tensor:
@@ -146,7 +158,7 @@ class MetaMethod(Method):
 
     def direction(self, ctx, theta_tilde, inputs, targets, base):
         v, val_loss = plain_direction(ctx.model, theta_tilde, ctx.val_inputs, ctx.val_targets)
-        self.diagnostics["val_loss"] = val_loss
+        self.record(val_loss=val_loss)
         return v
 
     def final_weights(self, grad_w: Tensor, base: Tensor, losses: Tensor, targets: Tensor) -> Tensor:
@@ -171,17 +183,27 @@ class TwoComponent(MetaMethod):
     name = "two-component"
     summary = "w_y (Cui et al.) + ε_i from a one-step look-ahead on the validation set (Jamal et al. 2020)"
 
-    def __init__(self, counts, *, device="cpu", beta: float = 0.9999) -> None:
+    EPS_RULES = ("step", "normalized")
+
+    def __init__(self, counts, *, device="cpu", beta: float = 0.9999, eps_rule: str = "step", eps_lr: float = 0.01) -> None:
         super().__init__(counts, device=device)
+        if eps_rule not in self.EPS_RULES:
+            raise UnknownNameError("eps rule", eps_rule, self.EPS_RULES)
         self.class_weights = class_balanced_weights(counts, beta=beta).to(self.device)
+        self.eps_rule, self.eps_lr = eps_rule, eps_lr
 
     def base_weights(self, losses, targets):
         return self.class_weights[targets]
 
     def final_weights(self, grad_w, base, losses, targets):
-        # ε: L2RW's clipped step from ε = 0, scaled to the batch's class-weight mass so both
-        # components count alike; an all-zero ε leaves the class-balanced weights.
-        return base + clipped_normalized(-grad_w, total=base.sum())
+        if self.eps_rule == "normalized":
+            # L2RW's clipped step from ε = 0, scaled to the batch's class-weight mass (both components alike).
+            return base + clipped_normalized(-grad_w, total=base.sum())
+        # "step", Jamal et al.'s released code: one plain gradient step ε = −η ∂L_val/∂ε from ε = 0, η = 0.01,
+        # on their summed virtual loss Σ(w_y + ε_i)ℓ_i, whose ε-gradient is N × that of our mean form.
+        eps = -self.eps_lr * len(grad_w) * grad_w
+        self.record(eps_over_w=float(eps.abs().mean() / base.mean()))
+        return base + eps
 
 
 class LazyTwoComponent(TwoComponent):
@@ -189,9 +211,13 @@ class LazyTwoComponent(TwoComponent):
     summary = "two-component with ε through the lazy teacher's leap over a k-step student (Jamal et al., lazy, Alg. 2)"
 
     def __init__(self, counts, *, device="cpu", beta: float = 0.9999, inner_steps: int = 5,
-                 gammas: Sequence[float] = (0.75, 0.80, 0.85, 0.90, 0.95)) -> None:
-        super().__init__(counts, device=device, beta=beta)
+                 gammas: Sequence[float] = (0.75, 0.80, 0.85, 0.90, 0.95), inner_lr: float | None = None,
+                 eps_rule: str = "step", eps_lr: float = 0.01) -> None:
+        super().__init__(counts, device=device, beta=beta, eps_rule=eps_rule, eps_lr=eps_lr)
         self.inner_steps = inner_steps
+        # The student's SGD step size; None: the current training lr, the virtual step's. In the meta phase
+        # that lr is small (×0.01 in the paper), so such a student barely leaves θ̃ and the leap ≈ θ̃.
+        self.inner_lr = inner_lr
         self.teacher = LazyTeacher(gammas=tuple(gammas), last=1, criterion="accuracy")
 
     def direction(self, ctx, theta_tilde, inputs, targets, base):
@@ -205,8 +231,12 @@ class LazyTwoComponent(TwoComponent):
             return L.weighted_mean(L.cross_entropy(predict(inputs[part]), targets[part]), weights[part])
 
         v, leap, val_loss = lazy_direction(ctx.model, theta_tilde, student_loss, ctx.val_inputs, ctx.val_targets,
-                                           steps=min(self.inner_steps, len(targets)), lr=ctx.lr, teacher=self.teacher)
-        self.diagnostics.update(val_loss=val_loss, gamma=leap.gamma, leap_val_accuracy=leap.score)
+                                           steps=min(self.inner_steps, len(targets)),
+                                           lr=ctx.lr if self.inner_lr is None else self.inner_lr, teacher=self.teacher)
+        scores = [s for _, _, s in leap.scores]
+        # grid_tie: every γ scored the same, so the first γ won by the teacher's tie rule (a student that barely moved)
+        self.record(val_loss=val_loss, gamma=leap.gamma, leap_val_accuracy=leap.score,
+                    grid_tie=float(max(scores) == min(scores)) if scores else 0.0)
         return v
 
 

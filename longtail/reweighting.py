@@ -13,9 +13,9 @@ score the result on the balanced validation set and move the weights along
 
     ∂L_val/∂w_i = ⟨∂θ̃/∂w_i, v⟩ = −(α/N) ⟨∇_θ ℓ_i(θ), v⟩,   v = ∂L_val/∂θ̃,
 
-so the pull-back of v to the weights is one forward-mode pass (a JVP of the
-per-example losses along v) rather than a double backward through the
-virtual step. :class:`LookAhead` does both halves; the methods only differ in
+so the pull-back of v to the weights is the derivative of the per-example
+losses along v — one graph-free forward pass as a directional difference (or an
+exact JVP) — rather than a double backward through the virtual step. :class:`LookAhead` does both halves; the methods only differ in
 how they get v (plain validation gradient at θ̃, or through the lazy teacher's
 leap, :func:`lazy_direction`) and what they do with ∂L_val/∂w.
 
@@ -109,15 +109,34 @@ class LookAhead:
             grads = torch.autograd.grad(objective, list(wrt.values()), retain_graph=True, allow_unused=True)
         return {k: (t - self.lr * g if g is not None else t) for (k, t), g in zip(self.theta.items(), grads)}
 
-    def weight_gradient(self, direction: Mapping[str, Tensor]) -> Tensor:
-        """∂⟨θ̃(w), v⟩/∂w_i = −(α/N)⟨∇_θ ℓ_i(θ), v⟩ for every example i (one JVP at θ along ``direction``).
+    def weight_gradient(self, direction: Mapping[str, Tensor], *, mode: str = "difference") -> Tensor:
+        """∂⟨θ̃(w), v⟩/∂w_i = −(α/N)⟨∇_θ ℓ_i(θ), v⟩ for every example i, v = ``direction``.
 
         With ``direction`` = ∂L_val/∂θ̃ this is ∂L_val(θ̃(w))/∂w, the same for every
-        w since θ̃ is linear in w.
+        w since θ̃ is linear in w. ``mode="jvp"`` is exact (forward-mode AD: about
+        three forward passes); ``mode="difference"`` (default) is the directional
+        difference (ℓ_i(θ + h·v) − ℓ_i(θ))/h with ℓ_i(θ) from the real forward, so it
+        costs one graph-free forward pass. h = √ε_dtype·‖θ‖/‖v‖: exact to ~1e-8 in
+        float64; in float32 within a few per cent of the JVP, with the same signs
+        in our ResNet-32 measurements (the weights are clipped at 0 and normalised).
         """
         tangent = {k: direction[k].detach().to(t) if k in direction else torch.zeros_like(t) for k, t in self.theta.items()}
-        _, along = jvp(self._per_example, (self.theta,), (tangent,))
-        return -(self.lr / len(self.targets)) * along.detach()
+        scale = -(self.lr / len(self.targets))
+        if mode == "jvp":
+            _, along = jvp(self._per_example, (self.theta,), (tangent,))
+            return scale * along.detach()
+        if mode != "difference":
+            raise ValueError(f"mode must be 'difference' or 'jvp', got {mode!r}")
+        norm_v = torch.sqrt(sum((t.double() ** 2).sum() for t in tangent.values()))
+        if float(norm_v) == 0:
+            return torch.zeros_like(self.targets, dtype=next(iter(self.theta.values())).dtype)
+        norm_theta = torch.sqrt(sum((t.double() ** 2).sum() for t in self.theta.values()))
+        dtype = next(iter(self.theta.values())).dtype
+        h = float(torch.finfo(dtype).eps ** 0.5 * max(float(norm_theta), 1.0) / float(norm_v))
+        with torch.no_grad():
+            moved = self._per_example({k: t + h * tangent[k] for k, t in self.theta.items()})
+            here = self.losses.detach() if self.losses is not None else self._per_example(self.theta)
+        return scale * (moved - here) / h
 
 
 def validation_loss(model: nn.Module, params: Mapping[str, Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
@@ -162,18 +181,40 @@ def lazy_direction(
     comes from :func:`lazyapps.teacher.lazy_maml_meta_gradient`, so v = γ̂·∇L_val(φ).
     Returns (v, the leap, L_val(φ)).
     """
+    # For b = 1 the leap's meta-gradient is γ̂·∇_φ L_val(φ) at the chosen candidate, so each candidate is
+    # scored with a graph and the best one's is kept: the meta-gradient then needs no extra forward pass.
+    reuse = teacher.last == 1 and len(teacher.weights) == 1
+    best: dict[str, object] = {}
+    calls = [0]
+
+    def score(p: Params) -> float:
+        index, calls[0] = calls[0], calls[0] + 1
+        if not reuse:
+            with torch.no_grad():
+                if teacher.criterion == "accuracy":
+                    return validation_accuracy(model, p, val_inputs, val_targets)
+                return float(validation_loss(model, p, val_inputs, val_targets))
+        with torch.enable_grad():
+            leaf_p = {k: t.detach().requires_grad_() for k, t in p.items()}
+            logits = forward(model, leaf_p, _no_buffers(), val_inputs)
+            loss = torch.nn.functional.cross_entropy(logits, val_targets)
+        value = float((logits.detach().argmax(1) == val_targets).float().mean()) if teacher.criterion == "accuracy" else float(loss.detach())
+        signed = -value if teacher.criterion == "accuracy" else value
+        if value == value and ("signed" not in best or signed < best["signed"]):  # the teacher's rule: first best wins
+            best.update(signed=signed, index=index, loss=loss, leaf=leaf_p)
+        return value
+
     with batch_statistics(model):
         checkpoints = explore(model, theta_tilde, student_loss, steps=steps, lr=lr, keep_last=teacher.last, buffers=_no_buffers())
-        if teacher.criterion == "accuracy":
-            def score(p: Params) -> float:
-                return validation_accuracy(model, p, val_inputs, val_targets)
-        else:
-            def score(p: Params) -> float:
-                with torch.no_grad():
-                    return float(validation_loss(model, p, val_inputs, val_targets))
         leaf = {k: t.detach().requires_grad_() for k, t in theta_tilde.items()}
         leap = teacher.leap(leaf, checkpoints, score)
-        loss, grads = lazy_maml_meta_gradient(leaf, leap, lambda p: validation_loss(model, p, val_inputs, val_targets))
+        if reuse and best.get("index") == teacher.gammas.index(leap.gamma):
+            grads_phi = torch.autograd.grad(best["loss"], list(best["leaf"].values()), allow_unused=True, materialize_grads=True)
+            grads = {k: leap.gamma * g for k, g in zip(best["leaf"], grads_phi)}
+            loss = best["loss"].detach()
+        else:
+            loss, grads = lazy_maml_meta_gradient(leaf, leap, lambda p: validation_loss(model, p, val_inputs, val_targets))
+    best.clear()
     return grads, leap, float(loss)
 
 

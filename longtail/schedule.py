@@ -25,13 +25,19 @@ class Schedule:
     decay_factors: tuple[float, float] = (0.01, 0.0001)
 
     @classmethod
-    def scaled(cls, epochs: int, *, lr: float = 0.1) -> Schedule:
-        """The paper's schedule squeezed into ``epochs`` (200 gives it exactly)."""
+    def scaled(cls, epochs: int, *, lr: float = 0.1, decay_factors: tuple[float, float] = (0.01, 0.0001)) -> Schedule:
+        """The paper's schedule squeezed into ``epochs`` (200 gives it exactly).
+
+        ``decay_factors`` are the lr multipliers from the first and the second decay
+        (the paper's ×0.01 and ×0.0001; short CPU budgets may use gentler ones so the
+        meta phase still moves the model).
+        """
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         first = min(epochs - 1, max(1, round(0.8 * epochs))) if epochs > 1 else 1
         second = min(epochs - 1, max(first, round(0.9 * epochs))) if epochs > 1 else 1
-        return cls(epochs=epochs, lr=lr, warmup_epochs=int(0.025 * epochs + 0.5), decay_epochs=(first, second))
+        return cls(epochs=epochs, lr=lr, warmup_epochs=int(0.025 * epochs + 0.5), decay_epochs=(first, second),
+                   decay_factors=(float(decay_factors[0]), float(decay_factors[1])))
 
     @property
     def meta_start(self) -> int:

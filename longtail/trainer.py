@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lazyapps import distributed
 from lazyapps.checkpoint import load_checkpoint, save_checkpoint
 from lazyapps.errors import CheckpointError, LazyAppsError
 from lazyapps.progress import progress
@@ -32,7 +33,8 @@ from .schedule import Schedule
 CHECKPOINT_KIND = "longtail-train"
 #: Settings a checkpoint must share with the run that resumes it (anything else would mix two runs).
 IDENTITY_KEYS = ("dataset", "imbalance", "method", "rule", "val_per_class", "n_max", "test_per_class", "model",
-                 "epochs", "batch_size", "lr", "weight_decay", "momentum", "inner_steps", "gammas", "seed")
+                 "epochs", "batch_size", "lr", "weight_decay", "momentum", "inner_steps", "gammas", "seed", "lr_decay",
+                 "inner_lr", "eps_rule")
 
 
 @dataclass
@@ -45,9 +47,12 @@ class TrainConfig:
     epochs: int = 200
     batch_size: int = 128
     lr: float = 0.1
+    lr_decay: tuple[float, float] = (0.01, 0.0001)  # lr multipliers from the first / second decay (Cao et al.)
     momentum: float = 0.9
     weight_decay: float = 2e-4
     inner_steps: int = 5
+    inner_lr: float | None = None  # the lazy student's lr (None: the current training lr)
+    eps_rule: str = "step"  # two-component's ε: "step" (Jamal et al.'s code) or "normalized" (L2RW-style)
     gammas: tuple[float, ...] = (0.75, 0.80, 0.85, 0.90, 0.95)
     rule: str = "first"
     val_per_class: int = 10
@@ -60,11 +65,12 @@ class TrainConfig:
 
     @property
     def schedule(self) -> Schedule:
-        return Schedule.scaled(self.epochs, lr=self.lr)
+        return Schedule.scaled(self.epochs, lr=self.lr, decay_factors=tuple(self.lr_decay))
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
         d["gammas"] = [float(g) for g in self.gammas]
+        d["lr_decay"] = [float(f) for f in self.lr_decay]
         d["imbalance"] = float(self.imbalance)
         return {k: d[k] for k in IDENTITY_KEYS}
 
@@ -77,7 +83,10 @@ class Interrupted(LazyAppsError):
 
 def _method_options(config: TrainConfig) -> dict[str, Any]:
     if config.method == "lazy-two-component":
-        return {"inner_steps": config.inner_steps, "gammas": tuple(config.gammas)}
+        return {"inner_steps": config.inner_steps, "gammas": tuple(config.gammas), "inner_lr": config.inner_lr,
+                "eps_rule": config.eps_rule}
+    if config.method == "two-component":
+        return {"eps_rule": config.eps_rule}
     return {}
 
 
@@ -92,6 +101,8 @@ class Trainer:
             raise LazyAppsError(f"--inner-steps must be >= 1, got {config.inner_steps}")
         if config.epochs < 1:
             raise LazyAppsError(f"--epochs must be >= 1, got {config.epochs}")
+        if config.inner_lr is not None and not config.inner_lr > 0:
+            raise LazyAppsError(f"--inner-lr must be > 0, got {config.inner_lr}")
         self.config, self.data = config, data
         self.device = torch.device(device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -110,6 +121,15 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
+        # Under torchrun: DDP for the plain steps (meta steps need the bare module for their functional look-ahead
+        # and average their gradients explicitly); a meta-net's optimiser averages its meta-gradients over ranks.
+        self._ddp = distributed.wrap_ddp(self.model)
+        self._local_examples = 1
+        for part in vars(self.method).values():
+            if isinstance(part, nn.Module):
+                distributed.broadcast_module(part)
+            elif isinstance(part, torch.optim.Optimizer):
+                distributed.sync_optimizer(part, weight=lambda: self._local_examples)
         self.epoch = 0  # the next epoch to run (0-based)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
@@ -190,22 +210,34 @@ class Trainer:
         order = torch.randperm(len(data.train_labels), generator=self.generator)
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         total, seen = 0.0, 0
+        self.method.reset_diagnostics()  # the row reports this epoch's mean diagnostics
         started = time.perf_counter()
+        world = distributed.world_size()
         for idx in progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs} {cfg.method}{' (meta)' if meta_phase else ''}"):
-            x = random_crop_flip(data.train_images[idx], generator=self.generator).to(self.device)
-            x = normalize(x, data.mean, data.std)
-            y = data.train_labels[idx].to(self.device)
-            val = self._validation_batch() if meta_phase else None
-            ctx = StepContext(self.model, lr, epoch, *(val or (None, None)))
+            # Every rank augments the whole batch (one random stream, as one process) and trains on its share.
+            x = random_crop_flip(data.train_images[idx], generator=self.generator)
+            val = self._validation_batch() if meta_phase else None  # the same batch on every rank
+            if world > 1 and len(idx) < world:
+                continue  # a last batch smaller than the process count: every rank skips it alike
+            share = distributed.shard(len(idx))
+            x = normalize(x[share].to(self.device), data.mean, data.std)
+            y = data.train_labels[idx][share].to(self.device)
+            self._local_examples = len(y)
+            ddp = self._ddp is not None and not meta_phase
+            ctx = StepContext(self._ddp if ddp else self.model, lr, epoch, *(val or (None, None)))
             loss = self.method.loss(ctx, x, y)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * distributed.loss_scale(len(y), len(idx)) if ddp else loss).backward()
+            if self._ddp is not None and not ddp:
+                distributed.average_gradients(self.model.parameters(), weight=len(y))
             self.optimizer.step()
             total += float(loss.detach()) * len(y)
             seen += len(y)
+        total, seen = distributed.all_reduce_sum([total, seen])
+        distributed.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics everywhere, as DDP keeps them
         train_s = time.perf_counter() - started
         return {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(seen, 1), "train_s": train_s, "meta": meta_phase,
-                **{f"meta_{k}": v for k, v in self.method.diagnostics.items()}}
+                **{f"meta_{k}": v for k, v in distributed.mean_metrics(self.method.diagnostics).items()}}  # over ranks
 
     def evaluate(self) -> dict[str, Any]:
         """Top-1 error, shot-group and per-class accuracy of the current model on the test set."""

@@ -37,6 +37,21 @@ def test_default_split_on_real_subset(data_root):
     assert len(lt.test_labels) == 10000 and lt.val_images.shape == (100, 3, 32, 32)
 
 
+def test_ldam_split_on_real_subset_holds_out_validation_first(data_root):
+    lt = CIFARLongTail.load("cifar10", imbalance=10, root=data_root, rule="ldam", n_max=100, test_per_class=1, seed=5)
+    assert torch.bincount(lt.train_labels, minlength=10).tolist() == lt.counts == longtail_counts(10, 10, 100)
+    labels = load_dataset("cifar10", root=data_root).train.labels.numpy()
+    rng = np.random.RandomState(5)  # Cao et al.: one seeded stream, classes in order
+    start = 0
+    for c, n_c in enumerate(lt.counts):
+        perm = np.flatnonzero(labels == c)
+        rng.shuffle(perm)
+        assert lt.val_index[10 * c:10 * (c + 1)].tolist() == perm[:10].tolist()
+        assert lt.train_index[start:start + n_c].tolist() == perm[10:10 + n_c].tolist()
+        start += n_c
+    assert "per class [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]" in lt.describe() and "ldam split" in lt.describe()
+
+
 def test_ldam_split_is_seeded_shuffle():
     labels = torch.arange(4).repeat_interleave(50)
     counts = [40, 20, 10, 5]

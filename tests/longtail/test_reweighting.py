@@ -1,9 +1,11 @@
 """The shared look-ahead: ε-gradient vs finite differences, BatchNorm buffers, the lazy leap, augmentation."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from lazyapps.errors import UnknownNameError
 from lazyapps.functional import params_of
 from longtail import losses as L
 from longtail.augment import random_crop_flip
@@ -17,7 +19,8 @@ def _batch(n, seed, dtype=torch.float32):
     return torch.randn(n, 3, 6, 6, generator=g, dtype=dtype), torch.randint(0, 10, (n,), generator=g)
 
 
-def test_weight_gradient_matches_finite_differences_float64(tiny_net):
+@pytest.mark.parametrize("mode", ["difference", "jvp"])
+def test_weight_gradient_matches_finite_differences_float64(tiny_net, mode):
     model = tiny_net().double().train()
     x, y = _batch(8, 0, torch.float64)
     vx, vy = _batch(6, 1, torch.float64)
@@ -28,7 +31,7 @@ def test_weight_gradient_matches_finite_differences_float64(tiny_net):
         return float(validation_loss(model, look.step(weights), vx, vy))
 
     v, _ = plain_direction(model, look.step(w), vx, vy)
-    analytic = look.weight_gradient(v)
+    analytic = look.weight_gradient(v, mode=mode)
     h = 1e-6
     numeric = torch.tensor([(val_loss(w + h * e) - val_loss(w - h * e)) / (2 * h) for e in torch.eye(8, dtype=torch.float64)], dtype=torch.float64)
     assert analytic.abs().max() > 1e-4  # not trivially zero
@@ -101,12 +104,13 @@ def test_lazy_direction_is_gamma_times_validation_gradient_at_the_leap(tiny_net)
     assert all(torch.allclose(v[k], gamma * ref[k], atol=1e-5) for k in ref)
 
 
-def test_two_component_step_weights_and_buffers(tiny_net):
+@pytest.mark.parametrize("kind", [TwoComponent, LazyTwoComponent])
+def test_two_component_step_weights_and_buffers(tiny_net, kind):
     model = tiny_net().train()
     x, y = _batch(16, 8)
     vx, vy = _batch(20, 9)
     counts = [40, 30, 20, 12, 8, 5, 3, 2, 2, 1]
-    method = TwoComponent(counts)
+    method = kind(counts, eps_rule="normalized")  # ε ≥ 0 under this rule: the mean weight cannot drop
     running = model[1].running_mean.clone()
     loss = method.loss(StepContext(model, 0.1, 0, vx, vy), x, y)
     loss.backward()
@@ -114,7 +118,56 @@ def test_two_component_step_weights_and_buffers(tiny_net):
     reference = tiny_net().train()
     reference(x)
     assert torch.allclose(reference[1].running_mean, model[1].running_mean, atol=1e-6)  # ... exactly once
+    assert torch.allclose(reference[1].running_var, model[1].running_var, atol=1e-6)
+    assert int(model[1].num_batches_tracked) == 1  # the student's and the grid's forwards left no trace
     assert method.diagnostics["weight_mean"] >= float(method.class_weights[y].mean()) - 1e-6
+
+
+@pytest.mark.parametrize("last, grid", [(1, 1.0), (2, 0.5)])
+def test_lazy_direction_both_paths_equal_gamma_times_gradient_at_the_leap(tiny_net, last, grid):
+    # b = 1 reuses the winning candidate's graph; b = 2 goes through the engine's meta-gradient
+    from lazyapps.teacher import LazyTeacher
+    from longtail.reweighting import lazy_direction
+
+    model = tiny_net().train()
+    x, y = _batch(12, 12)
+    vx, vy = _batch(16, 13)
+    theta = {k: t.detach() for k, t in params_of(model).items()}
+    parts = iter(chunks(12, 3))
+
+    def student_loss(predict):
+        part = next(parts)
+        return F.cross_entropy(predict(x[part]), y[part])
+
+    teacher = LazyTeacher(gammas=(0.5, 0.9), last=last, weight_grid=grid, criterion="loss")
+    v, leap, val_loss = lazy_direction(model, theta, student_loss, vx, vy, steps=3, lr=0.5, teacher=teacher)
+    ref, ref_loss = plain_direction(model, {k: t.detach() for k, t in leap.params.items()}, vx, vy)
+    assert abs(val_loss - ref_loss) < 1e-5 and leap.score == pytest.approx(min(sc for _, _, sc in leap.scores))
+    assert all(torch.allclose(v[k], leap.gamma * ref[k], atol=1e-6) for k in ref)
+
+
+def test_two_component_eps_rules():
+    counts = [40, 30, 20, 1]
+    grad_w = torch.tensor([0.5, -1.0, -3.0, 0.0])
+    base = torch.tensor([0.2, 0.3, 0.5, 3.0])
+    # Jamal et al.'s code: ε = −0.01 · ∂L/∂ε of the summed loss (N × the mean-form gradient), no clipping
+    step = TwoComponent(counts).final_weights(grad_w, base, None, None)
+    assert torch.allclose(step, base - 0.01 * 4 * grad_w)
+    # L2RW-style: max(−g, 0) normalised to the batch's class-weight mass (4.0)
+    normalized = TwoComponent(counts, eps_rule="normalized").final_weights(grad_w, base, None, None)
+    assert torch.allclose(normalized, base + torch.tensor([0.0, 1.0, 3.0, 0.0]))
+    with pytest.raises(UnknownNameError, match="unknown eps rule 'huge'"):
+        TwoComponent(counts, eps_rule="huge")
+
+
+def test_diagnostics_are_means_over_the_epoch():
+    method = TwoComponent([5, 1])
+    for value in (1.0, 2.0, 6.0):
+        method.record(val_loss=value)
+    assert method.diagnostics == {"val_loss": 3.0}
+    method.reset_diagnostics()
+    method.record(val_loss=7.0)
+    assert method.diagnostics == {"val_loss": 7.0}
 
 
 def test_random_crop_flip_is_a_shifted_window():
@@ -130,3 +183,20 @@ def test_random_crop_flip_is_a_shifted_window():
     flipped = sum(not any(torch.equal(out[i].float(), w) for w in
                           [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]) for i in range(64))
     assert 10 < flipped < 54  # about half flipped (a symmetric window could count as unflipped)
+
+
+def test_directional_difference_agrees_with_jvp_in_float32(tiny_net):
+    # The default pull-back is one graph-free forward; it must keep the exact JVP's signs and size.
+    model = tiny_net().train()
+    x, y = _batch(32, 10)
+    vx, vy = _batch(20, 11)
+    losses = L.cross_entropy(model(x), y)
+    look = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.1, losses=losses)
+    v, _ = plain_direction(model, look.step(torch.ones(32)), vx, vy)
+    exact, cheap = look.weight_gradient(v, mode="jvp"), look.weight_gradient(v, mode="difference")
+    assert float((cheap - exact).norm() / exact.norm()) < 0.05
+    big = exact.abs() > 0.05 * exact.abs().max()
+    assert torch.equal(cheap[big] > 0, exact[big] > 0)
+    with pytest.raises(ValueError, match="mode must be"):
+        look.weight_gradient(v, mode="double-backward")
+    assert torch.equal(look.weight_gradient({k: torch.zeros_like(t) for k, t in v.items()}), torch.zeros(32))

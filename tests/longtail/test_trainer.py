@@ -29,6 +29,10 @@ def test_paper_schedule():
     assert (s.warmup_epochs, s.decay_epochs, s.meta_start) == (5, (160, 180), 160)
     assert [s.lr_at(e) for e in (0, 4, 5, 159)] == pytest.approx([0.02, 0.1, 0.1, 0.1])
     assert s.lr_at(160) == pytest.approx(1e-3) and s.lr_at(179) == pytest.approx(1e-3) and s.lr_at(180) == pytest.approx(1e-5)
+    short = Schedule.scaled(20, decay_factors=(0.1, 0.01))  # a reduced budget keeps the shape, gentler decays
+    assert (short.warmup_epochs, short.decay_epochs) == (1, (16, 18))
+    assert [short.lr_at(e) for e in (0, 15, 16, 17, 18, 19)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert TrainConfig(epochs=20, lr_decay=(0.1, 0.01)).schedule == short
 
 
 @pytest.mark.parametrize("method", ["meta-weight-net", "lazy-two-component"])
@@ -76,4 +80,10 @@ def test_resume_refuses_another_runs_checkpoint(small_lt, tmp_path, tiny_net):
     other_data = _trainer(TrainConfig(**{**_config("ce", epochs=1).__dict__, "imbalance": 20.0}), small_lt, tmp_path / "x", tiny_net)
     with pytest.raises(CheckpointError, match="imbalance=10.0, but imbalance=20.0 is needed"):
         other_data.resume(tmp_path / "ce" / "checkpoint.pt")
+    other_set = _trainer(TrainConfig(**{**_config("ce", epochs=1).__dict__, "dataset": "cifar100"}), small_lt, tmp_path / "y", tiny_net)
+    with pytest.raises(CheckpointError, match="dataset='cifar10', but dataset='cifar100' is needed"):
+        other_set.resume(tmp_path / "ce" / "checkpoint.pt")
+    other_decay = _trainer(TrainConfig(**{**_config("ce", epochs=1).__dict__, "lr_decay": (0.1, 0.01)}), small_lt, tmp_path / "z", tiny_net)
+    with pytest.raises(CheckpointError, match="lr_decay"):
+        other_decay.resume(tmp_path / "ce" / "checkpoint.pt")
     assert (tmp_path / "ce" / "checkpoint.pt").read_bytes() == before  # nothing lost
