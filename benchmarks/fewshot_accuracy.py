@@ -74,7 +74,7 @@ def run_part(names, *, dataset, ways, shots, args, device, reference, ref_index)
                              device=device, root=args.data_dir, cache_dir=args.cache_dir).fixed_tasks(args.eval_tasks, seed=EVAL_SEED)
     minutes = args.sine_minutes if dataset == "sine" else args.minutes
     for name in names:
-        ref = reference.get(name, (None,) * 4)[ref_index]
+        ref = (tuple(reference.get(name, ())) + (None,) * 4)[ref_index]
         if name not in registered:
             rows.append({"learner": name, "note": "not registered"})
             continue
@@ -82,7 +82,8 @@ def run_part(names, *, dataset, ways, shots, args, device, reference, ref_index)
         try:
             hparams, loop = split_settings(name, dataset=dataset, ways=ways, shots=shots, explicit={})
             options = {"hidden": args.hidden} if args.hidden and dataset != "sine" else {}
-            learner = build_learner(name, dataset=dataset, ways=ways, device=device, model_options=options, **hparams)
+            learner = build_learner(name, dataset=dataset, ways=ways, device=device, model_options=options,
+                                    vectorize=args.vectorize, **hparams)
             meta_batch = args.meta_batch or loop.get("meta_batch", 4)
             iterations, used = (0, 0.0) if not learner.meta_learns else train_for(
                 learner, train_src, meta_batch=meta_batch, seconds=60 * minutes, max_iterations=args.max_iterations)
@@ -106,11 +107,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-iterations", type=int, default=None, help="stop at this many iterations instead of the time budget")
     parser.add_argument("--learners", default=OMNIGLOT_LEARNERS)
     parser.add_argument("--sine-learners", default=SINE_LEARNERS, help="'' to skip the sine part")
+    parser.add_argument("--sine-shots", default="5,10", help="sine support sizes, comma-separated (5 and/or 10)")
     parser.add_argument("--meta-batch", type=int, default=None, help="override every learner's paper meta-batch")
     parser.add_argument("--train-queries", type=int, default=5)
     parser.add_argument("--eval-queries", type=int, default=15)
     parser.add_argument("--eval-tasks", type=int, default=500)
     parser.add_argument("--hidden", type=int, default=None, help="conv4 filters (default 64)")
+    parser.add_argument("--no-vectorize", dest="vectorize", action="store_false",
+                        help="per-task loop instead of vmap (faster for conv4 on a CPU, see fewshot_speed.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.smoke:
         args.max_iterations, args.eval_tasks, args.train_queries, args.eval_queries = 1, 2, 1, 1
-        args.meta_batch, args.hidden = 1, 8
+        args.meta_batch, args.hidden, args.threads = 1, 8, 1  # one thread: see fewshot_speed.py's smoke size
         args.learners, args.sine_learners = "maml,lazy-maml,lazy-reptile,scratch", "maml,meta-sgd"
 
     import torch
@@ -132,13 +136,16 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     start = time.perf_counter()
     columns = ["learner", "iterations", "meta-batch", "minutes", "accuracy", "paper", "transductive", "note"]
-    omniglot = run_part([n for n in args.learners.split(",") if n], dataset="omniglot", ways=5, shots=1, args=args, device=device,
-                        reference=OMNIGLOT_REFERENCE, ref_index=0)
-    print(format_table(omniglot, columns, title=f"Omniglot 5-way 1-shot test accuracy, {args.eval_tasks} tasks "
+    omniglot_names = [n for n in args.learners.split(",") if n]
+    omniglot = run_part(omniglot_names, dataset="omniglot", ways=5, shots=1, args=args, device=device,
+                        reference=OMNIGLOT_REFERENCE, ref_index=0) if omniglot_names else []
+    if omniglot:
+        print(format_table(omniglot, columns, title=f"Omniglot 5-way 1-shot test accuracy, {args.eval_tasks} tasks "
                                                  f"(budget {'%d iterations' % args.max_iterations if args.max_iterations else '%g min' % args.minutes} per learner; paper = published)"))
     sine = []
     if args.sine_learners:
-        for shots, index in ((5, 0), (10, 1)) if not args.smoke else ((5, 0),):
+        for shots in [int(s) for s in args.sine_shots.split(",")] if not args.smoke else [5]:
+            index = {5: 0, 10: 1}.get(shots, 2)
             part = run_part([n for n in args.sine_learners.split(",") if n], dataset="sine", ways=1, shots=shots, args=args,
                             device=device, reference=SINE_REFERENCE, ref_index=index)
             for row in part:

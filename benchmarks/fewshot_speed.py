@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default="benchmarks/results/fewshot_speed.json")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.meta_batch, args.queries, args.steps, args.hidden = 2, 1, 1, 8
+        # One thread: tiny tensors gain nothing from two, and on a loaded machine two spinning threads cost 15x.
+        args.meta_batch, args.queries, args.steps, args.hidden, args.threads = 2, 1, 1, 8, 1
 
     import torch
 

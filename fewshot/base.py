@@ -250,13 +250,19 @@ class Learner(nn.Module):
         return map_tasks(run_one, params, support_x, query_x, vectorize=self.vectorize)
 
     def evaluate(self, tasks: TaskBatch | Iterable[TaskBatch]) -> Evaluation:
-        """Adapt on each task's support set and score its query set: mean ± 95% CI over tasks."""
+        """Adapt on each task's support set and score its query set: mean ± 95% CI over tasks.
+
+        Under torchrun the batches are split across ranks and the scores gathered in order (every rank must call
+        this); each batch is scored as one process scores it, so the result is the same.
+        """
+        from lazyapps import distributed
+
         batches = [tasks] if isinstance(tasks, TaskBatch) else list(tasks)
         was_training = self.training
         self.eval()
         values = []
         try:
-            for batch in batches:
+            for batch in distributed.shard(batches):
                 batch = batch.to(self.device)
                 fast = self.adapt(batch.support)
                 with torch.no_grad():
@@ -264,7 +270,7 @@ class Learner(nn.Module):
                     values.append(task_scores(self.problem, out, batch.query_y).cpu())
         finally:
             self.train(was_training)
-        allv = torch.cat(values)
+        allv = torch.cat([v for part in distributed.all_gather_object(values) for v in part])
         mean, ci = confidence_interval(allv)
         return Evaluation(metric_name(self.problem), mean, ci, allv.numel(),
                           self.transductive if has_batchnorm(self.model) else None, allv.tolist())
@@ -284,19 +290,30 @@ class Learner(nn.Module):
         :meth:`meta_step`; ``callback(iteration, metrics)`` runs after each step
         (logging, periodic validation, checkpoints). Returns the metrics per step.
         """
+        from lazyapps import distributed
         from lazyapps.progress import progress as bar
 
         self.total_iterations = iterations
         history = []
         steps = range(self.iteration, iterations)
-        for _ in (bar(steps, desc=f"meta-train {self.name}") if progress else steps):
-            tasks = source.sample(meta_batch).to(self.device)
-            self.train()
-            metrics = self.meta_step(tasks)
-            self.iteration += 1
-            history.append(metrics)
-            if callback is not None:
-                callback(self.iteration, metrics)
+        # Under torchrun every rank draws the same meta-batch (the source has its own seeded generator) and
+        # meta-learns on its share of the tasks; the meta-optimiser's step first averages the meta-gradients over
+        # ranks weighted by task count: the mean over the whole meta-batch, as in one process.
+        share, local = distributed.shard(meta_batch), distributed.local_count(meta_batch, what="--meta-batch")
+        distributed.broadcast_module(self)
+        sync = distributed.sync_optimizer(self.meta_optimizer, weight=local) if self.meta_optimizer is not None else None
+        try:
+            for _ in (bar(steps, desc=f"meta-train {self.name}") if progress else steps):
+                tasks = source.sample(meta_batch).select(share).to(self.device)
+                self.train()
+                metrics = distributed.mean_metrics(self.meta_step(tasks), weight=local)
+                self.iteration += 1
+                history.append(metrics)
+                if callback is not None:
+                    callback(self.iteration, metrics)
+        finally:
+            if sync is not None:
+                sync.remove()
         return history
 
     def checkpoint_state(self) -> dict[str, Any]:

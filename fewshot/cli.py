@@ -36,6 +36,23 @@ def _gammas(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
     return gammas
 
 
+def _hparam_values(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    """``--hp name=value`` pairs as a dict; values are read as JSON (numbers, true/false, lists), else kept as text."""
+    import json
+
+    out: dict[str, Any] = {}
+    for item in values:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE, e.g. --hp lam=0.5")
+        try:
+            out[name] = json.loads(text)
+        except ValueError:
+            out[name] = text
+    return out
+
+
 @click.group()
 def fewshot() -> None:
     """Few-shot learning: MAML family, lazy learners, iMAML, Meta-SGD, meta-LSTM, TURTLE."""
@@ -92,6 +109,9 @@ def _table(rows: list[dict[str, Any]], title: str) -> str:
 @click.option("--meta-batch", type=int, default=None, help="Tasks per meta-iteration (default: the preset's / paper's).")
 @click.option("--last", type=click.IntRange(1, 10), default=None, help="Lazy learners: checkpoints the teacher mixes (1 or 3 in the paper).")
 @click.option("--gammas", callback=_gammas, default=None, help="Lazy learners: the teacher's gamma grid, comma-separated (default 0.75,...,0.95).")
+@click.option("--hp", "extra_hparams", multiple=True, callback=_hparam_values, metavar="NAME=VALUE",
+              help="Any other hyperparameter of the learner, repeatable: e.g. --hp lam=0.5 --hp cg_steps=10 (imaml), "
+                   "--hp first_order=false (meta-lstm, turtle); `lazyapps fewshot algos` lists them.")
 @click.option("--shuffle-classes/--no-shuffle-classes", default=True, show_default=True, help="Relabel classes per task (off: one global class order, Yin et al.'s memorization setting).")
 @click.option("--transductive/--no-transductive", default=True, show_default=True, help="BatchNorm statistics of the whole query batch at test (off: support + one query example at a time).")
 @click.option("--vectorize/--no-vectorize", default=True, show_default=True, help="Run a meta-batch's tasks with torch.func.vmap (off: a loop over tasks).")
@@ -105,9 +125,11 @@ def _table(rows: list[dict[str, Any]], title: str) -> str:
 def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int, shots: int, queries: int | None,
           inner_steps: int | None, eval_inner_steps: int | None, inner_lr: float | None, meta_lr: float | None,
           iterations: int | None, meta_batch: int | None, last: int | None, gammas: tuple[float, ...] | None,
-          shuffle_classes: bool, transductive: bool, vectorize: bool, eval_tasks: int | None, eval_every: int | None,
+          extra_hparams: dict[str, Any], shuffle_classes: bool, transductive: bool, vectorize: bool, eval_tasks: int | None, eval_every: int | None,
           out: str | None, resume: str | None, plot: str | None, preset: str) -> None:
     """Meta-train a few-shot learner, checkpoint it, and score it on held-out test tasks."""
+    import torch
+
     from lazyapps.errors import LazyAppsError
     from lazyapps.progress import status
 
@@ -124,6 +146,13 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
                                                "eval_tasks": eval_tasks, "eval_every": eval_every})
     explicit = {"inner_steps": inner_steps, "eval_inner_steps": eval_inner_steps, "inner_lr": inner_lr, "meta_lr": meta_lr,
                 "last": last, "gammas": gammas}
+    for name, value in extra_hparams.items():
+        takes = cls.hparam_names() - {"problem", "vectorize", "transductive"}
+        if name not in takes:
+            raise LazyAppsError(f"--hp {name} is not a hyperparameter of --algo {algo} (it takes: {', '.join(sorted(takes))})")
+        if explicit.get(name) is not None:
+            raise LazyAppsError(f"{name} is given both as --{name.replace('_', '-')} and as --hp {name}; give it once")
+        explicit[name] = value
     hparams, paper_loop = split_settings(algo, dataset=dataset, ways=ways, shots=shots, explicit=explicit)
     for key in ("iterations", "meta_batch"):
         if settings.get(key) is None:
@@ -152,6 +181,9 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         learner, state, meta = load_learner(resume, device=run.device, expect={"algo": algo, "arch": arch, "dataset": dataset, "ways": ways, "shots": shots},
                                             transductive=transductive, vectorize=vectorize)
         history, curve = list(state.get("history", [])), list(state.get("curve", []))
+        if "sampler_rng" in state:
+            train_tasks.generator.set_state(state["sampler_rng"].cpu())
+            torch.set_rng_state(state["torch_rng"].cpu())
         status(f"resumed {resume} at iteration {learner.iteration}")
     else:
         learner = build_learner(algo, dataset=dataset, ways=ways, arch=arch, device=run.device, **hparams)
@@ -160,7 +192,9 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     curve_tasks = test_tasks.fixed_tasks(min(CURVE_TASKS, settings["eval_tasks"]), seed=EVAL_SEED + 1)
 
     def save() -> None:
-        save_learner(ckpt, learner, {**meta, "iteration": learner.iteration}, history=history, curve=curve)
+        # The task stream's and torch's RNG states make --resume continue exactly as an uninterrupted run would.
+        save_learner(ckpt, learner, {**meta, "iteration": learner.iteration}, history=history, curve=curve,
+                     sampler_rng=train_tasks.generator.get_state(), torch_rng=torch.get_rng_state())
 
     def callback(iteration: int, metrics: dict[str, float]) -> None:
         history.append({k: float(v) for k, v in metrics.items()})
@@ -182,7 +216,9 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     save()
     status(f"scoring on {settings['eval_tasks']} test tasks")
     evaluation = learner.evaluate(test_tasks.fixed_tasks(settings["eval_tasks"], seed=EVAL_SEED))
-    if plot:
+    from lazyapps.distributed import is_main
+
+    if plot and is_main():  # under torchrun rank 0 draws the one figure
         _plot_curve(plot, history, curve, title=f"{algo} {dataset} {ways}-way {shots}-shot")
     recent = [h for h in history[-20:]]
     train_metric = {k: sum(h[k] for h in recent if k in h) / max(1, sum(k in h for h in recent))
@@ -194,7 +230,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
               "shuffle_classes": shuffle_classes, "hparams": learner.hparams(), "device": str(run.device), "seed": run.seed}
     unit = "%" if evaluation.metric == "accuracy" else ""
     row = {"algo": algo, "dataset": dataset, "setting": f"{ways}-way {shots}-shot" if info.problem == "classification" else f"{shots}-shot",
-           "iterations": learner.iteration, f"test {evaluation.metric}": f"{evaluation.mean:.2f}{unit} ± {evaluation.ci95:.2f}",
+           "iterations": learner.iteration, f"test {evaluation.metric}": f"{evaluation.mean:.2f}{unit} ± {evaluation.ci95:.2f}{unit}",
            "tasks": evaluation.tasks,
            "transductive BN": "n/a" if evaluation.transductive is None else ("yes" if evaluation.transductive else "no")}
     run.finish(config, metrics, table=_table([row], f"few-shot meta-training (checkpoint: {ckpt})"))
@@ -231,7 +267,9 @@ def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, q
     tasks = task_source(dataset, split=split, ways=ways, shots=shots, queries=queries, seed=EVAL_SEED, device=run.device,
                         shuffle_classes=bool(meta.get("shuffle_classes", True)), root=run.data_dir, cache_dir=run.cache_dir)
     evaluation = learner.evaluate(tasks.fixed_tasks(num_tasks, seed=EVAL_SEED))
-    if plot:
+    from lazyapps.distributed import is_main
+
+    if plot and is_main():  # under torchrun rank 0 draws the one figure
         _plot_curve(plot, list(state.get("history", [])), list(state.get("curve", [])), title=f"{meta['algo']} {dataset} {ways}-way {shots}-shot")
     unit = "%" if evaluation.metric == "accuracy" else ""
     row = {"algo": meta["algo"], "arch": meta["arch"], "dataset": dataset, "split": split,
@@ -247,11 +285,23 @@ def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, q
 @common_options
 def algos_command(run: RunContext) -> None:
     """List the registered learning algorithms with their default hyperparameters."""
-    from .base import LEARNERS, available
+    import inspect
+
+    from .base import LEARNERS, Learner, available
 
     rows = []
     for name in available():
         cls = LEARNERS[name]
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        rows.append({"algo": name, "description": doc})
-    run.finish({}, {"algos": available()}, table=_table(rows, "few-shot learners"))
+        defaults = {}
+        for klass in reversed(cls.__mro__):  # subclass defaults win
+            if isinstance(klass, type) and issubclass(klass, Learner) and "__init__" in vars(klass):
+                for pname, p in inspect.signature(klass.__init__).parameters.items():
+                    if p.kind is inspect.Parameter.KEYWORD_ONLY and pname not in ("problem", "vectorize", "transductive"):
+                        defaults[pname] = p.default
+        doc = doc.replace(" as a :class:`~fewshot.base.Learner`", "").replace("``", "")
+        rows.append({"algo": name, "description": doc, "defaults": ", ".join(f"{k}={v}" for k, v in defaults.items())})
+    text = _table([{k: r[k] for k in ("algo", "description")} for r in rows], "few-shot learners")
+    text += "\n\nhyperparameters (set with the named flags or --hp NAME=VALUE; the dataset's paper settings override these defaults):\n"
+    text += "\n".join(f"  {r['algo']}: {r['defaults']}" for r in rows)
+    run.finish({}, {"algos": available(), "defaults": {r["algo"]: r["defaults"] for r in rows}}, table=text)

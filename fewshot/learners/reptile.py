@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lazyapps import distributed
 from lazyapps.functional import Params, adapt_tasks, map_tasks, sgd_adapt
 from lazyapps.teacher import OPTIMIZERS, LazyTeacher, explore, reptile_update
 
@@ -51,6 +52,8 @@ class _ReptileBase(Learner):
         eps = self.current_step_size()
         theta = self.theta
         if eps > 0:
+            if distributed.is_distributed():  # torchrun: move towards the mean φ of the whole meta-batch's tasks
+                phis, num_tasks = distributed.mean_of_stacked(phis), 1
             new = reptile_update(theta, phis, step_size=eps / num_tasks)  # sum form with β = ε/T = mean form
             with torch.no_grad():
                 for k, v in theta.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from lazyapps.cli import cli
@@ -59,6 +60,19 @@ def test_resume_continues_and_a_second_run_never_overwrites(trained, tmp_path) -
                   "--cache-dir", roots["cache"], "--quiet")
     assert result.exit_code == 0, result.output
     assert json.loads((out / "run" / "checkpoint.pt.json").read_text())["iteration"] == 5
+    # Resuming 3 -> 5 gives exactly the weights of an uninterrupted 5-iteration run (same tasks, same Adam state).
+    # Both runs here, at one thread count: summation order (hence the last bits) depends on it.
+    here = ["--data-dir", roots["data"], "--cache-dir", roots["cache"], "--quiet"]
+    assert _run(*args, "--out", str(tmp_path / "part"), *here).exit_code == 0
+    part = tmp_path / "part" / "checkpoint.pt"
+    assert _run(*args, "--out", str(tmp_path / "part"), "--resume", str(part), "--iterations", "5", *here).exit_code == 0
+    straight = _run(*args, "--out", str(tmp_path / "straight"), "--iterations", "5", *here)
+    assert straight.exit_code == 0, straight.output
+    resumed = torch.load(part, weights_only=True)["learner"]
+    direct = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["learner"]
+    assert resumed.keys() == direct.keys() and all(torch.equal(resumed[k], direct[k]) for k in direct)
+    first = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    assert len(first["history"]) == 5
     other = _run("fewshot", "train", "--algo", "maml", "--preset", "smoke", "--out", str(tmp_path / "x"), "--resume", str(ckpt),
                  "--data-dir", roots["data"], "--cache-dir", roots["cache"], "--quiet")
     assert other.exit_code == 2 and "algo='fomaml', but algo='maml'" in other.output
@@ -70,6 +84,11 @@ def test_resume_continues_and_a_second_run_never_overwrites(trained, tmp_path) -
     (["--algo", "maml", "--ways", "500"], "--ways 500 is larger than the 423 classes"),
     (["--algo", "maml", "--last", "3"], "--last does not apply to --algo maml"),
     (["--algo", "lazy-maml", "--gammas", "0.9,1.5"], "every gamma must be in [0, 1]"),
+    (["--algo", "maml", "--hp", "lam=1"], "--hp lam is not a hyperparameter of --algo maml (it takes: eval_inner_steps, inner_lr"),
+    (["--algo", "maml", "--hp", "inner_lr"], "'inner_lr' is not NAME=VALUE"),
+    (["--algo", "maml", "--inner-lr", "0.1", "--hp", "inner_lr=0.2"], "inner_lr is given both as --inner-lr and as --hp inner_lr"),
+    (["--algo", "imaml", "--hp", "lam=-1"], "lam must be > 0"),
+    (["--algo", "maml", "--dataset", "omniglot3"], "unknown few-shot dataset 'omniglot3'"),
 ])
 def test_bad_input_is_one_clear_line(extra, needle, data_root, session_cache, tmp_path) -> None:
     result = _run("fewshot", "train", "--preset", "smoke", "--out", str(tmp_path / "r"), *extra,
@@ -85,3 +104,33 @@ def test_sine_regression_reports_mse(tmp_path) -> None:
     test = json.loads((tmp_path / "s.json").read_text())["metrics"]["test"]
     assert test["metric"] == "mse" and test["transductive"] is None and test["mean"] > 0
     assert "5-shot" in result.output and "n/a" in result.output
+
+
+def test_hp_sets_any_learner_hyperparameter_and_no_shuffle_classes_is_recorded(tmp_path, data_root, session_cache) -> None:
+    result = _run("fewshot", "train", "--algo", "imaml", "--dataset", "sine", "--shots", "5", "--preset", "smoke",
+                  "--hp", "lam=0.5", "--hp", "cg-steps=2", "--out", str(tmp_path / "i"), "--json", str(tmp_path / "i.json"), "--quiet")
+    assert result.exit_code == 0, result.output
+    hp = json.loads((tmp_path / "i" / "checkpoint.pt.json").read_text())["hparams"]
+    assert hp["lam"] == 0.5 and hp["cg_steps"] == 2 and hp["inner_steps"] == 10  # the rest: iMAML's sine settings
+    result = _run("fewshot", "train", "--algo", "maml", "--preset", "smoke", "--no-shuffle-classes", "--hp", "eval_inner_steps=2",
+                  "--out", str(tmp_path / "m"), "--data-dir", str(data_root), "--cache-dir", str(session_cache), "--quiet")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "m" / "checkpoint.pt.json").read_text())
+    assert meta["shuffle_classes"] is False and meta["hparams"]["eval_inner_steps"] == 2
+
+
+def test_eval_of_a_missing_or_corrupt_checkpoint_is_one_line(tmp_path) -> None:
+    missing = _run("fewshot", "eval", "--checkpoint", str(tmp_path / "none.pt"), "--quiet")
+    assert missing.exit_code == 2 and "does not exist" in missing.output and len(missing.output.strip().splitlines()) == 1
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    corrupt = _run("fewshot", "eval", "--checkpoint", str(bad), "--quiet")
+    assert corrupt.exit_code == 2 and "Traceback" not in corrupt.output and len(corrupt.output.strip().splitlines()) == 1
+    assert bad.read_bytes() == b"not a checkpoint"
+
+
+def test_algos_lists_every_learner_with_its_hyperparameter_defaults() -> None:
+    result = _run("fewshot", "algos", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "imaml: lam=2.0, cg_steps=5" in result.output and "meta-lstm: inner_steps=5" in result.output
+    assert "turtle:" in result.output and "first_order=False" in result.output and "lazy-maml:" in result.output

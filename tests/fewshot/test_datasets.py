@@ -122,3 +122,14 @@ def test_folder_dataset_with_split_files_and_with_split_folders(tmp_path, cache_
         task_source(f"folder:{nested}", split="test", ways=3, shots=1, queries=1, cache_dir=cache_dir)
     with pytest.raises(UnknownNameError, match="valid: .*cifar-fs"):
         task_source("omniglot2", split="test")
+
+
+def test_miniimagenet_and_tieredimagenet_are_folders_under_the_data_root(tmp_path, cache_dir) -> None:
+    _write_folder(tmp_path / "miniimagenet" / "val", ["n1", "n2", "n3"], per_class=3, size=20)
+    sampler = task_source("miniimagenet", split="val", ways=3, shots=1, queries=2, root=tmp_path, cache_dir=cache_dir)
+    batch = sampler.sample(2)
+    assert sampler.num_classes == 3 and batch.support_x.shape == (2, 3, 3, 84, 84)
+    with pytest.raises(DataNotFoundError, match="tieredimagenet does not exist"):
+        task_source("tieredimagenet", split="train", ways=2, shots=1, queries=1, root=tmp_path, cache_dir=cache_dir)
+    with pytest.raises(LazyAppsError, match="shots \\+ queries = 2 \\+ 2 = 4 .* has 3"):
+        task_source("miniimagenet", split="val", ways=3, shots=2, queries=2, root=tmp_path, cache_dir=cache_dir)
