@@ -55,6 +55,26 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.get_default_dtype()
 
 
+def image_index(index: Tensor | Sequence[int] | None, rows: int) -> Tensor:
+    """Image numbers of ``rows`` image rows as a CPU long tensor (default ``0..rows-1``); bad ones are a clear error.
+
+    The per-image query counters, estimator priors and meta-attacker copies are all keyed by these numbers.
+    """
+    if index is None:
+        return torch.arange(rows)
+    if not isinstance(index, Tensor):
+        index = torch.as_tensor(list(index), dtype=torch.long)
+    index = index.reshape(-1).cpu()
+    if index.is_floating_point() or index.dtype == torch.bool:
+        raise LazyAppsError(f"query index must hold integer image numbers, got dtype {index.dtype}")
+    index = index.long()
+    if len(index) != rows:
+        raise LazyAppsError(f"query index has {len(index)} entries for {rows} image rows")
+    if rows and int(index.min()) < 0:
+        raise LazyAppsError("query index entries must be non-negative image numbers")
+    return index
+
+
 class BlackBox:
     """Query-only access to a classifier, with per-image query counting and a budget.
 
@@ -109,21 +129,6 @@ class BlackBox:
             grown[: len(self.counts)] = self.counts
             self.counts = grown
 
-    def _as_index(self, index: Tensor | Sequence[int] | None, rows: int) -> Tensor:
-        if index is None:
-            return torch.arange(rows)
-        if not isinstance(index, Tensor):
-            index = torch.as_tensor(list(index), dtype=torch.long)
-        index = index.reshape(-1).cpu()
-        if index.is_floating_point() or index.dtype == torch.bool:
-            raise LazyAppsError(f"query index must hold integer image numbers, got dtype {index.dtype}")
-        index = index.long()
-        if len(index) != rows:
-            raise LazyAppsError(f"query index has {len(index)} entries for {rows} image rows")
-        if rows and int(index.min()) < 0:
-            raise LazyAppsError("query index entries must be non-negative image numbers")
-        return index
-
     def remaining(self, index: Tensor | Sequence[int] | None = None) -> Tensor:
         """Queries each image may still make (LongTensor); ``UNLIMITED`` without a budget.
 
@@ -133,7 +138,7 @@ class BlackBox:
             used = self.counts.clone()
         else:
             index = index.reshape(-1) if isinstance(index, Tensor) else torch.as_tensor(list(index), dtype=torch.long)
-            index = self._as_index(index, len(index))
+            index = image_index(index, len(index))
             self._grow(int(index.max()) + 1 if len(index) else 0)
             used = self.counts[index]
         if self.budget is None:
@@ -188,7 +193,7 @@ class BlackBox:
         if isinstance(x, Tensor):
             x = x.detach()
         self._validate(x)
-        index = self._as_index(index, x.shape[0])
+        index = image_index(index, x.shape[0])
         self._charge(index)
         x = x.to(device=self.device, dtype=self.dtype)
         if self._model.training:  # someone switched it back; targets are queried in eval mode

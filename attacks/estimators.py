@@ -38,7 +38,7 @@ from torch import Tensor
 
 from lazyapps.errors import LazyAppsError
 
-from .blackbox import BlackBox
+from .blackbox import BlackBox, image_index
 from .losses import LossFn, MarginLoss
 
 ZOO_MODES = ("symmetric", "forward")
@@ -50,15 +50,6 @@ def default_loss(blackbox: BlackBox) -> LossFn:
     if blackbox.output == "label":
         raise LazyAppsError("score-based estimators need a blackbox with output='logits' or 'probs', not 'label'")
     return MarginLoss(kind=blackbox.output)
-
-
-def _index(index: Tensor | None, batch: int) -> Tensor:
-    if index is None:
-        return torch.arange(batch)
-    index = torch.as_tensor(index).reshape(-1).long().cpu()
-    if len(index) != batch:
-        raise LazyAppsError(f"index has {len(index)} entries for {batch} images")
-    return index
 
 
 def query_losses(
@@ -212,7 +203,7 @@ class ZOOEstimator(GradientEstimator):
         """
         loss = loss or default_loss(blackbox)
         b, q = coords.shape
-        index = _index(index, b)
+        index = image_index(index, b)
         flat = x.detach().flatten(1)
         coords = coords.to(flat.device).long()
         base = flat.gather(1, coords)  # (B, q)
@@ -291,7 +282,7 @@ class NESEstimator(GradientEstimator):
     ) -> tuple[Tensor, Tensor]:
         loss = loss or default_loss(blackbox)
         b = x.shape[0]
-        index = _index(index, b)
+        index = image_index(index, b)
         x = x.detach()
         n = self.samples // 2 if self.antithetic else self.samples
         u = torch.randn((b, n) + tuple(x.shape[1:]), device=x.device, dtype=x.dtype)
@@ -417,7 +408,7 @@ class BanditsEstimator(GradientEstimator):
     ) -> tuple[Tensor, Tensor]:
         loss = loss or default_loss(blackbox)
         b = x.shape[0]
-        index = _index(index, b)
+        index = image_index(index, b)
         x = x.detach()
         prior = self.priors(index, x)
         u = torch.randn_like(prior) * (self.exploration / math.sqrt(prior[0].numel()))

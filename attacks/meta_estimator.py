@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from lazyapps.functional import params_of
 
-from .blackbox import BlackBox
+from .blackbox import BlackBox, image_index
 from .estimators import GradientEstimator, ZOOEstimator
 from .gradient_sets import normalise_maps
 from .losses import LossFn
@@ -116,7 +116,7 @@ class MetaEstimator(GradientEstimator):
         scores: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         b = x.shape[0]
-        index = torch.arange(b) if index is None else torch.as_tensor(index).reshape(-1).long().cpu()
+        index = image_index(index, b)
         x = x.detach()
         rows = self._rows(index, x.device)
         dev_rows = rows.to(x.device)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from attacks import BlackBox
 from attacks.foolbox_bridge import BlackBoxFoolboxModel, run_boundary, run_foolbox_attack, run_hsja
@@ -12,21 +11,10 @@ from lazyapps.errors import LazyAppsError
 
 
 @pytest.fixture(scope="module")
-def mnist_target(data_root):
-    """Softmax regression trained for a second on 3,000 real MNIST digits, and 4 test digits it gets right."""
-    ds = load_dataset("mnist", root=data_root)
-    torch.manual_seed(0)
-    x_train, y_train = ds.train.images[:3000].float().div(255), ds.train.labels[:3000]
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(60):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x_train), y_train).backward()
-        opt.step()
-    x_test, y_test = ds.test.images[:100].float().div(255), ds.test.labels[:100]
-    with torch.no_grad():
-        right = model(x_test).argmax(1) == y_test
-    return model.eval(), x_test[right][:4], y_test[right][:4]
+def mnist_target(mnist_softmax):
+    """The real-MNIST softmax regression and 4 test digits it gets right."""
+    model, x, y = mnist_softmax
+    return model, x[:4], y[:4]
 
 
 def fooled(model, x_adv, y):
@@ -59,13 +47,13 @@ def test_blackbox_budget_stops_the_attack_gracefully(mnist_target):
     assert (bb.counts <= 150).all()
 
 
-def test_targeted_needs_and_uses_starting_points(mnist_target):
+def test_targeted_needs_and_uses_starting_points(mnist_target, data_root):
     model, x, y = mnist_target
     target = (y + 1) % 10
     with pytest.raises(LazyAppsError, match="starting_points"):
         run_hsja(BlackBox(model), x, y, target=target)
     # starting points: training digits the target classifies as the target class
-    ds = load_dataset("mnist")
+    ds = load_dataset("mnist", root=data_root)
     pool = ds.train.images[3000:4000].float().div(255)
     with torch.no_grad():
         pred = model(pool).argmax(1)

@@ -24,3 +24,12 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def omniglot_tasks(data_root, session_cache):
+    """Omniglot 5-way 1-shot train and test task sources on the real data (one pair per test module)."""
+    from fewshot.datasets import task_source
+
+    kw = dict(ways=5, shots=1, queries=2, root=data_root, cache_dir=session_cache)
+    return task_source("omniglot", split="train", seed=0, **kw), task_source("omniglot", split="test", seed=1, **kw)

@@ -162,14 +162,6 @@ def test_short_sine_run_lowers_query_mse():
     assert after < 0.85 * before, (before, after)
 
 
-@pytest.fixture(scope="module")
-def omniglot_tasks(data_root, session_cache):
-    from fewshot.datasets import task_source
-
-    kw = dict(ways=5, shots=1, queries=2, root=data_root, cache_dir=session_cache)
-    return task_source("omniglot", split="train", seed=0, **kw), task_source("omniglot", split="test", seed=1, **kw)
-
-
 def test_runs_on_conv4_omniglot(omniglot_tasks):
     from models_zoo.fewshot_nets import Conv4
 
