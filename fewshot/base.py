@@ -228,6 +228,31 @@ class Learner(nn.Module):
             params[name].grad = g.detach().to(params[name].dtype)
         self.meta_optimizer.step()
 
+    def backprop_meta_step(self, adapt_one: Callable[..., Params], tasks: TaskBatch, *, grad_clip: float | None = None) -> dict[str, float]:
+        """One meta-step by backpropagating the mean query loss through ``adapt_one`` (support tensors -> fast params).
+
+        For learners whose inner loop is itself meta-learned (meta-LSTM, TURTLE): the graph through the
+        adaptation reaches both θ and the update rule's parameters; ``grad_clip`` bounds the global norm.
+        """
+        model, buffers, loss_fn = self.model, self.buffers, self.loss_fn
+        n_support = len(tasks.support)
+
+        def per_task(*task: Tensor) -> tuple[Tensor, Tensor]:
+            fast = adapt_one(*task[:n_support])
+            out = forward(model, fast, buffers, *task[n_support:-1])
+            return loss_fn(out, task[-1]), out
+
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            task_losses, outputs = map_tasks(per_task, *tasks.support, *tasks.query, vectorize=self.vectorize)
+            loss = task_losses.mean()
+            loss.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.parameters(), grad_clip)
+        self.meta_optimizer.step()
+        score = task_scores(self.problem, outputs.detach(), tasks.query_y).mean()
+        return {"loss": float(loss.detach()), metric_name(self.problem): float(score)}
+
     def predict(self, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
         """Outputs ``(T, Q, ...)`` of the per-task ``params`` (stacked) on ``query_x``.
 

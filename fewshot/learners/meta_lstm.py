@@ -34,9 +34,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad_and_value
 
-from lazyapps.functional import Batch, LossFn, Params, batch_loss, forward, map_tasks
+from lazyapps.functional import Batch, LossFn, Params, batch_loss, map_tasks
 
-from ..base import Learner, metric_name, register, task_scores
+from ..base import Learner, register
 from ..tasks import TaskBatch
 from .maml import finn_defaults
 
@@ -228,24 +228,8 @@ class MetaLSTM(Learner):
         return one
 
     def meta_step(self, tasks: TaskBatch) -> dict[str, float]:
-        model, buffers, loss_fn = self.model, self.buffers, self.loss_fn
         adapt_one = self._adapt_fn(self.theta, self.meta_learner.weights())
-        n_support = len(tasks.support)
-
-        def per_task(*task: Tensor) -> tuple[Tensor, Tensor]:
-            fast = adapt_one(*task[:n_support])
-            out = forward(model, fast, buffers, *task[n_support:-1])
-            return loss_fn(out, task[-1]), out
-
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        with torch.enable_grad():
-            task_losses, outputs = map_tasks(per_task, *tasks.support, *tasks.query, vectorize=self.vectorize)
-            loss = task_losses.mean()
-            loss.backward()
-        nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip)
-        self.meta_optimizer.step()
-        score = task_scores(self.problem, outputs.detach(), tasks.query_y).mean()
-        return {"loss": float(loss.detach()), metric_name(self.problem): float(score)}
+        return self.backprop_meta_step(adapt_one, tasks, grad_clip=self.grad_clip)
 
     def adapt(self, support: tuple[Tensor, Tensor]) -> Params:
         theta = {k: v.detach() for k, v in self.theta.items()}
