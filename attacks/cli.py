@@ -195,7 +195,11 @@ def run_attack(
                               desc=method) if len(x) else None  # (a rank without a chunk attacks nothing)
     else:
         seed_everything(run.seed)  # as above: independent of what was built or loaded first
-        outcome = _baseline(method, target.model, x.to(device), y.to(device), tclass, budget, dataset, data) if len(x) else None
+        # The images' numbers in the whole selection: ZOO / NES / Bandits draw each image's random numbers from a
+        # stream seeded by (seed, number), so an image's attack is the same on any rank and in any batch.
+        index = torch.arange(share.start, share.stop)
+        outcome = _baseline(method, target.model, x.to(device), y.to(device), tclass, budget, dataset, data,
+                            index=index, seed=run.seed) if len(x) else None
     wall = time.perf_counter() - started
     if distributed.is_distributed():
         from .outcome import AttackOutcome
@@ -230,10 +234,11 @@ def _select(model, data, n: int, target_class: int | None, device):
     return x, y, index
 
 
-def _baseline(method, model, x, y, tclass, budget, dataset, data):
+def _baseline(method, model, x, y, tclass, budget, dataset, data, *, index=None, seed=None):
     """ZOO / NES / Bandits / HopSkipJump / Boundary with attacks-core's settings (``run_baseline``).
 
     Decision-based methods see labels only; targeted ones start from test images of the target class.
+    ``index``: the images' numbers in the whole selection; ``seed``: the score-based estimators' per-image streams.
     """
     import torch
 
@@ -245,7 +250,8 @@ def _baseline(method, model, x, y, tclass, budget, dataset, data):
     starting = _starting_points(model, data, tclass, x.device) if decision and tclass is not None else None
     with torch.no_grad():
         return run_baseline(method, blackbox, x, y, dataset=dataset, target=None if tclass is None else tclass.to(x.device),
-                            max_queries=budget, starting_points=starting)
+                            max_queries=budget, starting_points=starting, index=index,
+                            estimator_settings=None if decision or seed is None else {"seed": seed})
 
 
 def _starting_points(model, data, tclass, device):

@@ -26,6 +26,11 @@ chunks if asked), each row charged to its image through ``index``.
 Perturbed points are clipped to [0, 1] (the blackbox refuses anything else);
 ZOO divides by the step actually taken, NES and Bandits use the actual
 displacement, so estimates stay consistent at the box boundary.
+
+Random numbers (ZOO's coordinates, NES's directions, Bandits' exploration)
+come from one stream per image number (:class:`ImageStreams`), so an image's
+attack does not depend on the other images of its batch, nor on how torchrun
+splits the images over processes.
 """
 from __future__ import annotations
 
@@ -77,6 +82,53 @@ def query_losses(
     y_rep = y.to(scores.device).repeat_interleave(m)
     t_rep = None if target is None else target.to(scores.device).repeat_interleave(m)
     return loss(scores, y_rep, t_rep).reshape(b, m).to(device=points.device, dtype=points.dtype)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _image_seed(seed: int, image: int) -> int:
+    """A 63-bit seed for image ``image`` of an attack seeded ``seed`` (splitmix64 of the pair: nearby pairs spread)."""
+    z = (int(seed) * 0x9E3779B97F4A7C15 + int(image) + 1) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1
+
+
+class ImageStreams:
+    """One random stream per image number, so an estimator's draws for an image do not depend on its batch.
+
+    Image ``i``'s stream is a :class:`torch.Generator` seeded from ``(seed, i)``
+    and advanced only by that image's draws. A draw for a batch takes each row
+    from its own image's stream (one small call per image, the rows then stacked),
+    so attacking images all together, in halves, or split across torchrun's
+    processes gives every image the same random numbers and hence the same
+    attack; the blackbox queries stay batched. ``seed`` None: drawn once from
+    torch's global generator (so ``torch.manual_seed`` / ``--seed`` fix it).
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = int(torch.randint(0, 2**62, (1,))) if seed is None else int(seed)
+        self._generators: dict[tuple[str, int], torch.Generator] = {}
+
+    def reset(self) -> None:
+        """Restart every image's stream from its seed (a new attack)."""
+        self._generators.clear()
+
+    def generator(self, image: int, device: torch.device | str) -> torch.Generator:
+        """Image ``image``'s generator on ``device`` (created from its seed on first use)."""
+        device = torch.device(device)
+        key = (str(device), int(image))
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(_image_seed(self.seed, image))
+        return self._generators[key]
+
+    def draw(self, index: Tensor, shape: tuple[int, ...], *, like: Tensor, normal: bool = True) -> Tensor:
+        """(B, *shape) numbers, row b from image ``index[b]``'s stream: standard normal, or uniform on [0, 1)."""
+        sample = torch.randn if normal else torch.rand
+        rows = [sample(shape, generator=self.generator(i, like.device), device=like.device, dtype=like.dtype)
+                for i in index.tolist()]
+        return torch.stack(rows) if rows else like.new_empty((0,) + tuple(shape))
 
 
 class GradientEstimator(ABC):
@@ -134,11 +186,14 @@ class ZOOEstimator(GradientEstimator):
         coordinates: estimate this many coordinates per image, drawn uniformly
             without replacement at each call (ZOO uses 128 per iteration); None
             means all coordinates.
+        seed: seed of the per-image coordinate draws (:class:`ImageStreams`;
+            None: drawn from torch's global generator).
     """
 
     name = "zoo"
 
-    def __init__(self, *, h: float = 1e-4, mode: str = "symmetric", coordinates: int | None = None):
+    def __init__(self, *, h: float = 1e-4, mode: str = "symmetric", coordinates: int | None = None,
+                 seed: int | None = None):
         if mode not in ZOO_MODES:
             raise LazyAppsError(f"unknown ZOO mode {mode!r}; valid: {', '.join(ZOO_MODES)}")
         if not 0 < h < 0.5:
@@ -146,6 +201,11 @@ class ZOOEstimator(GradientEstimator):
         if coordinates is not None and coordinates < 1:
             raise LazyAppsError(f"coordinates must be at least 1 (or None for all), got {coordinates}")
         self.h, self.mode, self.coordinates = float(h), mode, coordinates
+        self.streams = ImageStreams(seed) if coordinates is not None else None  # all coordinates: nothing random
+
+    def reset(self) -> None:
+        if self.streams is not None:
+            self.streams.reset()
 
     def _per_coordinate(self) -> int:
         return 2 if self.mode == "symmetric" else 1
@@ -175,8 +235,9 @@ class ZOOEstimator(GradientEstimator):
         d = x[0].numel()
         if self.coordinates is None or self.coordinates >= d:
             coords = torch.arange(d, device=x.device).expand(b, d)
-        else:
-            coords = torch.rand(b, d, device=x.device).argsort(dim=1)[:, : self.coordinates]
+        else:  # each image's random subset from its own stream
+            keys = self.streams.draw(image_index(index, b), (d,), like=x.new_empty(0, dtype=torch.float32), normal=False)
+            coords = keys.argsort(dim=1)[:, : self.coordinates]
         return self.estimate_on(blackbox, x, y, coords, loss=loss, index=index, target=target, scores=scores)
 
     def estimate_on(
@@ -255,16 +316,22 @@ class NESEstimator(GradientEstimator):
         sigma: search standard deviation (Ilyas et al.: 0.001).
         samples: queries per estimate, n (Ilyas et al.: 50); even when antithetic.
         antithetic: draw ±u pairs (lower variance; the paper's choice).
+        seed: seed of the per-image search directions (:class:`ImageStreams`;
+            None: drawn from torch's global generator).
     """
 
     name = "nes"
 
-    def __init__(self, *, sigma: float = 0.001, samples: int = 50, antithetic: bool = True):
+    def __init__(self, *, sigma: float = 0.001, samples: int = 50, antithetic: bool = True, seed: int | None = None):
         if sigma <= 0:
             raise LazyAppsError(f"NES sigma must be positive, got {sigma}")
         if samples < 1 or (antithetic and samples % 2):
             raise LazyAppsError(f"NES samples must be a positive (even, when antithetic) number, got {samples}")
         self.sigma, self.samples, self.antithetic = float(sigma), int(samples), antithetic
+        self.streams = ImageStreams(seed)
+
+    def reset(self) -> None:
+        self.streams.reset()
 
     def queries_per_estimate(self, x_shape: tuple[int, ...], *, scores_known: bool = True) -> int:
         return self.samples + (0 if self.antithetic or scores_known else 1)
@@ -285,7 +352,7 @@ class NESEstimator(GradientEstimator):
         index = image_index(index, b)
         x = x.detach()
         n = self.samples // 2 if self.antithetic else self.samples
-        u = torch.randn((b, n) + tuple(x.shape[1:]), device=x.device, dtype=x.dtype)
+        u = self.streams.draw(index, (n,) + tuple(x.shape[1:]), like=x)  # each image's directions from its own stream
         plus = (x.unsqueeze(1) + self.sigma * u).clamp(0.0, 1.0)
         if self.antithetic:
             minus = (x.unsqueeze(1) - self.sigma * u).clamp(0.0, 1.0)
@@ -356,6 +423,7 @@ class BanditsEstimator(GradientEstimator):
         online_lr: float = 100.0,
         tile_size: int = 4,
         prior_update: str = "eg",
+        seed: int | None = None,
     ):
         if prior_update not in PRIOR_UPDATES:
             raise LazyAppsError(f"unknown prior update {prior_update!r}; valid: {', '.join(PRIOR_UPDATES)}")
@@ -366,9 +434,11 @@ class BanditsEstimator(GradientEstimator):
         self.exploration, self.fd_eta, self.online_lr = float(exploration), float(fd_eta), float(online_lr)
         self.tile_size, self.prior_update = int(tile_size), prior_update
         self._prior: Tensor | None = None
+        self.streams = ImageStreams(seed)  # per-image exploration directions (seed None: from torch's generator)
 
     def reset(self) -> None:
         self._prior = None
+        self.streams.reset()
 
     def queries_per_estimate(self, x_shape: tuple[int, ...], *, scores_known: bool = True) -> int:
         return 2
@@ -411,7 +481,7 @@ class BanditsEstimator(GradientEstimator):
         index = image_index(index, b)
         x = x.detach()
         prior = self.priors(index, x)
-        u = torch.randn_like(prior) * (self.exploration / math.sqrt(prior[0].numel()))
+        u = self.streams.draw(index, tuple(prior.shape[1:]), like=prior) * (self.exploration / math.sqrt(prior[0].numel()))
         q1, q2 = self._up(prior + u, x), self._up(prior - u, x)
 
         def probe(q: Tensor) -> Tensor:

@@ -30,7 +30,7 @@ def _attack(data_root: str, cache: str, method: str, target: str) -> dict:
     finally:
         torch.set_num_threads(threads)
     out = result["outcome"]
-    return {"rows": out.rows(), "x_adv": out.x_adv, "test_index": result["test_index"].tolist(),
+    return {"rows": out.rows(), "x_adv": out.x_adv, "x": result["images"][0], "test_index": result["test_index"].tolist(),
             "files": sorted(str(p.relative_to(cache)) for p in Path(cache).rglob("*") if p.is_file()),
             "rank": distributed.rank()}
 
@@ -62,12 +62,44 @@ def test_meta_attack_split_over_two_processes_gives_the_single_process_numbers(d
     assert len({r["queries"] for r in single["rows"]}) > 1  # images differ: the comparison is not of constants
 
 
-def test_score_baseline_split_and_gathered_in_order(data_root, two_rank_run):
-    """ZOO draws random coordinates per batch, so its numbers are not those of one process; the images and
-    their order are, and every rank holds the same gathered outcome."""
+def test_score_baseline_split_over_two_processes_gives_the_single_process_numbers(data_root, two_rank_run):
+    """ZOO draws each image's coordinates from the image's own stream, so the images split over 2 processes
+    (2 each) get the attack one process gives them (4 together); every rank holds the gathered outcome."""
     cache, target, _, _ = two_rank_run
     r0, r1 = run_ranks(_attack, str(data_root), str(cache), "zoo", target, world=2)
     single = _attack(str(data_root), str(cache), "zoo", target)
     assert r0["rows"] == r1["rows"]
-    assert [(r["image"], r["label"]) for r in r0["rows"]] == [(r["image"], r["label"]) for r in single["rows"]]
     assert len(r0["rows"]) == OVERRIDES["n_images"]
+    for two, one in zip(r0["rows"], single["rows"]):
+        assert {k: v for k, v in two.items() if k != "l2"} == {k: v for k, v in one.items() if k != "l2"}
+        assert two["l2"] == pytest.approx(one["l2"], rel=1e-5)
+    torch.testing.assert_close(r0["x_adv"], single["x_adv"])
+    # Each image moved on its own random coordinates (the comparison is not of constants).
+    moved = [frozenset((a - b).flatten().nonzero().flatten().tolist()) for a, b in zip(single["x_adv"], single["x"])]
+    assert all(moved) and len(set(moved)) == len(moved)
+
+
+@pytest.mark.parametrize("method", ["zoo", "nes", "bandits"])
+def test_score_attack_per_image_numbers_do_not_depend_on_the_batch(mnist_softmax, method):
+    """Each image's random numbers come from its own stream: one batch of 6 == a batch of 2 then one of 4."""
+    from attacks import AttackOutcome, BlackBox
+    from attacks.score_attack import run_baseline
+
+    model, x, y = mnist_softmax
+    x, y = x[:6], y[:6]
+
+    budget = {"zoo": 2600, "nes": 1000, "bandits": 600}[method]  # ~10 ZOO steps of 128 coordinates, 20 NES, 200 Bandits
+
+    def attack(rows: slice, seed: int = 3):
+        index = torch.arange(6)[rows]
+        return run_baseline(method, BlackBox(model, budget=budget), x[rows], y[rows], max_queries=budget, index=index,
+                            estimator_settings={"seed": seed})
+
+    whole = attack(slice(0, 6))
+    parts = AttackOutcome.concat([attack(slice(0, 2)), attack(slice(2, 6))])
+    assert whole.queries.tolist() == parts.queries.tolist()
+    assert whole.success.tolist() == parts.success.tolist()
+    torch.testing.assert_close(parts.x_adv, whole.x_adv)
+    assert len(set(whole.queries.tolist())) > 1 and whole.success.any()  # the images' attacks differ; some succeed
+    reseeded = attack(slice(0, 6), seed=4)
+    assert not torch.allclose(reseeded.x_adv, whole.x_adv)  # the seed matters: the comparison is not of constants

@@ -173,3 +173,41 @@ def test_bad_settings():
         NESEstimator(samples=5)
     with pytest.raises(LazyAppsError, match="eg, gd"):
         BanditsEstimator(prior_update="adam")
+
+
+ESTIMATOR_MAKERS = {
+    "zoo": lambda seed: ZOOEstimator(coordinates=8, seed=seed),
+    "nes": lambda seed: NESEstimator(samples=6, seed=seed),
+    "bandits": lambda seed: BanditsEstimator(tile_size=2, seed=seed),
+}
+
+
+@pytest.mark.parametrize("name", list(ESTIMATOR_MAKERS))
+def test_random_draws_are_per_image_whatever_the_batch(setup, name):
+    """An image's estimates depend on its number and the seed, not on which images share its batch."""
+    model, x, y = setup
+    make = ESTIMATOR_MAKERS[name]
+    together, apart = make(7), make(7)
+    index = torch.tensor([4, 9, 2])
+    for _ in range(3):  # successive estimates continue each image's stream (and Bandits' prior)
+        whole, _ = together.estimate(BlackBox(model), x, y, index=index)
+        first, _ = apart.estimate(BlackBox(model), x[:1], y[:1], index=index[:1])
+        rest, _ = apart.estimate(BlackBox(model), x[1:], y[1:], index=index[1:])
+        torch.testing.assert_close(torch.cat([first, rest]), whole)
+    # The same image under two numbers draws differently, another seed draws differently, reset restarts the streams.
+    same = x[:1].expand(2, -1, -1, -1)
+    twice, _ = make(7).estimate(BlackBox(model), same, y[:1].expand(2), index=torch.tensor([0, 1]))
+    assert not torch.allclose(twice[0], twice[1])
+    other, _ = make(8).estimate(BlackBox(model), x, y, index=index)
+    fresh, _ = make(7).estimate(BlackBox(model), x, y, index=index)
+    assert not torch.allclose(other, fresh)
+    together.reset()
+    torch.testing.assert_close(together.estimate(BlackBox(model), x, y, index=index)[0], fresh)
+
+
+def test_default_seed_comes_from_torch_generator():
+    torch.manual_seed(3)
+    a = NESEstimator().streams.seed
+    torch.manual_seed(3)
+    assert NESEstimator().streams.seed == a != NESEstimator().streams.seed
+    assert ZOOEstimator().streams is None  # all coordinates: nothing is drawn
