@@ -353,6 +353,27 @@ def mean_of_stacked(stacked: Mapping[str, Any]) -> dict[str, Any]:
     return all_reduce_mean(local, weight=int(first.shape[0]))
 
 
+def sum_over_ranks(tensors: Any) -> Any:
+    """The sum over ranks of a tensor, a list of tensors or a dict of tensors (one collective per dtype).
+
+    For quantities each rank holds one additive part of, e.g. its examples'
+    share of a batch sum or of a gradient Σ_i w_i ∇ℓ_i: the result is the sum
+    over the whole batch, what one process computes. Floating tensors only;
+    returns new tensors of the same structure (the input itself in a single process).
+    """
+    import torch
+
+    if not is_distributed():
+        return tensors
+    if isinstance(tensors, torch.Tensor):
+        return sum_over_ranks([tensors])[0]
+    if isinstance(tensors, Mapping):
+        keys = list(tensors)
+        return dict(zip(keys, sum_over_ranks([tensors[k] for k in keys])))
+    tensors = list(tensors)
+    return _weighted_sum(tensors, 1.0)[0] if tensors else tensors
+
+
 def all_reduce_sum(values: Sequence[float]) -> list[float]:
     """The sum over ranks of a few Python numbers (e.g. loss totals and example counts for a log line)."""
     import torch
@@ -385,6 +406,23 @@ def average_gradients(params: Iterable[Any], *, weight: float = 1.0) -> None:
     # The presence flags were summed with the same weights: > 0 means some rank had a gradient.
     for p, g, flag in zip(params, summed[:-1], summed[-1].tolist()):
         p.grad = (g / total).to(p.dtype) if flag > 0 else None
+
+
+def sum_gradients(params: Iterable[Any]) -> None:
+    """Replace each parameter's ``.grad`` by its sum over ranks (in place; a ``None`` gradient counts as zero).
+
+    For losses split additively across ranks (each rank backpropagates its
+    examples' part of one sum), where the plain sum, not the mean, is the
+    single-process gradient.
+    """
+    if not is_distributed():
+        return
+    import torch
+
+    params = [p for p in params if p.requires_grad]
+    summed = sum_over_ranks([torch.zeros_like(p) if p.grad is None else p.grad for p in params])
+    for p, g in zip(params, summed):
+        p.grad = g
 
 
 def sync_optimizer(optimizer: Any, *, weight: float | Callable[[], float] = 1.0) -> Any:
@@ -463,5 +501,5 @@ __all__ = [
     "TORCHRUN_ENV", "launched", "init_from_env", "shutdown", "is_initialized", "is_distributed", "rank", "world_size",
     "local_rank", "is_main", "is_local_main", "may_write", "device_for", "barrier", "main_first", "shard",
     "shard_bounds", "shard_chunks", "local_count", "mean_metrics", "all_gather_object", "broadcast_object", "all_reduce_mean", "mean_of_stacked", "all_reduce_sum",
-    "average_gradients", "sync_optimizer", "broadcast_module", "broadcast_buffers", "wrap_ddp", "loss_scale",
+    "sum_over_ranks", "average_gradients", "sum_gradients", "sync_optimizer", "broadcast_module", "broadcast_buffers", "wrap_ddp", "loss_scale",
 ]

@@ -10,6 +10,7 @@ a look-ahead on the balanced validation set (:mod:`longtail.reweighting`).
 """
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lazyapps import distributed
 from lazyapps.errors import UnknownNameError
-from lazyapps.functional import params_of
-from lazyapps.teacher import LazyTeacher
+from lazyapps.functional import Params, params_of
+from lazyapps.teacher import LazyTeacher, explore
 
 from . import losses as L
 from .reweighting import LookAhead, chunks, clipped_normalized, lazy_direction, plain_direction
@@ -35,6 +37,34 @@ class StepContext:
     epoch: int  # 0-based
     val_inputs: Tensor | None = None
     val_targets: Tensor | None = None
+    # Under torchrun: the whole batch's size and which of its rows the inputs are (this rank's share, ascending).
+    # None: the inputs are the whole batch (one process).
+    batch_size: int | None = None
+    rows: slice | None = None
+
+
+class BatchShare:
+    """One rank's rows of a batch that torchrun's processes split; the meta methods' batch-level arithmetic.
+
+    Sums over the batch are all-reduced and means divide by the whole batch's size, so the per-example weights
+    and ε of every rank's rows are those one process computes on the whole batch.
+    """
+
+    def __init__(self, size: int, rows: slice, local: int) -> None:
+        self.size, self.rows, self.local = int(size), rows, int(local)
+
+    def sums(self, *values: Tensor) -> Tensor:
+        """(Σ over the whole batch of each of ``values``), from every rank's part, in one collective."""
+        return distributed.sum_over_ranks(torch.stack([v.sum() for v in values]))
+
+    def as_local_mean(self, part: Tensor) -> Tensor:
+        """This rank's additive part of a whole-batch loss, scaled for the trainer's example-weighted mean over ranks."""
+        return part * (self.size / self.local)
+
+    def parts(self, slices: Sequence[slice]) -> list[slice]:
+        """This rank's rows of each slice of the whole batch (contiguous, since the rows ascend)."""
+        mine = range(self.size)[self.rows]
+        return [slice(bisect.bisect_left(mine, s.start), bisect.bisect_left(mine, s.stop)) for s in slices]
 
 
 class Method:
@@ -137,21 +167,30 @@ class MetaMethod(Method):
     """Shared meta step: real forward, virtual step, validation direction, weight update, weighted loss."""
 
     meta = True
+    _share: BatchShare | None = None  # the current step's share of the batch under torchrun (None: one process)
 
     def loss(self, ctx, inputs, targets):
         if ctx.epoch < self.meta_start or ctx.val_inputs is None:
             return super().loss(ctx, inputs, targets)
+        # Under torchrun the rows are this rank's share: the look-ahead and every batch-level sum span all ranks.
+        share = self._share = None if ctx.batch_size is None else BatchShare(ctx.batch_size, ctx.rows, len(targets))
+        ranks = {} if share is None else {"batch_size": share.size, "sum_over_ranks": distributed.sum_over_ranks}
         model = ctx.model
         params = params_of(model)
         losses = L.cross_entropy(model(inputs), targets)  # the real forward: BN running stats move once
         base = self.base_weights(losses, targets)
-        look = LookAhead(model, params, inputs, targets, L.cross_entropy, lr=ctx.lr, losses=losses)
+        look = LookAhead(model, params, inputs, targets, L.cross_entropy, lr=ctx.lr, losses=losses, **ranks)
         theta_tilde = look.step(base)
         direction = self.direction(ctx, theta_tilde, inputs, targets, base)
         grad_w = look.weight_gradient(direction)
         weights = self.final_weights(grad_w, base, losses, targets)
-        self.record(weight_mean=float(weights.mean()))
-        return self.reduce(losses, weights)
+        self.last_weights = weights.detach()  # this step's per-example weights (this rank's rows under torchrun)
+        if share is None:
+            self.record(weight_mean=float(weights.mean()))
+            return self.reduce(losses, weights)
+        total = share.sums(self.last_weights)[0]
+        self.record(weight_mean=float(total) / share.size)
+        return self.reduce_share(losses, weights, share, total)
 
     def base_weights(self, losses: Tensor, targets: Tensor) -> Tensor:
         raise NotImplementedError
@@ -167,6 +206,11 @@ class MetaMethod(Method):
     def reduce(self, losses: Tensor, weights: Tensor) -> Tensor:
         return L.weighted_mean(losses, weights.detach())
 
+    def reduce_share(self, losses: Tensor, weights: Tensor, share: BatchShare, total: Tensor) -> Tensor:
+        """:meth:`reduce` on this rank's rows, ``total`` = Σ w over the whole batch (weighted_mean's denominator)."""
+        part = (weights.detach() * losses).sum() / total.clamp_min(torch.finfo(losses.dtype).tiny)
+        return share.as_local_mean(part)
+
 
 class L2RW(MetaMethod):
     name = "l2rw"
@@ -176,6 +220,8 @@ class L2RW(MetaMethod):
         return torch.zeros_like(losses)
 
     def final_weights(self, grad_w, base, losses, targets):
+        if self._share is not None:  # torchrun: normalised over the whole batch
+            return clipped_normalized(-grad_w, sum_over_ranks=distributed.sum_over_ranks)
         return clipped_normalized(-grad_w)
 
 
@@ -196,13 +242,20 @@ class TwoComponent(MetaMethod):
         return self.class_weights[targets]
 
     def final_weights(self, grad_w, base, losses, targets):
+        share = self._share  # torchrun: this rank's rows; sums and N are the whole batch's
         if self.eps_rule == "normalized":
             # L2RW's clipped step from ε = 0, scaled to the batch's class-weight mass (both components alike).
+            if share is not None:
+                return base + clipped_normalized(-grad_w, total=share.sums(base)[0], sum_over_ranks=distributed.sum_over_ranks)
             return base + clipped_normalized(-grad_w, total=base.sum())
         # "step", Jamal et al.'s released code: one plain gradient step ε = −η ∂L_val/∂ε from ε = 0, η = 0.01,
         # on their summed virtual loss Σ(w_y + ε_i)ℓ_i, whose ε-gradient is N × that of our mean form.
-        eps = -self.eps_lr * len(grad_w) * grad_w
-        self.record(eps_over_w=float(eps.abs().mean() / base.mean()))
+        eps = -self.eps_lr * (len(grad_w) if share is None else share.size) * grad_w
+        if share is None:
+            self.record(eps_over_w=float(eps.abs().mean() / base.mean()))
+        else:
+            eps_sum, base_sum = share.sums(eps.abs(), base)
+            self.record(eps_over_w=float(eps_sum / base_sum))
         return base + eps
 
 
@@ -223,21 +276,56 @@ class LazyTwoComponent(TwoComponent):
     def direction(self, ctx, theta_tilde, inputs, targets, base):
         # The student walks k SGD steps from θ̃ over k slices of this batch with the class weights:
         # one pass over the batch in all, so the look-ahead costs about one extra training step.
-        slices = iter(chunks(len(targets), self.inner_steps))
+        share = self._share
         weights = base.detach()
+        if share is None:
+            slices = iter(chunks(len(targets), self.inner_steps))
 
-        def student_loss(predict):
-            part = next(slices)
-            return L.weighted_mean(L.cross_entropy(predict(inputs[part]), targets[part]), weights[part])
+            def student_loss(predict):
+                part = next(slices)
+                return L.weighted_mean(L.cross_entropy(predict(inputs[part]), targets[part]), weights[part])
 
+            student = explore
+        else:
+            # torchrun: each step's slice of the whole batch is spread over the ranks (the trainer gives each rank
+            # every world-th row): a rank's part of the step's weighted mean uses the slice's total weight, and
+            # the student sums the steps over ranks.
+            parts = share.parts(chunks(share.size, self.inner_steps))
+            totals = iter(share.sums(*(weights[p] for p in parts)).clamp_min(torch.finfo(weights.dtype).tiny))
+            slices = iter(parts)
+
+            def student_loss(predict):
+                part = next(slices)
+                return (weights[part] * L.cross_entropy(predict(inputs[part]), targets[part])).sum() / next(totals)
+
+            student = explore_across_ranks
         v, leap, val_loss = lazy_direction(ctx.model, theta_tilde, student_loss, ctx.val_inputs, ctx.val_targets,
-                                           steps=min(self.inner_steps, len(targets)),
-                                           lr=ctx.lr if self.inner_lr is None else self.inner_lr, teacher=self.teacher)
+                                           steps=min(self.inner_steps, len(targets) if share is None else share.size),
+                                           lr=ctx.lr if self.inner_lr is None else self.inner_lr, teacher=self.teacher,
+                                           student=student)
         scores = [s for _, _, s in leap.scores]
         # grid_tie: every γ scored the same, so the first γ won by the teacher's tie rule (a student that barely moved)
         self.record(val_loss=val_loss, gamma=leap.gamma, leap_val_accuracy=leap.score,
                     grid_tie=float(max(scores) == min(scores)) if scores else 0.0)
         return v
+
+
+def explore_across_ranks(model: nn.Module, params: Params, loss_fn, *, steps: int, lr: float, keep_last: int = 1,
+                         buffers: dict[str, Tensor] | None = None) -> list[Params]:
+    """:func:`~lazyapps.teacher.explore`'s SGD student when every step's minibatch is split across torchrun's ranks.
+
+    ``loss_fn`` returns this rank's additive part of the step's loss. Each rank takes explore's step on its
+    part and the moves are summed over ranks: an SGD step is linear in the gradient, so θ + Σ_r (θ_r − θ) is the
+    step on the whole minibatch, the same on every rank.
+    """
+    current = {k: v.detach() for k, v in params.items()}
+    kept: list[Params] = []
+    for _ in range(steps):
+        moved = explore(model, current, loss_fn, steps=1, lr=lr, buffers=buffers)[-1]
+        summed = distributed.sum_over_ranks([moved[k] - t for k, t in current.items()])
+        current = {k: t + d for (k, t), d in zip(current.items(), summed)}
+        kept.append(current)
+    return kept[-keep_last:]
 
 
 class WeightNet(nn.Module):
@@ -268,6 +356,8 @@ class MetaWeightNet(MetaMethod):
         # ∂L_val/∂ψ = Σ_i ∂L_val/∂w_i · ∂w_i/∂ψ, then one meta-optimiser step and fresh weights.
         self.optimizer.zero_grad(set_to_none=True)
         self._weights_with_graph.backward(grad_w)
+        if self._share is not None:
+            distributed.sum_gradients(self.weight_net.parameters())  # torchrun: each rank held part of the sum over i
         self.optimizer.step()
         del self._weights_with_graph
         with torch.no_grad():
@@ -275,6 +365,9 @@ class MetaWeightNet(MetaMethod):
 
     def reduce(self, losses, weights):
         return (losses * weights.detach()).mean()  # Shu et al.'s (1/N) Σ V(ℓ_i) ℓ_i, unnormalised
+
+    def reduce_share(self, losses, weights, share, total):
+        return self.reduce(losses, weights)  # a mean over examples: the trainer's example-weighted mean over ranks
 
     def state_dict(self):
         return {"weight_net": self.weight_net.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -122,14 +122,12 @@ class Trainer:
                                          weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
         # Under torchrun: DDP for the plain steps (meta steps need the bare module for their functional look-ahead
-        # and average their gradients explicitly); a meta-net's optimiser averages its meta-gradients over ranks.
+        # and average their gradients explicitly; the methods sum their batch-level quantities, a meta-net's
+        # meta-gradient included, over ranks). Every rank starts from rank 0's meta-net.
         self._ddp = distributed.wrap_ddp(self.model)
-        self._local_examples = 1
         for part in vars(self.method).values():
             if isinstance(part, nn.Module):
                 distributed.broadcast_module(part)
-            elif isinstance(part, torch.optim.Optimizer):
-                distributed.sync_optimizer(part, weight=lambda: self._local_examples)
         self.epoch = 0  # the next epoch to run (0-based)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
@@ -219,12 +217,14 @@ class Trainer:
             val = self._validation_batch() if meta_phase else None  # the same batch on every rank
             if world > 1 and len(idx) < world:
                 continue  # a last batch smaller than the process count: every rank skips it alike
-            share = distributed.shard(len(idx))
+            # Meta steps take every world-th row: each of the lazy student's k slices of the batch is then spread
+            # evenly over the ranks (contiguous shares would leave ranks idle while one holds a whole slice).
+            share = slice(distributed.rank(), len(idx), world) if meta_phase else distributed.shard(len(idx))
             x = normalize(x[share].to(self.device), data.mean, data.std)
             y = data.train_labels[idx][share].to(self.device)
-            self._local_examples = len(y)
             ddp = self._ddp is not None and not meta_phase
-            ctx = StepContext(self._ddp if ddp else self.model, lr, epoch, *(val or (None, None)))
+            split = {"batch_size": len(idx), "rows": share} if self._ddp is not None and meta_phase else {}
+            ctx = StepContext(self._ddp if ddp else self.model, lr, epoch, *(val or (None, None)), **split)
             loss = self.method.loss(ctx, x, y)
             self.optimizer.zero_grad(set_to_none=True)
             (loss * distributed.loss_scale(len(y), len(idx)) if ddp else loss).backward()

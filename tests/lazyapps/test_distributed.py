@@ -28,7 +28,9 @@ def test_without_torchrun_everything_is_one_process(monkeypatch, tmp_path):
     p = torch.nn.Parameter(torch.ones(2))
     p.grad = torch.full((2,), 4.0)
     D.average_gradients([p], weight=5)
+    D.sum_gradients([p])
     assert torch.equal(p.grad, torch.full((2,), 4.0))
+    assert D.sum_over_ranks(t) is t
     from lazyapps.checkpoint import write_json_atomic
 
     write_json_atomic(tmp_path / "x.json", {"a": 1})  # rank 0 of one: writes
@@ -71,6 +73,7 @@ def _collectives(folder: str) -> dict:
     out["mean"] = D.all_reduce_mean(local, weight=r + 1)
     out["plain"] = D.all_reduce_mean(torch.tensor([float(r)]))
     out["sums"] = D.all_reduce_sum([r, 1])
+    out["tensor_sums"] = D.sum_over_ranks({"a": torch.full((2,), float(r + 1)), "c": torch.tensor([r + 0.5], dtype=torch.float64)})
     out["gathered"] = D.all_gather_object({"rank": r, "t": torch.tensor([r])})
     out["broadcast"] = D.broadcast_object(f"from {r}")
     out["shard"] = D.shard(list(range(5)))
@@ -81,6 +84,11 @@ def _collectives(folder: str) -> dict:
     p3.grad = torch.full((2,), float(r + 1))
     D.average_gradients([p1, p2, p3], weight=r + 1)
     out["grads"] = [None if p.grad is None else p.grad.clone() for p in (p1, p2, p3)]
+    q1, q2 = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
+    q1.grad = torch.full((2,), float(r + 1))
+    q2.grad = torch.ones(1) if r == 1 else None
+    D.sum_gradients([q1, q2])  # parts of one sum: the plain sum over ranks, None counting as zero
+    out["summed_grads"] = [q1.grad.clone(), q2.grad.clone()]
 
     # An optimiser whose step averages the gradients first (what the meta-learners use).
     w = torch.nn.Parameter(torch.zeros(2))
@@ -139,6 +147,10 @@ def test_collectives_on_two_gloo_processes(tmp_path):
         assert res["mean"]["c"].dtype == torch.float64
         torch.testing.assert_close(res["plain"], torch.tensor([0.5]))
         assert res["sums"] == [1.0, 2.0]
+        torch.testing.assert_close(res["tensor_sums"]["a"], torch.full((2,), 3.0))
+        torch.testing.assert_close(res["tensor_sums"]["c"], torch.tensor([2.0], dtype=torch.float64))
+        torch.testing.assert_close(res["summed_grads"][0], torch.full((2,), 3.0))
+        torch.testing.assert_close(res["summed_grads"][1], torch.ones(1))
         assert [g["rank"] for g in res["gathered"]] == [0, 1] and res["gathered"][1]["t"].tolist() == [1]
         assert res["broadcast"] == "from 0"
         g1, g2, g3 = res["grads"]

@@ -120,3 +120,112 @@ def test_meta_reweighting_stays_identical_on_every_rank(small_lt, method):
     if method == "meta-weight-net":  # the meta-net learned something (its averaged meta-gradient was not zero)
         fresh = Trainer(config, small_lt, model=bn_net()).method.weight_net.state_dict()
         assert any(not torch.equal(v, fresh[k]) for k, v in r0["weight_net"].items())
+
+
+# -- meta methods: the weights of a batch split over ranks are those of one process on the whole batch -----------
+
+#: (method, options): every meta method, both ε rules, and lazy students whose k slices each span both ranks
+#: (k = 3 over 11 rows) or lie on one rank only (k = 11: one row per step, the other rank's part empty).
+META_CASES = [("l2rw", {}), ("meta-weight-net", {}), ("two-component", {}), ("two-component", {"eps_rule": "normalized"}),
+              ("lazy-two-component", {"inner_steps": 3}), ("lazy-two-component", {"inner_steps": 11})]
+COUNTS = [50, 30, 20, 10, 8, 6, 5, 4, 3, 2]
+N_BATCH = 11
+
+
+def _meta_step_every_case() -> list[dict]:
+    """One meta step of every case, float64 (so the comparison is tight), on this rank's rows of one batch."""
+    from lazyapps import distributed
+    from longtail.methods import StepContext, create_method
+
+    world, rank = distributed.world_size(), distributed.rank()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(N_BATCH, 3, 8, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (N_BATCH,), generator=g)
+    val_x, val_y = torch.rand(10, 3, 8, 8, generator=g, dtype=torch.float64), torch.arange(10)
+    rows = slice(rank, N_BATCH, world)  # the trainer's meta-phase share
+    out = []
+    for name, options in META_CASES:
+        model = plain_net().double()
+        method = create_method(name, COUNTS, **options)
+        method.meta_start = 0
+        if hasattr(method, "weight_net"):
+            method.weight_net.double()
+        split = {"batch_size": N_BATCH, "rows": rows} if world > 1 else {}
+        loss = method.loss(StepContext(model, 0.5, 0, val_x, val_y, **split), x[rows], y[rows])
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        loss.backward()
+        distributed.average_gradients(model.parameters(), weight=len(y[rows]))  # what the trainer does
+        optimizer.step()
+        out.append({"rows": list(range(N_BATCH)[rows]), "weights": method.last_weights, "loss": float(loss.detach()),
+                    "base": method.class_weights[y[rows]].double() if hasattr(method, "class_weights") else None,
+                    "state": _state_of(model), "diagnostics": dict(method.diagnostics),
+                    "weight_net": _state_of(method.weight_net) if hasattr(method, "weight_net") else {}})
+    return out
+
+
+def _state_of(module: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _gathered(ranks: list[dict], key: str) -> torch.Tensor:
+    out = torch.zeros(N_BATCH, dtype=torch.float64)
+    for r in ranks:
+        out[r["rows"]] = r[key].double()
+    return out
+
+
+def test_meta_step_on_two_ranks_equals_one_process_on_the_whole_batch():
+    """Per-example weights (ε), the meta-net and the weights after the step: 2 ranks == 1 process, to float64 rounding."""
+    single = _meta_step_every_case()
+    ranks = run_ranks(_meta_step_every_case, world=2)
+    for case, one, r0, r1 in zip(META_CASES, single, *ranks):
+        weights = _gathered([r0, r1], "weights")
+        torch.testing.assert_close(weights, one["weights"].double(), rtol=1e-10, atol=1e-13, msg=str(case))
+        if one["base"] is not None:  # ε alone (it is small next to w_y): relative to itself
+            eps, eps_one = weights - _gathered([r0, r1], "base"), one["weights"].double() - one["base"]
+            assert eps_one.abs().max() > 0, case
+            torch.testing.assert_close(eps, eps_one, rtol=1e-8, atol=1e-16, msg=str(case))
+        assert weights.std() > 0, case  # the weights tell the examples apart: the comparison is not of constants
+        for r in (r0, r1):
+            for k, v in one["state"].items():
+                torch.testing.assert_close(r["state"][k], v, rtol=1e-10, atol=1e-13, msg=f"{case} {k}")
+            for k, v in one["weight_net"].items():
+                torch.testing.assert_close(r["weight_net"][k], v, rtol=1e-10, atol=1e-13, msg=f"{case} {k}")
+            assert r["diagnostics"] == pytest.approx(one["diagnostics"], rel=1e-6), case  # (float32 means of w_y)
+        # The loss each rank returns is its share's example-weighted part of the single-process loss.
+        mean = (len(r0["rows"]) * r0["loss"] + len(r1["rows"]) * r1["loss"]) / N_BATCH
+        assert mean == pytest.approx(one["loss"], rel=1e-10), case
+        if case[0] == "l2rw":  # normalised over the whole batch, not per rank
+            assert float(weights.sum()) == pytest.approx(1.0)
+    assert any(not torch.equal(v, single[1]["weight_net"][k]) for k, v in plain_meta_net().items())  # MWN learned
+
+
+def plain_meta_net() -> dict:
+    from longtail.methods import create_method
+
+    return _state_of(create_method("meta-weight-net", COUNTS).weight_net.double())
+
+
+@pytest.mark.parametrize("method", ["meta-weight-net", "two-component", "lazy-two-component"])
+def test_meta_training_on_two_ranks_equals_one_process(small_lt, method):
+    """The trainer's meta epochs (strided rows, batch sizes 15 and 13) on 2 ranks == 1 process, float32."""
+    config = _config(method, epochs=2)
+    config.lr_decay = (1.0, 1.0)  # the meta epoch keeps lr 0.05, so ε is not negligible
+
+    def train():
+        from lazyapps import distributed
+
+        trainer = _run(Trainer(config, small_lt, model=plain_net()))
+        return {"state": _state(trainer), "history": trainer.history[-1], "weights": trainer.method.last_weights,
+                "rows": list(range(13)[distributed.rank()::distributed.world_size()])}
+
+    one = train()
+    r0, r1 = run_ranks(train, world=2)
+    assert one["history"]["meta"] and abs(one["history"]["meta_weight_mean"]) > 0
+    for k, v in one["state"].items():
+        torch.testing.assert_close(r0["state"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+        assert torch.equal(r0["state"][k], r1["state"][k])
+    assert r0["history"]["train_loss"] == pytest.approx(one["history"]["train_loss"], rel=1e-5)
+    last = torch.zeros(13, dtype=one["weights"].dtype)
+    last[r0["rows"]], last[r1["rows"]] = r0["weights"], r1["weights"]
+    torch.testing.assert_close(last, one["weights"], rtol=1e-4, atol=1e-6)  # the last batch's weights

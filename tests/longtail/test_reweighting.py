@@ -200,3 +200,78 @@ def test_directional_difference_agrees_with_jvp_in_float32(tiny_net):
     with pytest.raises(ValueError, match="mode must be"):
         look.weight_gradient(v, mode="double-backward")
     assert torch.equal(look.weight_gradient({k: torch.zeros_like(t) for k, t in v.items()}), torch.zeros(32))
+
+
+def test_fast_layout_changes_strides_not_values():
+    from longtail.reweighting import fast_layout
+
+    images = torch.randn(5, 3, 4, 4)
+    fast = fast_layout(images)
+    assert fast.is_contiguous(memory_format=torch.channels_last) and not fast.is_contiguous()
+    assert torch.equal(fast, images)
+    assert fast_layout(fast) is fast  # already in the layout: no copy
+    matrix = torch.randn(3, 4)
+    assert fast_layout(matrix) is matrix  # only 4-D tensors have a channels-last layout
+
+
+def test_pull_back_runs_in_the_parameters_layout_whatever_the_directions_layout():
+    # v comes from the fast-layout passes; the difference quotient subtracts the real forward's losses, so
+    # θ + h·v must run θ's kernels, or layout-dependent rounding (~1e-7 here) would be divided by a small h.
+    from torch import nn
+
+    from longtail.reweighting import fast_layout
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).train()
+    g = torch.Generator().manual_seed(20)
+    x, y, vx, vy = torch.randn(32, 3, 12, 12, generator=g), torch.randint(0, 10, (32,), generator=g), \
+        torch.randn(20, 3, 12, 12, generator=g), torch.randint(0, 10, (20,), generator=g)
+    look = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.1, losses=L.cross_entropy(model(x), y))
+    v, _ = plain_direction(model, look.step(torch.ones(32)), vx, vy)
+    assert v["0.weight"].is_contiguous(memory_format=torch.channels_last) and not v["0.weight"].is_contiguous()
+    standard = {k: t.contiguous() for k, t in v.items()}
+    assert torch.equal(look.weight_gradient(v), look.weight_gradient(standard))
+    with torch.no_grad():  # the layouts really round differently on this net: the check above can fail
+        theta = {k: fast_layout(t.detach()) for k, t in params_of(model).items()}
+        assert not torch.equal(look._per_example(theta), look.losses)
+
+
+def _plain_layout(monkeypatch):
+    import longtail.reweighting as R
+
+    monkeypatch.setattr(R, "fast_layout", lambda t: t)
+    monkeypatch.setattr(R, "_fast_params", lambda p: {k: t.detach() for k, t in p.items()})
+
+
+@pytest.mark.parametrize("kind", [TwoComponent, LazyTwoComponent])
+def test_meta_step_in_the_fast_layout_equals_the_plain_layout(tiny_net, monkeypatch, kind):
+    # Reference: the same step with every look-ahead pass in the model's own (NCHW) layout.
+    counts = [40, 30, 20, 12, 8, 5, 3, 2, 2, 1]
+    x, y = _batch(40, 22)
+    vx, vy = _batch(30, 23)
+    options = {"gammas": (0.5, 0.7, 0.9), "inner_lr": 0.5} if kind is LazyTwoComponent else {}
+
+    def step():
+        model = tiny_net().train()
+        method = kind(counts, **options)
+        directions = []
+        direction = method.direction
+        method.direction = lambda *a: directions.append(direction(*a)) or directions[-1]
+        loss = method.loss(StepContext(model, 0.3, 0, vx, vy), x, y)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        return method, directions[0], grads
+
+    fast, v_fast, grads_fast = step()
+    assert v_fast["0.weight"].is_contiguous(memory_format=torch.channels_last)  # the fast path really ran
+    _plain_layout(monkeypatch)
+    plain, v_plain, grads_plain = step()
+    assert v_plain["0.weight"].is_contiguous()
+    if kind is LazyTwoComponent:
+        assert fast.diagnostics["gamma"] == plain.diagnostics["gamma"]
+        assert fast.diagnostics["leap_val_accuracy"] == plain.diagnostics["leap_val_accuracy"]
+    assert all(torch.allclose(v_fast[k], v_plain[k], rtol=1e-4, atol=1e-6) for k in v_plain)
+    eps_fast, eps_plain = fast.last_weights - fast.class_weights[y], plain.last_weights - plain.class_weights[y]
+    assert eps_plain.abs().max() > 1e-4  # ε is not trivially zero
+    assert torch.allclose(eps_fast, eps_plain, rtol=1e-3, atol=1e-7)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads_fast, grads_plain))
