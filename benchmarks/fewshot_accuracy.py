@@ -44,6 +44,7 @@ EVAL_SEED = 2017
 
 def train_for(learner, source, *, meta_batch: int, seconds: float, max_iterations: int | None) -> tuple[int, float]:
     """Meta-train until ``seconds`` pass or ``max_iterations`` are done; returns (iterations, seconds used)."""
+    learner.prepare(source)
     start = time.perf_counter()
     learner.total_iterations = max_iterations or 1
     while True:
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         args.max_iterations, args.eval_tasks, args.train_queries, args.eval_queries = 1, 2, 1, 1
         args.meta_batch, args.hidden, args.threads = 1, 8, 1  # one thread: see fewshot_speed.py's smoke size
-        args.learners, args.sine_learners = "maml,lazy-maml,lazy-reptile,scratch", "maml,meta-sgd"
+        args.learners, args.sine_learners = "maml,lazy-maml,lazy-reptile,finetune,scratch", "maml,meta-sgd"
 
     import torch
 

@@ -12,6 +12,7 @@ configuration sees the same meta-batches; one warm-up step is not timed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -80,10 +81,14 @@ def main(argv: list[str] | None = None) -> dict:
         if "vmap tasks/s" in row:
             row["vmap/loop"] = round(row["vmap tasks/s"] / row["loop tasks/s"], 2)
         rows.append(row)
+    # glibc serves blocks above its mmap threshold (at most 32 MiB unless set) with fresh mmaps whose every page faults
+    # on first touch; vmapped meta-batches make activations that large (see docs/fewshot.md, Speed), so say which.
+    mmap_threshold = os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
     title = (f"Meta-training throughput, Omniglot 5-way 1-shot, {args.queries} queries/class, meta-batch {args.meta_batch}, "
-             f"conv4 ({args.hidden} filters), {device}, {args.threads} threads")
+             f"conv4 ({args.hidden} filters), {device}, {args.threads} threads, MALLOC_MMAP_THRESHOLD_={mmap_threshold}")
     print(format_table(rows, ["learner", "vmap tasks/s", "loop tasks/s", "vmap/loop"], title=title))
-    result = make_result("benchmarks/fewshot_speed.py", vars(args), {"rows": rows, "device": str(device)}, time.perf_counter() - start)
+    result = make_result("benchmarks/fewshot_speed.py", {**vars(args), "malloc_mmap_threshold": mmap_threshold},
+                         {"rows": rows, "device": str(device)}, time.perf_counter() - start)
     if args.json:
         write_result(args.json, result)
     return result

@@ -179,6 +179,12 @@ class Learner(nn.Module):
         """Fast weights for every task of ``support = (x, y)`` (leading task dim), stacked per task, detached."""
         raise NotImplementedError
 
+    def prepare(self, source: TaskSource) -> None:
+        """Set up what depends on the meta-training tasks (e.g. a head over their classes) before the first meta-step.
+
+        :meth:`meta_train` calls it; code that calls :meth:`meta_step` itself calls it once first. No-op by default.
+        """
+
     @classmethod
     def paper_defaults(cls, *, dataset: str, ways: int, shots: int) -> dict[str, Any]:
         """The published hyperparameters for this setting (overrides of ``__init__``'s defaults)."""
@@ -325,6 +331,7 @@ class Learner(nn.Module):
         # meta-learns on its share of the tasks; the meta-optimiser's step first averages the meta-gradients over
         # ranks weighted by task count: the mean over the whole meta-batch, as in one process.
         share, local = distributed.shard(meta_batch), distributed.local_count(meta_batch, what="--meta-batch")
+        self.prepare(source)  # before the broadcast and the optimiser hook: it may add parameters
         distributed.broadcast_module(self)
         sync = distributed.sync_optimizer(self.meta_optimizer, weight=local) if self.meta_optimizer is not None else None
         try:

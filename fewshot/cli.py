@@ -187,6 +187,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         status(f"resumed {resume} at iteration {learner.iteration}")
     else:
         learner = build_learner(algo, dataset=dataset, ways=ways, arch=arch, device=run.device, **hparams)
+    learner.prepare(train_tasks)  # e.g. finetune's head over the training classes, so the metadata records its size
     meta = checkpoint_metadata(learner, arch=arch, dataset=dataset, ways=ways, shots=shots, queries=settings["queries"],
                                shuffle_classes=shuffle_classes, seed=run.seed)
     curve_tasks = test_tasks.fixed_tasks(min(CURVE_TASKS, settings["eval_tasks"]), seed=EVAL_SEED + 1)

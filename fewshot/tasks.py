@@ -43,12 +43,17 @@ class TaskBatch:
     ``support_y`` ``(T, N·K)`` int64 labels in 0..N-1; ``query_x``/``query_y``
     the same with N·Q rows. Regression (sine): ``(T, K, 1)`` float inputs and
     targets. Rows are ordered class by class (all K shots of label 0 first).
+    ``classes`` (optional, ``(T, N)`` int64) names the sampler's global class
+    index (0..num_classes-1) behind each task label, for learners that
+    pre-train on global labels (the ``finetune`` baseline); ``None`` when the
+    tasks have no global classes (sine, hand-made batches).
     """
 
     support_x: Tensor
     support_y: Tensor
     query_x: Tensor
     query_y: Tensor
+    classes: Tensor | None = None
 
     @property
     def support(self) -> tuple[Tensor, Tensor]:
@@ -69,13 +74,15 @@ class TaskBatch:
         return self.support_x.device
 
     def to(self, device: str | torch.device) -> TaskBatch:
-        return TaskBatch(*(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
+        return TaskBatch(*(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y)),
+                         classes=None if self.classes is None else self.classes.to(device))
 
     def select(self, index: int | slice) -> TaskBatch:
         """The tasks at ``index`` (an int keeps a task dim of 1)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
-        return TaskBatch(self.support_x[index], self.support_y[index], self.query_x[index], self.query_y[index])
+        return TaskBatch(self.support_x[index], self.support_y[index], self.query_x[index], self.query_y[index],
+                         classes=None if self.classes is None else self.classes[index])
 
     def chunks(self, size: int) -> Iterator[TaskBatch]:
         """Consecutive batches of at most ``size`` tasks."""
@@ -84,7 +91,9 @@ class TaskBatch:
 
     @staticmethod
     def cat(batches: Sequence[TaskBatch]) -> TaskBatch:
-        return TaskBatch(*(torch.cat([getattr(b, f) for b in batches]) for f in ("support_x", "support_y", "query_x", "query_y")))
+        classes = [b.classes for b in batches]
+        return TaskBatch(*(torch.cat([getattr(b, f) for b in batches]) for f in ("support_x", "support_y", "query_x", "query_y")),
+                         classes=None if any(c is None for c in classes) else torch.cat(classes))
 
 
 class EpisodeSampler:
@@ -166,10 +175,12 @@ class EpisodeSampler:
         """``num_tasks`` tasks as one :class:`TaskBatch` on the sampler's device."""
         gen = self.generator if generator is None else generator
         k, q = self.shots, self.queries
-        sx, sy, qx, qy = [], [], [], []
+        sx, sy, qx, qy, drawn = [], [], [], [], []
         for _ in range(num_tasks):
             xs_s, xs_q = [], []
-            for cls in self.sample_classes(gen).tolist():
+            chosen = self.sample_classes(gen)
+            drawn.append(chosen)
+            for cls in chosen.tolist():
                 members = self._members[cls]
                 pick = members[torch.randperm(len(members), generator=gen)[: k + q]]
                 x = self._images(cls, pick)
@@ -180,7 +191,7 @@ class EpisodeSampler:
             labels = torch.arange(self.ways)
             sy.append(labels.repeat_interleave(k))
             qy.append(labels.repeat_interleave(q))
-        return TaskBatch(torch.stack(sx), torch.stack(sy), torch.stack(qx), torch.stack(qy)).to(self.device)
+        return TaskBatch(torch.stack(sx), torch.stack(sy), torch.stack(qx), torch.stack(qy), classes=torch.stack(drawn)).to(self.device)
 
     def fixed_tasks(self, num_tasks: int, *, seed: int, batch_size: int = 25) -> list[TaskBatch]:
         """A fixed, seeded set of evaluation tasks (same ``seed`` → same tasks), in batches.

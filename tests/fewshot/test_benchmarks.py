@@ -40,8 +40,8 @@ def test_accuracy_smoke_reports_every_learner_beside_the_papers(data_root, sessi
     fewshot_accuracy.main(_common(data_root, session_cache, out))
     metrics = json.loads(out.read_text())["metrics"]
     rows = {row["learner"]: row for row in metrics["omniglot_5way_1shot"]}
-    assert set(rows) == {"maml", "lazy-maml", "lazy-reptile", "scratch"}
+    assert set(rows) == {"maml", "lazy-maml", "lazy-reptile", "finetune", "scratch"}
     assert all("note" not in row for row in rows.values()), rows
-    assert rows["maml"]["paper"] == 98.7 and rows["scratch"]["iterations"] == 0
+    assert rows["maml"]["paper"] == 98.7 and rows["scratch"]["iterations"] == 0 and rows["finetune"]["iterations"] == 1
     sine = {row["learner"]: row for row in metrics["sine"]}
     assert sine["maml"]["paper"] == 1.13 and sine["maml"]["mean"] > 0

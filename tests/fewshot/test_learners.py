@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import models_zoo
 from fewshot import create_learner, get_learner
@@ -160,3 +161,27 @@ def test_vmap_safe_batchnorm_computes_what_torch_batchnorm_does() -> None:
         after = model(x)
     assert isinstance(model.features[1], BatchStatNorm2d) and list(model.state_dict()) == keys
     assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_fomaml_meta_gradient_is_the_query_gradient_at_the_adapted_weights() -> None:
+    # Hand-written first-order MAML (Finn et al. Sec. 5.2): per task, φ = θ − α∇L_s(θ) with the gradient a constant,
+    # meta-gradient = mean over tasks of ∇_φ L_q(φ).
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    model = models_zoo.create("conv4", num_classes=3, in_channels=1, image_size=16, hidden=4).double()
+    tasks = _tasks(num_tasks=2, shots=1)
+    tasks = TaskBatch(tasks.support_x.double(), tasks.support_y, tasks.query_x.double(), tasks.query_y)
+    got = create_learner("fomaml", model, inner_lr=0.4, inner_steps=1, vectorize=False).meta_gradient(tasks).grads
+    theta = {k: v.detach() for k, v in model.named_parameters()}
+    expected = {k: torch.zeros_like(v) for k, v in theta.items()}
+    for t in range(2):
+        p = {k: v.clone().requires_grad_() for k, v in theta.items()}
+        inner = torch.autograd.grad(F.cross_entropy(functional_call(model, p, (tasks.support_x[t],)), tasks.support_y[t]), list(p.values()))
+        phi = {k: (v - 0.4 * g).detach().requires_grad_() for (k, v), g in zip(p.items(), inner)}
+        outer = torch.autograd.grad(F.cross_entropy(functional_call(model, phi, (tasks.query_x[t],)), tasks.query_y[t]), list(phi.values()))
+        for k, g in zip(phi, outer):
+            expected[k] += g / 2
+    for k in expected:
+        assert torch.allclose(got[k], expected[k], atol=1e-12), k
+    assert any(float(v.abs().max()) > 1e-3 for v in expected.values())

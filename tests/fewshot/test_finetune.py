@@ -1,0 +1,166 @@
+"""The ``finetune`` transfer baseline: pre-training learns the global classes, adaptation starts from a fresh head."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models_zoo
+from fewshot import create_learner
+from fewshot.experiment import load_learner, save_learner
+from fewshot.learners.baselines import fit_linear_heads
+from fewshot.tasks import EpisodeSampler
+from lazyapps.errors import LazyAppsError
+
+CLASSES, SIZE = 8, 16
+
+
+def _class_images(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class c: a bright c-th horizontal band on noise (uint8), so the classes are learnable but not trivial."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 100, (CLASSES * per_class, 1, SIZE, SIZE), dtype=torch.uint8, generator=g)
+    labels = torch.arange(CLASSES).repeat_interleave(per_class)
+    for i, c in enumerate(labels.tolist()):
+        images[i, 0, 2 * c: 2 * c + 2] = 255
+    return images, labels
+
+
+def _sampler(**kw) -> EpisodeSampler:
+    images, labels = _class_images(6, seed=0)
+    return EpisodeSampler(images, labels, **{"ways": 3, "shots": 1, "queries": 2, "seed": 1, **kw})
+
+
+def _learner(**hp):
+    torch.manual_seed(0)
+    model = models_zoo.create("conv4", num_classes=3, in_channels=1, image_size=SIZE, hidden=8)
+    return create_learner("finetune", model, vectorize=False, **hp)
+
+
+def test_task_batches_name_each_labels_global_class() -> None:
+    # Each image of class c has its bright band at rows 2c, 2c+1: read the class back from the pixels.
+    for shuffle in (True, False):
+        tasks = _sampler(shuffle_classes=shuffle).sample(4)
+        for x, y in (tasks.support, tasks.query):
+            band = x[..., 0].argmax(-1).squeeze(-1) // 2  # (T, rows): first bright row // 2 = class
+            assert torch.equal(tasks.classes.gather(1, y), band)
+        assert torch.equal(tasks.select(slice(1, 3)).classes, tasks.classes[1:3])
+
+
+def _global_accuracy(learner) -> float:
+    """Accuracy over all 8 classes of the network with the global head, on fresh images of every class."""
+    images, labels = _class_images(3, seed=7)
+    params = learner._with_head(learner.pretrain_head.weight, learner.pretrain_head.bias)
+    with torch.no_grad():
+        logits = torch.func.functional_call(learner.model, params, (images.float() / 255,))
+    assert logits.shape == (len(labels), CLASSES)
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def test_pretraining_learns_the_global_classes() -> None:
+    source = _sampler()
+    learner = _learner(meta_lr=1e-2)
+    learner.prepare(source)
+    assert learner.pretrain_classes == CLASSES and learner.pretrain_head.out_features == CLASSES
+    untrained = _global_accuracy(learner)
+    learner.meta_train(source, iterations=15, meta_batch=4)
+    trained = _global_accuracy(learner)
+    assert untrained < 0.35 and trained > 0.6, (untrained, trained)  # chance is 1/8
+
+
+def test_adaptation_starts_from_a_fresh_zero_head_whatever_the_models_head_holds() -> None:
+    source = _sampler()
+    tasks = source.sample(2)
+    for freeze in (True, False):
+        learner = _learner(eval_inner_steps=0, freeze_body=freeze)
+        learner.prepare(source)
+        fast = learner.adapt(tasks.support)
+        assert not fast["head.weight"].any() and not fast["head.bias"].any()
+        assert fast["head.weight"].shape == (2, 3, 8)
+        for name, p in learner.theta.items():
+            if not name.startswith("head."):
+                assert torch.equal(fast[name][1], p.detach()), name
+        learner.eval_inner_steps = 5
+        before = learner.adapt(tasks.support)
+        with torch.no_grad():  # the model's own (stale) N-way head must not matter
+            learner.model.head.weight.normal_()
+            learner.model.head.bias.normal_()
+        after = learner.adapt(tasks.support)
+        assert all(torch.allclose(before[k], after[k]) for k in before)
+        assert before["head.weight"].abs().sum() > 0
+        body_moved = any(not torch.allclose(before[k][0], learner.theta[k]) for k in before if not k.startswith("head."))
+        assert body_moved is (not freeze)
+
+
+def test_linear_heads_match_a_per_task_sgd_reference() -> None:
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(3, 6, 5, generator=g, dtype=torch.float64)
+    labels = torch.tensor([[0, 0, 1, 1, 2, 2]]).repeat(3, 1)
+    w, b = fit_linear_heads(feats, labels, classes=3, steps=7, lr=0.3)
+    for t in range(3):
+        head = torch.nn.Linear(5, 3).double()
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+        opt = torch.optim.SGD(head.parameters(), lr=0.3)
+        for _ in range(7):
+            opt.zero_grad()
+            F.cross_entropy(head(feats[t]), labels[t]).backward()
+            opt.step()
+        assert torch.allclose(w[t], head.weight) and torch.allclose(b[t], head.bias)
+
+
+def test_checkpoint_keeps_the_global_head_and_refuses_another_class_count(tmp_path, monkeypatch) -> None:
+    import fewshot.experiment as experiment
+
+    source = _sampler()
+    learner = _learner()
+    learner.meta_train(source, iterations=2, meta_batch=2)
+    path = tmp_path / "ft.pt"
+    meta = {"kind": "fewshot", "algo": "finetune", "arch": "conv4", "dataset": "omniglot", "ways": 3, "shots": 1,
+            "hparams": learner.hparams()}
+    assert meta["hparams"]["pretrain_classes"] == CLASSES
+    save_learner(path, learner, meta)
+    # The metadata names Omniglot's conv4; rebuild the slim test network instead.
+    monkeypatch.setattr(experiment, "build_model", lambda arch, **kw: models_zoo.create(
+        "conv4", num_classes=3, in_channels=1, image_size=SIZE, hidden=8))
+    loaded, _, _ = load_learner(path)
+    assert loaded.pretrain_classes == CLASSES and torch.equal(loaded.pretrain_head.weight, learner.pretrain_head.weight)
+    saved_state, loaded_state = learner.meta_optimizer.state_dict(), loaded.meta_optimizer.state_dict()
+    assert len(loaded_state["param_groups"]) == 2 and saved_state["state"].keys() == loaded_state["state"].keys()
+    images, labels = _class_images(6, seed=0)
+    other = EpisodeSampler(images[labels < 5], labels[labels < 5], ways=3, shots=1, queries=2)
+    with pytest.raises(LazyAppsError, match="pre-trained on 8 classes, but the meta-training tasks have 5"):
+        loaded.prepare(other)
+
+
+def test_tasks_without_global_classes_are_refused() -> None:
+    source = _sampler()
+    learner = _learner()
+    learner.prepare(source)
+    tasks = source.sample(1)
+    from fewshot.tasks import TaskBatch
+
+    with pytest.raises(LazyAppsError, match="carry none"):
+        learner.meta_step(TaskBatch(*tasks.support, *tasks.query))
+
+
+def test_cli_trains_resumes_and_evaluates_finetune_on_omniglot(tmp_path, data_root, session_cache) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from lazyapps.cli import cli
+
+    here = ["--data-dir", str(data_root), "--cache-dir", str(session_cache), "--device", "cpu", "--quiet"]
+    train = ["fewshot", "train", "--algo", "finetune", "--preset", "smoke", "--no-vectorize", "--out", str(tmp_path / "run"), *here]
+    result = CliRunner().invoke(cli, train)
+    assert result.exit_code == 0, result.output
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    meta = json.loads((tmp_path / "run" / "checkpoint.pt.json").read_text())
+    assert meta["hparams"]["pretrain_classes"] == 4800 and meta["iteration"] == 3  # 1,200 characters x 4 rotations
+    result = CliRunner().invoke(cli, [*train, "--resume", str(ckpt), "--iterations", "4"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "checkpoint.pt.json").read_text())["iteration"] == 4
+    result = CliRunner().invoke(cli, ["fewshot", "eval", "--checkpoint", str(ckpt), "--tasks", "3", "--json", str(tmp_path / "e.json"), *here])
+    assert result.exit_code == 0, result.output
+    test = json.loads((tmp_path / "e.json").read_text())["metrics"]["test"]
+    assert test["tasks"] == 3 and 0 <= test["mean"] <= 100
