@@ -161,6 +161,9 @@ def cli() -> None:
 
 
 def main() -> None:
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # before any tensor exists: large blocks are then reused, not re-faulted (see the module)
     cli(prog_name="lazyapps")
 
 
