@@ -169,24 +169,17 @@ class Finetune(_SGDAdapt):
 
 
 def fit_linear_heads(features: Tensor, labels: Tensor, *, classes: int, steps: int, lr: float) -> tuple[Tensor, Tensor]:
-    """Per-task softmax classifiers ``(T, N, D)``, ``(T, N)`` from zero by ``steps`` full-batch gradient steps.
+    """Per-task softmax classifiers ``(T, N, D)``, ``(T, N)`` from zero by ``steps`` full-batch SGD steps.
 
-    ``features`` is ``(T, S, D)``, ``labels`` ``(T, S)``. The loss is the sum of
-    the tasks' mean cross-entropies, so each task's head gets exactly its own
-    gradient; all tasks move in one batched step.
+    ``features`` is ``(T, S, D)``, ``labels`` ``(T, S)``: the engine's inner loop
+    (:func:`lazyapps.functional.adapt_tasks`) on a linear layer over the features,
+    each task on its own mean cross-entropy, all tasks at once.
     """
-    tasks, _, dim = features.shape
-    w = features.new_zeros(tasks, classes, dim)
-    b = features.new_zeros(tasks, classes)
-    for _ in range(steps):
-        w.requires_grad_(True)
-        b.requires_grad_(True)
-        with torch.enable_grad():
-            logits = torch.einsum("tsd,tnd->tsn", features, w) + b.unsqueeze(1)
-            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / labels.shape[1]
-            gw, gb = torch.autograd.grad(loss, (w, b))
-        w, b = (w - lr * gw).detach(), (b - lr * gb).detach()
-    return w, b
+    head = nn.Linear(features.shape[-1], classes).to(device=features.device, dtype=features.dtype)
+    zero = {k: torch.zeros_like(v) for k, v in head.named_parameters()}
+    with torch.enable_grad():
+        fitted = adapt_tasks(head, zero, {}, F.cross_entropy, (features, labels), steps=steps, lr=lr)
+    return fitted["weight"].detach(), fitted["bias"].detach()
 
 
 def _last_linear(model: nn.Module) -> str:
