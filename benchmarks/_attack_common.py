@@ -47,26 +47,27 @@ def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title:
     ctx = RunContext("benchmark", args.data_dir, args.cache_dir, args.device, args.seed, None, args.quiet)
     started = time.perf_counter()
     rows, images, config = [], None, {}
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        seed_everything(args.seed)
-        result = run_attack(ctx, target_spec=target, targeted=args.targeted, method=method, zoo_spec=args.zoo,
-                            preset=args.preset, overrides={"n_images": args.n_images, "max_queries": args.max_queries},
-                            images=images)
-        images = result["images"]  # every method attacks the same images
-        # the baselines use no zoo: keep the one the meta-attacks were trained on
-        config = {**{k: v for k, v in result["config"].items() if k != "method"},
-                  **({"zoo": config["zoo"]} if config.get("zoo") and not result["config"]["zoo"] else {})}
-        rows.append({"source": "ours", **result["row"], "n_images": len(images[1])})
-        print(format_table(rows[-1:], ["source", *COLUMNS]), file=sys.stderr, flush=True)
     wanted = "targeted" if args.targeted else "untargeted"
     paper = [{"source": "paper", **r} for r in paper_rows if r["setting"] == wanted]
+    result: dict = {}
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        seed_everything(args.seed)
+        attacked = run_attack(ctx, target_spec=target, targeted=args.targeted, method=method, zoo_spec=args.zoo,
+                            preset=args.preset, overrides={"n_images": args.n_images, "max_queries": args.max_queries},
+                            images=images)
+        images = attacked["images"]  # every method attacks the same images
+        # the baselines use no zoo: keep the one the meta-attacks were trained on
+        config = {**{k: v for k, v in attacked["config"].items() if k != "method"},
+                  **({"zoo": config["zoo"]} if config.get("zoo") and not attacked["config"]["zoo"] else {})}
+        rows.append({"source": "ours", **attacked["row"], "n_images": len(images[1])})
+        print(format_table(rows[-1:], ["source", *COLUMNS]), file=sys.stderr, flush=True)
+        # written after every method, so a long run stopped part-way keeps the rows it finished
+        result = {"benchmark": Path(sys.argv[0]).stem, "config": config, "rows": rows, "paper": paper,
+                  "versions": versions(), "elapsed_s": round(time.perf_counter() - started, 1)}
+        if args.json:
+            write_json_atomic(args.json, result)
     columns = ["source", *COLUMNS, "n_images"]
-    table = format_table(rows + paper, columns, title=f"{title} ({wanted}, preset {args.preset})")
-    print(table)
-    result = {"benchmark": Path(sys.argv[0]).stem, "config": config, "rows": rows, "paper": paper,
-              "versions": versions(), "elapsed_s": round(time.perf_counter() - started, 1)}
-    if args.json:
-        write_json_atomic(args.json, result)
+    print(format_table(rows + paper, columns, title=f"{title} ({wanted}, preset {args.preset})"))
     return result
 
 
