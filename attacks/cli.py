@@ -18,6 +18,8 @@ COLUMNS = ["method", "success_rate", "mean_l2", "mean_queries", "median_queries"
 #: Rows per forward pass of the target. A ZOO step of 250 MNIST images is 32,000 query rows; sent at once they
 #: would hold tens of GB of activations. The blackbox splits a query into chunks; counting is unchanged.
 QUERY_CHUNK = 2048
+#: The decision-based baselines, run through foolbox.
+DECISION_METHODS = ("hsja", "boundary")
 
 
 @click.command("attack")
@@ -168,7 +170,9 @@ def run_attack(
     # torchrun: each rank attacks a contiguous share of the images and the outcomes are gathered in order below.
     # The meta-attacks' shares are whole chunks of attack_batch images, the unit one process attacks together,
     # so every image sees exactly the computation (and numbers) of a single-process run.
-    share = distributed.shard_chunks(len(x), int(settings["attack_batch"]) if method in P.META_TRAINING_OF else 1)
+    # HopSkipJump / Boundary run chunk by chunk too (foolbox draws from torch's generator, seeded per chunk below).
+    chunked = method in P.META_TRAINING_OF or method in DECISION_METHODS
+    share = distributed.shard_chunks(len(x), int(settings["attack_batch"]) if chunked else 1)
     x_all, y_all = x, y
     x, y, tclass = x[share], y[share], None if tclass is None else tclass[share]
     if method in P.META_TRAINING_OF:
@@ -199,7 +203,7 @@ def run_attack(
         # stream seeded by (seed, number), so an image's attack is the same on any rank and in any batch.
         index = torch.arange(share.start, share.stop)
         outcome = _baseline(method, target.model, x.to(device), y.to(device), tclass, budget, dataset, data,
-                            index=index, seed=run.seed) if len(x) else None
+                            index=index, seed=run.seed, chunk=int(settings["attack_batch"])) if len(x) else None
     wall = time.perf_counter() - started
     if distributed.is_distributed():
         from .outcome import AttackOutcome
@@ -234,24 +238,40 @@ def _select(model, data, n: int, target_class: int | None, device):
     return x, y, index
 
 
-def _baseline(method, model, x, y, tclass, budget, dataset, data, *, index=None, seed=None):
+def _baseline(method, model, x, y, tclass, budget, dataset, data, *, index, seed: int, chunk: int):
     """ZOO / NES / Bandits / HopSkipJump / Boundary with attacks-core's settings (``run_baseline``).
 
     Decision-based methods see labels only; targeted ones start from test images of the target class.
-    ``index``: the images' numbers in the whole selection; ``seed``: the score-based estimators' per-image streams.
+    ``index``: the images' numbers in the whole selection. Score-based estimators draw from per-image streams
+    seeded by ``seed``; foolbox's attacks draw from torch's generator, so they run ``chunk`` images at a time
+    (starting at multiples of ``chunk`` in the selection, as torchrun hands them out), each chunk with torch
+    seeded by ``seed`` and its number: an image's attack is then the same in one process and on any rank.
     """
     import torch
 
+    from lazyapps.runtime import seed_everything
+
     from .blackbox import BlackBox
+    from .outcome import AttackOutcome
     from .score_attack import run_baseline
 
-    decision = method in ("hsja", "boundary")
+    decision = method in DECISION_METHODS
     blackbox = BlackBox(model, output="label" if decision else "logits", budget=budget, batch_size=QUERY_CHUNK)
-    starting = _starting_points(model, data, tclass, x.device) if decision and tclass is not None else None
-    with torch.no_grad():
-        return run_baseline(method, blackbox, x, y, dataset=dataset, target=None if tclass is None else tclass.to(x.device),
-                            max_queries=budget, starting_points=starting, index=index,
-                            estimator_settings=None if decision or seed is None else {"seed": seed})
+    target = None if tclass is None else tclass.to(x.device)
+    if not decision:
+        with torch.no_grad():
+            return run_baseline(method, blackbox, x, y, dataset=dataset, target=target, max_queries=budget, index=index,
+                                estimator_settings={"seed": seed})
+    starting = _starting_points(model, data, tclass, x.device) if tclass is not None else None
+    outcomes = []
+    for lo in range(0, len(x), chunk):
+        rows = slice(lo, min(lo + chunk, len(x)))
+        seed_everything(seed * 1_000_003 + int(index[lo]) // chunk)
+        with torch.no_grad():
+            outcomes.append(run_baseline(method, blackbox, x[rows], y[rows], dataset=dataset,
+                                         target=None if target is None else target[rows], max_queries=budget,
+                                         starting_points=None if starting is None else starting[rows], index=index[rows]))
+    return AttackOutcome.concat(outcomes)
 
 
 def _starting_points(model, data, tclass, device):

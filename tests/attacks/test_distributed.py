@@ -103,3 +103,18 @@ def test_score_attack_per_image_numbers_do_not_depend_on_the_batch(mnist_softmax
     assert len(set(whole.queries.tolist())) > 1 and whole.success.any()  # the images' attacks differ; some succeed
     reseeded = attack(slice(0, 6), seed=4)
     assert not torch.allclose(reseeded.x_adv, whole.x_adv)  # the seed matters: the comparison is not of constants
+
+
+def test_decision_baseline_split_over_two_processes_gives_the_single_process_numbers(data_root, two_rank_run):
+    """HopSkipJump draws from torch's generator inside foolbox: both runs attack the same chunks of attack_batch
+    images, each seeded by its number, so 2 processes (a chunk each) give one process's per-image numbers."""
+    cache, target, _, _ = two_rank_run
+    r0, r1 = run_ranks(_attack, str(data_root), str(cache), "hsja", target, world=2)
+    single = _attack(str(data_root), str(cache), "hsja", target)
+    assert r0["rows"] == r1["rows"]
+    assert len(r0["rows"]) == OVERRIDES["n_images"]
+    for two, one in zip(r0["rows"], single["rows"]):
+        assert {k: v for k, v in two.items() if k != "l2"} == {k: v for k, v in one.items() if k != "l2"}
+        assert two["l2"] == pytest.approx(one["l2"], rel=1e-5)
+    torch.testing.assert_close(r0["x_adv"], single["x_adv"])
+    assert len({round(r["l2"], 6) for r in single["rows"]}) == len(single["rows"])  # images differ: not constants
