@@ -35,6 +35,17 @@ def _attack(data_root: str, cache: str, method: str, target: str) -> dict:
             "rank": distributed.rank()}
 
 
+def _assert_gathered_equals_single(r0: dict, r1: dict, single: dict) -> None:
+    """Both ranks hold the gathered outcome, and it is one process's: every per-image field exactly, L2 to float
+    rounding (the norm of the same perturbation reduced in another order), the adversarial images to tolerance."""
+    assert r0["rows"] == r1["rows"]
+    assert len(r0["rows"]) == OVERRIDES["n_images"]
+    for two, one in zip(r0["rows"], single["rows"]):
+        assert {k: v for k, v in two.items() if k != "l2"} == {k: v for k, v in one.items() if k != "l2"}
+        assert two["l2"] == pytest.approx(one["l2"], rel=1e-5)
+    torch.testing.assert_close(r0["x_adv"], single["x_adv"])
+
+
 @pytest.fixture(scope="module")
 def two_rank_run(data_root, tmp_path_factory):
     """A cold cache: rank 0 trains the zoo and target, computes the gradient set and meta-trains; rank 1 waits, loads."""
@@ -68,12 +79,7 @@ def test_score_baseline_split_over_two_processes_gives_the_single_process_number
     cache, target, _, _ = two_rank_run
     r0, r1 = run_ranks(_attack, str(data_root), str(cache), "zoo", target, world=2)
     single = _attack(str(data_root), str(cache), "zoo", target)
-    assert r0["rows"] == r1["rows"]
-    assert len(r0["rows"]) == OVERRIDES["n_images"]
-    for two, one in zip(r0["rows"], single["rows"]):
-        assert {k: v for k, v in two.items() if k != "l2"} == {k: v for k, v in one.items() if k != "l2"}
-        assert two["l2"] == pytest.approx(one["l2"], rel=1e-5)
-    torch.testing.assert_close(r0["x_adv"], single["x_adv"])
+    _assert_gathered_equals_single(r0, r1, single)
     # Each image moved on its own random coordinates (the comparison is not of constants).
     moved = [frozenset((a - b).flatten().nonzero().flatten().tolist()) for a, b in zip(single["x_adv"], single["x"])]
     assert all(moved) and len(set(moved)) == len(moved)
@@ -111,10 +117,5 @@ def test_decision_baseline_split_over_two_processes_gives_the_single_process_num
     cache, target, _, _ = two_rank_run
     r0, r1 = run_ranks(_attack, str(data_root), str(cache), "hsja", target, world=2)
     single = _attack(str(data_root), str(cache), "hsja", target)
-    assert r0["rows"] == r1["rows"]
-    assert len(r0["rows"]) == OVERRIDES["n_images"]
-    for two, one in zip(r0["rows"], single["rows"]):
-        assert {k: v for k, v in two.items() if k != "l2"} == {k: v for k, v in one.items() if k != "l2"}
-        assert two["l2"] == pytest.approx(one["l2"], rel=1e-5)
-    torch.testing.assert_close(r0["x_adv"], single["x_adv"])
+    _assert_gathered_equals_single(r0, r1, single)
     assert len({round(r["l2"], 6) for r in single["rows"]}) == len(single["rows"])  # images differ: not constants

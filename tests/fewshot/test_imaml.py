@@ -1,6 +1,5 @@
 """iMAML: CG against a direct solve, the implicit meta-gradient against a closed form, vmap vs loop, a short run."""
 import math
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,15 +12,6 @@ from fewshot.learners.imaml import (
     proximal_adapt,
 )
 from lazyapps.functional import batch_loss, params_of
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation (and thrash on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def flat(d):

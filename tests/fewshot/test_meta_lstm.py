@@ -1,7 +1,6 @@
 """Meta-learner LSTM: preprocessing, the cell update against nn.LSTMCell and by hand, first vs second order."""
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,15 +17,6 @@ from fewshot.learners.meta_lstm import (
 )
 from fewshot.tasks import TaskBatch
 from lazyapps.functional import params_of
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation (and thrash on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_preprocessing_matches_closed_form():

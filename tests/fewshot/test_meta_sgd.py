@@ -1,21 +1,11 @@
 """Meta-SGD: learning-rate init, the α meta-gradient against finite differences, vmap vs loop."""
 import math
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fewshot.learners.meta_sgd import MetaSGD, init_learning_rates
 from fewshot.tasks import TaskBatch
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation (and thrash on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_net(seed=0):

@@ -1,6 +1,5 @@
 """TURTLE: meta-network shape, the update rule with a hand-set network, second-order meta-gradient vs finite differences."""
 import math
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -8,15 +7,6 @@ from torch import nn
 from fewshot.learners.turtle import Turtle, UpdateNetwork, turtle_adapt, update_network_forward
 from fewshot.tasks import TaskBatch
 from lazyapps.functional import params_of
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation (and thrash on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_default_network_is_five_hidden_layers_of_twenty_relu_units():
