@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.func import jvp
 
 from lazyapps.functional import Params, forward
+from lazyapps.runtime import image_layout
 from lazyapps.teacher import Leap, LazyTeacher, explore, lazy_maml_meta_gradient
 
 PerExampleLoss = Callable[[Tensor, Tensor], Tensor]
@@ -74,8 +75,8 @@ def fast_layout(tensor: Tensor) -> Tensor:
     for the real forward the trainer steps with, nor for the pull-back, whose difference quotient must use
     the real forward's kernels. Other tensors and devices (no measurement there) are returned as they are.
     """
-    if tensor.dim() == 4 and tensor.device.type == "cpu":
-        return tensor.contiguous(memory_format=torch.channels_last)
+    if tensor.dim() == 4:
+        return tensor.contiguous(memory_format=image_layout(tensor.device))
     return tensor
 
 

@@ -32,7 +32,7 @@ from lazyapps import progress as progress_module
 from lazyapps.cache import artefact_path, cached
 from lazyapps.checkpoint import load_checkpoint, load_metadata, save_checkpoint
 from lazyapps.errors import CheckpointError, LazyAppsError
-from lazyapps.runtime import resolve_device, seed_everything
+from lazyapps.runtime import image_layout, resolve_device, seed_everything, set_layout
 
 from .normalize import with_normalization
 from .registry import create, get_arch
@@ -203,8 +203,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: 
     ≈1.5× faster for the MNIST nets); the model is returned in the default layout.
     """
     n, batch_size, epochs = len(labels), settings["batch_size"], settings["epochs"]
-    layout = torch.channels_last if images.device.type == "cpu" and images.dim() == 4 else torch.contiguous_format
-    model.to(memory_format=layout)
+    layout = image_layout(images.device) if images.dim() == 4 else torch.contiguous_format
+    set_layout(model, layout)
     steps = math.ceil(n / batch_size)
     optimizer = _optimizer(model, settings)
     total = steps * epochs
@@ -239,7 +239,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: 
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
         history.append({"epoch": epoch + 1, "train_loss": float(loss_sum) / max(seen, 1), "train_accuracy": float(correct) / max(seen, 1)})
-    model.to(memory_format=torch.contiguous_format)
+    set_layout(model, torch.contiguous_format)
     return history
 
 
@@ -259,8 +259,8 @@ def evaluate(model: nn.Module, split, *, batch_size: int = 1000, device: str | t
         device = resolve_device(device)
         model.to(device)
     was_training = model.training
-    # channels-last is oneDNN's fast layout on a CPU (≈2× for the MNIST nets); the zoo's default layout is restored after.
-    layout = torch.channels_last if device.type == "cpu" and images.dim() == 4 else torch.contiguous_format
+    # The device's fast layout (image_layout); the zoo's default layout is restored after.
+    layout = image_layout(device) if images.dim() == 4 else torch.contiguous_format
     _set_mode(model, False, layout)
     correct = 0
     try:
@@ -280,8 +280,7 @@ def _set_mode(model: nn.Module, training: bool, layout: torch.memory_format) -> 
         model.train(training)
     except NotImplementedError:
         return
-    if not isinstance(model, torch.jit.ScriptModule) and not getattr(model, "keeps_layout", False):
-        model.to(memory_format=layout)
+    set_layout(model, layout)
 
 
 def _resolve(name: str, dataset: str, data_dir, hyper: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

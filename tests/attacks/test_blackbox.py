@@ -56,6 +56,18 @@ def test_batch_size_splits_into_chunks_with_same_scores_and_counts():
     assert chunked.counts.tolist() == [10] and chunked.total == 10
 
 
+def test_queries_run_in_the_fast_layout_with_the_same_scores():
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Tanh(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)).eval()
+    x = torch.rand(6, 3, 6, 6)
+    with torch.no_grad():
+        expected = conv(x)  # default (NCHW) layout
+    bb = BlackBox(conv)
+    assert conv[0].weight.is_contiguous(memory_format=torch.channels_last)  # CPU: oneDNN's native layout
+    torch.testing.assert_close(bb.query(x), expected, rtol=1e-5, atol=1e-6)
+    assert bb.counts.tolist() == [1] * 6
+
+
 def test_budget_is_all_or_nothing_and_remaining_is_exact():
     net = CountingNet()
     bb = BlackBox(net, budget=4)
