@@ -73,8 +73,10 @@ def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title:
 
 def main_guard(func):
     """Run ``func`` and turn a user error into one line and exit code 2, like the CLI."""
+    from lazyapps.allocator import keep_freed_memory
     from lazyapps.errors import LazyAppsError
 
+    keep_freed_memory()  # the CLI's allocator setting, so the numbers are what `lazyapps attack` gets
     try:
         func()
     except LazyAppsError as exc:

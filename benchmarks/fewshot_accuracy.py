@@ -162,4 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    from lazyapps.allocator import keep_freed_memory
+
+    keep_freed_memory()  # the CLI's allocator setting, so the numbers are what `lazyapps ...` gets
     main()

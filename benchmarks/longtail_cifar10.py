@@ -68,6 +68,12 @@ def _data(args):
                               test_per_class=args.test_per_class or None, seed=args.seed)
 
 
+def _worker_init() -> None:
+    from lazyapps.allocator import keep_freed_memory
+
+    keep_freed_memory()  # spawned workers start with glibc's defaults; give them the CLI's setting too
+
+
 def run_method(args, method: str, threads: int) -> dict:
     """Train one method (a worker process); meta methods start from the CE phase checkpoint."""
     import torch
@@ -204,7 +210,7 @@ def main(argv=None) -> dict:
     threads = args.threads or (1 if args.jobs > 1 else max(1, os.cpu_count() or 1))
     if args.jobs > 1:
         ctx = mp.get_context("spawn")
-        with ctx.Pool(args.jobs) as pool:
+        with ctx.Pool(args.jobs, initializer=_worker_init) as pool:
             pending = {m: pool.apply_async(run_method, (args, m, threads)) for m in methods if m in PLAIN}
             meta_pending = {}
             while pending or meta_pending:
@@ -256,4 +262,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from lazyapps.allocator import keep_freed_memory
+
+    keep_freed_memory()  # the CLI's allocator setting, so the numbers are what `lazyapps ...` gets
     main()
