@@ -89,7 +89,7 @@ def training_settings(
     arch = get_arch(name)
     if arch.image_size is None:
         raise LazyAppsError(f"{name} is not an image classifier; it is trained by the few-shot product, not by zoo train")
-    defaults = FAMILY_DEFAULTS[arch.family]
+    defaults = {**FAMILY_DEFAULTS[arch.family], **arch.training}
     settings = {
         "arch": name,
         "dataset": dataset,
@@ -321,7 +321,8 @@ def train(
 ) -> TrainedModel:
     """Train zoo model ``name`` on ``dataset`` (or load it from the cache) and report its test accuracy.
 
-    Unset hyperparameters take the family defaults (:data:`FAMILY_DEFAULTS`).
+    Unset hyperparameters take the family defaults (:data:`FAMILY_DEFAULTS`) with the architecture's own
+    overrides (``Arch.training``: the VGGs train at lr 0.01).
     ``train_subset`` trains on the first N training images only (to keep CPU
     runs short); the test accuracy is always on the full test split.
     ``force`` retrains and overwrites the cached file. The returned model is

@@ -98,6 +98,10 @@ def test_family_defaults_and_augmentation_default():
     assert (mnist["optimizer"], mnist["lr"], mnist["augment"]) == ("adam", 1e-3, False)
     cifar = training_settings("resnet32", "cifar10")
     assert (cifar["optimizer"], cifar["lr"], cifar["weight_decay"], cifar["schedule"], cifar["augment"]) == ("sgd", 0.05, 5e-4, "cosine", True)
+    # An architecture's own override (the VGGs' lr 0.01) sits between the family default and an explicit value.
+    vgg = training_settings("vgg16", "cifar10")
+    assert (vgg["lr"], vgg["optimizer"], vgg["schedule"]) == (0.01, "sgd", "cosine")
+    assert training_settings("vgg16", "cifar10", lr=0.05)["lr"] == 0.05
 
 
 def test_crop_flip_matches_a_per_image_reference():
