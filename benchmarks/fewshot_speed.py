@@ -29,7 +29,7 @@ CONFIGS = [  # (label, algo, hyperparameters, vmappable)
 ]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, allocator_tuned: bool = False) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--meta-batch", type=int, default=8)
@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(row)
     # glibc serves blocks above its mmap threshold (at most 32 MiB unless set) with fresh mmaps whose every page faults
     # on first touch; vmapped meta-batches make activations that large (see docs/fewshot.md, Speed), so say which.
-    mmap_threshold = os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
+    # allocator_tuned: lazyapps.allocator raised the threshold in this process (mallopt, so no environment variable).
+    from lazyapps.allocator import MMAP_THRESHOLD
+
+    mmap_threshold = os.environ.get("MALLOC_MMAP_THRESHOLD_") or (str(MMAP_THRESHOLD) if allocator_tuned else "glibc default")
     title = (f"Meta-training throughput, Omniglot 5-way 1-shot, {args.queries} queries/class, meta-batch {args.meta_batch}, "
              f"conv4 ({args.hidden} filters), {device}, {args.threads} threads, MALLOC_MMAP_THRESHOLD_={mmap_threshold}")
     print(format_table(rows, ["learner", "vmap tasks/s", "loop tasks/s", "vmap/loop"], title=title))
@@ -97,5 +100,5 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     from lazyapps.allocator import keep_freed_memory
 
-    keep_freed_memory()  # the CLI's allocator setting, so the numbers are what `lazyapps ...` gets
-    main()
+    # the CLI's allocator setting, so the numbers are what `lazyapps ...` gets (and the title says so)
+    main(allocator_tuned=keep_freed_memory())
