@@ -69,8 +69,13 @@ def run_part(names, *, dataset, ways, shots, args, device, reference, ref_index)
 
     rows = []
     registered = set(available())
-    train_src = task_source(dataset, split="train", ways=ways, shots=shots, queries=args.train_queries, seed=args.seed,
-                            device=device, root=args.data_dir, cache_dir=args.cache_dir)
+    train_sources: dict[int, object] = {}
+
+    def train_source(train_shots: int):  # one task stream per number of meta-training shots (Reptile's train-shots)
+        if train_shots not in train_sources:
+            train_sources[train_shots] = task_source(dataset, split="train", ways=ways, shots=train_shots, queries=args.train_queries,
+                                                     seed=args.seed, device=device, root=args.data_dir, cache_dir=args.cache_dir)
+        return train_sources[train_shots]
     test_tasks = task_source(dataset, split="test", ways=ways, shots=shots, queries=args.eval_queries, seed=EVAL_SEED,
                              device=device, root=args.data_dir, cache_dir=args.cache_dir).fixed_tasks(args.eval_tasks, seed=EVAL_SEED)
     minutes = args.sine_minutes if dataset == "sine" else args.minutes
@@ -86,14 +91,15 @@ def run_part(names, *, dataset, ways, shots, args, device, reference, ref_index)
             learner = build_learner(name, dataset=dataset, ways=ways, device=device, model_options=options,
                                     vectorize=args.vectorize, **hparams)
             meta_batch = args.meta_batch or loop.get("meta_batch", 4)
+            train_shots = loop.get("train_shots", shots)
             iterations, used = (0, 0.0) if not learner.meta_learns else train_for(
-                learner, train_src, meta_batch=meta_batch, seconds=60 * minutes, max_iterations=args.max_iterations)
+                learner, train_source(train_shots), meta_batch=meta_batch, seconds=60 * minutes, max_iterations=args.max_iterations)
             ev = learner.evaluate(test_tasks)
         except Exception as exc:  # one learner failing must not hide the others' numbers
             rows.append({"learner": name, "note": f"failed: {type(exc).__name__}: {str(exc)[:120]}"})
             continue
         unit = "%" if ev.metric == "accuracy" else ""
-        rows.append({"learner": name, "iterations": iterations, "meta-batch": meta_batch, "minutes": round(used / 60, 1),
+        rows.append({"learner": name, "iterations": iterations, "meta-batch": meta_batch, "train shots": train_shots, "minutes": round(used / 60, 1),
                      ev.metric: f"{ev.mean:.2f}{unit} ± {ev.ci95:.2f}", "mean": round(ev.mean, 3), "paper": ref,
                      "transductive": ev.transductive})
         print(f"  {dataset} {name}: {ev} after {iterations} iterations", flush=True)

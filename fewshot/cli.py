@@ -101,6 +101,8 @@ def _table(rows: list[dict[str, Any]], title: str) -> str:
 @click.option("--ways", type=int, default=5, show_default=True, help="Classes per task (N).")
 @click.option("--shots", type=int, default=1, show_default=True, help="Support examples per class (K).")
 @click.option("--queries", type=int, default=None, help="Query examples per class (default: the preset's).")
+@click.option("--train-shots", type=int, default=None,
+              help="Support examples per class of the meta-training tasks (default: the algorithm's; --shots except reptile/lazy-reptile on Omniglot, 10 as Nichol et al.).")
 @click.option("--inner-steps", type=int, default=None, help="Inner (student) steps during meta-training (default: the paper's).")
 @click.option("--eval-inner-steps", type=int, default=None, help="Inner steps at meta-test (default: the paper's).")
 @click.option("--inner-lr", type=float, default=None, help="Inner learning rate (default: the paper's).")
@@ -123,7 +125,7 @@ def _table(rows: list[dict[str, Any]], title: str) -> str:
 @preset_option("quick")
 @common_options
 def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int, shots: int, queries: int | None,
-          inner_steps: int | None, eval_inner_steps: int | None, inner_lr: float | None, meta_lr: float | None,
+          train_shots: int | None, inner_steps: int | None, eval_inner_steps: int | None, inner_lr: float | None, meta_lr: float | None,
           iterations: int | None, meta_batch: int | None, last: int | None, gammas: tuple[float, ...] | None,
           extra_hparams: dict[str, Any], shuffle_classes: bool, transductive: bool, vectorize: bool, eval_tasks: int | None, eval_every: int | None,
           out: str | None, resume: str | None, plot: str | None, preset: str) -> None:
@@ -159,7 +161,8 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
             settings[key] = paper_loop.get(key, DEFAULT_LOOP[key])
     if not cls.meta_learns:
         settings["iterations"] = 0
-    for key in ("iterations", "meta_batch", "queries", "eval_tasks"):
+    settings["train_shots"] = train_shots if train_shots is not None else paper_loop.get("train_shots", shots)
+    for key in ("iterations", "meta_batch", "queries", "eval_tasks", "train_shots"):
         if settings[key] < (0 if key == "iterations" else 1):
             raise LazyAppsError(f"--{key.replace('_', '-')} must be positive, got {settings[key]}")
 
@@ -170,8 +173,9 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
 
     common = {"ways": ways, "shots": shots, "queries": settings["queries"], "shuffle_classes": shuffle_classes,
               "device": run.device, "root": run.data_dir, "cache_dir": run.cache_dir}
-    status(f"loading {dataset} ({ways}-way {shots}-shot, {settings['queries']} queries per class)")
-    train_tasks = task_source(dataset, split="train", seed=run.seed, **common)
+    extra_shots = f", meta-training on {settings['train_shots']} shots" if settings["train_shots"] != shots else ""
+    status(f"loading {dataset} ({ways}-way {shots}-shot, {settings['queries']} queries per class{extra_shots})")
+    train_tasks = task_source(dataset, split="train", seed=run.seed, **{**common, "shots": settings["train_shots"]})
     test_tasks = task_source(dataset, split="test", seed=EVAL_SEED, **common)
 
     hparams.update(transductive=transductive, vectorize=vectorize)
@@ -180,6 +184,9 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     if resume:
         learner, state, meta = load_learner(resume, device=run.device, expect={"algo": algo, "arch": arch, "dataset": dataset, "ways": ways, "shots": shots},
                                             transductive=transductive, vectorize=vectorize)
+        trained_on = int(meta.get("train_shots", meta["shots"]))  # checkpoints before --train-shots: as --shots
+        if trained_on != settings["train_shots"]:
+            raise LazyAppsError(f"{resume} was meta-trained on {trained_on} shots per class; resume it with --train-shots {trained_on}")
         history, curve = list(state.get("history", [])), list(state.get("curve", []))
         if "sampler_rng" in state:
             train_tasks.generator.set_state(state["sampler_rng"].cpu())
@@ -189,7 +196,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         learner = build_learner(algo, dataset=dataset, ways=ways, arch=arch, device=run.device, **hparams)
     learner.prepare(train_tasks)  # e.g. finetune's head over the training classes, so the metadata records its size
     meta = checkpoint_metadata(learner, arch=arch, dataset=dataset, ways=ways, shots=shots, queries=settings["queries"],
-                               shuffle_classes=shuffle_classes, seed=run.seed)
+                               train_shots=settings["train_shots"], shuffle_classes=shuffle_classes, seed=run.seed)
     curve_tasks = test_tasks.fixed_tasks(min(CURVE_TASKS, settings["eval_tasks"]), seed=EVAL_SEED + 1)
 
     def save() -> None:
@@ -227,7 +234,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     metrics = {"test": evaluation.as_dict(), "train_last20": train_metric, "iterations": learner.iteration,
                "curve": curve, "checkpoint": str(ckpt)}
     config = {"algo": algo, "dataset": dataset, "arch": arch, "ways": ways, "shots": shots, "preset": preset,
-              **{k: settings[k] for k in ("iterations", "meta_batch", "queries", "eval_tasks", "eval_every")},
+              **{k: settings[k] for k in ("iterations", "meta_batch", "queries", "train_shots", "eval_tasks", "eval_every")},
               "shuffle_classes": shuffle_classes, "hparams": learner.hparams(), "device": str(run.device), "seed": run.seed}
     unit = "%" if evaluation.metric == "accuracy" else ""
     row = {"algo": algo, "dataset": dataset, "setting": f"{ways}-way {shots}-shot" if info.problem == "classification" else f"{shots}-shot",

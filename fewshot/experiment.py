@@ -20,7 +20,7 @@ from .datasets import dataset_info
 
 CHECKPOINT_KIND = "fewshot"
 #: settings that are not learner hyperparameters but come from ``paper_defaults``.
-LOOP_SETTINGS = ("meta_batch", "iterations")
+LOOP_SETTINGS = ("meta_batch", "iterations", "train_shots")
 
 
 def split_settings(algo: str, *, dataset: str, ways: int, shots: int, explicit: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

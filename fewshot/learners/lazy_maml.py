@@ -29,22 +29,30 @@ LAZY_GAMMAS = (0.75, 0.80, 0.85, 0.90, 0.95)
 
 
 def student_checkpoints(learner: Learner, support: tuple[Tensor, Tensor], *, steps: int, lr: float, keep_last: int,
-                        optimizer: str = "sgd") -> list[Params]:
+                        optimizer: str = "sgd", rows: list[Tensor] | None = None) -> list[Params]:
     """The student's last ``keep_last`` checkpoints (oldest first) per task, each stacked over tasks, detached.
 
-    Batched (``learner.vectorize`` and SGD): the engine's graph-free SGD inner
-    loop under vmap; otherwise :func:`lazyapps.teacher.explore` task by task
+    ``rows``: step j trains on rows ``rows[j]`` of every task's support (minibatches, as Reptile's inner loop);
+    None: every step on the whole support set. Batched (``learner.vectorize`` and SGD): the engine's
+    graph-free SGD inner loop under vmap; otherwise :func:`lazyapps.teacher.explore` task by task
     (the only path for an Adam student, whose update the vmappable loop lacks).
     """
     model, buffers, loss_fn = learner.model, learner.buffers, learner.loss_fn
     theta = {k: v.detach() for k, v in learner.theta.items()}
     if learner.vectorize and optimizer == "sgd":
         def run(x: Tensor, y: Tensor) -> list[Params]:
-            p = sgd_adapt(model, theta, buffers, loss_fn, (x, y), steps=steps - keep_last + 1, lr=lr)
-            kept = [p]
-            for _ in range(keep_last - 1):
-                p = sgd_adapt(model, p, buffers, loss_fn, (x, y), steps=1, lr=lr)
-                kept.append(p)
+            if rows is None:  # full batch: the first k − b + 1 steps in one call
+                p = sgd_adapt(model, theta, buffers, loss_fn, (x, y), steps=steps - keep_last + 1, lr=lr)
+                kept = [p]
+                for _ in range(keep_last - 1):
+                    p = sgd_adapt(model, p, buffers, loss_fn, (x, y), steps=1, lr=lr)
+                    kept.append(p)
+                return kept
+            p, kept = theta, []
+            for j in range(steps):
+                p = sgd_adapt(model, p, buffers, loss_fn, (x[rows[j]], y[rows[j]]), steps=1, lr=lr)
+                if j >= steps - keep_last:
+                    kept.append(p)
             return kept
 
         with torch.no_grad():
@@ -53,8 +61,15 @@ def student_checkpoints(learner: Learner, support: tuple[Tensor, Tensor], *, ste
     per_task = []
     for t in range(support[0].shape[0]):
         x, y = support[0][t], support[1][t]
-        per_task.append(explore(model, theta, lambda predict: loss_fn(predict(x), y), steps=steps, lr=lr,
-                                optimizer=optimizer, keep_last=keep_last, buffers=buffers))
+        batches = iter(rows) if rows is not None else None
+
+        def loss(predict, x=x, y=y, batches=batches):
+            if batches is None:
+                return loss_fn(predict(x), y)
+            r = next(batches)
+            return loss_fn(predict(x[r]), y[r])
+
+        per_task.append(explore(model, theta, loss, steps=steps, lr=lr, optimizer=optimizer, keep_last=keep_last, buffers=buffers))
     return [{k: torch.stack([task[j][k] for task in per_task]) for k in theta} for j in range(keep_last)]
 
 

@@ -108,6 +108,47 @@ def test_lazy_reptile_moves_theta_towards_the_leaps() -> None:
         assert torch.allclose(v, expected, atol=1e-6), k
 
 
+def test_lazy_reptile_minibatch_student_takes_plain_sgd_steps_on_its_minibatches() -> None:
+    from fewshot.learners.lazy_maml import student_checkpoints
+    from fewshot.learners.reptile import minibatches
+
+    tasks = _tasks(num_tasks=2, shots=3)
+    learner = create_learner("lazy-reptile", _conv(), inner_steps=4, inner_batch=4, inner_lr=0.1)
+    torch.manual_seed(3)
+    x, y, rows = minibatches(*tasks.support, batch=4, steps=4)
+    assert [len(r) for r in rows] == [4] * 4 and set(torch.cat(rows[:2]).tolist()) | set(rows[2][:1].tolist()) == set(range(9))
+    for vectorize in (True, False):
+        learner.vectorize = vectorize
+        kept = student_checkpoints(learner, (x, y), steps=4, lr=0.1, keep_last=2, rows=rows)
+        for t in range(2):  # reference: a hand-written SGD loop over the same minibatches
+            p = {k: v.detach().clone() for k, v in learner.theta.items()}
+            expected = []
+            for r in rows:
+                p = {k: v.requires_grad_() for k, v in p.items()}
+                loss = F.cross_entropy(torch.func.functional_call(learner.model, p, (x[t][r],)), y[t][r])
+                g = torch.autograd.grad(loss, list(p.values()))
+                p = {k: (v - 0.1 * gk).detach() for (k, v), gk in zip(p.items(), g)}
+                expected.append(p)
+            for got, want in zip(kept, expected[-2:]):
+                for k in want:
+                    assert torch.allclose(got[k][t], want[k], atol=1e-5), (vectorize, t, k)
+
+
+def test_lazy_reptile_minibatch_student_batched_equals_loop() -> None:
+    tasks = _tasks(num_tasks=2, shots=3)
+    thetas = []
+    for vectorize in (True, False):
+        learner = create_learner("lazy-reptile", _conv(), inner_steps=11, inner_batch=4, inner_lr=0.1, vectorize=vectorize)
+        learner.total_iterations = 10
+        torch.manual_seed(5)  # the same minibatch shuffle for both paths
+        learner.meta_step(tasks)
+        thetas.append({k: v.detach().clone() for k, v in learner.theta.items()})
+    for k in thetas[0]:
+        assert torch.allclose(thetas[0][k], thetas[1][k], atol=1e-5), k
+    with pytest.raises(ValueError, match="inner_batch"):
+        create_learner("lazy-reptile", _conv(), inner_batch=0)
+
+
 def test_non_transductive_bn_scores_each_query_with_the_support_set() -> None:
     tasks = _tasks(num_tasks=2)
     learner = create_learner("maml", _conv(), transductive=False)
