@@ -89,6 +89,8 @@ def test_resume_continues_and_a_second_run_never_overwrites(trained, tmp_path) -
     (["--algo", "maml", "--inner-lr", "0.1", "--hp", "inner_lr=0.2"], "inner_lr is given both as --inner-lr and as --hp inner_lr"),
     (["--algo", "imaml", "--hp", "lam=-1"], "lam must be > 0"),
     (["--algo", "maml", "--dataset", "omniglot3"], "unknown few-shot dataset 'omniglot3'"),
+    (["--algo", "reptile", "--train-shots", "0"], "--train-shots must be positive, got 0"),
+    (["--algo", "reptile", "--train-shots", "19"], "shots + queries = 19 + 2 = 21 examples per class are needed"),
 ])
 def test_bad_input_is_one_clear_line(extra, needle, data_root, session_cache, tmp_path) -> None:
     result = _run("fewshot", "train", "--preset", "smoke", "--out", str(tmp_path / "r"), *extra,
@@ -117,6 +119,23 @@ def test_hp_sets_any_learner_hyperparameter_and_no_shuffle_classes_is_recorded(t
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "m" / "checkpoint.pt.json").read_text())
     assert meta["shuffle_classes"] is False and meta["hparams"]["eval_inner_steps"] == 2
+
+
+def test_reptile_family_meta_trains_on_ten_shots_and_resume_keeps_them(tmp_path, data_root, session_cache) -> None:
+    here = ["--data-dir", str(data_root), "--cache-dir", str(session_cache), "--quiet"]
+    result = _run("fewshot", "train", "--algo", "lazy-reptile", "--preset", "smoke", "--out", str(tmp_path / "r"),
+                  "--json", str(tmp_path / "r.json"), *here)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "r" / "checkpoint.pt.json").read_text())
+    assert meta["shots"] == 1 and meta["train_shots"] == 10 and meta["hparams"]["inner_batch"] == 10  # Nichol et al.'s data
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["train_shots"] == 10
+    ckpt = str(tmp_path / "r" / "checkpoint.pt")
+    other = _run("fewshot", "train", "--algo", "lazy-reptile", "--preset", "smoke", "--train-shots", "1", "--out", str(tmp_path / "r"),
+                 "--resume", ckpt, "--iterations", "4", *here)
+    assert other.exit_code == 2 and "meta-trained on 10 shots per class; resume it with --train-shots 10" in other.output
+    assert json.loads((tmp_path / "r" / "checkpoint.pt.json").read_text())["iteration"] == 3
+    maml = _run("fewshot", "train", "--algo", "maml", "--preset", "smoke", "--out", str(tmp_path / "m"), *here)
+    assert maml.exit_code == 0 and json.loads((tmp_path / "m" / "checkpoint.pt.json").read_text())["train_shots"] == 1
 
 
 def test_eval_of_a_missing_or_corrupt_checkpoint_is_one_line(tmp_path) -> None:
