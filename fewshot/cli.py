@@ -138,6 +138,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     from .base import get_learner
     from .datasets import dataset_info, task_source
     from .experiment import build_learner, checkpoint_metadata, load_learner, save_learner, split_settings
+    from .tasks import TooFewExamplesError
 
     cls = get_learner(algo)  # unknown name -> one line listing the registry
     info = dataset_info(dataset)
@@ -175,7 +176,17 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
               "device": run.device, "root": run.data_dir, "cache_dir": run.cache_dir}
     extra_shots = f", meta-training on {settings['train_shots']} shots" if settings["train_shots"] != shots else ""
     status(f"loading {dataset} ({ways}-way {shots}-shot, {settings['queries']} queries per class{extra_shots})")
-    train_tasks = task_source(dataset, split="train", seed=run.seed, **{**common, "shots": settings["train_shots"]})
+    try:
+        train_tasks = task_source(dataset, split="train", seed=run.seed, **{**common, "shots": settings["train_shots"]})
+    except TooFewExamplesError as exc:
+        fits = exc.smallest - settings["queries"]
+        if train_shots is not None or fits < shots:  # the user's own --train-shots, or not even --shots fits: theirs to fix
+            raise
+        # The algorithm's default asks for more shots than the classes hold beside the queries (e.g. Omniglot's 20
+        # drawings with the paper preset's 15 queries): meta-train on as many as fit.
+        settings["train_shots"] = fits
+        status(f"meta-training on {fits} shots per class, the most {dataset}'s classes hold beside {settings['queries']} queries")
+        train_tasks = task_source(dataset, split="train", seed=run.seed, **{**common, "shots": fits})
     test_tasks = task_source(dataset, split="test", seed=EVAL_SEED, **common)
 
     hparams.update(transductive=transductive, vectorize=vectorize)

@@ -25,6 +25,14 @@ from torch import Tensor
 from lazyapps.errors import LazyAppsError
 
 
+class TooFewExamplesError(LazyAppsError):
+    """A class has fewer examples than shots + queries; ``smallest`` is the smallest class's size."""
+
+    def __init__(self, message: str, *, smallest: int) -> None:
+        super().__init__(message)
+        self.smallest = smallest
+
+
 class TaskSource(Protocol):
     """What a learner trains and evaluates on: :class:`EpisodeSampler` or :class:`fewshot.datasets.SineTasks`."""
 
@@ -144,9 +152,9 @@ class EpisodeSampler:
             raise LazyAppsError(f"--ways {ways} is larger than the {len(self.class_ids)} classes {name} has; use --ways {len(self.class_ids)} or fewer")
         need = shots + queries
         if need > int(counts.min()):
-            raise LazyAppsError(
+            raise TooFewExamplesError(
                 f"shots + queries = {shots} + {queries} = {need} examples per class are needed, but the smallest class of {name} "
-                f"has {int(counts.min())}; lower --shots or --queries")
+                f"has {int(counts.min())}; lower --shots or --queries", smallest=int(counts.min()))
         order = torch.argsort(inverse, stable=True)
         self._members = list(torch.split(order, counts.tolist()))  # positions of each class's examples
         self.ways, self.shots, self.queries = ways, shots, queries

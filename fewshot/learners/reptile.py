@@ -167,9 +167,11 @@ class LazyReptile(_ReptileBase):
     validation accuracy, θ ← θ − β Σ_i (θ − φ_i(θ)) with β = ε/T, ε annealed 1 → 0 as in Reptile.
 
     ``inner_batch``: the student's steps take minibatches of this many support examples, cycling through
-    the support set as Reptile's inner loop does (None: every step on the whole support set). Reptile needs
-    them (Nichol et al. found that the inner loop needs different minibatches of a task), and on Omniglot 5-way 1-shot a full-batch student on the 5 support images left θ no better than a
-    random init after 750 iterations. The query set stays the teacher's validation set.
+    the support set as Reptile's inner loop does (None: every step on the whole support set). Nichol et
+    al. found that Reptile's inner loop needs different minibatches of a task; on Omniglot 5-way 1-shot a
+    full-batch student on the 5 support images left θ no better than a random init after 750 iterations.
+    The paper defaults therefore meta-train on 10-shot tasks (``train_shots``). The query set stays the
+    teacher's validation set.
     ``inner_optimizer`` defaults to SGD (runs batched over tasks); ``gammas``,
     ``last``, ``weight_step`` as in :class:`~fewshot.learners.lazy_maml.LazyMAML`.
     """

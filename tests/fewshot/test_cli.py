@@ -136,6 +136,15 @@ def test_reptile_family_meta_trains_on_ten_shots_and_resume_keeps_them(tmp_path,
     assert json.loads((tmp_path / "r" / "checkpoint.pt.json").read_text())["iteration"] == 3
     maml = _run("fewshot", "train", "--algo", "maml", "--preset", "smoke", "--out", str(tmp_path / "m"), *here)
     assert maml.exit_code == 0 and json.loads((tmp_path / "m" / "checkpoint.pt.json").read_text())["train_shots"] == 1
+    # Omniglot's 20 drawings per character hold 10 shots + 15 queries only with fewer shots: the default shrinks to fit,
+    # a --train-shots the user gave is refused.
+    fit = _run("fewshot", "train", "--algo", "reptile", "--preset", "smoke", "--queries", "15", "--out", str(tmp_path / "f"), *here)
+    assert fit.exit_code == 0, fit.output
+    assert json.loads((tmp_path / "f" / "checkpoint.pt.json").read_text())["train_shots"] == 5
+    given = _run("fewshot", "train", "--algo", "reptile", "--preset", "smoke", "--queries", "15", "--train-shots", "10",
+                 "--out", str(tmp_path / "g"), *here)
+    assert given.exit_code == 2 and "10 + 15 = 25 examples per class are needed" in given.output
+    assert not (tmp_path / "g" / "checkpoint.pt").exists()
 
 
 def test_eval_of_a_missing_or_corrupt_checkpoint_is_one_line(tmp_path) -> None:
