@@ -180,7 +180,11 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         train_tasks = task_source(dataset, split="train", seed=run.seed, **{**common, "shots": settings["train_shots"]})
     except TooFewExamplesError as exc:
         fits = exc.smallest - settings["queries"]
-        if train_shots is not None or fits < shots:  # the user's own --train-shots, or not even --shots fits: theirs to fix
+        if train_shots is not None:  # the user's own --train-shots: theirs to fix
+            raise LazyAppsError(f"train shots + queries = {train_shots} + {settings['queries']} = {train_shots + settings['queries']} "
+                                f"examples per class are needed for meta-training, but the smallest class of {dataset} has "
+                                f"{exc.smallest}; lower --train-shots or --queries") from None
+        if fits < shots:  # not even --shots fits: the sampler's message names --shots and --queries
             raise
         # The algorithm's default asks for more shots than the classes hold beside the queries (e.g. Omniglot's 20
         # drawings with the paper preset's 15 queries): meta-train on as many as fit.

@@ -143,7 +143,8 @@ def test_reptile_family_meta_trains_on_ten_shots_and_resume_keeps_them(tmp_path,
     assert json.loads((tmp_path / "f" / "checkpoint.pt.json").read_text())["train_shots"] == 5
     given = _run("fewshot", "train", "--algo", "reptile", "--preset", "smoke", "--queries", "15", "--train-shots", "10",
                  "--out", str(tmp_path / "g"), *here)
-    assert given.exit_code == 2 and "10 + 15 = 25 examples per class are needed" in given.output
+    assert given.exit_code == 2 and "train shots + queries = 10 + 15 = 25 examples per class are needed" in given.output
+    assert "lower --train-shots or --queries" in given.output and len(given.output.strip().splitlines()) == 1
     assert not (tmp_path / "g" / "checkpoint.pt").exists()
 
 
