@@ -41,16 +41,10 @@ def student_checkpoints(learner: Learner, support: tuple[Tensor, Tensor], *, ste
     theta = {k: v.detach() for k, v in learner.theta.items()}
     if learner.vectorize and optimizer == "sgd":
         def run(x: Tensor, y: Tensor) -> list[Params]:
-            if rows is None:  # full batch: the first k − b + 1 steps in one call
-                p = sgd_adapt(model, theta, buffers, loss_fn, (x, y), steps=steps - keep_last + 1, lr=lr)
-                kept = [p]
-                for _ in range(keep_last - 1):
-                    p = sgd_adapt(model, p, buffers, loss_fn, (x, y), steps=1, lr=lr)
-                    kept.append(p)
-                return kept
             p, kept = theta, []
             for j in range(steps):
-                p = sgd_adapt(model, p, buffers, loss_fn, (x[rows[j]], y[rows[j]]), steps=1, lr=lr)
+                batch = (x, y) if rows is None else (x[rows[j]], y[rows[j]])
+                p = sgd_adapt(model, p, buffers, loss_fn, batch, steps=1, lr=lr)
                 if j >= steps - keep_last:
                     kept.append(p)
             return kept

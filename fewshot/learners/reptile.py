@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from lazyapps import distributed
-from lazyapps.functional import Params, adapt_tasks, map_tasks, sgd_adapt
+from lazyapps.functional import Params, adapt_tasks
 from lazyapps.teacher import OPTIMIZERS, LazyTeacher, explore, reptile_update
 
 from ..base import Learner, register
@@ -132,29 +132,10 @@ class Reptile(_ReptileBase):
         # Reptile has no support/query distinction at meta-train time: the inner loop cycles through both.
         x, y, rows = minibatches(torch.cat([tasks.support_x, tasks.query_x], 1), torch.cat([tasks.support_y, tasks.query_y], 1),
                                  batch=self.inner_batch, steps=self.inner_steps)
+        # The inner loop is the lazy learners' student: the same minibatch steps, batched over tasks where it can be.
+        phis = student_checkpoints(self, (x, y), steps=self.inner_steps, lr=self.inner_lr, keep_last=1,
+                                   optimizer=self.inner_optimizer, rows=rows)[0]
         theta = {k: v.detach() for k, v in self.theta.items()}
-        model, buffers, loss_fn = self.model, self.buffers, self.loss_fn
-        if self.inner_optimizer == "sgd" and self.vectorize:
-            def run(tx: Tensor, ty: Tensor) -> Params:
-                p = theta
-                for r in rows:
-                    p = sgd_adapt(model, p, buffers, loss_fn, (tx[r], ty[r]), steps=1, lr=self.inner_lr)
-                return p
-
-            with torch.no_grad():
-                phis = map_tasks(run, x, y, vectorize=True)
-        else:
-            per_task = []
-            for t in range(x.shape[0]):
-                batches = iter(rows)
-
-                def loss(predict, t=t):
-                    r = next(batches)
-                    return loss_fn(predict(x[t][r]), y[t][r])
-
-                per_task.append(explore(model, theta, loss, steps=self.inner_steps, lr=self.inner_lr,
-                                        optimizer=self.inner_optimizer, buffers=buffers)[-1])
-            phis = {k: torch.stack([p[k] for p in per_task]) for k in theta}
         with torch.no_grad():
             dist = sum(((phis[k] - theta[k]) ** 2).flatten(1).sum(1) for k in theta).sqrt().mean()
         eps = self._update_towards(phis, x.shape[0])
@@ -212,9 +193,10 @@ class LazyReptile(_ReptileBase):
     def paper_defaults(cls, *, dataset: str, ways: int, shots: int) -> dict[str, Any]:
         if dataset == "sine":
             return {"inner_lr": 0.01, "inner_steps": 15, "meta_batch": 25}
-        if dataset.startswith("omniglot"):  # Reptile's data: minibatches of meta-training tasks with 10 shots per class
-            return {"inner_lr": 0.1, "inner_steps": 15, "meta_batch": 5, "inner_batch": 20 if ways >= 20 else 10,
-                    "train_shots": max(shots, 10)}
+        if dataset.startswith("omniglot"):  # Reptile's data: its minibatches of its meta-training tasks
+            reptile = Reptile.paper_defaults(dataset=dataset, ways=ways, shots=shots)
+            return {"inner_lr": 0.1, "inner_steps": 15, "meta_batch": 5,
+                    **{k: reptile[k] for k in ("inner_batch", "train_shots")}}
         return {"inner_lr": 0.01, "inner_steps": 15, "meta_batch": 5}
 
     def meta_step(self, tasks: TaskBatch) -> dict[str, float]:
