@@ -22,6 +22,7 @@ from torch import nn
 from lazyapps import distributed
 from lazyapps.checkpoint import load_checkpoint, save_checkpoint
 from lazyapps.errors import CheckpointError, LazyAppsError
+from lazyapps.global_batchnorm import use_global_batchnorm
 from lazyapps.progress import progress
 
 from .augment import normalize, random_crop_flip
@@ -118,6 +119,8 @@ class Trainer:
             model = models_zoo.create(config.model, num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]),
                                       image_size=int(data.train_images.shape[-1]), **options)
         self.model = model.to(self.device)
+        if distributed.is_distributed():  # batch statistics of the whole batch, in real and virtual steps alike
+            use_global_batchnorm(self.model)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -227,9 +230,11 @@ class Trainer:
             ctx = StepContext(self._ddp if ddp else self.model, lr, epoch, *(val or (None, None)), **split)
             loss = self.method.loss(ctx, x, y)
             self.optimizer.zero_grad(set_to_none=True)
-            (loss * distributed.loss_scale(len(y), len(idx)) if ddp else loss).backward()
+            # Scaled so the ranks' losses sum to the whole batch's mean: global BatchNorm's backward sums over
+            # ranks too, and this weighting is the one that makes its cross-rank terms exact.
+            (loss * distributed.loss_scale(len(y), len(idx))).backward()
             if self._ddp is not None and not ddp:
-                distributed.average_gradients(self.model.parameters(), weight=len(y))
+                distributed.average_gradients(self.model.parameters())
             self.optimizer.step()
             total += float(loss.detach()) * len(y)
             seen += len(y)

@@ -1,0 +1,85 @@
+"""GlobalBatchNorm: on 2 gloo processes holding uneven parts of a batch, the outputs, gradients (first and second
+order) and running statistics of plain BatchNorm on the whole batch in one process."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lazyapps.global_batchnorm import GlobalBatchNorm, use_global_batchnorm
+from tests.spawn import run_ranks
+
+#: rows of the batch each rank holds: uneven, and one split where rank 1 holds nothing
+SPLITS = [(slice(0, 5), slice(5, 7)), (slice(0, 7), slice(7, 7))]
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(3 * 4 * 4, 4), nn.BatchNorm1d(4, momentum=None)).double()
+
+
+def _batch() -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(7, 2, 4, 4, generator=g, dtype=torch.float64) * 2 + 1
+
+
+def _step(rows: slice | None) -> dict:
+    """Forward, gradient and a second-order gradient of this rank's part of one loss over the whole batch."""
+    net = use_global_batchnorm(_net()) if rows is not None else _net()
+    x = _batch()
+    part = x if rows is None else x[rows]
+    weights = torch.linspace(-1, 2, 7 * 4, dtype=torch.float64).view(7, 4)
+    out = net(part)
+    # The whole batch's loss is a sum over rows: each rank takes its rows' terms.
+    loss = (out * (weights if rows is None else weights[rows])).pow(2).sum() / 7
+    params = list(net.parameters())
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    # Second order: a Hessian-vector product H·v = ∇(v·∇loss), additive over the ranks' parts like the loss.
+    g = torch.Generator().manual_seed(5)
+    v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+    hess = torch.autograd.grad(sum((a * b).sum() for a, b in zip(grads, v)), params)
+    return {"out": out.detach(), "grads": [g.detach() for g in grads], "hess": list(hess),
+            "state": {k: v.clone() for k, v in net.state_dict().items()}}
+
+
+def _one_rank(split_of: int) -> dict:
+    from lazyapps import distributed
+
+    return _step(SPLITS[split_of][distributed.rank()])
+
+
+@pytest.mark.parametrize("split_of", range(len(SPLITS)))
+def test_two_ranks_give_one_process_batch_statistics_gradients_and_running_stats(split_of):
+    one = _step(None)
+    r0, r1 = run_ranks(_one_rank, split_of, world=2)
+    rows = SPLITS[split_of]
+    torch.testing.assert_close(torch.cat([r0["out"], r1["out"]]), one["out"], rtol=1e-10, atol=1e-12)
+    for name, ref in (("grads", one["grads"]), ("hess", one["hess"])):
+        for a, b, g in zip(r0[name], r1[name], ref):  # each rank's gradient is its part of the sum
+            torch.testing.assert_close(a + b, g, rtol=1e-9, atol=1e-11, msg=name)
+    for k, v in one["state"].items():  # running mean/var (unbiased, global count), counters: as one process
+        torch.testing.assert_close(r0["state"][k], v, rtol=1e-10, atol=1e-12, msg=k)
+        torch.testing.assert_close(r1["state"][k], v, rtol=1e-10, atol=1e-12, msg=k)
+    if rows[1].stop > rows[1].start:  # plain BatchNorm on a part gives other numbers: the comparison is not vacuous
+        assert not torch.allclose(_net()(_batch()[rows[0]]), one["out"][rows[0]])
+
+
+def test_conversion_keeps_parameters_buffers_and_single_process_behaviour():
+    net = _net()
+    params = {k: id(v) for k, v in net.named_parameters()}
+    keys = list(net.state_dict())
+    bn = net[1]
+    reference = _net()
+    use_global_batchnorm(net)
+    assert isinstance(net[1], GlobalBatchNorm) and isinstance(net[5], GlobalBatchNorm) and net[1] is not bn
+    assert {k: id(v) for k, v in net.named_parameters()} == params  # optimisers built before still hold them
+    assert list(net.state_dict()) == keys
+    assert net[1].running_mean is bn.running_mean
+    x = _batch()
+    torch.testing.assert_close(net(x), reference(x), rtol=0, atol=0)  # one process: plain BatchNorm
+    for k, v in reference.state_dict().items():
+        torch.testing.assert_close(net.state_dict()[k], v, rtol=0, atol=0)
+    net.eval(), reference.eval()
+    torch.testing.assert_close(net(x), reference(x), rtol=0, atol=0)
+    assert isinstance(use_global_batchnorm(nn.BatchNorm2d(3)), GlobalBatchNorm)
