@@ -14,7 +14,9 @@ and after, one untimed warm-up first):
   averaged. Throughput in tasks/s.
 * longtail: one ``Trainer.train_epoch`` of ``ce`` on CIFAR-10-LT (ResNet-32;
   a small conv net in --smoke): DistributedDataParallel on shards of every
-  batch. Throughput in training images/s.
+  batch, BatchNorm with the whole batch's statistics (the default; one
+  collective per layer and pass). longtail-local-bn: the same with each
+  rank's own statistics (``--batchnorm local``). Throughput in training images/s.
 * attack: ``attacks.cli.run_attack`` of ``lazy-meta`` from a warm cache on
   MNIST images, whole chunks of images per rank, outcomes gathered. The target
   is an untrained net4 file and the meta-attacker a one-iteration one: the
@@ -42,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-PRODUCTS = ("fewshot", "longtail", "attack")
+PRODUCTS = ("fewshot", "longtail", "longtail-local-bn", "attack")
 
 
 def _sizes(smoke: bool) -> dict:
@@ -88,7 +90,7 @@ def _fewshot(size: dict, device, data_dir, cache_dir) -> dict:
             "setting": f"MAML {size['dataset']}, meta-batch {size['meta_batch']}"}
 
 
-def _longtail(size: dict, device, data_dir, cache_dir) -> dict:
+def _longtail(size: dict, device, data_dir, cache_dir, *, batchnorm: str) -> dict:
     import torch
     from torch import nn
 
@@ -97,7 +99,7 @@ def _longtail(size: dict, device, data_dir, cache_dir) -> dict:
 
     data = CIFARLongTail.load("cifar10", imbalance=10, root=data_dir, n_max=size["n_max"], test_per_class=1)
     config = TrainConfig(dataset="cifar10", imbalance=10, method="ce", epochs=3, batch_size=size["batch_size"],
-                         n_max=size["n_max"], test_per_class=1, model=size["model"])
+                         n_max=size["n_max"], test_per_class=1, model=size["model"], batchnorm=batchnorm)
     torch.manual_seed(0)
     model = None
     if size["model"] == "small":
@@ -107,7 +109,8 @@ def _longtail(size: dict, device, data_dir, cache_dir) -> dict:
     trainer.train_epoch()  # warm-up
     seconds = _timed(trainer.train_epoch)
     return {"work": len(data.train_labels), "unit": "images/s", "seconds": seconds,
-            "setting": f"ce, {size['model']}, CIFAR-10-LT {len(data.train_labels)} images, batch {size['batch_size']}"}
+            "setting": f"ce, {size['model']}, CIFAR-10-LT {len(data.train_labels)} images, batch {size['batch_size']}, "
+                       f"{batchnorm} BatchNorm statistics"}
 
 
 def _attack(size: dict, device, data_dir, cache_dir, folder: Path) -> dict:
@@ -154,8 +157,9 @@ def worker(args: argparse.Namespace) -> None:
         for product in args.products.split(","):
             if product == "fewshot":
                 row = _fewshot(sizes["fewshot"], device, args.data_dir, args.cache_dir)
-            elif product == "longtail":
-                row = _longtail(sizes["longtail"], device, args.data_dir, args.cache_dir)
+            elif product in ("longtail", "longtail-local-bn"):
+                row = _longtail(sizes["longtail"], device, args.data_dir, args.cache_dir,
+                                batchnorm="local" if product == "longtail-local-bn" else "global")
             else:
                 row = _attack(sizes["attack"], device, args.data_dir, args.cache_dir, Path(args.scratch))
             rows.append({"product": product, "processes": distributed.world_size(), **row,

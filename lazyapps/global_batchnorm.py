@@ -3,8 +3,8 @@
 When a batch is split over N processes, plain BatchNorm normalises each rank's
 share with that share's mean and variance, so an N-process step is not the
 step one process takes on the combined batch. :class:`GlobalBatchNorm` sums the
-per-channel sums and squared deviations over ranks with an all-reduce that is
-itself differentiable (its gradient is the all-reduce of the gradients), so
+per-channel counts, sums and squared deviations of every rank with a
+collective that is itself differentiable (its gradient is a sum over ranks), so
 gradients, second order included, flow across ranks as they flow through one
 process's batch statistics. ``torch.nn.SyncBatchNorm`` does the same on GPUs only; its forward
 refuses CPU tensors, so it cannot run under gloo. This one runs on any device
@@ -40,8 +40,23 @@ class _SumOverRanks(torch.autograd.Function):
         return _SumOverRanks.apply(grad)
 
 
-def _sum_over_ranks(t: Tensor) -> Tensor:
-    return _SumOverRanks.apply(t)
+class _GatherFromRanks(torch.autograd.Function):
+    """Every rank's tensor, stacked in rank order (a new leading dim); differentiable to any order: rank r's
+    gradient is row r of the incoming gradients summed over ranks."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(tensor, memory_format=torch.contiguous_format) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        return _SumOverRanks.apply(grad)[dist.get_rank()]
 
 
 class GlobalBatchNorm(_BatchNorm):
@@ -68,15 +83,23 @@ class GlobalBatchNorm(_BatchNorm):
                 factor = 1.0 / float(self.num_batches_tracked)
         dims = [0, *range(2, input.dim())]
         shape = (1, -1, *([1] * (input.dim() - 2)))
-        local_count = input.new_tensor([input.numel() // max(input.shape[1], 1)])
-        # Two passes (mean, then squared deviations) rather than E[x²] − E[x]², whose cancellation costs digits.
-        summed = _sum_over_ranks(torch.cat([input.sum(dims), local_count]))
-        count = summed[-1].detach()
+        # One collective per forward (and one in the backward): every rank's count, sum and sum of squared
+        # deviations from its own mean, combined as in a parallel variance (Chan et al.), which keeps the
+        # precision of two passes without E[x²] − E[x]²'s cancellation.
+        local_count = input.numel() // max(input.shape[1], 1)
+        local_sum = input.sum(dims)
+        local_centered = input - (local_sum / max(local_count, 1)).view(shape)
+        local_m2 = (local_centered * local_centered).sum(dims)
+        parts = _GatherFromRanks.apply(torch.cat([local_sum, local_m2, local_sum.new_tensor([local_count])]))
+        channels = input.shape[1]
+        sums, m2s, counts = parts[:, :channels], parts[:, channels:2 * channels], parts[:, -1:].detach()
+        count = counts.sum()
         if float(count) < 2:
             raise ValueError(f"BatchNorm needs more than 1 value per channel over all ranks, got {int(count)}")
-        mean = summed[:-1] / count
+        mean = sums.sum(0) / count
+        # Σ_r M2_r + Σ_r n_r (μ_r − μ)², written with sums so that a rank holding no rows adds exactly 0.
+        var = (m2s.sum(0) + ((sums - counts * mean) ** 2 / counts.clamp(min=1)).sum(0)) / count
         centered = input - mean.view(shape)
-        var = _sum_over_ranks((centered * centered).sum(dims)) / count
         out = centered * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)

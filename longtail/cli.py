@@ -127,6 +127,8 @@ def longtail() -> None:
 @click.option("--n-max", type=int, default=None, help="Training images of the largest class (paper: 4990 CIFAR-10, 490 CIFAR-100; smoke 100, quick 500).")
 @click.option("--test-per-class", type=int, default=None, help="Evaluate on the first N test images per class (paper: all).")
 @click.option("--model", default="resnet32", show_default=True, help="Zoo architecture (see 'lazyapps zoo'); ResNet-32 is the literature's.")
+@click.option("--batchnorm", type=click.Choice(["global", "local"]), default="global", show_default=True,
+              help="Under torchrun: BatchNorm statistics of the whole batch (one process's numbers) or of each rank's share (plain DDP, faster).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder for checkpoint.pt / best.pt (default: under the cache root).")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None, help="Continue the run of this checkpoint.pt exactly where it stopped.")
 @click.option("--per-class-csv", type=click.Path(dir_okay=False), default=None, help="Write per-class accuracy (best and last epoch) as CSV.")
@@ -134,7 +136,7 @@ def longtail() -> None:
 @common_options
 def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner_steps, inner_lr, eps_rule, gammas, rule,
           val_per_class, n_max,
-          test_per_class, model, out, resume, per_class_csv, plot) -> None:
+          test_per_class, model, batchnorm, out, resume, per_class_csv, plot) -> None:
     """Train ResNet-32 on CIFAR-LT with one method and report top-1 error and shot-group accuracy."""
     from lazyapps.errors import LazyAppsError, UnknownNameError
     from lazyapps.paths import cache_root
@@ -158,7 +160,7 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
                          inner_steps=5 if inner_steps is None else inner_steps, inner_lr=inner_lr, eps_rule=eps_rule,
                          gammas=_parse_gammas(gammas) or (0.75, 0.80, 0.85, 0.90, 0.95), rule=rule,
                          val_per_class=val_per_class, n_max=settings["n_max"], test_per_class=settings["test_per_class"],
-                         model=model, seed=run.seed, preset=preset)
+                         model=model, seed=run.seed, preset=preset, batchnorm=batchnorm)
     if config.batch_size < 2:
         raise LazyAppsError(f"--batch-size must be >= 2 (BatchNorm needs a batch), got {config.batch_size}")
     if resume is not None and not Path(resume).is_file():
@@ -193,7 +195,7 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
     _write_outputs(run, per_class, per_class_csv, plot, f"{dataset}-LT x{imbalance:g}, {method}")
     metrics = {"best": _strip(trainer.best), "last": _strip(trainer.last), **times, "counts": data.counts,
                "per_class": per_class, "history": trainer.history, "checkpoint": str(trainer.checkpoint_path)}
-    run.finish(config.identity() | {"preset": preset, "out": str(out_dir)}, metrics, table=table)
+    run.finish(config.identity() | {"preset": preset, "batchnorm": batchnorm, "out": str(out_dir)}, metrics, table=table)
 
 
 def _strip(result: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ from .methods import Method, StepContext, create_method
 from .schedule import Schedule
 
 CHECKPOINT_KIND = "longtail-train"
+BATCHNORM_MODES = ("global", "local")
 #: Settings a checkpoint must share with the run that resumes it (anything else would mix two runs).
 IDENTITY_KEYS = ("dataset", "imbalance", "method", "rule", "val_per_class", "n_max", "test_per_class", "model",
                  "epochs", "batch_size", "lr", "weight_decay", "momentum", "inner_steps", "gammas", "seed", "lr_decay",
@@ -62,6 +63,9 @@ class TrainConfig:
     model: str = "resnet32"
     seed: int = 0
     preset: str = "paper"
+    # Under torchrun: "global" normalises every rank's share with the whole batch's BatchNorm statistics (one
+    # process's numbers; a collective per layer), "local" with the share's own (plain DDP; faster on a busy CPU).
+    batchnorm: str = "global"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -119,7 +123,9 @@ class Trainer:
             model = models_zoo.create(config.model, num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]),
                                       image_size=int(data.train_images.shape[-1]), **options)
         self.model = model.to(self.device)
-        if distributed.is_distributed():  # batch statistics of the whole batch, in real and virtual steps alike
+        if config.batchnorm not in BATCHNORM_MODES:
+            raise LazyAppsError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {config.batchnorm!r}")
+        if distributed.is_distributed() and config.batchnorm == "global":  # in real and virtual steps alike
             use_global_batchnorm(self.model)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)

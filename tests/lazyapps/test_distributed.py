@@ -182,8 +182,8 @@ def test_scaling_benchmark_smoke(tmp_path, data_root):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(out.read_text())["metrics"]["rows"]
     assert sorted((r["product"], r["processes"]) for r in rows) == sorted(
-        (p, n) for p in ("fewshot", "longtail", "attack") for n in (1, 2))
+        (p, n) for p in ("fewshot", "longtail", "longtail-local-bn", "attack") for n in (1, 2))
     assert all(r["throughput"] > 0 and r["seconds"] > 0 for r in rows)
     assert all(r["speedup"] == 1.0 for r in rows if r["processes"] == 1)
-    for product in ("fewshot", "longtail", "attack"):
+    for product in ("fewshot", "longtail-local-bn", "attack"):
         assert product in proc.stdout
