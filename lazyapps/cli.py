@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,6 +165,10 @@ def main() -> None:
     from .allocator import keep_freed_memory
 
     keep_freed_memory()  # before any tensor exists: large blocks are then reused, not re-faulted (see the module)
+    # torch's forward-mode AD (iMAML's Hessian-vector products, the long-tail JVP pull-back) scripts its own
+    # decompositions on first use, and torch.jit.script warns that it is deprecated: torch's internals, not
+    # anything a user can act on.
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     cli(prog_name="lazyapps")
 
 

@@ -1,5 +1,6 @@
 """iMAML: CG against a direct solve, the implicit meta-gradient against a closed form, vmap vs loop, a short run."""
 import math
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,6 +91,30 @@ def test_implicit_gradient_matches_closed_form_for_quadratic_inner_problem():
     # And the inner solver reaches the closed-form minimiser.
     phi = proximal_adapt(model, theta, {}, F.mse_loss, (xs[0], ys[0]), lam=lam, steps=400, lr=0.2)
     torch.testing.assert_close(phi["weight"], phi_star(theta["weight"]))
+
+
+def test_damped_system_matches_a_direct_solve():
+    """cg_damping/hessian_damping (the authors' code): v = ((1 + c)·I + H/(λ + d))⁻¹ ∇L_test(φ), H the exact
+    Hessian of the quadratic training loss, solved directly; the undamped solve differs."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1, bias=False).double()
+    theta = params_of(model, detach=True)
+    g = torch.Generator().manual_seed(4)
+    xs, ys = torch.randn(1, 6, 3, generator=g, dtype=torch.float64), torch.randn(1, 6, 1, generator=g, dtype=torch.float64)
+    xq, yq = torch.randn(1, 5, 3, generator=g, dtype=torch.float64), torch.randn(1, 5, 1, generator=g, dtype=torch.float64)
+    lam, c, d = 0.5, 1.0, 10.0
+    kw = dict(lam=lam, inner_steps=400, inner_lr=0.2, cg_steps=3)
+    damped = implicit_meta_gradient(model, theta, {}, F.mse_loss, (xs, ys), (xq, yq), cg_damping=c, hessian_damping=d, **kw)
+    phi = proximal_adapt(model, theta, {}, F.mse_loss, (xs[0], ys[0]), lam=lam, steps=400, lr=0.2)["weight"]
+    w = phi.clone().requires_grad_()
+    (g_test,) = torch.autograd.grad(F.mse_loss(xq[0] @ w.T, yq[0]), w)
+    hessian = 2 * xs[0].T @ xs[0] / xs.shape[1]
+    expected = torch.linalg.solve((1 + c) * torch.eye(3, dtype=torch.float64) + hessian / (lam + d), g_test.reshape(3))
+    torch.testing.assert_close(damped.grads["weight"].reshape(3), expected, rtol=1e-6, atol=1e-9)
+    plain = implicit_meta_gradient(model, theta, {}, F.mse_loss, (xs, ys), (xq, yq), **kw)
+    assert not torch.allclose(plain.grads["weight"], damped.grads["weight"], rtol=1e-2)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        implicit_meta_gradient(model, theta, {}, F.mse_loss, (xs, ys), (xq, yq), cg_damping=-1.0, **kw)
 
 
 def test_proximal_term_pulls_towards_theta():
