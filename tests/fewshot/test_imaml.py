@@ -62,15 +62,20 @@ def test_cg_solves_regularised_hessian_system_like_a_direct_solve():
     assert (matrix @ few - flat(rhs)).norm() < 0.5 * flat(rhs).norm()
 
 
+def _linear_regression_task(*, seed: int):
+    """A bias-free linear model (float64), its weights, and one task's support (6) and query (5) points."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1, bias=False).double()
+    g = torch.Generator().manual_seed(seed)
+    support = torch.randn(1, 6, 3, generator=g, dtype=torch.float64), torch.randn(1, 6, 1, generator=g, dtype=torch.float64)
+    query = torch.randn(1, 5, 3, generator=g, dtype=torch.float64), torch.randn(1, 5, 1, generator=g, dtype=torch.float64)
+    return model, params_of(model, detach=True), support, query
+
+
 def test_implicit_gradient_matches_closed_form_for_quadratic_inner_problem():
     # Linear regression: L_train is quadratic, so φ*(θ) = (XᵀX·2/n + λI)⁻¹(λθ + 2Xᵀy/n) exactly,
     # and d L_test(φ*(θ))/dθ can be differentiated through torch.linalg.solve as a reference.
-    torch.manual_seed(0)
-    model = nn.Linear(3, 1, bias=False).double()
-    theta = params_of(model, detach=True)
-    g = torch.Generator().manual_seed(2)
-    xs, ys = torch.randn(1, 6, 3, generator=g, dtype=torch.float64), torch.randn(1, 6, 1, generator=g, dtype=torch.float64)
-    xq, yq = torch.randn(1, 5, 3, generator=g, dtype=torch.float64), torch.randn(1, 5, 1, generator=g, dtype=torch.float64)
+    model, theta, (xs, ys), (xq, yq) = _linear_regression_task(seed=2)
     lam = 0.7
 
     def phi_star(w):  # w: (1, 3) weight
@@ -96,12 +101,7 @@ def test_implicit_gradient_matches_closed_form_for_quadratic_inner_problem():
 def test_damped_system_matches_a_direct_solve():
     """cg_damping/hessian_damping (the authors' code): v = ((1 + c)·I + H/(λ + d))⁻¹ ∇L_test(φ), H the exact
     Hessian of the quadratic training loss, solved directly; the undamped solve differs."""
-    torch.manual_seed(0)
-    model = nn.Linear(3, 1, bias=False).double()
-    theta = params_of(model, detach=True)
-    g = torch.Generator().manual_seed(4)
-    xs, ys = torch.randn(1, 6, 3, generator=g, dtype=torch.float64), torch.randn(1, 6, 1, generator=g, dtype=torch.float64)
-    xq, yq = torch.randn(1, 5, 3, generator=g, dtype=torch.float64), torch.randn(1, 5, 1, generator=g, dtype=torch.float64)
+    model, theta, (xs, ys), (xq, yq) = _linear_regression_task(seed=4)
     lam, c, d = 0.5, 1.0, 10.0
     kw = dict(lam=lam, inner_steps=400, inner_lr=0.2, cg_steps=3)
     damped = implicit_meta_gradient(model, theta, {}, F.mse_loss, (xs, ys), (xq, yq), cg_damping=c, hessian_damping=d, **kw)
