@@ -17,6 +17,7 @@ their parameters, buffers and state-dict keys.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -29,8 +30,6 @@ class _SumOverRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor: Tensor) -> Tensor:
-        import torch.distributed as dist
-
         out = tensor.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(out)
         return out
@@ -46,16 +45,12 @@ class _GatherFromRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor: Tensor) -> Tensor:
-        import torch.distributed as dist
-
         parts = [torch.empty_like(tensor, memory_format=torch.contiguous_format) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, tensor.contiguous())
         return torch.stack(parts)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        import torch.distributed as dist
-
         return _SumOverRanks.apply(grad)[dist.get_rank()]
 
 

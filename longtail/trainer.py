@@ -108,6 +108,8 @@ class Trainer:
             raise LazyAppsError(f"--epochs must be >= 1, got {config.epochs}")
         if config.inner_lr is not None and not config.inner_lr > 0:
             raise LazyAppsError(f"--inner-lr must be > 0, got {config.inner_lr}")
+        if config.batchnorm not in BATCHNORM_MODES:
+            raise LazyAppsError(f"--batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {config.batchnorm!r}")
         self.config, self.data = config, data
         self.device = torch.device(device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -123,8 +125,6 @@ class Trainer:
             model = models_zoo.create(config.model, num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]),
                                       image_size=int(data.train_images.shape[-1]), **options)
         self.model = model.to(self.device)
-        if config.batchnorm not in BATCHNORM_MODES:
-            raise LazyAppsError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {config.batchnorm!r}")
         if distributed.is_distributed() and config.batchnorm == "global":  # in real and virtual steps alike
             use_global_batchnorm(self.model)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
