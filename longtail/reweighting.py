@@ -72,8 +72,9 @@ def fast_layout(tensor: Tensor) -> Tensor:
     PyTorch's BatchNorm work natively in NHWC, while NCHW makes every convolution reorder its operands
     (ResNet-32, 100 images, one thread: forward+backward 1.17 s instead of 1.59 s). Used for the passes
     whose results stay inside the meta step — the lazy student, the γ grid, the validation gradient — not
-    for the real forward the trainer steps with, nor for the pull-back, whose difference quotient must use
-    the real forward's kernels. Other tensors and devices (no measurement there) are returned as they are.
+    for the pull-back, whose difference quotient must use the real forward's kernels. The trainer already
+    holds its model and batches in this layout (a no-op then); a model given in another layout through the
+    Python API still gets the fast passes. Other tensors and devices (no measurement there) are returned as they are.
     """
     if tensor.dim() == 4:
         return tensor.contiguous(memory_format=image_layout(tensor.device))

@@ -87,3 +87,14 @@ def test_resume_refuses_another_runs_checkpoint(small_lt, tmp_path, tiny_net):
     with pytest.raises(CheckpointError, match="lr_decay"):
         other_decay.resume(tmp_path / "ce" / "checkpoint.pt")
     assert (tmp_path / "ce" / "checkpoint.pt").read_bytes() == before  # nothing lost
+
+
+def test_cpu_training_runs_channels_last(small_lt, tiny_net):
+    # oneDNN's native layout: the model and every batch it trains on are channels-last on a CPU (same values).
+    trainer = Trainer(_config("ce", epochs=1), small_lt, model=tiny_net())
+    convs = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    seen = []
+    convs[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    trainer.train_epoch()
+    assert seen and all(seen)
