@@ -3,12 +3,14 @@
     python benchmarks/fewshot_accuracy.py --minutes 30                 # the issue's budget (idle CPU)
     python benchmarks/fewshot_accuracy.py --minutes 5 --learners maml,lazy-maml
     python benchmarks/fewshot_accuracy.py --smoke                      # seconds: a code-path check
+    python benchmarks/fewshot_accuracy.py --learners reptile --hp reptile.inner_optimizer=sgd --hp reptile.inner_lr=0.1
 
 Part 1, Omniglot 5-way 1-shot (Finn et al.'s split, conv4): each learner
 meta-trains with its paper's hyperparameters (``paper_defaults``: inner lr and
 steps, meta-batch, meta lr) until ``--minutes`` of wall time have passed (or
 ``--max-iterations``), then is scored on the same seeded test tasks (15
-queries per class, transductive BatchNorm as in MAML's code). Reptile's meta
+queries per class, transductive BatchNorm as in MAML's code); ``--hp`` replaces
+one of a learner's paper settings, and the table names what was replaced. Reptile's meta
 step is annealed over the *estimated* number of iterations the budget allows.
 Part 2, sine regression 5-shot (and 10-shot) MSE for maml, meta-sgd, turtle and
 meta-lstm (those registered), under ``--sine-minutes``.
@@ -60,6 +62,27 @@ def train_for(learner, source, *, meta_batch: int, seconds: float, max_iteration
     return learner.iteration, time.perf_counter() - start
 
 
+def _overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, dict]:
+    """``--hp LEARNER.NAME=VALUE`` items as ``{learner: {name: value}}``, each checked against the learner's settings."""
+    from fewshot.base import available
+    from fewshot.experiment import parse_hparam, split_settings
+    from lazyapps.errors import LazyAppsError
+
+    out: dict[str, dict] = {}
+    for item in items:
+        learner, dot, rest = item.partition(".")
+        try:
+            if not dot or learner not in available():
+                raise ValueError(f"--hp {item!r}: expected LEARNER.NAME=VALUE with LEARNER one of {', '.join(available())}")
+            name, value = parse_hparam(rest)
+            out.setdefault(learner, {})[name] = value
+            for dataset in ("omniglot", "sine"):  # an unknown setting fails now, not after other learners trained
+                split_settings(learner, dataset=dataset, ways=5, shots=1, explicit=out[learner])
+        except (ValueError, LazyAppsError) as exc:
+            parser.error(str(exc))
+    return out
+
+
 def run_part(names, *, dataset, ways, shots, args, device, reference, ref_index):
     from fewshot.base import available
     from fewshot.datasets import task_source
@@ -86,7 +109,7 @@ def run_part(names, *, dataset, ways, shots, args, device, reference, ref_index)
             continue
         torch.manual_seed(args.seed)
         try:
-            hparams, loop = split_settings(name, dataset=dataset, ways=ways, shots=shots, explicit={})
+            hparams, loop = split_settings(name, dataset=dataset, ways=ways, shots=shots, explicit=args.overrides.get(name, {}))
             options = {"hidden": args.hidden} if args.hidden and dataset != "sine" else {}
             learner = build_learner(name, dataset=dataset, ways=ways, device=device, model_options=options,
                                     vectorize=args.vectorize, **hparams)
@@ -99,7 +122,9 @@ def run_part(names, *, dataset, ways, shots, args, device, reference, ref_index)
             rows.append({"learner": name, "note": f"failed: {type(exc).__name__}: {str(exc)[:120]}"})
             continue
         unit = "%" if ev.metric == "accuracy" else ""
-        rows.append({"learner": name, "iterations": iterations, "meta-batch": meta_batch, "train shots": train_shots, "minutes": round(used / 60, 1),
+        changed = args.overrides.get(name, {})
+        rows.append({"learner": name, "settings": " ".join(f"{k}={v}" for k, v in changed.items()) or "paper",
+                     "iterations": iterations, "meta-batch": meta_batch, "train shots": train_shots, "minutes": round(used / 60, 1),
                      ev.metric: f"{ev.mean:.2f}{unit} ± {ev.ci95:.2f}", "mean": round(ev.mean, 3), "paper": ref,
                      "transductive": ev.transductive})
         print(f"  {dataset} {name}: {ev} after {iterations} iterations", flush=True)
@@ -122,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hidden", type=int, default=None, help="conv4 filters (default 64)")
     parser.add_argument("--no-vectorize", dest="vectorize", action="store_false",
                         help="per-task loop instead of vmap (faster for conv4 on a CPU, see fewshot_speed.py)")
+    parser.add_argument("--hp", action="append", default=[], metavar="LEARNER.NAME=VALUE",
+                        help="replace one of a learner's paper settings, repeatable: --hp reptile.inner_optimizer=sgd")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
@@ -129,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--json", default="benchmarks/results/fewshot_accuracy.json")
     args = parser.parse_args(argv)
+    args.overrides = _overrides(parser, args.hp)
     if args.smoke:
         args.max_iterations, args.eval_tasks, args.train_queries, args.eval_queries = 1, 2, 1, 1
         args.meta_batch, args.hidden, args.threads = 1, 8, 1  # one thread: see fewshot_speed.py's smoke size
@@ -142,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     start = time.perf_counter()
-    columns = ["learner", "iterations", "meta-batch", "minutes", "accuracy", "paper", "transductive", "note"]
+    columns = ["learner", "settings", "iterations", "meta-batch", "minutes", "accuracy", "paper", "transductive", "note"]
     omniglot_names = [n for n in args.learners.split(",") if n]
     omniglot = run_part(omniglot_names, dataset="omniglot", ways=5, shots=1, args=args, device=device,
                         reference=OMNIGLOT_REFERENCE, ref_index=0) if omniglot_names else []

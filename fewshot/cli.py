@@ -37,19 +37,16 @@ def _gammas(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
 
 
 def _hparam_values(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
-    """``--hp name=value`` pairs as a dict; values are read as JSON (numbers, true/false, lists), else kept as text."""
-    import json
+    """``--hp name=value`` pairs as a dict (:func:`~fewshot.experiment.parse_hparam` reads each)."""
+    from .experiment import parse_hparam
 
     out: dict[str, Any] = {}
     for item in values:
-        name, sep, text = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or not name:
-            raise click.BadParameter(f"{item!r} is not NAME=VALUE, e.g. --hp lam=0.5")
         try:
-            out[name] = json.loads(text)
+            name, value = parse_hparam(item)
         except ValueError:
-            out[name] = text
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE, e.g. --hp lam=0.5") from None
+        out[name] = value
     return out
 
 

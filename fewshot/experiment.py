@@ -6,6 +6,7 @@ order (later wins): the learner's ``__init__`` defaults, its
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +22,21 @@ from .datasets import dataset_info
 CHECKPOINT_KIND = "fewshot"
 #: settings that are not learner hyperparameters but come from ``paper_defaults``.
 LOOP_SETTINGS = ("meta_batch", "iterations", "train_shots")
+
+
+def parse_hparam(item: str) -> tuple[str, Any]:
+    """``"name=value"`` as ``(name, value)``: the value read as JSON (numbers, true/false, lists), else kept as text.
+
+    Dashes in the name become underscores. A malformed item is a :class:`ValueError` naming the expected form.
+    """
+    name, sep, text = item.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or not name:
+        raise ValueError(f"{item!r} is not NAME=VALUE, e.g. lam=0.5")
+    try:
+        return name, json.loads(text)
+    except ValueError:
+        return name, text
 
 
 def split_settings(algo: str, *, dataset: str, ways: int, shots: int, explicit: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

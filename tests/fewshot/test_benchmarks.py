@@ -1,9 +1,12 @@
 """The few-shot benchmarks' --smoke sizes run end to end and write their JSON beside the papers' rows."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -37,11 +40,27 @@ def test_speed_smoke_times_vmap_and_loop(data_root, session_cache, tmp_path) -> 
 
 def test_accuracy_smoke_reports_every_learner_beside_the_papers(data_root, session_cache, tmp_path) -> None:
     out = tmp_path / "accuracy.json"
-    fewshot_accuracy.main(_common(data_root, session_cache, out))
+    fewshot_accuracy.main(_common(data_root, session_cache, out) + ["--hp", "lazy-reptile.inner-steps=3"])
     metrics = json.loads(out.read_text())["metrics"]
     rows = {row["learner"]: row for row in metrics["omniglot_5way_1shot"]}
     assert set(rows) == {"maml", "lazy-maml", "lazy-reptile", "finetune", "scratch"}
     assert all("note" not in row for row in rows.values()), rows
+    assert rows["lazy-reptile"]["settings"] == "inner_steps=3" and rows["maml"]["settings"] == "paper"
     assert rows["maml"]["paper"] == 98.7 and rows["scratch"]["iterations"] == 0 and rows["finetune"]["iterations"] == 1
     sine = {row["learner"]: row for row in metrics["sine"]}
     assert sine["maml"]["paper"] == 1.13 and sine["maml"]["mean"] > 0
+
+
+@pytest.mark.parametrize("item, message", [
+    ("reptile.inner_optimizer=sgd.x", None),  # a value that is not JSON is kept as text: checked by the learner
+    ("reptil.inner_lr=0.1", "expected LEARNER.NAME=VALUE with LEARNER one of"),
+    ("reptile.inner_lr", "is not NAME=VALUE"),
+    ("reptile.lam=1", "--lam does not apply to --algo reptile"),
+])
+def test_accuracy_overrides_are_checked_before_any_training(item, message, capsys) -> None:
+    if message is None:
+        assert fewshot_accuracy._overrides(argparse.ArgumentParser(), [item]) == {"reptile": {"inner_optimizer": "sgd.x"}}
+        return
+    with pytest.raises(SystemExit) as exc:
+        fewshot_accuracy.main(["--hp", item, "--learners", "reptile", "--json", ""])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
