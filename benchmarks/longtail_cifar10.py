@@ -121,6 +121,7 @@ def measure_cost(args, steps: int) -> dict:
 
     data = _data(args)
     base = Trainer(_config(args, "ce"), data, device=args.device)
+
     def prepared(images):  # as the trainer feeds its model: normalised, in the device's image layout
         return normalize(images.to(args.device), data.mean, data.std).contiguous(memory_format=base.layout)
 
