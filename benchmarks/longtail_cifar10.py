@@ -115,17 +115,13 @@ def measure_cost(args, steps: int) -> dict:
     """Seconds per training step of ce / two-component / lazy-two-component, interleaved on the same batches."""
     import torch
 
-    from longtail.augment import normalize, random_crop_flip
+    from longtail.augment import random_crop_flip
     from longtail.methods import StepContext, create_method
     from longtail.trainer import Trainer
 
     data = _data(args)
     base = Trainer(_config(args, "ce"), data, device=args.device)
-
-    def prepared(images):  # as the trainer feeds its model: normalised, in the device's image layout
-        return normalize(images.to(args.device), data.mean, data.std).contiguous(memory_format=base.layout)
-
-    val_x = prepared(data.val_images[: args.batch_size])
+    val_x = base.prepare_images(data.val_images[: args.batch_size])
     val_y = data.val_labels.to(args.device)[: args.batch_size]
     gen = torch.Generator().manual_seed(args.seed)
     names = ("ce", "two-component", "lazy-two-component")
@@ -134,7 +130,7 @@ def measure_cost(args, steps: int) -> dict:
     times = {n: [] for n in names}
     for step in range(steps + 1):  # the first round warms up (allocations, forward-mode AD setup) and is dropped
         idx = torch.randperm(len(data.train_labels), generator=gen)[: args.batch_size]
-        x = prepared(random_crop_flip(data.train_images[idx], generator=gen))
+        x = base.prepare_images(random_crop_flip(data.train_images[idx], generator=gen))
         y = data.train_labels[idx].to(args.device)
         for n in names:
             model = copy.deepcopy(base.model)  # same weights for every method (outside the timed region)

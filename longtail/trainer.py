@@ -198,12 +198,15 @@ class Trainer:
         self.best, self.last = state["best"], state["last"]
 
     # -- training ----------------------------------------------------------------------------------
+    def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch as the model trains on it: on the device, normalised, in the device's image layout."""
+        return normalize(images.to(self.device), self.data.mean, self.data.std).contiguous(memory_format=self.layout)
+
     def _validation_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not self.method.meta or len(self.data.val_labels) == 0:
             return None
         if self._val is None:
-            images = normalize(self.data.val_images.to(self.device), self.data.mean, self.data.std)
-            self._val = (images.contiguous(memory_format=self.layout), self.data.val_labels.to(self.device))
+            self._val = (self.prepare_images(self.data.val_images), self.data.val_labels.to(self.device))
         images, labels = self._val
         if len(labels) <= self.config.batch_size:
             return images, labels
@@ -233,7 +236,7 @@ class Trainer:
             # Meta steps take every world-th row: each of the lazy student's k slices of the batch is then spread
             # evenly over the ranks (contiguous shares would leave ranks idle while one holds a whole slice).
             share = slice(distributed.rank(), len(idx), world) if meta_phase else distributed.shard(len(idx))
-            x = normalize(x[share].to(self.device), data.mean, data.std).contiguous(memory_format=self.layout)
+            x = self.prepare_images(x[share])
             y = data.train_labels[idx][share].to(self.device)
             ddp = self._ddp is not None and not meta_phase
             split = {"batch_size": len(idx), "rows": share} if self._ddp is not None and meta_phase else {}
