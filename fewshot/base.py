@@ -71,14 +71,17 @@ class _BatchStatNorm:
     conv-BN net differ from the per-task loop and from finite differences by up
     to 1e-1, torch 2.x), while the same function built from mean/var/sqrt
     differentiates correctly. Same parameters, same state dict, same values.
+    The variance is the mean of the centred squares: on a CPU ``Tensor.var``
+    over (N, H, W) of an NCHW batch takes several times longer than the
+    whole rest of the layer.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
-        mean = x.mean(dims, keepdim=True)
-        var = x.var(dims, unbiased=False, keepdim=True)
-        y = (x - mean) * torch.rsqrt(var + self.eps)
+        centred = x - x.mean(dims, keepdim=True)
+        var = (centred * centred).mean(dims, keepdim=True)
+        y = centred * torch.rsqrt(var + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y
