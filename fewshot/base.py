@@ -72,8 +72,8 @@ class _BatchStatNorm:
     to 1e-1, torch 2.x), while the same function built from mean/var/sqrt
     differentiates correctly. Same parameters, same state dict, same values.
     The variance is the mean of the centred squares: on a CPU ``Tensor.var``
-    over (N, H, W) of an NCHW batch takes several times longer than the
-    whole rest of the layer.
+    over (N, H, W) of an NCHW batch took twice as long as the rest of the
+    layer (8 of 12 ms on 25x64x28x28).
     """
 
     def forward(self, x: Tensor) -> Tensor:
