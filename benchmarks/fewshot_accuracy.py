@@ -56,9 +56,7 @@ def train_for(learner, source, *, meta_batch: int, seconds: float, max_iteration
         if max_iterations is None and learner.iteration:
             # Annealed schedules (Reptile) need a horizon: the iterations the budget will allow at this pace.
             learner.total_iterations = max(learner.iteration + 1, int(learner.iteration * seconds / elapsed))
-        learner.train()
-        learner.meta_step(source.sample(meta_batch).to(learner.device))
-        learner.iteration += 1
+        learner.train_step(source.sample(meta_batch).to(learner.device))
     return learner.iteration, time.perf_counter() - start
 
 

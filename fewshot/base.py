@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lazyapps.errors import UnknownNameError
+from lazyapps.errors import LazyAppsError, UnknownNameError
 from lazyapps.functional import Params, buffers_of, forward, map_tasks, params_of
 
 from .tasks import TaskBatch, TaskSource
@@ -154,20 +154,37 @@ class Learner(nn.Module):
     does); ``False`` classifies each query example on its own in a batch made
     of the support set plus that one example (Nichol et al.'s non-transductive
     protocol), so no information flows between query examples.
+    ``zero_head`` (classification): the zeroing trick of Kao, Chiu, Chen,
+    "MAML is a Noisy Contrastive Learner in Classification" (ICLR 2022):
+    the output layer (the model's last ``nn.Linear``) is set to zero at the start
+    and after every meta-update, so every task adapts from a zero head. With
+    classes relabelled per task a meta-learned head carries no class order
+    worth keeping; from zero, the first inner step sets each class's weights to
+    lr/N times the mean of its support features minus the mean of all support
+    features (N balanced classes), a nearest-mean classifier. Off by default
+    (the papers' setting).
     """
 
     name: ClassVar[str] = ""
     #: whether meta-training changes the model (False for ``scratch``); informs the CLI.
     meta_learns: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, *, problem: str = "classification", vectorize: bool = True, transductive: bool = True) -> None:
+    def __init__(self, model: nn.Module, *, problem: str = "classification", vectorize: bool = True, transductive: bool = True,
+                 zero_head: bool = False) -> None:
         super().__init__()
         if problem not in PROBLEMS:
             raise ValueError(f"problem must be one of {PROBLEMS}, got {problem!r}")
+        if not isinstance(zero_head, bool):
+            raise ValueError(f"zero_head must be true or false, got {zero_head!r}")
+        if zero_head and problem != "classification":
+            raise ValueError("zero_head is for classification: a regression output layer has no per-task class labels to forget")
         self.model = make_vmap_safe(model)
         self.problem = problem
         self.vectorize = vectorize
         self.transductive = transductive
+        self.zero_head = zero_head
+        self._head = last_linear(self.model) if zero_head else None
+        self.reset_head()
         self.loss_fn = task_loss(problem)
         self.iteration = 0  # meta-iterations done (kept in checkpoints; schedules read it)
         self.total_iterations = 0  # set by meta_train, for annealed schedules
@@ -194,6 +211,21 @@ class Learner(nn.Module):
         return {}
 
     # -- shared machinery ----------------------------------------------------------
+    def train_step(self, tasks: TaskBatch) -> dict[str, float]:
+        """One meta-iteration as training runs it: :meth:`meta_step`, then the zeroing trick if on, then the count."""
+        self.train()
+        metrics = self.meta_step(tasks)
+        self.reset_head()
+        self.iteration += 1
+        return metrics
+
+    def reset_head(self) -> None:
+        """Set the output layer to zero (``zero_head``; see the class docstring). No-op when the trick is off."""
+        if self._head is not None:
+            with torch.no_grad():
+                for p in self.model.get_submodule(self._head).parameters():
+                    p.zero_()
+
     @property
     def theta(self) -> Params:
         """The model's parameters (the meta-parameters θ) by name; live tensors, not copies."""
@@ -340,9 +372,7 @@ class Learner(nn.Module):
         try:
             for _ in (bar(steps, desc=f"meta-train {self.name}") if progress else steps):
                 tasks = source.sample(meta_batch).select(share).to(self.device)
-                self.train()
-                metrics = distributed.mean_metrics(self.meta_step(tasks), weight=local)
-                self.iteration += 1
+                metrics = distributed.mean_metrics(self.train_step(tasks), weight=local)
                 history.append(metrics)
                 if callback is not None:
                     callback(self.iteration, metrics)
@@ -364,6 +394,14 @@ class Learner(nn.Module):
         if self.meta_optimizer is not None and state.get("optimizer"):
             self.meta_optimizer.load_state_dict(state["optimizer"])
         self.iteration = int(state.get("iteration", 0))
+
+
+def last_linear(model: nn.Module) -> str:
+    """Name of the model's last ``nn.Linear`` (its output layer in every classification architecture of the zoo)."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise LazyAppsError("this model has no nn.Linear layer, but finetune and zero_head act on the output layer, which must be one")
+    return names[-1]
 
 
 #: algorithm name -> learner class (filled by :func:`register`).

@@ -108,6 +108,8 @@ def _table(rows: list[dict[str, Any]], title: str) -> str:
 @click.option("--meta-batch", type=int, default=None, help="Tasks per meta-iteration (default: the preset's / paper's).")
 @click.option("--last", type=click.IntRange(1, 10), default=None, help="Lazy learners: checkpoints the teacher mixes (1 or 3 in the paper).")
 @click.option("--gammas", callback=_gammas, default=None, help="Lazy learners: the teacher's gamma grid, comma-separated (default 0.75,...,0.95).")
+@click.option("--zero-head", is_flag=True, default=None,
+              help="Zero the output layer at the start and after every meta-update (Kao et al.'s zeroing trick; off in the papers).")
 @click.option("--hp", "extra_hparams", multiple=True, callback=_hparam_values, metavar="NAME=VALUE",
               help="Any other hyperparameter of the learner, repeatable: e.g. --hp lam=0.5 --hp cg_steps=10 (imaml), "
                    "--hp first_order=false (meta-lstm, turtle); `lazyapps fewshot algos` lists them.")
@@ -123,7 +125,7 @@ def _table(rows: list[dict[str, Any]], title: str) -> str:
 @common_options
 def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int, shots: int, queries: int | None,
           train_shots: int | None, inner_steps: int | None, eval_inner_steps: int | None, inner_lr: float | None, meta_lr: float | None,
-          iterations: int | None, meta_batch: int | None, last: int | None, gammas: tuple[float, ...] | None,
+          iterations: int | None, meta_batch: int | None, last: int | None, gammas: tuple[float, ...] | None, zero_head: bool | None,
           extra_hparams: dict[str, Any], shuffle_classes: bool, transductive: bool, vectorize: bool, eval_tasks: int | None, eval_every: int | None,
           out: str | None, resume: str | None, plot: str | None, preset: str) -> None:
     """Meta-train a few-shot learner, checkpoint it, and score it on held-out test tasks."""
@@ -145,7 +147,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     settings = apply_preset(PRESETS, preset, {"iterations": iterations, "meta_batch": meta_batch, "queries": queries,
                                                "eval_tasks": eval_tasks, "eval_every": eval_every})
     explicit = {"inner_steps": inner_steps, "eval_inner_steps": eval_inner_steps, "inner_lr": inner_lr, "meta_lr": meta_lr,
-                "last": last, "gammas": gammas}
+                "last": last, "gammas": gammas, "zero_head": zero_head}
     for name, value in extra_hparams.items():
         takes = cls.hparam_names() - {"problem", "vectorize", "transductive"}
         if name not in takes:
@@ -319,6 +321,9 @@ def algos_command(run: RunContext) -> None:
                 for pname, p in inspect.signature(klass.__init__).parameters.items():
                     if p.kind is inspect.Parameter.KEYWORD_ONLY and pname not in ("problem", "vectorize", "transductive"):
                         defaults[pname] = p.default
+        for pname in inspect.signature(Learner.__init__).parameters:  # the base class's options after the algorithm's own
+            if pname in defaults:
+                defaults[pname] = defaults.pop(pname)
         doc = doc.replace(" as a :class:`~fewshot.base.Learner`", "").replace("``", "")
         rows.append({"algo": name, "description": doc, "defaults": ", ".join(f"{k}={v}" for k, v in defaults.items())})
     text = _table([{k: r[k] for k in ("algo", "description")} for r in rows], "few-shot learners")

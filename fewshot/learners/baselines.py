@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from lazyapps.errors import LazyAppsError
 from lazyapps.functional import Params, adapt_tasks, forward, map_tasks
 
-from ..base import Learner, metric_name, register, task_scores
+from ..base import Learner, last_linear, metric_name, register, task_scores
 from ..tasks import TaskBatch
 
 
@@ -78,13 +78,15 @@ class Finetune(_SGDAdapt):
 
     def __init__(self, model: nn.Module, *, inner_lr: float = 0.1, eval_inner_steps: int = 100, meta_lr: float = 1e-3,
                  pretrain_classes: int | None = None, freeze_body: bool = True, **base: Any) -> None:
+        if base.get("zero_head"):
+            raise ValueError("finetune starts every test head at zero already and trains a head of its own; zero_head does not apply")
         super().__init__(model, inner_lr=inner_lr, eval_inner_steps=eval_inner_steps, **base)
         self.meta_lr = meta_lr
         self.freeze_body = freeze_body
         self.meta_optimizer = torch.optim.Adam(self.model.parameters(), lr=meta_lr)
         self.pretrain_classes: int | None = None
         self.pretrain_head: nn.Linear | None = None
-        self.head_name = _last_linear(self.model) if self.problem == "classification" else None
+        self.head_name = last_linear(self.model) if self.problem == "classification" else None
         if pretrain_classes is not None and self.head_name is not None:
             self._build_head(int(pretrain_classes))
 
@@ -180,11 +182,3 @@ def fit_linear_heads(features: Tensor, labels: Tensor, *, classes: int, steps: i
     with torch.enable_grad():
         fitted = adapt_tasks(head, zero, {}, F.cross_entropy, (features, labels), steps=steps, lr=lr)
     return fitted["weight"].detach(), fitted["bias"].detach()
-
-
-def _last_linear(model: nn.Module) -> str:
-    """Name of the model's last ``nn.Linear`` (its output layer in every classification architecture of the zoo)."""
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not names:
-        raise LazyAppsError("finetune replaces the network's output layer, but this model has no nn.Linear layer")
-    return names[-1]

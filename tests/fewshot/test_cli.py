@@ -121,6 +121,19 @@ def test_hp_sets_any_learner_hyperparameter_and_no_shuffle_classes_is_recorded(t
     assert meta["shuffle_classes"] is False and meta["hparams"]["eval_inner_steps"] == 2
 
 
+def test_zero_head_flag_is_recorded_and_the_saved_head_is_zero(tmp_path, data_root, session_cache) -> None:
+    result = _run("fewshot", "train", "--algo", "fomaml", "--preset", "smoke", "--zero-head", "--out", str(tmp_path / "z"),
+                  "--data-dir", str(data_root), "--cache-dir", str(session_cache), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "z" / "checkpoint.pt.json").read_text())["hparams"]["zero_head"] is True
+    state = torch.load(tmp_path / "z" / "checkpoint.pt", weights_only=True)["learner"]
+    assert float(state["model.head.weight"].abs().max()) == 0 and float(state["model.features.0.weight"].abs().max()) > 0
+    result = _run("fewshot", "train", "--algo", "maml", "--dataset", "sine", "--zero-head", "--preset", "smoke",
+                  "--out", str(tmp_path / "s"), "--quiet")
+    assert result.exit_code != 0 and result.output.strip().splitlines()[-1].startswith("Error: --algo maml: zero_head is for classification")
+    assert not (tmp_path / "s").exists()
+
+
 def test_reptile_family_meta_trains_on_ten_shots_and_resume_keeps_them(tmp_path, data_root, session_cache) -> None:
     here = ["--data-dir", str(data_root), "--cache-dir", str(session_cache), "--quiet"]
     result = _run("fewshot", "train", "--algo", "lazy-reptile", "--preset", "smoke", "--out", str(tmp_path / "r"),

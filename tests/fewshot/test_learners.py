@@ -1,4 +1,4 @@
-"""Learners: batched (vmap) vs. looped meta-gradients, MAML against finite differences, BN modes, the registry."""
+"""Learners: batched (vmap) vs. looped meta-gradients, MAML against finite differences, BN modes, the registry, the zeroing trick."""
 from __future__ import annotations
 
 import warnings
@@ -226,3 +226,54 @@ def test_fomaml_meta_gradient_is_the_query_gradient_at_the_adapted_weights() -> 
     for k in expected:
         assert torch.allclose(got[k], expected[k], atol=1e-12), k
     assert any(float(v.abs().max()) > 1e-3 for v in expected.values())
+
+
+# -- the zeroing trick (``zero_head``, Kao, Chiu, Chen, ICLR 2022) --
+
+
+def test_zero_head_first_inner_step_moves_each_class_towards_its_support_features() -> None:
+    # Closed form: with zero logits the softmax is uniform, so one SGD step of lr a on the mean cross-entropy gives
+    # W_c = a/n * sum_i (1[y_i = c] - 1/N) f_i, a zero bias for balanced classes, and no gradient to the body.
+    lr = 0.4
+    learner = create_learner("fomaml", _conv(), inner_steps=1, inner_lr=lr, zero_head=True)
+    tasks = _tasks(num_tasks=2)
+    fast = learner.adapt(tasks.support)
+    for t in range(2):
+        with torch.no_grad():
+            feats = learner.model.features(tasks.support_x[t])
+        onehot = F.one_hot(tasks.support_y[t], 3).float()
+        expected = lr / len(feats) * (onehot - 1 / 3).T @ feats
+        assert torch.allclose(fast["head.weight"][t], expected, rtol=1e-4, atol=1e-6)
+        assert float(fast["head.bias"][t].abs().max()) < 1e-7
+        for name, value in learner.theta.items():
+            if not name.startswith("head."):
+                assert torch.equal(fast[name][t], value), name  # the body's gradient is 0 at a zero head
+
+
+@pytest.mark.parametrize("algo", ["maml", "reptile", "lazy-maml"])
+def test_zero_head_stays_zero_through_meta_training_while_the_body_learns(algo) -> None:
+    hp = {"inner_steps": 11} if algo == "lazy-maml" else {}
+    control = create_learner(algo, _conv(), **hp)
+    learner = create_learner(algo, _conv(), zero_head=True, **hp)
+    head = learner.model.head
+    assert float(head.weight.detach().abs().max()) == 0 and float(head.bias.detach().abs().max()) == 0
+    body = {k: v.clone() for k, v in learner.theta.items() if not k.startswith("head.")}
+    for seed in range(2):
+        tasks = _tasks(num_tasks=2, seed=seed)
+        control.train_step(tasks)
+        learner.train_step(tasks)
+        assert float(head.weight.detach().abs().max()) == 0 and float(head.bias.detach().abs().max()) == 0
+    assert learner.iteration == 2
+    assert any(not torch.equal(body[k], learner.theta[k]) for k in body)
+    assert float(control.model.head.weight.detach().abs().max()) > 0  # without the trick the head is meta-learned
+    assert learner.hparams()["zero_head"] is True and control.hparams()["zero_head"] is False
+
+
+def test_zero_head_refuses_regression_finetune_and_non_booleans() -> None:
+    sine = models_zoo.create("sine_mlp", num_classes=1, in_channels=1)
+    with pytest.raises(ValueError, match="zero_head is for classification"):
+        create_learner("maml", sine, problem="regression", zero_head=True)
+    with pytest.raises(ValueError, match="finetune starts every test head at zero already"):
+        create_learner("finetune", _conv(), zero_head=True)
+    with pytest.raises(ValueError, match="zero_head must be true or false, got 'yes'"):
+        create_learner("maml", _conv(), zero_head="yes")
