@@ -32,13 +32,16 @@ DECISION_METHODS = ("hsja", "boundary")
 @click.option("--n-images", type=int, default=None, help="Attack the first N correctly classified test images (default 100; smoke 2).")
 @click.option("--max-queries", type=int, default=None, help="Per-image query budget (default 10,000).")
 @click.option("--zoo", "zoo_spec", default=None, help="Comma-separated whitebox zoo (default: lenet5,net2,net3 / vgg13,vgg16,vgg19).")
+@click.option("--skip-blocked", is_flag=True, default=False,
+              help="lazy-meta/meta: rank last the coordinates a sign step cannot move (a pixel at 0 or 1 pushed "
+                   "outward). Not in Du et al.; fewer queries on MNIST (docs/attack.md).")
 @click.option("--per-image", "per_image_path", type=click.Path(dir_okay=False), default=None, help="Write per-image results to this CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Plot success rate vs query budget to this image (needs matplotlib).")
 @preset_option("quick")
 @common_options
 def attack(run: RunContext, target_spec: str, targeted: bool | None, target_class: int | None, method: str,
-           n_images: int | None, max_queries: int | None, zoo_spec: str | None, per_image_path: str | None,
-           plot_path: str | None, preset: str) -> None:
+           n_images: int | None, max_queries: int | None, zoo_spec: str | None, skip_blocked: bool,
+           per_image_path: str | None, plot_path: str | None, preset: str) -> None:
     """Blackbox adversarial attacks: lazy meta-attack (default) and baselines.
 
     Example: lazyapps attack --target resnet18 --untargeted
@@ -52,11 +55,14 @@ def attack(run: RunContext, target_spec: str, targeted: bool | None, target_clas
         raise LazyAppsError(f"--max-queries must be at least 1, got {max_queries}")
     if n_images is not None and n_images < 1:
         raise LazyAppsError(f"--n-images must be at least 1, got {n_images}")
+    if skip_blocked and method not in ("lazy-meta", "meta"):
+        raise LazyAppsError(f"--skip-blocked is an option of the meta-attacks (lazy-meta, meta), not of {method}")
     if plot_path:
         _require_matplotlib()
     result = run_attack(
         run, target_spec=target_spec, targeted=targeted, target_class=target_class, method=method,
         overrides={"n_images": n_images, "max_queries": max_queries}, zoo_spec=zoo_spec, preset=preset,
+        skip_blocked=skip_blocked,
     )
     outcome, config, row = result["outcome"], result["config"], result["row"]
     if per_image_path:
@@ -121,11 +127,13 @@ def run_attack(
     zoo_spec: str | None = None,
     preset: str = "quick",
     images: tuple | None = None,
+    skip_blocked: bool = False,
 ) -> dict[str, Any]:
     """Build what ``method`` needs and attack; returns ``{outcome, config, row, test_index, images}``.
 
     ``images`` = ``(x, y, test_index)`` reuses already selected images (the
-    benchmarks attack the same images with every method).
+    benchmarks attack the same images with every method). ``skip_blocked``
+    is :class:`~attacks.meta_estimator.MetaEstimator`'s option (meta-attacks only).
     """
     import time
 
@@ -195,7 +203,8 @@ def run_attack(
                               target=None if tclass is None else tclass.to(device), max_queries=budget,
                               q=int(settings["q"]), every=int(settings["every"]), step=float(settings["step"]),
                               h=float(settings["h"]), finetune_steps=int(settings["finetune_steps"]),
-                              finetune_lr=float(settings["finetune_lr"]), batch_size=int(settings["attack_batch"]),
+                              finetune_lr=float(settings["finetune_lr"]), skip_blocked=skip_blocked,
+                              batch_size=int(settings["attack_batch"]),
                               desc=method) if len(x) else None  # (a rank without a chunk attacks nothing)
     else:
         seed_everything(run.seed)  # as above: independent of what was built or loaded first
@@ -216,7 +225,7 @@ def run_attack(
            "wall_s": round(wall, 1)}
     config = {"target": target_spec, "dataset": dataset, "method": method, "targeted": targeted,
               "target_class": target_class, "zoo": zoo_names, "preset": preset, "device": str(device),
-              "seed": run.seed, **settings}
+              "seed": run.seed, **settings, **({"skip_blocked": skip_blocked} if method in P.META_TRAINING_OF else {})}
     return {"outcome": outcome, "config": config, "row": row, "test_index": test_index, "images": (x, y, test_index)}
 
 

@@ -48,7 +48,7 @@ class MetaAttackFoolbox(fb.attacks.base.MinimizationAttack):
         meta_attacker: the meta-trained image → gradient-map network.
         params: its parameters (default: the module's own).
         max_queries: per-image query budget.
-        q, every, step, h, finetune_steps, finetune_lr, batch_size: as
+        q, every, step, h, finetune_steps, finetune_lr, skip_blocked, batch_size: as
             :func:`attacks.meta_attack.meta_attack` (Du et al.'s MNIST defaults).
     """
 
@@ -66,11 +66,13 @@ class MetaAttackFoolbox(fb.attacks.base.MinimizationAttack):
         h: float = 1e-4,
         finetune_steps: int = 20,
         finetune_lr: float = 1e-2,
+        skip_blocked: bool = False,
         batch_size: int = 250,
     ):
         self.meta_attacker, self.params = meta_attacker, params
         self.settings = dict(max_queries=int(max_queries), q=q, every=every, step=step, h=h,
-                             finetune_steps=finetune_steps, finetune_lr=finetune_lr, batch_size=batch_size)
+                             finetune_steps=finetune_steps, finetune_lr=finetune_lr, skip_blocked=skip_blocked,
+                             batch_size=batch_size)
         self.last_outcome: AttackOutcome | None = None
 
     def run(self, model: fb.models.Model, inputs: Any, criterion: Any, *, early_stop: float | None = None, **kwargs: Any) -> Any:

@@ -50,6 +50,7 @@ def meta_attack(
     finetune_steps: int = 20,
     finetune_lr: float = 1e-2,
     zoo_mode: str = "forward",
+    skip_blocked: bool = False,
     batch_size: int = 250,
     desc: str = "meta-attack",
 ) -> AttackOutcome:
@@ -58,7 +59,8 @@ def meta_attack(
     ``target`` (N,) makes it targeted. Defaults are Du et al.'s MNIST settings
     (see :data:`PAPER_SETTINGS` for CIFAR-10). Rows are charged to blackbox
     image numbers ``0..N−1``. ``zoo_mode`` is the finite-difference scheme of
-    the ZOO steps (see :class:`MetaEstimator`). Returns one
+    the ZOO steps and ``skip_blocked`` drops from the ranking the coordinates
+    a sign step cannot move (see :class:`MetaEstimator`). Returns one
     :class:`AttackOutcome` for all images.
     """
     check_images(x)
@@ -66,7 +68,8 @@ def meta_attack(
         raise LazyAppsError(f"the query budget must be at least 1, got {max_queries}")
     check_targets(y, target, blackbox.num_classes(tuple(x.shape[1:])) if len(x) else None)
     estimator = MetaEstimator(meta_attacker, params, q=q, every=every, h=h,
-                              finetune_steps=finetune_steps, finetune_lr=finetune_lr, zoo_mode=zoo_mode)
+                              finetune_steps=finetune_steps, finetune_lr=finetune_lr, zoo_mode=zoo_mode,
+                              skip_blocked=skip_blocked)
     outcomes = []
     starts = range(0, len(x), batch_size)
     for start in progress(starts, desc=desc, total=len(starts)) if len(starts) > 1 else starts:

@@ -28,7 +28,12 @@ from .blackbox import BlackBox, image_index
 from .estimators import GradientEstimator, ZOOEstimator
 from .gradient_sets import normalise_maps
 from .losses import LossFn
-from .per_image import finetune, predict, stack_copies, top_coordinates
+from .per_image import finetune, index_mask, predict, stack_copies, top_indices
+
+
+def blocked_by_box(x: Tensor, grad: Tensor) -> Tensor:
+    """Coordinates where the descent step ``x − λ·sign(grad)`` is undone by clipping to [0, 1]."""
+    return ((x <= 0) & (grad > 0)) | ((x >= 1) & (grad < 0))
 
 
 class MetaEstimator(GradientEstimator):
@@ -44,6 +49,9 @@ class MetaEstimator(GradientEstimator):
             implementation: 20 at 1e-2).
         zoo_mode: ``"forward"`` (1 query per coordinate given the current scores; Du et al.) or
             ``"symmetric"`` (2 per coordinate, more accurate).
+        skip_blocked: rank last the coordinates a descent sign step cannot move: a pixel at 0
+            whose predicted gradient is positive, or at 1 with a negative one (the step would
+            be clipped back). Du et al. rank by |prediction| alone (``False``).
     """
 
     name = "meta"
@@ -59,6 +67,7 @@ class MetaEstimator(GradientEstimator):
         finetune_steps: int = 20,
         finetune_lr: float = 1e-2,
         zoo_mode: str = "forward",
+        skip_blocked: bool = False,
     ):
         if q < 1 or every < 1 or finetune_steps < 0:
             raise ValueError(f"need q >= 1, every >= 1 and finetune_steps >= 0, got {q}, {every}, {finetune_steps}")
@@ -67,6 +76,7 @@ class MetaEstimator(GradientEstimator):
         self.q, self.every = int(q), int(every)
         self.finetune_steps, self.finetune_lr = int(finetune_steps), float(finetune_lr)
         self.zoo = ZOOEstimator(h=h, mode=zoo_mode)
+        self.skip_blocked = bool(skip_blocked)
         self.reset()
 
     def reset(self) -> None:
@@ -122,17 +132,19 @@ class MetaEstimator(GradientEstimator):
         dev_rows = rows.to(x.device)
         params = {k: v[dev_rows] for k, v in self._copies.items()}
         pred = predict(self.model, params, x.to(next(iter(params.values())).dtype)).to(x.dtype)
-        mask = top_coordinates(pred, self.q)
+        d = x[0].numel()
+        blocked = blocked_by_box(x, pred) if self.skip_blocked else None
+        top = top_indices(pred, self.q, exclude=blocked)
+        mask = index_mask(top, pred)
         grad = torch.where(mask, pred, torch.zeros_like(pred))
         queries = torch.zeros(b, dtype=torch.long)
-        d = x[0].numel()
         cost = self.zoo.queries_on(min(self.q, d), scores_known=scores is not None)
         # calls j−1, 2j−1, …: the j-th, 2j-th … iteration of each image (Du et al., Algorithm 2)
         due = ((self._calls[rows] + 1) % self.every == 0) & (blackbox.remaining(index) >= cost)
         if bool(due.any()):
             sel = due.nonzero().flatten()
             dev_sel = sel.to(x.device)
-            coords = pred[dev_sel].abs().flatten(1).topk(min(self.q, d), dim=1).indices
+            coords = top[dev_sel]
             zoo_grad, zoo_queries = self.zoo.estimate_on(
                 blackbox, x[dev_sel], y[dev_sel.to(y.device)], coords, loss=loss, index=index[sel],
                 target=None if target is None else target[dev_sel.to(target.device)],
@@ -154,7 +166,7 @@ class MetaEstimator(GradientEstimator):
 
     def __repr__(self) -> str:
         return (f"MetaEstimator(q={self.q}, every={self.every}, h={self.zoo.h}, zoo_mode={self.zoo.mode!r}, "
-                f"finetune_steps={self.finetune_steps}, finetune_lr={self.finetune_lr})")
+                f"finetune_steps={self.finetune_steps}, finetune_lr={self.finetune_lr}, skip_blocked={self.skip_blocked})")
 
 
-__all__ = ["MetaEstimator"]
+__all__ = ["MetaEstimator", "blocked_by_box"]

@@ -77,13 +77,27 @@ def finetune(
     return params
 
 
-def top_coordinates(maps: Tensor, q: int) -> Tensor:
-    """Bool mask (same shape as ``maps``) of each image's ``q`` largest-|value| coordinates."""
-    flat = maps.abs().flatten(1)
-    q = min(int(q), flat.shape[1])
-    idx = flat.topk(q, dim=1).indices
-    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True)
-    return mask.view_as(maps)
+def top_indices(maps: Tensor, q: int, *, exclude: Tensor | None = None) -> Tensor:
+    """(N, q) flat indices of each image's ``q`` largest-|value| coordinates.
+
+    Coordinates where ``exclude`` is true rank below all others: they are
+    picked only when an image has fewer than ``q`` others.
+    """
+    score = maps.abs().flatten(1)
+    if exclude is not None:
+        score = score.masked_fill(exclude.flatten(1), -1.0)
+    return score.topk(min(int(q), score.shape[1]), dim=1).indices
 
 
-__all__ = ["stack_copies", "predict", "finetune", "masked_mse", "top_coordinates"]
+def top_coordinates(maps: Tensor, q: int, *, exclude: Tensor | None = None) -> Tensor:
+    """Bool mask (same shape as ``maps``) of the coordinates :func:`top_indices` picks."""
+    return index_mask(top_indices(maps, q, exclude=exclude), maps)
+
+
+def index_mask(idx: Tensor, like: Tensor) -> Tensor:
+    """Bool mask shaped like ``like``, true at the (N, k) flat indices ``idx`` of each row."""
+    mask = torch.zeros(like.shape[0], like[0].numel(), dtype=torch.bool, device=like.device)
+    return mask.scatter_(1, idx, True).view_as(like)
+
+
+__all__ = ["stack_copies", "predict", "finetune", "masked_mse", "top_coordinates", "top_indices", "index_mask"]

@@ -20,6 +20,8 @@ def parse(argv, *, name: str, default_images: int, default_methods: str, default
     parser.add_argument("--max-queries", type=int, default=None)
     parser.add_argument("--methods", default=default_methods, help="Comma-separated methods, in table order.")
     parser.add_argument("--targeted", action="store_true", help="Targeted attacks towards (y + 1) mod 10.")
+    parser.add_argument("--skip-blocked", action="store_true",
+                        help="Meta-attacks: rank last the coordinates a sign step cannot move (not in Du et al.).")
     parser.add_argument("--zoo", default=None, help="Comma-separated whitebox zoo (default: the paper's).")
     parser.add_argument("--target", default=None, help="Another target than the paper's (e.g. a faster one for a smoke run).")
     parser.add_argument("--data-dir", default=None)
@@ -54,19 +56,21 @@ def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title:
         seed_everything(args.seed)
         attacked = run_attack(ctx, target_spec=target, targeted=args.targeted, method=method, zoo_spec=args.zoo,
                             preset=args.preset, overrides={"n_images": args.n_images, "max_queries": args.max_queries},
-                            images=images)
+                            images=images, skip_blocked=args.skip_blocked and method in ("lazy-meta", "meta"))
         images = attacked["images"]  # every method attacks the same images
         # the baselines use no zoo: keep the one the meta-attacks were trained on
         config = {**{k: v for k, v in attacked["config"].items() if k != "method"},
                   **({"zoo": config["zoo"]} if config.get("zoo") and not attacked["config"]["zoo"] else {})}
-        rows.append({"source": "ours", **attacked["row"], "n_images": len(images[1])})
+        skip = bool(attacked["config"].get("skip_blocked"))
+        rows.append({"source": "ours", **attacked["row"], **({"settings": "skip_blocked"} if skip else {}),
+                     "n_images": len(images[1])})
         print(format_table(rows[-1:], ["source", *COLUMNS]), file=sys.stderr, flush=True)
         # written after every method, so a long run stopped part-way keeps the rows it finished
         result = {"benchmark": Path(sys.argv[0]).stem, "config": config, "rows": rows, "paper": paper,
                   "versions": versions(), "elapsed_s": round(time.perf_counter() - started, 1)}
         if args.json:
             write_json_atomic(args.json, result)
-    columns = ["source", *COLUMNS, "n_images"]
+    columns = ["source", *COLUMNS, *(["settings"] if any("settings" in r for r in rows) else []), "n_images"]
     print(format_table(rows + paper, columns, title=f"{title} ({wanted}, preset {args.preset})"))
     return result
 

@@ -33,6 +33,15 @@ def test_mnist_benchmark_smoke(mini_root, session_cache, tmp_path, capsys):
     assert {(r["method"], r["mean_queries"]) for r in result["paper"]} == {("meta", 749), ("lazy-meta", 566)}
 
 
+def test_mnist_benchmark_smoke_with_skip_blocked(mini_root, session_cache, tmp_path, capsys):
+    out = tmp_path / "mnist-skip.json"
+    attack_mnist.main(["--smoke", "--methods", "lazy-meta,bandits", "--skip-blocked", "--data-dir", str(mini_root),
+                       "--cache-dir", str(session_cache), "--device", "cpu", "--json", str(out), "--quiet"])
+    assert "settings" in capsys.readouterr().out  # the table names the non-paper option
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["method"], r.get("settings")) for r in rows] == [("lazy-meta", "skip_blocked"), ("bandits", None)]
+
+
 def test_cifar_benchmark_smoke(mini_root, session_cache, tmp_path, capsys):
     out = tmp_path / "cifar.json"
     # the smallest CIFAR nets keep this in seconds; the script and pipeline are the benchmark's own

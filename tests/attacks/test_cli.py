@@ -68,6 +68,19 @@ def test_rerun_loads_from_cache_and_rebuilds_a_corrupt_file_with_a_warning(smoke
     assert "meta-attacker lazy-meta: meta-trained" in result.stderr
 
 
+def test_skip_blocked_is_recorded_and_changes_no_cached_artefact(smoke_run):
+    _, out, args, cache = smoke_run
+    before = sorted(p.name for p in cache.rglob("*") if p.is_file())
+    plain = json.loads((out / "r.json").read_text())
+    assert plain["config"]["skip_blocked"] is False
+    json_at = args.index("--json") + 1
+    result = invoke(*args[:json_at], str(out / "skip.json"), "--skip-blocked", "--quiet")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "skip.json").read_text())
+    assert saved["config"]["skip_blocked"] is True and saved["metrics"]["n_images"] == 2
+    assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == before  # an attack option: nothing rebuilt
+
+
 def test_targeted_run_reaches_for_the_target_class(mini_root, session_cache, tmp_path):
     result = invoke("--target-class", "3", "--preset", "smoke", "--data-dir", str(mini_root), "--cache-dir",
                     str(session_cache), "--device", "cpu", "--per-image", str(tmp_path / "p.csv"), "--quiet",
@@ -88,6 +101,7 @@ def test_targeted_run_reaches_for_the_target_class(mini_root, session_cache, tmp
     (["--untargeted", "--target-class", "2"], "--target-class is for targeted attacks"),
     (["--target-class", "10"], "--target-class 10 is out of range"),
     (["--target", "missing.pt"], "does not exist"),
+    (["--method", "zoo", "--skip-blocked"], "--skip-blocked is an option of the meta-attacks"),
 ])
 def test_bad_input_is_one_clear_line(args, message, mini_root, tmp_path):
     result = CliRunner().invoke(cli, ["attack", *args, "--preset", "smoke", "--data-dir", str(mini_root),

@@ -6,14 +6,14 @@ import copy
 import foolbox as fb
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from attacks.blackbox import BlackBox
 from attacks.losses import margin_loss
 from attacks.meta_attack import meta_attack
 from attacks.meta_attacker import MetaAttacker
-from attacks.meta_estimator import MetaEstimator
-from attacks.per_image import finetune, masked_mse, stack_copies, top_coordinates
+from attacks.meta_estimator import MetaEstimator, blocked_by_box
+from attacks.per_image import finetune, masked_mse, stack_copies, top_coordinates, top_indices
 from attacks.score_attack import score_attack
 from lazyapps.errors import LazyAppsError
 
@@ -56,6 +56,55 @@ def test_vmapped_finetuning_equals_deep_copied_modules():
 def test_top_coordinates_picks_largest_magnitudes():
     maps = torch.tensor([[[[0.1, -5.0], [3.0, 0.2]]]])
     assert top_coordinates(maps, 2).flatten().tolist() == [False, True, True, False]
+
+
+def test_blocked_coordinates_are_those_a_descent_sign_step_cannot_move():
+    x = torch.tensor([[[[0.0, 0.0, 1.0, 1.0, 0.5, 0.5, 0.0]]]])
+    g = torch.tensor([[[[1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 0.0]]]])
+    blocked = blocked_by_box(x, g)
+    assert blocked.flatten().tolist() == [True, False, False, True, False, False, False]
+    stepped = (x - 0.1 * g.sign()).clamp(0, 1)
+    assert torch.equal(stepped == x, blocked | (g == 0))  # the definition: exactly the coordinates the step leaves
+
+
+def test_excluded_coordinates_rank_last():
+    maps = torch.tensor([[[[9.0, -8.0, 0.5, -0.1]]]])
+    exclude = torch.tensor([[[[True, False, False, True]]]])
+    assert top_indices(maps, 2, exclude=exclude).tolist() == [[1, 2]]
+    assert sorted(top_indices(maps, 3, exclude=exclude).tolist()[0]) == [0, 1, 2]  # too few others: excluded fill in
+    assert top_coordinates(maps, 2, exclude=exclude).flatten().tolist() == [False, True, True, False]
+
+
+def test_skip_blocked_spends_steps_and_zoo_queries_on_movable_coordinates():
+    """On images with many pixels at 0 and 1 (as MNIST), Du et al.'s ranking puts some of the q coordinates where
+    the sign step is clipped away. With skip_blocked every coordinate of a free call moves, and a ZOO call
+    queries only coordinates the copy's prediction says can move."""
+    from attacks.per_image import predict
+
+    model = _target(8)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(6, 1, 8, 8, generator=gen) * 3 - 1).clamp(0, 1)  # a third of the pixels 0, a third 1
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        scores = model(x)
+
+    def run(skip: bool) -> tuple[float, Tensor, Tensor]:
+        torch.manual_seed(0)
+        est = MetaEstimator(MetaAttacker(1, (4, 8)), q=12, every=2, finetune_steps=1, skip_blocked=skip)
+        bb = BlackBox(model)
+        g, _ = est.estimate(bb, x, y, scores=scores)  # call 0: free
+        chosen = g != 0
+        moved = (x - 0.01 * g.sign()).clamp(0, 1) != x
+        pred = predict(est.model, est.copies(torch.arange(6)), x)
+        g, queries = est.estimate(bb, x, y, scores=scores)  # call 1: ZOO on the chosen coordinates
+        assert queries.tolist() == [12] * 6
+        return (moved & chosen).sum().item() / chosen.sum().item(), g != 0, blocked_by_box(x, pred)
+
+    share, zoo_chosen, blocked_by_prediction = run(True)
+    assert share == 1.0
+    assert zoo_chosen.flatten(1).sum(1).tolist() == [12] * 6 and not (zoo_chosen & blocked_by_prediction).any()
+    share, zoo_chosen, blocked_by_prediction = run(False)
+    assert share < 0.9 and (zoo_chosen & blocked_by_prediction).any()  # the control: Du et al.'s ranking
 
 
 @pytest.mark.parametrize(("zoo_mode", "scores_known", "cost"), [
