@@ -27,6 +27,7 @@ LOOP_SETTINGS = ("meta_batch", "iterations", "train_shots")
 def parse_hparam(item: str) -> tuple[str, Any]:
     """``"name=value"`` as ``(name, value)``: the value read as JSON (numbers, true/false, lists), else kept as text.
 
+    Comma-separated numbers are a list too (``gammas=0.5,0.7`` as ``--gammas`` takes it, or ``[0.5,0.7]``).
     Dashes in the name become underscores. A malformed item is a :class:`ValueError` naming the expected form.
     """
     name, sep, text = item.partition("=")
@@ -35,6 +36,10 @@ def parse_hparam(item: str) -> tuple[str, Any]:
         raise ValueError(f"{item!r} is not NAME=VALUE, e.g. lam=0.5")
     try:
         return name, json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return name, json.loads(f"[{text}]") if "," in text else text
     except ValueError:
         return name, text
 

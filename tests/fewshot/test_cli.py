@@ -176,3 +176,26 @@ def test_algos_lists_every_learner_with_its_hyperparameter_defaults() -> None:
     assert result.exit_code == 0, result.output
     assert "imaml: lam=2.0, cg_steps=5" in result.output and "meta-lstm: inner_steps=5" in result.output
     assert "turtle:" in result.output and "first_order=False" in result.output and "lazy-maml:" in result.output
+
+
+@pytest.mark.parametrize(("item", "parsed"), [
+    ("lam=0.5", ("lam", 0.5)),
+    ("zero-head=true", ("zero_head", True)),
+    ("gammas=[0.5, 0.7]", ("gammas", [0.5, 0.7])),
+    ("gammas=0.5,0.7", ("gammas", [0.5, 0.7])),  # the form --gammas takes
+    ("inner_optimizer=sgd", ("inner_optimizer", "sgd")),
+    ("inner_optimizer=sgd,adam", ("inner_optimizer", "sgd,adam")),  # not numbers: text, for the learner to refuse
+])
+def test_hp_values_are_read_as_json_or_comma_separated_numbers(item, parsed) -> None:
+    from fewshot.experiment import parse_hparam
+
+    assert parse_hparam(item) == parsed
+
+
+def test_hp_gammas_as_comma_separated_numbers_reach_the_teacher(tmp_path, data_root, session_cache) -> None:
+    result = _run("fewshot", "train", "--algo", "lazy-maml", "--preset", "smoke", "--hp", "gammas=0.5,0.7",
+                  "--out", str(tmp_path / "g"), "--json", str(tmp_path / "g.json"), "--data-dir", str(data_root),
+                  "--cache-dir", str(session_cache), "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "g.json").read_text())
+    assert saved["config"]["hparams"]["gammas"] == [0.5, 0.7]
