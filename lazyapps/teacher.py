@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -143,7 +144,8 @@ class LazyTeacher:
         weight_grid: float | Sequence[Sequence[float]] = 0.1,
         criterion: str = "loss",
     ) -> None:
-        if not gammas or not all(0.0 <= g <= 1.0 for g in gammas):
+        if (isinstance(gammas, str) or not gammas
+                or not all(isinstance(g, numbers.Real) and 0.0 <= g <= 1.0 for g in gammas)):
             raise ValueError(f"gammas must be a non-empty sequence of values in [0, 1], got {tuple(gammas)}")
         if last < 1:
             raise ValueError(f"last must be >= 1, got {last}")

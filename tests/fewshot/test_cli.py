@@ -88,6 +88,7 @@ def test_resume_continues_and_a_second_run_never_overwrites(trained, tmp_path) -
     (["--algo", "maml", "--hp", "inner_lr"], "'inner_lr' is not NAME=VALUE"),
     (["--algo", "maml", "--inner-lr", "0.1", "--hp", "inner_lr=0.2"], "inner_lr is given both as --inner-lr and as --hp inner_lr"),
     (["--algo", "imaml", "--hp", "lam=-1"], "lam must be > 0"),
+    (["--algo", "lazy-maml", "--hp", "gammas=0.5,x"], "gammas must be a non-empty sequence of values in [0, 1]"),
     (["--algo", "maml", "--dataset", "omniglot3"], "unknown few-shot dataset 'omniglot3'"),
     (["--algo", "reptile", "--train-shots", "0"], "--train-shots must be positive, got 0"),
     (["--algo", "reptile", "--train-shots", "19"], "shots + queries = 19 + 2 = 21 examples per class are needed"),

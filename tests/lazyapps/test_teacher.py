@@ -106,6 +106,9 @@ def test_simplex_grid_and_teacher_validation():
         LazyTeacher(last=2, weight_grid=[(0.5, 0.6)])
     with pytest.raises(ValueError, match="gammas"):
         LazyTeacher(gammas=(0.5, 1.5))
+    for text in ("0.5,0.7", (0.5, "x")):  # what a mistyped --hp gammas= reaches: not a comparison error
+        with pytest.raises(ValueError, match="gammas must be a non-empty sequence of values in"):
+            LazyTeacher(gammas=text)
     with pytest.raises(ValueError, match="valid: loss, accuracy"):
         LazyTeacher(criterion="acc")
     with pytest.raises(ValueError, match="at least last=3"):
