@@ -55,8 +55,10 @@ def attack(run: RunContext, target_spec: str, targeted: bool | None, target_clas
         raise LazyAppsError(f"--max-queries must be at least 1, got {max_queries}")
     if n_images is not None and n_images < 1:
         raise LazyAppsError(f"--n-images must be at least 1, got {n_images}")
-    if skip_blocked and method not in ("lazy-meta", "meta"):
-        raise LazyAppsError(f"--skip-blocked is an option of the meta-attacks (lazy-meta, meta), not of {method}")
+    from .pipeline import META_TRAINING_OF
+
+    if skip_blocked and method not in META_TRAINING_OF:
+        raise LazyAppsError(f"--skip-blocked is an option of the meta-attacks ({', '.join(META_TRAINING_OF)}), not of {method}")
     if plot_path:
         _require_matplotlib()
     result = run_attack(

@@ -39,6 +39,7 @@ def parse(argv, *, name: str, default_images: int, default_methods: str, default
 
 def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title: str) -> dict:
     from attacks.cli import COLUMNS, run_attack
+    from attacks.pipeline import META_TRAINING_OF
     from lazyapps.cli import RunContext
     from lazyapps.checkpoint import write_json_atomic
     from lazyapps.progress import set_quiet
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title:
         seed_everything(args.seed)
         attacked = run_attack(ctx, target_spec=target, targeted=args.targeted, method=method, zoo_spec=args.zoo,
                             preset=args.preset, overrides={"n_images": args.n_images, "max_queries": args.max_queries},
-                            images=images, skip_blocked=args.skip_blocked and method in ("lazy-meta", "meta"))
+                            images=images, skip_blocked=args.skip_blocked and method in META_TRAINING_OF)
         images = attacked["images"]  # every method attacks the same images
         # the baselines use no zoo: keep the one the meta-attacks were trained on
         config = {**{k: v for k, v in attacked["config"].items() if k != "method"},
