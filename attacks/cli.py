@@ -35,13 +35,16 @@ DECISION_METHODS = ("hsja", "boundary")
 @click.option("--skip-blocked", is_flag=True, default=False,
               help="lazy-meta/meta: rank last the coordinates a sign step cannot move (a pixel at 0 or 1 pushed "
                    "outward). Not in Du et al.; fewer queries on MNIST (docs/attack.md).")
+@click.option("--meta-training", type=click.Choice(("reptile", "lazy-reptile", "maml", "lazy-maml")), default=None,
+              help="How the meta-attacker is meta-trained: lazy-meta takes lazy-reptile (default) or lazy-maml, "
+                   "meta takes reptile (default) or maml.")
 @click.option("--per-image", "per_image_path", type=click.Path(dir_okay=False), default=None, help="Write per-image results to this CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Plot success rate vs query budget to this image (needs matplotlib).")
 @preset_option("quick")
 @common_options
 def attack(run: RunContext, target_spec: str, targeted: bool | None, target_class: int | None, method: str,
            n_images: int | None, max_queries: int | None, zoo_spec: str | None, skip_blocked: bool,
-           per_image_path: str | None, plot_path: str | None, preset: str) -> None:
+           meta_training: str | None, per_image_path: str | None, plot_path: str | None, preset: str) -> None:
     """Blackbox adversarial attacks: lazy meta-attack (default) and baselines.
 
     Example: lazyapps attack --target resnet18 --untargeted
@@ -55,16 +58,18 @@ def attack(run: RunContext, target_spec: str, targeted: bool | None, target_clas
         raise LazyAppsError(f"--max-queries must be at least 1, got {max_queries}")
     if n_images is not None and n_images < 1:
         raise LazyAppsError(f"--n-images must be at least 1, got {n_images}")
-    from .pipeline import META_TRAINING_OF
+    from .pipeline import META_TRAINING_OF, meta_training_for
 
     if skip_blocked and method not in META_TRAINING_OF:
         raise LazyAppsError(f"--skip-blocked is an option of the meta-attacks ({', '.join(META_TRAINING_OF)}), not of {method}")
+    if meta_training is not None:
+        meta_training_for(method, meta_training)  # refused before anything is built
     if plot_path:
         _require_matplotlib()
     result = run_attack(
         run, target_spec=target_spec, targeted=targeted, target_class=target_class, method=method,
         overrides={"n_images": n_images, "max_queries": max_queries}, zoo_spec=zoo_spec, preset=preset,
-        skip_blocked=skip_blocked,
+        skip_blocked=skip_blocked, meta_training=meta_training,
     )
     outcome, config, row = result["outcome"], result["config"], result["row"]
     if per_image_path:
@@ -130,12 +135,14 @@ def run_attack(
     preset: str = "quick",
     images: tuple | None = None,
     skip_blocked: bool = False,
+    meta_training: str | None = None,
 ) -> dict[str, Any]:
     """Build what ``method`` needs and attack; returns ``{outcome, config, row, test_index, images}``.
 
     ``images`` = ``(x, y, test_index)`` reuses already selected images (the
     benchmarks attack the same images with every method). ``skip_blocked``
-    is :class:`~attacks.meta_estimator.MetaEstimator`'s option (meta-attacks only).
+    is :class:`~attacks.meta_estimator.MetaEstimator`'s option and ``meta_training``
+    the attacker's meta-training (:func:`attacks.pipeline.meta_training_for`); meta-attacks only.
     """
     import time
 
@@ -150,6 +157,8 @@ def run_attack(
 
     if method not in METHODS:
         raise UnknownNameError("attack method", method, METHODS)
+    if meta_training is not None or method in P.META_TRAINING_OF:
+        meta_training = P.meta_training_for(method, meta_training)
     dataset = P.infer_dataset(target_spec)
     settings = apply_preset({name: by_ds[dataset] for name, by_ds in P.PRESETS.items()}, preset, overrides or {})
     if int(settings["max_queries"]) < 1:
@@ -196,7 +205,7 @@ def run_attack(
                 sets.append(P.gradient_set(trained, name, data, n_images=settings["grad_images"], mode=mode, seed=run.seed,
                                            device=device, cache_dir=run.cache_dir))
             model, params, _ = P.meta_attacker(method, dataset, sets, settings, seed=run.seed, device=device,
-                                               cache_dir=run.cache_dir, in_channels=data.channels)
+                                               cache_dir=run.cache_dir, in_channels=data.channels, training=meta_training)
         started = time.perf_counter()  # the attack's own time; building the pipeline is reported above
         # Seeded here, after the pipeline: a run from the cache draws the same random numbers as the first one.
         seed_everything(run.seed)
@@ -227,7 +236,7 @@ def run_attack(
            "wall_s": round(wall, 1)}
     config = {"target": target_spec, "dataset": dataset, "method": method, "targeted": targeted,
               "target_class": target_class, "zoo": zoo_names, "preset": preset, "device": str(device),
-              "seed": run.seed, **settings, **({"skip_blocked": skip_blocked} if method in P.META_TRAINING_OF else {})}
+              "seed": run.seed, **settings, **({"skip_blocked": skip_blocked, "meta_training": meta_training} if method in P.META_TRAINING_OF else {})}
     return {"outcome": outcome, "config": config, "row": row, "test_index": test_index, "images": (x, y, test_index)}
 
 

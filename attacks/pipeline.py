@@ -35,8 +35,10 @@ DATASET_OF_FAMILY = {"mnist": "mnist", "cifar": "cifar10"}
 DEFAULT_ZOO = {"mnist": ("lenet5", "net2", "net3"), "cifar10": ("vgg13", "vgg16", "vgg19")}
 DEFAULT_TARGET = {"mnist": "net4", "cifar10": "resnet18"}
 
-#: The meta-training method behind each meta-attack method.
+#: The meta-training method behind each meta-attack method (Du et al.'s Reptile; Algorithm 3's lazy Reptile).
 META_TRAINING_OF = {"lazy-meta": "lazy-reptile", "meta": "reptile"}
+#: The meta-trainings each meta-attack method may use instead (``--meta-training``): the lazy attack a lazy teacher's.
+META_TRAININGS_OF = {"lazy-meta": ("lazy-reptile", "lazy-maml"), "meta": ("reptile", "maml")}
 
 #: ``preset -> dataset -> settings``. smoke: seconds (tests); quick: minutes on a
 #: 2-core CPU; paper: Du et al.'s settings (a GPU). ``None`` = the component's default.
@@ -213,30 +215,45 @@ def gradient_set(trained, name: str, data, *, n_images: int, mode: str, seed: in
     return state, path
 
 
+def meta_training_for(method: str, training: str | None = None) -> str:
+    """The meta-training of ``method``'s attacker: ``training`` if given (checked), else :data:`META_TRAINING_OF`."""
+    if method not in META_TRAINING_OF:
+        raise LazyAppsError(f"--meta-training is an option of the meta-attacks ({', '.join(META_TRAINING_OF)}), not of {method}")
+    if training is None:
+        return META_TRAINING_OF[method]
+    if training not in META_TRAININGS_OF[method]:
+        raise LazyAppsError(f"--meta-training {training} does not train a {method} attacker; "
+                            f"{method} takes {' or '.join(META_TRAININGS_OF[method])}")
+    return training
+
+
 def meta_attacker(method: str, dataset: str, sets: list[tuple[dict[str, Tensor], Path]], settings: dict[str, Any], *,
-                  seed: int, device, cache_dir, in_channels: int):
+                  seed: int, device, cache_dir, in_channels: int, training: str | None = None):
     """The (cached) meta-attacker for ``method`` (``lazy-meta`` / ``meta``), meta-trained on ``sets``.
 
+    ``training``: the meta-training (:func:`meta_training_for`; default Reptile / lazy Reptile).
     Returns ``(module, params, path)``.
     """
     from .gradient_sets import as_pairs
     from .meta_attacker import MetaAttacker, describe
-    from .meta_training import INNER_STEPS, meta_train
+    from .meta_training import GRADIENT_METHODS, INNER_LR, INNER_STEPS, meta_train
 
-    training = META_TRAINING_OF[method]
+    training = meta_training_for(method, training)
     torch.manual_seed(seed)
     model = MetaAttacker.for_dataset(dataset, in_channels=in_channels).to(device)
     inner_steps = settings.get("inner_steps") or INNER_STEPS[training].get(dataset, INNER_STEPS[training]["cifar10"])
     key = {"method": training, "gradient_sets": sorted(Path(p).name for _, p in sets), "arch": describe(model),
            "iterations": int(settings["meta_iterations"]), "batch": int(settings["meta_batch"]),
-           "inner_steps": int(inner_steps), "inner_lr": 1e-2, "seed": int(seed), "format": META_ATTACKER_FORMAT}
+           "inner_steps": int(inner_steps), "inner_lr": INNER_LR[training], "seed": int(seed), "format": META_ATTACKER_FORMAT}
+    if training in GRADIENT_METHODS:  # (added only here, so the Reptile family's cached attackers keep their keys)
+        key["meta_lr"] = 1e-3  # Finn et al.; 3e-4 and 3e-3 were no better (docs/attack.md)
     built: list[float] = []
 
     def build() -> dict[str, Any]:
         started = time.perf_counter()
         tasks = [as_pairs(state, device) for state, _ in sets]
         result = meta_train(model, tasks, method=training, iterations=key["iterations"], batch_size=key["batch"],
-                            inner_steps=key["inner_steps"], inner_lr=key["inner_lr"],
+                            inner_steps=key["inner_steps"], inner_lr=key["inner_lr"], meta_lr=key.get("meta_lr", 1e-3),
                             eval_every=max(1, key["iterations"] // 10),
                             generator=torch.Generator().manual_seed(seed))
         built.append(time.perf_counter() - started)

@@ -22,6 +22,9 @@ def parse(argv, *, name: str, default_images: int, default_methods: str, default
     parser.add_argument("--targeted", action="store_true", help="Targeted attacks towards (y + 1) mod 10.")
     parser.add_argument("--skip-blocked", action="store_true",
                         help="Meta-attacks: rank last the coordinates a sign step cannot move (not in Du et al.).")
+    parser.add_argument("--meta-family", default="reptile", choices=["reptile", "maml"],
+                        help="How the meta-attackers are meta-trained: reptile (lazy-reptile for lazy-meta; Du et al.) "
+                             "or maml (lazy-maml for lazy-meta).")
     parser.add_argument("--zoo", default=None, help="Comma-separated whitebox zoo (default: the paper's).")
     parser.add_argument("--target", default=None, help="Another target than the paper's (e.g. a faster one for a smoke run).")
     parser.add_argument("--data-dir", default=None)
@@ -55,15 +58,21 @@ def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title:
     result: dict = {}
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         seed_everything(args.seed)
+        meta = method in META_TRAINING_OF
+        training = None if not meta else f"lazy-{args.meta_family}" if method == "lazy-meta" else args.meta_family
         attacked = run_attack(ctx, target_spec=target, targeted=args.targeted, method=method, zoo_spec=args.zoo,
-                            preset=args.preset, overrides={"n_images": args.n_images, "max_queries": args.max_queries},
-                            images=images, skip_blocked=args.skip_blocked and method in META_TRAINING_OF)
+                              preset=args.preset, overrides={"n_images": args.n_images, "max_queries": args.max_queries},
+                              images=images, skip_blocked=args.skip_blocked and meta, meta_training=training)
         images = attacked["images"]  # every method attacks the same images
-        # the baselines use no zoo: keep the one the meta-attacks were trained on
-        config = {**{k: v for k, v in attacked["config"].items() if k != "method"},
+        # Per-method settings go in the rows; the run's meta-training family goes here. The baselines use
+        # no zoo: keep the one the meta-attacks were trained on.
+        config = {**{k: v for k, v in attacked["config"].items() if k not in ("method", "meta_training")},
+                  "meta_family": args.meta_family,
                   **({"zoo": config["zoo"]} if config.get("zoo") and not attacked["config"]["zoo"] else {})}
-        skip = bool(attacked["config"].get("skip_blocked"))
-        rows.append({"source": "ours", **attacked["row"], **({"settings": "skip_blocked"} if skip else {}),
+        # what departs from Du et al.'s pipeline, named in the row
+        settings = (["skip_blocked"] if attacked["config"].get("skip_blocked") else []) + (
+            [f"meta_training={training}"] if meta and training != META_TRAINING_OF[method] else [])
+        rows.append({"source": "ours", **attacked["row"], **({"settings": ",".join(settings)} if settings else {}),
                      "n_images": len(images[1])})
         print(format_table(rows[-1:], ["source", *COLUMNS]), file=sys.stderr, flush=True)
         # written after every method, so a long run stopped part-way keeps the rows it finished
@@ -74,19 +83,6 @@ def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title:
     columns = ["source", *COLUMNS, *(["settings"] if any("settings" in r for r in rows) else []), "n_images"]
     print(format_table(rows + paper, columns, title=f"{title} ({wanted}, preset {args.preset})"))
     return result
-
-
-def main_guard(func):
-    """Run ``func`` and turn a user error into one line and exit code 2, like the CLI."""
-    from lazyapps.allocator import keep_freed_memory
-    from lazyapps.errors import LazyAppsError
-
-    keep_freed_memory()  # the CLI's allocator setting, so the numbers are what `lazyapps attack` gets
-    try:
-        func()
-    except LazyAppsError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _attack_common import main_guard, parse, run  # noqa: E402
+from _attack_common import parse, run  # noqa: E402
+from _script import run_script  # noqa: E402
 
 PAPER = [
     {"setting": "untargeted", "method": "meta", "success_rate": 0.94, "mean_l2": 0.34, "mean_queries": 1583},
@@ -31,4 +32,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    run_script(main)

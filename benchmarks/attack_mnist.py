@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _attack_common import main_guard, parse, run  # noqa: E402
+from _attack_common import parse, run  # noqa: E402
+from _script import run_script  # noqa: E402
 
 #: Reported numbers: success rate, mean L2, mean queries (untargeted: Du et al. Table 1 for meta;
 #: the lazy paper for lazy-meta and the targeted row).
@@ -36,4 +37,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    run_script(main)

@@ -42,6 +42,16 @@ def test_mnist_benchmark_smoke_with_skip_blocked(mini_root, session_cache, tmp_p
     assert [(r["method"], r.get("settings")) for r in rows] == [("lazy-meta", "skip_blocked"), ("bandits", None)]
 
 
+def test_mnist_benchmark_smoke_with_the_maml_family(mini_root, session_cache, tmp_path):
+    out = tmp_path / "mnist-maml.json"
+    attack_mnist.main(["--smoke", "--meta-family", "maml", "--data-dir", str(mini_root), "--cache-dir",
+                       str(session_cache), "--device", "cpu", "--json", str(out), "--quiet"])
+    result = json.loads(out.read_text())
+    assert [(r["method"], r.get("settings")) for r in result["rows"]] == [
+        ("lazy-meta", "meta_training=lazy-maml"), ("meta", "meta_training=maml")]
+    assert result["config"]["meta_family"] == "maml" and "meta_training" not in result["config"]
+
+
 def test_cifar_benchmark_smoke(mini_root, session_cache, tmp_path, capsys):
     out = tmp_path / "cifar.json"
     # the smallest CIFAR nets keep this in seconds; the script and pipeline are the benchmark's own

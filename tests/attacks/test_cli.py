@@ -72,13 +72,27 @@ def test_skip_blocked_is_recorded_and_changes_no_cached_artefact(smoke_run):
     _, out, args, cache = smoke_run
     before = sorted(p.name for p in cache.rglob("*") if p.is_file())
     plain = json.loads((out / "r.json").read_text())
-    assert plain["config"]["skip_blocked"] is False
+    assert plain["config"]["skip_blocked"] is False and plain["config"]["meta_training"] == "lazy-reptile"
     json_at = args.index("--json") + 1
     result = invoke(*args[:json_at], str(out / "skip.json"), "--skip-blocked", "--quiet")
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "skip.json").read_text())
     assert saved["config"]["skip_blocked"] is True and saved["metrics"]["n_images"] == 2
     assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == before  # an attack option: nothing rebuilt
+
+
+def test_meta_training_lazy_maml_builds_its_own_attacker_and_is_recorded(smoke_run, tmp_path):
+    _, out, args, cache = smoke_run
+    reptile_attackers = sorted((cache / "meta_attackers").glob("mnist-lazy-meta-*.pt"))
+    json_at = args.index("--json") + 1
+    result = invoke(*args[:json_at], str(tmp_path / "lazy-maml.json"), "--meta-training", "lazy-maml")
+    assert result.exit_code == 0, result.output
+    assert "meta-attacker lazy-meta: meta-trained (lazy-maml, 2 iterations of 8 inner steps)" in result.stderr
+    assert "gradient set net3: 64 maps loaded from cache" in result.stderr  # only the attacker is new
+    saved = json.loads((tmp_path / "lazy-maml.json").read_text())
+    assert saved["config"]["meta_training"] == "lazy-maml" and saved["metrics"]["n_images"] == 2
+    attackers = sorted((cache / "meta_attackers").glob("mnist-lazy-meta-*.pt"))
+    assert len(attackers) == len(reptile_attackers) + 1 and set(reptile_attackers) < set(attackers)
 
 
 def test_targeted_run_reaches_for_the_target_class(mini_root, session_cache, tmp_path):
@@ -102,6 +116,9 @@ def test_targeted_run_reaches_for_the_target_class(mini_root, session_cache, tmp
     (["--target-class", "10"], "--target-class 10 is out of range"),
     (["--target", "missing.pt"], "does not exist"),
     (["--method", "zoo", "--skip-blocked"], "--skip-blocked is an option of the meta-attacks"),
+    (["--method", "nes", "--meta-training", "maml"], "--meta-training is an option of the meta-attacks"),
+    (["--meta-training", "maml"], "--meta-training maml does not train a lazy-meta attacker; lazy-meta takes lazy-reptile or lazy-maml"),
+    (["--method", "meta", "--meta-training", "lazy-reptile"], "meta takes reptile or maml"),
 ])
 def test_bad_input_is_one_clear_line(args, message, mini_root, tmp_path):
     result = CliRunner().invoke(cli, ["attack", *args, "--preset", "smoke", "--data-dir", str(mini_root),

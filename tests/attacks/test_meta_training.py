@@ -1,4 +1,5 @@
-"""Meta-training: held-out MSE drops (reptile, lazy-reptile); one lazy step equals the update by hand."""
+"""Meta-training: held-out MSE drops (reptile, lazy-reptile), the MAML family lowers the adapted MSE; one step of
+lazy-reptile, maml and lazy-maml equals the update by hand."""
 from __future__ import annotations
 
 import copy
@@ -9,6 +10,8 @@ import torch.nn.functional as F
 
 from attacks.meta_attacker import MetaAttacker
 from attacks.meta_training import meta_train, mse, split_task
+
+ADAM = torch.optim.Adam  # the real one, for the references below (a test may patch torch.optim.Adam)
 
 
 def _tasks(n_tasks: int = 3, n: int = 96, seed: int = 0):
@@ -41,6 +44,37 @@ def test_meta_training_reduces_held_out_mse(method):
         assert len(result.gammas) == 25 * 3 and set(result.gammas) <= {0.75, 0.8, 0.85, 0.9, 0.95}
 
 
+def _with_params(net, params):
+    probe = copy.deepcopy(net)
+    with torch.no_grad():
+        for k, p in probe.named_parameters():
+            p.copy_(params[k])
+    return probe
+
+
+def _adam_student(net, x, g, *, steps, lr):
+    """φ_k of a plain ``torch.optim.Adam`` student on one task's pairs (the reference for the engine's student)."""
+    student = copy.deepcopy(net)
+    opt = ADAM(student.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.mse_loss(student(x), g).backward()
+        opt.step()
+    return {k: v.detach() for k, v in student.named_parameters()}
+
+
+def _teacher_by_hand(net, theta, phi_k, xv, gv):
+    """(γ̂, γ̂θ + (1 − γ̂)φ_k): the default grid's γ with the lowest validation MSE (the first on ties)."""
+    best = None
+    for gamma in (0.75, 0.80, 0.85, 0.90, 0.95):
+        cand = {k: gamma * theta[k] + (1 - gamma) * phi_k[k] for k in theta}
+        with torch.no_grad():
+            score = F.mse_loss(_with_params(net, cand)(xv), gv).item()
+        if best is None or score < best[0]:
+            best = (score, gamma, cand)
+    return best[1], best[2]
+
+
 def test_one_lazy_reptile_step_equals_the_update_by_hand():
     torch.manual_seed(0)
     net = MetaAttacker(1, (4, 8))
@@ -52,27 +86,98 @@ def test_one_lazy_reptile_step_equals_the_update_by_hand():
     leaps = []
     for task in tasks:
         (x, g), (xv, gv) = split_task(task)
-        student = copy.deepcopy(net)
-        opt = torch.optim.Adam(student.parameters(), lr=lr)
-        for _ in range(steps):
-            opt.zero_grad()
-            F.mse_loss(student(x), g).backward()
-            opt.step()
-        phi_k = {k: v.detach() for k, v in student.named_parameters()}
-        best = None
-        for gamma in (0.75, 0.80, 0.85, 0.90, 0.95):
-            cand = {k: gamma * theta[k] + (1 - gamma) * phi_k[k] for k in theta}
-            probe = copy.deepcopy(net)
-            with torch.no_grad():
-                for k, p in probe.named_parameters():
-                    p.copy_(cand[k])
-                score = F.mse_loss(probe(xv), gv).item()
-            if best is None or score < best[0]:
-                best = (score, cand)
-        leaps.append(best[1])
+        _, leap = _teacher_by_hand(net, theta, _adam_student(net, x, g, steps=steps, lr=lr), xv, gv)
+        leaps.append(leap)
     expected = {k: theta[k] - beta * sum(theta[k] - phi[k] for phi in leaps) for k in theta}
     for k in theta:
         torch.testing.assert_close(result.params[k], expected[k], atol=1e-5, rtol=1e-5)
+
+
+def _adapted_mse(net, params, tasks, *, steps, lr, optimizer):
+    """Mean validation MSE after the student's steps on each task's training pairs: what the MAML family minimises."""
+    total = 0.0
+    for task in tasks:
+        (x, g), (xv, gv) = split_task(task)
+        probe = _with_params(net, params)
+        opt = optimizer(probe.parameters(), lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            F.mse_loss(probe(x), g).backward()
+            opt.step()
+        with torch.no_grad():
+            total += F.mse_loss(probe(xv), gv).item()
+    return total / len(tasks)
+
+
+@pytest.mark.parametrize("method", ["maml", "lazy-maml"])
+def test_maml_family_lowers_the_adapted_validation_mse(method):
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (8, 16))
+    tasks = _tasks()
+    init = {k: v.detach().clone() for k, v in net.named_parameters()}
+    result = meta_train(net, tasks, method=method, iterations=30, batch_size=16, meta_lr=1e-2,
+                        generator=torch.Generator().manual_seed(0))
+    # each method's own student: maml's SGD (5 steps, lr 0.1), lazy-maml's Adam (8 steps, lr 1e-2)
+    student = dict(steps=5, lr=0.1, optimizer=torch.optim.SGD) if method == "maml" else dict(steps=8, lr=1e-2, optimizer=torch.optim.Adam)
+    before = _adapted_mse(net, init, tasks, **student)
+    after = _adapted_mse(net, result.params, tasks, **student)
+    assert after < 0.8 * before
+    assert all(torch.equal(v, init[k]) for k, v in net.named_parameters())
+    assert all(not v.requires_grad for v in result.params.values())
+    assert (len(result.gammas) == 30 * 3) == (method == "lazy-maml")
+
+
+@pytest.fixture
+def sgd_meta_step(monkeypatch):
+    """meta_train's Adam replaced by plain SGD, so one iteration moves θ by exactly −meta_lr × the meta-gradient.
+
+    (Adam's first step is about meta_lr × the gradient's sign, which would hide a wrongly scaled meta-gradient.)
+    """
+    monkeypatch.setattr(torch.optim, "Adam", lambda params, lr: torch.optim.SGD(params, lr=lr))
+
+
+@pytest.mark.parametrize("sizes", [(20, 20), (20, 12)], ids=["vmapped", "unequal-tasks-looped"])
+def test_one_maml_step_equals_second_order_maml_by_hand(sizes, sgd_meta_step):
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (4, 8))
+    tasks = [_tasks(n_tasks=2, n=n, seed=i)[i] for i, n in enumerate(sizes)]
+    steps, lr, meta_lr = 2, 0.3, 1.0  # with the SGD meta-step, θ moves by minus the meta-gradient itself
+    # batches cover each task's pairs whole (in order), so the sampled pairs are known
+    result = meta_train(net, tasks, method="maml", iterations=1, inner_steps=steps, inner_lr=lr, meta_lr=meta_lr,
+                        batch_size=64, val_batch=64)
+    theta = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
+    total = 0.0
+    for task in tasks:
+        (x, g), (xv, gv) = split_task(task)
+        phi = dict(theta)
+        for _ in range(steps):  # SGD kept in the graph: second order
+            loss = F.mse_loss(torch.func.functional_call(net, phi, (x,)), g)
+            grads = torch.autograd.grad(loss, list(phi.values()), create_graph=True)
+            phi = {k: v - lr * d for (k, v), d in zip(phi.items(), grads)}
+        total = total + F.mse_loss(torch.func.functional_call(net, phi, (xv,)), gv)
+    meta_grads = dict(zip(theta, torch.autograd.grad(total / len(tasks), list(theta.values()))))
+    for k in theta:
+        torch.testing.assert_close(result.params[k] - theta[k].detach(), -meta_lr * meta_grads[k], atol=1e-7, rtol=1e-4)
+
+
+def test_one_lazy_maml_step_equals_the_leap_gradient_by_hand(sgd_meta_step):
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (4, 8))
+    tasks = _tasks(n_tasks=2, n=20)
+    steps, lr, meta_lr = 3, 1e-2, 1.0
+    result = meta_train(net, tasks, method="lazy-maml", iterations=1, inner_steps=steps, inner_lr=lr, meta_lr=meta_lr,
+                        batch_size=64, val_batch=64)
+    theta = {k: v.detach().clone() for k, v in net.named_parameters()}
+    task_grads = []
+    for task in tasks:
+        (x, g), (xv, gv) = split_task(task)
+        gamma, params = _teacher_by_hand(net, theta, _adam_student(net, x, g, steps=steps, lr=lr), xv, gv)
+        leap = _with_params(net, params)
+        F.mse_loss(leap(xv), gv).backward()  # d/dθ of MSE(γθ + (1 − γ)φ_k) = γ · ∇MSE at the leap
+        task_grads.append({k: gamma * p.grad for k, p in leap.named_parameters()})
+    mean = {k: sum(t[k] for t in task_grads) / len(task_grads) for k in theta}
+    for k in theta:
+        torch.testing.assert_close(result.params[k] - theta[k], -meta_lr * mean[k], atol=1e-7, rtol=1e-4)
 
 
 def test_unknown_method_and_empty_tasks_are_errors():
