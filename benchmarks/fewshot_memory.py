@@ -156,4 +156,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from _script import run_script
+
+    run_script(main, allocator=False)  # the measuring child fixes its own mmap threshold (above)

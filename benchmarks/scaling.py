@@ -229,7 +229,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from lazyapps.allocator import keep_freed_memory
+    from _script import run_script
 
-    keep_freed_memory()  # the CLI's allocator setting, so the numbers are what `lazyapps ...` gets
-    main()
+    run_script(main)
