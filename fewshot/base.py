@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lazyapps.errors import LazyAppsError, UnknownNameError
+from lazyapps.errors import DivergedError, LazyAppsError, UnknownNameError
 from lazyapps.functional import Params, buffers_of, forward, map_tasks, params_of
 
 from .tasks import TaskBatch, TaskSource
@@ -212,12 +212,31 @@ class Learner(nn.Module):
 
     # -- shared machinery ----------------------------------------------------------
     def train_step(self, tasks: TaskBatch) -> dict[str, float]:
-        """One meta-iteration as training runs it: :meth:`meta_step`, then the zeroing trick if on, then the count."""
+        """One meta-iteration as training runs it: :meth:`meta_step`, then the zeroing trick if on, then the count.
+
+        Raises :class:`~lazyapps.errors.DivergedError` when the meta-loss is not finite: the step has then
+        filled the parameters with inf/nan, and training on would only hide where it went wrong.
+        """
+        from lazyapps import distributed
+
         self.train()
         metrics = self.meta_step(tasks)
         self.reset_head()
         self.iteration += 1
+        if not distributed.is_distributed():  # under torchrun meta_train checks the loss averaged over ranks
+            self.check_finite(metrics)
         return metrics
+
+    def check_finite(self, metrics: Mapping[str, float]) -> None:
+        """Raise :class:`~lazyapps.errors.DivergedError` if the meta-loss of the step just taken is not finite."""
+        loss = metrics.get("loss")
+        if loss is None or math.isfinite(loss):
+            return
+        hint = "a smaller meta learning rate (--hp meta_lr=...)"
+        if hasattr(self, "grad_clip"):
+            hint += " or a bound on the meta-gradient's norm (--hp grad_clip=...)"
+        raise DivergedError(f"{self.name} meta-training diverged at iteration {self.iteration}: the meta-loss is {loss}, "
+                            f"so the parameters are no longer usable; try {hint}")
 
     def reset_head(self) -> None:
         """Set the output layer to zero (``zero_head``; see the class docstring). No-op when the trick is off."""
@@ -373,6 +392,7 @@ class Learner(nn.Module):
             for _ in (bar(steps, desc=f"meta-train {self.name}") if progress else steps):
                 tasks = source.sample(meta_batch).select(share).to(self.device)
                 metrics = distributed.mean_metrics(self.train_step(tasks), weight=local)
+                self.check_finite(metrics)  # (the same on every rank: a rank's nan makes the mean nan)
                 history.append(metrics)
                 if callback is not None:
                     callback(self.iteration, metrics)

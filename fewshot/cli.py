@@ -50,6 +50,18 @@ def _hparam_values(ctx: click.Context, param: click.Parameter, values: tuple[str
     return out
 
 
+def _warn_if_not_finite(evaluation) -> None:
+    """One status line when some test tasks scored inf/nan: the mean is then not a number worth comparing."""
+    import math
+
+    from lazyapps.progress import status
+
+    bad = sum(not math.isfinite(v) for v in evaluation.values)
+    if bad:
+        status(f"warning: {bad} of {evaluation.tasks} test tasks scored a non-finite {evaluation.metric}: "
+               "adaptation diverged on them (a smaller inner learning rate or fewer steps may help)")
+
+
 @click.group()
 def fewshot() -> None:
     """Few-shot learning: MAML family, lazy learners, iMAML, Meta-SGD, meta-LSTM, TURTLE."""
@@ -131,7 +143,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     """Meta-train a few-shot learner, checkpoint it, and score it on held-out test tasks."""
     import torch
 
-    from lazyapps.errors import LazyAppsError
+    from lazyapps.errors import DivergedError, LazyAppsError
     from lazyapps.progress import status
 
     from .base import get_learner
@@ -213,10 +225,13 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
                                train_shots=settings["train_shots"], shuffle_classes=shuffle_classes, seed=run.seed)
     curve_tasks = test_tasks.fixed_tasks(min(CURVE_TASKS, settings["eval_tasks"]), seed=EVAL_SEED + 1)
 
+    saved: list[int] = []  # the iteration the checkpoint on disk holds
+
     def save() -> None:
         # The task stream's and torch's RNG states make --resume continue exactly as an uninterrupted run would.
         save_learner(ckpt, learner, {**meta, "iteration": learner.iteration}, history=history, curve=curve,
                      sampler_rng=train_tasks.generator.get_state(), torch_rng=torch.get_rng_state())
+        saved[:] = [learner.iteration]
 
     def callback(iteration: int, metrics: dict[str, float]) -> None:
         history.append({k: float(v) for k, v in metrics.items()})
@@ -233,11 +248,15 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     except KeyboardInterrupt:
         save()
         raise LazyAppsError(f"interrupted at iteration {learner.iteration}; saved {ckpt} (continue with --resume {ckpt})") from None
+    except DivergedError as exc:  # the diverged parameters are not saved over the last good checkpoint
+        kept = f"{ckpt} still holds iteration {saved[0]}" if saved else "no checkpoint was written"
+        raise DivergedError(f"{exc}; {kept}") from None
     final = learner.evaluate(curve_tasks)
     curve.append({"iteration": learner.iteration, "metric": final.metric, "mean": final.mean, "ci95": final.ci95})
     save()
     status(f"scoring on {settings['eval_tasks']} test tasks")
     evaluation = learner.evaluate(test_tasks.fixed_tasks(settings["eval_tasks"], seed=EVAL_SEED))
+    _warn_if_not_finite(evaluation)
     from lazyapps.distributed import is_main
 
     if plot and is_main():  # under torchrun rank 0 draws the one figure
@@ -289,6 +308,7 @@ def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, q
     tasks = task_source(dataset, split=split, ways=ways, shots=shots, queries=queries, seed=EVAL_SEED, device=run.device,
                         shuffle_classes=bool(meta.get("shuffle_classes", True)), root=run.data_dir, cache_dir=run.cache_dir)
     evaluation = learner.evaluate(tasks.fixed_tasks(num_tasks, seed=EVAL_SEED))
+    _warn_if_not_finite(evaluation)
     from lazyapps.distributed import is_main
 
     if plot and is_main():  # under torchrun rank 0 draws the one figure

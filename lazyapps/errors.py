@@ -32,3 +32,7 @@ class DataNotFoundError(LazyAppsError, FileNotFoundError):
 
 class CheckpointError(LazyAppsError):
     """A checkpoint that is missing, corrupt, or made by other settings."""
+
+
+class DivergedError(LazyAppsError):
+    """Training produced a non-finite loss: the parameters are no longer usable; the message says what to change."""

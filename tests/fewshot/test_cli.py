@@ -200,3 +200,26 @@ def test_hp_gammas_as_comma_separated_numbers_reach_the_teacher(tmp_path, data_r
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "g.json").read_text())
     assert saved["config"]["hparams"]["gammas"] == [0.5, 0.7]
+
+
+def test_a_diverging_run_stops_in_one_line_and_keeps_the_last_checkpoint(tmp_path) -> None:
+    from fewshot.experiment import load_learner
+
+    out = tmp_path / "d"
+    result = _run("fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--iterations", "20",
+                  "--eval-every", "1", "--eval-tasks", "4", "--hp", "meta_lr=1e6", "--out", str(out), "--quiet")
+    assert result.exit_code == 2, result.output
+    assert "Error: maml meta-training diverged at iteration 2: the meta-loss is" in result.output
+    assert "try a smaller meta learning rate (--hp meta_lr=...)" in result.output
+    assert f"{out / 'checkpoint.pt'} still holds iteration 1" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    learner, _, meta = load_learner(out / "checkpoint.pt")  # written before the step that diverged
+    assert meta["iteration"] == 1 and learner.iteration == 1
+
+
+def test_test_tasks_that_diverge_are_named_in_a_warning(tmp_path) -> None:
+    result = _run("fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--iterations", "3",
+                  "--eval-tasks", "4", "--hp", "inner_lr=100", "--out", str(tmp_path / "w"))
+    assert result.exit_code == 0, result.output
+    assert "warning: 4 of 4 test tasks scored a non-finite mse: adaptation diverged on them" in result.stderr
+    assert "nan" in result.stdout  # the table reports what was measured
