@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
             for row in part:
                 row["shots"] = shots
             sine += part
-        print(format_table(sine, ["learner", "shots", "iterations", "minutes", "mse", "paper", "note"],
+        print(format_table(sine, ["learner", "settings", "shots", "iterations", "minutes", "mse", "paper", "note"],
                            title="Sine regression test MSE (paper = Finn et al. / Li et al.)"))
     result = make_result("benchmarks/fewshot_accuracy.py", vars(args), {"omniglot_5way_1shot": omniglot, "sine": sine, "device": str(device)},
                          time.perf_counter() - start)

@@ -144,3 +144,20 @@ def test_runs_on_conv4_omniglot(omniglot_tasks):
     assert any(not torch.equal(before[k], v) for k, v in learner.state_dict().items())
     result = learner.evaluate(test.fixed_tasks(4, seed=3))
     assert result.metric == "accuracy" and result.tasks == 4 and 0 <= result.mean <= 100
+
+
+def test_grad_clip_bounds_the_meta_gradient_norm_and_none_leaves_it():
+    g = torch.Generator().manual_seed(8)
+    tasks = TaskBatch(*(3 * torch.randn(3, 4, 1, generator=g, dtype=torch.float64) for _ in range(4)))
+
+    def meta_gradient_norm(**kw):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+        learner = Turtle(net, problem="regression", inner_steps=2, lr_init=0.1, **kw).double()
+        learner.meta_step(tasks)  # the (clipped) meta-gradient stays in .grad until the next step
+        return float(torch.sqrt(sum((p.grad ** 2).sum() for p in learner.parameters() if p.grad is not None)))
+
+    free = meta_gradient_norm()
+    assert free > 0.5  # the bound below really cuts it
+    assert abs(meta_gradient_norm(grad_clip=0.25) - 0.25) < 1e-6  # (clip_grad_norm_ divides by norm + 1e-6)
+    assert abs(meta_gradient_norm(grad_clip=10 * free) - free) < 1e-12  # above the norm: unchanged
