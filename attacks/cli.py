@@ -58,12 +58,10 @@ def attack(run: RunContext, target_spec: str, targeted: bool | None, target_clas
         raise LazyAppsError(f"--max-queries must be at least 1, got {max_queries}")
     if n_images is not None and n_images < 1:
         raise LazyAppsError(f"--n-images must be at least 1, got {n_images}")
-    from .pipeline import META_TRAINING_OF, meta_training_for
+    from .pipeline import META_TRAINING_OF
 
     if skip_blocked and method not in META_TRAINING_OF:
         raise LazyAppsError(f"--skip-blocked is an option of the meta-attacks ({', '.join(META_TRAINING_OF)}), not of {method}")
-    if meta_training is not None:
-        meta_training_for(method, meta_training)  # refused before anything is built
     if plot_path:
         _require_matplotlib()
     result = run_attack(

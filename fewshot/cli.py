@@ -225,13 +225,10 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
                                train_shots=settings["train_shots"], shuffle_classes=shuffle_classes, seed=run.seed)
     curve_tasks = test_tasks.fixed_tasks(min(CURVE_TASKS, settings["eval_tasks"]), seed=EVAL_SEED + 1)
 
-    saved: list[int] = []  # the iteration the checkpoint on disk holds
-
     def save() -> None:
         # The task stream's and torch's RNG states make --resume continue exactly as an uninterrupted run would.
         save_learner(ckpt, learner, {**meta, "iteration": learner.iteration}, history=history, curve=curve,
                      sampler_rng=train_tasks.generator.get_state(), torch_rng=torch.get_rng_state())
-        saved[:] = [learner.iteration]
 
     def callback(iteration: int, metrics: dict[str, float]) -> None:
         history.append({k: float(v) for k, v in metrics.items()})
@@ -249,7 +246,10 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         save()
         raise LazyAppsError(f"interrupted at iteration {learner.iteration}; saved {ckpt} (continue with --resume {ckpt})") from None
     except DivergedError as exc:  # the diverged parameters are not saved over the last good checkpoint
-        kept = f"{ckpt} still holds iteration {saved[0]}" if saved else "no checkpoint was written"
+        from lazyapps.checkpoint import load_metadata
+
+        on_disk = load_metadata(ckpt).get("iteration")  # (also a resumed run's checkpoint not yet rewritten)
+        kept = f"{ckpt} still holds iteration {on_disk}" if on_disk is not None else "no checkpoint was written"
         raise DivergedError(f"{exc}; {kept}") from None
     final = learner.evaluate(curve_tasks)
     curve.append({"iteration": learner.iteration, "metric": final.metric, "mean": final.mean, "ci95": final.ci95})

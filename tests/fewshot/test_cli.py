@@ -223,3 +223,14 @@ def test_test_tasks_that_diverge_are_named_in_a_warning(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert "warning: 4 of 4 test tasks scored a non-finite mse: adaptation diverged on them" in result.stderr
     assert "nan" in result.stdout  # the table reports what was measured
+
+
+def test_a_resumed_run_that_diverges_names_the_checkpoint_it_resumed(tmp_path) -> None:
+    out = tmp_path / "r"
+    base = ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--eval-tasks", "4",
+            "--eval-every", "100", "--out", str(out), "--quiet"]
+    # meta_lr=1e6 is stored in the checkpoint: the first step's loss is still finite, the second's is not
+    assert _run(*base, "--iterations", "1", "--hp", "meta_lr=1e6").exit_code == 0
+    result = _run(*base, "--iterations", "20", "--resume", str(out / "checkpoint.pt"))
+    assert result.exit_code == 2, result.output
+    assert f"{out / 'checkpoint.pt'} still holds iteration 1" in result.output
