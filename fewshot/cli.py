@@ -103,6 +103,22 @@ def _table(rows: list[dict[str, Any]], title: str) -> str:
     return format_table(rows, title=title)
 
 
+def _refuse_changed_hparams(resume: str, stored: dict[str, Any], explicit: dict[str, Any]) -> None:
+    """A resumed run continues the checkpoint's hyperparameters: one given differently is refused, not ignored.
+
+    ``eval_inner_steps`` is exempt: it only changes how the learner is scored, not what it learns.
+    """
+    from lazyapps.errors import LazyAppsError
+
+    for name, value in explicit.items():
+        if value is None or name == "eval_inner_steps" or name not in stored:
+            continue
+        given = list(value) if isinstance(value, tuple) else value
+        if given != stored[name]:
+            raise LazyAppsError(f"{resume} was meta-trained with {name}={stored[name]!r}, not {given!r}; --resume continues the "
+                                f"checkpoint's hyperparameters (drop the flag, or start a new run with another --out)")
+
+
 @fewshot.command("train")
 @click.option("--algo", required=True, help="Learning algorithm (e.g. maml, fomaml, reptile, lazy-maml, lazy-reptile, scratch, finetune; see `lazyapps fewshot algos`).")
 @click.option("--dataset", default="omniglot", show_default=True, help="omniglot, omniglot-lake, sine, cifar-fs, miniimagenet, tieredimagenet or folder:PATH.")
@@ -131,7 +147,7 @@ def _table(rows: list[dict[str, Any]], title: str) -> str:
 @click.option("--eval-tasks", type=int, default=None, help="Test tasks scored at the end (default: the preset's).")
 @click.option("--eval-every", type=int, default=None, help="Learning-curve point + checkpoint every N iterations (0: only at the end).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder for checkpoint.pt (default: fewshot-runs/<algo>-<dataset>-<ways>way-<shots>shot).")
-@click.option("--resume", type=click.Path(dir_okay=False), default=None, help="Continue from this checkpoint (same algo, arch, dataset, ways, shots).")
+@click.option("--resume", type=click.Path(dir_okay=False), default=None, help="Continue from this checkpoint (same algo, arch, dataset, ways, shots; its hyperparameters, which flags may repeat but not change).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save the learning curve to this image file (needs matplotlib).")
 @preset_option("quick")
 @common_options
@@ -209,7 +225,8 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     curve: list[dict[str, Any]] = []
     if resume:
         learner, state, meta = load_learner(resume, device=run.device, expect={"algo": algo, "arch": arch, "dataset": dataset, "ways": ways, "shots": shots},
-                                            transductive=transductive, vectorize=vectorize)
+                                            transductive=transductive, vectorize=vectorize, eval_inner_steps=eval_inner_steps)
+        _refuse_changed_hparams(resume, learner.hparams(), explicit)
         trained_on = int(meta.get("train_shots", meta["shots"]))  # checkpoints before --train-shots: as --shots
         if trained_on != settings["train_shots"]:
             raise LazyAppsError(f"{resume} was meta-trained on {trained_on} shots per class; resume it with --train-shots {trained_on}")

@@ -234,3 +234,20 @@ def test_a_resumed_run_that_diverges_names_the_checkpoint_it_resumed(tmp_path) -
     result = _run(*base, "--iterations", "20", "--resume", str(out / "checkpoint.pt"))
     assert result.exit_code == 2, result.output
     assert f"{out / 'checkpoint.pt'} still holds iteration 1" in result.output
+
+
+def test_resume_refuses_a_hyperparameter_it_would_otherwise_ignore(tmp_path) -> None:
+    out = tmp_path / "r"
+    base = ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--eval-tasks", "2", "--out", str(out), "--quiet"]
+    assert _run(*base, "--iterations", "1", "--hp", "meta_lr=0.002").exit_code == 0
+    ckpt = out / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    for flag in (("--inner-lr", "0.5"), ("--hp", "meta_lr=0.01")):
+        result = _run(*base, "--iterations", "2", "--resume", str(ckpt), *flag)
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert "was meta-trained with" in result.output and "--resume continues the checkpoint's hyperparameters" in result.output
+        assert ckpt.read_bytes() == before
+    # the same value again, and the scoring-only eval_inner_steps, are accepted
+    result = _run(*base, "--iterations", "2", "--resume", str(ckpt), "--hp", "meta_lr=0.002", "--eval-inner-steps", "3")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "checkpoint.pt.json").read_text())["hparams"]["eval_inner_steps"] == 3
