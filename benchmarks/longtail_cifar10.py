@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import multiprocessing as mp
 import os
 import statistics
@@ -192,6 +191,7 @@ def main(argv=None) -> dict:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     data = _data(args)
     print(data.describe(), flush=True)
+    from lazyapps.checkpoint import write_json_atomic
     from longtail.schedule import Schedule
 
     sched = Schedule.scaled(args.epochs, decay_factors=_decay(args.lr_decay))
@@ -255,8 +255,7 @@ def main(argv=None) -> dict:
     out = {"config": {k: v for k, v in vars(args).items()}, "counts": data.counts, "budget": budget,
            "results": results, "cost": cost, "paper_cifar100_lt": PAPER_CIFAR100_LT, "elapsed_s": time.perf_counter() - started}
     json_path = args.json or str(Path(args.out) / "results.json")
-    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(json_path).write_text(json.dumps(out, indent=1, default=str))
+    write_json_atomic(json_path, out)
     print(f"results written to {json_path}")
     return out
 

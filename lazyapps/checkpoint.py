@@ -20,6 +20,12 @@ import torch
 from .errors import CheckpointError
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
     from .distributed import may_write
 
@@ -28,6 +34,9 @@ def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would, so a shared cache or
+        # results folder stays readable by the group as the user's umask allows.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -39,10 +48,14 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a reader sees the old file or the whole new one)."""
+    _atomic_write(Path(path), lambda handle: handle.write(data))
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    data = (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode()
-    _atomic_write(Path(path), lambda handle: handle.write(data))
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
 def meta_path(path: str | os.PathLike) -> Path:

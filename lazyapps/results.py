@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import platform
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from .checkpoint import write_json_atomic
+from .checkpoint import write_bytes_atomic, write_json_atomic
 
 
 def versions() -> dict[str, str]:
@@ -60,17 +60,10 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
-    """Write rows (dicts) as CSV (atomically, via a temporary file)."""
-    from .distributed import may_write
-
-    if not may_write():  # under torchrun only rank 0 writes results
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write rows (dicts) as CSV, atomically (the checkpoint module's writer)."""
     columns = list(columns or (rows[0].keys() if rows else []))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes_atomic(path, text.getvalue().encode())  # (under torchrun only rank 0 writes)

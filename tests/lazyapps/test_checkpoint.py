@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -63,3 +65,18 @@ def test_write_json_atomic(tmp_path):
     write_json_atomic(tmp_path / "r.json", {"a": 1})
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1}
     assert meta_path(tmp_path / "x.pt").name == "x.pt.json"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_written_files_get_the_umask_mode_not_a_private_one(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "c.pt", {"w": torch.zeros(2)}, {"kind": "x"})
+        write_json_atomic(tmp_path / "r.json", {"a": 1})
+        os.umask(0o077)
+        write_json_atomic(tmp_path / "private.json", {"a": 1})
+    finally:
+        os.umask(old)
+    for name in ("c.pt", "c.pt.json", "r.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
