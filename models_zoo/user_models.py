@@ -108,7 +108,7 @@ def load_user_model(
     device = resolve_device(device)
     arch, path = _split_spec(spec)
     if not path.is_file():
-        raise CheckpointError(f"model file {path} does not exist")
+        raise CheckpointError(f"model file {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
     if arch is None:
         if is_zoo_checkpoint(path):
             return load_trained(path, device=device).model

@@ -33,6 +33,8 @@ def test_corrupt_and_missing_files_are_user_errors(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "absent.pt")
+    with pytest.raises(CheckpointError, match="is a folder, not a file"):
+        load_checkpoint(tmp_path)
 
 
 def test_pickled_code_is_refused(tmp_path):

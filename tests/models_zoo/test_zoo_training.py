@@ -160,5 +160,7 @@ def test_user_models_state_dict_torchscript_and_errors(mnist_lenet, tmp_path):
         models_zoo.load_user_model(f"lenet5:{corrupt}")
     with pytest.raises(CheckpointError, match="does not exist"):
         models_zoo.load_user_model(f"lenet5:{tmp_path / 'missing.pt'}")
+    with pytest.raises(CheckpointError, match="is a folder, not a file"):
+        models_zoo.load_user_model(str(tmp_path))
     with pytest.raises(CheckpointError, match="ARCH:"):
         models_zoo.load_user_model(str(state_path))
