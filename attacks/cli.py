@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from lazyapps.cli import RunContext, apply_preset, common_options, preset_option
+from lazyapps.plotting import plot_option
 
 METHODS = ("lazy-meta", "meta", "zoo", "nes", "bandits", "hsja", "boundary")
 COLUMNS = ["method", "success_rate", "mean_l2", "mean_queries", "median_queries", "wall_s"]
@@ -39,12 +40,12 @@ DECISION_METHODS = ("hsja", "boundary")
               help="How the meta-attacker is meta-trained: lazy-meta takes lazy-reptile (default) or lazy-maml, "
                    "meta takes reptile (default) or maml.")
 @click.option("--per-image", "per_image_path", type=click.Path(dir_okay=False), default=None, help="Write per-image results to this CSV.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Plot success rate vs query budget to this image (needs matplotlib).")
+@plot_option("Plot success rate vs query budget to this image")
 @preset_option("quick")
 @common_options
 def attack(run: RunContext, target_spec: str, targeted: bool | None, target_class: int | None, method: str,
            n_images: int | None, max_queries: int | None, zoo_spec: str | None, skip_blocked: bool,
-           meta_training: str | None, per_image_path: str | None, plot_path: str | None, preset: str) -> None:
+           meta_training: str | None, per_image_path: str | None, plot: str | None, preset: str) -> None:
     """Blackbox adversarial attacks: lazy meta-attack (default) and baselines.
 
     Example: lazyapps attack --target resnet18 --untargeted
@@ -62,8 +63,6 @@ def attack(run: RunContext, target_spec: str, targeted: bool | None, target_clas
 
     if skip_blocked and method not in META_TRAINING_OF:
         raise LazyAppsError(f"--skip-blocked is an option of the meta-attacks ({', '.join(META_TRAINING_OF)}), not of {method}")
-    if plot_path:
-        _require_matplotlib()
     result = run_attack(
         run, target_spec=target_spec, targeted=targeted, target_class=target_class, method=method,
         overrides={"n_images": n_images, "max_queries": max_queries}, zoo_spec=zoo_spec, preset=preset,
@@ -79,8 +78,8 @@ def attack(run: RunContext, target_spec: str, targeted: bool | None, target_clas
         write_csv(per_image_path, rows, ["image", "test_index", "label", "target", "success", "queries", "l2"])
     from lazyapps.distributed import is_main
 
-    if plot_path and is_main():  # under torchrun rank 0 draws the one figure
-        plot_budget_curve(plot_path, {method: outcome}, config["max_queries"], title=f"{method} on {config['target']}")
+    if plot and is_main():  # under torchrun rank 0 draws the one figure
+        plot_budget_curve(plot, {method: outcome}, config["max_queries"], title=f"{method} on {config['target']}")
     from lazyapps.results import format_table
 
     title = (f"{method} attack on {config['target']} ({config['dataset']}, {'targeted' if targeted else 'untargeted'}, "
@@ -89,26 +88,12 @@ def attack(run: RunContext, target_spec: str, targeted: bool | None, target_clas
     run.finish(config, metrics, table=format_table([row], COLUMNS, title=title))
 
 
-def _require_matplotlib() -> None:
-    from lazyapps.errors import LazyAppsError
-
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise LazyAppsError("--plot needs matplotlib; install it with `pip install lazyapps[plot]` "
-                            "(or pip install matplotlib), or drop --plot") from None
-
-
 def plot_budget_curve(path: str, outcomes: dict[str, Any], max_queries: int, *, title: str = "") -> None:
     """Success rate vs query budget, one line per method, saved to ``path``."""
-    _require_matplotlib()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lazyapps.plotting import pyplot, save_figure
 
     budgets = sorted({int(max_queries * i / 100) for i in range(1, 101)})
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = pyplot().subplots(figsize=(5, 3.5))
     for name, outcome in outcomes.items():
         ax.plot(budgets, outcome.budget_curve(budgets), label=name)
     ax.set_xlabel("queries per image")
@@ -116,9 +101,7 @@ def plot_budget_curve(path: str, outcomes: dict[str, Any], max_queries: int, *, 
     ax.set_ylim(0, 1.02)
     ax.set_title(title, fontsize=9)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_attack(

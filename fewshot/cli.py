@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from lazyapps.cli import RunContext, apply_preset, common_options, preset_option
+from lazyapps.plotting import plot_option
 
 #: every learner is scored on the same seeded test tasks, whatever ``--seed`` trained it.
 EVAL_SEED = 2017
@@ -68,16 +69,9 @@ def fewshot() -> None:
 
 
 def _plot_curve(path: str, history: list[dict[str, float]], curve: list[dict[str, float]], *, title: str) -> None:
-    try:
-        import matplotlib
+    from lazyapps.plotting import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        from lazyapps.errors import LazyAppsError
-
-        raise LazyAppsError("--plot needs matplotlib: pip install 'lazyapps[plot]'") from None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     keys = [k for k in ("accuracy", "mse", "loss") if any(k in h for h in history)]
     if keys:
         key = keys[0]
@@ -91,10 +85,7 @@ def _plot_curve(path: str, history: list[dict[str, float]], curve: list[dict[str
     ax.set_xlabel("meta-iteration")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _table(rows: list[dict[str, Any]], title: str) -> str:
@@ -148,7 +139,7 @@ def _refuse_changed_hparams(resume: str, stored: dict[str, Any], explicit: dict[
 @click.option("--eval-every", type=int, default=None, help="Learning-curve point + checkpoint every N iterations (0: only at the end).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder for checkpoint.pt (default: fewshot-runs/<algo>-<dataset>-<ways>way-<shots>shot).")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None, help="Continue from this checkpoint (same algo, arch, dataset, ways, shots; its hyperparameters, which flags may repeat but not change).")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save the learning curve to this image file (needs matplotlib).")
+@plot_option("Save the learning curve to this image file")
 @preset_option("quick")
 @common_options
 def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int, shots: int, queries: int | None,
@@ -303,7 +294,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
 @click.option("--transductive/--no-transductive", default=None, help="BatchNorm on the whole query batch or per query example (default: as trained).")
 @click.option("--algo", default=None, help="Refuse the checkpoint unless it was made by this algorithm.")
 @click.option("--arch", default=None, help="Refuse the checkpoint unless it was made with this architecture.")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save the checkpoint's learning curve to this image file.")
+@plot_option("Save the checkpoint's learning curve to this image file")
 @common_options
 def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, queries: int | None, eval_inner_steps: int | None,
                  transductive: bool | None, algo: str | None, arch: str | None, plot: str | None) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from lazyapps.cli import apply_preset, common_options, preset_option
+from lazyapps.plotting import plot_option
 
 METHOD_NAMES = ("ce", "cb-ce", "cb-focal", "ldam-drw", "logit-adjust", "l2rw", "meta-weight-net", "two-component",
                 "lazy-two-component")
@@ -64,16 +65,9 @@ def _per_class_rows(classes, counts, best, last) -> list[dict[str, Any]]:
 
 
 def _plot(path: str, rows: list[dict[str, Any]], title: str, keys: tuple[str, ...]) -> None:
-    from lazyapps.errors import LazyAppsError
+    from lazyapps.plotting import pyplot, save_figure
 
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise LazyAppsError("--plot needs matplotlib: pip install 'lazyapps[plot]' (or leave out --plot)") from None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     counts = [r["train_images"] for r in rows]
     for key, marker in zip(keys, "oxs"):
         values = [r[key] for r in rows]
@@ -84,10 +78,7 @@ def _plot(path: str, rows: list[dict[str, Any]], title: str, keys: tuple[str, ..
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.legend()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _write_outputs(run, per_class, per_class_csv, plot, title, keys=("best_accuracy", "last_accuracy")) -> None:
@@ -132,7 +123,7 @@ def longtail() -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder for checkpoint.pt / best.pt (default: under the cache root).")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None, help="Continue the run of this checkpoint.pt exactly where it stopped.")
 @click.option("--per-class-csv", type=click.Path(dir_okay=False), default=None, help="Write per-class accuracy (best and last epoch) as CSV.")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Plot per-class accuracy vs. training images (needs matplotlib).")
+@plot_option("Plot per-class accuracy vs. training images")
 @common_options
 def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner_steps, inner_lr, eps_rule, gammas, rule,
           val_per_class, n_max,
@@ -213,7 +204,7 @@ def _table(title, best, last, times) -> str:
 @longtail.command(name="eval")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="checkpoint.pt or best.pt of a longtail run.")
 @click.option("--per-class-csv", type=click.Path(dir_okay=False), default=None, help="Write per-class accuracy as CSV.")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Plot per-class accuracy vs. training images (needs matplotlib).")
+@plot_option("Plot per-class accuracy vs. training images")
 @common_options
 def eval_command(run, checkpoint, per_class_csv, plot) -> None:
     """Evaluate a longtail checkpoint on its test set (top-1 error, many/medium/few-shot and per-class accuracy)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 
 import pytest
 from click.testing import CliRunner
@@ -126,13 +125,6 @@ def test_bad_input_is_one_clear_line(args, message, mini_root, tmp_path):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
-
-
-def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
-    result = CliRunner().invoke(cli, ["attack", "--plot", str(tmp_path / "c.png"), "--cache-dir", str(tmp_path)])
-    assert result.exit_code == 2
-    assert "--plot needs matplotlib" in result.output
 
 
 def test_target_accepts_torchscript_and_arch_state_dict(mini_root, session_cache, tmp_path):
