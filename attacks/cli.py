@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from lazyapps.cli import RunContext, apply_preset, common_options, preset_option
+from lazyapps.cli import RunContext, apply_preset, common_options, preset_option, writable_file
 from lazyapps.plotting import plot_option
 
 METHODS = ("lazy-meta", "meta", "zoo", "nes", "bandits", "hsja", "boundary")
@@ -39,7 +39,7 @@ DECISION_METHODS = ("hsja", "boundary")
 @click.option("--meta-training", type=click.Choice(("reptile", "lazy-reptile", "maml", "lazy-maml")), default=None,
               help="How the meta-attacker is meta-trained: lazy-meta takes lazy-reptile (default) or lazy-maml, "
                    "meta takes reptile (default) or maml.")
-@click.option("--per-image", "per_image_path", type=click.Path(dir_okay=False), default=None, help="Write per-image results to this CSV.")
+@click.option("--per-image", "per_image_path", type=click.Path(dir_okay=False), default=None, callback=writable_file, help="Write per-image results to this CSV.")
 @plot_option("Plot success rate vs query budget to this image")
 @preset_option("quick")
 @common_options

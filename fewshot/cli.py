@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from lazyapps.cli import RunContext, apply_preset, common_options, preset_option
+from lazyapps.cli import RunContext, apply_preset, common_options, preset_option, writable_folder
 from lazyapps.plotting import plot_option
 
 #: every learner is scored on the same seeded test tasks, whatever ``--seed`` trained it.
@@ -137,7 +137,7 @@ def _refuse_changed_hparams(resume: str, stored: dict[str, Any], explicit: dict[
 @click.option("--vectorize/--no-vectorize", default=True, show_default=True, help="Run a meta-batch's tasks with torch.func.vmap (off: a loop over tasks).")
 @click.option("--eval-tasks", type=int, default=None, help="Test tasks scored at the end (default: the preset's).")
 @click.option("--eval-every", type=int, default=None, help="Learning-curve point + checkpoint every N iterations (0: only at the end).")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder for checkpoint.pt (default: fewshot-runs/<algo>-<dataset>-<ways>way-<shots>shot).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, callback=writable_folder, help="Run folder for checkpoint.pt (default: fewshot-runs/<algo>-<dataset>-<ways>way-<shots>shot).")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None, help="Continue from this checkpoint (same algo, arch, dataset, ways, shots; its hyperparameters, which flags may repeat but not change).")
 @plot_option("Save the learning curve to this image file")
 @preset_option("quick")

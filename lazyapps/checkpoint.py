@@ -109,6 +109,9 @@ def load_checkpoint(
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dict of tensors; it is not a lazyapps checkpoint")
     metadata = load_metadata(path)
+    if expect and not metadata:
+        raise CheckpointError(f"checkpoint {path} has no metadata file {meta_path(path).name} beside it, so its settings "
+                              f"cannot be checked; keep the .json written with the .pt")
     for key, value in (expect or {}).items():
         found = metadata.get(key)
         if found != value:

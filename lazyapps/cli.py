@@ -61,6 +61,11 @@ class LazyGroup(click.Group):
             error = click.ClickException(str(exc))
             error.exit_code = exc.exit_code
             raise error from None
+        except OSError as exc:  # the machine's refusal (disk full, permissions, a path that cannot exist): one line
+            where = f": {exc.filename}" if exc.filename else ""
+            error = click.ClickException(f"{exc.strerror or exc}{where}")
+            error.exit_code = 2
+            raise error from None
 
 
 @dataclass
@@ -106,14 +111,35 @@ class RunContext:
         return result
 
 
+def _writable(value: str | None, param: click.Parameter, *, folder: bool) -> str | None:
+    from .errors import LazyAppsError
+    from .paths import check_writable
+
+    reason = None if value is None else check_writable(value, folder=folder)
+    if reason is not None:
+        raise LazyAppsError(f"{param.opts[0]} {value}: cannot write there ({reason})")
+    return value
+
+
+def writable_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback of an output file option: refuse, before any work, a path that cannot be written."""
+    return _writable(value, param, folder=False)
+
+
+def writable_folder(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback of an output folder option (``--out``): as :func:`writable_file`, for a folder."""
+    return _writable(value, param, folder=True)
+
+
 def common_options(func: Callable) -> Callable:
     """Add ``--data-dir --cache-dir --device --seed --json --quiet`` and pass a :class:`RunContext` as ``run``."""
 
     @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Data root (default: $LAZYAPPS_DATA or ~/.cache/lazyapps/data).")
     @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Cache root (default: $LAZYAPPS_CACHE or ~/.cache/lazyapps/cache).")
     @click.option("--device", "device_name", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to compute.")
-    @click.option("--seed", type=int, default=0, show_default=True, help="Seed for torch, numpy and random.")
-    @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result object to this JSON file.")
+    @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed for torch, numpy and random.")
+    @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, callback=writable_file,
+                  help="Write the result object to this JSON file.")
     @click.option("--quiet", is_flag=True, help="No progress bars or status lines.")
     @click.pass_context
     @functools.wraps(func)

@@ -29,3 +29,23 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
 def cache_root(explicit: str | os.PathLike | None = None) -> Path:
     """The cache root: ``explicit``, else ``$LAZYAPPS_CACHE``, else ``~/.cache/lazyapps/cache``."""
     return _resolve(explicit, CACHE_ENV, "cache")
+
+
+def check_writable(path: str | os.PathLike, *, folder: bool = False) -> str | None:
+    """Why ``path`` (a file, or with ``folder`` a folder) cannot be written, or None if it can.
+
+    Checked before a command's work starts, so an output path that cannot be made (a parent that is a
+    file, a folder without write permission) is one line at once instead of an error after training.
+    Nothing is created here.
+    """
+    path = Path(path).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing == path:
+        if folder and not path.is_dir():
+            return f"{path} is a file, not a folder"
+        if not folder and path.is_dir():
+            return f"{path} is a folder, not a file"
+        return None if os.access(path, os.W_OK | (os.X_OK if folder else 0)) else f"no permission to write {path}"
+    if not existing.is_dir():
+        return f"{existing} is a file, so nothing can be made under it"
+    return None if os.access(existing, os.W_OK | os.X_OK) else f"no permission to write in {existing}"

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from lazyapps.cli import apply_preset, common_options, preset_option
+from lazyapps.cli import apply_preset, common_options, preset_option, writable_file, writable_folder
 from lazyapps.plotting import plot_option
 
 METHOD_NAMES = ("ce", "cb-ce", "cb-focal", "ldam-drw", "logit-adjust", "l2rw", "meta-weight-net", "two-component",
@@ -120,9 +120,9 @@ def longtail() -> None:
 @click.option("--model", default="resnet32", show_default=True, help="Zoo architecture (see 'lazyapps zoo'); ResNet-32 is the literature's.")
 @click.option("--batchnorm", type=click.Choice(["global", "local"]), default="global", show_default=True,
               help="Under torchrun: BatchNorm statistics of the whole batch (one process's numbers) or of each rank's share (plain DDP, faster).")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder for checkpoint.pt / best.pt (default: under the cache root).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, callback=writable_folder, help="Run folder for checkpoint.pt / best.pt (default: under the cache root).")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None, help="Continue the run of this checkpoint.pt exactly where it stopped.")
-@click.option("--per-class-csv", type=click.Path(dir_okay=False), default=None, help="Write per-class accuracy (best and last epoch) as CSV.")
+@click.option("--per-class-csv", type=click.Path(dir_okay=False), default=None, callback=writable_file, help="Write per-class accuracy (best and last epoch) as CSV.")
 @plot_option("Plot per-class accuracy vs. training images")
 @common_options
 def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner_steps, inner_lr, eps_rule, gammas, rule,
@@ -137,10 +137,6 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
         raise LazyAppsError(f"--imbalance must be >= 1 (largest / smallest class size), got {imbalance}")
     if method not in METHOD_NAMES:
         raise UnknownNameError("method", method, METHOD_NAMES)
-    if inner_steps is not None and inner_steps < 1:  # checked before the data loads: fail fast, one line
-        raise LazyAppsError(f"--inner-steps must be >= 1, got {inner_steps}")
-    if inner_lr is not None and not inner_lr > 0:
-        raise LazyAppsError(f"--inner-lr must be > 0, got {inner_lr}")
     settings = apply_preset(PRESETS, preset, {"epochs": epochs, "batch_size": batch_size, "n_max": n_max,
                                               "test_per_class": test_per_class})
     from .data import CIFARLongTail
@@ -152,20 +148,21 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
                          gammas=_parse_gammas(gammas) or (0.75, 0.80, 0.85, 0.90, 0.95), rule=rule,
                          val_per_class=val_per_class, n_max=settings["n_max"], test_per_class=settings["test_per_class"],
                          model=model, seed=run.seed, preset=preset, batchnorm=batchnorm)
-    if config.batch_size < 2:
-        raise LazyAppsError(f"--batch-size must be >= 2 (BatchNorm needs a batch), got {config.batch_size}")
+    config.check()  # before the data loads: fail fast, one line
     if resume is not None and not Path(resume).is_file():
         raise LazyAppsError(f"--resume {resume}: no such checkpoint file")
     out_dir = Path(out) if out else (Path(resume).parent if resume else _default_out(cache_root(run.cache_dir), config))
-    if resume is None and (out_dir / "checkpoint.pt").exists():
-        raise LazyAppsError(f"{out_dir} already holds a run's checkpoint; continue it with --resume {out_dir / 'checkpoint.pt'} "
+    existing = out_dir / "checkpoint.pt"
+    if existing.exists() and (resume is None or Path(resume).resolve() != existing.resolve()):
+        raise LazyAppsError(f"{out_dir} already holds a run's checkpoint; continue it with --resume {existing} "
                             f"or choose another --out (nothing was overwritten)")
     data = CIFARLongTail.load(dataset, imbalance=imbalance, root=run.data_dir, rule=rule, val_per_class=val_per_class,
                               n_max=config.n_max, test_per_class=config.test_per_class, seed=run.seed)
+    trainer = Trainer(config, data, device=run.device, out_dir=out_dir)  # (refuses settings the data cannot serve)
     status(data.describe())
-    trainer = Trainer(config, data, device=run.device, out_dir=out_dir)
     if resume is not None:
         trainer.resume(resume)
+        _carry_best(Path(resume).parent, out_dir)
         status(f"resumed from {resume} after epoch {trainer.epoch}")
     schedule = trainer.schedule
     status(f"{method}: {config.epochs} epochs, lr {config.lr} (warm-up {schedule.warmup_epochs}, ×{schedule.decay_factors[0]:g} "
@@ -189,6 +186,17 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
     run.finish(config.identity() | {"preset": preset, "batchnorm": batchnorm, "out": str(out_dir)}, metrics, table=table)
 
 
+def _carry_best(source: Path, out_dir: Path) -> None:
+    """A run resumed into another --out takes its best.pt along: the run's best epoch may already be behind it."""
+    from lazyapps.checkpoint import meta_path, write_bytes_atomic
+
+    best = source / "best.pt"
+    if best.is_file() and best.resolve() != (out_dir / "best.pt").resolve():
+        for src in (best, meta_path(best)):
+            if src.is_file():
+                write_bytes_atomic(out_dir / src.name, src.read_bytes())
+
+
 def _strip(result: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if result is None else {k: v for k, v in result.items() if k != "per_class_accuracy"}
 
@@ -203,7 +211,7 @@ def _table(title, best, last, times) -> str:
 
 @longtail.command(name="eval")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="checkpoint.pt or best.pt of a longtail run.")
-@click.option("--per-class-csv", type=click.Path(dir_okay=False), default=None, help="Write per-class accuracy as CSV.")
+@click.option("--per-class-csv", type=click.Path(dir_okay=False), default=None, callback=writable_file, help="Write per-class accuracy as CSV.")
 @plot_option("Plot per-class accuracy vs. training images")
 @common_options
 def eval_command(run, checkpoint, per_class_csv, plot) -> None:
@@ -217,8 +225,8 @@ def eval_command(run, checkpoint, per_class_csv, plot) -> None:
     from .evaluation import evaluate
     from .trainer import CHECKPOINT_KIND
 
-    state, meta = load_checkpoint(checkpoint, map_location=run.device)
-    if meta.get("kind") != CHECKPOINT_KIND or "model" not in state:
+    state, meta = load_checkpoint(checkpoint, map_location=run.device, expect={"kind": CHECKPOINT_KIND})
+    if "model" not in state:
         raise CheckpointError(f"{checkpoint} is not a longtail checkpoint (kind {meta.get('kind')!r}); pass a checkpoint.pt or best.pt written by 'lazyapps longtail train'")
     data = CIFARLongTail.load(meta["dataset"], imbalance=meta["imbalance"], root=run.data_dir, rule=meta["rule"],
                               val_per_class=meta["val_per_class"], n_max=meta["n_max"],

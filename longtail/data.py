@@ -175,6 +175,8 @@ class CIFARLongTail:
         train_idx, val_idx = split_indices(data.train.labels, counts, val_per_class=val_per_class, rule=rule,
                                            seed=seed, class_names=list(data.classes))
         test = data.test
+        if test_per_class is not None and test_per_class < 1:
+            raise LazyAppsError(f"--test-per-class must be >= 1 (leave it out for the whole test set), got {test_per_class}")
         if test_per_class is not None:
             keep = _first_per_class(test.labels, test_per_class, num_classes)
             test = test.subset(keep)

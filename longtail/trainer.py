@@ -10,6 +10,7 @@ stream and history as a run that was never stopped.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ from torch import nn
 
 from lazyapps import distributed
 from lazyapps.checkpoint import load_checkpoint, save_checkpoint
-from lazyapps.errors import CheckpointError, LazyAppsError
+from lazyapps.errors import CheckpointError, DivergedError, LazyAppsError
 from lazyapps.global_batchnorm import use_global_batchnorm
 from lazyapps.progress import progress
 from lazyapps.runtime import image_layout, set_layout
@@ -73,6 +74,21 @@ class TrainConfig:
     def schedule(self) -> Schedule:
         return Schedule.scaled(self.epochs, lr=self.lr, decay_factors=tuple(self.lr_decay))
 
+    def check(self) -> None:
+        """:class:`LazyAppsError` naming the first setting out of range (the data are not needed to tell)."""
+        if self.inner_steps < 1:
+            raise LazyAppsError(f"--inner-steps must be >= 1, got {self.inner_steps}")
+        if self.epochs < 1:
+            raise LazyAppsError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise LazyAppsError(f"--batch-size must be >= 2 (BatchNorm needs a batch), got {self.batch_size}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise LazyAppsError(f"--lr must be a positive number, got {self.lr}")
+        if self.inner_lr is not None and not (math.isfinite(self.inner_lr) and self.inner_lr > 0):
+            raise LazyAppsError(f"--inner-lr must be > 0, got {self.inner_lr}")
+        if self.batchnorm not in BATCHNORM_MODES:
+            raise LazyAppsError(f"--batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {self.batchnorm!r}")
+
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
         d["gammas"] = [float(g) for g in self.gammas]
@@ -103,19 +119,21 @@ class Trainer:
                  out_dir: str | Path | None = None, model: nn.Module | None = None) -> None:
         import models_zoo
 
-        if config.inner_steps < 1:
-            raise LazyAppsError(f"--inner-steps must be >= 1, got {config.inner_steps}")
-        if config.epochs < 1:
-            raise LazyAppsError(f"--epochs must be >= 1, got {config.epochs}")
-        if config.inner_lr is not None and not config.inner_lr > 0:
-            raise LazyAppsError(f"--inner-lr must be > 0, got {config.inner_lr}")
-        if config.batchnorm not in BATCHNORM_MODES:
-            raise LazyAppsError(f"--batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {config.batchnorm!r}")
+        config.check()
+        if len(data.test_labels) == 0:
+            raise LazyAppsError(f"{config.dataset} has no test images; every epoch is scored on the test split")
         self.config, self.data = config, data
         self.device = torch.device(device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.schedule = config.schedule
         self.method: Method = create_method(config.method, data.counts, device=self.device, **_method_options(config))
+        deferred = "meta steps" if self.method.meta else "deferred re-weighting" if hasattr(self.method, "drw_start") else None
+        if deferred and self.schedule.meta_start >= config.epochs:  # the method would silently train plain CE
+            raise LazyAppsError(f"--method {config.method} starts its {deferred} at epoch {self.schedule.meta_start + 1} of the "
+                                f"schedule, after the {config.epochs} epochs asked; give more --epochs")
+        if self.method.meta and len(data.val_labels) == 0:
+            raise LazyAppsError(f"--method {config.method} learns its weights on a balanced validation set; "
+                                f"give --val-per-class >= 1")
         self.method.meta_start = self.schedule.meta_start
         if hasattr(self.method, "drw_start"):
             self.method.drw_start = self.schedule.meta_start
@@ -181,9 +199,12 @@ class Trainer:
         """Load a checkpoint of this same configuration (any other is refused with the differing setting named)."""
         expect = {"kind": CHECKPOINT_KIND, **self.config.identity()}
         try:
-            state, _ = load_checkpoint(path, map_location=self.device, expect=expect)
+            state, meta = load_checkpoint(path, map_location=self.device, expect=expect)
         except CheckpointError as exc:
             raise CheckpointError(f"cannot resume: {exc}; resume with the same settings or start a new run with another --out") from None
+        if "best_epoch" in meta or "optimizer" not in state:
+            raise CheckpointError(f"cannot resume from {path}: it holds only the best epoch's weights; resume from the run's "
+                                  f"checkpoint.pt, which has the optimizer and the training state")
         self.load_state(state)
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -270,6 +291,11 @@ class Trainer:
         try:
             while self.epoch < self.config.epochs:
                 row = self.train_epoch()
+                if not math.isfinite(row["train_loss"]):  # the diverged weights are not saved over the last checkpoint
+                    kept = (f"{self.checkpoint_path} still holds epoch {self.epoch}" if self.out_dir is not None and self.epoch > 0
+                            else "nothing was saved")
+                    raise DivergedError(f"training diverged in epoch {row['epoch']} (mean loss {row['train_loss']}); "
+                                        f"lower --lr; {kept}")
                 result = self.evaluate()
                 row.update({k: v for k, v in result.items() if k != "per_class_accuracy"})
                 self.history.append(row)

@@ -31,9 +31,15 @@ def _demo_group():
     @group.command()
     @common_options
     @click.option("--fail", is_flag=True)
-    def demo(run, fail):
+    @click.option("--disk-full", is_flag=True)
+    def demo(run, fail, disk_full):
         if fail:
             raise UnknownNameError("model", "nosuchnet", ["net4", "lenet5"])
+        if disk_full:
+            import errno
+            import os
+
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/checkpoint.pt")
         run.finish({"x": 1}, {"seed": run.seed}, table="table here")
 
     return group
@@ -43,6 +49,34 @@ def test_user_errors_are_one_line_without_traceback():
     result = CliRunner().invoke(_demo_group(), ["demo", "--fail"])
     assert result.exit_code == 2
     assert result.output.strip() == "Error: unknown model 'nosuchnet'; valid: lenet5, net4"
+
+
+def test_the_machines_refusals_are_one_line_too(tmp_path):
+    result = CliRunner().invoke(_demo_group(), ["demo", "--disk-full"])
+    assert result.exit_code == 2 and result.output.strip() == "Error: No space left on device: /runs/checkpoint.pt"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "-1 is not in the range 0<=x<=4294967295"),
+    (["--seed", "99999999999999999999"], "is not in the range 0<=x<=4294967295"),
+    (["--json", "{tmp}/afile/r.json"], "Error: --json {tmp}/afile/r.json: cannot write there ({tmp}/afile is a file, so nothing can be made under it)"),
+])
+def test_global_options_refuse_what_cannot_work_before_the_command_runs(tmp_path, args, message):
+    (tmp_path / "afile").write_text("")
+    args, message = [a.replace("{tmp}", str(tmp_path)) for a in args], message.replace("{tmp}", str(tmp_path))
+    result = CliRunner().invoke(_demo_group(), ["demo", *args])
+    assert result.exit_code == 2 and message in result.output and "table here" not in result.output
+
+
+def test_check_writable_names_why(tmp_path):
+    from lazyapps.paths import check_writable
+
+    (tmp_path / "f").write_text("")
+    assert check_writable(tmp_path / "new" / "deeper" / "r.json") is None  # folders are made when written
+    assert check_writable(tmp_path / "f") is None and check_writable(tmp_path, folder=True) is None
+    assert check_writable(tmp_path, folder=False) == f"{tmp_path} is a folder, not a file"
+    assert check_writable(tmp_path / "f", folder=True) == f"{tmp_path / 'f'} is a file, not a folder"
+    assert check_writable(tmp_path / "f" / "x") == f"{tmp_path / 'f'} is a file, so nothing can be made under it"
 
 
 def test_common_options_write_json(tmp_path):

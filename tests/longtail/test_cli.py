@@ -72,8 +72,20 @@ def test_train_lazy_method_small_model_and_resume_refusals(env):
     (["--gammas", "0.8,2"], "--gammas must be comma-separated numbers in [0, 1]"),
     (["--inner-lr", "0"], "--inner-lr must be > 0"),
     (["--inner-steps", "0"], "--inner-steps must be >= 1"),
+    (["--lr", "-0.1"], "--lr must be a positive number, got -0.1"),
+    (["--lr", "nan"], "--lr must be a positive number, got nan"),
+    (["--test-per-class", "0"], "--test-per-class must be >= 1 (leave it out for the whole test set)"),
+    (["--test-per-class", "-5"], "--test-per-class must be >= 1"),
+    (["--method", "two-component", "--val-per-class", "0"], "learns its weights on a balanced validation set; give --val-per-class >= 1"),
+    (["--method", "lazy-two-component", "--epochs", "1"], "starts its meta steps at epoch 2 of the schedule, after the 1 epochs asked"),
+    (["--method", "ldam-drw", "--epochs", "1"], "starts its deferred re-weighting at epoch 2"),
+    (["--per-class-csv", "{tmp}/afile/pc.csv"], "--per-class-csv {tmp}/afile/pc.csv: cannot write there ({tmp}/afile is a file"),
+    (["--out", "{tmp}/afile/run"], "--out {tmp}/afile/run: cannot write there ({tmp}/afile is a file, so nothing can be made under it)"),
+    (["--json", "{tmp}/afile/r.json"], "--json {tmp}/afile/r.json: cannot write there"),
 ])
 def test_bad_input_is_one_clear_line(env, args, message):
+    (env / "afile").write_text("a file where a folder is needed")
+    args, message = [a.replace("{tmp}", str(env)) for a in args], message.replace("{tmp}", str(env))
     result = CliRunner().invoke(cli, ["longtail", "train", "--dataset", "cifar10", "--preset", "smoke", *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -86,3 +98,37 @@ def test_missing_cifar100_error_says_how_to_get_it(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["longtail", "train", "--imbalance", "100", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "cifar-100-python" in result.output and "--dataset cifar10" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_diverging_run_stops_in_one_line_and_saves_nothing(env):
+    out = env / "div"
+    result = CliRunner().invoke(cli, ["longtail", "train", *TINY, "--model", "lenet5", "--method", "ce", "--lr", "1e30",
+                                      "--out", str(out), "--json", str(env / "d.json")])
+    assert result.exit_code == 2, result.output
+    assert "training diverged in epoch 1 (mean loss nan); lower --lr; nothing was saved" in result.output
+    assert not (out / "checkpoint.pt").exists() and not (env / "d.json").exists()
+
+
+def test_resume_refuses_a_best_pt_and_another_runs_folder_and_carries_best_along(env):
+    run_a, run_b = env / "a", env / "b"
+    args = [*TINY, "--model", "lenet5", "--method", "ce"]
+    assert _invoke("train", *args, "--out", str(run_a)).exit_code == 0
+    assert _invoke("train", *args, "--seed", "1", "--out", str(run_b)).exit_code == 0
+    before = (run_b / "checkpoint.pt").read_bytes()
+    best = CliRunner().invoke(cli, ["longtail", "train", *args, "--resume", str(run_a / "best.pt"), "--out", str(env / "c")])
+    assert best.exit_code == 2 and "holds only the best epoch's weights; resume from the run's checkpoint.pt" in best.output
+    into_b = CliRunner().invoke(cli, ["longtail", "train", *args, "--resume", str(run_a / "checkpoint.pt"), "--out", str(run_b)])
+    assert into_b.exit_code == 2 and f"{run_b} already holds a run's checkpoint" in into_b.output
+    assert (run_b / "checkpoint.pt").read_bytes() == before
+    moved = _invoke("train", *args, "--resume", str(run_a / "checkpoint.pt"), "--out", str(env / "c"))
+    assert moved.exit_code == 0, moved.output
+    assert (env / "c" / "best.pt").read_bytes() == (run_a / "best.pt").read_bytes()
+    assert (env / "c" / "best.pt.json").is_file()
+
+
+def test_eval_of_a_checkpoint_without_its_metadata_says_so(env):
+    out = env / "m"
+    assert _invoke("train", *TINY, "--model", "lenet5", "--method", "ce", "--out", str(out)).exit_code == 0
+    (out / "best.pt.json").unlink()
+    result = CliRunner().invoke(cli, ["longtail", "eval", "--checkpoint", str(out / "best.pt")])
+    assert result.exit_code == 2 and "has no metadata file best.pt.json beside it" in result.output

@@ -74,8 +74,8 @@ def test_resume_refuses_another_runs_checkpoint(small_lt, tmp_path, tiny_net):
     trainer = _trainer(_config("ce", epochs=1), small_lt, tmp_path / "ce", tiny_net)
     trainer.run()
     before = (tmp_path / "ce" / "checkpoint.pt").read_bytes()
-    other = _trainer(_config("two-component", epochs=1), small_lt, tmp_path / "tc", tiny_net)
-    with pytest.raises(CheckpointError, match="method='ce', but method='two-component' is needed"):
+    other = _trainer(_config("cb-ce", epochs=1), small_lt, tmp_path / "tc", tiny_net)
+    with pytest.raises(CheckpointError, match="method='ce', but method='cb-ce' is needed"):
         other.resume(tmp_path / "ce" / "checkpoint.pt")
     other_data = _trainer(TrainConfig(**{**_config("ce", epochs=1).__dict__, "imbalance": 20.0}), small_lt, tmp_path / "x", tiny_net)
     with pytest.raises(CheckpointError, match="imbalance=10.0, but imbalance=20.0 is needed"):
