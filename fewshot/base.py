@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -271,6 +273,30 @@ class Learner(nn.Module):
         return out
 
     @classmethod
+    def hparam_types(cls) -> dict[str, Any]:
+        """Name -> the type ``__init__`` declares, for every keyword hyperparameter (the most derived class's)."""
+        out: dict[str, Any] = {}
+        for klass in cls.__mro__:
+            if klass is nn.Module or not issubclass(klass, Learner):
+                continue
+            hints = typing.get_type_hints(klass.__init__)
+            for name, param in inspect.signature(klass.__init__).parameters.items():
+                if param.kind is inspect.Parameter.KEYWORD_ONLY and name not in out:
+                    out[name] = hints.get(name, Any)
+        return out
+
+    @classmethod
+    def check_hparams(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` as the types ``__init__`` declares, range-checked; :class:`ValueError` names the first that is not.
+
+        A command line hands over what it parsed (``"false"``, ``3.0`` for a count, a list for a tuple); this makes
+        ``first_order="False"`` an error or ``False``, never a truthy string. Numbers must be finite and >= 0
+        (the names in :data:`POSITIVE_HPARAMS` > 0), counts >= 1 (``eval_inner_steps`` >= 0).
+        """
+        types = cls.hparam_types()
+        return {k: _coerce_hparam(k, v, types[k]) if k in types else v for k, v in values.items()}
+
+    @classmethod
     def hparam_names(cls) -> set[str]:
         names: set[str] = set()
         for klass in cls.__mro__:
@@ -422,6 +448,52 @@ def last_linear(model: nn.Module) -> str:
     if not names:
         raise LazyAppsError("this model has no nn.Linear layer, but finetune and zero_head act on the output layer, which must be one")
     return names[-1]
+
+
+#: Hyperparameters that must be > 0 (step sizes, bounds); every other number must be >= 0.
+POSITIVE_HPARAMS = frozenset({"inner_lr", "meta_lr", "meta_step_size", "lr_init", "grad_clip", "preprocess_p", "lam",
+                              "weight_step"})
+#: Counts that may be 0 (no adaptation at test); every other count must be >= 1.
+ZERO_COUNTS = frozenset({"eval_inner_steps"})
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _coerce_hparam(name: str, value: Any, hint: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if value is None and type(None) in args:
+            return None
+        return _coerce_hparam(name, value, next(a for a in args if a is not type(None)))
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or isinstance(value, float) and value.is_integer()):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        least = 0 if name in ZERO_COUNTS else 1
+        if int(value) < least:
+            raise ValueError(f"{name} must be >= {least}, got {int(value)}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        positive = name in POSITIVE_HPARAMS
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} finite number, got {value}")
+        return float(value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError(f"{name} must be a comma-separated list of values, got {value!r}")
+        kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(kinds) != len(value):
+            raise ValueError(f"{name} must be {len(kinds)} values, got {len(value)}")
+        return tuple(_coerce_hparam(name, v, kind) for v, kind in zip(value, kinds))
+    if hint is str and not isinstance(value, str):
+        raise ValueError(f"{name} must be text, got {value!r}")
+    return value
 
 
 #: algorithm name -> learner class (filled by :func:`register`).

@@ -160,8 +160,15 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
 
     cls = get_learner(algo)  # unknown name -> one line listing the registry
     info = dataset_info(dataset)
+    for flag, value in (("--ways", ways), ("--shots", shots)):
+        if value < 1:
+            raise LazyAppsError(f"{flag} must be positive, got {value}")
     if info.problem == "regression":
         ways = 1
+    if not cls.meta_learns and iterations:
+        raise LazyAppsError(f"--algo {algo} does not meta-train; drop --iterations")
+    if eval_every is not None and eval_every < 0:
+        raise LazyAppsError(f"--eval-every must be >= 0 (0: only at the end), got {eval_every}")
     arch = arch or info.arch
     settings = apply_preset(PRESETS, preset, {"iterations": iterations, "meta_batch": meta_batch, "queries": queries,
                                                "eval_tasks": eval_tasks, "eval_every": eval_every})
@@ -175,6 +182,10 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
             raise LazyAppsError(f"{name} is given both as --{name.replace('_', '-')} and as --hp {name}; give it once")
         explicit[name] = value
     hparams, paper_loop = split_settings(algo, dataset=dataset, ways=ways, shots=shots, explicit=explicit)
+    try:  # before any data loads: a value of the wrong type or range is one line now, not a traceback later
+        hparams = cls.check_hparams(hparams)
+    except ValueError as exc:
+        raise LazyAppsError(f"--algo {algo}: {exc}") from None
     for key in ("iterations", "meta_batch"):
         if settings.get(key) is None:
             settings[key] = paper_loop.get(key, DEFAULT_LOOP[key])
@@ -218,9 +229,18 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         learner, state, meta = load_learner(resume, device=run.device, expect={"algo": algo, "arch": arch, "dataset": dataset, "ways": ways, "shots": shots},
                                             transductive=transductive, vectorize=vectorize, eval_inner_steps=eval_inner_steps)
         _refuse_changed_hparams(resume, learner.hparams(), explicit)
-        trained_on = int(meta.get("train_shots", meta["shots"]))  # checkpoints before --train-shots: as --shots
-        if trained_on != settings["train_shots"]:
-            raise LazyAppsError(f"{resume} was meta-trained on {trained_on} shots per class; resume it with --train-shots {trained_on}")
+        # The task stream must be the one the checkpoint was trained on (checkpoints before a key: not checked).
+        for key, flag, now in (("train_shots", "--train-shots", settings["train_shots"]), ("queries", "--queries", settings["queries"]),
+                               ("meta_batch", "--meta-batch", settings["meta_batch"])):
+            then = int(meta.get(key, meta["shots"] if key == "train_shots" else now))  # (train_shots: once always --shots)
+            if then != now:
+                raise LazyAppsError(f"{resume} was meta-trained with {flag} {then}; resume it with {flag} {then}")
+        if bool(meta.get("shuffle_classes", shuffle_classes)) != shuffle_classes:
+            flag = "--shuffle-classes" if meta["shuffle_classes"] else "--no-shuffle-classes"
+            raise LazyAppsError(f"{resume} was meta-trained with {flag}; resume it with {flag}")
+        if cls.meta_learns and settings["iterations"] <= learner.iteration:
+            raise LazyAppsError(f"{resume} is already at iteration {learner.iteration}; give --iterations above it to continue "
+                                f"(lazyapps fewshot eval scores it as it is)")
         history, curve = list(state.get("history", [])), list(state.get("curve", []))
         if "sampler_rng" in state:
             train_tasks.generator.set_state(state["sampler_rng"].cpu())
@@ -230,7 +250,8 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         learner = build_learner(algo, dataset=dataset, ways=ways, arch=arch, device=run.device, **hparams)
     learner.prepare(train_tasks)  # e.g. finetune's head over the training classes, so the metadata records its size
     meta = checkpoint_metadata(learner, arch=arch, dataset=dataset, ways=ways, shots=shots, queries=settings["queries"],
-                               train_shots=settings["train_shots"], shuffle_classes=shuffle_classes, seed=run.seed)
+                               train_shots=settings["train_shots"], meta_batch=settings["meta_batch"],
+                               shuffle_classes=shuffle_classes, seed=run.seed)
     curve_tasks = test_tasks.fixed_tasks(min(CURVE_TASKS, settings["eval_tasks"]), seed=EVAL_SEED + 1)
 
     def save() -> None:
@@ -299,6 +320,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
 def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, queries: int | None, eval_inner_steps: int | None,
                  transductive: bool | None, algo: str | None, arch: str | None, plot: str | None) -> None:
     """Score a checkpoint on seeded test tasks: mean accuracy ± 95% confidence interval (MSE for sine)."""
+    from lazyapps.errors import LazyAppsError
     from lazyapps.progress import status
 
     from .base import get_learner
@@ -307,11 +329,15 @@ def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, q
 
     if algo is not None:
         get_learner(algo)
+    if queries is not None and queries < 1:
+        raise LazyAppsError(f"--queries must be positive, got {queries}")
     expect = {k: v for k, v in {"algo": algo, "arch": arch}.items() if v is not None}
     learner, state, meta = load_learner(checkpoint, expect=expect, device=run.device, transductive=transductive,
                                         eval_inner_steps=eval_inner_steps)
     dataset, ways, shots = meta["dataset"], int(meta["ways"]), int(meta["shots"])
-    queries = queries or int(meta.get("queries", 15))
+    if split != "test" and dataset_info(dataset).problem == "regression":
+        raise LazyAppsError(f"{dataset} tasks are drawn afresh, not from class splits; leave out --split {split}")
+    queries = queries if queries is not None else int(meta.get("queries", 15))
     status(f"scoring {meta['algo']} ({meta['arch']}, {meta['iteration']} iterations) on {num_tasks} {split} tasks of {dataset}")
     tasks = task_source(dataset, split=split, ways=ways, shots=shots, queries=queries, seed=EVAL_SEED, device=run.device,
                         shuffle_classes=bool(meta.get("shuffle_classes", True)), root=run.data_dir, cache_dir=run.cache_dir)
@@ -342,7 +368,7 @@ def algos_command(run: RunContext) -> None:
     rows = []
     for name in available():
         cls = LEARNERS[name]
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        doc = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())  # the summary paragraph, however wrapped
         defaults = {}
         for klass in reversed(cls.__mro__):  # subclass defaults win
             if isinstance(klass, type) and issubclass(klass, Learner) and "__init__" in vars(klass):
@@ -354,7 +380,9 @@ def algos_command(run: RunContext) -> None:
                 defaults[pname] = defaults.pop(pname)
         doc = doc.replace(" as a :class:`~fewshot.base.Learner`", "").replace("``", "")
         rows.append({"algo": name, "description": doc, "defaults": ", ".join(f"{k}={v}" for k, v in defaults.items())})
-    text = _table([{k: r[k] for k in ("algo", "description")} for r in rows], "few-shot learners")
+    from lazyapps.results import format_table
+
+    text = format_table([{k: r[k] for k in ("algo", "description")} for r in rows], title="few-shot learners", left=("description",))
     text += "\n\nhyperparameters (set with the named flags or --hp NAME=VALUE; the dataset's paper settings override these defaults):\n"
     text += "\n".join(f"  {r['algo']}: {r['defaults']}" for r in rows)
     run.finish({}, {"algos": available(), "defaults": {r["algo"]: r["defaults"] for r in rows}}, table=text)

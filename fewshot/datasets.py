@@ -177,15 +177,30 @@ def omniglot_sampler(data: Any, *, split: str, protocol: str = "finn", rotations
 
 # -- image folders and CIFAR-FS -----------------------------------------------------
 def _read_class_list(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # the same images would become two classes of one task
+        raise LazyAppsError(f"{path} lists {', '.join(map(repr, twice))} more than once; name each class once")
+    return names
+
+
+def _class_list(folder: Path, split: str) -> Path | None:
+    return next((c for c in (folder / f"{split}.txt", folder / "splits" / f"{split}.txt") if c.is_file()), None)
 
 
 def _split_classes(folder: Path, split: str) -> tuple[Path, list[str]]:
     """Where the class sub-folders of ``split`` are, and which classes belong to it (a class list wins)."""
-    for candidate in (folder / f"{split}.txt", folder / "splits" / f"{split}.txt"):
-        if candidate.is_file():
-            base = folder / "images" if (folder / "images").is_dir() else folder
-            return base, _read_class_list(candidate)
+    listed = _class_list(folder, split)
+    if listed is not None:
+        base = folder / "images" if (folder / "images").is_dir() else folder
+        classes = _read_class_list(listed)
+        for other in SPLITS:  # meta-test classes seen in meta-training would inflate every score
+            other_list = _class_list(folder, other) if other != split else None
+            shared = sorted(set(classes) & set(_read_class_list(other_list))) if other_list is not None else []
+            if shared:
+                raise LazyAppsError(f"{', '.join(map(repr, shared[:5]))} {'is' if len(shared) == 1 else 'are'} listed in both "
+                                    f"{listed} and {other_list}; a class belongs to one split")
+        return base, classes
     if (folder / split).is_dir():
         base = folder / split
         return base, sorted(p.name for p in base.iterdir() if p.is_dir())
@@ -229,9 +244,12 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, image_size: int 
     def build() -> dict[str, Tensor]:
         arrays = []
         for _, path in files:
-            with Image.open(path) as img:
-                img = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-                arrays.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(image_size, image_size, 3))
+            try:
+                with Image.open(path) as img:
+                    img = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+            except OSError as exc:  # (PIL's UnidentifiedImageError too)
+                raise LazyAppsError(f"{path} is not a readable image ({exc.__class__.__name__}); remove or replace it") from None
+            arrays.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(image_size, image_size, 3))
         return {"images": torch.stack(arrays).permute(0, 3, 1, 2).contiguous(), "labels": torch.tensor([c for c, _ in files])}
 
     state, _ = cached("fewshot-folder", folder.name or "folder", settings, build, root=cache_dir)

@@ -74,6 +74,9 @@ def build_model(arch: str, *, dataset: str, ways: int, **options: Any) -> torch.
 
     info = dataset_info(dataset)
     if info.problem == "regression":
+        if models_zoo.get_arch(arch).image_size is not None:
+            raise LazyAppsError(f"--arch {arch} takes images, but {dataset}'s inputs are numbers; use a network of "
+                                f"vectors such as {info.arch}")
         return models_zoo.create(arch, num_classes=1, in_channels=1, **options)
     return models_zoo.create(arch, num_classes=ways, in_channels=info.in_channels, image_size=info.image_size, **options)
 
@@ -88,7 +91,7 @@ def build_learner(algo: str, *, dataset: str, ways: int, arch: str | None = None
     info = dataset_info(dataset)
     model = build_model(arch or info.arch, dataset=dataset, ways=ways, **dict(model_options or {}))
     try:
-        learner = cls(model, problem=info.problem, **hparams)
+        learner = cls(model, problem=info.problem, **cls.check_hparams(hparams))
     except (TypeError, ValueError) as exc:
         raise LazyAppsError(f"--algo {algo}: {exc}") from None
     return learner.to(device)

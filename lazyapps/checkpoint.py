@@ -9,6 +9,7 @@ strings, lists and dicts, never pickled code.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -53,9 +54,21 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     _atomic_write(Path(path), lambda handle: handle.write(data))
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with inf/nan floats as None: JSON has no such numbers, and strict readers refuse Python's NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+    """Write ``obj`` as indented, standard JSON to ``path`` atomically (inf and nan become null)."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=False, default=str, allow_nan=False)
+    write_bytes_atomic(path, (text + "\n").encode())
 
 
 def meta_path(path: str | os.PathLike) -> Path:
@@ -105,7 +118,10 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt, truncated, or not a weights-only file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); it is corrupt or not a lazyapps checkpoint") from None
+        # (torch's own message here advises weights_only=False, which would run any code the file holds: not repeated)
+        why = ("not a file of tensors that torch.load(weights_only=True) accepts"
+               if "weights_only" in str(exc) else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        raise CheckpointError(f"checkpoint {path} cannot be read ({why}); it is corrupt or not a lazyapps checkpoint") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dict of tensors; it is not a lazyapps checkpoint")
     metadata = load_metadata(path)

@@ -48,14 +48,16 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *, title: str | None = None) -> str:
-    """Render ``rows`` (dicts) as an aligned plain-text table."""
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *, title: str | None = None,
+                 left: Sequence[str] = ()) -> str:
+    """Render ``rows`` (dicts) as an aligned plain-text table: the first column and ``left`` ones (prose) flush left."""
     columns = list(columns or (rows[0].keys() if rows else []))
     cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
     out = ([title] if title else []) + [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in cells]
+    flush_left = [i == 0 or c in left for i, c in enumerate(columns)]
+    out += ["  ".join(v.ljust(w) if flush else v.rjust(w) for v, w, flush in zip(r, widths, flush_left)) for r in cells]
     return "\n".join(out)
 
 

@@ -34,6 +34,13 @@ OPTIMIZERS = ("sgd", "adam")
 CRITERIA = ("loss", "accuracy")
 
 
+def check_criterion(criterion: str) -> str:
+    """``criterion`` if it names a way to score the teacher's candidates, else :class:`ValueError` listing them."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
+    return criterion
+
+
 def explore(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -149,8 +156,7 @@ class LazyTeacher:
             raise ValueError(f"gammas must be a non-empty sequence of values in [0, 1], got {tuple(gammas)}")
         if last < 1:
             raise ValueError(f"last must be >= 1, got {last}")
-        if criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
+        check_criterion(criterion)
         if isinstance(weight_grid, (int, float)):
             weights = simplex_grid(last, float(weight_grid))
         else:

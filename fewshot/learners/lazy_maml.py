@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lazyapps.functional import Params, adapt_tasks, forward, map_tasks, sgd_adapt
-from lazyapps.teacher import Leap, LazyTeacher, explore
+from lazyapps.teacher import Leap, LazyTeacher, check_criterion, explore
 
 from ..base import Learner, metric_name, register, task_scores
 from ..tasks import TaskBatch
@@ -120,7 +120,7 @@ class LazyMAML(Learner):
         self.gammas = tuple(gammas)
         self.last = last
         self.weight_step = weight_step
-        self.criterion = criterion
+        self.criterion = check_criterion(criterion)  # (also on regression, where the teacher scores the loss)
         self.teacher = LazyTeacher(gammas=self.gammas, last=last, weight_grid=weight_step,
                                    criterion=criterion if self.problem == "classification" else "loss")
         self.meta_optimizer = torch.optim.Adam(self.model.parameters(), lr=meta_lr)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from lazyapps import distributed
 from lazyapps.functional import Params, adapt_tasks
-from lazyapps.teacher import OPTIMIZERS, LazyTeacher, explore, reptile_update
+from lazyapps.teacher import OPTIMIZERS, LazyTeacher, check_criterion, explore, reptile_update
 
 from ..base import Learner, register
 from ..tasks import TaskBatch
@@ -184,7 +184,7 @@ class LazyReptile(_ReptileBase):
         self.gammas = tuple(gammas)
         self.last = last
         self.weight_step = weight_step
-        self.criterion = criterion
+        self.criterion = check_criterion(criterion)  # (also on regression, where the teacher scores the loss)
         self.teacher = LazyTeacher(gammas=self.gammas, last=last, weight_grid=weight_step,
                                    criterion=criterion if self.problem == "classification" else "loss")
         self.last_gammas: list[float] = []

@@ -161,6 +161,8 @@ class Turtle(Learner):
         **base: Any,
     ) -> None:
         super().__init__(model, **base)
+        if not 0 <= beta < 1:  # the moving average's decay: 1 would freeze it at its start
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
         self.inner_steps, self.beta, self.time_input = inner_steps, beta, time_input
         self.hidden, self.lr_init, self.network_init = tuple(hidden), lr_init, network_init
         self.meta_lr, self.first_order, self.grad_clip = meta_lr, first_order, grad_clip

@@ -87,8 +87,26 @@ def test_resume_continues_and_a_second_run_never_overwrites(trained, tmp_path) -
     (["--algo", "maml", "--hp", "lam=1"], "--hp lam is not a hyperparameter of --algo maml (it takes: eval_inner_steps, inner_lr"),
     (["--algo", "maml", "--hp", "inner_lr"], "'inner_lr' is not NAME=VALUE"),
     (["--algo", "maml", "--inner-lr", "0.1", "--hp", "inner_lr=0.2"], "inner_lr is given both as --inner-lr and as --hp inner_lr"),
-    (["--algo", "imaml", "--hp", "lam=-1"], "lam must be > 0"),
-    (["--algo", "lazy-maml", "--hp", "gammas=0.5,x"], "gammas must be a non-empty sequence of values in [0, 1]"),
+    (["--algo", "imaml", "--hp", "lam=-1"], "--algo imaml: lam must be a positive finite number, got -1"),
+    (["--algo", "lazy-maml", "--hp", "gammas=0.5,x"], "gammas must be a comma-separated list of values, got '0.5,x'"),
+    (["--algo", "lazy-maml", "--hp", "gammas=0.5,1.5"], "gammas must be a non-empty sequence of values in [0, 1]"),
+    # values a command line hands over are checked against the learner's declared types and ranges
+    (["--algo", "turtle", "--hp", "first_order=maybe"], "--algo turtle: first_order must be true or false, got 'maybe'"),
+    (["--algo", "maml", "--hp", "inner_lr=true"], "inner_lr must be a number, got True"),
+    (["--algo", "maml", "--hp", "inner_steps=2.5"], "inner_steps must be a whole number, got 2.5"),
+    (["--algo", "maml", "--inner-steps", "-1"], "inner_steps must be >= 1, got -1"),
+    (["--algo", "maml", "--eval-inner-steps", "-1"], "eval_inner_steps must be >= 0, got -1"),
+    (["--algo", "maml", "--inner-lr", "nan"], "inner_lr must be a positive finite number, got nan"),
+    (["--algo", "maml", "--meta-lr", "-1"], "meta_lr must be a positive finite number, got -1.0"),
+    (["--algo", "meta-sgd", "--hp", "lr_init=0.1"], "lr_init must be a comma-separated list of values, got 0.1"),
+    (["--algo", "meta-lstm", "--hp", "hidden_size=0"], "hidden_size must be >= 1, got 0"),
+    (["--algo", "turtle", "--hp", "beta=1.5"], "beta must be in [0, 1), got 1.5"),
+    (["--algo", "lazy-maml", "--dataset", "sine", "--hp", "criterion=foo"], "unknown criterion 'foo'; valid: loss, accuracy"),
+    (["--algo", "maml", "--dataset", "sine", "--arch", "conv4"], "--arch conv4 takes images, but sine's inputs are numbers"),
+    (["--algo", "maml", "--shots", "0"], "--shots must be positive, got 0"),
+    (["--algo", "maml", "--dataset", "sine", "--ways", "0"], "--ways must be positive, got 0"),
+    (["--algo", "maml", "--eval-every", "-1"], "--eval-every must be >= 0"),
+    (["--algo", "scratch", "--iterations", "5"], "--algo scratch does not meta-train; drop --iterations"),
     (["--algo", "maml", "--dataset", "omniglot3"], "unknown few-shot dataset 'omniglot3'"),
     (["--algo", "reptile", "--train-shots", "0"], "--train-shots must be positive, got 0"),
     (["--algo", "reptile", "--train-shots", "19"], "shots + queries = 19 + 2 = 21 examples per class are needed"),
@@ -146,7 +164,7 @@ def test_reptile_family_meta_trains_on_ten_shots_and_resume_keeps_them(tmp_path,
     ckpt = str(tmp_path / "r" / "checkpoint.pt")
     other = _run("fewshot", "train", "--algo", "lazy-reptile", "--preset", "smoke", "--train-shots", "1", "--out", str(tmp_path / "r"),
                  "--resume", ckpt, "--iterations", "4", *here)
-    assert other.exit_code == 2 and "meta-trained on 10 shots per class; resume it with --train-shots 10" in other.output
+    assert other.exit_code == 2 and "was meta-trained with --train-shots 10; resume it with --train-shots 10" in other.output
     assert json.loads((tmp_path / "r" / "checkpoint.pt.json").read_text())["iteration"] == 3
     maml = _run("fewshot", "train", "--algo", "maml", "--preset", "smoke", "--out", str(tmp_path / "m"), *here)
     assert maml.exit_code == 0 and json.loads((tmp_path / "m" / "checkpoint.pt.json").read_text())["train_shots"] == 1
@@ -251,3 +269,47 @@ def test_resume_refuses_a_hyperparameter_it_would_otherwise_ignore(tmp_path) -> 
     result = _run(*base, "--iterations", "2", "--resume", str(ckpt), "--hp", "meta_lr=0.002", "--eval-inner-steps", "3")
     assert result.exit_code == 0, result.output
     assert json.loads((out / "checkpoint.pt.json").read_text())["hparams"]["eval_inner_steps"] == 3
+
+
+def test_a_true_false_setting_given_as_text_is_read_as_meant(tmp_path) -> None:
+    out = tmp_path / "t"
+    result = _run("fewshot", "train", "--algo", "turtle", "--dataset", "sine", "--shots", "5", "--iterations", "1",
+                  "--eval-tasks", "2", "--hp", "first_order=False", "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "checkpoint.pt.json").read_text())["hparams"]["first_order"] is False
+
+
+def test_resume_refuses_another_task_stream_and_no_new_iterations(tmp_path) -> None:
+    out = tmp_path / "r"
+    base = ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--eval-tasks", "2", "--out", str(out), "--quiet"]
+    assert _run(*base, "--iterations", "2").exit_code == 0
+    ckpt = out / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    for extra, needle in ((["--queries", "3"], "was meta-trained with --queries 5; resume it with --queries 5"),
+                          (["--meta-batch", "3"], "was meta-trained with --meta-batch 8; resume it with --meta-batch 8"),
+                          (["--no-shuffle-classes"], "was meta-trained with --shuffle-classes; resume it with --shuffle-classes"),
+                          (["--iterations", "2"], "is already at iteration 2; give --iterations above it")):
+        args = [*base, "--resume", str(ckpt), *extra] + ([] if "--iterations" in extra else ["--iterations", "3"])
+        result = _run(*args)
+        assert result.exit_code == 2 and needle in result.output, (extra, result.output)
+        assert ckpt.read_bytes() == before
+
+
+def test_eval_refuses_what_it_would_ignore(trained, tmp_path) -> None:
+    out, _, _, roots = trained
+    common = ["--checkpoint", str(out / "run" / "checkpoint.pt"), "--data-dir", roots["data"], "--cache-dir", roots["cache"], "--quiet"]
+    result = _run("fewshot", "eval", *common, "--queries", "0")
+    assert result.exit_code == 2 and result.output.strip() == "Error: --queries must be positive, got 0"
+    sine = tmp_path / "s"
+    assert _run("fewshot", "train", "--algo", "maml", "--dataset", "sine", "--iterations", "1", "--eval-tasks", "2",
+                "--out", str(sine), "--quiet").exit_code == 0
+    result = _run("fewshot", "eval", "--checkpoint", str(sine / "checkpoint.pt"), "--split", "val", "--quiet")
+    assert result.exit_code == 2 and "sine tasks are drawn afresh, not from class splits; leave out --split val" in result.output
+
+
+def test_non_finite_scores_are_null_in_the_json(tmp_path) -> None:
+    result = _run("fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--iterations", "1",
+                  "--eval-tasks", "2", "--hp", "inner_lr=100", "--out", str(tmp_path / "n"), "--json", str(tmp_path / "n.json"))
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "n.json").read_text()
+    assert "NaN" not in text and json.loads(text)["metrics"]["test"]["mean"] is None

@@ -133,3 +133,20 @@ def test_miniimagenet_and_tieredimagenet_are_folders_under_the_data_root(tmp_pat
         task_source("tieredimagenet", split="train", ways=2, shots=1, queries=1, root=tmp_path, cache_dir=cache_dir)
     with pytest.raises(LazyAppsError, match="shots \\+ queries = 2 \\+ 2 = 4 .* has 3"):
         task_source("miniimagenet", split="val", ways=3, shots=2, queries=2, root=tmp_path, cache_dir=cache_dir)
+
+
+def test_folder_dataset_refuses_repeated_or_shared_classes_and_unreadable_images(tmp_path, cache_dir) -> None:
+    root = tmp_path / "mini"
+    _write_folder(root / "images", ["n01", "n02", "n03"])
+    (root / "train.txt").write_text("n01\nn02\nn01\n")
+    with pytest.raises(LazyAppsError, match="train.txt lists 'n01' more than once; name each class once"):
+        task_source(f"folder:{root}", split="train", ways=2, shots=1, queries=1, cache_dir=cache_dir)
+    (root / "train.txt").write_text("n01\nn02\n")
+    (root / "test.txt").write_text("n02\nn03\n")
+    for split in ("train", "test"):  # meta-test classes must not be seen in meta-training, whichever split loads
+        with pytest.raises(LazyAppsError, match="'n02' is listed in both .* a class belongs to one split"):
+            task_source(f"folder:{root}", split=split, ways=2, shots=1, queries=1, cache_dir=cache_dir)
+    (root / "test.txt").write_text("n03\n")
+    (root / "images" / "n01" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(LazyAppsError, match="broken.png is not a readable image .*; remove or replace it"):
+        task_source(f"folder:{root}", split="train", ways=2, shots=1, queries=1, cache_dir=cache_dir)

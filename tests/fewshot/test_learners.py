@@ -277,3 +277,22 @@ def test_zero_head_refuses_regression_finetune_and_non_booleans() -> None:
         create_learner("finetune", _conv(), zero_head=True)
     with pytest.raises(ValueError, match="zero_head must be true or false, got 'yes'"):
         create_learner("maml", _conv(), zero_head="yes")
+
+
+def test_check_hparams_reads_command_line_values_as_the_declared_types() -> None:
+    from fewshot.base import get_learner
+
+    turtle = get_learner("turtle").check_hparams({"first_order": "False", "time_input": "yes", "inner_steps": 3.0,
+                                                  "hidden": [8, 8], "grad_clip": None, "lr_init": 1})
+    assert turtle == {"first_order": False, "time_input": True, "inner_steps": 3, "hidden": (8, 8), "grad_clip": None,
+                      "lr_init": 1.0}
+    assert type(turtle["inner_steps"]) is int and type(turtle["lr_init"]) is float
+    assert get_learner("meta-sgd").check_hparams({"lr_init": [0.005, 0.1]}) == {"lr_init": (0.005, 0.1)}
+    assert get_learner("maml").check_hparams({"eval_inner_steps": 0}) == {"eval_inner_steps": 0}
+    for algo, values, message in (("meta-sgd", {"lr_init": [0.1]}, "lr_init must be 2 values, got 1"),
+                                  ("maml", {"inner_lr": 0}, "inner_lr must be a positive finite number, got 0"),
+                                  ("imaml", {"cg_damping": -1.0}, "cg_damping must be a non-negative finite number"),
+                                  ("maml", {"inner_steps": True}, "inner_steps must be a whole number, got True"),
+                                  ("reptile", {"inner_optimizer": 3}, "inner_optimizer must be text, got 3")):
+        with pytest.raises(ValueError, match=message):
+            get_learner(algo).check_hparams(values)

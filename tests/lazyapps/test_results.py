@@ -21,6 +21,13 @@ def test_table_aligns_columns():
     assert len({len(line) for line in lines[1:]}) == 1
 
 
+def test_table_puts_prose_columns_flush_left():
+    rows = [{"algo": "maml", "description": "Short.", "n": 1}, {"algo": "x", "description": "A much longer one.", "n": 10}]
+    lines = format_table(rows, left=("description",)).splitlines()
+    assert lines[2] == "maml  Short.               1"
+    assert lines[3] == "x     A much longer one.  10"
+
+
 def test_csv(tmp_path):
     write_csv(tmp_path / "a.csv", [{"a": 1, "b": 2}, {"a": 3, "b": 4}])
     with open(tmp_path / "a.csv") as handle:
