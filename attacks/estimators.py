@@ -141,6 +141,15 @@ class GradientEstimator(ABC):
     def queries_per_estimate(self, x_shape: tuple[int, ...], *, scores_known: bool = True) -> int:
         """Queries one :meth:`estimate` charges each image (``scores_known``: ``scores`` of ``x`` are passed in)."""
 
+    def next_cost(self, index: Tensor, x_shape: tuple[int, ...], *, scores_known: bool = True) -> Tensor:
+        """Queries the next :meth:`estimate` will charge each of images ``index`` (by default every call's cost).
+
+        An attack loop stops an image whose next call does not fit its budget; an estimator whose calls cost
+        different amounts (the meta-attacker's free predictions between ZOO steps) says which is next.
+        """
+        cost = self.queries_per_estimate(x_shape, scores_known=scores_known)
+        return torch.full((len(index),), cost, dtype=torch.long)
+
     @abstractmethod
     def estimate(
         self,

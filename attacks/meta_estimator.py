@@ -93,6 +93,17 @@ class MetaEstimator(GradientEstimator):
             d *= s
         return self.zoo.queries_on(min(self.q, d), scores_known=scores_known)
 
+    def next_cost(self, index: Tensor, x_shape: tuple[int, ...], *, scores_known: bool = True) -> Tensor:
+        """A ZOO step's queries for images whose next call is one of the j-th, 0 for a free prediction."""
+        index = torch.as_tensor(index).reshape(-1).long().cpu()
+        rows = torch.full_like(index, -1)  # -1: no copy yet, so no call yet
+        known = index < len(self._slot)
+        rows[known] = self._slot[index[known]]
+        calls = torch.zeros_like(index)
+        calls[rows >= 0] = self._calls[rows[rows >= 0]]
+        due = (calls + 1) % self.every == 0  # as estimate() decides it
+        return due.long() * self.queries_per_estimate(x_shape, scores_known=scores_known)
+
     def _rows(self, index: Tensor, device: torch.device) -> Tensor:
         """Rows of the copies for blackbox images ``index``, creating copies of θ for new images."""
         need = int(index.max()) + 1

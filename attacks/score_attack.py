@@ -23,9 +23,10 @@ stopping point. One iteration for the still-active images is:
    and feed the next estimate.
 
 An image stops as soon as it is adversarial, or when its next iteration
-(``estimator.queries_per_estimate`` + 1 check) would not fit in what is left
-of ``max_queries`` and of the blackbox's own budget, so the blackbox never
-refuses a query of this loop. Before the first iteration each image costs
+(``estimator.next_cost`` + 1 check: a free meta-attacker prediction costs only
+the check) would not fit in what is left of ``max_queries`` and of the
+blackbox's own budget, so the blackbox never refuses a query of this loop and
+an image stops only at a call it cannot afford. Before the first iteration each image costs
 one query to learn whether it is already misclassified.
 """
 from __future__ import annotations
@@ -198,12 +199,10 @@ def score_attack(
         success[first] = is_adversarial(first_scores, y[first.to(y.device)],
                                         None if target is None else target[first.to(target.device)]).cpu()
     done |= success
-    cost = estimator.queries_per_estimate(tuple(x.shape), scores_known=True) + 1
-
     bar = progress(total=n, desc=desc, unit="img")
     iteration = 0
     while scores is not None:
-        active = ~done & (left() >= cost)
+        active = ~done & (left() >= estimator.next_cost(index, tuple(x.shape), scores_known=True) + 1)
         bar.update(int((~active).sum()) - bar.n)  # images finished: fooled or out of budget
         if not bool(active.any()) or (max_iterations is not None and iteration >= max_iterations):
             break

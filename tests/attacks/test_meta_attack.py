@@ -183,6 +183,42 @@ def test_tight_budgets_are_never_exceeded():
         assert (bb.counts <= budget).all() and torch.equal(out.queries, bb.counts)
 
 
+def test_a_budget_stops_an_image_only_at_a_call_it_cannot_afford():
+    # The free predictions between ZOO steps cost only the check: with exactly the queries an unlimited run
+    # used, every image still succeeds (it used to stop once less than a ZOO step was left), and with one
+    # fewer it fails, so the unlimited run's success-vs-budget curve is what runs at each budget give.
+    model = _target(3)
+    x, y = _images(model, 6)
+    attacker = MetaAttacker(1, (4, 8))
+    settings = {"q": 16, "every": 3, "step": 0.05, "finetune_steps": 2, "batch_size": 1}
+    free = meta_attack(BlackBox(model), x, y, attacker, max_queries=5000, **settings)
+    assert free.success.sum() >= 4
+    zoo_cost = 16 + 1
+    after_zoo = 0
+    for i in free.success.nonzero().flatten().tolist():
+        spent = int(free.queries[i])
+        exact = meta_attack(BlackBox(model), x[i:i + 1], y[i:i + 1], attacker, max_queries=spent, **settings)
+        assert bool(exact.success[0]) and int(exact.queries[0]) == spent
+        short = meta_attack(BlackBox(model), x[i:i + 1], y[i:i + 1], attacker, max_queries=spent - 1, **settings)
+        assert not bool(short.success[0])
+        after_zoo += spent % zoo_cost != 0  # (a success on a free step after a ZOO step, the case that stopped early)
+    assert after_zoo >= 1
+
+
+def test_next_cost_is_a_zoo_step_exactly_when_the_call_is_due():
+    est = MetaEstimator(MetaAttacker(1, (4, 8)), q=16, every=3, finetune_steps=0)
+    model = _target(1)
+    x, y = _images(model, 2)
+    bb = BlackBox(model)
+    costs = []
+    for _ in range(6):
+        costs.append(est.next_cost(torch.tensor([0, 1]), tuple(x.shape)).tolist())
+        _, charged = est.estimate(bb, x, y, index=torch.tensor([0, 1]), scores=bb.query(x))
+        assert charged.tolist() == costs[-1]
+    assert costs == [[0, 0], [0, 0], [16, 16], [0, 0], [0, 0], [16, 16]]
+    assert est.next_cost(torch.tensor([7]), tuple(x.shape)).tolist() == [0]  # an image not seen yet
+
+
 def test_images_stop_as_soon_as_fooled():
     model = _target(5)
     x, y = _images(model, 5)
