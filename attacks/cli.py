@@ -140,12 +140,15 @@ def run_attack(
         raise UnknownNameError("attack method", method, METHODS)
     if meta_training is not None or method in P.META_TRAINING_OF:
         meta_training = P.meta_training_for(method, meta_training)
+    if zoo_spec is not None and method not in P.META_TRAINING_OF:
+        raise LazyAppsError(f"--zoo is the whitebox zoo the meta-attacks learn from ({', '.join(P.META_TRAINING_OF)}); "
+                            f"{method} does not use one")
     dataset = P.infer_dataset(target_spec)
     settings = apply_preset({name: by_ds[dataset] for name, by_ds in P.PRESETS.items()}, preset, overrides or {})
     if int(settings["max_queries"]) < 1:
         raise LazyAppsError(f"the query budget must be at least 1, got {settings['max_queries']}")
     device = run.device
-    zoo_names = P.parse_zoo(zoo_spec, dataset, target_spec) if method in P.META_TRAINING_OF or zoo_spec else []
+    zoo_names = P.parse_zoo(zoo_spec, dataset, target_spec) if method in P.META_TRAINING_OF else []
     data = load_dataset(dataset, root=run.data_dir)
     if target_class is not None and not 0 <= target_class < data.num_classes:
         raise LazyAppsError(f"--target-class {target_class} is out of range: {dataset} has classes 0..{data.num_classes - 1}")

@@ -150,7 +150,7 @@ def run_foolbox_attack(
     if int(max_queries) < 1:
         raise LazyAppsError(f"max_queries must be at least 1, got {max_queries}")
     check_images(x)
-    check_targets(y, target, blackbox.num_classes(tuple(x.shape[1:])) if len(x) else None)
+    check_targets(y, target, blackbox.num_classes(tuple(x.shape[1:])) if len(x) else None, images=len(x))
     if starting_points is not None:
         check_images(starting_points)
     if target is not None and starting_points is None:

@@ -24,8 +24,12 @@ def check_images(x: Tensor) -> None:
                             "divide 8-bit images by 255")
 
 
-def check_targets(y: Tensor, target: Tensor | None, num_classes: int | None) -> None:
-    """Labels (and target classes) must be class numbers of the target; a target class must differ from the label."""
+def check_targets(y: Tensor, target: Tensor | None, num_classes: int | None, *, images: int | None = None) -> None:
+    """Labels (and target classes) must be class numbers of the target, one per image (``images`` of them when
+    given); a target class must differ from the label."""
+    if images is not None and (tuple(y.shape) != (images,) or (target is not None and tuple(target.shape) != (images,))):
+        raise LazyAppsError(f"need (N,) labels and targets for {images} images, got labels {tuple(y.shape)}"
+                            + ("" if target is None else f" and targets {tuple(target.shape)}"))
     for name, classes in (("label", y), ("target class", target)):
         if classes is None or num_classes is None or not classes.numel():
             continue

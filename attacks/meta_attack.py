@@ -66,7 +66,7 @@ def meta_attack(
     check_images(x)
     if int(max_queries) < 1:
         raise LazyAppsError(f"the query budget must be at least 1, got {max_queries}")
-    check_targets(y, target, blackbox.num_classes(tuple(x.shape[1:])) if len(x) else None)
+    check_targets(y, target, blackbox.num_classes(tuple(x.shape[1:])) if len(x) else None, images=len(x))
     estimator = MetaEstimator(meta_attacker, params, q=q, every=every, h=h,
                               finetune_steps=finetune_steps, finetune_lr=finetune_lr, zoo_mode=zoo_mode,
                               skip_blocked=skip_blocked)

@@ -95,9 +95,13 @@ def dataset_of_arch(name: str) -> str:
 
 
 def is_user_model(spec: str) -> bool:
-    """A model file (TorchScript, zoo checkpoint) or ``ARCH:STATE_DICT`` rather than a zoo name."""
+    """A model file (TorchScript, zoo checkpoint) or ``ARCH:STATE_DICT`` rather than a zoo name (a zoo name wins)."""
+    import models_zoo
+
+    if spec in models_zoo.available() or (spec.startswith("timm:") and spec.count(":") == 1):
+        return False
     looks_like_file = Path(spec).suffix in (".pt", ".pth", ".ts", ".jit") or "/" in spec
-    return Path(spec).exists() or looks_like_file or (":" in spec and not (spec.startswith("timm:") and spec.count(":") == 1))
+    return Path(spec).exists() or looks_like_file or ":" in spec
 
 
 def _user_arch(spec: str) -> str | None:
@@ -139,7 +143,7 @@ def parse_zoo(spec: str | None, dataset: str, target: str) -> list[str]:
     """The whitebox zoo names: ``spec`` (comma separated) or the dataset's default; never the target."""
     import models_zoo
 
-    names = list(DEFAULT_ZOO[dataset]) if not spec else [s.strip() for s in spec.split(",") if s.strip()]
+    names = list(DEFAULT_ZOO[dataset]) if spec is None else [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise LazyAppsError("--zoo needs at least one model name")
     for name in names:
@@ -147,7 +151,10 @@ def parse_zoo(spec: str | None, dataset: str, target: str) -> list[str]:
             raise UnknownNameError("zoo model", name, [n for n in models_zoo.available() if models_zoo.get_arch(n).family in DATASET_OF_FAMILY])
         if dataset_of_arch(name) != dataset:
             raise LazyAppsError(f"zoo model {name!r} is for {dataset_of_arch(name)}, but the target is a {dataset} model")
-    target_arch = (_user_arch(target) if is_user_model(target) else target) or ""
+    import models_zoo
+
+    # (a zoo checkpoint file counts as its architecture: the zoo trains exactly that model)
+    target_arch = (models_zoo.user_model_arch(target) if is_user_model(target) else target) or ""
     if target_arch in names:
         raise LazyAppsError(f"the target {target_arch!r} is in the whitebox zoo ({', '.join(names)}); "
                             "a blackbox target must be held out: drop it from --zoo")

@@ -171,9 +171,7 @@ def score_attack(
         raise LazyAppsError(f"epsilon must be positive (or None for no bound), got {epsilon}")
     check_images(x)
     n = x.shape[0]
-    if y.shape != (n,) or (target is not None and target.shape != (n,)):
-        raise LazyAppsError(f"need (N,) labels and targets for {n} images")
-    check_targets(y, target, blackbox.num_classes(tuple(x.shape[1:])) if n else None)
+    check_targets(y, target, blackbox.num_classes(tuple(x.shape[1:])) if n else None, images=n)
     loss = loss or default_loss(blackbox)
     index = torch.arange(n) if index is None else torch.as_tensor(index).reshape(-1).long().cpu()
     if reset_estimator:

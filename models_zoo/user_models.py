@@ -18,6 +18,7 @@ otherwise is assumed to take images in [0, 1] as they are.
 """
 from __future__ import annotations
 
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,13 +77,28 @@ def _split_spec(spec: str) -> tuple[str | None, Path]:
     if ":" in spec:
         arch, path = spec.rsplit(":", 1)
         get_arch(arch)  # unknown architecture -> UnknownNameError listing the valid ones
+        if not path:
+            raise CheckpointError(f"{spec!r} names no file after '{arch}:'; give ARCH:STATE_DICT_PATH")
         return arch, Path(path)
     raise CheckpointError(f"model file {spec!r} does not exist; give a TorchScript file, a zoo checkpoint, or ARCH:STATE_DICT_PATH")
 
 
+def user_model_arch(spec: str) -> str | None:
+    """The zoo architecture ``spec`` holds: ARCH of ``ARCH:PATH``, or the one a zoo checkpoint records (else None)."""
+    path = Path(spec)
+    if path.is_file():
+        if not is_zoo_checkpoint(path):
+            return None  # TorchScript / torch.export: their own code, no zoo name
+        from lazyapps.checkpoint import load_metadata
+
+        return (load_metadata(path).get("settings") or {}).get("arch")
+    return spec.rsplit(":", 1)[0] if ":" in spec else None
+
+
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+    # all of it on one line: load_state_dict's first line only says "Error(s) in loading", the keys follow
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 def load_user_model(
@@ -115,13 +131,18 @@ def load_user_model(
         kind = _archive_kind(path)
         try:
             if kind == "torchscript":
-                return torch.jit.load(str(path), map_location=device).eval()
+                with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; users' files still load
+                    warnings.simplefilter("ignore", FutureWarning)
+                    return torch.jit.load(str(path), map_location=device).eval()
             if kind == "export":
                 return ExportedModel(torch.export.load(str(path)).module()).to(device).eval()
         except Exception as exc:  # a damaged archive fails in many ways inside the loaders
             raise CheckpointError(f"{kind} file {path} cannot be loaded ({_one_line(exc)})") from None
         raise CheckpointError(f"{path} is not TorchScript, a torch.export program or a zoo checkpoint; "
                               f"for a state dict pass ARCH:{path} (e.g. net4:{path})")
+    if _archive_kind(path) is not None:
+        raise CheckpointError(f"{path} is a {_archive_kind(path)} file, not a state dict: it carries its own code, "
+                              f"so pass it without '{arch}:'")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, or pickled code that weights_only refuses

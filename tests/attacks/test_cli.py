@@ -67,6 +67,22 @@ def test_rerun_loads_from_cache_and_rebuilds_a_corrupt_file_with_a_warning(smoke
     assert "meta-attacker lazy-meta: meta-trained" in result.stderr
 
 
+def test_a_zoo_checkpoint_file_of_a_zoo_architecture_is_no_blackbox_target(smoke_run):
+    _, _, args, cache = smoke_run
+    net2 = sorted((cache / "zoo").glob("net2-mnist-*.pt"))[0]  # the very model the whitebox zoo differentiates
+    result = invoke(*[a if a != "net4" else str(net2) for a in args])
+    assert result.exit_code == 2 and "the target 'net2' is in the whitebox zoo (lenet5, net2, net3)" in result.output
+
+
+def test_a_zoo_name_wins_over_a_folder_of_the_same_name(tmp_path, monkeypatch):
+    from attacks import pipeline
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net4").mkdir()
+    assert not pipeline.is_user_model("net4") and pipeline.infer_dataset("net4") == "mnist"
+    assert pipeline.is_user_model("net4/") and pipeline.is_user_model("net4:w.pt")
+
+
 def test_skip_blocked_is_recorded_and_changes_no_cached_artefact(smoke_run):
     _, out, args, cache = smoke_run
     before = sorted(p.name for p in cache.rglob("*") if p.is_file())
@@ -118,6 +134,9 @@ def test_targeted_run_reaches_for_the_target_class(mini_root, session_cache, tmp
     (["--method", "nes", "--meta-training", "maml"], "--meta-training is an option of the meta-attacks"),
     (["--meta-training", "maml"], "--meta-training maml does not train a lazy-meta attacker; lazy-meta takes lazy-reptile or lazy-maml"),
     (["--method", "meta", "--meta-training", "lazy-reptile"], "meta takes reptile or maml"),
+    (["--zoo", ""], "--zoo needs at least one model name"),
+    (["--method", "zoo", "--zoo", "lenet5"], "--zoo is the whitebox zoo the meta-attacks learn from (lazy-meta, meta); zoo does not use one"),
+    (["--target", "net4:"], "'net4:' names no file after 'net4:'; give ARCH:STATE_DICT_PATH"),
 ])
 def test_bad_input_is_one_clear_line(args, message, mini_root, tmp_path):
     result = CliRunner().invoke(cli, ["attack", *args, "--preset", "smoke", "--data-dir", str(mini_root),
@@ -145,6 +164,7 @@ def test_target_accepts_torchscript_and_arch_state_dict(mini_root, session_cache
                         "--seed", "3", "--json", str(out), "--per-image", str(tmp_path / f"{len(runs)}.csv"))
         assert result.exit_code == 0, result.output
         assert f"target {spec}: user model loaded" in result.stderr
+        assert "Warning" not in result.stderr  # (torch's deprecation of TorchScript is not the user's business here)
         saved = json.loads(out.read_text())
         assert saved["config"]["target"] == spec and saved["config"]["dataset"] == "mnist"
         runs[spec] = list(csv.DictReader((tmp_path / f"{len(runs)}.csv").open()))
@@ -156,4 +176,11 @@ def test_target_accepts_torchscript_and_arch_state_dict(mini_root, session_cache
         right = (net(test.images.float().div(255)).argmax(1) == test.labels).nonzero().flatten()[:2].tolist()
     first, second = runs.values()
     assert [int(r["test_index"]) for r in first] == right
+    wrapped = invoke("--target", f"net4:{tmp_path / 'mine.ts'}", "--data-dir", str(mini_root), "--quiet")
+    assert wrapped.exit_code == 2 and wrapped.output.strip().endswith("carries its own code, so pass it without 'net4:'")
+    state = net.state_dict()
+    state.pop("net.classifier.3.bias" if "net.classifier.3.bias" in state else list(state)[-1])
+    torch.save(state, tmp_path / "short.pt")
+    short = invoke("--target", f"net4:{tmp_path / 'short.pt'}", "--data-dir", str(mini_root), "--quiet")
+    assert short.exit_code == 2 and "Missing key(s) in state_dict" in short.output
     assert [(r["test_index"], r["queries"], r["l2"]) for r in first] == [(r["test_index"], r["queries"], r["l2"]) for r in second]

@@ -26,7 +26,7 @@ def _attack(data_root: str, cache: str, method: str, target: str) -> dict:
     torch.set_num_threads(1)  # as each rank: one thread per process
     try:
         result = run_attack(run, target_spec=target, targeted=False, method=method, overrides=OVERRIDES,
-                            zoo_spec="lenet5", preset="smoke")
+                            zoo_spec="lenet5" if method in ("lazy-meta", "meta") else None, preset="smoke")
     finally:
         torch.set_num_threads(threads)
     out = result["outcome"]

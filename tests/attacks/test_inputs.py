@@ -44,6 +44,7 @@ def _entry_points():
     ("target_is_label", "equals the true class of image 1"),
     ("target_out_of_range", "target class 4 of image 0 is out of range: the target has classes 0..3"),
     ("negative_label", "label -1 of image 2 is out of range"),
+    ("labels_short", r"need \(N,\) labels and targets for 3 images, got labels \(2,\)"),
 ])
 def test_bad_arguments_are_refused_before_any_query(name, case, message):
     model, x, y = _setup()
@@ -62,6 +63,8 @@ def test_bad_arguments_are_refused_before_any_query(name, case, message):
     elif case == "negative_label":
         y = y.clone()
         y[2] = -1
+    elif case == "labels_short":
+        y = y[:2]
     bb = BlackBox(model, output="label" if name == "hsja" else "logits")
     with pytest.raises(LazyAppsError, match=message):
         _entry_points()[name](bb, x, y, target)
