@@ -11,6 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
+from _script import add_json_option, json_path  # noqa: E402  (beside this script)
+
 
 def parse(argv, *, name: str, default_images: int, default_methods: str, default_out: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=name, description=__doc__)
@@ -31,7 +33,7 @@ def parse(argv, *, name: str, default_images: int, default_methods: str, default
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=default_out, help="Where to write the JSON result.")
+    add_json_option(parser, default_out)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -78,8 +80,8 @@ def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title:
         # written after every method, so a long run stopped part-way keeps the rows it finished
         result = {"benchmark": Path(sys.argv[0]).stem, "config": config, "rows": rows, "paper": paper,
                   "versions": versions(), "elapsed_s": round(time.perf_counter() - started, 1)}
-        if args.json:
-            write_json_atomic(args.json, result)
+        if json_path(args):
+            write_json_atomic(json_path(args), result)
     columns = ["source", *COLUMNS, *(["settings"] if any("settings" in r for r in rows) else []), "n_images"]
     print(format_table(rows + paper, columns, title=f"{title} ({wanted}, preset {args.preset})"))
     return result

@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _script import add_json_option, json_path  # noqa: E402  (beside this script)
+
 #: Omniglot 5-way 1-shot / 5-shot, 20-way 1-shot / 5-shot accuracy (%), as published.
 OMNIGLOT_REFERENCE = {
     "maml": (98.7, 99.9, 95.8, 98.9),  # Finn et al. 2017
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--json", default="benchmarks/results/fewshot_accuracy.json")
+    add_json_option(parser, "benchmarks/results/fewshot_accuracy.json")
     args = parser.parse_args(argv)
     args.overrides = _overrides(parser, args.hp)
     if args.smoke:
@@ -188,8 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
                            title="Sine regression test MSE (paper = Finn et al. / Li et al.)"))
     result = make_result("benchmarks/fewshot_accuracy.py", vars(args), {"omniglot_5way_1shot": omniglot, "sine": sine, "device": str(device)},
                          time.perf_counter() - start)
-    if args.json:
-        write_result(args.json, result)
+    if json_path(args):
+        write_result(json_path(args), result)
     return result
 
 

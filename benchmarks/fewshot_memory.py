@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _script import add_json_option, json_path  # noqa: E402  (beside this script)
+
 
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # big blocks mmapped and unmapped on free: RSS falls back after each run
 
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--vectorize", action="store_true", help="vmap over the meta-batch (default: per-task loop)")
-    parser.add_argument("--json", default="benchmarks/results/fewshot_memory.json")
+    add_json_option(parser, "benchmarks/results/fewshot_memory.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
@@ -150,8 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = make_result("benchmarks/fewshot_memory.py", vars(args), {"rows": rows, "lazy_within_1.3x": lazy_flat, "maml_grows": maml_grows,
                                                                        "measure": how, "device": str(device)},
                          time.perf_counter() - start)
-    if args.json:
-        write_result(args.json, result)
+    if json_path(args):
+        write_result(json_path(args), result)
     return result
 
 

@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _script import add_json_option, json_path  # noqa: E402  (beside this script)
+
 CONFIGS = [  # (label, algo, hyperparameters, vmappable)
     ("maml", "maml", {}, True),
     ("lazy-maml (k=15)", "lazy-maml", {"inner_steps": 15}, True),
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None, *, allocator_tuned: bool = False) -> dic
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--json", default="benchmarks/results/fewshot_speed.json")
+    add_json_option(parser, "benchmarks/results/fewshot_speed.json")
     args = parser.parse_args(argv)
     if args.smoke:
         # One thread: tiny tensors gain nothing from two, and on a loaded machine two spinning threads cost 15x.
@@ -92,8 +94,8 @@ def main(argv: list[str] | None = None, *, allocator_tuned: bool = False) -> dic
     print(format_table(rows, ["learner", "vmap tasks/s", "loop tasks/s", "vmap/loop"], title=title))
     result = make_result("benchmarks/fewshot_speed.py", {**vars(args), "malloc_mmap_threshold": mmap_threshold},
                          {"rows": rows, "device": str(device)}, time.perf_counter() - start)
-    if args.json:
-        write_result(args.json, result)
+    if json_path(args):
+        write_result(json_path(args), result)
     return result
 
 

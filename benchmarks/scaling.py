@@ -44,6 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _script import add_json_option, json_path  # noqa: E402  (beside this script)
+
 PRODUCTS = ("fewshot", "longtail", "longtail-local-bn", "attack")
 
 
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="intra-op threads per process (default: cores / processes, at least 1)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--json", default="benchmarks/results/scaling.json")
+    add_json_option(parser, "benchmarks/results/scaling.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
@@ -223,8 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
                                            "throughput vs. 1 process (torchrun, gloo/NCCL)")
     print(table)
     result = make_result("benchmarks/scaling.py", vars(args), {"rows": rows}, time.perf_counter() - started)
-    if args.json:
-        write_result(args.json, result)
+    if json_path(args):
+        write_result(json_path(args), result)
     return result
 
 

@@ -25,3 +25,26 @@ def test_a_user_error_is_one_line_and_exit_code_2(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("Error: ") and str(missing) in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_smoke_run_writes_json_only_where_asked():
+    import argparse
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from _script import add_json_option, json_path
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true")
+    add_json_option(parser, "benchmarks/results/x.json")
+    assert json_path(parser.parse_args([])) == "benchmarks/results/x.json"  # a full run updates the committed results
+    assert json_path(parser.parse_args(["--smoke"])) is None  # a smoke run never overwrites them
+    assert json_path(parser.parse_args(["--smoke", "--json", "/tmp/s.json"])) == "/tmp/s.json"
+
+
+@pytest.mark.parametrize("script", [s for s in SCRIPTS if s != "longtail_cifar10.py"])
+def test_every_script_with_committed_results_uses_the_shared_json_option(script):
+    text = (REPO / "benchmarks" / script).read_text()
+    common = (REPO / "benchmarks" / "_attack_common.py").read_text() if script.startswith("attack_") else ""
+    assert "add_json_option(" in text + common and 'add_argument("--json"' not in text
