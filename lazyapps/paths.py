@@ -35,9 +35,12 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> str | No
     """Why ``path`` (a file, or with ``folder`` a folder) cannot be written, or None if it can.
 
     Checked before a command's work starts, so an output path that cannot be made (a parent that is a
-    file, a folder without write permission) is one line at once instead of an error after training.
-    Nothing is created here.
+    file, a folder without write permission, a read-only or virtual file system) is one line at once
+    instead of an error after training. The folder that would hold it is probed with a temporary file
+    (permission bits alone do not tell: root passes them everywhere); nothing else is created.
     """
+    import tempfile
+
     path = Path(path).expanduser().absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if existing == path:
@@ -45,7 +48,14 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> str | No
             return f"{path} is a file, not a folder"
         if not folder and path.is_dir():
             return f"{path} is a folder, not a file"
-        return None if os.access(path, os.W_OK | (os.X_OK if folder else 0)) else f"no permission to write {path}"
-    if not existing.is_dir():
+        probe = path if folder else path.parent
+    elif not existing.is_dir():
         return f"{existing} is a file, so nothing can be made under it"
-    return None if os.access(existing, os.W_OK | os.X_OK) else f"no permission to write in {existing}"
+    else:
+        probe = existing
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        return f"cannot write in {probe}: {exc.strerror or exc}"
+    return None

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -77,6 +78,15 @@ def test_check_writable_names_why(tmp_path):
     assert check_writable(tmp_path, folder=False) == f"{tmp_path} is a folder, not a file"
     assert check_writable(tmp_path / "f", folder=True) == f"{tmp_path / 'f'} is a file, not a folder"
     assert check_writable(tmp_path / "f" / "x") == f"{tmp_path / 'f'} is a file, so nothing can be made under it"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # the probes left nothing behind
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where nothing can be created")
+def test_check_writable_probes_rather_than_trusting_permission_bits():
+    from lazyapps.paths import check_writable
+
+    # root passes every permission check, but /proc takes no new files: only a real probe tells
+    assert check_writable("/proc/lazyapps-results/r.json").startswith("cannot write in /proc:")
 
 
 def test_common_options_write_json(tmp_path):
