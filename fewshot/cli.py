@@ -137,7 +137,7 @@ def _refuse_changed_hparams(resume: str, stored: dict[str, Any], explicit: dict[
 @click.option("--vectorize/--no-vectorize", default=True, show_default=True, help="Run a meta-batch's tasks with torch.func.vmap (off: a loop over tasks).")
 @click.option("--eval-tasks", type=int, default=None, help="Test tasks scored at the end (default: the preset's).")
 @click.option("--eval-every", type=int, default=None, help="Learning-curve point + checkpoint every N iterations (0: only at the end).")
-@click.option("--out", type=click.Path(file_okay=False), default=None, callback=writable_folder, help="Run folder for checkpoint.pt (default: fewshot-runs/<algo>-<dataset>-<ways>way-<shots>shot).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, callback=writable_folder, help="Run folder for checkpoint.pt (default: the --resume checkpoint's folder, else fewshot-runs/<algo>-<dataset>-<ways>way-<shots>shot).")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None, help="Continue from this checkpoint (same algo, arch, dataset, ways, shots; its hyperparameters, which flags may repeat but not change).")
 @plot_option("Save the learning curve to this image file")
 @preset_option("quick")
@@ -196,7 +196,8 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         if settings[key] < (0 if key == "iterations" else 1):
             raise LazyAppsError(f"--{key.replace('_', '-')} must be positive, got {settings[key]}")
 
-    out_dir = Path(out or f"fewshot-runs/{algo}-{dataset.replace(':', '_').replace('/', '_')}-{ways}way-{shots}shot")
+    default_out = f"fewshot-runs/{algo}-{dataset.replace(':', '_').replace('/', '_')}-{ways}way-{shots}shot"
+    out_dir = Path(out) if out else (Path(resume).parent if resume else Path(default_out))  # a resumed run stays in its folder
     ckpt = out_dir / "checkpoint.pt"
     if ckpt.exists() and (resume is None or Path(resume).resolve() != ckpt.resolve()):
         raise LazyAppsError(f"{ckpt} already exists; pass --resume {ckpt} to continue it, or another --out")

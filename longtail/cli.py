@@ -151,6 +151,12 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
     config.check()  # before the data loads: fail fast, one line
     if resume is not None and not Path(resume).is_file():
         raise LazyAppsError(f"--resume {resume}: no such checkpoint file")
+    if resume is not None:  # before the --out check: a best.pt's folder holds its run's checkpoint.pt
+        from lazyapps.checkpoint import load_metadata
+
+        from .trainer import refuse_best_checkpoint
+
+        refuse_best_checkpoint(resume, load_metadata(resume))
     out_dir = Path(out) if out else (Path(resume).parent if resume else _default_out(cache_root(run.cache_dir), config))
     existing = out_dir / "checkpoint.pt"
     if existing.exists() and (resume is None or Path(resume).resolve() != existing.resolve()):

@@ -202,9 +202,7 @@ class Trainer:
             state, meta = load_checkpoint(path, map_location=self.device, expect=expect)
         except CheckpointError as exc:
             raise CheckpointError(f"cannot resume: {exc}; resume with the same settings or start a new run with another --out") from None
-        if "best_epoch" in meta or "optimizer" not in state:
-            raise CheckpointError(f"cannot resume from {path}: it holds only the best epoch's weights; resume from the run's "
-                                  f"checkpoint.pt, which has the optimizer and the training state")
+        refuse_best_checkpoint(path, meta, state)
         self.load_state(state)
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -316,6 +314,13 @@ class Trainer:
                      f"--resume {self.checkpoint_path}") if self.out_dir is not None and self.epoch > 0 else "no epoch was completed, nothing was saved"
             raise Interrupted(f"interrupted during epoch {self.epoch + 1}; {where}") from None
         return self.history
+
+
+def refuse_best_checkpoint(path: str | Path, meta: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+    """:class:`CheckpointError` for a ``best.pt`` (or any weights-only file) given where a run is resumed."""
+    if "best_epoch" in meta or (state is not None and "optimizer" not in state):
+        raise CheckpointError(f"cannot resume from {path}: it holds only the best epoch's weights; resume from the run's "
+                              f"checkpoint.pt, which has the optimizer and the training state")
 
 
 def epoch_times(history: Sequence[dict[str, Any]]) -> dict[str, float | None]:

@@ -313,3 +313,13 @@ def test_non_finite_scores_are_null_in_the_json(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     text = (tmp_path / "n.json").read_text()
     assert "NaN" not in text and json.loads(text)["metrics"]["test"]["mean"] is None
+
+
+def test_a_resumed_run_stays_in_its_checkpoints_folder(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--eval-tasks", "2", "--quiet"]
+    assert _run(*base, "--iterations", "1", "--out", "r").exit_code == 0
+    result = _run(*base, "--iterations", "2", "--resume", "r/checkpoint.pt")  # no --out
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "checkpoint.pt.json").read_text())["iteration"] == 2
+    assert not (tmp_path / "fewshot-runs").exists()

@@ -115,8 +115,9 @@ def test_resume_refuses_a_best_pt_and_another_runs_folder_and_carries_best_along
     assert _invoke("train", *args, "--out", str(run_a)).exit_code == 0
     assert _invoke("train", *args, "--seed", "1", "--out", str(run_b)).exit_code == 0
     before = (run_b / "checkpoint.pt").read_bytes()
-    best = CliRunner().invoke(cli, ["longtail", "train", *args, "--resume", str(run_a / "best.pt"), "--out", str(env / "c")])
-    assert best.exit_code == 2 and "holds only the best epoch's weights; resume from the run's checkpoint.pt" in best.output
+    for out in ([], ["--out", str(env / "c")]):  # (without --out: its folder, which holds the run's checkpoint.pt)
+        best = CliRunner().invoke(cli, ["longtail", "train", *args, "--resume", str(run_a / "best.pt"), *out])
+        assert best.exit_code == 2 and "holds only the best epoch's weights; resume from the run's checkpoint.pt" in best.output
     into_b = CliRunner().invoke(cli, ["longtail", "train", *args, "--resume", str(run_a / "checkpoint.pt"), "--out", str(run_b)])
     assert into_b.exit_code == 2 and f"{run_b} already holds a run's checkpoint" in into_b.output
     assert (run_b / "checkpoint.pt").read_bytes() == before
