@@ -25,6 +25,7 @@ Conventions for subclasses (so checkpoints can rebuild a learner):
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import types
@@ -171,6 +172,21 @@ class Learner(nn.Module):
     #: whether meta-training changes the model (False for ``scratch``); informs the CLI.
     meta_learns: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every learner's keyword hyperparameters are checked as the class declares them (check_hparams) before its
+        # __init__ runs, from Python as from the command line: MetaLSTM(grad_clip=-1.0) or MAML(inner_steps=-1)
+        # fail at once, naming the hyperparameter, instead of flipping a gradient or failing at the first step.
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls) and not getattr(cls.__init__, "_checks_hparams", False):
+            init = cls.__init__
+
+            @functools.wraps(init)
+            def checked(self: Learner, model: nn.Module, *args: Any, **hparams: Any) -> None:
+                init(self, model, *args, **type(self).check_hparams(hparams))
+
+            checked._checks_hparams = True  # type: ignore[attr-defined]
+            cls.__init__ = checked  # type: ignore[method-assign]
+
     def __init__(self, model: nn.Module, *, problem: str = "classification", vectorize: bool = True, transductive: bool = True,
                  zero_head: bool = False) -> None:
         super().__init__()
@@ -230,14 +246,25 @@ class Learner(nn.Module):
         return metrics
 
     def check_finite(self, metrics: Mapping[str, float]) -> None:
-        """Raise :class:`~lazyapps.errors.DivergedError` if the meta-loss of the step just taken is not finite."""
+        """Raise :class:`~lazyapps.errors.DivergedError` if the step just taken diverged.
+
+        Judged by the meta-loss where the learner reports one, else (Reptile and lazy Reptile report a
+        distance and a step size) by whether the meta-parameters are still finite.
+        """
         loss = metrics.get("loss")
-        if loss is None or math.isfinite(loss):
-            return
-        hint = "a smaller meta learning rate (--hp meta_lr=...)"
+        if loss is not None:
+            if math.isfinite(loss):
+                return
+            what = f"the meta-loss is {loss}"
+        else:
+            if bool(torch.stack([p.isfinite().all() for p in self.parameters()]).all()):
+                return
+            what = "the meta-parameters are no longer finite"
+        steps = [n for n in ("meta_lr", "meta_step_size", "inner_lr", "lr_init") if n in self.hparam_names()]
+        hint = "smaller step sizes (" + ", ".join(f"--hp {n}=..." for n in steps) + ")"
         if hasattr(self, "grad_clip"):
             hint += " or a bound on the meta-gradient's norm (--hp grad_clip=...)"
-        raise DivergedError(f"{self.name} meta-training diverged at iteration {self.iteration}: the meta-loss is {loss}, "
+        raise DivergedError(f"{self.name} meta-training diverged at iteration {self.iteration}: {what}, "
                             f"so the parameters are no longer usable; try {hint}")
 
     def reset_head(self) -> None:

@@ -228,7 +228,7 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_the_last_checkpoint(tmp_pat
                   "--eval-every", "1", "--eval-tasks", "4", "--hp", "meta_lr=1e6", "--out", str(out), "--quiet")
     assert result.exit_code == 2, result.output
     assert "Error: maml meta-training diverged at iteration 2: the meta-loss is" in result.output
-    assert "try a smaller meta learning rate (--hp meta_lr=...)" in result.output
+    assert "try smaller step sizes (--hp meta_lr=..., --hp inner_lr=...)" in result.output
     assert f"{out / 'checkpoint.pt'} still holds iteration 1" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     learner, _, meta = load_learner(out / "checkpoint.pt")  # written before the step that diverged

@@ -275,8 +275,21 @@ def test_zero_head_refuses_regression_finetune_and_non_booleans() -> None:
         create_learner("maml", sine, problem="regression", zero_head=True)
     with pytest.raises(ValueError, match="finetune starts every test head at zero already"):
         create_learner("finetune", _conv(), zero_head=True)
-    with pytest.raises(ValueError, match="zero_head must be true or false, got 'yes'"):
-        create_learner("maml", _conv(), zero_head="yes")
+    with pytest.raises(ValueError, match="zero_head must be true or false, got 'maybe'"):
+        create_learner("maml", _conv(), zero_head="maybe")
+    assert create_learner("maml", _conv(), zero_head="no").zero_head is False  # as a command line writes it
+
+
+def test_hyperparameters_are_checked_from_python_too() -> None:
+    import fewshot
+
+    with pytest.raises(ValueError, match="grad_clip must be a positive finite number, got -1.0"):
+        fewshot.MetaLSTM(_conv(), grad_clip=-1.0)  # a negative bound would flip the meta-gradient
+    with pytest.raises(ValueError, match="inner_steps must be >= 1, got -1"):
+        fewshot.MAML(_conv(), inner_steps=-1)
+    with pytest.raises(ValueError, match="inner_lr must be a number, got '0.4'"):
+        fewshot.MAML(_conv(), inner_lr="0.4")
+    assert fewshot.MAML(_conv(), transductive="no").transductive is False
 
 
 def test_check_hparams_reads_command_line_values_as_the_declared_types() -> None:
@@ -296,3 +309,15 @@ def test_check_hparams_reads_command_line_values_as_the_declared_types() -> None
                                   ("reptile", {"inner_optimizer": 3}, "inner_optimizer must be text, got 3")):
         with pytest.raises(ValueError, match=message):
             get_learner(algo).check_hparams(values)
+
+
+@pytest.mark.parametrize("algo", ["reptile", "lazy-reptile"])
+def test_reptile_family_divergence_stops_training_though_it_reports_no_loss(algo) -> None:
+    from lazyapps.errors import DivergedError
+
+    sane = create_learner(algo, _conv(), inner_optimizer="sgd", inner_lr=0.1, inner_steps=3)
+    assert "loss" not in sane.train_step(_tasks(seed=1))  # what the check cannot rely on
+    learner = create_learner(algo, _conv(), inner_optimizer="sgd", inner_lr=1e10, inner_steps=3)
+    with pytest.raises(DivergedError, match=f"{algo} meta-training diverged at iteration 1: the meta-parameters are "
+                                            "no longer finite.*--hp inner_lr="):
+        learner.train_step(_tasks(seed=1))
