@@ -237,6 +237,7 @@ class Learner(nn.Module):
         """
         from lazyapps import distributed
 
+        tasks.check(self.problem)
         self.train()
         metrics = self.meta_step(tasks)
         self.reset_head()
@@ -286,6 +287,11 @@ class Learner(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating type of the model's parameters; tasks are cast to it (a float64 model gets float64 tasks)."""
+        return next(self.model.parameters()).dtype
 
     def hparams(self) -> dict[str, Any]:
         """The keyword hyperparameters of ``__init__`` with their current values (JSON-able)."""
@@ -396,12 +402,16 @@ class Learner(nn.Module):
         from lazyapps import distributed
 
         batches = [tasks] if isinstance(tasks, TaskBatch) else list(tasks)
+        if not batches:
+            raise ValueError("evaluate needs at least one task batch")
+        for batch in batches:
+            batch.check(self.problem)
         was_training = self.training
         self.eval()
         values = []
         try:
             for batch in distributed.shard(batches):
-                batch = batch.to(self.device)
+                batch = batch.to(self.device, self.dtype)
                 fast = self.adapt(batch.support)
                 with torch.no_grad():
                     out = self.predict(fast, batch.support_x, batch.query_x)
@@ -431,6 +441,13 @@ class Learner(nn.Module):
         from lazyapps import distributed
         from lazyapps.progress import progress as bar
 
+        for name, value, least in (("iterations", iterations, 0), ("meta_batch", meta_batch, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+        source_problem = getattr(source, "problem", self.problem)
+        if source_problem != self.problem:
+            raise ValueError(f"the task source poses {source_problem} tasks, but this learner was built for "
+                             f"{self.problem}; build it with problem={source_problem!r}")
         self.total_iterations = iterations
         history = []
         steps = range(self.iteration, iterations)
@@ -443,7 +460,7 @@ class Learner(nn.Module):
         sync = distributed.sync_optimizer(self.meta_optimizer, weight=local) if self.meta_optimizer is not None else None
         try:
             for _ in (bar(steps, desc=f"meta-train {self.name}") if progress else steps):
-                tasks = source.sample(meta_batch).select(share).to(self.device)
+                tasks = source.sample(meta_batch).select(share).to(self.device, self.dtype)
                 metrics = distributed.mean_metrics(self.train_step(tasks), weight=local)
                 self.check_finite(metrics)  # (the same on every rank: a rank's nan makes the mean nan)
                 history.append(metrics)

@@ -81,9 +81,45 @@ class TaskBatch:
     def device(self) -> torch.device:
         return self.support_x.device
 
-    def to(self, device: str | torch.device) -> TaskBatch:
-        return TaskBatch(*(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y)),
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> TaskBatch:
+        """On ``device``; the floating tensors (inputs, regression targets) also in ``dtype`` when given."""
+        def move(t: Tensor) -> Tensor:
+            return t.to(device, dtype) if dtype is not None and t.is_floating_point() else t.to(device)
+
+        return TaskBatch(*(move(t) for t in (self.support_x, self.support_y, self.query_x, self.query_y)),
                          classes=None if self.classes is None else self.classes.to(device))
+
+    def check(self, problem: str) -> None:
+        """:class:`ValueError` naming the part of these tasks that a learner cannot use.
+
+        Every part must hold the same number (>= 1) of tasks, every task >= 1 support and query row with
+        one target per row; for classification the labels are class numbers 0..N-1 of the task and the
+        query labels among the support's (a query label no support row has could never be predicted).
+        """
+        parts = {"support_x": self.support_x, "support_y": self.support_y, "query_x": self.query_x, "query_y": self.query_y}
+        counts = {name: int(t.shape[0]) if t.dim() else 0 for name, t in parts.items()}
+        if len(set(counts.values())) != 1:
+            raise ValueError(f"the parts of a task batch hold different numbers of tasks: {counts}")
+        if self.num_tasks < 1:
+            raise ValueError("the task batch holds no tasks")
+        for side in ("support", "query"):
+            x, y = parts[f"{side}_x"], parts[f"{side}_y"]
+            if x.dim() < 2 or y.dim() < 2 or x.shape[1] != y.shape[1]:
+                raise ValueError(f"{side}_x {tuple(x.shape)} and {side}_y {tuple(y.shape)} must be (tasks, rows, ...) "
+                                 f"with one target per row")
+            if x.shape[1] < 1:
+                raise ValueError(f"the {side} sets are empty")
+        if problem == "classification":
+            for name in ("support_y", "query_y"):
+                if parts[name].is_floating_point():
+                    raise ValueError(f"{name} must hold integer class labels, got {parts[name].dtype}")
+            lowest = int(torch.minimum(self.support_y.min(), self.query_y.min()))
+            if lowest < 0:
+                raise ValueError(f"class labels must be >= 0, got {lowest}")
+            top_support, top_query = int(self.support_y.max()), int(self.query_y.max())
+            if top_query > top_support:
+                raise ValueError(f"query label {top_query} is not among the support labels (0..{top_support}); "
+                                 f"an N-way task labels its classes 0..N-1 in both sets")
 
     def select(self, index: int | slice) -> TaskBatch:
         """The tasks at ``index`` (an int keeps a task dim of 1)."""

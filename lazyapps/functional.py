@@ -139,21 +139,27 @@ def map_tasks(fn: Callable[..., Any], *per_task: Any, vectorize: bool = True, ra
     tasks with the same result. vmap cannot run code that updates captured
     tensors in place (BatchNorm in train mode with ``track_running_stats=True``,
     which :func:`adapt_tasks` and :func:`maml_meta_gradient` detect up front) or
-    reads tensor values into Python (``.item()``). When vmap fails we warn and
-    fall back to the loop.
+    reads tensor values into Python (``.item()``). When vmap fails we fall back
+    to the loop, and warn once the loop has run: if the loop fails too, the
+    error is the caller's (a label out of range, a dtype mismatch) and is raised
+    as the loop meets it, without a warning that would blame vmap.
     """
+    vmap_error = None
     if vectorize:
         try:
             return vmap(fn, randomness=randomness)(*per_task)
         except RuntimeError as err:
-            warnings.warn(
-                f"vmap over tasks failed ({str(err).splitlines()[0]}); falling back to a Python loop "
-                "(pass vectorize=False to silence this)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            vmap_error = err
     n = _num_tasks(per_task)
-    return _stack([fn(*_index(per_task, t)) for t in range(n)])
+    out = _stack([fn(*_index(per_task, t)) for t in range(n)])
+    if vmap_error is not None:
+        warnings.warn(
+            f"vmap over tasks failed ({str(vmap_error).splitlines()[0]}); fell back to a Python loop "
+            "(pass vectorize=False to silence this)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return out
 
 
 def _can_vmap(model: nn.Module, vectorize: bool) -> bool:

@@ -321,3 +321,43 @@ def test_reptile_family_divergence_stops_training_though_it_reports_no_loss(algo
     with pytest.raises(DivergedError, match=f"{algo} meta-training diverged at iteration 1: the meta-parameters are "
                                             "no longer finite.*--hp inner_lr="):
         learner.train_step(_tasks(seed=1))
+
+
+def test_task_batches_a_learner_cannot_use_are_named() -> None:
+    learner = create_learner("maml", _conv(), inner_steps=1)
+    good = _tasks()
+    cases = [
+        (TaskBatch(good.support_x, good.support_y, good.query_x, good.query_y + 100), "query label 102 is not among the support labels"),
+        (TaskBatch(good.support_x, good.support_y, good.query_x[:1], good.query_y[:1]), "hold different numbers of tasks"),
+        (TaskBatch(good.support_x[:, :5], good.support_y, good.query_x, good.query_y), "support_x .* and support_y .* one target per row"),
+        (TaskBatch(good.support_x, good.support_y - 1, good.query_x, good.query_y), "class labels must be >= 0, got -1"),
+        (TaskBatch(good.support_x[:, :0], good.support_y[:, :0], good.query_x, good.query_y), "the support sets are empty"),
+        (TaskBatch(good.support_x[:0], good.support_y[:0], good.query_x[:0], good.query_y[:0]), "holds no tasks"),
+    ]
+    for tasks, message in cases:
+        with pytest.raises(ValueError, match=message):
+            learner.evaluate(tasks)  # (it scored 0% without a word for the out-of-range query labels)
+        with pytest.raises(ValueError, match=message):
+            learner.train_step(tasks)
+    with pytest.raises(ValueError, match="evaluate needs at least one task batch"):
+        learner.evaluate([])
+
+
+def test_meta_train_names_bad_arguments_and_a_source_of_the_other_problem() -> None:
+    from fewshot.datasets import SineTasks
+
+    learner = create_learner("maml", _conv(), inner_steps=1)
+    for kwargs, message in (({"iterations": 1, "meta_batch": 0}, "meta_batch must be a whole number >= 1, got 0"),
+                            ({"iterations": 1, "meta_batch": 2.5}, "meta_batch must be a whole number >= 1, got 2.5"),
+                            ({"iterations": -1, "meta_batch": 2}, "iterations must be a whole number >= 0, got -1")):
+        with pytest.raises(ValueError, match=message):
+            learner.meta_train(SineTasks(shots=5, queries=5), **kwargs)
+    with pytest.raises(ValueError, match="poses regression tasks, but this learner was built for classification"):
+        learner.meta_train(SineTasks(shots=5, queries=5), iterations=1, meta_batch=2)
+
+
+def test_a_float64_model_gets_float64_tasks() -> None:
+    learner = create_learner("maml", _conv().double(), inner_steps=1)
+    assert learner.dtype is torch.float64
+    result = learner.evaluate(_tasks())  # float32 images: cast, not a dtype error inside the conv
+    assert 0 <= result.mean <= 100

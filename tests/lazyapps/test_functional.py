@@ -222,3 +222,18 @@ def test_map_tasks_falls_back_when_vmap_fails():
         got = map_tasks(fn, x)
     torch.testing.assert_close(got, x * x.sum(1, keepdim=True))
     torch.testing.assert_close(map_tasks(lambda r: (r.sum(), {"d": 2 * r}), x)[1]["d"], 2 * x)
+
+
+def test_map_tasks_raises_the_callers_error_without_blaming_vmap():
+    import warnings
+
+    x = torch.randn(3, 4)
+    targets = torch.tensor([0, 1, 7])  # class 7 of 4: an error of the data, not of vmap
+
+    def fn(row, t):
+        return torch.nn.functional.cross_entropy(row.unsqueeze(0), t.unsqueeze(0))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "vmap failed" warning before the real error
+        with pytest.raises(IndexError, match="out of bounds"):
+            map_tasks(fn, x, targets)
