@@ -19,7 +19,7 @@ import itertools
 import math
 import numbers
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -151,13 +151,19 @@ class LazyTeacher:
         weight_grid: float | Sequence[Sequence[float]] = 0.1,
         criterion: str = "loss",
     ) -> None:
-        if (isinstance(gammas, str) or not gammas
-                or not all(isinstance(g, numbers.Real) and 0.0 <= g <= 1.0 for g in gammas)):
-            raise ValueError(f"gammas must be a non-empty sequence of values in [0, 1], got {tuple(gammas)}")
-        if last < 1:
-            raise ValueError(f"last must be >= 1, got {last}")
+        if isinstance(gammas, (str, numbers.Real)) or not isinstance(gammas, Iterable):
+            raise ValueError(f"gammas must be a non-empty sequence of values in [0, 1] (e.g. (0.9,) for one), got {gammas!r}")
+        # One pass into plain floats first: a generator is read once, an array or tensor element by element.
+        gammas = tuple(float(g) if isinstance(g, numbers.Real) or (isinstance(g, Tensor) and g.numel() == 1) else g
+                       for g in gammas)
+        if not gammas or not all(isinstance(g, float) and 0.0 <= g <= 1.0 for g in gammas):
+            raise ValueError(f"gammas must be a non-empty sequence of values in [0, 1] (e.g. (0.9,) for one), got {gammas}")
+        if isinstance(last, bool) or not isinstance(last, numbers.Integral) or last < 1:
+            raise ValueError(f"last must be a whole number >= 1, got {last!r}")
         check_criterion(criterion)
-        if isinstance(weight_grid, (int, float)):
+        if isinstance(weight_grid, Tensor) and weight_grid.numel() == 1:
+            weight_grid = float(weight_grid)
+        if isinstance(weight_grid, numbers.Real):
             weights = simplex_grid(last, float(weight_grid))
         else:
             weights = tuple(tuple(float(a) for a in w) for w in weight_grid)
@@ -166,8 +172,8 @@ class LazyTeacher:
                     raise ValueError(f"each weight tuple needs {last} non-negative entries summing to 1, got {w}")
             if not weights:
                 raise ValueError("weight_grid must contain at least one weight tuple")
-        self.gammas = tuple(float(g) for g in gammas)
-        self.last = last
+        self.gammas = gammas
+        self.last = int(last)
         self.weights = weights
         self.criterion = criterion
 
@@ -194,6 +200,9 @@ class LazyTeacher:
         for phi in phis:
             if set(phi) != set(theta):
                 raise ValueError(f"checkpoint keys differ from theta's: {sorted(set(phi) ^ set(theta))}")
+            for k, t in theta.items():  # (a stacked per-task checkpoint would broadcast silently)
+                if phi[k].shape != t.shape:
+                    raise ValueError(f"checkpoint {k!r} has shape {tuple(phi[k].shape)}, theta's is {tuple(t.shape)}")
         sign = 1.0 if self.criterion == "loss" else -1.0
         scores = []
         best: tuple[float, float, tuple[float, ...]] | None = None  # (signed score, gamma, weights)

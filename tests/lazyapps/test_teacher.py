@@ -266,3 +266,23 @@ def test_reptile_update_rejects_bad_arguments():
         reptile_update(theta, {"a": torch.ones(1, 2), "b": torch.ones(1, 2)}, step_size=0.1)
     with pytest.raises(ValueError, match="expected"):
         reptile_update(theta, {"a": torch.ones(2)}, step_size=0.1)  # missing the task dim
+
+
+def test_teacher_grids_of_any_container_and_clear_refusals():
+    import numpy as np
+
+    for grid in ((g for g in (0.8, 0.9)), np.array([0.8, 0.9]), torch.tensor([0.8, 0.9]), [0.8, 0.9]):
+        assert LazyTeacher(gammas=grid).gammas == pytest.approx((0.8, 0.9))  # (a generator was used up by the check)
+    assert LazyTeacher(last=2, weight_grid=torch.tensor(0.5)).weights == LazyTeacher(last=2, weight_grid=0.5).weights
+    for kwargs, message in (({"gammas": 0.9}, r"gammas must be a non-empty sequence of values in \[0, 1\] \(e.g. \(0.9,\) for one\), got 0.9"),
+                            ({"gammas": ()}, "gammas must be a non-empty sequence"),
+                            ({"last": 2.0}, "last must be a whole number >= 1, got 2.0")):
+        with pytest.raises(ValueError, match=message):
+            LazyTeacher(**kwargs)
+
+
+def test_leap_refuses_checkpoints_of_another_shape():
+    theta = {"w": torch.zeros(8, 4)}
+    teacher = LazyTeacher(gammas=(0.5,))
+    with pytest.raises(ValueError, match=r"checkpoint 'w' has shape \(1, 8, 4\), theta's is \(8, 4\)"):
+        teacher.leap(theta, [{"w": torch.ones(1, 8, 4)}], lambda p: float(p["w"].sum()))
