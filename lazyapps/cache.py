@@ -39,17 +39,22 @@ def cached(
     *,
     root: str | os.PathLike | None = None,
     map_location: str = "cpu",
+    validate: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Load the cached checkpoint for ``settings`` or ``build()`` and cache it.
 
     ``build`` returns the state to save (a dict of tensors / state dicts /
-    plain values). A corrupt cached file is rebuilt with a warning. Returns
-    ``(state, path)``.
+    plain values). A corrupt cached file is rebuilt with a warning; so is one
+    that loads but that ``validate(state)`` rejects with a
+    :class:`CheckpointError` (a state dict of another shape, a missing entry).
+    Returns ``(state, path)``.
     """
     path = artefact_path(kind, name, settings, root=root)
     if path.exists():
         try:
             state, _ = load_checkpoint(path, map_location=map_location)
+            if validate is not None:
+                validate(state)
             return state, path
         except CheckpointError as exc:
             warnings.warn(f"{exc}; rebuilding it", stacklevel=2)

@@ -100,6 +100,17 @@ def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint metadata {mpath} is unreadable ({exc}); delete it or pass another checkpoint") from None
 
 
+def load_error(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, in a few words.
+
+    torch's own message for a file with pickled objects advises loading with ``weights_only=False``, which
+    would run any code the file holds; that advice is not repeated to users.
+    """
+    if "weights_only" in str(exc):
+        return "not a file of tensors that torch.load(weights_only=True) accepts"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     *,
@@ -118,10 +129,7 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt, truncated, or not a weights-only file
-        # (torch's own message here advises weights_only=False, which would run any code the file holds: not repeated)
-        why = ("not a file of tensors that torch.load(weights_only=True) accepts"
-               if "weights_only" in str(exc) else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-        raise CheckpointError(f"checkpoint {path} cannot be read ({why}); it is corrupt or not a lazyapps checkpoint") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read ({load_error(exc)}); it is corrupt or not a lazyapps checkpoint") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dict of tensors; it is not a lazyapps checkpoint")
     metadata = load_metadata(path)

@@ -32,6 +32,7 @@ _EXPORTS = {
     "training_settings": "training",
     "TrainedModel": "training",
     "load_user_model": "user_models",
+    "check_outputs": "fits",
     "user_model_arch": "user_models",
 }
 

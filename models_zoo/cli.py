@@ -112,6 +112,7 @@ def eval_command(run: RunContext, arch: str | None, dataset: str, checkpoint: st
     from lazyapps.results import format_table
 
     from .training import evaluate, is_zoo_checkpoint, load, load_trained
+    from .fits import check_outputs
     from .user_models import load_user_model
 
     if arch or checkpoint is None:
@@ -131,11 +132,9 @@ def eval_command(run: RunContext, arch: str | None, dataset: str, checkpoint: st
         spec = f"{arch}:{checkpoint}" if arch else checkpoint
         size = data.image_size if isinstance(data.image_size, int) else None
         model = load_user_model(spec, num_classes=data.num_classes, in_channels=data.channels, image_size=size, device=run.device)
-    try:
-        accuracy = evaluate(model, getattr(data, split), device=run.device)
-    except RuntimeError as exc:  # e.g. a model for 1x28x28 digits given 3x32x32 colour images
-        raise LazyAppsError(f"the model cannot classify {dataset} images ({str(exc).strip().splitlines()[0][:200]}); "
-                            "check --dataset against what the model was trained on") from None
+    # e.g. a model for 1x28x28 digits given 3x32x32 colour images, or a 3-class model scored on MNIST's 10
+    check_outputs(model, data.image_shape, data.num_classes, what=f"the model ({source})")
+    accuracy = evaluate(model, getattr(data, split), device=run.device)
     row = {"arch": arch or "(from file)", "dataset": dataset, "split": split, "images": len(getattr(data, split)), "accuracy": round(accuracy, 4)}
     table = format_table([row], list(row)) + f"\nmodel: {source}"
     run.finish({"arch": arch, "dataset": dataset, "split": split, "checkpoint": source}, {"accuracy": accuracy}, table=table)

@@ -31,9 +31,10 @@ from torch import nn
 from lazyapps import progress as progress_module
 from lazyapps.cache import artefact_path, cached
 from lazyapps.checkpoint import load_checkpoint, load_metadata, save_checkpoint
-from lazyapps.errors import CheckpointError, LazyAppsError
+from lazyapps.errors import CheckpointError, DivergedError, LazyAppsError
 from lazyapps.runtime import image_layout, resolve_device, seed_everything, set_layout
 
+from .fits import check_outputs
 from .normalize import with_normalization
 from .registry import create, get_arch
 
@@ -110,8 +111,11 @@ def training_settings(
         raise LazyAppsError(f"unknown optimizer {settings['optimizer']!r}; valid: {', '.join(OPTIMIZERS)}")
     if settings["schedule"] not in SCHEDULES:
         raise LazyAppsError(f"unknown schedule {settings['schedule']!r}; valid: {', '.join(SCHEDULES)}")
-    if settings["epochs"] < 1 or settings["batch_size"] < 1 or settings["lr"] <= 0:
-        raise LazyAppsError("epochs and batch size must be at least 1 and the learning rate positive")
+    if settings["epochs"] < 1 or settings["batch_size"] < 1 or not (math.isfinite(settings["lr"]) and settings["lr"] > 0):
+        raise LazyAppsError("epochs and batch size must be at least 1 and the learning rate a positive number")
+    for name in ("momentum", "weight_decay"):
+        if not (math.isfinite(settings[name]) and settings[name] >= 0):
+            raise LazyAppsError(f"{name.replace('_', ' ')} must be a number >= 0, got {settings[name]}")
     if settings["train_subset"] is not None and settings["train_subset"] < 1:
         raise LazyAppsError("train_subset must be a positive number of images")
     return settings
@@ -239,6 +243,9 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: 
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
         history.append({"epoch": epoch + 1, "train_loss": float(loss_sum) / max(seen, 1), "train_accuracy": float(correct) / max(seen, 1)})
+        if not math.isfinite(history[-1]["train_loss"]):  # raised before anything is cached
+            raise DivergedError(f"{desc}: training diverged in epoch {epoch + 1} (mean loss {history[-1]['train_loss']}); "
+                                f"lower the learning rate (--lr); nothing was cached")
     set_layout(model, torch.contiguous_format)
     return history
 
@@ -252,6 +259,8 @@ def evaluate(model: nn.Module, split, *, batch_size: int = 1000, device: str | t
     floats already in [0, 1].
     """
     images, labels = (split.images, split.labels) if hasattr(split, "images") else split
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise LazyAppsError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     if device is None:
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -337,6 +346,7 @@ def train(
     def build() -> dict[str, Any]:
         generator = seed_everything(settings["seed"])
         model = _build_model(settings, data.mean, data.std).to(device)
+        check_outputs(model, data.image_shape, data.num_classes, what=f"{name} (built for {dataset})")
         count = settings["train_subset"] or len(data.train)
         images = data.train.images[:count].to(device)
         labels = data.train.labels[:count].to(device)
@@ -352,15 +362,21 @@ def train(
                 "train_time_s": train_time, "history": history}
 
     label = f"{name}-{dataset}"
+    path = artefact_path(CACHE_KIND, label, settings, root=cache_dir)
+
+    def restorable(state: dict[str, Any]) -> None:  # a cached file that loads but holds no usable model is rebuilt
+        built["restored"] = _restore(settings, state, path)
+        if not isinstance(state.get("test_accuracy"), (int, float)):
+            raise CheckpointError(f"zoo checkpoint {path} holds no test accuracy")
+
     if force:
-        path = artefact_path(CACHE_KIND, label, settings, root=cache_dir)
         state = build()
         save_checkpoint(path, state, {"kind": CACHE_KIND, "name": label, "settings": settings})
     else:
-        state, path = cached(CACHE_KIND, label, settings, build, root=cache_dir)
+        state, path = cached(CACHE_KIND, label, settings, build, root=cache_dir, validate=restorable)
     model = built.get("model")
     if model is None:
-        model = _restore(settings, state, path).to(device)
+        model = (built["restored"] if "restored" in built else _restore(settings, state, path)).to(device)
     model.eval()
     return TrainedModel(model, float(state["test_accuracy"]), path, _metadata(settings, state), from_cache="model" not in built)
 
@@ -370,8 +386,8 @@ def _restore(settings: dict[str, Any], state: dict[str, Any], path: Path) -> nn.
     model = _build_model(settings, [0.0] * channels, [1.0] * channels)  # the real mean/std come from the state dict
     try:
         model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"zoo checkpoint {path} does not fit {settings['arch']} ({str(exc).splitlines()[0][:200]}); delete it to retrain") from None
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:  # (a "model" entry that is no state dict)
+        raise CheckpointError(f"zoo checkpoint {path} does not fit {settings['arch']} ({str(exc).splitlines()[0][:200]})") from None
     return model
 
 

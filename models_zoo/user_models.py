@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lazyapps.checkpoint import load_error
 from lazyapps.errors import CheckpointError, LazyAppsError
 from lazyapps.runtime import resolve_device
 
@@ -146,7 +147,7 @@ def load_user_model(
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, or pickled code that weights_only refuses
-        raise CheckpointError(f"{path} cannot be read as a state dict ({_one_line(exc)})") from None
+        raise CheckpointError(f"{path} cannot be read as a state dict ({load_error(exc)})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a zoo checkpoint without its metadata file
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -27,7 +27,9 @@ def load_bundle(path: Path, name: str) -> DatasetSplits:
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise LazyAppsError(f"array bundle {path} cannot be read ({type(exc).__name__}: {_first_line(exc)}); it must be a .npz written by numpy.savez") from None
+        # (numpy calls any file it cannot parse "pickled data" and suggests allow_pickle=True: not repeated)
+        why = "not a numpy file" if "allow_pickle" in str(exc) else f"{type(exc).__name__}: {_first_line(exc)}"
+        raise LazyAppsError(f"array bundle {path} cannot be read ({why}); it must be a .npz written by numpy.savez") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise LazyAppsError(f"array bundle {path} holds a single array, not a .npz with keys {', '.join(REQUIRED_KEYS)}")
     with archive:
@@ -40,6 +42,9 @@ def load_bundle(path: Path, name: str) -> DatasetSplits:
             raise LazyAppsError(f"array bundle {path}: {_first_line(exc)}; store plain numeric/string arrays") from None
     train = split_from_arrays(arrays.pop("x_train"), arrays.pop("y_train"), what=f"{path} train")
     test = split_from_arrays(arrays.pop("x_test"), arrays.pop("y_test"), what=f"{path} test")
+    for part, split in (("train", train), ("test", test)):
+        if len(split) == 0:
+            raise LazyAppsError(f"array bundle {path}: the {part} split holds no images")
     if train.images.shape[1:] != test.images.shape[1:]:
         raise LazyAppsError(f"array bundle {path}: train images are {tuple(train.images.shape[1:])} (C×H×W) but test images are {tuple(test.images.shape[1:])}")
     top = max((int(split.labels.max()) for split in (train, test) if len(split)), default=-1)

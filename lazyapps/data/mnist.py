@@ -66,6 +66,9 @@ def load_mnist(root: Path, **_: object) -> DatasetSplits:
             labels = read_idx(found[(part, "labels")])
             if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
                 raise LazyAppsError(f"MNIST {part} files disagree: images {images.shape}, labels {labels.shape}")
+            if len(labels) and int(labels.max()) > 9:
+                raise LazyAppsError(f"MNIST {part} labels go up to {int(labels.max())}, not 0..9: "
+                                    f"{found[(part, 'labels')]} is corrupt; download it again")
             # frombuffer views are read-only; torch wants memory it may own.
             splits[part] = Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
         return DatasetSplits("mnist", splits["train"], splits["test"], list(CLASSES), source=str(folder))

@@ -114,7 +114,8 @@ class DatasetSplits:
             mean = (hist * values).sum() / total
             var = (hist * (values - mean) ** 2).sum() / total
             means.append(float(mean))
-            stds.append(float(var.sqrt()))
+            # at least one grey level: a constant channel would otherwise be divided by zero (every input nan)
+            stds.append(max(float(var.sqrt()), 1 / 255))
         return tuple(means), tuple(stds)
 
     @property
@@ -124,7 +125,7 @@ class DatasetSplits:
 
     @property
     def std(self) -> tuple[float, ...]:
-        """Per-channel (population) standard deviation of the train split's pixels in [0, 1]."""
+        """Per-channel (population) standard deviation of the train split's pixels in [0, 1] (at least 1/255)."""
         return self._moments[1]
 
     def __repr__(self) -> str:
@@ -149,6 +150,11 @@ def class_indices(labels: torch.Tensor, num_classes: int | None = None) -> list[
     return list(torch.split(order, counts.tolist()))
 
 
+#: Label values at or above this are refused: the class count is the largest label + 1, and a stray 10**9
+#: would size every per-class table (and the classifier's head) by it.
+MAX_CLASSES = 100_000
+
+
 def split_from_arrays(images: np.ndarray, labels: np.ndarray, *, what: str) -> Split:
     """A :class:`Split` from ``uint8`` images ``N×H×W×C`` (or ``N×H×W`` grayscale) and integer labels.
 
@@ -169,6 +175,9 @@ def split_from_arrays(images: np.ndarray, labels: np.ndarray, *, what: str) -> S
         raise LazyAppsError(f"{what}: {len(images)} images but {len(labels)} labels")
     if len(labels) and labels.min() < 0:
         raise LazyAppsError(f"{what}: labels must be >= 0, found {labels.min()}")
+    if len(labels) and int(labels.max()) >= MAX_CLASSES:  # (also what int64 cannot hold: uint64 labels >= 2**63)
+        raise LazyAppsError(f"{what}: labels must number the classes 0..C-1 (at most {MAX_CLASSES:,} classes), "
+                            f"found label {int(labels.max())}")
     chw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
     if not chw.flags.writeable:  # e.g. np.frombuffer over file bytes: torch needs its own memory
         chw = chw.copy()

@@ -41,8 +41,14 @@ def test_pickled_code_is_refused(tmp_path):
     # weights_only=True: an arbitrary object is not loadable.
     path = tmp_path / "evil.pt"
     torch.save({"obj": _Opaque()}, path)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=r"not a file of tensors that torch.load\(weights_only=True\) accepts") as caught:
         load_checkpoint(path)
+    assert "weights_only=False" not in str(caught.value) and "weights_only` set to `False" not in str(caught.value)
+    # torch's advice to load it unsafely is not passed on by the user-model loader either
+    import models_zoo
+
+    with pytest.raises(CheckpointError, match="cannot be read as a state dict \\(not a file of tensors"):
+        models_zoo.load_user_model(f"net4:{path}")
 
 
 class _Opaque:

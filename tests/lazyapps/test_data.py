@@ -304,6 +304,11 @@ def test_npz_bundle_round_trip_rgb_and_grayscale(tmp_path):
         ({"x_train": np.zeros((2, 4, 4), np.uint8), "y_train": np.zeros(2), "x_test": np.zeros((1, 4, 4), np.uint8), "y_test": np.zeros(1, int)}, "integer"),
         ({"x_train": np.zeros((2, 4, 4), np.uint8), "y_train": np.zeros(2, int), "x_test": np.zeros((1, 5, 4), np.uint8), "y_test": np.zeros(1, int)}, "test images"),
         ({"x_train": np.zeros((2, 4, 4), np.uint8), "y_train": np.array([0, 5]), "x_test": np.zeros((1, 4, 4), np.uint8), "y_test": np.zeros(1, int), "classes": np.array(["a", "b"])}, "labels go up to 5"),
+        # a stray huge label sized every per-class table by it (the process was killed for memory)
+        ({"x_train": np.zeros((2, 4, 4), np.uint8), "y_train": np.array([0, 10**9]), "x_test": np.zeros((1, 4, 4), np.uint8), "y_test": np.zeros(1, int)}, "at most 100,000 classes.*found label 1000000000"),
+        ({"x_train": np.zeros((2, 4, 4), np.uint8), "y_train": np.array([0, 2**63 + 5], np.uint64), "x_test": np.zeros((1, 4, 4), np.uint8), "y_test": np.zeros(1, int)}, "at most 100,000 classes"),
+        ({"x_train": np.zeros((0, 4, 4), np.uint8), "y_train": np.zeros(0, int), "x_test": np.zeros((1, 4, 4), np.uint8), "y_test": np.zeros(1, int)}, "the train split holds no images"),
+        ({"x_train": np.zeros((2, 4, 4), np.uint8), "y_train": np.zeros(2, int), "x_test": np.zeros((0, 4, 4), np.uint8), "y_test": np.zeros(0, int)}, "the test split holds no images"),
     ],
 )
 def test_npz_bundle_validation(tmp_path, arrays, message):
@@ -411,3 +416,19 @@ def test_split_is_a_dataset_for_dataloader():
         Split(images.float(), split.labels)
     splits = DatasetSplits("toy", split, sub, ["a", "b"])
     assert splits.num_classes == 2 and splits.image_size == 2 and splits.channels == 1
+
+
+def test_a_constant_channel_is_normalised_by_one_grey_level_not_by_zero(tmp_path):
+    path = tmp_path / "flat.npz"
+    np.savez(path, x_train=np.zeros((4, 4, 4), np.uint8), y_train=np.array([0, 1, 0, 1]),
+             x_test=np.zeros((2, 4, 4), np.uint8), y_test=np.array([0, 1]))
+    data = load_dataset(f"npz:{path}")
+    assert data.mean == (0.0,) and data.std == (1 / 255,)
+
+
+def test_a_file_that_is_not_numpy_is_named_so_without_numpys_advice(tmp_path):
+    path = tmp_path / "notes.npz"
+    path.write_text("just some text\n")
+    with pytest.raises(LazyAppsError, match="cannot be read \\(not a numpy file\\)") as caught:
+        load_dataset(f"npz:{path}")
+    assert "allow_pickle" not in str(caught.value)

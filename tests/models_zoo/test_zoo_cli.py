@@ -64,7 +64,12 @@ def test_train_then_cached_then_eval(tmp_path, cache_dir):
     np.savez(other_data, x_train=rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8), y_train=np.arange(20) % 10,
              x_test=rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8), y_test=np.arange(10))
     mismatch = invoke("eval", "--dataset", f"npz:{other_data}", "--checkpoint", result["path"])
-    assert mismatch.exit_code == 2 and "cannot classify" in mismatch.output and "Traceback" not in mismatch.output
+    assert mismatch.exit_code == 2 and "cannot take 3x8x8 images" in mismatch.output and "Traceback" not in mismatch.output
+    three = tmp_path / "three.npz"  # the digits' 1x8x8 images, 3 classes: the 10-class model would score a meaningless accuracy
+    np.savez(three, x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), y_train=np.arange(20) % 3,
+             x_test=rng.integers(0, 256, (10, 8, 8), dtype=np.uint8), y_test=np.arange(10) % 3)
+    classes = invoke("eval", "--dataset", f"npz:{three}", "--checkpoint", result["path"])
+    assert classes.exit_code == 2 and "gives outputs of shape (2, 10) for two 1x8x8 images, not one score for each of the dataset's 3 classes" in classes.output
 
 
 def test_unknown_arch_is_one_line_without_traceback(cache_dir):

@@ -78,6 +78,39 @@ def test_corrupt_or_pickled_cache_file_is_rebuilt_with_a_warning(cache_dir):
         assert models_zoo.train("mlp", "digits", cache_dir=cache_dir, **DIGITS_RUN).from_cache
 
 
+def test_a_cached_file_that_loads_but_holds_no_usable_model_is_rebuilt(cache_dir):
+    first = models_zoo.train("mlp", "digits", cache_dir=cache_dir, **DIGITS_RUN)
+    state = torch.load(first.path, weights_only=True)
+    for broken in ({"x": torch.zeros(1)}, {**state, "model": {"w": torch.zeros(2)}},
+                   {k: v for k, v in state.items() if k != "test_accuracy"}, {**state, "test_accuracy": "abc"}):
+        torch.save(broken, first.path)
+        with pytest.warns(UserWarning, match="rebuilding"):
+            rebuilt = models_zoo.train("mlp", "digits", cache_dir=cache_dir, **DIGITS_RUN)
+        assert not rebuilt.from_cache and rebuilt.test_accuracy == pytest.approx(first.test_accuracy)
+
+
+def test_a_diverging_training_caches_nothing(cache_dir):
+    from lazyapps.errors import DivergedError
+
+    with pytest.raises(DivergedError, match="training diverged in epoch 1 .*nothing was cached"):
+        models_zoo.train("mlp", "digits", cache_dir=cache_dir, **{**DIGITS_RUN, "lr": 1e30})
+    assert not models_zoo.cache_path("mlp", "digits", cache_dir=cache_dir, epochs=2, lr=1e30).exists()
+
+
+def test_a_network_that_does_not_fit_the_data_is_named_before_training():
+    from models_zoo import check_outputs
+
+    fixed = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))  # like a fixed-size timm net
+    with pytest.raises(LazyAppsError, match="net cannot take 1x28x28 images"):
+        check_outputs(fixed, (1, 28, 28), 10, what="net")
+    with pytest.raises(LazyAppsError, match="gives outputs of shape \\(2, 10\\) .* each of the dataset's 5 classes"):
+        check_outputs(fixed, (3, 32, 32), 5, what="net")
+    bn = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    bn.train()
+    check_outputs(bn, (1, 8, 8), 4)
+    assert bn.training and int(bn[1].num_batches_tracked) == 0  # the probe leaves the mode and statistics alone
+
+
 def test_force_retrains(cache_dir):
     first = models_zoo.train("mlp", "digits", cache_dir=cache_dir, **DIGITS_RUN)
     forced = models_zoo.train("mlp", "digits", cache_dir=cache_dir, force=True, **DIGITS_RUN)
@@ -89,6 +122,9 @@ def test_bad_training_settings_are_user_errors(cache_dir):
         training_settings("net4", optimizer="rmsprop")
     with pytest.raises(LazyAppsError, match="few-shot"):
         training_settings("sine_mlp")
+    for name, value in (("lr", float("nan")), ("lr", float("inf")), ("weight_decay", -1.0), ("momentum", float("nan"))):
+        with pytest.raises(LazyAppsError, match="learning rate a positive number" if name == "lr" else name.replace("_", " ")):
+            training_settings("net4", **{name: value})
     with pytest.raises(LazyAppsError, match="only 1437"):
         models_zoo.train("mlp", "digits", cache_dir=cache_dir, train_subset=5000, **DIGITS_RUN)
 
