@@ -234,6 +234,9 @@ def eval_command(run, checkpoint, per_class_csv, plot) -> None:
     state, meta = load_checkpoint(checkpoint, map_location=run.device, expect={"kind": CHECKPOINT_KIND})
     if "model" not in state:
         raise CheckpointError(f"{checkpoint} is not a longtail checkpoint (kind {meta.get('kind')!r}); pass a checkpoint.pt or best.pt written by 'lazyapps longtail train'")
+    if str(meta.get("model", "")).startswith("custom:"):
+        raise CheckpointError(f"{checkpoint} was trained with the user's own network ({meta['model'][7:]}), which the "
+                              f"command cannot rebuild; evaluate it from Python (longtail.evaluation.evaluate)")
     data = CIFARLongTail.load(meta["dataset"], imbalance=meta["imbalance"], root=run.data_dir, rule=meta["rule"],
                               val_per_class=meta["val_per_class"], n_max=meta["n_max"],
                               test_per_class=meta["test_per_class"], seed=meta["seed"])

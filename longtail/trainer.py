@@ -25,7 +25,7 @@ from lazyapps.checkpoint import load_checkpoint, save_checkpoint
 from lazyapps.errors import CheckpointError, DivergedError, LazyAppsError
 from lazyapps.global_batchnorm import use_global_batchnorm
 from lazyapps.progress import progress
-from lazyapps.runtime import image_layout, set_layout
+from lazyapps.runtime import image_layout, resolve_device, set_layout
 
 from .augment import normalize, random_crop_flip
 from .data import CIFARLongTail
@@ -76,12 +76,17 @@ class TrainConfig:
 
     def check(self) -> None:
         """:class:`LazyAppsError` naming the first setting out of range (the data are not needed to tell)."""
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int):
+            raise LazyAppsError(f"--epochs must be a whole number, got {self.epochs!r}")
         if self.inner_steps < 1:
             raise LazyAppsError(f"--inner-steps must be >= 1, got {self.inner_steps}")
         if self.epochs < 1:
             raise LazyAppsError(f"--epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 2:
             raise LazyAppsError(f"--batch-size must be >= 2 (BatchNorm needs a batch), got {self.batch_size}")
+        if len(tuple(self.lr_decay)) != 2 or not all(math.isfinite(f) and f > 0 for f in self.lr_decay):
+            raise LazyAppsError(f"lr_decay must be two positive factors (from the first and the second decay), "
+                                f"got {tuple(self.lr_decay)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise LazyAppsError(f"--lr must be a positive number, got {self.lr}")
         if self.inner_lr is not None and not (math.isfinite(self.inner_lr) and self.inner_lr > 0):
@@ -122,8 +127,19 @@ class Trainer:
         config.check()
         if len(data.test_labels) == 0:
             raise LazyAppsError(f"{config.dataset} has no test images; every epoch is scored on the test split")
+        # The checkpoint records the config as the data's description: they must agree (the eval command and
+        # --resume rebuild the data from it).
+        described = {"dataset": data.dataset, "imbalance": float(data.imbalance), "rule": data.rule}
+        if config.n_max is not None:
+            described["n_max"] = data.counts[0]
+        for key, value in described.items():
+            if getattr(config, key) != value:
+                raise LazyAppsError(f"the config says {key}={getattr(config, key)!r} but the data were cut with "
+                                    f"{key}={value!r}; build both from the same settings")
         self.config, self.data = config, data
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        # What the checkpoint names as the network: a zoo name it can be rebuilt from, or a user's own module.
+        self.model_name = config.model if model is None else f"custom:{type(model).__name__}"
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.schedule = config.schedule
         self.method: Method = create_method(config.method, data.counts, device=self.device, **_method_options(config))
@@ -143,6 +159,8 @@ class Trainer:
             options = {"normalized_head": True} if self.method.normalized_head and config.model == "resnet32" else {}
             model = models_zoo.create(config.model, num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]),
                                       image_size=int(data.train_images.shape[-1]), **options)
+        else:  # a user's network: it must take these images and score every class
+            models_zoo.check_outputs(model, tuple(data.train_images.shape[1:]), data.num_classes, what="the model")
         # The device's fast image layout (channels-last on a CPU: a ResNet-32 training step 1.2-1.4x faster), for the
         # model and every batch it sees; values are the same, only strides differ.
         self.layout = image_layout(self.device)
@@ -170,11 +188,15 @@ class Trainer:
     def checkpoint_path(self) -> Path | None:
         return self.out_dir / "checkpoint.pt" if self.out_dir is not None else None
 
+    def identity(self) -> dict[str, Any]:
+        """The settings a checkpoint must share with the run that resumes it (the network as :attr:`model_name`)."""
+        return {**self.config.identity(), "model": self.model_name}
+
     def metadata(self) -> dict[str, Any]:
-        return {"kind": CHECKPOINT_KIND, **self.config.identity(), "preset": self.config.preset,
+        return {"kind": CHECKPOINT_KIND, **self.identity(), "preset": self.config.preset,
                 "epochs_done": self.epoch, "classes": self.data.classes, "counts": self.data.counts,
                 "mean": list(self.data.mean), "std": list(self.data.std),
-                "normalized_head": self.method.normalized_head and self.config.model == "resnet32"}
+                "normalized_head": self.method.normalized_head and self.model_name == "resnet32"}
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -197,7 +219,7 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         """Load a checkpoint of this same configuration (any other is refused with the differing setting named)."""
-        expect = {"kind": CHECKPOINT_KIND, **self.config.identity()}
+        expect = {"kind": CHECKPOINT_KIND, **self.identity()}
         try:
             state, meta = load_checkpoint(path, map_location=self.device, expect=expect)
         except CheckpointError as exc:

@@ -1,10 +1,12 @@
 """Training loop: exact resume, Ctrl-C, refusal of other runs' checkpoints, schedule."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from lazyapps.errors import CheckpointError
+from lazyapps.errors import CheckpointError, LazyAppsError
 from longtail.data import CIFARLongTail
 from longtail.schedule import Schedule
 from longtail.trainer import Interrupted, TrainConfig, Trainer
@@ -77,12 +79,10 @@ def test_resume_refuses_another_runs_checkpoint(small_lt, tmp_path, tiny_net):
     other = _trainer(_config("cb-ce", epochs=1), small_lt, tmp_path / "tc", tiny_net)
     with pytest.raises(CheckpointError, match="method='ce', but method='cb-ce' is needed"):
         other.resume(tmp_path / "ce" / "checkpoint.pt")
-    other_data = _trainer(TrainConfig(**{**_config("ce", epochs=1).__dict__, "imbalance": 20.0}), small_lt, tmp_path / "x", tiny_net)
-    with pytest.raises(CheckpointError, match="imbalance=10.0, but imbalance=20.0 is needed"):
-        other_data.resume(tmp_path / "ce" / "checkpoint.pt")
-    other_set = _trainer(TrainConfig(**{**_config("ce", epochs=1).__dict__, "dataset": "cifar100"}), small_lt, tmp_path / "y", tiny_net)
-    with pytest.raises(CheckpointError, match="dataset='cifar10', but dataset='cifar100' is needed"):
-        other_set.resume(tmp_path / "ce" / "checkpoint.pt")
+    # a config that does not describe the data it is given is refused before anything (the checkpoint would lie)
+    for key, value, cut in (("imbalance", 20.0, 10.0), ("dataset", "cifar100", "cifar10")):
+        with pytest.raises(LazyAppsError, match=f"the config says {key}={value!r} but the data were cut with {key}={cut!r}"):
+            _trainer(TrainConfig(**{**_config("ce", epochs=1).__dict__, key: value}), small_lt, tmp_path / "x", tiny_net)
     other_decay = _trainer(TrainConfig(**{**_config("ce", epochs=1).__dict__, "lr_decay": (0.1, 0.01)}), small_lt, tmp_path / "z", tiny_net)
     with pytest.raises(CheckpointError, match="lr_decay"):
         other_decay.resume(tmp_path / "ce" / "checkpoint.pt")
@@ -98,3 +98,25 @@ def test_cpu_training_runs_channels_last(small_lt, tiny_net):
     convs[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
     trainer.train_epoch()
     assert seen and all(seen)
+
+
+def test_a_users_network_is_checked_and_recorded_as_such(small_lt, tmp_path, tiny_net):
+    too_few = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 5))  # 5 scores for 10 classes
+    with pytest.raises(LazyAppsError, match="gives outputs of shape \\(2, 5\\) .* each of the dataset's 10 classes"):
+        Trainer(_config("ce", epochs=1), small_lt, model=too_few)
+    trainer = _trainer(_config("ce", epochs=1), small_lt, tmp_path / "u", tiny_net)
+    trainer.run()
+    meta = json.loads((tmp_path / "u" / "best.pt.json").read_text())
+    assert meta["model"].startswith("custom:") and meta["normalized_head"] is False
+    resumed = _trainer(_config("ce", epochs=1), small_lt, tmp_path / "u", tiny_net)
+    resumed.resume(tmp_path / "u" / "checkpoint.pt")  # its own checkpoint: the same network name
+    from click.testing import CliRunner
+
+    from lazyapps.cli import cli
+
+    result = CliRunner().invoke(cli, ["longtail", "eval", "--checkpoint", str(tmp_path / "u" / "best.pt")])
+    assert result.exit_code == 2 and "was trained with the user's own network" in result.output
+    for kwargs, message in (({"lr_decay": (0.1,)}, "lr_decay must be two positive factors"),
+                            ({"epochs": 2.5}, "--epochs must be a whole number, got 2.5")):
+        with pytest.raises(LazyAppsError, match=message):
+            TrainConfig(**{**_config("ce").__dict__, **kwargs}).check()
