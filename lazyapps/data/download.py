@@ -38,11 +38,26 @@ DOWNLOADERS = {"mnist": _mnist, "cifar10": _cifar10, "cifar100": _cifar100, "omn
 
 
 def download(name: str, root: Path) -> None:
-    """Download dataset ``name`` into ``root`` with torchvision; any failure propagates as raised."""
+    """Download dataset ``name`` into ``root`` with torchvision; any failure propagates as raised.
+
+    A failed download leaves no folders behind that were not there before (torchvision makes its
+    ``<root>/<NAME>/raw`` tree first), so a user's data root looks as it did.
+    """
+    made = [p for p in (root, *root.parents) if not p.exists()]  # innermost first
     root.mkdir(parents=True, exist_ok=True)
+    before = set(root.iterdir())
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(SOCKET_TIMEOUT_S)
     try:
         DOWNLOADERS[name](root)
+    except BaseException:
+        for top in set(root.iterdir()) - before:  # what the failed download made; only its empty folders go
+            for path in sorted((q for q in (top, *top.rglob("*")) if q.is_dir()), key=lambda q: len(q.parts), reverse=True):
+                if not any(path.iterdir()):
+                    path.rmdir()
+        for path in made:
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        raise
     finally:
         socket.setdefaulttimeout(previous)

@@ -432,3 +432,20 @@ def test_a_file_that_is_not_numpy_is_named_so_without_numpys_advice(tmp_path):
     with pytest.raises(LazyAppsError, match="cannot be read \\(not a numpy file\\)") as caught:
         load_dataset(f"npz:{path}")
     assert "allow_pickle" not in str(caught.value)
+
+
+def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
+    from lazyapps.data import download as download_module
+
+    def half_way(root):  # as torchvision does: its folders first, then the network fails
+        (root / "MNIST" / "raw").mkdir(parents=True)
+        raise OSError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setitem(download_module.DOWNLOADERS, "mnist", half_way)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("the user's")
+    with pytest.raises(OSError):
+        download_module.download("mnist", tmp_path / "new" / "root")
+    with pytest.raises(OSError):
+        download_module.download("mnist", tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["mine", "mine/keep.txt"]
