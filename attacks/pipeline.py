@@ -151,8 +151,6 @@ def parse_zoo(spec: str | None, dataset: str, target: str) -> list[str]:
             raise UnknownNameError("zoo model", name, [n for n in models_zoo.available() if models_zoo.get_arch(n).family in DATASET_OF_FAMILY])
         if dataset_of_arch(name) != dataset:
             raise LazyAppsError(f"zoo model {name!r} is for {dataset_of_arch(name)}, but the target is a {dataset} model")
-    import models_zoo
-
     # (a zoo checkpoint file counts as its architecture: the zoo trains exactly that model)
     target_arch = (models_zoo.user_model_arch(target) if is_user_model(target) else target) or ""
     if target_arch in names:

@@ -326,8 +326,8 @@ class Learner(nn.Module):
         ``first_order="False"`` an error or ``False``, never a truthy string. Numbers must be finite and >= 0
         (the names in :data:`POSITIVE_HPARAMS` > 0), counts >= 1 (``eval_inner_steps`` >= 0).
         """
-        types = cls.hparam_types()
-        return {k: _coerce_hparam(k, v, types[k]) if k in types else v for k, v in values.items()}
+        declared = cls.hparam_types()
+        return {k: _coerce_hparam(k, v, declared[k]) if k in declared else v for k, v in values.items()}
 
     @classmethod
     def hparam_names(cls) -> set[str]:

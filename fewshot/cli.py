@@ -229,7 +229,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     if resume:
         learner, state, meta = load_learner(resume, device=run.device, expect={"algo": algo, "arch": arch, "dataset": dataset, "ways": ways, "shots": shots},
                                             transductive=transductive, vectorize=vectorize, eval_inner_steps=eval_inner_steps)
-        _refuse_changed_hparams(resume, learner.hparams(), explicit)
+        _refuse_changed_hparams(resume, learner.hparams(), cls.check_hparams({k: v for k, v in explicit.items() if v is not None}))
         # The task stream must be the one the checkpoint was trained on (checkpoints before a key: not checked).
         for key, flag, now in (("train_shots", "--train-shots", settings["train_shots"]), ("queries", "--queries", settings["queries"]),
                                ("meta_batch", "--meta-batch", settings["meta_batch"])):

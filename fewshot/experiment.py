@@ -91,7 +91,7 @@ def build_learner(algo: str, *, dataset: str, ways: int, arch: str | None = None
     info = dataset_info(dataset)
     model = build_model(arch or info.arch, dataset=dataset, ways=ways, **dict(model_options or {}))
     try:
-        learner = cls(model, problem=info.problem, **cls.check_hparams(hparams))
+        learner = cls(model, problem=info.problem, **hparams)  # (checked by the learner: Learner.check_hparams)
     except (TypeError, ValueError) as exc:
         raise LazyAppsError(f"--algo {algo}: {exc}") from None
     return learner.to(device)

@@ -111,8 +111,8 @@ def eval_command(run: RunContext, arch: str | None, dataset: str, checkpoint: st
     from lazyapps.errors import LazyAppsError
     from lazyapps.results import format_table
 
-    from .training import evaluate, is_zoo_checkpoint, load, load_trained
     from .fits import check_outputs
+    from .training import evaluate, is_zoo_checkpoint, load, load_trained
     from .user_models import load_user_model
 
     if arch or checkpoint is None:

@@ -265,8 +265,9 @@ def test_resume_refuses_a_hyperparameter_it_would_otherwise_ignore(tmp_path) -> 
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
         assert "was meta-trained with" in result.output and "--resume continues the checkpoint's hyperparameters" in result.output
         assert ckpt.read_bytes() == before
-    # the same value again, and the scoring-only eval_inner_steps, are accepted
-    result = _run(*base, "--iterations", "2", "--resume", str(ckpt), "--hp", "meta_lr=0.002", "--eval-inner-steps", "3")
+    # the same value again (in any spelling the parser reads), and the scoring-only eval_inner_steps, are accepted
+    result = _run(*base, "--iterations", "2", "--resume", str(ckpt), "--hp", "meta_lr=2e-3", "--hp", "zero_head=False",
+                  "--eval-inner-steps", "3")
     assert result.exit_code == 0, result.output
     assert json.loads((out / "checkpoint.pt.json").read_text())["hparams"]["eval_inner_steps"] == 3
 
