@@ -30,10 +30,11 @@ def predict(model: nn.Module, images: torch.Tensor, *, mean: Sequence[float], st
     """Top-1 predictions of ``model`` (eval mode) for ``uint8`` images, batch by batch."""
     was_training = model.training
     model.eval()
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     out = []
     try:
         for start in range(0, len(images), batch_size):
-            x = normalize(images[start:start + batch_size].to(device), mean, std)
+            x = normalize(images[start:start + batch_size].to(device), mean, std).to(dtype)
             out.append(model(x).argmax(1).cpu())
     finally:
         model.train(was_training)

@@ -165,6 +165,7 @@ class Trainer:
         # model and every batch it sees; values are the same, only strides differ.
         self.layout = image_layout(self.device)
         self.model = set_layout(model.to(self.device), self.layout)
+        self.dtype = next(p.dtype for p in self.model.parameters() if p.is_floating_point())  # (a float64 net gets float64 batches)
         if distributed.is_distributed() and config.batchnorm == "global":  # in real and virtual steps alike
             use_global_batchnorm(self.model)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -240,8 +241,9 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------------
     def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
-        """A batch as the model trains on it: on the device, normalised, in the device's image layout."""
-        return normalize(images.to(self.device), self.data.mean, self.data.std).contiguous(memory_format=self.layout)
+        """A batch as the model trains on it: on the device, normalised, in the model's dtype and the device's image layout."""
+        return (normalize(images.to(self.device), self.data.mean, self.data.std).to(self.dtype)
+                .contiguous(memory_format=self.layout))
 
     def _validation_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not self.method.meta or len(self.data.val_labels) == 0:

@@ -120,3 +120,11 @@ def test_a_users_network_is_checked_and_recorded_as_such(small_lt, tmp_path, tin
                             ({"epochs": 2.5}, "--epochs must be a whole number, got 2.5")):
         with pytest.raises(LazyAppsError, match=message):
             TrainConfig(**{**_config("ce").__dict__, **kwargs}).check()
+
+
+@pytest.mark.parametrize("method", ["ce", "two-component"])
+def test_a_float64_network_trains_on_float64_batches(small_lt, tiny_net, method):
+    trainer = Trainer(_config(method, epochs=2), small_lt, model=tiny_net().double())
+    trainer.run()  # (float32 batches met float64 weights inside the first conv)
+    assert trainer.last["top1_error"] is not None
+    assert all(p.dtype == torch.float64 for p in trainer.model.parameters())
