@@ -197,10 +197,14 @@ def score_attack(
         success[first] = is_adversarial(first_scores, y[first.to(y.device)],
                                         None if target is None else target[first.to(target.device)]).cpu()
     done |= success
+    # (an estimator written to the documented interface without subclassing GradientEstimator has no next_cost:
+    # every call then costs queries_per_estimate, as for the built-in fixed-cost estimators)
+    next_cost = getattr(estimator, "next_cost", None) or (lambda idx, shape, scores_known: torch.full(
+        (len(idx),), estimator.queries_per_estimate(shape, scores_known=scores_known), dtype=torch.long))
     bar = progress(total=n, desc=desc, unit="img")
     iteration = 0
     while scores is not None:
-        active = ~done & (left() >= estimator.next_cost(index, tuple(x.shape), scores_known=True) + 1)
+        active = ~done & (left() >= next_cost(index, tuple(x.shape), scores_known=True) + 1)
         bar.update(int((~active).sum()) - bar.n)  # images finished: fooled or out of budget
         if not bool(active.any()) or (max_iterations is not None and iteration >= max_iterations):
             break

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title:
         seed_everything(args.seed)
         meta = method in META_TRAINING_OF
         training = None if not meta else f"lazy-{args.meta_family}" if method == "lazy-meta" else args.meta_family
-        attacked = run_attack(ctx, target_spec=target, targeted=args.targeted, method=method, zoo_spec=args.zoo,
+        attacked = run_attack(ctx, target_spec=target, targeted=args.targeted, method=method, zoo_spec=args.zoo if meta else None,
                               preset=args.preset, overrides={"n_images": args.n_images, "max_queries": args.max_queries},
                               images=images, skip_blocked=args.skip_blocked and meta, meta_training=training)
         images = attacked["images"]  # every method attacks the same images

@@ -28,12 +28,14 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import numbers
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -306,28 +308,45 @@ class Learner(nn.Module):
         return out
 
     @classmethod
-    def hparam_types(cls) -> dict[str, Any]:
-        """Name -> the type ``__init__`` declares, for every keyword hyperparameter (the most derived class's)."""
-        out: dict[str, Any] = {}
+    def _declared_hparams(cls) -> dict[str, tuple[Any, type]]:
+        """Name -> (declared type, declaring class) of every keyword hyperparameter (the most derived class's)."""
+        out: dict[str, tuple[Any, type]] = {}
         for klass in cls.__mro__:
             if klass is nn.Module or not issubclass(klass, Learner):
                 continue
-            hints = typing.get_type_hints(klass.__init__)
+            try:
+                hints = typing.get_type_hints(klass.__init__)
+            except (NameError, TypeError):  # e.g. a user's learner annotated with a type local to a function
+                hints = {}
             for name, param in inspect.signature(klass.__init__).parameters.items():
                 if param.kind is inspect.Parameter.KEYWORD_ONLY and name not in out:
-                    out[name] = hints.get(name, Any)
+                    out[name] = (hints.get(name, Any), klass)
         return out
+
+    @classmethod
+    def hparam_types(cls) -> dict[str, Any]:
+        """Name -> the type ``__init__`` declares, for every keyword hyperparameter (``Any`` where it cannot be read)."""
+        return {name: hint for name, (hint, _) in cls._declared_hparams().items()}
 
     @classmethod
     def check_hparams(cls, values: Mapping[str, Any]) -> dict[str, Any]:
         """``values`` as the types ``__init__`` declares, range-checked; :class:`ValueError` names the first that is not.
 
-        A command line hands over what it parsed (``"false"``, ``3.0`` for a count, a list for a tuple); this makes
-        ``first_order="False"`` an error or ``False``, never a truthy string. Numbers must be finite and >= 0
-        (the names in :data:`POSITIVE_HPARAMS` > 0), counts >= 1 (``eval_inner_steps`` >= 0).
+        A command line hands over what it parsed (``"false"``, ``3.0`` for a count, a list for a tuple) and Python
+        code numpy scalars or 0-d tensors; this makes ``first_order="False"`` an error or ``False``, never a truthy
+        string. For the hyperparameters of this package's learners, numbers must also be finite and >= 0 (the names
+        in :data:`POSITIVE_HPARAMS` > 0) and counts >= 1 (``eval_inner_steps`` >= 0); a user's own learner gets the
+        type conversion only.
         """
-        declared = cls.hparam_types()
-        return {k: _coerce_hparam(k, v, declared[k]) if k in declared else v for k, v in values.items()}
+        declared = cls._declared_hparams()
+        out = {}
+        for k, v in values.items():
+            if k not in declared:
+                out[k] = v
+                continue
+            hint, klass = declared[k]
+            out[k] = _coerce_hparam(k, v, hint, ranges=klass.__module__.split(".")[0] == "fewshot")
+        return out
 
     @classmethod
     def hparam_names(cls) -> set[str]:
@@ -495,46 +514,54 @@ def last_linear(model: nn.Module) -> str:
 
 
 #: Hyperparameters that must be > 0 (step sizes, bounds); every other number must be >= 0.
-POSITIVE_HPARAMS = frozenset({"inner_lr", "meta_lr", "meta_step_size", "lr_init", "grad_clip", "preprocess_p", "lam",
-                              "weight_step"})
+POSITIVE_HPARAMS = frozenset({"inner_lr", "meta_lr", "meta_step_size", "grad_clip", "preprocess_p", "lam", "weight_step"})
 #: Counts that may be 0 (no adaptation at test); every other count must be >= 1.
 ZERO_COUNTS = frozenset({"eval_inner_steps"})
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
-def _coerce_hparam(name: str, value: Any, hint: Any) -> Any:
+def _coerce_hparam(name: str, value: Any, hint: Any, *, ranges: bool = True) -> Any:
+    if isinstance(value, Tensor) and value.numel() == 1 and value.dim() == 0:
+        value = value.item()  # a 0-d tensor as the Python number it holds
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):  # X | None
         if value is None and type(None) in args:
             return None
-        return _coerce_hparam(name, value, next(a for a in args if a is not type(None)))
+        return _coerce_hparam(name, value, next(a for a in args if a is not type(None)), ranges=ranges)
     if hint is bool:
         if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
             return value.lower() in _TRUE
-        if not isinstance(value, bool):
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value in (0, 1):
+            return bool(value)  # (--hp first_order=0 reaches here as the number 0)
+        if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{name} must be true or false, got {value!r}")
-        return value
+        return bool(value)
     if hint is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or isinstance(value, float) and value.is_integer()):
+        if isinstance(value, bool) or not (isinstance(value, numbers.Integral)
+                                           or isinstance(value, numbers.Real) and float(value).is_integer()):
             raise ValueError(f"{name} must be a whole number, got {value!r}")
         least = 0 if name in ZERO_COUNTS else 1
-        if int(value) < least:
+        if ranges and int(value) < least:
             raise ValueError(f"{name} must be >= {least}, got {int(value)}")
         return int(value)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"{name} must be a number, got {value!r}")
+        value = float(value)
         positive = name in POSITIVE_HPARAMS
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        if not math.isfinite(value) or (ranges and (value < 0 or (positive and value == 0))):
             raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} finite number, got {value}")
-        return float(value)
+        return value
     if origin is tuple:
-        if not isinstance(value, (list, tuple)) or not value:
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
             raise ValueError(f"{name} must be a comma-separated list of values, got {value!r}")
+        value = list(value)  # (read once: a generator, an array, a tensor)
+        if not value:
+            raise ValueError(f"{name} must be a comma-separated list of values, got an empty one")
         kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
         if len(kinds) != len(value):
             raise ValueError(f"{name} must be {len(kinds)} values, got {len(value)}")
-        return tuple(_coerce_hparam(name, v, kind) for v, kind in zip(value, kinds))
+        return tuple(_coerce_hparam(name, v, kind, ranges=ranges) for v, kind in zip(value, kinds))
     if hint is str and not isinstance(value, str):
         raise ValueError(f"{name} must be text, got {value!r}")
     return value

@@ -231,14 +231,17 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
                                             transductive=transductive, vectorize=vectorize, eval_inner_steps=eval_inner_steps)
         _refuse_changed_hparams(resume, learner.hparams(), cls.check_hparams({k: v for k, v in explicit.items() if v is not None}))
         # The task stream must be the one the checkpoint was trained on (checkpoints before a key: not checked).
+        differ = []  # every difference at once: a preset left out changes several
         for key, flag, now in (("train_shots", "--train-shots", settings["train_shots"]), ("queries", "--queries", settings["queries"]),
                                ("meta_batch", "--meta-batch", settings["meta_batch"])):
             then = int(meta.get(key, meta["shots"] if key == "train_shots" else now))  # (train_shots: once always --shots)
             if then != now:
-                raise LazyAppsError(f"{resume} was meta-trained with {flag} {then}; resume it with {flag} {then}")
+                differ.append(f"{flag} {then}")
         if bool(meta.get("shuffle_classes", shuffle_classes)) != shuffle_classes:
-            flag = "--shuffle-classes" if meta["shuffle_classes"] else "--no-shuffle-classes"
-            raise LazyAppsError(f"{resume} was meta-trained with {flag}; resume it with {flag}")
+            differ.append("--shuffle-classes" if meta["shuffle_classes"] else "--no-shuffle-classes")
+        if differ:
+            raise LazyAppsError(f"{resume} was meta-trained with {' '.join(differ)}; resume it with {' '.join(differ)}"
+                                + (f" (or the --preset {meta['preset']} it was trained with)" if meta.get("preset") else ""))
         if cls.meta_learns and settings["iterations"] <= learner.iteration:
             raise LazyAppsError(f"{resume} is already at iteration {learner.iteration}; give --iterations above it to continue "
                                 f"(lazyapps fewshot eval scores it as it is)")
@@ -252,7 +255,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     learner.prepare(train_tasks)  # e.g. finetune's head over the training classes, so the metadata records its size
     meta = checkpoint_metadata(learner, arch=arch, dataset=dataset, ways=ways, shots=shots, queries=settings["queries"],
                                train_shots=settings["train_shots"], meta_batch=settings["meta_batch"],
-                               shuffle_classes=shuffle_classes, seed=run.seed)
+                               shuffle_classes=shuffle_classes, seed=run.seed, preset=preset)
     curve_tasks = test_tasks.fixed_tasks(min(CURVE_TASKS, settings["eval_tasks"]), seed=EVAL_SEED + 1)
 
     def save() -> None:

@@ -41,7 +41,7 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> str | No
     """
     import tempfile
 
-    path = Path(path).expanduser().absolute()
+    path = Path(path).absolute()  # (no ~ expansion: the writers do none, so "~" is a folder name to both)
     existing = next(p for p in (path, *path.parents) if p.exists())
     if existing == path:
         if folder and not path.is_dir():

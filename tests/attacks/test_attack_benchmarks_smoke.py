@@ -35,7 +35,8 @@ def test_mnist_benchmark_smoke(mini_root, session_cache, tmp_path, capsys):
 
 def test_mnist_benchmark_smoke_with_skip_blocked(mini_root, session_cache, tmp_path, capsys):
     out = tmp_path / "mnist-skip.json"
-    attack_mnist.main(["--smoke", "--methods", "lazy-meta,bandits", "--skip-blocked", "--data-dir", str(mini_root),
+    # --zoo goes to the meta-attacks only (the CLI refuses it for a baseline, which has no zoo)
+    attack_mnist.main(["--smoke", "--methods", "lazy-meta,bandits", "--skip-blocked", "--zoo", "lenet5,net2,net3", "--data-dir", str(mini_root),
                        "--cache-dir", str(session_cache), "--device", "cpu", "--json", str(out), "--quiet"])
     assert "settings" in capsys.readouterr().out  # the table names the non-paper option
     rows = json.loads(out.read_text())["rows"]

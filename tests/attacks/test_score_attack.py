@@ -151,3 +151,24 @@ def test_run_baseline_uses_dataset_settings(mnist_target):
         run_baseline("square", bb, x, y)
     with pytest.raises(UnknownNameError, match="valid: cifar10, mnist"):
         run_baseline("nes", bb, x, y, dataset="svhn")
+
+
+def test_an_estimator_with_only_the_documented_interface_still_runs(mnist_target):
+    model, x, y = mnist_target
+
+    class Duck:  # estimate / queries_per_estimate / reset, no GradientEstimator base (so no next_cost)
+        def __init__(self):
+            self.inner = TrueGradient(model)
+
+        def queries_per_estimate(self, x_shape, *, scores_known=True):
+            return self.inner.queries_per_estimate(x_shape, scores_known=scores_known)
+
+        def estimate(self, *args, **kwargs):
+            return self.inner.estimate(*args, **kwargs)
+
+        def reset(self):
+            pass
+
+    bb = BlackBox(model, budget=60)
+    out = score_attack(bb, x, y, Duck(), max_queries=60, step_size=0.05)
+    check_outcome(out, model, x, y, bb)

@@ -324,3 +324,13 @@ def test_a_resumed_run_stays_in_its_checkpoints_folder(tmp_path, monkeypatch) ->
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r" / "checkpoint.pt.json").read_text())["iteration"] == 2
     assert not (tmp_path / "fewshot-runs").exists()
+
+
+def test_a_resume_without_the_preset_names_every_difference_and_the_preset(tmp_path) -> None:
+    out = tmp_path / "p"
+    base = ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--out", str(out), "--quiet"]
+    assert _run(*base, "--preset", "smoke").exit_code == 0
+    result = _run(*base, "--resume", str(out / "checkpoint.pt"), "--iterations", "5", "--eval-tasks", "2")
+    assert result.exit_code == 2
+    assert ("was meta-trained with --queries 2 --meta-batch 2; resume it with --queries 2 --meta-batch 2 "
+            "(or the --preset smoke it was trained with)") in result.output

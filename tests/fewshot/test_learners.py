@@ -361,3 +361,46 @@ def test_a_float64_model_gets_float64_tasks() -> None:
     assert learner.dtype is torch.float64
     result = learner.evaluate(_tasks())  # float32 images: cast, not a dtype error inside the conv
     assert 0 <= result.mean <= 100
+
+
+def test_python_values_of_every_common_kind_are_read_as_declared() -> None:
+    import numpy as np
+
+    sine = lambda: models_zoo.create("sine_mlp", num_classes=1, in_channels=1)  # noqa: E731
+    maml = create_learner("maml", sine(), problem="regression", inner_steps=np.int64(2), inner_lr=torch.tensor(0.1))
+    assert (maml.inner_steps, type(maml.inner_steps), type(maml.inner_lr)) == (2, int, float)
+    lazy = create_learner("lazy-maml", sine(), problem="regression", gammas=(g for g in np.linspace(0.5, 0.9, 3)))
+    assert lazy.gammas == pytest.approx((0.5, 0.7, 0.9))
+    assert create_learner("meta-lstm", sine(), problem="regression", first_order=0).first_order is False  # --hp first_order=0
+    assert create_learner("meta-sgd", sine(), problem="regression", lr_init=(0.0, 0.1)).lr_init == (0.0, 0.1)
+
+
+def test_a_users_own_learner_gets_type_conversion_but_not_the_packages_ranges() -> None:
+    from fewshot.base import Learner
+
+    class MyLearner(Learner):
+        def __init__(self, model, *, bias: float = 0.0, warmup: int = 0, **base) -> None:
+            super().__init__(model, **base)
+            self.bias, self.warmup = bias, warmup
+
+        def meta_step(self, tasks):
+            return {}
+
+        def adapt(self, support):
+            return {k: v.unsqueeze(0).expand(support[0].shape[0], *v.shape) for k, v in self.theta.items()}
+
+    learner = MyLearner(_conv(), bias=-0.5, warmup=0.0)  # no rule of ours on its own names; the types still read
+    assert (learner.bias, learner.warmup, type(learner.warmup)) == (-0.5, 0, int)
+    with pytest.raises(ValueError, match="warmup must be a whole number"):
+        MyLearner(_conv(), warmup=0.5)
+    assert MyLearner(_conv(), transductive="no").transductive is False  # the base class's names as ever
+
+    class Shift:  # local to this function: under postponed annotations it cannot be resolved later
+        pass
+
+    class Annotated(MyLearner):
+        def __init__(self, model, *, shift: Shift | None = None, **rest) -> None:
+            super().__init__(model, **rest)
+            self.shift = shift
+
+    assert Annotated(_conv(), shift=Shift()).shift is not None  # (get_type_hints raised NameError here)

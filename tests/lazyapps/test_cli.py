@@ -79,6 +79,16 @@ def test_check_writable_names_why(tmp_path):
     assert check_writable(tmp_path / "f", folder=True) == f"{tmp_path / 'f'} is a file, not a folder"
     assert check_writable(tmp_path / "f" / "x") == f"{tmp_path / 'f'} is a file, so nothing can be made under it"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # the probes left nothing behind
+    # "~" is not expanded here, as the writers do not expand it: checked and written are the same place
+    (tmp_path / "~").write_text("")
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert check_writable("~/r.json") == f"{tmp_path / '~'} is a file, so nothing can be made under it"
+    finally:
+        os.chdir(cwd)
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where nothing can be created")
