@@ -32,6 +32,12 @@ def _atomic_write(path: Path, write) -> None:
 
     if not may_write():  # under torchrun rank 0 writes (or the builder of lazyapps.distributed.main_first)
         return
+    if path.exists() and not path.is_file():  # a device or a pipe (--json /dev/stdout): written in place, never replaced
+        with open(path, "wb") as handle:
+            write(handle)
+        return
+    if path.is_symlink():  # a linked results file: replace the file the link points to, and keep the link
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -42,6 +42,10 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> str | No
     import tempfile
 
     path = Path(path).absolute()  # (no ~ expansion: the writers do none, so "~" is a folder name to both)
+    if path.exists() and not path.is_file() and not path.is_dir():  # a device or a pipe (/dev/stdout): written in place
+        return None if os.access(path, os.W_OK) else f"no permission to write {path}"
+    if path.is_symlink():  # the writers replace the file a link points to
+        path = path.resolve()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if existing == path:
         if folder and not path.is_dir():

@@ -1,6 +1,7 @@
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,3 +89,19 @@ def test_written_files_get_the_umask_mode_not_a_private_one(tmp_path):
     for name in ("c.pt", "c.pt.json", "r.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
     assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")
+def test_links_are_followed_and_devices_written_in_place(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text("{}")
+    (tmp_path / "link.json").symlink_to(target)
+    write_json_atomic(tmp_path / "link.json", {"a": 1})
+    assert (tmp_path / "link.json").is_symlink() and json.loads(target.read_text()) == {"a": 1}
+    # a link to a device (as /dev/stdout is): written through, the link kept, the device never replaced by a file
+    (tmp_path / "out").symlink_to("/dev/null")
+    write_json_atomic(tmp_path / "out", {"b": 2})
+    assert (tmp_path / "out").is_symlink() and Path("/dev/null").is_char_device()
+    from lazyapps.paths import check_writable
+
+    assert check_writable(tmp_path / "out") is None and check_writable("/dev/null") is None
