@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, describe
 
 
 def _umask() -> int:
@@ -114,7 +114,7 @@ def load_error(exc: BaseException) -> str:
     """
     if "weights_only" in str(exc):
         return "not a file of tensors that torch.load(weights_only=True) accepts"
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    return describe(exc)
 
 
 def load_checkpoint(

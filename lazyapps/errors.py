@@ -9,6 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+def describe(exc: BaseException, limit: int = 200) -> str:
+    """``exc`` on one line for an error message: its type and its (whitespace-collapsed) text, cut at ``limit``."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:limit]}" if text else type(exc).__name__
+
+
 class LazyAppsError(Exception):
     """A problem the user can fix; the message says what is wrong and how to fix it."""
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lazyapps.errors import LazyAppsError
+from lazyapps.errors import LazyAppsError, describe
 
 
 def check_outputs(model: nn.Module, image_shape: Sequence[int], num_classes: int, *, what: str = "the model") -> None:
@@ -26,8 +26,7 @@ def check_outputs(model: nn.Module, image_shape: Sequence[int], num_classes: int
         with torch.no_grad():
             out = model(torch.zeros(2, *image_shape, device=device, dtype=dtype))
     except Exception as exc:  # the network decides what it cannot take; its own message says why
-        raise LazyAppsError(f"{what} cannot take {shape} images ({type(exc).__name__}: "
-                            f"{' '.join(str(exc).split())[:200]})") from None
+        raise LazyAppsError(f"{what} cannot take {shape} images ({describe(exc)})") from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from lazyapps.checkpoint import load_error
-from lazyapps.errors import CheckpointError, LazyAppsError
+from lazyapps.errors import CheckpointError, LazyAppsError, describe
 from lazyapps.runtime import resolve_device
 
 from .normalize import with_normalization
@@ -96,12 +96,6 @@ def user_model_arch(spec: str) -> str | None:
     return spec.rsplit(":", 1)[0] if ":" in spec else None
 
 
-def _one_line(exc: BaseException) -> str:
-    # all of it on one line: load_state_dict's first line only says "Error(s) in loading", the keys follow
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}"
-
-
 def load_user_model(
     spec: str,
     *,
@@ -138,7 +132,7 @@ def load_user_model(
             if kind == "export":
                 return ExportedModel(torch.export.load(str(path)).module()).to(device).eval()
         except Exception as exc:  # a damaged archive fails in many ways inside the loaders
-            raise CheckpointError(f"{kind} file {path} cannot be loaded ({_one_line(exc)})") from None
+            raise CheckpointError(f"{kind} file {path} cannot be loaded ({describe(exc, 300)})") from None
         raise CheckpointError(f"{path} is not TorchScript, a torch.export program or a zoo checkpoint; "
                               f"for a state dict pass ARCH:{path} (e.g. net4:{path})")
     if _archive_kind(path) is not None:
@@ -161,7 +155,7 @@ def load_user_model(
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path} does not fit architecture {arch!r} ({_one_line(exc)}); check ARCH and num_classes/in_channels") from None
+        raise CheckpointError(f"{path} does not fit architecture {arch!r} ({describe(exc, 300)}); check ARCH and num_classes/in_channels") from None
     if not normalized and mean is not None:
         model = with_normalization(net, mean, std)
     return model.to(device).eval()
