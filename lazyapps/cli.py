@@ -112,12 +112,10 @@ class RunContext:
 
 
 def _writable(value: str | None, param: click.Parameter, *, folder: bool) -> str | None:
-    from .errors import LazyAppsError
-    from .paths import check_writable
+    from .paths import require_writable
 
-    reason = None if value is None else check_writable(value, folder=folder)
-    if reason is not None:
-        raise LazyAppsError(f"{param.opts[0]} {value}: cannot write there ({reason})")
+    if value is not None:
+        require_writable(value, option=param.opts[0], folder=folder)
     return value
 
 

@@ -63,3 +63,12 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> str | No
     except OSError as exc:
         return f"cannot write in {probe}: {exc.strerror or exc}"
     return None
+
+
+def require_writable(path: str | os.PathLike, *, option: str, folder: bool = False) -> None:
+    """:class:`~lazyapps.errors.LazyAppsError` naming ``option`` when :func:`check_writable` finds a reason."""
+    from .errors import LazyAppsError
+
+    reason = check_writable(path, folder=folder)
+    if reason is not None:
+        raise LazyAppsError(f"{option} {path}: cannot write there ({reason})")

@@ -43,11 +43,9 @@ def check_plot_path(path: str | None) -> str | None:
     """``path`` if a figure can be written there, else :class:`LazyAppsError` naming why (before any work is done)."""
     if path is None:
         return None
-    from .paths import check_writable
+    from .paths import require_writable
 
-    reason = check_writable(path)
-    if reason is not None:
-        raise LazyAppsError(f"--plot {path}: cannot write there ({reason})")
+    require_writable(path, option="--plot")
     suffix = Path(path).suffix.lower().lstrip(".")
     formats = image_formats()
     if suffix not in formats:
