@@ -51,11 +51,9 @@ def download(name: str, root: Path) -> None:
     try:
         DOWNLOADERS[name](root)
     except BaseException:
-        for top in set(root.iterdir()) - before:  # what the failed download made; only its empty folders go
-            for path in sorted((q for q in (top, *top.rglob("*")) if q.is_dir()), key=lambda q: len(q.parts), reverse=True):
-                if not any(path.iterdir()):
-                    path.rmdir()
-        for path in made:
+        # what the failed download made, deepest first; only its empty folders go
+        new = [q for top in set(root.iterdir()) - before for q in (top, *top.rglob("*")) if q.is_dir()]
+        for path in [*sorted(new, key=lambda q: len(q.parts), reverse=True), *made]:
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
         raise
