@@ -350,12 +350,8 @@ class Learner(nn.Module):
 
     @classmethod
     def hparam_names(cls) -> set[str]:
-        names: set[str] = set()
-        for klass in cls.__mro__:
-            if klass is nn.Module or not issubclass(klass, Learner):
-                continue
-            names |= {n for n, p in inspect.signature(klass.__init__).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-        return names
+        """The keyword hyperparameters of ``__init__`` (this class's and its bases')."""
+        return set(cls._declared_hparams())
 
     def apply_meta_gradient(self, grads: Mapping[str, Tensor], params: Mapping[str, Tensor] | None = None) -> None:
         """Write ``grads`` (by name) into ``.grad`` of ``params`` (default: the model's) and step the meta-optimiser."""
