@@ -10,14 +10,13 @@ from __future__ import annotations
 import functools
 import importlib
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, torch_warnings
 
 #: name -> ("module:attribute" of a click command, one-line help); imported on first use.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -189,10 +188,7 @@ def main() -> None:
     from .allocator import keep_freed_memory
 
     keep_freed_memory()  # before any tensor exists: large blocks are then reused, not re-faulted (see the module)
-    # torch's forward-mode AD (iMAML's Hessian-vector products, the long-tail JVP pull-back) scripts its own
-    # decompositions on first use, and torch.jit.script warns that it is deprecated: torch's internals, not
-    # anything a user can act on.
-    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    torch_warnings.hide_internal_warnings()
     cli(prog_name="lazyapps")
 
 

@@ -37,6 +37,7 @@ from torch.func import jvp
 from lazyapps.functional import Params, forward
 from lazyapps.runtime import image_layout
 from lazyapps.teacher import Leap, LazyTeacher, explore, lazy_maml_meta_gradient
+from lazyapps.torch_warnings import forward_mode_ad
 
 PerExampleLoss = Callable[[Tensor, Tensor], Tensor]
 """``loss_fn(logits, targets) -> per-example losses`` (length N)."""
@@ -158,7 +159,8 @@ class LookAhead:
         tangent = {k: direction[k].detach().to(t) if k in direction else torch.zeros_like(t) for k, t in self.theta.items()}
         scale = -(self.lr / self.batch_size)
         if mode == "jvp":
-            _, along = jvp(self._per_example, (self.theta,), (tangent,))
+            with forward_mode_ad():
+                _, along = jvp(self._per_example, (self.theta,), (tangent,))
             return scale * along.detach()
         if mode != "difference":
             raise ValueError(f"mode must be 'difference' or 'jvp', got {mode!r}")

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.func import grad, grad_and_value, jvp, vjp
 
 from lazyapps.functional import Batch, LossFn, Params, batch_loss, forward, map_tasks
+from lazyapps.torch_warnings import forward_mode_ad
 
 from ..base import Learner, metric_name, register, task_scores
 from ..tasks import TaskBatch
@@ -116,7 +117,8 @@ def hessian_vector_product(
 
     if mode == "forward" or (mode == "auto" and model not in _REVERSE_ONLY):
         try:
-            return jvp(train_grad, (dict(params),), (dict(vector),))[1]
+            with forward_mode_ad():
+                return jvp(train_grad, (dict(params),), (dict(vector),))[1]
         except RuntimeError:
             if mode == "forward":
                 raise
