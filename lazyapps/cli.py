@@ -184,6 +184,25 @@ def cli() -> None:
     a query-efficient blackbox attack, a long-tail trainer and few-shot learners."""
 
 
+@cli.command("compare")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--all", "all_settings", is_flag=True, help="Show every setting, not only those that differ.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, callback=writable_file,
+              help="Also write the comparison as CSV (one row per key, one column per file).")
+@common_options
+def compare_command(run: RunContext, results: tuple[str, ...], all_settings: bool, csv_path: str | None) -> None:
+    """Compare saved results (the files --json writes) side by side: the settings that differ, then every number."""
+    from .compare import KEY_COLUMN, compare, format_comparison, labels, load_result
+    from .results import write_csv
+
+    columns = labels(results)
+    table = compare([load_result(path) for path in results], columns, all_settings=all_settings)
+    if csv_path:
+        rows = [{"section": "setting", **row} for row in table["settings"]] + [{"section": "result", **row} for row in table["results"]]
+        write_csv(csv_path, rows, ["section", KEY_COLUMN, *columns])
+    run.finish({"results": list(results), "all_settings": all_settings}, table, table=format_comparison(table))
+
+
 def main() -> None:
     from .allocator import keep_freed_memory
 
