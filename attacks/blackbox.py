@@ -173,9 +173,10 @@ class BlackBox:
             raise LazyAppsError(f"blackbox queries take float images in [0, 1], got dtype {x.dtype}")
         if x.numel() == 0:
             return
-        if not bool(torch.isfinite(x).all()):
+        # One read-back for the three checks (each float()/bool() of a GPU tensor is a host-device sync).
+        finite, lo, hi = torch.stack([torch.isfinite(x).all().to(x.dtype), x.min(), x.max()]).tolist()
+        if not finite:
             raise LazyAppsError("blackbox query contains NaN or infinite pixels")
-        lo, hi = float(x.min()), float(x.max())
         if lo < 0.0 or hi > 1.0:
             raise LazyAppsError(f"blackbox query pixels must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; clip first")
 

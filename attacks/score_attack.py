@@ -209,17 +209,22 @@ def score_attack(
         if not bool(active.any()) or (max_iterations is not None and iteration >= max_iterations):
             break
         rows = active.nonzero().flatten()
-        dev = rows.to(x.device)
-        y_a = y[rows.to(y.device)]
-        t_a = None if target is None else target[rows.to(target.device)]
+        dev = rows.to(x.device)  # one host-to-device copy (a sync on CUDA) reused for every tensor on that device
+
+        def on(t: Tensor) -> Tensor:
+            return dev if t.device == dev.device else rows.to(t.device)
+
+        y_a = y[on(y)]
+        t_a = None if target is None else target[on(target)]
+        scores_rows = on(scores)
         grad, _ = estimator.estimate(
-            blackbox, x_adv[dev], y_a, loss=loss, index=index[rows], target=t_a, scores=scores[rows.to(scores.device)]
+            blackbox, x_adv[dev], y_a, loss=loss, index=index[rows], target=t_a, scores=scores[scores_rows]
         )
         x_new = project(descent_step(x_adv[dev], grad.to(x.dtype), step_size=step_size, update=update),
                         x[dev], epsilon=epsilon, update=update)
         new_scores = blackbox.query(x_new, index=index[rows])
         x_adv[dev] = x_new
-        scores[rows.to(scores.device)] = new_scores
+        scores[scores_rows] = new_scores
         won = is_adversarial(new_scores, y_a, t_a).cpu()
         success[rows] = won
         done[rows] |= won

@@ -119,7 +119,10 @@ def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = 
     meta = load_metadata(path)
     if meta and meta.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(f"checkpoint {path} is a {meta.get('kind', 'non-fewshot')!r} checkpoint, not a few-shot learner")
-    state, meta = load_checkpoint(path, map_location=device, expect={"kind": CHECKPOINT_KIND, **(expect or {})})
+    # On the CPU: load_state_dict copies into the learner's device, and Adam's per-parameter "step" counters stay
+    # CPU scalars as torch keeps them (loaded onto a GPU they stay there, and every Adam step then reads each one
+    # back with .item(): two host-device syncs per parameter per meta-step for the rest of a resumed run).
+    state, meta = load_checkpoint(path, map_location="cpu", expect={"kind": CHECKPOINT_KIND, **(expect or {})})
     hparams = dict(meta.get("hparams", {}))
     hparams.update({k: v for k, v in overrides.items() if v is not None})
     hparams.pop("problem", None)

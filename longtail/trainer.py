@@ -222,7 +222,9 @@ class Trainer:
         """Load a checkpoint of this same configuration (any other is refused with the differing setting named)."""
         expect = {"kind": CHECKPOINT_KIND, **self.identity()}
         try:
-            state, meta = load_checkpoint(path, map_location=self.device, expect=expect)
+            # On the CPU: load_state_dict copies the weights to the model's device and the optimisers move their
+            # state to their parameters', while the RNG states must stay CPU ByteTensors (set_state refuses others).
+            state, meta = load_checkpoint(path, map_location="cpu", expect=expect)
         except CheckpointError as exc:
             raise CheckpointError(f"cannot resume: {exc}; resume with the same settings or start a new run with another --out") from None
         refuse_best_checkpoint(path, meta, state)
@@ -233,8 +235,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        self.generator.set_state(state["generator"].cpu())  # (a state loaded onto a GPU: RNG states are CPU tensors)
+        torch.set_rng_state(state["torch_rng"].cpu())
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.best, self.last = state["best"], state["last"]

@@ -164,3 +164,28 @@ def test_cli_trains_resumes_and_evaluates_finetune_on_omniglot(tmp_path, data_ro
     assert result.exit_code == 0, result.output
     test = json.loads((tmp_path / "e.json").read_text())["metrics"]["test"]
     assert test["tasks"] == 3 and 0 <= test["mean"] <= 100
+
+
+def test_load_learner_reads_the_checkpoint_on_the_cpu(tmp_path, monkeypatch) -> None:
+    # Loaded onto a GPU, Adam's "step" counters would stay there (torch keeps them where they are loaded) and
+    # every later Adam step would read each back with .item(); load_state_dict moves everything else itself.
+    import fewshot.experiment as experiment
+
+    source = _sampler()
+    learner = _learner()
+    learner.meta_train(source, iterations=1, meta_batch=2)
+    path = tmp_path / "ft.pt"
+    save_learner(path, learner, {"kind": "fewshot", "algo": "finetune", "arch": "conv4", "dataset": "omniglot",
+                                 "ways": 3, "shots": 1, "hparams": learner.hparams()})
+    monkeypatch.setattr(experiment, "build_model", lambda arch, **kw: models_zoo.create(
+        "conv4", num_classes=3, in_channels=1, image_size=SIZE, hidden=8))
+    seen = {}
+    real = experiment.load_checkpoint
+
+    def spy(p, **kwargs):
+        seen.update(kwargs)
+        return real(p, **kwargs)
+
+    monkeypatch.setattr(experiment, "load_checkpoint", spy)
+    load_learner(path, device=torch.device("cpu", 0))  # (any device: the checkpoint is read on the CPU all the same)
+    assert seen["map_location"] == "cpu"

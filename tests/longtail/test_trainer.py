@@ -128,3 +128,38 @@ def test_a_float64_network_trains_on_float64_batches(small_lt, tiny_net, method)
     trainer.run()  # (float32 batches met float64 weights inside the first conv)
     assert trainer.last["top1_error"] is not None
     assert all(p.dtype == torch.float64 for p in trainer.model.parameters())
+
+
+def test_resume_loads_on_the_cpu_and_takes_rng_states_back_there(small_lt, tmp_path, tiny_net, monkeypatch):
+    # On a GPU a checkpoint loaded with map_location=<cuda> brings the CPU generator's state along as a CUDA
+    # tensor, and torch.Generator.set_state / torch.set_rng_state refuse it ("RNG state must be a torch.ByteTensor").
+    import longtail.trainer as trainer_module
+    from lazyapps.checkpoint import load_checkpoint
+
+    first = _trainer(_config("ce", epochs=2), small_lt, tmp_path / "run", tiny_net)
+    first.train_epoch()
+    first.epoch = 1
+    first.save()
+    seen = {}
+
+    def spy(path, **kwargs):
+        seen.update(kwargs)
+        return load_checkpoint(path, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "load_checkpoint", spy)
+    resumed = _trainer(_config("ce", epochs=2), small_lt, tmp_path / "run", tiny_net)
+    resumed.resume(tmp_path / "run" / "checkpoint.pt")
+    assert str(seen["map_location"]) == "cpu"
+
+    class OffCPU:  # a state tensor on another device: only .cpu() gives the ByteTensor back
+        def __init__(self, t):
+            self.t = t
+
+        def cpu(self):
+            return self.t
+
+    state, _ = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    expected = state["generator"].clone()
+    state["generator"], state["torch_rng"] = OffCPU(state["generator"]), OffCPU(state["torch_rng"])
+    resumed.load_state(state)
+    assert torch.equal(resumed.generator.get_state(), expected)
