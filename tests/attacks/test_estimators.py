@@ -211,3 +211,70 @@ def test_default_seed_comes_from_torch_generator():
     torch.manual_seed(3)
     assert NESEstimator().streams.seed == a != NESEstimator().streams.seed
     assert ZOOEstimator().streams is None  # all coordinates: nothing is drawn
+
+
+def test_zoo_forward_at_the_box_edges_recovers_gradient(setup):
+    """Forward differences at a pixel at 1 step backwards (the point must stay in [0, 1]) and divide by that step."""
+    model, x, y = setup
+    x = x.clone()
+    x[:, :, 0, :] = 1.0
+    x[:, :, 1, :] = 0.0
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    grad, queries = ZOOEstimator(mode="forward", h=1e-6).estimate(BlackBox(model), x, y)
+    truth = true_gradient(model, x, y)
+    assert torch.isfinite(grad).all() and queries.tolist() == [65] * 3
+    torch.testing.assert_close(grad[:, :, :2], truth[:, :, :2], rtol=1e-3, atol=1e-6)  # the edge rows themselves
+    assert (cosine(grad, truth) > 0.999).all()
+
+
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_nes_equals_the_formula_with_its_own_directions(setup, antithetic):
+    """NES against a slow per-direction loop on the same directions (its image streams), pixels at 0 and 1 included:
+    the scale 1/(2σ·n/2) or 1/(σn), the clipped query points and the actual displacement."""
+    from attacks.estimators import ImageStreams
+
+    model, x, y = setup
+    x = x.clone()
+    x[:, :, 0, :] = 1.0
+    x[:, :, 1, :] = 0.0
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    sigma, samples, index = 0.01, 6, torch.tensor([3, 0, 5])
+    grad, _ = NESEstimator(sigma=sigma, samples=samples, antithetic=antithetic, seed=11).estimate(
+        BlackBox(model), x, y, index=index)
+    n = samples // 2 if antithetic else samples
+    u = ImageStreams(11).draw(index, (n,) + tuple(x.shape[1:]), like=x)
+    f = lambda z: float(margin_loss(model(z.unsqueeze(0)), y[i:i + 1]))  # noqa: E731
+    with torch.no_grad():
+        for i in range(3):
+            ref = torch.zeros_like(x[i])
+            for j in range(n):
+                plus = (x[i] + sigma * u[i, j]).clamp(0, 1)
+                if antithetic:
+                    minus = (x[i] - sigma * u[i, j]).clamp(0, 1)
+                    ref += (f(plus) - f(minus)) * (plus - minus) / (4 * sigma**2)
+                else:
+                    ref += (f(plus) - f(x[i])) * (plus - x[i]) / sigma**2
+            torch.testing.assert_close(grad[i], ref / n)
+
+
+def test_nes_is_an_unbiased_gradient_estimate_in_scale(setup):
+    """Not only the direction: projected on the true gradient, many samples give about 1× it (a smooth target)."""
+    model, x, y = setup
+    truth = true_gradient(model, x, y)
+    grad, _ = NESEstimator(samples=4000, seed=0).estimate(BlackBox(model), x, y)
+    ratio = (grad * truth).flatten(1).sum(1) / truth.flatten(1).pow(2).sum(1)
+    assert ((ratio - 1).abs() < 0.15).all()
+
+
+def test_nes_without_antithetic_reuses_known_scores(setup):
+    model, x, y = setup
+    bb = BlackBox(model)
+    with torch.no_grad():
+        scores = model(x)
+    est = NESEstimator(samples=40, antithetic=False)
+    grad, queries = est.estimate(bb, x, y, scores=scores)
+    assert queries.tolist() == [40] * 3 == bb.counts.tolist()
+    assert est.queries_per_estimate(tuple(x.shape), scores_known=True) == 40
+    assert est.queries_per_estimate(tuple(x.shape), scores_known=False) == 41

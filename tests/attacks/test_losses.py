@@ -76,3 +76,19 @@ def test_errors():
         margin_loss(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), kind="softmax")
     with pytest.raises(LazyAppsError, match="batch, classes"):
         margin_loss(torch.zeros(3), torch.zeros(3, dtype=torch.long))
+
+
+def test_underflowed_probabilities_give_a_finite_loss():
+    """A probability that underflowed to 0 is floored before the log: finite losses, so finite differences stay finite."""
+    probs = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([0, 0])
+    loss = margin_loss(probs, y, kind="probs")
+    assert torch.isfinite(loss).all()
+    assert loss.tolist() == pytest.approx([-math.log(1e-30), 0.0])
+    targeted = margin_loss(probs, y, torch.tensor([2, 2]), kind="probs")
+    assert targeted.tolist() == pytest.approx([-math.log(1e-30)] * 2)
+
+
+def test_one_dimensional_float_scores_are_not_labels():
+    with pytest.raises(LazyAppsError, match="batch, classes"):
+        is_adversarial(torch.tensor([0.0, 2.0]), torch.tensor([0, 1]))

@@ -308,3 +308,68 @@ def test_meta_trained_free_estimates_follow_the_true_gradient():
     meta = free_estimate_cosine(trained)
     assert meta.mean() > 0.8 and meta.min() > 0.5
     assert free_estimate_cosine(None).mean() < meta.mean() - 0.25
+
+
+def test_a_zoo_step_finetunes_only_its_images_copy_on_the_estimated_coordinates():
+    """Against finetune() called by hand: target the ZOO estimate over its std, mask its q coordinates, row of image."""
+    from attacks.gradient_sets import normalise_maps
+    from attacks.per_image import predict
+
+    model = _target(2)
+    x, y = _images(model, 3)
+    est = MetaEstimator(MetaAttacker(1, (4, 8)), q=10, every=1, finetune_steps=3, finetune_lr=1e-2)
+    bb = BlackBox(model)
+    est.estimate(bb, x, y, index=torch.tensor([4, 1, 7]))  # every call is a ZOO step (j = 1)
+    before = {k: v.clone() for k, v in est.copies(torch.tensor([4, 1, 7])).items()}
+    one = {k: v[2:] for k, v in before.items()}
+    mask = top_coordinates(predict(est.model, one, x[2:]), 10)
+    grad, queries = est.estimate(bb, x[2:], y[2:], index=torch.tensor([7]))  # image 7 alone
+    assert queries.tolist() == [11] and torch.equal(grad != 0, mask)
+    target, _ = normalise_maps(grad)
+    expected = finetune(est.model, one, x[2:], target, mask, steps=3, lr=1e-2)
+    after = est.copies(torch.tensor([4, 1, 7]))
+    for k in before:
+        torch.testing.assert_close(after[k][2:], expected[k], rtol=1e-5, atol=1e-6)
+        assert torch.equal(after[k][:2], before[k][:2])  # the other images' copies are untouched
+
+
+def test_masked_mse_is_the_mean_over_the_masked_entries():
+    pred, target = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[0.0, 2.0], [5.0, 0.0]])
+    mask = torch.tensor([[True, False], [True, False]])
+    assert float(masked_mse(pred, target, mask)) == pytest.approx((1.0 + 4.0) / 2)
+    assert float(masked_mse(pred, target, torch.zeros_like(mask))) == 0.0
+
+
+def test_excluded_coordinates_rank_below_zero_predictions():
+    maps = torch.tensor([[[[5.0, 0.0, 0.0, 0.0]]]])
+    exclude = torch.tensor([[[[True, False, False, False]]]])
+    assert sorted(top_indices(maps, 3, exclude=exclude).tolist()[0]) == [1, 2, 3]
+
+
+def test_meta_attack_steps_are_coordinate_sign_steps():
+    """Du et al.'s update x[I] ← x[I] − λ·sign(g[I]): one free step moves exactly q pixels, each by exactly λ."""
+    model = _target(3)
+    x, y = _images(model, 3)
+    x = 0.2 + 0.6 * x  # away from the box edges: no clipping
+    out = meta_attack(BlackBox(model), x, y, MetaAttacker(1, (4, 8)), max_queries=2, q=16, every=5, step=0.03)
+    assert out.queries.tolist() == [2, 2, 2]  # the check and one free iteration's check
+    delta = (out.x_adv - x).flatten(1)
+    moved = delta.abs() > 1e-6
+    assert moved.sum(1).tolist() == [16] * 3
+    torch.testing.assert_close(delta[moved].abs(), torch.full((48,), 0.03), rtol=0, atol=1e-6)
+
+
+def test_meta_attack_passes_zoo_mode_and_loss_to_its_estimator():
+    model = _target(3)
+    x, y = _images(model, 2)
+    seen = []
+
+    def loss(scores, y, target=None):
+        seen.append(len(scores))
+        return margin_loss(scores, y, target)
+
+    # symmetric: a ZOO step on q = 4 coordinates costs 8 queries (forward would cost 4 and fit a second step)
+    out = meta_attack(BlackBox(model), x, y, MetaAttacker(1, (4, 8)), loss=loss, max_queries=1 + 9, q=4, every=1,
+                      step=1e-5, zoo_mode="symmetric", finetune_steps=0)
+    assert out.queries.tolist() == [10, 10] and not out.success.any()
+    assert seen == [2 * 8]  # the loss differentiated is the caller's: 8 query rows per image

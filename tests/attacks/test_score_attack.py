@@ -172,3 +172,29 @@ def test_an_estimator_with_only_the_documented_interface_still_runs(mnist_target
     bb = BlackBox(model, budget=60)
     out = score_attack(bb, x, y, Duck(), max_queries=60, step_size=0.05)
     check_outcome(out, model, x, y, bb)
+
+
+def test_l2_projection_leaves_points_inside_the_ball_alone():
+    x = torch.full((2, 1, 2, 2), 0.5)
+    inside = x + torch.tensor([0.1, -0.1, 0.05, 0.0]).reshape(1, 1, 2, 2)  # L2 0.15 < 0.2
+    torch.testing.assert_close(project(inside, x, epsilon=0.2, update="l2"), inside)
+    torch.testing.assert_close(project(inside, x, epsilon=0.2, update="sign"), inside)
+
+
+def test_queries_are_those_of_this_call_on_a_reused_blackbox(mnist_target):
+    model, x, y = mnist_target
+    bb = BlackBox(model)
+    first = score_attack(bb, x[:2], y[:2], TrueGradient(model), step_size=1e-5, max_iterations=2)
+    second = score_attack(bb, x[:2], y[:2], TrueGradient(model), step_size=1e-5, max_iterations=3, max_queries=9)
+    assert first.queries.tolist() == [5, 5] and second.queries.tolist() == [7, 7]  # 1 check + 2 per iteration
+    assert bb.counts.tolist() == [12, 12]
+
+
+def test_reset_estimator_restarts_the_estimators_random_streams(mnist_target):
+    model, x, y = mnist_target
+    nes = NESEstimator(samples=4, seed=0)
+    run = lambda **kw: score_attack(BlackBox(model), x[:2], y[:2], nes, step_size=0.01, update="l2",  # noqa: E731
+                                    max_iterations=2, **kw).x_adv
+    first = run()
+    torch.testing.assert_close(run(), first)  # reset (the default): the same attack again
+    assert not torch.allclose(run(reset_estimator=False), first)  # the streams go on: other directions

@@ -31,3 +31,27 @@ def test_corrupt_cache_is_rebuilt_with_warning(tmp_path):
     with pytest.warns(UserWarning, match="rebuilding"):
         state, _ = cached("zoo", "m", {}, lambda: {"w": torch.ones(1)}, root=tmp_path)
     assert torch.equal(state["w"], torch.ones(1))
+
+
+def test_a_cached_state_the_validator_rejects_is_rebuilt(tmp_path):
+    from lazyapps.errors import CheckpointError
+
+    def validate(state):
+        if state["w"].shape != (2,):
+            raise CheckpointError("cached state has the wrong shape")
+
+    cached("zoo", "m", {}, lambda: {"w": torch.zeros(1)}, root=tmp_path)  # e.g. written by an older version
+    with pytest.warns(UserWarning, match="wrong shape; rebuilding"):
+        state, path = cached("zoo", "m", {}, lambda: {"w": torch.ones(2)}, root=tmp_path, validate=validate)
+    assert torch.equal(state["w"], torch.ones(2))
+    assert torch.equal(cached("zoo", "m", {}, lambda: {}, root=tmp_path, validate=validate)[0]["w"], torch.ones(2))
+
+
+def test_artefact_names_stay_inside_their_kind_folder_and_record_their_settings(tmp_path):
+    from lazyapps.checkpoint import load_metadata
+
+    path = artefact_path("zoo", "../net 4/x", {"e": 1}, root=tmp_path)
+    assert path.parent == tmp_path / "zoo" and path.name.startswith(".._net_4_x-")
+    _, path = cached("zoo", "m", {"e": 1, "arch": "net4"}, lambda: {"w": torch.zeros(1)}, root=tmp_path)
+    meta = load_metadata(path)
+    assert meta["settings"] == {"e": 1, "arch": "net4"} and meta["kind"] == "zoo" and meta["name"] == "m"

@@ -105,3 +105,31 @@ def test_links_are_followed_and_devices_written_in_place(tmp_path):
     from lazyapps.paths import check_writable
 
     assert check_writable(tmp_path / "out") is None and check_writable("/dev/null") is None
+
+
+def test_json_has_no_nan_or_infinity(tmp_path):
+    # e.g. an attack summary with no success: mean L2 and queries are NaN
+    write_json_atomic(tmp_path / "r.json", {"mean_l2": float("nan"), "curve": [1.0, float("inf")], "n": 0})
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"mean_l2": None, "curve": [1.0, None], "n": 0}
+
+
+def test_expected_settings_must_be_recorded(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", {"x": torch.zeros(1)}, {"kind": "zoo"})
+    with pytest.raises(CheckpointError, match=r"dataset=None, but dataset='mnist'"):
+        load_checkpoint(path, expect={"kind": "zoo", "dataset": "mnist"})
+    meta_path(path).unlink()
+    assert load_checkpoint(path)[1] == {}  # no expectation: a bare .pt loads
+    with pytest.raises(CheckpointError, match="has no metadata file m.pt.json"):
+        load_checkpoint(path, expect={"kind": "zoo"})
+
+
+def test_unreadable_metadata_and_non_dict_files_are_checkpoint_errors(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", {"x": torch.zeros(1)}, {"kind": "zoo"})
+    meta_path(path).write_text("{not json")
+    with pytest.raises(CheckpointError, match="metadata .* is unreadable"):
+        load_checkpoint(path)
+    torch.save(torch.zeros(2), tmp_path / "t.pt")
+    with pytest.raises(CheckpointError, match="does not hold a dict"):
+        load_checkpoint(tmp_path / "t.pt")

@@ -237,3 +237,27 @@ def test_map_tasks_raises_the_callers_error_without_blaming_vmap():
         warnings.simplefilter("error")  # no "vmap failed" warning before the real error
         with pytest.raises(IndexError, match="out of bounds"):
             map_tasks(fn, x, targets)
+
+
+def test_map_tasks_passes_randomness_to_vmap():
+    x = torch.ones(3, 64)
+    drop = lambda row: F.dropout(row, 0.5, training=True)  # noqa: E731
+    torch.manual_seed(0)
+    same = map_tasks(drop, x, randomness="same")
+    assert torch.equal(same[0], same[1]) and torch.equal(same[1], same[2])
+    different = map_tasks(drop, x, randomness="different")
+    assert not torch.equal(different[0], different[1])
+
+
+def test_batchnorm_in_eval_mode_is_vectorised_without_warning():
+    import warnings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).eval()
+    x, y = tasks(3)
+    theta = params_of(model, detach=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # running statistics are only read: vmap can run it, no fallback
+        vec = adapt_tasks(model, theta, buffers_of(model), F.mse_loss, (x, y), steps=2, lr=0.1)
+    loop = adapt_tasks(model, theta, buffers_of(model), F.mse_loss, (x, y), steps=2, lr=0.1, vectorize=False)
+    torch.testing.assert_close(vec, loop)

@@ -286,3 +286,30 @@ def test_leap_refuses_checkpoints_of_another_shape():
     teacher = LazyTeacher(gammas=(0.5,))
     with pytest.raises(ValueError, match=r"checkpoint 'w' has shape \(1, 8, 4\), theta's is \(8, 4\)"):
         teacher.leap(theta, [{"w": torch.ones(1, 8, 4)}], lambda p: float(p["w"].sum()))
+
+
+def test_a_diverged_checkpoint_with_weight_zero_does_not_poison_the_leap():
+    theta = {"w": torch.zeros(3, dtype=torch.float64)}
+    diverged, good = {"w": torch.full((3,), float("nan"), dtype=torch.float64)}, {"w": torch.ones(3, dtype=torch.float64)}
+    leap = LazyTeacher(last=2, gammas=(0.5,), weight_grid=0.5).leap(theta, [diverged, good], sq_dist(torch.ones(3)))
+    assert leap.weights == (0.0, 1.0)
+    torch.testing.assert_close(leap.params["w"], torch.full((3,), 0.5, dtype=torch.float64))
+    assert leap.score == pytest.approx(0.75)
+
+
+def test_accuracy_leap_reports_the_accuracy_it_chose():
+    theta, phi = vec_params([1.0, -2.0, 0.5], [3.0, 1.0, -1.0])
+    c = 0.87 * theta["w"] + 0.13 * phi["w"]
+    accuracy = lambda p: 1.0 / (1.0 + sq_dist(c)(p))  # noqa: E731
+    leap = LazyTeacher(criterion="accuracy").leap(theta, [phi], accuracy)
+    assert leap.score == pytest.approx(accuracy(leap.params)) == pytest.approx(max(s for _, _, s in leap.scores))
+    assert 0 < leap.score <= 1
+
+
+def test_lazy_meta_gradient_of_a_parameter_the_loss_ignores_is_zero():
+    theta = {"w": torch.ones(2, requires_grad=True), "unused": torch.ones(3, requires_grad=True)}
+    ckpt = {"w": torch.zeros(2), "unused": torch.zeros(3)}
+    leap = LazyTeacher(gammas=(0.5,)).leap(theta, [ckpt], lambda p: float(p["w"].sum()))
+    _, grads = lazy_maml_meta_gradient(theta, leap, lambda p: p["w"].sum())
+    torch.testing.assert_close(grads["w"], torch.full((2,), 0.5))
+    torch.testing.assert_close(grads["unused"], torch.zeros(3))  # a tensor, so grads of tasks can be summed
