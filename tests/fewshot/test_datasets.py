@@ -150,3 +150,11 @@ def test_folder_dataset_refuses_repeated_or_shared_classes_and_unreadable_images
     (root / "images" / "n01" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(LazyAppsError, match="broken.png is not a readable image .*; remove or replace it"):
         task_source(f"folder:{root}", split="train", ways=2, shots=1, queries=1, cache_dir=cache_dir)
+
+
+def test_finn_split_is_the_documented_seeded_permutation_of_all_characters(omniglot) -> None:
+    train_chars, test_chars = omniglot_character_split(omniglot, "finn")
+    perm = torch.randperm(1623, generator=torch.Generator().manual_seed(1))  # seed 1, first 1,200 meta-train
+    assert train_chars.tolist() == sorted(perm[:1200].tolist()) and test_chars.tolist() == sorted(perm[1200:].tolist())
+    # a shuffle over both of Lake's sets (964 background, 659 evaluation characters), not the file order
+    assert (train_chars >= 964).any() and (test_chars < 964).any()

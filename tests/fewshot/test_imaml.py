@@ -14,6 +14,7 @@ from fewshot.learners.imaml import (
     implicit_meta_gradient,
     proximal_adapt,
 )
+from fewshot.tasks import TaskBatch
 from lazyapps.functional import batch_loss, params_of
 
 
@@ -207,3 +208,55 @@ def test_forward_mode_hvp_keeps_torchs_own_jit_deprecation_warning_out_of_the_py
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "torch.jit.script" in m]
     assert "an unrelated FutureWarning" in messages
+
+
+def _tanh_task(seed=1, n=6):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 2 * n, 2, generator=g, dtype=torch.float64)
+    y = torch.sin(x.sum(-1, keepdim=True) * 2)
+    return (x[:, :n], y[:, :n]), (x[:, n:], y[:, n:])
+
+
+def _proximal_by_hand(model, theta, x, y, *, lam, steps, lr):
+    p = {k: v.detach().clone() for k, v in theta.items()}
+    for _ in range(steps):
+        leaf = {k: v.requires_grad_() for k, v in p.items()}
+        g = torch.autograd.grad(F.mse_loss(torch.func.functional_call(model, leaf, (x,)), y), list(leaf.values()))
+        p = {k: (v - lr * (gk + lam * (v - theta[k]))).detach() for (k, v), gk in zip(leaf.items(), g)}
+    return p
+
+
+def test_learner_takes_cg_steps_conjugate_gradient_steps_and_adapts_with_the_proximal_term():
+    model = tanh_net(3)
+    support, query = _tanh_task()
+    lam, kw = 0.5, dict(inner_steps=6, inner_lr=0.1)
+    theta = {k: v.detach().clone() for k, v in model.named_parameters()}
+    phi = _proximal_by_hand(model, theta, support[0][0], support[1][0], lam=lam, steps=6, lr=0.1)
+    # Reference: one CG step from 0 on (I + H/λ) v = g is (gᵀg / gᵀAg) g, with H the explicit support Hessian at φ.
+    names = list(phi)
+    vec = flat(phi)
+
+    def support_loss(v):
+        return F.mse_loss(torch.func.functional_call(model, unflat(v, phi), (support[0][0],)), support[1][0])
+
+    def query_loss(v):
+        return F.mse_loss(torch.func.functional_call(model, unflat(v, phi), (query[0][0],)), query[1][0])
+
+    hess = torch.autograd.functional.hessian(support_loss, vec)
+    a = torch.eye(len(vec), dtype=torch.float64) + hess / lam
+    g = torch.autograd.functional.jacobian(query_loss, vec)
+    one_step = (g @ g) / (g @ a @ g) * g
+    exact = torch.linalg.solve(a, g)
+    assert not torch.allclose(one_step, exact, atol=1e-4)  # one CG step is not yet the solution
+
+    applied = {}
+    for cg_steps, expected in ((1, one_step), (len(vec), exact)):
+        learner = IMAML(tanh_net(3), problem="regression", lam=lam, cg_steps=cg_steps, **kw)
+        learner.apply_meta_gradient = lambda grads, params=None: applied.update(grads)
+        learner.meta_step(TaskBatch(*support, *query))
+        torch.testing.assert_close(flat({k: applied[k] for k in names}), expected, rtol=1e-6, atol=1e-8)
+
+    # test-time adaptation: the same proximal GD steps from θ
+    fast = IMAML(tanh_net(3), problem="regression", lam=lam, **kw).adapt(support)
+    for k in phi:
+        torch.testing.assert_close(fast[k][0], phi[k], rtol=1e-9, atol=1e-10)

@@ -404,3 +404,71 @@ def test_a_users_own_learner_gets_type_conversion_but_not_the_packages_ranges() 
             self.shift = shift
 
     assert Annotated(_conv(), shift=Shift()).shift is not None  # (get_type_hints raised NameError here)
+
+
+def _sine_tasks(num_tasks=2, shots=4, queries=3, seed=3) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(num_tasks, shots + queries, 1, generator=g, dtype=torch.float64) * 10 - 5
+    y = torch.sin(x) * 2
+    return TaskBatch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
+
+
+def _sgd_by_hand(model, theta, x, y, *, steps, lr):
+    p = {k: v.detach().clone() for k, v in theta.items()}
+    for _ in range(steps):
+        leaf = {k: v.requires_grad_() for k, v in p.items()}
+        loss = F.mse_loss(torch.func.functional_call(model, leaf, (x,)), y)
+        grads = torch.autograd.grad(loss, list(leaf.values()))
+        p = {k: (v - lr * g).detach() for (k, v), g in zip(leaf.items(), grads)}
+    return p
+
+
+@pytest.mark.parametrize("algo,hp", [("maml", {}), ("fomaml", {}), ("lazy-maml", {}), ("reptile", {"inner_optimizer": "sgd"})])
+def test_test_time_adaptation_takes_eval_inner_steps_sgd_steps_on_the_support_set(algo, hp) -> None:
+    torch.manual_seed(0)
+    model = models_zoo.create("sine_mlp", num_classes=1, in_channels=1, hidden=5).double()
+    learner = create_learner(algo, model, problem="regression", inner_lr=0.05, inner_steps=1, eval_inner_steps=3, **hp)
+    tasks = _sine_tasks()
+    fast = learner.adapt(tasks.support)
+    theta = dict(model.named_parameters())
+    for t in range(tasks.num_tasks):
+        ref = _sgd_by_hand(model, theta, tasks.support_x[t], tasks.support_y[t], steps=3, lr=0.05)
+        one_step = _sgd_by_hand(model, theta, tasks.support_x[t], tasks.support_y[t], steps=1, lr=0.05)
+        for k in ref:
+            assert torch.allclose(fast[k][t], ref[k], atol=1e-10), (k, t)
+        assert not all(torch.allclose(ref[k], one_step[k]) for k in ref)
+
+
+def test_reptile_meta_step_moves_towards_sgd_on_support_and_query_with_the_annealed_step() -> None:
+    torch.manual_seed(0)
+    model = models_zoo.create("sine_mlp", num_classes=1, in_channels=1, hidden=5).double()
+    tasks = _sine_tasks(num_tasks=2, shots=4, queries=3)
+    # full-batch inner steps (inner_batch = all 7 rows): the order of the rows does not matter
+    learner = create_learner("reptile", model, problem="regression", inner_optimizer="sgd", inner_lr=0.05, inner_steps=2,
+                             inner_batch=7, meta_step_size=1.0, meta_step_final=0.2)
+    learner.iteration, learner.total_iterations = 1, 4  # ε = 1 + (0.2 − 1)·1/4 = 0.8
+    theta = {k: v.detach().clone() for k, v in model.named_parameters()}
+    phis = [_sgd_by_hand(model, theta, torch.cat([tasks.support_x[t], tasks.query_x[t]]),
+                         torch.cat([tasks.support_y[t], tasks.query_y[t]]), steps=2, lr=0.05) for t in range(2)]
+    metrics = learner.meta_step(tasks)
+    assert metrics["step_size"] == pytest.approx(0.8)
+    for k, v in model.named_parameters():
+        expected = theta[k] + 0.8 * ((phis[0][k] + phis[1][k]) / 2 - theta[k])
+        assert torch.allclose(v, expected, atol=1e-10), k
+
+
+def test_evaluate_scores_each_task_after_adapting_on_its_support_set() -> None:
+    learner = create_learner("maml", _conv(), inner_lr=0.5, inner_steps=1, eval_inner_steps=8)
+    tasks = _tasks(num_tasks=4, seed=3)
+    ev = learner.evaluate(tasks)
+    fast = learner.adapt(tasks.support)
+    expected = []
+    with torch.no_grad():
+        out = learner.predict(fast, tasks.support_x, tasks.query_x)
+    for t in range(4):
+        hits = [int(out[t, q].argmax()) == int(tasks.query_y[t, q]) for q in range(tasks.query_y.shape[1])]
+        expected.append(100 * sum(hits) / len(hits))
+    assert ev.values == pytest.approx(expected)
+    assert len(set(expected)) > 1 or expected[0] < 100  # per task, and not the query-memorising 100 %
+    on_query = learner.predict(learner.adapt(tasks.query), tasks.support_x, tasks.query_x).argmax(-1)
+    assert float((on_query == tasks.query_y).float().mean()) * 100 > sum(expected) / 4  # the test tells support from query

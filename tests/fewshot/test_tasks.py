@@ -91,3 +91,23 @@ def test_index_lets_one_image_serve_several_classes() -> None:
     assert sampler.num_classes == 4
     offsets = (batch.support_x[..., 0, 0, 0] // 1000).long()
     assert sorted(offsets[0].tolist()) == [0, 1, 2, 3]
+
+
+def test_examples_are_drawn_at_random_within_each_class() -> None:
+    images, labels = _toy(num_classes=3, per_class=8)
+    batch = EpisodeSampler(images, labels, ways=3, shots=1, queries=1, seed=2).sample(40)
+    used = {}
+    for side in (batch.support_x, batch.query_x):
+        cls, ex = _decode(side)
+        for c, e in zip(cls.flatten().tolist(), ex.flatten().tolist()):
+            used.setdefault(c, set()).add(e)
+    assert all(len(v) == 8 for v in used.values())  # every example of every class turns up, not just the first K + Q
+
+
+def test_a_query_label_the_support_set_lacks_is_refused() -> None:
+    images, labels = _toy()
+    good = EpisodeSampler(images, labels, ways=3, shots=1, queries=2, seed=0).sample(2)
+    good.check("classification")
+    bad = TaskBatch(good.support_x, good.support_y, good.query_x, good.query_y.clamp_max(1) + 2)  # labels 2..3 of a 3-way task
+    with pytest.raises(ValueError, match="query label 3 is not among the support labels"):
+        bad.check("classification")

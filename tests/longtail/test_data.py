@@ -104,3 +104,24 @@ def test_cifar100_lt_from_official_format(tmp_path):
     # class 0 sits at rows 0, 100, 200, ...: validation rows 0 and 100, training from row 200 on
     assert lt.val_index[:2].tolist() == [0, 100] and lt.train_index[:6].tolist() == [200, 300, 400, 500, 600, 700]
     assert len(lt.test_labels) == 200 and lt.num_classes == 100
+
+
+def test_test_per_class_keeps_the_first_images_of_each_class_in_file_order(tmp_path):
+    _write_cifar100(tmp_path, per_class_train=8, per_class_test=3)
+    with open(tmp_path / "cifar-100-python" / "test", "rb") as handle:
+        raw = pickle.load(handle)
+    rows = torch.from_numpy(np.asarray(raw[b"data"])).reshape(-1, 3, 32, 32)
+    lt = CIFARLongTail.load("cifar100", imbalance=3, root=tmp_path, val_per_class=2, n_max=6, test_per_class=2)
+    # classes are interleaved: the first two images of every class are file rows 0..199, kept in file order
+    assert lt.test_labels.tolist() == list(range(100)) * 2
+    assert torch.equal(lt.test_images, rows[:200])
+
+
+def test_array_bundle_n_max_defaults_to_smallest_class_minus_validation(tmp_path):
+    path = tmp_path / "lt.npz"
+    y_train = np.repeat(np.arange(3), [30, 25, 40])
+    x_train = np.random.default_rng(0).integers(0, 256, (len(y_train), 4, 4, 3), dtype=np.uint8)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_train[:6], y_test=np.array([0, 1, 2, 0, 1, 2]))
+    lt = CIFARLongTail.load(f"npz:{path}", imbalance=4, root=tmp_path, val_per_class=5)
+    assert lt.counts == longtail_counts(3, 4, 25 - 5) == [20, 10, 5]
+    assert torch.bincount(lt.train_labels, minlength=3).tolist() == [20, 10, 5] and len(lt.val_labels) == 15

@@ -66,3 +66,59 @@ def test_focal_reduces_to_ce_and_downweights_easy_examples():
 def test_weighted_mean():
     assert float(L.weighted_mean(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 3.0]))) == pytest.approx(2.5)
     assert float(L.weighted_mean(torch.tensor([1.0, 3.0]), torch.zeros(2))) == 0.0
+
+
+def test_logit_adjusted_loss_scales_the_prior_by_tau():
+    torch.manual_seed(3)
+    counts, tau = [90, 9, 1], 2.5
+    logits, targets = torch.randn(5, 3), torch.tensor([0, 1, 2, 2, 1])
+    expected = []
+    for z, y in zip(logits.tolist(), targets.tolist()):
+        z = [v + tau * math.log(n / 100) for v, n in zip(z, counts)]
+        expected.append(-z[y] + math.log(sum(math.exp(v) for v in z)))
+    got = L.logit_adjusted_loss(logits, targets, log_prior=L.log_priors(counts), tau=tau)
+    assert torch.allclose(got, torch.tensor(expected), atol=1e-5)
+    assert torch.allclose(L.log_priors(counts).exp(), torch.tensor([0.9, 0.09, 0.01]))
+
+
+def _linear_batch():
+    torch.manual_seed(4)
+    model = torch.nn.Linear(5, 3)
+    x, y = torch.randn(9, 5), torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2])
+    return model, x, y
+
+
+def test_plain_methods_weight_and_shape_the_loss_as_documented():
+    from longtail.methods import StepContext, create_method
+
+    model, x, y = _linear_batch()
+    counts = [500, 50, 5]
+    w = class_balanced_weights(counts, beta=0.999)
+    logits = model(x)
+    ce = F.cross_entropy(logits, y, reduction="none")
+    ctx = StepContext(model, 0.1, 0)
+    cb = create_method("cb-ce", counts, beta=0.999).loss(ctx, x, y)
+    assert float(cb) == pytest.approx(float((w[y] * ce).sum() / w[y].sum()), rel=1e-6)
+    p = F.softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
+    focal = -(1 - p) ** 2 * p.log()
+    cbf = create_method("cb-focal", counts, beta=0.999, gamma=2.0).loss(ctx, x, y)
+    assert float(cbf) == pytest.approx(float((w[y] * focal).sum() / w[y].sum()), rel=1e-6)
+    la = create_method("logit-adjust", counts, tau=0.5).loss(ctx, x, y)
+    adjusted = F.cross_entropy(logits + 0.5 * torch.tensor(counts, dtype=torch.float).div(555).log(), y)
+    assert float(la) == pytest.approx(float(adjusted), rel=1e-6)
+
+
+def test_ldam_drw_reweights_from_the_first_decay_epoch_on():
+    from longtail.methods import StepContext, create_method
+
+    model, x, y = _linear_batch()
+    counts = [500, 50, 5]
+    method = create_method("ldam-drw", counts, beta=0.999)
+    method.drw_start = 3
+    per = _slow_ldam(model(x).detach(), y, counts, 0.5, 30.0)
+    w = class_balanced_weights(counts, beta=0.999)
+    plain, deferred = float(per.mean()), float((w[y] * per).sum() / w[y].sum())
+    assert abs(plain - deferred) > 1e-3
+    for epoch, expected in ((2, plain), (3, deferred), (4, deferred)):
+        got = method.loss(StepContext(model, 0.1, epoch), x, y)
+        assert float(got) == pytest.approx(expected, rel=1e-4), epoch

@@ -1,6 +1,8 @@
 """The shared look-ahead: ε-gradient vs finite differences, BatchNorm buffers, the lazy leap, augmentation."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -275,3 +277,59 @@ def test_meta_step_in_the_fast_layout_equals_the_plain_layout(tiny_net, monkeypa
     assert eps_plain.abs().max() > 1e-4  # ε is not trivially zero
     assert torch.allclose(eps_fast, eps_plain, rtol=1e-3, atol=1e-7)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads_fast, grads_plain))
+
+
+def _linear_meta_problem():
+    g = torch.Generator().manual_seed(24)
+    model = torch.nn.Linear(5, 3).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    x, y = torch.randn(10, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (10,), generator=g)
+    vx, vy = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (7,), generator=g)
+    return model, x, y, vx, vy
+
+
+def _val_after_virtual_step(model, x, y, vx, vy, weights, lr):
+    """L_val(θ − α ∇_θ (1/N) Σ w_i ℓ_i(θ)) with a graph to ``weights`` (double backward, the obvious way)."""
+    params = dict(model.named_parameters())
+    inner = (weights * F.cross_entropy(torch.func.functional_call(model, params, (x,)), y, reduction="none")).mean()
+    grads = torch.autograd.grad(inner, list(params.values()), create_graph=True)
+    moved = {k: p - lr * gr for (k, p), gr in zip(params.items(), grads)}
+    return F.cross_entropy(torch.func.functional_call(model, moved, (vx,)), vy)
+
+
+def test_l2rw_weights_are_the_clipped_normalised_negative_gradient_at_zero():
+    from longtail.methods import L2RW
+
+    model, x, y, vx, vy = _linear_meta_problem()
+    eps = torch.zeros(10, dtype=torch.float64, requires_grad=True)
+    grad = torch.autograd.grad(_val_after_virtual_step(model, x, y, vx, vy, eps, 0.4), eps)[0]
+    expected = (-grad).clamp_min(0)
+    assert 0 < int((expected > 0).sum()) < 10  # both signs occur: the clipping matters
+    expected = expected / expected.sum()
+    method = L2RW([5, 3, 2])
+    loss = method.loss(StepContext(model, 0.4, 0, vx, vy), x, y)
+    assert torch.allclose(method.last_weights, expected, atol=1e-6)
+    ce = F.cross_entropy(model(x), y, reduction="none")
+    assert float(loss) == pytest.approx(float((expected * ce).sum()), rel=1e-6)
+
+
+def test_meta_weight_net_step_follows_the_meta_gradient_and_reduces_unnormalised():
+    from longtail.methods import MetaWeightNet
+
+    model, x, y, vx, vy = _linear_meta_problem()
+    torch.manual_seed(5)
+    method = MetaWeightNet([5, 3, 2], meta_lr=0.5, momentum=0.0, weight_decay=0.0)
+    method.weight_net.double()
+    reference = copy.deepcopy(method.weight_net)
+    ce = F.cross_entropy(model(x), y, reduction="none").detach()
+    meta_grads = torch.autograd.grad(_val_after_virtual_step(model, x, y, vx, vy, reference(ce), 0.4), list(reference.parameters()))
+    loss = method.loss(StepContext(model, 0.4, 0, vx, vy), x, y)
+    for p, p0, g in zip(method.weight_net.parameters(), reference.parameters(), meta_grads):
+        assert torch.allclose(p, p0 - 0.5 * g, atol=1e-7)  # one plain SGD step down the meta-gradient
+    assert any(float(g.abs().max()) > 1e-4 for g in meta_grads)
+    with torch.no_grad():
+        fresh = method.weight_net(ce)
+    assert torch.allclose(method.last_weights, fresh)
+    assert float(loss) == pytest.approx(float((fresh * ce).mean()), rel=1e-6)  # Shu et al.: (1/N) Σ V(ℓ_i) ℓ_i

@@ -1,6 +1,7 @@
 """Training, caching, loading and evaluating zoo models on real data."""
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -200,3 +201,53 @@ def test_user_models_state_dict_torchscript_and_errors(mnist_lenet, tmp_path):
         models_zoo.load_user_model(str(tmp_path))
     with pytest.raises(CheckpointError, match="ARCH:"):
         models_zoo.load_user_model(str(state_path))
+
+
+def test_random_crop_flip_flips_about_half_and_crops_within_the_padding():
+    images = torch.rand(400, 1, 5, 5)
+    out = random_crop_flip(images, padding=0, generator=torch.Generator().manual_seed(3))
+    flipped = [bool(torch.equal(o, x.flip(-1))) for o, x in zip(out, images)]
+    assert all(f or torch.equal(o, x) for f, o, x in zip(flipped, out, images))  # padding 0: no shift
+    assert 150 < sum(flipped) < 250  # p = 1/2
+    shifted = random_crop_flip(images, padding=2, generator=torch.Generator().manual_seed(4))
+    assert sum(not torch.equal(o, x) and not torch.equal(o, x.flip(-1)) for o, x in zip(shifted, images)) > 300
+
+
+def _record_fit(monkeypatch, settings, n):
+    from torch import nn
+
+    import models_zoo.training as T
+
+    seen = {"lr": [], "rows": [], "opt": None}
+    original = T._optimizer
+
+    def recording(model, s):
+        opt = original(model, s)
+        opt.register_step_pre_hook(lambda o, args, kwargs: seen["lr"].append(o.param_groups[0]["lr"]))
+        seen["opt"] = opt
+        return opt
+
+    monkeypatch.setattr(T, "_optimizer", recording)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    model.register_forward_pre_hook(lambda m, args: seen["rows"].append(len(args[0])))
+    images = torch.randint(0, 256, (n, 1, 2, 2), dtype=torch.uint8)
+    T.fit(model, images, torch.arange(n) % 3, settings, generator=torch.Generator().manual_seed(0))
+    return seen
+
+
+def test_fit_cosine_schedule_decays_per_step_to_zero_and_sgd_gets_the_weight_decay(monkeypatch):
+    settings = {**training_settings("resnet32", "cifar10", epochs=2, batch_size=4, lr=0.2, weight_decay=1e-3), "augment": False}
+    seen = _record_fit(monkeypatch, settings, 12)  # 3 steps per epoch, 6 in all
+    total = 6
+    expected = [0.2 * 0.5 * (1 + math.cos(math.pi * s / total)) for s in range(total)]
+    assert seen["lr"] == pytest.approx(expected)
+    group = seen["opt"].param_groups[0]
+    assert isinstance(seen["opt"], torch.optim.SGD) and group["weight_decay"] == 1e-3 and group["momentum"] == 0.9
+
+
+def test_fit_uses_a_short_last_batch_but_skips_a_single_image(monkeypatch):
+    settings = {**training_settings("net4", "mnist", epochs=1, batch_size=4), "augment": False}
+    assert _record_fit(monkeypatch, settings, 10)["rows"] == [4, 4, 2]
+    assert _record_fit(monkeypatch, settings, 9)["rows"] == [4, 4]
+    assert _record_fit(monkeypatch, settings, 9)["lr"] == [1e-3, 1e-3]  # constant schedule
