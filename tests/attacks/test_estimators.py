@@ -213,14 +213,18 @@ def test_default_seed_comes_from_torch_generator():
     assert ZOOEstimator().streams is None  # all coordinates: nothing is drawn
 
 
-def test_zoo_forward_at_the_box_edges_recovers_gradient(setup):
-    """Forward differences at a pixel at 1 step backwards (the point must stay in [0, 1]) and divide by that step."""
-    model, x, y = setup
+def on_the_box_edges(model, x, y):
+    """(model, x with its first row of pixels at 1 and its second at 0, the model's labels of that x)."""
     x = x.clone()
     x[:, :, 0, :] = 1.0
     x[:, :, 1, :] = 0.0
     with torch.no_grad():
-        y = model(x).argmax(1)
+        return model, x, model(x).argmax(1)
+
+
+def test_zoo_forward_at_the_box_edges_recovers_gradient(setup):
+    """Forward differences at a pixel at 1 step backwards (the point must stay in [0, 1]) and divide by that step."""
+    model, x, y = on_the_box_edges(*setup)
     grad, queries = ZOOEstimator(mode="forward", h=1e-6).estimate(BlackBox(model), x, y)
     truth = true_gradient(model, x, y)
     assert torch.isfinite(grad).all() and queries.tolist() == [65] * 3
@@ -234,12 +238,7 @@ def test_nes_equals_the_formula_with_its_own_directions(setup, antithetic):
     the scale 1/(2σ·n/2) or 1/(σn), the clipped query points and the actual displacement."""
     from attacks.estimators import ImageStreams
 
-    model, x, y = setup
-    x = x.clone()
-    x[:, :, 0, :] = 1.0
-    x[:, :, 1, :] = 0.0
-    with torch.no_grad():
-        y = model(x).argmax(1)
+    model, x, y = on_the_box_edges(*setup)
     sigma, samples, index = 0.01, 6, torch.tensor([3, 0, 5])
     grad, _ = NESEstimator(sigma=sigma, samples=samples, antithetic=antithetic, seed=11).estimate(
         BlackBox(model), x, y, index=index)
