@@ -76,3 +76,30 @@ def test_model_rejects_mismatched_batches(mnist_target):
         wrapper(x[:2])
     with pytest.raises(LazyAppsError, match="at least 1"):
         run_foolbox_attack(None, BlackBox(model), x, y, max_queries=0)
+
+
+def test_queries_count_from_the_start_of_the_attack(mnist_target):
+    """Queries an image spent before (another attack on the same blackbox) are neither reported nor charged to this budget."""
+    model, x, y = mnist_target
+    bb = BlackBox(model, output="label")
+    for _ in range(5):
+        bb.query(x)
+    torch.manual_seed(0)
+    out = run_hsja(bb, x, y, max_queries=100)
+    assert out.queries.tolist() == (bb.counts - 5).tolist()
+    assert (out.queries <= 100).all() and (out.queries > 90).all()  # the whole budget of 100 was available
+
+
+def test_images_without_a_starting_point_are_charged_only_their_check(mnist_target):
+    """With image 1 left out (its start is not adversarial) the attack runs on rows 0, 2, 3: each row's queries go to its own image."""
+    model, x, y = mnist_target
+    starts = x[[1, 2, 3, 0]].clone()
+    assert (y[[1, 2, 3, 0]] != y).all()
+    starts[1] = x[1]  # classified as its own label: not adversarial
+    index = torch.arange(4) + 20
+    bb = BlackBox(model, output="label")
+    torch.manual_seed(0)
+    out = run_hsja(bb, x, y, starting_points=starts, max_queries=200, index=index)
+    assert out.success.tolist() == [True, False, True, True]
+    assert out.queries.tolist() == bb.counts[index].tolist()
+    assert out.queries[1] == 1 and (out.queries[[0, 2, 3]] > 100).all()

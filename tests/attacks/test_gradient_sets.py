@@ -71,3 +71,36 @@ def test_zero_maps_are_dropped():
         constant[1].weight.zero_()
     gs = build_gradient_set(constant, torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), num_classes=5)
     assert len(gs["maps"]) == 0
+
+
+class _DeadBelowHalf(nn.Module):
+    """Logits of relu(x - 0.5): an image with every pixel below 0.5 has an exactly zero gradient map."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(64, 5)
+
+    def forward(self, x):
+        return self.lin(torch.relu(x.flatten(1) - 0.5))
+
+
+def test_dropped_maps_take_their_images_and_labels_with_them():
+    net = _DeadBelowHalf().eval()
+    x = torch.rand(4, 1, 8, 8)
+    x[[0, 2]] *= 0.4  # rows 0 and 2: zero maps, dropped
+    labels = torch.tensor([0, 1, 2, 3])
+    gs = build_gradient_set(net, x, labels, num_classes=5)
+    assert torch.equal(gs["images"], x[[1, 3]]) and gs["labels"].tolist() == [1, 3]
+    ref = _reference(net, x[[1, 3]], labels[[1, 3]], None)
+    torch.testing.assert_close(gs["maps"].float(), ref, atol=2e-3, rtol=2e-3)
+
+
+def test_a_model_in_training_mode_is_differentiated_in_eval_mode():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 5))
+    x, labels = torch.rand(6, 1, 8, 8), torch.randint(5, (6,))
+    net.train()
+    gs = build_gradient_set(net, x, labels, num_classes=5)
+    ref = _reference(net.eval(), x, labels, None)
+    torch.testing.assert_close(gs["maps"].float(), ref, atol=2e-3, rtol=2e-3)

@@ -95,3 +95,29 @@ def test_foolbox_meta_attack_targeted_labels_stay_in_range():
                         epsilons=None)
     assert adv.shape == x.shape and ok.shape == (3,)
     assert attack.last_outcome.target_classes.tolist() == target.tolist()
+
+
+def test_targets_of_the_wrong_length_and_images_that_are_not_4d_are_refused():
+    _, x, y = _setup()
+    with pytest.raises(LazyAppsError, match=r"need \(N,\) labels and targets for 3 images, got labels \(3,\) and targets \(2,\)"):
+        check_targets(y, ((y + 1) % 4)[:2], 4, images=3)
+    with pytest.raises(LazyAppsError, match=r"must be float \(N, C, H, W\), got torch.float32 \(1, 8, 8\)"):
+        check_images(x[0])
+
+
+def test_foolbox_meta_attack_uses_the_given_parameters():
+    """``params`` (e.g. meta-trained ones) drive the attack, not the module's own initial weights."""
+    model, x, y = _setup()
+    torch.manual_seed(1)
+    trained = MetaAttacker(1, (4,))
+    torch.manual_seed(2)
+    fresh = MetaAttacker(1, (4,))
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    runs = []
+    for net, params in ((trained, None), (fresh, {k: v.detach().clone() for k, v in trained.named_parameters()})):
+        torch.manual_seed(0)
+        attack = MetaAttackFoolbox(net, params, max_queries=40, q=4, every=2, step=0.05, finetune_steps=2)
+        raw, _, _ = attack(fmodel, x, fb.criteria.Misclassification(y), epsilons=None)
+        runs.append((raw, attack.last_outcome.queries))
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=0, atol=0)
+    assert torch.equal(runs[0][1], runs[1][1])

@@ -55,3 +55,8 @@ def test_vmapped_copies_predict_like_the_module():
         ref = net(x)
     torch.testing.assert_close(out[[0, 2]], ref[[0, 2]], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(out[1], ref[1])
+
+
+def test_for_dataset_takes_the_given_channels():
+    assert MetaAttacker.for_dataset("mnist", in_channels=3).in_channels == 3
+    assert MetaAttacker.for_dataset("svhn").in_channels == 3 and MetaAttacker.for_dataset("svhn").widths == PAPER_WIDTHS["cifar10"]

@@ -186,3 +186,25 @@ def test_unknown_method_and_empty_tasks_are_errors():
         meta_train(net, _tasks(1), method="nope", iterations=1)
     with pytest.raises(ValueError, match="at least one task"):
         meta_train(net, [], iterations=1)
+
+
+def test_split_task_holds_out_the_last_pairs_without_overlap():
+    images, maps = torch.arange(20.0).view(20, 1, 1, 1), -torch.arange(20.0).view(20, 1, 1, 1)
+    (x, g), (xv, gv) = split_task((images, maps), val_fraction=0.25)
+    assert x.flatten().tolist() == list(range(15)) and xv.flatten().tolist() == list(range(15, 20))
+    assert torch.equal(g, -x) and torch.equal(gv, -xv)
+    (x, _), (xv, _) = split_task((images[:3], maps[:3]))  # at least one pair validates
+    assert x.flatten().tolist() == [0, 1] and xv.flatten().tolist() == [2]
+
+
+def test_default_meta_step_and_history_are_means_over_tasks():
+    from attacks.meta_training import default_meta_step
+
+    assert default_meta_step("reptile", 4) == 0.125 and default_meta_step("lazy-reptile", 4) == 0.5
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (2,))
+    tasks = [(torch.rand(10, 1, 4, 4), torch.randn(10, 1, 4, 4) * s) for s in (1.0, 3.0)]
+    result = meta_train(net, tasks, method="reptile", iterations=0)
+    theta = dict(net.named_parameters())
+    expected = sum(mse(net, theta, *split_task(t)[1]) for t in tasks) / 2
+    assert result.history == [(0, pytest.approx(expected))]

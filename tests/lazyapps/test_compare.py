@@ -97,3 +97,31 @@ def test_compare_command_refuses_in_one_line(tmp_path):
     assert out.output.strip().splitlines()[-1] == f"Error: {tmp_path / 'bad.json'}: not a text file; compare takes the JSON files that --json writes"
     assert CliRunner().invoke(cli, ["compare", str(tmp_path / "missing.json")]).exit_code == 2
     assert CliRunner().invoke(cli, ["compare"]).exit_code == 2
+
+
+def test_lists_left_out_of_settings_and_results_are_named_and_a_list_of_max_length_is_one_cell(tmp_path):
+    cells, left_out = flatten({"counts": list(range(MAX_LIST))})
+    assert cells == {"counts": ",".join(map(str, range(MAX_LIST)))} and left_out == []
+    a = result({"schedule": [{"epoch": 1}]}, {"per_class": [{"class": 0}], "acc": 1.0})
+    b = result({"schedule": [{"epoch": 2}]}, {"per_class": [{"class": 1}], "acc": 0.5})
+    table = compare([a, b], ["a", "b"])
+    assert table["left_out"] == ["config.schedule", "metrics.per_class"]
+    from lazyapps.compare import format_comparison
+
+    assert format_comparison(table).splitlines()[-1] == "not shown (lists; see the files): config.schedule, metrics.per_class"
+    # a setting one run lacks and the other sets to null still differs
+    table = compare([result({"x": None}, {}), result({}, {})], ["a", "b"])
+    assert table["settings"] == [{"key": "x", "a": None, "b": None}]
+
+
+def test_compare_csv_holds_every_result_row(tmp_path):
+    paths = []
+    for name, acc in (("a", 0.9), ("b", 0.8)):
+        paths.append(tmp_path / f"{name}.json")
+        write_result(paths[-1], result({"lr": 0.1}, {"acc": acc}, elapsed=2.0))
+    out = CliRunner().invoke(cli, ["compare", *map(str, paths), "--csv", str(tmp_path / "c.csv")])
+    assert out.exit_code == 0, out.output
+    with open(tmp_path / "c.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows == [{"section": "result", "key": "acc", "a.json": "0.9", "b.json": "0.8"},
+                    {"section": "result", "key": "elapsed_s", "a.json": "2.0", "b.json": "2.0"}]

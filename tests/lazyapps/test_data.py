@@ -449,3 +449,90 @@ def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         download_module.download("mnist", tmp_path)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["mine", "mine/keep.txt"]
+
+
+# --------------------------------------------------------------------------- audit: alignment, options, cache keys
+
+def test_digits_train_images_and_labels_stay_aligned():
+    from sklearn.datasets import load_digits
+
+    digits, reference = load_dataset("digits"), load_digits()
+    assert torch.equal(digits.train.labels, torch.from_numpy(reference.target[:1437]).long())
+    expected = np.rint(reference.images[:1437] * 255 / 16).astype(np.uint8)
+    assert torch.equal(digits.train.images[:, 0], torch.from_numpy(expected))
+
+
+def test_bundle_class_names_cover_the_test_labels_too(tmp_path):
+    path = tmp_path / "b.npz"
+    np.savez(path, x_train=np.zeros((2, 4, 4), np.uint8), y_train=np.array([0, 1]),
+             x_test=np.zeros((2, 4, 4), np.uint8), y_test=np.array([1, 3]))  # class 3 only in the test split
+    assert load_dataset(f"npz:{path}").classes == ["0", "1", "2", "3"]
+    np.savez(path, x_train=np.zeros((2, 4, 4), np.uint8), y_train=np.array([0, 2]),
+             x_test=np.zeros((1, 4, 4), np.uint8), y_test=np.array([0]), classes=np.array(["a", "b"]))
+    os.utime(path, ns=(2, 2))
+    with pytest.raises(LazyAppsError, match="labels go up to 2 but only 2 class names"):  # exactly one name short
+        load_dataset(f"npz:{path}")
+
+
+def test_mnist_labels_above_nine_are_refused(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    images = np.zeros((2, 28, 28), np.uint8)
+    for stem in ("train", "t10k"):
+        _write_idx(raw / f"{stem}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{stem}-labels-idx1-ubyte", np.array([3, 10]))
+    with pytest.raises(LazyAppsError, match="labels go up to 10"):
+        load_dataset("mnist", root=tmp_path, download=False)
+
+
+def test_omniglot_test_drawers_nearest_filter_and_edited_pngs(data_root, tmp_path, cache_dir):
+    _extract_small_omniglot(data_root, tmp_path)
+    native = load_dataset("omniglot", root=tmp_path, download=False, cache_dir=cache_dir, image_size=105)
+    # drawers line up with the test images too (20 per character, in drawer order)
+    assert len(native.extra["test_drawer"]) == len(native.test) == 40
+    assert native.extra["test_drawer"].tolist() == list(range(1, 21)) * 2
+    folder = tmp_path / "omniglot-py" / "images_background" / "Alphabet_of_the_Magi" / "character01"
+    first, second = sorted(folder.glob("*.png"))[:2]
+    # resample="nearest" is Pillow's NEAREST (Finn et al.'s effective filter)
+    near = load_dataset("omniglot", root=tmp_path, download=False, cache_dir=cache_dir, image_size=20, resample="nearest")
+    reference = Image.open(first).convert("L").resize((20, 20), Image.NEAREST)
+    assert torch.equal(near.train.images[0, 0], torch.from_numpy(255 - np.asarray(reference)))
+    # an edited drawing (same names, same count) is noticed through the modification time
+    clear_memory_cache()
+    first.write_bytes(second.read_bytes())
+    stat = first.stat()
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    edited = load_dataset("omniglot", root=tmp_path, download=False, cache_dir=cache_dir, image_size=20, resample="nearest")
+    assert torch.equal(edited.train.images[0], edited.train.images[1])
+    assert not torch.equal(edited.train.images[0], near.train.images[0])
+
+
+def test_download_restores_the_socket_timeout(tmp_path, monkeypatch):
+    import socket
+
+    from lazyapps.data import download as download_module
+
+    seen = []
+    monkeypatch.setitem(download_module.DOWNLOADERS, "mnist", lambda root: seen.append(socket.getdefaulttimeout()))
+    previous = socket.getdefaulttimeout()
+    try:
+        socket.setdefaulttimeout(7.0)
+        download_module.download("mnist", tmp_path)
+        assert seen == [download_module.SOCKET_TIMEOUT_S] and socket.getdefaulttimeout() == 7.0
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def test_memory_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "MEMORY_SLOTS", 2)
+    clear_memory_cache()
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.npz")
+        np.savez(paths[-1], x_train=np.full((1, 2, 2), i, np.uint8), y_train=np.array([0]),
+                 x_test=np.zeros((1, 2, 2), np.uint8), y_test=np.array([0]))
+    a = load_dataset(f"npz:{paths[0]}")
+    load_dataset(f"npz:{paths[1]}")
+    assert load_dataset(f"npz:{paths[0]}") is a  # touched: now the most recent
+    c = load_dataset(f"npz:{paths[2]}")  # evicts paths[1], the least recently used
+    assert load_dataset(f"npz:{paths[2]}") is c and load_dataset(f"npz:{paths[0]}") is a
+    clear_memory_cache()

@@ -187,3 +187,59 @@ def test_scaling_benchmark_smoke(tmp_path, data_root):
     assert all(r["speedup"] == 1.0 for r in rows if r["processes"] == 1)
     for product in ("fewshot", "longtail-local-bn", "attack"):
         assert product in proc.stdout
+
+
+def test_chunk_shards_and_local_counts_per_rank(monkeypatch):
+    """Launched without a group: the rank comes from the environment, so every rank's share can be checked here."""
+    from lazyapps.errors import LazyAppsError
+
+    for name in D.TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert D.shard_chunks(10, 4) == slice(0, 10) and D.local_count(1, what="--n") == 1  # one process: everything
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    parts, counts = [], []
+    for r in range(3):
+        monkeypatch.setenv("RANK", str(r))
+        parts.append(D.shard_chunks(10, 3))  # chunks [0:3] [3:6] [6:9] [9:10] -> 2, 1, 1 chunks
+        counts.append(D.local_count(3, what="--n"))
+    assert parts == [slice(0, 6), slice(6, 9), slice(9, 10)] and counts == [1, 1, 1]
+    with pytest.raises(LazyAppsError, match="--n 2 is smaller than the 3 processes"):
+        D.local_count(2, what="--n")
+
+
+def _weighted_helpers(folder: str) -> dict:
+    r = D.rank()
+    out: dict = {}
+    # rank r's metrics are means over r + 1 examples; bools and strings stay this rank's
+    out["metrics"] = D.mean_metrics({"loss": float(r), "count": r + 1, "flag": r == 0, "name": f"r{r}"}, weight=r + 1)
+    # rank r holds r + 1 stacked task solutions, all equal to r
+    out["stacked"] = D.mean_of_stacked({"w": torch.full((r + 1, 2), float(r))})
+    out["scale"] = D.loss_scale(r + 1, 3)
+    bn = torch.nn.BatchNorm1d(2)
+    with torch.no_grad():
+        bn.running_mean.fill_(float(r + 1))
+    D.broadcast_buffers(bn)
+    out["running_mean"] = bn.running_mean.clone()
+    # LOCAL_RANK is 0 on both ranks (two machines): per node both build, globally only rank 0
+    with D.main_first() as per_node:
+        out["per_node"] = per_node
+    with D.main_first(per_node=False) as global_builder:
+        out["global"] = global_builder
+        if global_builder:
+            Path(folder, "built").write_text(str(r))
+    return out
+
+
+def test_weighted_helpers_and_builders_on_two_ranks(tmp_path):
+    r0, r1 = run_ranks(_weighted_helpers, str(tmp_path), world=2, env={"LOCAL_RANK": "0"})
+    for r, res in enumerate((r0, r1)):
+        assert res["metrics"]["loss"] == pytest.approx((0 * 1 + 1 * 2) / 3)
+        assert res["metrics"]["count"] == pytest.approx((1 * 1 + 2 * 2) / 3)
+        assert res["metrics"]["flag"] == (r == 0) and res["metrics"]["name"] == f"r{r}"
+        torch.testing.assert_close(res["stacked"]["w"], torch.full((1, 2), 2 / 3))  # mean over the 3 tasks
+        torch.testing.assert_close(res["running_mean"], torch.ones(2))  # rank 0's statistics
+        assert res["per_node"]
+    assert (r0["scale"], r1["scale"]) == (pytest.approx(2 / 3), pytest.approx(4 / 3))  # DDP's plain mean × scale = mean over 3
+    assert (r0["global"], r1["global"]) == (True, False) and (tmp_path / "built").read_text() == "0"

@@ -83,3 +83,34 @@ def test_conversion_keeps_parameters_buffers_and_single_process_behaviour():
     net.eval(), reference.eval()
     torch.testing.assert_close(net(x), reference(x), rtol=0, atol=0)
     assert isinstance(use_global_batchnorm(nn.BatchNorm2d(3)), GlobalBatchNorm)
+
+
+def _eval_step(split_of: int) -> dict:
+    from lazyapps import distributed
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(2)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([0.5, -1.0]))
+        bn.running_var.copy_(torch.tensor([2.0, 0.25]))
+    net = use_global_batchnorm(bn).double().eval()
+    x = _batch()[:, :2]
+    rows = SPLITS[split_of][distributed.rank()]
+    return {"out": net(x[rows]).detach(), "state": {k: v.clone() for k, v in net.state_dict().items()}}
+
+
+def test_eval_mode_on_two_ranks_uses_the_running_statistics():
+    r0, r1 = run_ranks(_eval_step, 0, world=2)
+    x = _batch()[:, :2]
+    expected = (x - torch.tensor([0.5, -1.0], dtype=torch.float64).view(1, 2, 1, 1)) / torch.sqrt(
+        torch.tensor([2.0, 0.25], dtype=torch.float64).view(1, 2, 1, 1) + 1e-5)
+    torch.testing.assert_close(torch.cat([r0["out"], r1["out"]]), expected, rtol=1e-10, atol=1e-12)
+    assert int(r0["state"]["num_batches_tracked"]) == 0 and r0["state"]["running_mean"].tolist() == [0.5, -1.0]
+
+
+def test_conversion_keeps_eps_and_momentum():
+    bn = nn.BatchNorm2d(3, eps=0.5, momentum=0.3)
+    converted = use_global_batchnorm(bn)
+    assert (converted.eps, converted.momentum) == (0.5, 0.3)
+    x = torch.randn(4, 3, 2, 2)
+    torch.testing.assert_close(converted(x), nn.BatchNorm2d(3, eps=0.5, momentum=0.3)(x))

@@ -32,3 +32,23 @@ def test_csv(tmp_path):
     write_csv(tmp_path / "a.csv", [{"a": 1, "b": 2}, {"a": 3, "b": 4}])
     with open(tmp_path / "a.csv") as handle:
         assert list(csv.DictReader(handle)) == [{"a": "1", "b": "2"}, {"a": "3", "b": "4"}]
+
+
+def test_a_failed_write_keeps_the_previous_result(tmp_path):
+    import pytest
+
+    path = tmp_path / "r.json"
+    write_result(path, make_result("zoo train", {}, {"accuracy": 0.5}, 1.0))
+    before = path.read_text()
+    class Unprintable:
+        def __str__(self):
+            raise RuntimeError("cannot be shown")
+
+    with pytest.raises(RuntimeError, match="cannot be shown"):  # fails half-way through serialising
+        write_result(path, make_result("zoo train", {}, {"accuracy": 0.7, "bad": Unprintable()}, 1.0))
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_table_shows_missing_values_as_a_dash():
+    lines = format_table([{"k": "a", "x": None}, {"k": "b", "x": 2.0}]).splitlines()
+    assert lines[2].split() == ["a", "-"]

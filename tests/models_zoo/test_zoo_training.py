@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -251,3 +252,48 @@ def test_fit_uses_a_short_last_batch_but_skips_a_single_image(monkeypatch):
     assert _record_fit(monkeypatch, settings, 10)["rows"] == [4, 4, 2]
     assert _record_fit(monkeypatch, settings, 9)["rows"] == [4, 4]
     assert _record_fit(monkeypatch, settings, 9)["lr"] == [1e-3, 1e-3]  # constant schedule
+
+
+def test_check_outputs_leaves_an_eval_model_in_eval_mode():
+    from models_zoo import check_outputs
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.Dropout(0.5)).eval()
+    check_outputs(net, (1, 2, 2), 3)
+    assert not any(m.training for m in net.modules())
+
+
+def test_user_models_load_in_eval_mode_and_from_a_zoo_state_without_metadata(tmp_path):
+    torch.manual_seed(0)
+    net = models_zoo.create("conv4", track_running_stats=True)  # BatchNorm: train and eval outputs differ
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        net(x * 3)  # running statistics away from their initial values
+        train_out = net(x)
+        expected = net.eval()(x)
+    assert not torch.allclose(train_out, expected)
+    state_path = tmp_path / "state.pt"
+    torch.save(net.state_dict(), state_path)
+    loaded = models_zoo.load_user_model(f"conv4:{state_path}", track_running_stats=True)
+    assert not any(m.training for m in loaded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected)
+    # a zoo checkpoint's tensors file without its .json: the state dict under "model"
+    wrapped = tmp_path / "ckpt.pt"
+    torch.save({"model": net.state_dict(), "epoch": 3}, wrapped)
+    with torch.no_grad():
+        torch.testing.assert_close(models_zoo.load_user_model(f"conv4:{wrapped}", track_running_stats=True)(x), expected)
+    script_path = tmp_path / "net.ts"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(net.train()), str(script_path))  # saved in training mode
+        scripted = models_zoo.load_user_model(str(script_path))
+    assert not scripted.training
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), expected)
+
+
+def test_timm_specs_split_at_the_last_colon(tmp_path):
+    from models_zoo.user_models import _split_spec
+
+    assert models_zoo.user_model_arch("timm:resnet10t:/some/weights.pt") == "timm:resnet10t"
+    assert _split_spec("timm:resnet10t:/some/weights.pt") == ("timm:resnet10t", Path("/some/weights.pt"))
