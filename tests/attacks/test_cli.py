@@ -184,3 +184,118 @@ def test_target_accepts_torchscript_and_arch_state_dict(mini_root, session_cache
     short = invoke("--target", f"net4:{tmp_path / 'short.pt'}", "--data-dir", str(mini_root), "--quiet")
     assert short.exit_code == 2 and "Missing key(s) in state_dict" in short.output
     assert [(r["test_index"], r["queries"], r["l2"]) for r in first] == [(r["test_index"], r["queries"], r["l2"]) for r in second]
+
+
+def _table_row(stdout: str, method: str) -> dict[str, str]:
+    """The result table's row of ``method`` as {column: printed value}."""
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("method"))
+    row = next(line for line in lines[header:] if line.startswith(method))
+    return dict(zip(lines[header].split(), row.split()))
+
+
+def _assert_table_shows(stdout: str, method: str, metrics: dict) -> None:
+    """The printed row holds the --json metrics, column by column (NaN, none succeeding, is null in the JSON)."""
+    from lazyapps.results import _fmt
+
+    printed = _table_row(stdout, method)
+    keys = ("success_rate", "mean_l2", "mean_queries", "median_queries")
+    assert {k: printed[k] for k in keys} == {k: _fmt(float("nan") if metrics[k] is None else metrics[k]) for k in keys}
+
+
+def test_targeted_defaults_to_the_next_class_and_n_images_budget_and_seed_reach_the_attack(
+        mini_root, session_cache, tmp_path, monkeypatch):
+    import importlib
+
+    from lazyapps.data import load_dataset
+
+    score_attack = importlib.import_module("attacks.score_attack")
+    seen = []
+    real = score_attack.run_baseline
+
+    def recording(method, blackbox, x, y, **kwargs):
+        seen.append(kwargs)
+        return real(method, blackbox, x, y, **kwargs)
+
+    monkeypatch.setattr(score_attack, "run_baseline", recording)
+    from attacks.outcome import AttackOutcome
+
+    real_summary = AttackOutcome.summary  # distinct numbers in every column, so a column showing another's value shows
+    monkeypatch.setattr(AttackOutcome, "summary", lambda self: {**real_summary(self), "mean_l2": 1.25, "mean_queries": 150.5,
+                                                                "median_queries": 120.0})
+    result = invoke("--targeted", "--method", "nes", "--n-images", "3", "--max-queries", "400", "--seed", "1", "--preset", "smoke",
+                    "--data-dir", str(mini_root), "--cache-dir", str(session_cache), "--device", "cpu", "--quiet",
+                    "--json", str(tmp_path / "r.json"), "--per-image", str(tmp_path / "p.csv"))
+    assert result.exit_code == 0, result.output
+    assert "nes attack on net4 (mnist, targeted, 3 images, budget 400)" in result.stdout
+    assert len(seen) == 1 and seen[0]["max_queries"] == 400 and seen[0]["estimator_settings"] == {"seed": 1}
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    labels = load_dataset("mnist", root=mini_root).test.labels
+    assert len(rows) == 3 and all(int(r["target"]) == (int(r["label"]) + 1) % 10 for r in rows)  # (y + 1) mod 10
+    assert all(int(labels[int(r["test_index"])]) == int(r["label"]) and int(r["queries"]) <= 400 for r in rows)
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["config"]["targeted"] is True and saved["config"]["target_class"] is None
+    assert (saved["config"]["n_images"], saved["config"]["max_queries"], saved["config"]["seed"]) == (3, 400, 1)
+    metrics = saved["metrics"]
+    assert metrics["n_images"] == 3 and metrics["success_rate"] == sum(r["success"] == "True" for r in rows) / 3
+    _assert_table_shows(result.stdout, "nes", metrics)
+
+
+def test_target_class_rows_name_the_test_images_they_attacked(mini_root, session_cache, tmp_path):
+    from lazyapps.data import load_dataset
+
+    # MNIST's first test image is a 7: skipping class 7 shifts every later image's number in the filtered split
+    result = invoke("--target-class", "7", "--method", "nes", "--n-images", "3", "--max-queries", "100", "--preset", "smoke",
+                    "--data-dir", str(mini_root), "--cache-dir", str(session_cache), "--device", "cpu", "--quiet",
+                    "--per-image", str(tmp_path / "p.csv"))
+    assert result.exit_code == 0, result.output
+    labels = load_dataset("mnist", root=mini_root).test.labels
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert len(rows) == 3 and all(r["target"] == "7" and int(labels[int(r["test_index"])]) == int(r["label"]) != 7 for r in rows)
+
+
+def test_zoo_and_skip_blocked_reach_the_meta_attack(smoke_run, tmp_path, monkeypatch):
+    import importlib
+
+    meta_attack_module = importlib.import_module("attacks.meta_attack")  # (the package exports the function under this name)
+    _, _, args, _ = smoke_run
+    seen = []
+    real = meta_attack_module.meta_attack
+
+    def recording(*a, **kwargs):
+        seen.append(kwargs)
+        return real(*a, **kwargs)
+
+    monkeypatch.setattr(meta_attack_module, "meta_attack", recording)
+    json_at = args.index("--json") + 1
+    result = invoke(*args[:json_at], str(tmp_path / "z.json"), "--zoo", "lenet5", "--skip-blocked", "--max-queries", "500",
+                    "--n-images", "3")
+    assert result.exit_code == 0, result.output
+    assert "zoo lenet5 (mnist)" in result.stderr and "zoo net2" not in result.stderr and "gradient set net3" not in result.stderr
+    assert len(seen) == 1 and seen[0]["skip_blocked"] is True and seen[0]["max_queries"] == 500
+    saved = json.loads((tmp_path / "z.json").read_text())
+    config = saved["config"]
+    _assert_table_shows(result.stdout, "lazy-meta", saved["metrics"])
+    assert saved["metrics"]["n_images"] == 3 and config["zoo"] == ["lenet5"] and config["skip_blocked"] is True and config["max_queries"] == 500
+
+
+def test_the_presets_are_the_documented_ones():
+    from attacks.pipeline import PRESETS
+
+    documented = {  # docs/attack.md, "Presets": (grad_images, meta_iterations, n_images, max_queries) on MNIST, CIFAR-10
+        "smoke": {"mnist": (64, 2, 2, 1000), "cifar10": (32, 1, 1, 300)},
+        "quick": {"mnist": (3000, 300, 100, 10000), "cifar10": (1500, 150, 100, 10000)},
+        "paper": {"mnist": (10000, 2000, 100, 10000), "cifar10": (10000, 2000, 100, 10000)},
+    }
+    for preset, by_dataset in documented.items():
+        for dataset, numbers in by_dataset.items():
+            s = PRESETS[preset][dataset]
+            assert (s["grad_images"], s["meta_iterations"], s["n_images"], s["max_queries"]) == numbers, (preset, dataset)
+            # Du et al.'s attack settings in every preset; 20 fine-tuning steps (smoke: 2)
+            assert (s["q"], s["every"]) == ((128, 5) if dataset == "mnist" else (125, 3)) and (s["step"], s["h"]) == (0.01, 1e-4)
+            assert s["finetune_steps"] == (2 if preset == "smoke" else 20) and s["finetune_lr"] == 1e-2
+    zoo = {preset: {d: (s["zoo_epochs"], s["zoo_subset"], s["target_epochs"], s["target_subset"]) for d, s in by.items()}
+           for preset, by in PRESETS.items()}
+    assert zoo == {"smoke": {"mnist": (1, 512, 1, 1024), "cifar10": (1, 128, 1, 128)},
+                   "quick": {"mnist": (1, None, 2, None), "cifar10": (2, 6000, 3, 6000)},
+                   "paper": {"mnist": (None, None, None, None), "cifar10": (None, None, None, None)}}

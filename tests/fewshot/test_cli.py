@@ -334,3 +334,77 @@ def test_a_resume_without_the_preset_names_every_difference_and_the_preset(tmp_p
     assert result.exit_code == 2
     assert ("was meta-trained with --queries 2 --meta-batch 2; resume it with --queries 2 --meta-batch 2 "
             "(or the --preset smoke it was trained with)") in result.output
+
+
+def _record_task_sources(monkeypatch) -> list[dict]:
+    """Every task_source call of a command (keyword arguments and the split), the real sampler still built."""
+    from fewshot import datasets
+
+    calls: list[dict] = []
+    real = datasets.task_source
+
+    def recording(name, **kwargs):
+        calls.append({"name": name, **kwargs})
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(datasets, "task_source", recording)
+    return calls
+
+
+def test_train_flags_reach_the_task_samplers_and_the_result(tmp_path, data_root, session_cache, monkeypatch) -> None:
+    calls = _record_task_sources(monkeypatch)
+    result = _run("fewshot", "train", "--algo", "reptile", "--ways", "3", "--shots", "2", "--preset", "smoke", "--seed", "5",
+                  "--no-shuffle-classes", "--no-transductive", "--out", str(tmp_path / "r"), "--json", str(tmp_path / "r.json"),
+                  "--data-dir", str(data_root), "--cache-dir", str(session_cache), "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    by_split = {c["split"]: c for c in calls}
+    assert set(by_split) == {"train", "test"}
+    common = {"name": "omniglot", "ways": 3, "queries": 2, "shuffle_classes": False}
+    # meta-training: Nichol et al.'s 10 shots, the run's seed; scoring: the asked --shots on the fixed evaluation tasks
+    assert by_split["train"].items() >= {**common, "shots": 10, "seed": 5}.items()
+    assert by_split["test"].items() >= {**common, "shots": 2, "seed": 2017}.items()
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["metrics"]["test"]["transductive"] is False and saved["config"]["hparams"]["transductive"] is False
+    assert saved["config"]["seed"] == 5 and saved["config"]["shuffle_classes"] is False
+    row = next(line.split() for line in result.output.splitlines() if line.startswith("reptile"))
+    assert row[-1] == "no"  # the "transductive BN" column
+
+
+def test_eval_defaults_to_the_trained_queries_and_takes_split_tasks_and_transductive(trained, tmp_path, monkeypatch) -> None:
+    out, _, _, roots = trained
+    calls = _record_task_sources(monkeypatch)
+    result = _run("fewshot", "eval", "--checkpoint", str(out / "run" / "checkpoint.pt"), "--split", "train", "--tasks", "3",
+                  "--no-transductive", "--json", str(tmp_path / "e.json"), "--data-dir", roots["data"], "--cache-dir", roots["cache"], "--quiet")
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1 and calls[0].items() >= {"split": "train", "ways": 5, "shots": 1, "queries": 2}.items()  # smoke: 2 queries
+    saved = json.loads((tmp_path / "e.json").read_text())
+    assert saved["config"]["queries"] == 2 and saved["config"]["split"] == "train" and saved["metrics"]["test"]["tasks"] == 3
+    row = next(line.split() for line in result.output.splitlines() if line.startswith("fomaml"))
+    assert row[3] == "train" and row[-1] == "no"  # the split and "transductive BN" columns
+
+
+def test_named_hyperparameter_flags_reach_the_learner(monkeypatch) -> None:
+    from fewshot import experiment
+
+    built = {}
+
+    def stop(algo, **kwargs):
+        built.update(kwargs)
+        raise KeyboardInterrupt  # (stands in for the training that would follow)
+
+    monkeypatch.setattr(experiment, "build_learner", stop)
+    _run("fewshot", "train", "--algo", "lazy-maml", "--dataset", "sine", "--shots", "5", "--preset", "smoke",
+         "--gammas", "0.5,0.7", "--inner-steps", "3", "--eval-inner-steps", "4", "--inner-lr", "0.02", "--meta-lr", "0.003",
+         "--last", "2", "--quiet")
+    assert built["gammas"] == (0.5, 0.7) and built["last"] == 2
+    assert (built["inner_steps"], built["eval_inner_steps"], built["inner_lr"], built["meta_lr"]) == (3, 4, 0.02, 0.003)
+
+
+def test_the_presets_are_the_documented_ones() -> None:
+    from fewshot.cli import PRESETS
+
+    assert PRESETS == {  # docs/fewshot.md, "Presets set the loop"
+        "smoke": {"iterations": 3, "meta_batch": 2, "queries": 2, "eval_tasks": 4, "eval_every": 0},
+        "quick": {"iterations": 300, "meta_batch": 8, "queries": 5, "eval_tasks": 200, "eval_every": 50},
+        "paper": {"iterations": None, "meta_batch": None, "queries": 15, "eval_tasks": 1000, "eval_every": 1000},
+    }

@@ -115,3 +115,30 @@ def test_presets_and_overrides():
     assert apply_preset(presets, "quick", {"epochs": None, "lr": 0.01}) == {"epochs": 5, "lr": 0.01}
     with pytest.raises(LazyAppsError, match="unknown preset 'paper'; valid: quick, smoke"):
         apply_preset(presets, "paper", {})
+
+
+def test_an_explicit_zero_or_false_overrides_the_preset():
+    # e.g. fewshot --eval-every 0 ("only at the end") under the quick preset's 50; only None means "not given"
+    presets = {"quick": {"eval_every": 50, "augment": True, "lr": 0.1}}
+    assert apply_preset(presets, "quick", {"eval_every": 0, "augment": False, "lr": None}) == {"eval_every": 0, "augment": False, "lr": 0.1}
+
+
+def test_seed_seeds_torch_numpy_and_random_before_the_command_runs(tmp_path):
+    import json
+    import random
+
+    import numpy as np
+    import torch
+
+    @click.command()
+    @common_options
+    def draw(run):
+        run.finish({}, {"draws": [torch.rand(1).item(), float(np.random.rand()), random.random()]})
+
+    def draws(seed, name):
+        out = tmp_path / f"{name}.json"
+        assert CliRunner().invoke(draw, ["--seed", str(seed), "--json", str(out), "--quiet", "--device", "cpu"]).exit_code == 0
+        return json.loads(out.read_text())["metrics"]["draws"]
+
+    first, again, other = draws(1, "first"), draws(1, "again"), draws(2, "other")
+    assert first == again and all(a != b for a, b in zip(first, other))

@@ -114,14 +114,21 @@ def test_lists_left_out_of_settings_and_results_are_named_and_a_list_of_max_leng
     assert table["settings"] == [{"key": "x", "a": None, "b": None}]
 
 
-def test_compare_csv_holds_every_result_row(tmp_path):
-    paths = []
-    for name, acc in (("a", 0.9), ("b", 0.8)):
-        paths.append(tmp_path / f"{name}.json")
-        write_result(paths[-1], result({"lr": 0.1}, {"acc": acc}, elapsed=2.0))
-    out = CliRunner().invoke(cli, ["compare", *map(str, paths), "--csv", str(tmp_path / "c.csv")])
-    assert out.exit_code == 0, out.output
+def test_compare_command_all_and_csv_keep_every_setting_and_every_result(tmp_path):
+    a, b = tmp_path / "a" / "r.json", tmp_path / "b" / "r.json"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    write_result(a, result({"lr": 0.1, "seed": 0, "out": None}, {"best": {"top1_error": 30.0}}, elapsed=1.0))
+    write_result(b, result({"lr": 0.1, "seed": 1}, {"best": {"top1_error": 25.5}}, elapsed=2.0))
+    runner = CliRunner()
+    differ = runner.invoke(cli, ["compare", str(a), str(b), "--json", str(tmp_path / "d.json")])
+    assert differ.exit_code == 0, differ.output
+    # seed differs; "out" is a setting only one run has (null there), which also tells the runs apart
+    assert [row["key"] for row in json.loads((tmp_path / "d.json").read_text())["metrics"]["settings"]] == ["seed", "out"]
+    every = runner.invoke(cli, ["compare", str(a), str(b), "--all", "--csv", str(tmp_path / "c.csv")])
+    assert every.exit_code == 0, every.output
+    assert any(line.split() == ["lr", "0.1", "0.1"] for line in every.output.splitlines())
     with open(tmp_path / "c.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    assert rows == [{"section": "result", "key": "acc", "a.json": "0.9", "b.json": "0.8"},
-                    {"section": "result", "key": "elapsed_s", "a.json": "2.0", "b.json": "2.0"}]
+        rows = [(r["section"], r["key"], r["a/r.json"], r["b/r.json"]) for r in csv.DictReader(handle)]
+    assert rows == [("setting", "lr", "0.1", "0.1"), ("setting", "seed", "0", "1"), ("setting", "out", "", ""),
+                    ("result", "best.top1_error", "30.0", "25.5"), ("result", "elapsed_s", "1.0", "2.0")]

@@ -133,3 +133,52 @@ def test_eval_of_a_checkpoint_without_its_metadata_says_so(env):
     (out / "best.pt.json").unlink()
     result = CliRunner().invoke(cli, ["longtail", "eval", "--checkpoint", str(out / "best.pt")])
     assert result.exit_code == 2 and "has no metadata file best.pt.json beside it" in result.output
+
+
+def test_explicit_flags_reach_the_training_config_and_the_data(env, monkeypatch):
+    """Every flag lands in the TrainConfig and the data split (both captured; nothing is loaded or trained)."""
+    from longtail import data as data_module
+    from longtail import trainer as trainer_module
+
+    seen = {}
+    real_check = trainer_module.TrainConfig.check
+
+    def check(self):
+        seen["config"] = self
+        return real_check(self)
+
+    def load(dataset, **kwargs):
+        seen["data"] = {"dataset": dataset, **kwargs}
+        raise KeyboardInterrupt  # (stands in for the data loading and training that would follow)
+
+    monkeypatch.setattr(trainer_module.TrainConfig, "check", check)
+    monkeypatch.setattr(data_module.CIFARLongTail, "load", load)
+    _invoke("train", "--dataset", "cifar10", "--preset", "smoke", "--method", "two-component", "--imbalance", "10",
+            "--epochs", "3", "--batch-size", "32", "--lr", "0.05", "--inner-steps", "2", "--inner-lr", "0.01",
+            "--eps-rule", "normalized", "--gammas", "0.8,0.9", "--split", "ldam", "--val-per-class", "4", "--n-max", "50",
+            "--test-per-class", "7", "--model", "lenet5", "--seed", "4", "--quiet")
+    config = seen["config"]
+    assert (config.epochs, config.batch_size, config.lr, config.inner_steps, config.inner_lr) == (3, 32, 0.05, 2, 0.01)
+    assert (config.eps_rule, config.gammas, config.rule, config.val_per_class) == ("normalized", (0.8, 0.9), "ldam", 4)
+    assert (config.n_max, config.test_per_class, config.model, config.seed, config.method) == (50, 7, "lenet5", 4, "two-component")
+    assert seen["data"] == {"dataset": "cifar10", "imbalance": 10.0, "root": None, "rule": "ldam", "val_per_class": 4,
+                            "n_max": 50, "test_per_class": 7, "seed": 4}
+
+
+def test_the_presets_are_the_documented_ones():
+    from longtail.cli import PRESETS
+
+    assert PRESETS == {  # docs/longtail.md, "Training schedule and presets"
+        "smoke": {"epochs": 2, "n_max": 100, "test_per_class": 20, "batch_size": 64},
+        "quick": {"epochs": 20, "n_max": 500, "test_per_class": 200, "batch_size": 128},
+        "paper": {"epochs": 200, "n_max": None, "test_per_class": None, "batch_size": 128},
+    }
+
+
+def test_json_best_and_last_are_the_best_and_the_last_epoch(env):
+    result = _invoke("train", *TINY, "--model", "lenet5", "--method", "ce", "--out", str(env / "run"), "--json", str(env / "r.json"))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((env / "r.json").read_text())["metrics"]
+    errors = [h["top1_error"] for h in metrics["history"]]
+    assert metrics["last"]["epoch"] == 2 and metrics["last"]["top1_error"] == errors[-1]
+    assert metrics["best"]["epoch"] == 1 + errors.index(min(errors)) and metrics["best"]["top1_error"] == min(errors)

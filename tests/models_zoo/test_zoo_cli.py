@@ -93,3 +93,27 @@ def test_missing_arch_and_corrupt_checkpoint_are_user_errors(tmp_path):
     corrupt.write_bytes(b"garbage")
     result = invoke("eval", "--arch", "mlp", "--dataset", "digits", "--checkpoint", str(corrupt))
     assert result.exit_code == 2 and "cannot be read" in result.output and "Traceback" not in result.output
+
+
+def test_list_family_train_epochs_force_and_eval_split_reach_the_run(tmp_path, cache_dir):
+    listed = invoke("list", "--family", "mnist", "--json", str(tmp_path / "l.json"))
+    assert listed.exit_code == 0, listed.output
+    families = {row["family"] for row in json.loads((tmp_path / "l.json").read_text())["metrics"]["models"]}
+    assert families == {"mnist"} and "resnet32" not in listed.output
+    common = ["--arch", "mlp", "--dataset", "digits", "--epochs", "1", "--cache-dir", str(cache_dir), "--device", "cpu", "--quiet"]
+    assert invoke("train", *common, "--json", str(tmp_path / "t.json")).exit_code == 0
+    trained = json.loads((tmp_path / "t.json").read_text())
+    assert trained["config"]["epochs"] == 1 and len(trained["metrics"]["history"]) == 1
+    forced = invoke("train", *common, "--force", "--json", str(tmp_path / "f.json"))
+    assert forced.exit_code == 0 and json.loads((tmp_path / "f.json").read_text())["metrics"]["from_cache"] is False
+    from lazyapps.data import load_dataset
+
+    data = load_dataset("digits")
+    for split in ("train", "test"):
+        result = invoke("eval", *common, "--split", split, "--json", str(tmp_path / f"{split}.json"))
+        assert result.exit_code == 0, result.output
+        row = next(line.split() for line in result.output.splitlines() if line.startswith("mlp"))
+        assert row[2:4] == [split, str(len(getattr(data, split)))]
+    # the model's accuracy on the images it was trained on is not its test accuracy
+    accuracy = {split: json.loads((tmp_path / f"{split}.json").read_text())["metrics"]["accuracy"] for split in ("train", "test")}
+    assert accuracy["train"] != accuracy["test"] and accuracy["test"] == json.loads((tmp_path / "f.json").read_text())["metrics"]["test_accuracy"]
