@@ -121,5 +121,5 @@ def test_ldam_drw_reweights_from_the_first_decay_epoch_on():
     plain, deferred = float(per.mean()), float((w[y] * per).sum() / w[y].sum())
     assert abs(plain - deferred) > 1e-3
     for epoch, expected in ((2, plain), (3, deferred), (4, deferred)):
-        got = method.loss(StepContext(model, 0.1, epoch), x, y)
+        got = method.loss(StepContext(model, 0.1, epoch), x, y).detach()
         assert float(got) == pytest.approx(expected, rel=1e-4), epoch
