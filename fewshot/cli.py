@@ -258,25 +258,34 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
                                shuffle_classes=shuffle_classes, seed=run.seed, preset=preset)
     curve_tasks = test_tasks.fixed_tasks(min(CURVE_TASKS, settings["eval_tasks"]), seed=EVAL_SEED + 1)
 
-    def save() -> None:
+    def rng_states() -> dict[str, torch.Tensor]:
         # The task stream's and torch's RNG states make --resume continue exactly as an uninterrupted run would.
+        return {"sampler_rng": train_tasks.generator.get_state(), "torch_rng": torch.get_rng_state()}
+
+    # The states the next iteration starts from, taken when an iteration completes. A Ctrl-C lands inside a step,
+    # after its meta-batch was drawn: the states of that moment would make --resume skip the interrupted batch.
+    completed = rng_states()
+
+    def save(states: dict[str, torch.Tensor] | None = None) -> None:
         save_learner(ckpt, learner, {**meta, "iteration": learner.iteration}, history=history, curve=curve,
-                     sampler_rng=train_tasks.generator.get_state(), torch_rng=torch.get_rng_state())
+                     **(states or rng_states()))
 
     def callback(iteration: int, metrics: dict[str, float]) -> None:
+        completed.update(rng_states())  # (a Ctrl-C during the evaluation below resumes after this iteration)
         history.append({k: float(v) for k, v in metrics.items()})
         every = settings["eval_every"]
         if every and iteration % every == 0 and iteration < settings["iterations"]:
             ev = learner.evaluate(curve_tasks)
             curve.append({"iteration": iteration, "metric": ev.metric, "mean": ev.mean, "ci95": ev.ci95})
             save()
+        completed.update(rng_states())
 
     status(f"meta-training {algo} on {arch} for {settings['iterations']} iterations, meta-batch {settings['meta_batch']}")
     try:
         learner.meta_train(train_tasks, iterations=settings["iterations"], meta_batch=settings["meta_batch"],
                            callback=callback, progress=True)
     except KeyboardInterrupt:
-        save()
+        save(completed)
         raise LazyAppsError(f"interrupted at iteration {learner.iteration}; saved {ckpt} (continue with --resume {ckpt})") from None
     except DivergedError as exc:  # the diverged parameters are not saved over the last good checkpoint
         from lazyapps.checkpoint import load_metadata

@@ -48,3 +48,18 @@ def test_every_script_with_committed_results_uses_the_shared_json_option(script)
     text = (REPO / "benchmarks" / script).read_text()
     common = (REPO / "benchmarks" / "_attack_common.py").read_text() if script.startswith("attack_") else ""
     assert "add_json_option(" in text + common and 'add_argument("--json"' not in text
+
+
+def test_run_script_keeps_freed_memory_unless_told_not_to(monkeypatch):
+    import lazyapps.allocator
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from _script import run_script
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    calls = []
+    monkeypatch.setattr(lazyapps.allocator, "keep_freed_memory", lambda: calls.append("kept"))
+    run_script(lambda: calls.append("main"))
+    run_script(lambda: calls.append("main"), allocator=False)
+    assert calls == ["kept", "main", "main"]  # the allocator set before main, as `lazyapps ...` does

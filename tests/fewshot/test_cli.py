@@ -408,3 +408,98 @@ def test_the_presets_are_the_documented_ones() -> None:
         "quick": {"iterations": 300, "meta_batch": 8, "queries": 5, "eval_tasks": 200, "eval_every": 50},
         "paper": {"iterations": None, "meta_batch": None, "queries": 15, "eval_tasks": 1000, "eval_every": 1000},
     }
+
+
+def _sine(out, *extra: str, algo: str = "maml"):
+    return _run("fewshot", "train", "--algo", algo, "--dataset", "sine", "--shots", "5", "--eval-tasks", "2",
+                "--out", str(out), "--quiet", *extra)
+
+
+def test_learning_curve_has_a_point_every_eval_every_iterations_and_one_at_the_end(tmp_path) -> None:
+    result = _sine(tmp_path / "c", "--iterations", "4", "--eval-every", "2", "--json", str(tmp_path / "c.json"))
+    assert result.exit_code == 0, result.output
+    curve = json.loads((tmp_path / "c.json").read_text())["metrics"]["curve"]
+    assert [p["iteration"] for p in curve] == [2, 4]  # (the last iteration's point once, as the final evaluation)
+    saved = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)
+    assert [p["iteration"] for p in saved["curve"]] == [2, 4] and len(saved["history"]) == 4
+    # resumed 4 -> 7: history and curve carry on from the checkpoint's
+    result = _sine(tmp_path / "c", "--iterations", "7", "--eval-every", "2", "--resume", str(tmp_path / "c" / "checkpoint.pt"))
+    assert result.exit_code == 0, result.output
+    saved = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)
+    assert [p["iteration"] for p in saved["curve"]] == [2, 4, 6, 7] and len(saved["history"]) == 7
+    straight = _sine(tmp_path / "s", "--iterations", "7", "--eval-every", "2")
+    assert straight.exit_code == 0, straight.output
+    direct = torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=True)
+    assert saved["history"] == direct["history"]
+    assert [p["iteration"] for p in direct["curve"]] == [2, 4, 6, 7]
+
+
+
+def _interrupt_maml_at(monkeypatch, iteration: int, exc: type[BaseException]):
+    """Make MAML's next step raise ``exc`` once ``iteration`` steps are done (Ctrl-C, or a crash, mid-run)."""
+    from fewshot.base import get_learner
+
+    cls = get_learner("maml")
+    original = cls.train_step
+
+    def interrupted(self, tasks):
+        if self.iteration == iteration:
+            raise exc
+        return original(self, tasks)
+
+    monkeypatch.setattr(cls, "train_step", interrupted)
+    return lambda: monkeypatch.setattr(cls, "train_step", original)
+
+
+def _same_weights(a, b) -> bool:
+    a, b = torch.load(a, weights_only=True)["learner"], torch.load(b, weights_only=True)["learner"]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_ctrl_c_saves_the_last_completed_iteration_and_says_how_to_resume(tmp_path, monkeypatch) -> None:
+    restore = _interrupt_maml_at(monkeypatch, 2, KeyboardInterrupt)
+    result = _sine(tmp_path / "i", "--iterations", "4")
+    ckpt = tmp_path / "i" / "checkpoint.pt"
+    assert result.exit_code == 2 and f"interrupted at iteration 2; saved {ckpt} (continue with --resume {ckpt})" in result.output
+    assert json.loads((tmp_path / "i" / "checkpoint.pt.json").read_text())["iteration"] == 2
+    assert len(torch.load(ckpt, weights_only=True)["history"]) == 2
+    restore()
+    assert _sine(tmp_path / "two", "--iterations", "2").exit_code == 0
+    assert _same_weights(ckpt, tmp_path / "two" / "checkpoint.pt")  # the weights of the 2 completed iterations
+
+
+def test_a_run_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, monkeypatch) -> None:
+    # The Ctrl-C lands inside iteration 3's step, after its meta-batch was drawn: the checkpoint must hold the
+    # random states from before that draw, or --resume skips the batch.
+    restore = _interrupt_maml_at(monkeypatch, 2, KeyboardInterrupt)
+    ckpt = tmp_path / "i" / "checkpoint.pt"
+    assert _sine(tmp_path / "i", "--iterations", "4").exit_code == 2
+    restore()
+    assert _sine(tmp_path / "i", "--iterations", "4", "--resume", str(ckpt)).exit_code == 0
+    assert _sine(tmp_path / "s", "--iterations", "4").exit_code == 0
+    assert _same_weights(ckpt, tmp_path / "s" / "checkpoint.pt")
+
+
+def test_resume_restores_the_global_random_stream_reptile_shuffles_with(tmp_path, monkeypatch) -> None:
+    # Reptile shuffles each task's examples with torch's global generator: the checkpoint carries its state.
+    # A run that crashes after its iteration-2 checkpoint, resumed, must equal the run that never stopped.
+    from fewshot.base import get_learner
+
+    cls = get_learner("reptile")
+    original = cls.train_step
+
+    def crashing(self, tasks):
+        if self.iteration == 2:
+            raise RuntimeError("the machine went away")
+        return original(self, tasks)
+
+    args = ["--iterations", "4", "--eval-every", "2"]
+    monkeypatch.setattr(cls, "train_step", crashing)
+    assert _sine(tmp_path / "p", *args, algo="reptile").exit_code == 1
+    monkeypatch.setattr(cls, "train_step", original)
+    ckpt = tmp_path / "p" / "checkpoint.pt"
+    assert json.loads((tmp_path / "p" / "checkpoint.pt.json").read_text())["iteration"] == 2
+    torch.manual_seed(123)  # whatever the process drew meanwhile
+    assert _sine(tmp_path / "p", *args, "--resume", str(ckpt), algo="reptile").exit_code == 0
+    assert _sine(tmp_path / "s", *args, algo="reptile").exit_code == 0
+    assert _same_weights(ckpt, tmp_path / "s" / "checkpoint.pt")

@@ -47,6 +47,13 @@ def test_check_plot_path_accepts_any_case_of_a_known_extension_and_none():
         check_plot_path("curve")
 
 
+
+def test_check_plot_path_refuses_a_place_it_cannot_write_to(tmp_path):
+    (tmp_path / "afile").write_text("a file where a folder is needed")
+    with pytest.raises(LazyAppsError, match="--plot .*afile/c.png: cannot write there"):
+        check_plot_path(str(tmp_path / "afile" / "c.png"))
+
+
 @pytest.mark.parametrize("name, magic", [("c.png", b"\x89PNG"), ("c.pdf", b"%PDF"), ("c.svg", b"<?xml")])
 def test_save_figure_writes_the_format_of_the_extension_into_new_folders(tmp_path, name, magic):
     fig, ax = pyplot().subplots()
@@ -55,3 +62,4 @@ def test_save_figure_writes_the_format_of_the_extension_into_new_folders(tmp_pat
     save_figure(fig, str(path))
     assert path.read_bytes().startswith(magic)
     assert [p.name for p in path.parent.iterdir()] == [name]  # no temporary file left beside it
+    assert not pyplot().fignum_exists(fig.number)  # closed: a long run's figures do not pile up

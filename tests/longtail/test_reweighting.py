@@ -187,6 +187,21 @@ def test_random_crop_flip_is_a_shifted_window():
     assert 10 < flipped < 54  # about half flipped (a symmetric window could count as unflipped)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_random_crop_flip_defaults_to_the_4_pixel_zero_padding_and_shifts_each_axis_independently(dtype):
+    # Every pixel distinct and non-zero: each output identifies its (dy, dx, flip) in the 4-pixel zero-padded image.
+    base = torch.arange(1, 65, dtype=torch.float32).view(1, 1, 8, 8).expand(400, 3, 8, 8)
+    out = random_crop_flip(base.to(dtype), generator=torch.Generator().manual_seed(0))
+    assert out.shape == base.shape and out.dtype == dtype
+    padded = F.pad(base[0], (4, 4, 4, 4))  # zeros, not the edge's values, around the image
+    windows = {(dy, dx, f): (padded[:, dy:dy + 8, dx:dx + 8].flip(-1) if f else padded[:, dy:dy + 8, dx:dx + 8])
+               for dy in range(9) for dx in range(9) for f in (False, True)}
+    found = [next(key for key, w in windows.items() if torch.equal(out[i].float(), w)) for i in range(len(out))]
+    assert {k[0] for k in found} == set(range(9)) and {k[1] for k in found} == set(range(9))
+    assert len({(k[0], k[1]) for k in found}) > 60  # the two offsets are drawn independently (81 pairs)
+    assert 150 < sum(k[2] for k in found) < 250
+
 def test_directional_difference_agrees_with_jvp_in_float32(tiny_net):
     # The default pull-back is one graph-free forward; it must keep the exact JVP's signs and size.
     model = tiny_net().train()

@@ -163,3 +163,114 @@ def test_resume_loads_on_the_cpu_and_takes_rng_states_back_there(small_lt, tmp_p
     state["generator"], state["torch_rng"] = OffCPU(state["generator"]), OffCPU(state["torch_rng"])
     resumed.load_state(state)
     assert torch.equal(resumed.generator.get_state(), expected)
+
+
+def _scripted_errors(trainer, errors):
+    """``trainer.evaluate`` with the real result but the top-1 error of epoch e (0-based) set to ``errors[e]``."""
+    real = trainer.evaluate
+
+    def scripted():
+        return {**real(), "top1_error": errors[trainer.epoch]}
+
+    trainer.evaluate = scripted
+
+
+def test_best_is_the_lowest_error_and_best_pt_changes_only_when_it_improves_resume_included(small_lt, tmp_path, tiny_net, monkeypatch):
+    import longtail.trainer as trainer_module
+    from lazyapps.checkpoint import load_checkpoint, save_checkpoint
+
+    errors = [50.0, 40.0, 45.0, 40.0]  # best: epoch 2 (a later tie is no improvement); epochs 3 and 4 are worse
+    written, weights = [], {}
+
+    def spy(path, state, meta=None):
+        if path.name == "best.pt":
+            written.append(meta["best_epoch"])
+        return save_checkpoint(path, state, meta)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", spy)
+    keep = lambda tr, row: weights.__setitem__(row["epoch"], {k: v.clone() for k, v in tr.model.state_dict().items()})  # noqa: E731
+    out = tmp_path / "run"
+    part = _trainer(_config("ce", epochs=4), small_lt, out, tiny_net)
+    _scripted_errors(part, errors)
+    real = part.evaluate
+
+    def interrupted_in_epoch_3():  # Ctrl-C while epoch 3 is being scored: its training is done, its checkpoint not
+        if part.epoch == 2:
+            raise KeyboardInterrupt
+        return real()
+
+    part.evaluate = interrupted_in_epoch_3
+    with pytest.raises(Interrupted, match="interrupted during epoch 3; the checkpoint of epoch 2"):
+        part.run(on_epoch_end=keep)
+    state, meta = load_checkpoint(out / "checkpoint.pt")
+    assert meta["epochs_done"] == 2 and all(torch.equal(state["model"][k], weights[2][k]) for k in weights[2])
+    resumed = _trainer(_config("ce", epochs=4), small_lt, out, tiny_net)
+    resumed.resume(out / "checkpoint.pt")
+    _scripted_errors(resumed, errors)
+    resumed.run(on_epoch_end=keep)
+    assert [r["top1_error"] for r in resumed.history] == errors
+    assert resumed.best["epoch"] == 2 and resumed.best["top1_error"] == 40.0 and resumed.last["epoch"] == 4
+    assert written == [1, 2]  # best.pt rewritten only when the error went down
+    best, best_meta = load_checkpoint(out / "best.pt")
+    assert best_meta["best_epoch"] == 2 and all(torch.equal(best["model"][k], weights[2][k]) for k in weights[2])
+
+
+def test_every_training_step_runs_in_train_mode_whatever_mode_the_model_was_left_in(small_lt, tiny_net):
+    trainer = Trainer(_config("ce", epochs=2), small_lt, model=tiny_net())
+    trainer.model.eval()  # e.g. scored by the user (or an evaluation) before training goes on
+    modes, original = [], trainer.method.loss
+
+    def spy(ctx, x, y):
+        modes.append(ctx.model.training)
+        return original(ctx, x, y)
+
+    trainer.method.loss = spy
+    trainer.run()  # BatchNorm must train on batch statistics, not the running ones
+    assert len(trainer.history) == 2 and modes and all(modes)
+
+
+def test_ldam_drw_reweights_from_the_schedules_first_decay(small_lt, tiny_net):
+    from longtail.methods import StepContext
+
+    trainer = Trainer(_config("ldam-drw", epochs=10), small_lt, model=tiny_net())
+    start = trainer.schedule.meta_start
+    assert 0 < start < 10 and trainer.method.drw_start == start
+    x, y = trainer.prepare_images(small_lt.train_images[:32]), small_lt.train_labels[:32]
+    trainer.model.eval()
+    loss = lambda epoch: float(trainer.method.loss(StepContext(trainer.model, 0.1, epoch), x, y).detach())  # noqa: E731
+    assert loss(start - 1) == pytest.approx(loss(0)) and loss(start) != pytest.approx(loss(start - 1))
+
+
+def test_epoch_times_split_plain_and_meta_epochs():
+    from longtail.trainer import epoch_times
+
+    history = [{"train_s": 1.0, "meta": False}, {"train_s": 3.0, "meta": False}, {"train_s": 8.0, "meta": True}]
+    assert epoch_times(history) == {"epoch_s": 4.0, "plain_epoch_s": 2.0, "meta_epoch_s": 8.0}
+    assert epoch_times(history[:2]) == {"epoch_s": 2.0, "plain_epoch_s": 2.0, "meta_epoch_s": None}
+
+
+def test_resume_restores_the_global_random_stream_a_dropout_network_draws_from(small_lt, tmp_path, tiny_net):
+    def dropout_net():
+        net = tiny_net()
+        return torch.nn.Sequential(*list(net)[:-1], torch.nn.Dropout(0.5), net[-1])
+
+    config = _config("ce", epochs=3)
+    full = Trainer(config, small_lt, out_dir=tmp_path / "full", model=dropout_net())
+    full.run()
+    part = Trainer(config, small_lt, out_dir=tmp_path / "part", model=dropout_net())
+    original = part.method.loss
+
+    def interrupting(*args, **kwargs):
+        if part.epoch == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    part.method.loss = interrupting
+    with pytest.raises(Interrupted):
+        part.run()
+    torch.manual_seed(123)  # whatever the process drew meanwhile
+    resumed = Trainer(config, small_lt, out_dir=tmp_path / "part", model=dropout_net())
+    resumed.resume(tmp_path / "part" / "checkpoint.pt")
+    resumed.run()
+    for (k, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), k

@@ -1,0 +1,49 @@
+"""Progress bars: shown on a terminal, off with ``--quiet`` or when stderr is not a terminal."""
+from __future__ import annotations
+
+import io
+import sys
+
+import pytest
+
+from lazyapps import progress
+
+
+class _Stderr(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.fixture
+def stderr(monkeypatch):
+    before = progress._quiet
+
+    def use(tty: bool, quiet: bool) -> _Stderr:
+        stream = _Stderr(tty)
+        monkeypatch.setattr(sys, "stderr", stream)
+        progress.set_quiet(quiet)
+        return stream
+
+    yield use
+    progress.set_quiet(before)
+
+
+@pytest.mark.parametrize("tty, quiet, shown", [(True, False, True), (True, True, False), (False, False, False)])
+def test_a_bar_is_drawn_only_on_a_terminal_without_quiet(stderr, tty, quiet, shown):
+    stream = stderr(tty, quiet)
+    assert progress.enabled() is shown
+    assert list(progress.progress(range(3), desc="steps")) == [0, 1, 2]  # the items pass through either way
+    assert ("steps" in stream.getvalue()) is shown
+
+
+def test_status_lines_are_silenced_by_quiet_only(stderr):
+    stream = stderr(False, False)
+    progress.status("loading")
+    assert stream.getvalue() == "loading\n"  # (a log file gets them too)
+    stream = stderr(True, True)
+    progress.status("loading")
+    assert stream.getvalue() == ""
