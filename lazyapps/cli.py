@@ -45,8 +45,9 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Help lists the lazy commands from their table entry: importing them would import torch.
-        rows = [(name, self.lazy[name][1]) for name in sorted(self.lazy)]
-        rows += [(name, cmd.get_short_help_str()) for name, cmd in sorted(self.commands.items()) if name not in self.lazy]
+        rows = [(name, self.lazy[name][1]) for name in self.lazy]
+        rows += [(name, cmd.get_short_help_str()) for name, cmd in self.commands.items() if name not in self.lazy]
+        rows.sort()
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
@@ -184,14 +185,14 @@ def cli() -> None:
     a query-efficient blackbox attack, a long-tail trainer and few-shot learners."""
 
 
-@cli.command("compare")
+@cli.command("compare", short_help="Compare saved --json results side by side.")
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--all", "all_settings", is_flag=True, help="Show every setting, not only those that differ.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, callback=writable_file,
               help="Also write the comparison as CSV (one row per key, one column per file).")
 @common_options
 def compare_command(run: RunContext, results: tuple[str, ...], all_settings: bool, csv_path: str | None) -> None:
-    """Compare saved results (the files --json writes) side by side: the settings that differ, then every number."""
+    """Compare saved --json results side by side: the settings that differ, then every number."""
     from .compare import KEY_COLUMN, compare, format_comparison, labels, load_result
     from .results import write_csv
 
