@@ -60,3 +60,24 @@ def test_vmapped_copies_predict_like_the_module():
 def test_for_dataset_takes_the_given_channels():
     assert MetaAttacker.for_dataset("mnist", in_channels=3).in_channels == 3
     assert MetaAttacker.for_dataset("svhn").in_channels == 3 and MetaAttacker.for_dataset("svhn").widths == PAPER_WIDTHS["cifar10"]
+
+
+@pytest.mark.parametrize(("dataset", "chans"), [("mnist", (1, 16, 32, 64, 64)), ("cifar10", (3, 32, 64, 128, 256))])
+def test_layers_and_shapes_follow_du_et_al(dataset, chans):
+    """Du et al.'s widths, written out here: strided 3x3 convs down, 4x4 stride-2 transposed convs back up."""
+    net = MetaAttacker.for_dataset(dataset)
+    convs = [m for m in net.encoder if isinstance(m, torch.nn.Conv2d)]
+    deconvs = [m for m in net.decoder if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (a, b, (3, 3), (2, 2)) for a, b in zip(chans[:-1], chans[1:])]
+    back = chans[::-1]
+    assert [(d.in_channels, d.out_channels, d.kernel_size, d.stride) for d in deconvs] == [
+        (a, b, (4, 4), (2, 2)) for a, b in zip(back[:-1], back[1:])]
+    side = 28 if dataset == "mnist" else 32
+    x = torch.rand(1, chans[0], side, side)
+    with torch.no_grad():
+        code = net.encoder(x)
+        full = net.decoder(code)
+    small = (side + 15) // 16  # four ceil-halvings: 28 -> 14, 7, 4, 2; 32 -> 16, 8, 4, 2
+    assert code.shape == (1, chans[-1], small, small)
+    assert full.shape == (1, chans[0], 16 * small, 16 * small)  # four doublings, then cropped to the image

@@ -189,3 +189,17 @@ def test_load_learner_reads_the_checkpoint_on_the_cpu(tmp_path, monkeypatch) -> 
     monkeypatch.setattr(experiment, "load_checkpoint", spy)
     load_learner(path, device=torch.device("cpu", 0))  # (any device: the checkpoint is read on the CPU all the same)
     assert seen["map_location"] == "cpu"
+
+
+def test_default_finetune_trains_only_the_head() -> None:
+    """Chen et al.'s Baseline (the documented default): the body stays as pre-trained, only a fresh head learns."""
+    source = _sampler()
+    tasks = source.sample(2)
+    learner = _learner(eval_inner_steps=5)
+    assert learner.freeze_body is True
+    learner.prepare(source)
+    fast = learner.adapt(tasks.support)
+    assert fast["head.weight"].abs().sum() > 0
+    for name, p in learner.theta.items():
+        if not name.startswith("head."):
+            assert all(torch.equal(fast[name][t], p.detach()) for t in range(2)), name

@@ -176,6 +176,26 @@ def test_evaluate_reports_mean_and_95_percent_interval() -> None:
     assert ev.tasks == 6 and ev.metric == "accuracy" and ev.transductive is True and 0 <= ev.mean <= 100
 
 
+def test_scratch_never_meta_trains_and_adapts_by_plain_sgd_from_its_init() -> None:
+    """scratch: meta-training leaves the random init alone; adaptation is eval_inner_steps SGD steps on the support set."""
+    learner = create_learner("scratch", _conv(), eval_inner_steps=3, inner_lr=0.1, vectorize=False)
+    init = {k: v.detach().clone() for k, v in learner.theta.items()}
+    learner.meta_train(type("Source", (), {"sample": lambda self, n: _tasks(num_tasks=n, seed=5)})(), iterations=2, meta_batch=2)
+    assert all(torch.equal(init[k], v) for k, v in learner.theta.items())
+    tasks = _tasks(num_tasks=2, seed=6)
+    fast = learner.adapt(tasks.support)
+    for t in range(2):
+        model = _conv()
+        model.load_state_dict(init)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(tasks.support_x[t]), tasks.support_y[t]).backward()
+            opt.step()
+        for k, v in model.named_parameters():
+            assert torch.allclose(fast[k][t], v.detach(), atol=1e-5, rtol=1e-4), k
+
+
 def test_registry_and_hparams_round_trip() -> None:
     with pytest.raises(UnknownNameError, match="unknown algorithm 'mamll'; valid: .*lazy-maml.*maml"):
         get_learner("mamll")

@@ -117,3 +117,37 @@ def test_runs_on_conv4_omniglot(omniglot_tasks):
     assert any(not torch.equal(before[k], v) for k, v in learner.state_dict().items())
     result = learner.evaluate(test.fixed_tasks(4, seed=3))
     assert result.metric == "accuracy" and result.tasks == 4 and 0 <= result.mean <= 100
+
+
+def test_learner_starts_its_learning_rates_in_the_paper_range():
+    from models_zoo.fewshot_nets import SineMLP
+
+    torch.manual_seed(0)
+    learner = MetaSGD(SineMLP(), problem="regression")
+    assert learner.lr_init == (0.005, 0.1)
+    assert {k: v.shape for k, v in learner.alpha.items()} == {k: v.shape for k, v in learner.theta.items()}
+    allv = torch.cat([v.detach().flatten() for v in learner.alpha.values()])  # 1,761 draws from U[0.005, 0.1]
+    assert allv.min() >= 0.005 and allv.max() <= 0.1
+    assert allv.min() < 0.01 and allv.max() > 0.095 and abs(float(allv.mean()) - 0.0525) < 0.005
+
+
+def test_default_meta_optimizer_learns_alpha_too():
+    learner = MetaSGD(tiny_net(), problem="regression", meta_lr=1e-2)
+    before = {k: v.detach().clone() for k, v in learner.alpha.items()}
+    learner.meta_step(regression_tasks())
+    assert all(not torch.equal(before[k], v.detach()) for k, v in learner.alpha.items())
+
+
+def test_adapt_takes_inner_steps_steps_with_the_learned_rates():
+    tasks = regression_tasks()
+    learner = MetaSGD(tiny_net(), problem="regression", inner_steps=2)
+    fast = learner.adapt(tasks.support)
+    alpha = {k: v.detach() for k, v in learner.alpha.items()}
+    for t in range(tasks.num_tasks):
+        p = {k: v.detach().clone().requires_grad_() for k, v in learner.theta.items()}
+        for _ in range(2):
+            loss = F.mse_loss(manual_net(p, tasks.support_x[t]), tasks.support_y[t])
+            grads = torch.autograd.grad(loss, list(p.values()))
+            p = {k: (v - alpha[k] * g).detach().requires_grad_() for (k, v), g in zip(p.items(), grads)}
+        for k in p:
+            torch.testing.assert_close(fast[k][t].detach(), p[k].detach())

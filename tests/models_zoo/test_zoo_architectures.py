@@ -163,3 +163,112 @@ def test_normalize_inside_the_model():
     torch.testing.assert_close(model(x), net((x - mean) / std))
     assert set(model.state_dict()) >= {"normalize.mean", "normalize.std"}
     assert isinstance(model.normalize, Normalize)
+
+
+def _output_shapes(net: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    seen: dict[str, tuple[int, ...]] = {}
+    for name in names:
+        net.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, tuple(o.shape[1:])))
+    with torch.no_grad():
+        net.eval()(x)
+    return seen
+
+
+def test_resnet32_stages_halve_the_resolution_and_double_the_width():
+    net = models_zoo.create("resnet32")
+    assert [len(getattr(net, f"layer{i}")) for i in (1, 2, 3)] == [5, 5, 5]
+    seen = _output_shapes(net, ["layer1", "layer2", "layer3"], torch.rand(2, 3, 32, 32))
+    assert seen == {"layer1": (16, 32, 32), "layer2": (32, 16, 16), "layer3": (64, 8, 8)}  # He et al.: maps 32, 16, 8
+
+
+def test_resnet32_blocks_add_their_shortcut():
+    """With the residual branch silenced (bn2 = 0) a block must pass relu(shortcut(x)) on: identity or option A."""
+    from models_zoo.resnet32 import BasicBlock
+
+    torch.manual_seed(0)
+    for c_in, c_out, stride in ((16, 16, 1), (16, 32, 2)):
+        block = BasicBlock(c_in, c_out, stride).eval()
+        nn.init.zeros_(block.bn2.weight)
+        nn.init.zeros_(block.bn2.bias)
+        x = torch.randn(2, c_in, 8, 8)
+        with torch.no_grad():
+            out = block(x)
+        expected = F.relu(x) if stride == 1 else F.relu(F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 8, 8)))
+        torch.testing.assert_close(out, expected)
+
+
+# Simonyan & Zisserman, Table 1: 3x3 convs per stage in configurations A, B, D, E; stage widths 64..512, a 2x2 max-pool after each.
+VGG_CONVS_PER_STAGE = {"vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+
+
+def test_vgg_layers_match_the_papers_configurations():
+    for name, per_stage in VGG_CONVS_PER_STAGE.items():
+        expected, by_hand, channels = [], 0, 3
+        for width, convs in zip((64, 128, 256, 512, 512), per_stage):
+            for _ in range(convs):
+                expected.append((channels, width))
+                by_hand += channels * width * 9 + 2 * width  # bias-free conv + BN
+                channels = width
+            expected.append("M")
+        by_hand += 512 * 10 + 10
+        net = models_zoo.create(name)
+        layers = list(net.features)
+        got = [(m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else "M" for m in layers
+               if isinstance(m, (nn.Conv2d, nn.MaxPool2d))]
+        assert got == expected, name
+        assert all(isinstance(layers[i + 2], nn.ReLU) for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)), name
+        assert models_zoo.num_parameters(net) == by_hand, name
+        with torch.no_grad():
+            assert net.features.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 512, 1, 1)  # five pools: 32 -> 1
+    assert models_zoo.num_parameters(models_zoo.create("vgg16")) == 14_724_042
+
+
+def test_resnet18_is_resnet18():
+    net = models_zoo.create("resnet18")
+    assert [len(getattr(net, f"layer{i}")) for i in (1, 2, 3, 4)] == [2, 2, 2, 2]
+    assert models_zoo.num_parameters(net) == 11_173_962  # the usual CIFAR ResNet-18 count (3x3 stem, 10 classes)
+
+
+def _layers(net: nn.Module) -> list[tuple]:
+    out = []
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            out.append(("conv", m.in_channels, m.out_channels, m.kernel_size[0], m.padding[0]))
+        elif isinstance(m, nn.Linear):
+            out.append(("fc", m.in_features, m.out_features))
+        elif isinstance(m, (nn.ReLU, nn.Tanh, nn.MaxPool2d, nn.BatchNorm2d)):
+            out.append(type(m).__name__)
+    return out
+
+
+def test_net2_is_the_carlini_wagner_mnist_model():
+    net = models_zoo.create("net2")
+    assert _layers(net) == [
+        ("conv", 1, 32, 3, 0), "ReLU", ("conv", 32, 32, 3, 0), "ReLU", "MaxPool2d",
+        ("conv", 32, 64, 3, 0), "ReLU", ("conv", 64, 64, 3, 0), "ReLU", "MaxPool2d",
+        ("fc", 64 * 4 * 4, 200), "ReLU", ("fc", 200, 200), "ReLU", ("fc", 200, 10),
+    ]
+    assert models_zoo.num_parameters(net) == 312_202
+
+
+def test_net3_is_the_madry_mnist_model():
+    net = models_zoo.create("net3")
+    assert _layers(net) == [
+        ("conv", 1, 32, 5, 2), "ReLU", "MaxPool2d", ("conv", 32, 64, 5, 2), "ReLU", "MaxPool2d",
+        ("fc", 64 * 7 * 7, 1024), "ReLU", ("fc", 1024, 10),
+    ]
+    assert models_zoo.num_parameters(net) == 3_274_634  # the MNIST challenge model
+
+
+def test_conv4_default_is_mamls_64_filter_network():
+    net = models_zoo.create("conv4")
+    expected = []
+    for c_in in (1, 64, 64, 64):  # Finn et al.: 3x3 conv (64 filters), BatchNorm, ReLU, 2x2 max-pool
+        expected += [("conv", c_in, 64, 3, 1), "BatchNorm2d", "ReLU", "MaxPool2d"]
+    assert _layers(net) == [*expected, ("fc", 64, 5)]
+    # 4 x (3x3 conv + bias, BN affine), head 64 -> 5
+    assert models_zoo.num_parameters(net) == (9 * 64 + 64 + 128) + 3 * (64 * 64 * 9 + 64 + 128) + (64 * 5 + 5) == 112_261
+    torch.manual_seed(0)
+    with torch.no_grad():
+        feats = net.features(torch.rand(4, 1, 28, 28))
+    assert feats.shape == (4, 64) and (feats >= 0).all()  # pooled ReLU outputs, 28 -> 14 -> 7 -> 3 -> 1
