@@ -111,7 +111,8 @@ def run_part(names, *, dataset, ways, shots, args, device, reference, ref_index)
         try:
             hparams, loop = split_settings(name, dataset=dataset, ways=ways, shots=shots, explicit=args.overrides.get(name, {}))
             options = {"hidden": args.hidden} if args.hidden and dataset != "sine" else {}
-            learner = build_learner(name, dataset=dataset, ways=ways, device=device, model_options=options,
+            arch = args.arch if dataset != "sine" else None
+            learner = build_learner(name, dataset=dataset, ways=ways, arch=arch, device=device, model_options=options,
                                     vectorize=args.vectorize, **hparams)
             meta_batch = args.meta_batch or loop.get("meta_batch", 4)
             train_shots = loop.get("train_shots", shots)
@@ -124,6 +125,7 @@ def run_part(names, *, dataset, ways, shots, args, device, reference, ref_index)
         unit = "%" if ev.metric == "accuracy" else ""
         changed = args.overrides.get(name, {})
         rows.append({"learner": name, "settings": " ".join(f"{k}={v}" for k, v in changed.items()) or "paper",
+                     **({"arch": args.arch} if dataset != "sine" else {}),
                      "iterations": iterations, "meta-batch": meta_batch, "train shots": train_shots, "minutes": round(used / 60, 1),
                      ev.metric: f"{ev.mean:.2f}{unit} ± {ev.ci95:.2f}", "mean": round(ev.mean, 3), "paper": ref,
                      "transductive": ev.transductive})
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-queries", type=int, default=15)
     parser.add_argument("--eval-tasks", type=int, default=500)
     parser.add_argument("--hidden", type=int, default=None, help="conv4 filters (default 64)")
+    parser.add_argument("--arch", default="conv4", choices=("conv4", "conv4-strided"),
+                        help="Omniglot network: conv4 (max-pool) or conv4-strided (MAML's Omniglot net, 3-4x faster)")
     parser.add_argument("--no-vectorize", dest="vectorize", action="store_false",
                         help="per-task loop instead of vmap (faster for conv4 on a CPU, see fewshot_speed.py)")
     parser.add_argument("--hp", action="append", default=[], metavar="LEARNER.NAME=VALUE",
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     omniglot = run_part(omniglot_names, dataset="omniglot", ways=5, shots=1, args=args, device=device,
                         reference=OMNIGLOT_REFERENCE, ref_index=0) if omniglot_names else []
     if omniglot:
-        print(format_table(omniglot, columns, title=f"Omniglot 5-way 1-shot test accuracy, {args.eval_tasks} tasks "
+        print(format_table(omniglot, columns, title=f"Omniglot 5-way 1-shot test accuracy, {args.arch}, {args.eval_tasks} tasks "
                                                  f"(budget {'%d iterations' % args.max_iterations if args.max_iterations else '%g min' % args.minutes} per learner; paper = published)"))
     sine = []
     if args.sine_learners:

@@ -64,6 +64,8 @@ _ENTRIES = [
     Arch("densenet121", "cifar", cifar_nets.densenet121, 10, 3, 32, "DenseNet-121 (growth 32), CIFAR stem"),
     Arch("mobilenetv2", "cifar", cifar_nets.mobilenetv2, 10, 3, 32, "MobileNetV2, CIFAR strides"),
     Arch("conv4", "fewshot", fewshot_nets.Conv4, 5, 1, 28, "MAML's 4x[conv3x3-BN-ReLU-pool] (64 filters), batch-statistics BN"),
+    Arch("conv4-strided", "fewshot", fewshot_nets.conv4_strided, 5, 1, 28,
+         "conv4 with stride-2 convs instead of pools, spatial mean: MAML's Omniglot net, 4-6x faster on a CPU"),
     Arch("sine_mlp", "fewshot", _sine_mlp, 1, 1, None, "MAML's 1-40-40-1 ReLU sinusoid regressor"),
 ]
 ARCHS: dict[str, Arch] = {arch.name: arch for arch in _ENTRIES}

@@ -21,9 +21,9 @@ def _tasks(num_tasks=3, ways=3, shots=2, queries=2, size=16, seed=0) -> TaskBatc
                      torch.rand(num_tasks, ways * queries, 1, size, size, generator=g), labels(queries))
 
 
-def _conv(seed=0):
+def _conv(seed=0, arch="conv4"):
     torch.manual_seed(seed)
-    return models_zoo.create("conv4", num_classes=3, in_channels=1, image_size=16, hidden=8)
+    return models_zoo.create(arch, num_classes=3, in_channels=1, image_size=16, hidden=8)
 
 
 def _grads_of(learner, tasks):
@@ -33,13 +33,15 @@ def _grads_of(learner, tasks):
     return learner.meta_gradient(tasks).grads, None
 
 
-@pytest.mark.parametrize("algo,hp", [("maml", {"inner_steps": 2, "inner_lr": 0.4}), ("fomaml", {"inner_steps": 2}),
-                                     ("lazy-maml", {"inner_steps": 11, "last": 3, "weight_step": 1.0})])
-def test_vmapped_and_looped_meta_gradients_agree(algo, hp) -> None:
+@pytest.mark.parametrize("algo,hp,arch", [("maml", {"inner_steps": 2, "inner_lr": 0.4}, "conv4"),
+                                          ("fomaml", {"inner_steps": 2}, "conv4"),
+                                          ("lazy-maml", {"inner_steps": 11, "last": 3, "weight_step": 1.0}, "conv4"),
+                                          ("maml", {"inner_steps": 2, "inner_lr": 0.4}, "conv4-strided")])
+def test_vmapped_and_looped_meta_gradients_agree(algo, hp, arch) -> None:
     tasks = _tasks(num_tasks=2)
     out = []
     for vectorize in (True, False):
-        learner = create_learner(algo, _conv(), vectorize=vectorize, **hp)
+        learner = create_learner(algo, _conv(arch=arch), vectorize=vectorize, **hp)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a silent fallback to the loop would make this test vacuous
             out.append(_grads_of(learner, tasks))

@@ -1,6 +1,7 @@
 """Architecture details that the products rely on, checked against independent references."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -272,3 +273,29 @@ def test_conv4_default_is_mamls_64_filter_network():
     with torch.no_grad():
         feats = net.features(torch.rand(4, 1, 28, 28))
     assert feats.shape == (4, 64) and (feats >= 0).all()  # pooled ReLU outputs, 28 -> 14 -> 7 -> 3 -> 1
+
+
+def test_conv4_strided_is_mamls_omniglot_network():
+    # MAML's released code: stride-2 convolutions instead of max-pooling for Omniglot, then the mean over space.
+    net = models_zoo.create("conv4-strided")
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0], c.padding[0]) for c in convs] == [
+        (1, 64, 3, 2, 1), (64, 64, 3, 2, 1), (64, 64, 3, 2, 1), (64, 64, 3, 2, 1)]
+    assert _layers(net) == [*[x for c in convs for x in (_layers(c)[0], "BatchNorm2d", "ReLU")], ("fc", 64, 5)]
+    assert models_zoo.num_parameters(net) == models_zoo.num_parameters(models_zoo.create("conv4")) == 112_261
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 28, 28)
+    sides, h = [], x
+    for block in net.features:
+        h = block(h)
+        if isinstance(block, nn.ReLU):
+            sides.append(h.shape[-1])
+    assert sides == [14, 7, 4, 2]
+    with torch.no_grad():
+        feats = net.features(x)
+        last = net.features[:-2](x)  # the fourth block's 2x2 ReLU maps, before the mean over space
+    torch.testing.assert_close(feats, last.mean((2, 3)))
+    big = models_zoo.create("conv4-strided", in_channels=3, image_size=84)
+    assert big.feature_dim == 64 and big(torch.rand(2, 3, 84, 84)).shape == (2, 5)
+    with pytest.raises(ValueError, match="downsample must be one of"):
+        Conv4(downsample="avg")
