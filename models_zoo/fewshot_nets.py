@@ -7,6 +7,8 @@ the lazy teacher and TURTLE.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -61,7 +63,7 @@ class Conv4(nn.Module):
         return self.head(self.features(x))
 
 
-def conv4_strided(**options) -> Conv4:
+def conv4_strided(**options: Any) -> Conv4:
     """:class:`Conv4` with stride-2 convolutions in place of max-pooling: MAML's Omniglot network."""
     return Conv4(downsample="stride", **options)
 
