@@ -10,7 +10,7 @@ from models_zoo.registry import ARCHS, get_arch
 
 EXPECTED = {
     "net4", "lenet5", "net2", "net3", "mlp", "resnet18", "resnet34", "resnet32", "vgg11", "vgg13", "vgg16", "vgg19",
-    "densenet121", "mobilenetv2", "conv4", "sine_mlp",
+    "densenet121", "mobilenetv2", "conv4", "conv4-strided", "sine_mlp",
 }
 
 
