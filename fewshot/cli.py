@@ -277,8 +277,8 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         if every and iteration % every == 0 and iteration < settings["iterations"]:
             ev = learner.evaluate(curve_tasks)
             curve.append({"iteration": iteration, "metric": ev.metric, "mean": ev.mean, "ci95": ev.ci95})
-            save()
-        completed.update(rng_states())
+            completed.update(rng_states())  # (the evaluation may have drawn from torch's stream)
+            save(completed)
 
     status(f"meta-training {algo} on {arch} for {settings['iterations']} iterations, meta-batch {settings['meta_batch']}")
     try:

@@ -38,23 +38,24 @@ class Conv4(nn.Module):
         super().__init__()
         if downsample not in DOWNSAMPLING:
             raise ValueError(f"downsample must be one of {DOWNSAMPLING}, got {downsample!r}")
+        strided = downsample == "stride"
         blocks: list[nn.Module] = []
         channels, side = in_channels, image_size
-        stride = 2 if downsample == "stride" else 1
         for _ in range(4):
             blocks += [
-                nn.Conv2d(channels, hidden, 3, stride=stride, padding=1),
+                nn.Conv2d(channels, hidden, 3, stride=2 if strided else 1, padding=1),
                 nn.BatchNorm2d(hidden, track_running_stats=track_running_stats),
                 nn.ReLU(),
             ]
-            if downsample == "pool":
+            if not strided:
                 blocks.append(nn.MaxPool2d(2))
-            channels, side = hidden, (side + 1) // 2 if downsample == "stride" else side // 2
+                side //= 2
+            channels = hidden
+        if strided:
+            blocks.append(nn.AdaptiveAvgPool2d(1))  # the last map's mean over space, whatever its size
+            side = 1
         if side < 1:
             raise ValueError(f"image_size {image_size} is too small for conv4 (needs at least 16)")
-        if downsample == "stride":
-            blocks.append(nn.AdaptiveAvgPool2d(1))
-            side = 1
         self.features = nn.Sequential(*blocks, nn.Flatten())
         self.feature_dim = hidden * side * side
         self.head = nn.Linear(self.feature_dim, num_classes)
