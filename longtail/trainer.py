@@ -268,7 +268,8 @@ class Trainer:
         meta_phase = self.method.meta and epoch >= self.method.meta_start
         order = torch.randperm(len(data.train_labels), generator=self.generator)
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        total, seen = 0.0, 0
+        # The loss is summed on the device: a read-back per step would make the host wait for every CUDA step.
+        total, seen = torch.zeros((), dtype=torch.float64, device=self.device), 0
         self.method.reset_diagnostics()  # the row reports this epoch's mean diagnostics
         started = time.perf_counter()
         world = distributed.world_size()
@@ -294,9 +295,9 @@ class Trainer:
             if self._ddp is not None and not ddp:
                 distributed.average_gradients(self.model.parameters())
             self.optimizer.step()
-            total += float(loss.detach()) * len(y)
+            total += loss.detach().double() * len(y)
             seen += len(y)
-        total, seen = distributed.all_reduce_sum([total, seen])
+        total, seen = distributed.all_reduce_sum([float(total), seen])
         distributed.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics everywhere, as DDP keeps them
         train_s = time.perf_counter() - started
         return {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(seen, 1), "train_s": train_s, "meta": meta_phase,

@@ -274,3 +274,19 @@ def test_resume_restores_the_global_random_stream_a_dropout_network_draws_from(s
     resumed.run()
     for (k, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_an_epochs_train_loss_is_the_mean_over_its_examples_of_each_batchs_loss(small_lt, tiny_net):
+    trainer = Trainer(_config("ce", epochs=1), small_lt, model=tiny_net())
+    batches, original = [], trainer.method.loss
+
+    def spy(ctx, x, y):
+        loss = original(ctx, x, y)
+        batches.append((float(loss.detach()), len(y)))
+        return loss
+
+    trainer.method.loss = spy
+    row = trainer.train_epoch()
+    sizes = [n for _, n in batches]
+    assert len(batches) > 1 and sum(sizes) == len(small_lt.train_labels) and len(set(sizes)) == 2  # a short last batch
+    assert row["train_loss"] == pytest.approx(sum(l * n for l, n in batches) / sum(sizes), rel=1e-12)
