@@ -192,7 +192,9 @@ class LazyTeacher:
         ``checkpoints`` are the student's checkpoints, oldest first (as returned by
         :func:`explore`); the last ``self.last`` of them are mixed. The search runs
         under ``torch.no_grad``; the returned params are then built once with
-        grad to ``theta``: γ̂·θ + (1 − γ̂)·Σ_j α̂_j φ_j.detach().
+        grad to ``theta``: γ̂·θ + (1 − γ̂)·Σ_j α̂_j φ_j.detach(). ``score_fn`` may
+        return a float or a one-element tensor; tensor scores are read back
+        together after the search, so on CUDA the grid costs one sync.
         """
         if len(checkpoints) < self.last:
             raise ValueError(f"need at least last={self.last} checkpoints, got {len(checkpoints)}")
@@ -204,22 +206,34 @@ class LazyTeacher:
                 if phi[k].shape != t.shape:
                     raise ValueError(f"checkpoint {k!r} has shape {tuple(phi[k].shape)}, theta's is {tuple(t.shape)}")
         sign = 1.0 if self.criterion == "loss" else -1.0
-        scores = []
-        best: tuple[float, float, tuple[float, ...]] | None = None  # (signed score, gamma, weights)
+        candidates, raw = [], []
         with torch.no_grad():
             for w in self.weights:
                 mix = _mix(phis, w)
                 for g in self.gammas:
-                    s = float(score_fn({k: g * theta[k].detach() + (1 - g) * mix[k] for k in theta}))
-                    scores.append((g, w, s))
-                    if not math.isnan(s) and (best is None or sign * s < best[0]):
-                        best = (sign * s, g, w)
+                    candidates.append((g, w))
+                    raw.append(score_fn({k: g * theta[k].detach() + (1 - g) * mix[k] for k in theta}))
+        scores = [(g, w, s) for (g, w), s in zip(candidates, _floats(raw))]
+        best: tuple[float, float, tuple[float, ...]] | None = None  # (signed score, gamma, weights)
+        for g, w, s in scores:
+            if not math.isnan(s) and (best is None or sign * s < best[0]):
+                best = (sign * s, g, w)
         if best is None:
             raise ValueError("every leap candidate scored NaN; the student probably diverged (lower its lr)")
         _, gamma, weights = best
         mix = _mix([{k: v.detach() for k, v in phi.items()} for phi in phis], weights)
         params = {k: gamma * theta[k] + (1 - gamma) * mix[k] for k in theta}
         return Leap(params, gamma, weights, sign * best[0], tuple(scores))
+
+
+def _floats(scores: Sequence[float | Tensor]) -> list[float]:
+    """The scores as Python floats, tensor scores read back in one transfer (one CUDA sync, not one per candidate)."""
+    at = [i for i, s in enumerate(scores) if isinstance(s, Tensor)]
+    values = [float(s) if not isinstance(s, Tensor) else 0.0 for s in scores]
+    if at:
+        for i, v in zip(at, torch.stack([scores[i].detach().reshape(()).double() for i in at]).tolist()):
+            values[i] = v
+    return values
 
 
 def _mix(phis: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> Params:

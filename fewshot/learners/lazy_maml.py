@@ -74,11 +74,11 @@ def teacher_leaps(learner: Learner, teacher: LazyTeacher, theta: Params, checkpo
     for t in range(query[0].shape[0]):
         qx, qy = query[0][t], query[1][t]
 
-        def score(p: Params) -> float:
+        def score(p: Params) -> Tensor:  # a tensor: the teacher reads a task's scores back at once
             out = forward(model, p, buffers, qx)
             if teacher.criterion == "accuracy":
-                return float(task_scores(learner.problem, out.unsqueeze(0), qy.unsqueeze(0))[0])
-            return float(learner.loss_fn(out, qy))
+                return task_scores(learner.problem, out.unsqueeze(0), qy.unsqueeze(0))[0]
+            return learner.loss_fn(out, qy)
 
         leaps.append(teacher.leap(theta, [{k: v[t] for k, v in c.items()} for c in checkpoints], score))
     return leaps

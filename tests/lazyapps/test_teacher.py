@@ -92,6 +92,20 @@ def test_nan_scores_never_win_and_all_nan_raises():
         LazyTeacher().leap(theta, [phi], lambda p: float("nan"))
 
 
+def test_tensor_scores_choose_and_report_as_their_float_values_do():
+    theta, phi = vec_params([0.0, 0.0], [1.0, 1.0])
+    as_float = lambda p: float("nan") if not 0.07 < p["w"][0] < 0.22 else float(p["w"][0])  # noqa: E731
+    calls = iter(range(100))
+    # tensors (float32, with a NaN) and floats mixed: the teacher reads the tensors back together after the search
+    mixed = lambda p: torch.tensor(as_float(p), dtype=torch.float32) if next(calls) % 2 else as_float(p)  # noqa: E731
+    for score in (lambda p: torch.tensor(as_float(p)), mixed):
+        leap, reference = LazyTeacher().leap(theta, [phi], score), LazyTeacher().leap(theta, [phi], as_float)
+        assert leap.gamma == reference.gamma == 0.90
+        assert [g for g, _, _ in leap.scores] == [g for g, _, _ in reference.scores]
+        got, want = [s for _, _, s in leap.scores], [s for _, _, s in reference.scores]
+        assert all(type(s) is float for s in got) and got == pytest.approx(want, nan_ok=True, abs=1e-7)
+
+
 def test_simplex_grid_and_teacher_validation():
     grid = simplex_grid(3, 0.1)
     assert len(grid) == 66 and all(abs(sum(w) - 1) < 1e-12 and min(w) >= 0 for w in grid)
