@@ -13,13 +13,17 @@ import torch
 import torch.nn.functional as F
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``uint8`` (or [0, 1] float) images N×C×H×W → float32, minus ``mean``, divided by ``std`` per channel."""
+def normalize(images: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """``uint8`` (or [0, 1] float) images N×C×H×W → float32, minus ``mean``, divided by ``std`` per channel.
+
+    ``mean`` and ``std`` may be float32 tensors on the images' device already: a training loop passes those so
+    that no batch copies them there again.
+    """
     x = images.float()
     if images.dtype == torch.uint8:
         x = x / 255
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s
 
 

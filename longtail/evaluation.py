@@ -31,14 +31,16 @@ def predict(model: nn.Module, images: torch.Tensor, *, mean: Sequence[float], st
     was_training = model.training
     model.eval()
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    # The constants go to the device once and the predictions come back once (not a copy per batch each way).
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
     out = []
     try:
         for start in range(0, len(images), batch_size):
             x = normalize(images[start:start + batch_size].to(device), mean, std).to(dtype)
-            out.append(model(x).argmax(1).cpu())
+            out.append(model(x).argmax(1))
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    return torch.cat(out).cpu() if out else torch.empty(0, dtype=torch.long)
 
 
 def summarize(predictions: torch.Tensor, labels: torch.Tensor, counts: Sequence[int]) -> dict[str, Any]:

@@ -183,6 +183,8 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.last: dict[str, Any] | None = None
         self._val = None
+        # On the device once, not copied there with every batch.
+        self._mean, self._std = (torch.tensor(v, dtype=torch.float32, device=self.device) for v in (data.mean, data.std))
 
     # -- checkpoints -------------------------------------------------------------------------------
     @property
@@ -244,7 +246,7 @@ class Trainer:
     # -- training ----------------------------------------------------------------------------------
     def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
         """A batch as the model trains on it: on the device, normalised, in the model's dtype and the device's image layout."""
-        return (normalize(images.to(self.device), self.data.mean, self.data.std).to(self.dtype)
+        return (normalize(images.to(self.device), self._mean, self._std).to(self.dtype)
                 .contiguous(memory_format=self.layout))
 
     def _validation_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from lazyapps.errors import UnknownNameError
 from lazyapps.functional import params_of
 from longtail import losses as L
-from longtail.augment import random_crop_flip
+from longtail.augment import normalize, random_crop_flip
 from longtail.methods import LazyTwoComponent, StepContext, TwoComponent
 from longtail.reweighting import LookAhead, batch_statistics, chunks, plain_direction, validation_loss
 
@@ -170,6 +170,14 @@ def test_diagnostics_are_means_over_the_epoch():
     method.reset_diagnostics()
     method.record(val_loss=7.0)
     assert method.diagnostics == {"val_loss": 7.0}
+
+
+def test_normalize_maps_uint8_per_channel_and_takes_the_constants_as_lists_or_tensors():
+    images = torch.tensor([[[[0, 255]], [[51, 102]]]], dtype=torch.uint8)  # 1×2×1×2
+    mean, std = [0.5, 0.2], [0.5, 0.1]
+    expected = torch.tensor([[[[-1.0, 1.0]], [[0.0, 2.0]]]])  # ((x / 255) − mean) / std per channel
+    assert torch.allclose(normalize(images, mean, std), expected, atol=1e-6)
+    assert torch.equal(normalize(images, torch.tensor(mean), torch.tensor(std)), normalize(images, mean, std))
 
 
 def test_random_crop_flip_is_a_shifted_window():
