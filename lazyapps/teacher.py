@@ -228,12 +228,9 @@ class LazyTeacher:
 
 def _floats(scores: Sequence[float | Tensor]) -> list[float]:
     """The scores as Python floats, tensor scores read back in one transfer (one CUDA sync, not one per candidate)."""
-    at = [i for i, s in enumerate(scores) if isinstance(s, Tensor)]
-    values = [float(s) if not isinstance(s, Tensor) else 0.0 for s in scores]
-    if at:
-        for i, v in zip(at, torch.stack([scores[i].detach().reshape(()).double() for i in at]).tolist()):
-            values[i] = v
-    return values
+    tensors = [s.detach().reshape(()).double() for s in scores if isinstance(s, Tensor)]
+    read = iter(torch.stack(tensors).tolist() if tensors else ())
+    return [next(read) if isinstance(s, Tensor) else float(s) for s in scores]
 
 
 def _mix(phis: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> Params:

@@ -32,7 +32,7 @@ def predict(model: nn.Module, images: torch.Tensor, *, mean: Sequence[float], st
     model.eval()
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     # The constants go to the device once and the predictions come back once (not a copy per batch each way).
-    mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
+    mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
     out = []
     try:
         for start in range(0, len(images), batch_size):
