@@ -7,7 +7,7 @@ One API for every algorithm (:class:`fewshot.base.Learner`)::
 
     train = task_source("omniglot", split="train", ways=5, shots=1, queries=15)
     test = task_source("omniglot", split="test", ways=5, shots=1, queries=15)
-    model = models_zoo.create("conv4-strided", num_classes=5, in_channels=1, image_size=28)
+    model = models_zoo.create("conv4", num_classes=5, in_channels=1, image_size=28)
     learner = fewshot.LazyMAML(model, inner_steps=15, gammas=(0.75, 0.8, 0.85, 0.9, 0.95))
     learner.meta_train(train, iterations=1000, meta_batch=32)
     print(learner.evaluate(test.fixed_tasks(1000, seed=0)))   # accuracy mean ± 95% CI

@@ -113,7 +113,7 @@ def _refuse_changed_hparams(resume: str, stored: dict[str, Any], explicit: dict[
 @fewshot.command("train")
 @click.option("--algo", required=True, help="Learning algorithm (e.g. maml, fomaml, reptile, lazy-maml, lazy-reptile, scratch, finetune; see `lazyapps fewshot algos`).")
 @click.option("--dataset", default="omniglot", show_default=True, help="omniglot, omniglot-lake, sine, cifar-fs, miniimagenet, tieredimagenet or folder:PATH.")
-@click.option("--arch", default=None, help="Model zoo architecture (default: conv4-strided for Omniglot, conv4 for other images, sine_mlp for sine).")
+@click.option("--arch", default=None, help="Model zoo architecture (default: conv4 for images, sine_mlp for sine).")
 @click.option("--ways", type=int, default=5, show_default=True, help="Classes per task (N).")
 @click.option("--shots", type=int, default=1, show_default=True, help="Support examples per class (K).")
 @click.option("--queries", type=int, default=None, help="Query examples per class (default: the preset's).")

@@ -60,11 +60,9 @@ class DatasetInfo:
     arch: str  # the standard architecture for it
 
 
-# Omniglot takes MAML's Omniglot network (stride-2 convolutions, no pooling: Finn et al.'s released code), which
-# has conv4's parameters and runs a meta-iteration 3-4x faster on a CPU; max-pooling conv4 is their miniImageNet net.
 INFO = {
-    "omniglot": DatasetInfo("classification", 1, 28, "conv4-strided"),
-    "omniglot-lake": DatasetInfo("classification", 1, 28, "conv4-strided"),
+    "omniglot": DatasetInfo("classification", 1, 28, "conv4"),
+    "omniglot-lake": DatasetInfo("classification", 1, 28, "conv4"),
     "sine": DatasetInfo("regression", 1, None, "sine_mlp"),
     "cifar-fs": DatasetInfo("classification", 3, 32, "conv4"),
     "miniimagenet": DatasetInfo("classification", 3, 84, "conv4"),

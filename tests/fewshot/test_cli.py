@@ -30,7 +30,7 @@ def test_train_writes_checkpoint_result_and_plot(trained) -> None:
     assert (out / "run" / "checkpoint.pt").is_file() and (out / "curve.png").stat().st_size > 1000
     saved = json.loads((out / "train.json").read_text())
     meta = json.loads((out / "run" / "checkpoint.pt.json").read_text())
-    assert meta["algo"] == "fomaml" and meta["arch"] == "conv4-strided" and meta["iteration"] == 3
+    assert meta["algo"] == "fomaml" and meta["arch"] == "conv4" and meta["iteration"] == 3
     assert saved["metrics"]["test"]["tasks"] == 4 and saved["metrics"]["test"]["transductive"] is True
     assert "fomaml" in result.output and "±" in result.output
 
@@ -43,7 +43,7 @@ def test_eval_prints_mean_and_interval_and_refuses_other_algorithms(trained, tmp
     assert result.exit_code == 0, result.output
     test = json.loads((tmp_path / "e.json").read_text())["metrics"]["test"]
     assert test["tasks"] == 6 and test["transductive"] is False and 0 <= test["mean"] <= 100 and test["ci95"] >= 0
-    for flag, value, needle in (("--algo", "maml", "algo='fomaml', but algo='maml'"), ("--arch", "resnet18", "arch='conv4-strided', but arch='resnet18'")):
+    for flag, value, needle in (("--algo", "maml", "algo='fomaml', but algo='maml'"), ("--arch", "resnet18", "arch='conv4', but arch='resnet18'")):
         result = _run("fewshot", "eval", "--checkpoint", ckpt, flag, value, *common)
         assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1

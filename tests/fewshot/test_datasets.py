@@ -158,16 +158,3 @@ def test_finn_split_is_the_documented_seeded_permutation_of_all_characters(omnig
     assert train_chars.tolist() == sorted(perm[:1200].tolist()) and test_chars.tolist() == sorted(perm[1200:].tolist())
     # a shuffle over both of Lake's sets (964 background, 659 evaluation characters), not the file order
     assert (train_chars >= 964).any() and (test_chars < 964).any()
-
-
-@pytest.mark.parametrize("dataset,strided", [("omniglot", True), ("omniglot-lake", True), ("cifar-fs", False),
-                                             ("miniimagenet", False)])
-def test_omniglot_defaults_to_mamls_strided_network_and_other_images_to_max_pooling(dataset, strided) -> None:
-    # Finn et al.'s released code: stride-2 convolutions without pooling on Omniglot, max-pooling on miniImageNet.
-    from fewshot.experiment import build_learner
-
-    model = build_learner("maml", dataset=dataset, ways=5).model
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)]
-    assert len(convs) == 4 and all(c.stride == ((2, 2) if strided else (1, 1)) for c in convs)
-    assert (len(pools) == 0) == strided
