@@ -25,7 +25,7 @@ def shot_group(count: int) -> str:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
+def predict(model: nn.Module, images: torch.Tensor, *, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor,
             batch_size: int = 500, device: torch.device | str = "cpu") -> torch.Tensor:
     """Top-1 predictions of ``model`` (eval mode) for ``uint8`` images, batch by batch."""
     was_training = model.training
