@@ -63,6 +63,7 @@ def summarize(predictions: torch.Tensor, labels: torch.Tensor, counts: Sequence[
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, counts: Sequence[int], *,
-             mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu") -> dict[str, Any]:
+             mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor,
+             device: torch.device | str = "cpu") -> dict[str, Any]:
     """:func:`summarize` of ``model``'s predictions on ``images``."""
     return summarize(predict(model, images, mean=mean, std=std, device=device), labels.cpu(), counts)

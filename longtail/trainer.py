@@ -308,7 +308,7 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Top-1 error, shot-group and per-class accuracy of the current model on the test set."""
         return evaluate(self.model, self.data.test_images, self.data.test_labels, self.data.counts,
-                        mean=self.data.mean, std=self.data.std, device=self.device)
+                        mean=self._mean, std=self._std, device=self.device)
 
     def run(self, *, on_epoch_end: Callable[[Trainer, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
         """Train from ``self.epoch`` to the last epoch, checkpointing after each; returns the history.
