@@ -84,6 +84,34 @@ def query_losses(
     return loss(scores, y_rep, t_rep).reshape(b, m).to(device=points.device, dtype=points.dtype)
 
 
+def query_losses_with_base(
+    blackbox: BlackBox,
+    points: Tensor,
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss: LossFn,
+    index: Tensor,
+    target: Tensor | None = None,
+    scores: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`query_losses` of ``points`` and the loss at the base images ``x`` themselves.
+
+    One-sided differences need f(x): it comes from ``scores`` (the blackbox's
+    scores of ``x``, already paid for) when given, else it is queried in the
+    same blackbox call as the points (one more query per image).
+
+    Returns:
+        (B, M) losses of the points and (B, 1) losses of ``x``.
+    """
+    if scores is None:
+        losses = query_losses(blackbox, torch.cat([points, x.unsqueeze(1)], 1), y, loss=loss, index=index, target=target)
+        return losses[:, :-1], losses[:, -1:]
+    t = None if target is None else target.to(scores.device)
+    f_x = loss(scores, y.to(scores.device), t).to(device=points.device, dtype=points.dtype).unsqueeze(1)
+    return query_losses(blackbox, points, y, loss=loss, index=index, target=target), f_x
+
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -290,22 +318,13 @@ class ZOOEstimator(GradientEstimator):
         images = torch.arange(b, device=flat.device).unsqueeze(1)
         rows = torch.arange(q * k, device=flat.device).unsqueeze(0)
         points[images, rows, coords.repeat_interleave(k, dim=1)] = values.reshape(b, q * k)
-        need_base = self.mode == "forward" and scores is None
-        if need_base:
-            points = torch.cat([points, flat.unsqueeze(1)], dim=1)
-        losses = query_losses(
-            blackbox, points.reshape((b, points.shape[1]) + tuple(x.shape[1:])), y, loss=loss, index=index, target=target
-        )
+        points = points.reshape((b, q * k) + tuple(x.shape[1:]))
         if self.mode == "symmetric":
-            pair = losses.reshape(b, q, 2)
+            pair = query_losses(blackbox, points, y, loss=loss, index=index, target=target).reshape(b, q, 2)
             grad_q = (pair[..., 0] - pair[..., 1]) / (up - down)
         else:
-            if need_base:
-                f_x = losses[:, -1:]
-                losses = losses[:, :-1]
-            else:
-                t = None if target is None else target.to(scores.device)
-                f_x = loss(scores, y.to(scores.device), t).to(device=flat.device, dtype=flat.dtype).unsqueeze(1)
+            losses, f_x = query_losses_with_base(blackbox, points, x.detach(), y, loss=loss, index=index, target=target,
+                                                 scores=scores)
             grad_q = (losses - f_x) / (up - base)
         grad = torch.zeros_like(flat).scatter_(1, coords, grad_q)
         queries = torch.full((b,), self.queries_on(q, scores_known=scores is not None), dtype=torch.long)
@@ -371,15 +390,7 @@ class NESEstimator(GradientEstimator):
             step = plus - minus
             scale = 4 * self.sigma**2
         else:
-            need_base = scores is None
-            points = torch.cat([plus, x.unsqueeze(1)], 1) if need_base else plus
-            losses = query_losses(blackbox, points, y, loss=loss, index=index, target=target)
-            if need_base:
-                f_x = losses[:, -1:]
-                losses = losses[:, :-1]
-            else:
-                t = None if target is None else target.to(scores.device)
-                f_x = loss(scores, y.to(scores.device), t).to(device=x.device, dtype=x.dtype).unsqueeze(1)
+            losses, f_x = query_losses_with_base(blackbox, plus, x, y, loss=loss, index=index, target=target, scores=scores)
             diff = losses - f_x
             step = plus - x.unsqueeze(1)
             scale = self.sigma**2
