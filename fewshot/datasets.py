@@ -35,7 +35,7 @@ from torch import Tensor
 
 from lazyapps.errors import DataNotFoundError, LazyAppsError, UnknownNameError
 
-from .tasks import EpisodeSampler, TaskBatch
+from .tasks import EpisodeSampler, TaskBatch, fixed_task_batches
 
 SPLITS = ("train", "val", "test")
 FOLDER_PREFIX = "folder:"
@@ -120,13 +120,8 @@ class SineTasks:
         return (batch, amp.flatten(), phase.flatten()) if return_params else batch
 
     def fixed_tasks(self, num_tasks: int, *, seed: int, batch_size: int = 25) -> list[TaskBatch]:
-        gen = torch.Generator().manual_seed(seed)
-        out, left = [], num_tasks
-        while left > 0:
-            n = min(batch_size, left)
-            out.append(self.sample(n, generator=gen))
-            left -= n
-        return out
+        """A fixed, seeded set of evaluation tasks (:func:`~fewshot.tasks.fixed_task_batches`)."""
+        return fixed_task_batches(self, num_tasks, seed=seed, batch_size=batch_size)
 
 
 # -- Omniglot -----------------------------------------------------------------------

@@ -43,6 +43,21 @@ class TaskSource(Protocol):
     def fixed_tasks(self, num_tasks: int, *, seed: int, batch_size: int = 25) -> list[TaskBatch]: ...
 
 
+def fixed_task_batches(source: TaskSource, num_tasks: int, *, seed: int, batch_size: int = 25) -> list[TaskBatch]:
+    """A fixed, seeded set of ``num_tasks`` evaluation tasks of ``source`` (same ``seed`` → same tasks), in batches.
+
+    Draws from a generator of its own, so it neither depends on nor advances the
+    training draw.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out, left = [], num_tasks
+    while left > 0:
+        n = min(batch_size, left)
+        out.append(source.sample(n, generator=gen))
+        left -= n
+    return out
+
+
 @dataclass(frozen=True)
 class TaskBatch:
     """``T`` tasks stacked on dim 0.
@@ -238,18 +253,8 @@ class EpisodeSampler:
         return TaskBatch(torch.stack(sx), torch.stack(sy), torch.stack(qx), torch.stack(qy), classes=torch.stack(drawn)).to(self.device)
 
     def fixed_tasks(self, num_tasks: int, *, seed: int, batch_size: int = 25) -> list[TaskBatch]:
-        """A fixed, seeded set of evaluation tasks (same ``seed`` → same tasks), in batches.
-
-        Uses a generator of its own, so it neither depends on nor advances the
-        training draw.
-        """
-        gen = torch.Generator().manual_seed(seed)
-        out, left = [], num_tasks
-        while left > 0:
-            n = min(batch_size, left)
-            out.append(self.sample(n, generator=gen))
-            left -= n
-        return out
+        """A fixed, seeded set of evaluation tasks (:func:`fixed_task_batches`)."""
+        return fixed_task_batches(self, num_tasks, seed=seed, batch_size=batch_size)
 
     def __iter__(self) -> Iterator[TaskBatch]:
         while True:

@@ -18,6 +18,8 @@ from fewshot.learners.meta_lstm import (
 from fewshot.tasks import TaskBatch
 from lazyapps.functional import params_of
 
+from ._checks import meta_trains_on_omniglot, sine_mse_drops
+
 
 def test_preprocessing_matches_closed_form():
     x = torch.tensor([1.0, -0.5, 3.0, 1e-5, -2e-6, 0.0], dtype=torch.float64)
@@ -161,27 +163,15 @@ def test_vmap_and_loop_meta_steps_agree_and_adapt_shapes():
 
 
 def test_short_sine_run_lowers_query_mse():
-    from fewshot.datasets import SineTasks
     from models_zoo.fewshot_nets import SineMLP
 
     torch.manual_seed(0)
     learner = MetaLSTM(SineMLP(hidden=20), problem="regression", inner_steps=2, meta_lr=5e-3)  # a larger meta lr: short run
-    held_out = SineTasks(shots=5, queries=20).fixed_tasks(100, seed=7, batch_size=100)
-    before = learner.evaluate(held_out).mean
-    learner.meta_train(SineTasks(shots=5, queries=10, seed=0), iterations=40, meta_batch=5)
-    after = learner.evaluate(held_out).mean
-    assert after < 0.85 * before, (before, after)
+    sine_mse_drops(learner, iterations=40, meta_batch=5, factor=0.85)
 
 
 def test_runs_on_conv4_omniglot(omniglot_tasks):
     from models_zoo.fewshot_nets import Conv4
 
-    train, test = omniglot_tasks
     torch.manual_seed(0)
-    learner = MetaLSTM(Conv4(num_classes=5, hidden=8), **dict(inner_steps=2))
-    before = {k: v.detach().clone() for k, v in learner.state_dict().items()}
-    history = learner.meta_train(train, iterations=2, meta_batch=2)
-    assert len(history) == 2 and all(math.isfinite(h["loss"]) and 0 <= h["accuracy"] <= 100 for h in history)
-    assert any(not torch.equal(before[k], v) for k, v in learner.state_dict().items())
-    result = learner.evaluate(test.fixed_tasks(4, seed=3))
-    assert result.metric == "accuracy" and result.tasks == 4 and 0 <= result.mean <= 100
+    meta_trains_on_omniglot(MetaLSTM(Conv4(num_classes=5, hidden=8), inner_steps=2), omniglot_tasks)

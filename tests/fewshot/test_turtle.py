@@ -1,5 +1,4 @@
 """TURTLE: meta-network shape, the update rule with a hand-set network, second-order meta-gradient vs finite differences."""
-import math
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -7,6 +6,8 @@ from torch import nn
 from fewshot.learners.turtle import Turtle, UpdateNetwork, turtle_adapt, update_network_forward
 from fewshot.tasks import TaskBatch
 from lazyapps.functional import params_of
+
+from ._checks import meta_trains_on_omniglot, sine_mse_drops
 
 
 def test_default_network_is_five_hidden_layers_of_twenty_relu_units():
@@ -120,30 +121,18 @@ def test_vmap_and_loop_agree_and_first_order_differs():
 
 
 def test_short_sine_run_lowers_query_mse():
-    from fewshot.datasets import SineTasks
     from models_zoo.fewshot_nets import SineMLP
 
     torch.manual_seed(0)
     learner = Turtle(SineMLP(hidden=20), problem="regression", inner_steps=2, meta_lr=5e-3)  # a larger meta lr: short run
-    held_out = SineTasks(shots=5, queries=20).fixed_tasks(100, seed=7, batch_size=100)
-    before = learner.evaluate(held_out).mean
-    learner.meta_train(SineTasks(shots=5, queries=10, seed=0), iterations=60, meta_batch=5)
-    after = learner.evaluate(held_out).mean
-    assert after < 0.8 * before, (before, after)
+    sine_mse_drops(learner, iterations=60, meta_batch=5, factor=0.8)
 
 
 def test_runs_on_conv4_omniglot(omniglot_tasks):
     from models_zoo.fewshot_nets import Conv4
 
-    train, test = omniglot_tasks
     torch.manual_seed(0)
-    learner = Turtle(Conv4(num_classes=5, hidden=8), **dict(inner_steps=2, lr_init=0.4))
-    before = {k: v.detach().clone() for k, v in learner.state_dict().items()}
-    history = learner.meta_train(train, iterations=2, meta_batch=2)
-    assert len(history) == 2 and all(math.isfinite(h["loss"]) and 0 <= h["accuracy"] <= 100 for h in history)
-    assert any(not torch.equal(before[k], v) for k, v in learner.state_dict().items())
-    result = learner.evaluate(test.fixed_tasks(4, seed=3))
-    assert result.metric == "accuracy" and result.tasks == 4 and 0 <= result.mean <= 100
+    meta_trains_on_omniglot(Turtle(Conv4(num_classes=5, hidden=8), inner_steps=2, lr_init=0.4), omniglot_tasks)
 
 
 def test_grad_clip_bounds_the_meta_gradient_norm_and_none_leaves_it():
