@@ -41,7 +41,8 @@ META_TRAINING_OF = {"lazy-meta": "lazy-reptile", "meta": "reptile"}
 META_TRAININGS_OF = {"lazy-meta": ("lazy-reptile", "lazy-maml"), "meta": ("reptile", "maml")}
 
 #: ``preset -> dataset -> settings``. smoke: seconds (tests); quick: minutes on a
-#: 2-core CPU; paper: Du et al.'s settings (a GPU). ``None`` = the component's default.
+#: 2-core CPU; paper: Du et al.'s settings (MNIST: about a quarter of an hour on one CPU
+#: thread from an empty cache, most of it meta-training; CIFAR-10: a GPU). ``None`` = the component's default.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "mnist": dict(zoo_epochs=1, zoo_subset=512, target_epochs=1, target_subset=1024, grad_images=64,
