@@ -64,3 +64,13 @@ def test_accuracy_overrides_are_checked_before_any_training(item, message, capsy
     with pytest.raises(SystemExit) as exc:
         fewshot_accuracy.main(["--hp", item, "--learners", "reptile", "--json", ""])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_budget_settings_are_valid_learner_settings_and_hp_still_wins() -> None:
+    parser = argparse.ArgumentParser()
+    merged = fewshot_accuracy._overrides(parser, ["lazy-maml.gammas=0.1,0.2", "maml.inner_lr=0.2"], budget=True)
+    assert merged["lazy-maml"] == {"zero_head": True, "gammas": [0.1, 0.2]}  # --hp replaces the budget grid
+    assert merged["reptile"] == {"inner_optimizer": "sgd", "inner_lr": 0.1}
+    assert merged["lazy-reptile"] == {"zero_head": True, "meta_step_size": 4}
+    assert merged["maml"] == {"inner_lr": 0.2}
+    assert fewshot_accuracy._overrides(parser, []) == {}  # the papers' settings unless asked
