@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import importlib
 import time
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "attack": ("attacks.cli:attack", "Blackbox adversarial attacks: lazy meta-attack and baselines."),
     "fewshot": ("fewshot.cli:fewshot", "Few-shot learning: MAML family, lazy learners, iMAML, Meta-SGD, meta-LSTM, TURTLE."),
 }
+
+
+class OneLineUsageError(click.UsageError):
+    """A usage mistake shown as the project's one ``Error:`` line (click's own adds the usage and a hint line)."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True, file=file)
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    if isinstance(exc, (OneLineUsageError, click.exceptions.NoArgsIsHelpError)):  # (the latter shows the help)
+        return exc
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    return OneLineUsageError(f"{exc.format_message()}{where}", ctx=exc.ctx)
 
 
 class LazyGroup(click.Group):
@@ -52,11 +67,19 @@ class LazyGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:  # the top level's own options
+            raise _one_line(exc) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         from .errors import LazyAppsError
 
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a subcommand's options and arguments, parsed inside this call
+            raise _one_line(exc) from None
         except LazyAppsError as exc:
             error = click.ClickException(str(exc))
             error.exit_code = exc.exit_code
@@ -172,10 +195,24 @@ def apply_preset(presets: Mapping[str, Mapping[str, Any]], preset: str, override
     return settings
 
 
+def recorded_settings(meta: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The options among ``names`` that the user left at their defaults, as checkpoint metadata ``meta`` recorded them.
+
+    For ``--resume``: a run continues with its own settings without the user typing them again; an option given
+    on the command line is kept, so the checkpoint's identity check can refuse it if it differs.
+    """
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    left = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    return {name: meta[name] for name in names if name in meta and ctx.get_parameter_source(name) in left}
+
+
 def preset_option(default: str = "quick") -> Callable:
-    """``--preset smoke|quick|paper``: smoke runs in seconds, quick in minutes on a CPU, paper as the papers."""
+    """``--preset smoke|quick|paper``: smoke checks the code path, quick runs in minutes on a CPU, paper as the papers."""
     return click.option("--preset", type=click.Choice(["smoke", "quick", "paper"]), default=default, show_default=True,
-                        help="Settings bundle: smoke (seconds), quick (minutes on a CPU), paper (the papers' settings, GPU). Explicit flags override it.")
+                        help="Settings bundle: smoke (a code-path check: seconds, or minutes while its first models train), quick (minutes on a CPU), "
+                             "paper (the papers' settings; most need a GPU). Explicit flags override it.")
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
@@ -204,11 +241,17 @@ def compare_command(run: RunContext, results: tuple[str, ...], all_settings: boo
     run.finish({"results": list(results), "all_settings": all_settings}, table, table=format_comparison(table))
 
 
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    """A warning as one ``warning:`` line: a command's user reads what happens, not where in the source."""
+    return f"warning: {message}\n"
+
+
 def main() -> None:
     from .allocator import keep_freed_memory
 
     keep_freed_memory()  # before any tensor exists: large blocks are then reused, not re-faulted (see the module)
     torch_warnings.hide_internal_warnings()
+    warnings.formatwarning = _warning_line
     cli(prog_name="lazyapps")
 
 

@@ -10,9 +10,17 @@ from collections.abc import Iterable
 
 
 def describe(exc: BaseException, limit: int = 200) -> str:
-    """``exc`` on one line for an error message: its type and its (whitespace-collapsed) text, cut at ``limit``."""
+    """``exc`` on one line for an error message: its type and its (whitespace-collapsed) text, cut at ``limit``.
+
+    A cut text ends at its last whole sentence within ``limit`` where there is one, else with "…", so a message
+    never stops mid-phrase as if it were complete.
+    """
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:limit]}" if text else type(exc).__name__
+    if len(text) > limit:
+        cut = text[:limit]
+        end = max(cut.rfind(". "), cut.rfind("; "))
+        text = cut[:end + 1] if end >= limit // 3 else cut.rstrip() + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class LazyAppsError(Exception):

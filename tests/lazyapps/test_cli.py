@@ -58,6 +58,22 @@ def test_the_machines_refusals_are_one_line_too(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
+    (["demo", "--seed", "x"], "Error: Invalid value for '--seed': 'x' is not a valid integer range. (see 'group demo --help')"),
+    (["demo", "--nosuch"], "Error: No such option '--nosuch'. (see 'group demo --help')"),
+    (["nosuch"], "Error: No such command 'nosuch'. (see 'group --help')"),
+    (["--nosuch"], "Error: No such option '--nosuch'. (see 'group --help')"),
+])
+def test_usage_mistakes_are_one_error_line_too(args, message):
+    result = CliRunner().invoke(_demo_group(), args, prog_name="group")
+    assert result.exit_code == 2 and result.output.strip() == message
+
+
+def test_a_group_without_its_command_still_shows_its_help():
+    result = CliRunner().invoke(cli, ["longtail"])
+    assert result.exit_code == 2 and "Usage: cli longtail" in result.output and "train" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
     (["--seed", "-1"], "-1 is not in the range 0<=x<=4294967295"),
     (["--seed", "99999999999999999999"], "is not in the range 0<=x<=4294967295"),
     (["--json", "{tmp}/afile/r.json"], "Error: --json {tmp}/afile/r.json: cannot write there ({tmp}/afile is a file, so nothing can be made under it)"),
