@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from lazyapps.cli import apply_preset, common_options, preset_option, writable_file, writable_folder
+from lazyapps.cli import apply_preset, common_options, preset_option, recorded_settings, writable_file, writable_folder
 from lazyapps.plotting import plot_option
 
 METHOD_NAMES = ("ce", "cb-ce", "cb-focal", "ldam-drw", "logit-adjust", "l2rw", "meta-weight-net", "two-component",
@@ -40,8 +40,13 @@ def _parse_gammas(text: str | None) -> tuple[float, ...] | None:
 
 
 def _default_out(cache_root: Path, config) -> Path:
+    """A folder per run configuration (the digest of its settings), so a run with other settings never meets this one's
+    checkpoint; the readable part says what the run is."""
+    from lazyapps.cache import settings_key
+
+    digest = settings_key(config.identity(), length=8)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.dataset}-imb{config.imbalance:g}-{config.method}-{config.preset}-seed{config.seed}")
-    return cache_root / "longtail" / name
+    return cache_root / "longtail" / f"{name}-{digest}"
 
 
 def _result_rows(best: dict[str, Any] | None, last: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -59,9 +64,13 @@ def _per_class_rows(classes, counts, best, last) -> list[dict[str, Any]]:
     rows = []
     for c, (name, n) in enumerate(zip(classes, counts)):
         rows.append({"class": c, "name": name, "train_images": n, "group": shot_group(n),
-                     "best_accuracy": None if best is None else round(best["per_class_accuracy"][c], 4),
-                     "last_accuracy": None if last is None else round(last["per_class_accuracy"][c], 4)})
+                     "best_accuracy": _rounded(best, c), "last_accuracy": _rounded(last, c)})
     return rows
+
+
+def _rounded(result: dict[str, Any] | None, c: int) -> float | None:
+    accuracy = None if result is None else result["per_class_accuracy"][c]
+    return None if accuracy is None else round(accuracy, 4)
 
 
 def _plot(path: str, rows: list[dict[str, Any]], title: str, keys: tuple[str, ...]) -> None:
@@ -70,9 +79,9 @@ def _plot(path: str, rows: list[dict[str, Any]], title: str, keys: tuple[str, ..
     fig, ax = pyplot().subplots(figsize=(6, 4))
     counts = [r["train_images"] for r in rows]
     for key, marker in zip(keys, "oxs"):
-        values = [r[key] for r in rows]
-        if all(v is not None for v in values):
-            ax.scatter(counts, values, marker=marker, label=key.replace("_", " "))
+        points = [(n, r[key]) for n, r in zip(counts, rows) if r[key] is not None]  # (a class without test images: none)
+        if points:
+            ax.scatter(*zip(*points), marker=marker, label=key.replace("_", " "))
     ax.set_xscale("log")
     ax.set_xlabel("training images of the class")
     ax.set_ylabel("test accuracy (%)")
@@ -113,7 +122,8 @@ def longtail() -> None:
               help="two-component ε: step (Jamal et al.'s code, ε = -0.01 dL_val/dε) or normalized (L2RW-style, mass of w_y).")
 @click.option("--gammas", default=None, help="The teacher's γ grid, e.g. 0.75,0.8,0.85,0.9,0.95 (default).")
 @click.option("--split", "rule", type=click.Choice(["first", "ldam"]), default="first", show_default=True,
-              help="first: per class the first 10 images validate, the next n_c train (file order); ldam: Cao et al.'s seeded shuffle.")
+              help="first: per class the first --val-per-class images validate, the next n_c train (file order); "
+                   "ldam: the same from Cao et al.'s seeded shuffle (needs the full dataset).")
 @click.option("--val-per-class", type=int, default=10, show_default=True, help="Balanced validation images per class.")
 @click.option("--n-max", type=int, default=None, help="Training images of the largest class (paper: 4990 CIFAR-10, 490 CIFAR-100; smoke 100, quick 500).")
 @click.option("--test-per-class", type=int, default=None, help="Evaluate on the first N test images per class (paper: all).")
@@ -121,7 +131,8 @@ def longtail() -> None:
 @click.option("--batchnorm", type=click.Choice(["global", "local"]), default="global", show_default=True,
               help="Under torchrun: BatchNorm statistics of the whole batch (one process's numbers) or of each rank's share (plain DDP, faster).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, callback=writable_folder, help="Run folder for checkpoint.pt / best.pt (default: under the cache root).")
-@click.option("--resume", type=click.Path(dir_okay=False), default=None, help="Continue the run of this checkpoint.pt exactly where it stopped.")
+@click.option("--resume", type=click.Path(dir_okay=False), default=None,
+              help="Continue the run of this checkpoint.pt exactly where it stopped, with its settings (options given here must match them).")
 @click.option("--per-class-csv", type=click.Path(dir_okay=False), default=None, callback=writable_file, help="Write per-class accuracy (best and last epoch) as CSV.")
 @plot_option("Plot per-class accuracy vs. training images")
 @common_options
@@ -133,42 +144,52 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
     from lazyapps.paths import cache_root
     from lazyapps.progress import status
 
-    if not imbalance >= 1:
-        raise LazyAppsError(f"--imbalance must be >= 1 (largest / smallest class size), got {imbalance}")
-    if method not in METHOD_NAMES:
-        raise UnknownNameError("method", method, METHOD_NAMES)
-    settings = apply_preset(PRESETS, preset, {"epochs": epochs, "batch_size": batch_size, "n_max": n_max,
-                                              "test_per_class": test_per_class})
-    from .data import CIFARLongTail
-    from .trainer import TrainConfig, Trainer
-
-    config = TrainConfig(dataset=dataset, imbalance=imbalance, method=method, epochs=settings["epochs"],
-                         batch_size=settings["batch_size"], lr=0.1 if lr is None else lr,
-                         inner_steps=5 if inner_steps is None else inner_steps, inner_lr=inner_lr, eps_rule=eps_rule,
-                         gammas=_parse_gammas(gammas) or (0.75, 0.80, 0.85, 0.90, 0.95), rule=rule,
-                         val_per_class=val_per_class, n_max=settings["n_max"], test_per_class=settings["test_per_class"],
-                         model=model, seed=run.seed, preset=preset, batchnorm=batchnorm)
-    config.check()  # before the data loads: fail fast, one line
-    if resume is not None and not Path(resume).is_file():
-        raise LazyAppsError(f"--resume {resume}: no such checkpoint file")
-    if resume is not None:  # before the --out check: a best.pt's folder holds its run's checkpoint.pt
+    options = {"dataset": dataset, "imbalance": imbalance, "method": method, "preset": preset, "epochs": epochs,
+               "batch_size": batch_size, "lr": lr, "inner_steps": inner_steps, "inner_lr": inner_lr, "eps_rule": eps_rule,
+               "gammas": _parse_gammas(gammas), "rule": rule, "val_per_class": val_per_class, "n_max": n_max,
+               "test_per_class": test_per_class, "model": model, "seed": run.seed}
+    unexposed: dict[str, Any] = {}  # settings without an option (the benchmark sets them): a resumed run keeps its own
+    if resume is not None:
         from lazyapps.checkpoint import load_metadata
 
         from .trainer import refuse_best_checkpoint
 
-        refuse_best_checkpoint(resume, load_metadata(resume))
+        if not Path(resume).is_file():
+            raise LazyAppsError(f"--resume {resume}: no such checkpoint file")
+        meta = load_metadata(resume)
+        refuse_best_checkpoint(resume, meta)
+        options.update(recorded_settings(meta, options))  # the run's own settings, but for those given here
+        unexposed = {k: tuple(meta[k]) if k == "lr_decay" else meta[k] for k in ("lr_decay", "weight_decay", "momentum") if k in meta}
+    dataset, imbalance, method, preset = (options[k] for k in ("dataset", "imbalance", "method", "preset"))
+    if not imbalance >= 1:
+        raise LazyAppsError(f"--imbalance must be >= 1 (largest / smallest class size), got {imbalance}")
+    if method not in METHOD_NAMES:
+        raise UnknownNameError("method", method, METHOD_NAMES)
+    settings = apply_preset(PRESETS, preset, {k: options[k] for k in ("epochs", "batch_size", "n_max", "test_per_class")})
+    from .data import CIFARLongTail
+    from .trainer import TrainConfig, Trainer
+
+    config = TrainConfig(dataset=dataset, imbalance=imbalance, method=method, epochs=settings["epochs"],
+                         batch_size=settings["batch_size"], lr=0.1 if options["lr"] is None else options["lr"],
+                         inner_steps=5 if options["inner_steps"] is None else options["inner_steps"],
+                         inner_lr=options["inner_lr"], eps_rule=options["eps_rule"],
+                         gammas=tuple(options["gammas"] or (0.75, 0.80, 0.85, 0.90, 0.95)), rule=options["rule"],
+                         val_per_class=options["val_per_class"], n_max=settings["n_max"],
+                         test_per_class=settings["test_per_class"], model=options["model"], seed=options["seed"],
+                         preset=preset, batchnorm=batchnorm, **unexposed)
+    config.check()  # before the data loads: fail fast, one line
     out_dir = Path(out) if out else (Path(resume).parent if resume else _default_out(cache_root(run.cache_dir), config))
     existing = out_dir / "checkpoint.pt"
     if existing.exists() and (resume is None or Path(resume).resolve() != existing.resolve()):
         raise LazyAppsError(f"{out_dir} already holds a run's checkpoint; continue it with --resume {existing} "
                             f"or choose another --out (nothing was overwritten)")
-    data = CIFARLongTail.load(dataset, imbalance=imbalance, root=run.data_dir, rule=rule, val_per_class=val_per_class,
-                              n_max=config.n_max, test_per_class=config.test_per_class, seed=run.seed)
+    data = CIFARLongTail.load(dataset, imbalance=imbalance, root=run.data_dir, rule=config.rule, val_per_class=config.val_per_class,
+                              n_max=config.n_max, test_per_class=config.test_per_class, seed=config.seed)
     trainer = Trainer(config, data, device=run.device, out_dir=out_dir)  # (refuses settings the data cannot serve)
     status(data.describe())
     if resume is not None:
         trainer.resume(resume)
-        _carry_best(Path(resume).parent, out_dir)
+        _carry_run(Path(resume).parent, out_dir)
         status(f"resumed from {resume} after epoch {trainer.epoch}")
     schedule = trainer.schedule
     status(f"{method}: {config.epochs} epochs, lr {config.lr} (warm-up {schedule.warmup_epochs}, ×{schedule.decay_factors[0]:g} "
@@ -189,18 +210,20 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
     _write_outputs(run, per_class, per_class_csv, plot, f"{dataset}-LT x{imbalance:g}, {method}")
     metrics = {"best": _strip(trainer.best), "last": _strip(trainer.last), **times, "counts": data.counts,
                "per_class": per_class, "history": trainer.history, "checkpoint": str(trainer.checkpoint_path)}
-    run.finish(config.identity() | {"preset": preset, "batchnorm": batchnorm, "out": str(out_dir)}, metrics, table=table)
+    run.finish(trainer.config.identity() | {"preset": preset, "batchnorm": batchnorm, "out": str(out_dir)}, metrics, table=table)
 
 
-def _carry_best(source: Path, out_dir: Path) -> None:
-    """A run resumed into another --out takes its best.pt along: the run's best epoch may already be behind it."""
+def _carry_run(source: Path, out_dir: Path) -> None:
+    """A run resumed into another --out takes its checkpoint.pt and best.pt along: the run may already be finished
+    (no epoch left to write a checkpoint there), and its best epoch may already be behind it."""
     from lazyapps.checkpoint import meta_path, write_bytes_atomic
 
-    best = source / "best.pt"
-    if best.is_file() and best.resolve() != (out_dir / "best.pt").resolve():
-        for src in (best, meta_path(best)):
-            if src.is_file():
-                write_bytes_atomic(out_dir / src.name, src.read_bytes())
+    for name in ("checkpoint.pt", "best.pt"):
+        kept = source / name
+        if kept.is_file() and kept.resolve() != (out_dir / name).resolve():
+            for src in (kept, meta_path(kept)):
+                if src.is_file():
+                    write_bytes_atomic(out_dir / src.name, src.read_bytes())
 
 
 def _strip(result: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -225,6 +248,7 @@ def eval_command(run, checkpoint, per_class_csv, plot) -> None:
     import models_zoo
     from lazyapps.checkpoint import load_checkpoint
     from lazyapps.errors import CheckpointError
+    from lazyapps.progress import status
     from lazyapps.results import format_table
 
     from .data import CIFARLongTail
@@ -240,6 +264,7 @@ def eval_command(run, checkpoint, per_class_csv, plot) -> None:
     data = CIFARLongTail.load(meta["dataset"], imbalance=meta["imbalance"], root=run.data_dir, rule=meta["rule"],
                               val_per_class=meta["val_per_class"], n_max=meta["n_max"],
                               test_per_class=meta["test_per_class"], seed=meta["seed"])
+    status(data.describe())
     options = {"normalized_head": True} if meta.get("normalized_head") else {}
     model = models_zoo.create(meta["model"], num_classes=len(meta["classes"]), in_channels=int(data.test_images.shape[1]),
                               image_size=int(data.test_images.shape[-1]), **options).to(run.device)

@@ -24,6 +24,7 @@ and quick presets use it to keep evaluation cheap).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,8 @@ SPLIT_RULES = ("first", "ldam")
 #: The largest class of the long-tailed training set (Jamal et al.'s code):
 #: 5000 − 10 images per class, the 10 held out for validation.
 N_MAX = {"cifar10": 4990, "cifar100": 490}
+#: Training images of the full CIFAR-10 and CIFAR-100 (fewer: a subset, such as the shared data's CIFAR-10).
+FULL_TRAIN_IMAGES = 50_000
 
 
 def longtail_counts(num_classes: int, imbalance: float, n_max: int) -> list[int]:
@@ -83,10 +86,12 @@ def split_indices(
             rng.shuffle(idx)
         if len(idx) < val_per_class + n_c:
             name = f"{c} ({class_names[c]})" if class_names else str(c)
+            # Only the remedies that shrink this class's need (class 0 always keeps n_max, whatever the imbalance).
+            fixes = (["a larger --imbalance"] if c > 0 else []) + (["fewer --val-per-class"] if val_per_class else [])
+            fixes += ["a smaller --n-max", "a dataset with more images of the class"]
             raise LazyAppsError(
                 f"class {name} has {len(idx)} training images but the split needs {val_per_class} for validation "
-                f"+ {n_c} for training; use a larger --imbalance, fewer --val-per-class, a smaller --n-max, "
-                f"or the full dataset")
+                f"+ {n_c} for training; use {', '.join(fixes[:-1])} or {fixes[-1]}")
         val.append(idx[:val_per_class])
         train.append(idx[val_per_class:val_per_class + n_c])
     return torch.from_numpy(np.concatenate(train)).long(), torch.from_numpy(np.concatenate(val)).long()
@@ -123,6 +128,11 @@ class CIFARLongTail:
     test_labels: torch.Tensor
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # How the split was cut, so a trainer can record (and --resume / eval rebuild) exactly these data.
+    n_max: int = 0
+    val_per_class: int = 10
+    test_per_class: int | None = None
+    seed: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -162,6 +172,11 @@ class CIFARLongTail:
                 "in --data-dir / $LAZYAPPS_DATA; or train on CIFAR-10-LT with --dataset cifar10 "
                 f"[{str(exc).split(';')[0]}]") from None
         num_classes = len(data.classes)
+        if rule == "ldam" and dataset in N_MAX and len(data.train.labels) < FULL_TRAIN_IMAGES:
+            # The permutation is seeded as Cao et al.'s, but over other images: a split of its own, not theirs.
+            warnings.warn(f"--split ldam on a {len(data.train.labels)}-image subset of {dataset}'s "
+                          f"{FULL_TRAIN_IMAGES} training images is not Cao et al.'s split (that needs the full dataset)",
+                          stacklevel=2)
         if n_max is None:
             if dataset in N_MAX:
                 n_max = N_MAX[dataset]
@@ -186,6 +201,7 @@ class CIFARLongTail:
             val_images=data.train.images[val_idx], val_labels=data.train.labels[val_idx], val_index=val_idx,
             test_images=test.images, test_labels=test.labels,
             mean=tuple(data.mean), std=tuple(data.std),
+            n_max=int(n_max), val_per_class=int(val_per_class), test_per_class=test_per_class, seed=int(seed),
         )
 
     def describe(self) -> str:

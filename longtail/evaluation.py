@@ -3,7 +3,8 @@
 Shot groups follow the long-tail literature (Liu et al., CVPR 2019, "OLTR"):
 many-shot classes have more than 100 training images, medium-shot 20–100, and
 few-shot fewer than 20. A group with no class (e.g. few-shot on CIFAR-10-LT at
-imbalance 100, whose smallest class has 50 images) is reported as ``None``.
+imbalance 100, whose smallest class has 49 images) is reported as ``None``, as is the
+accuracy of a class without test images.
 """
 from __future__ import annotations
 
@@ -44,15 +45,18 @@ def predict(model: nn.Module, images: torch.Tensor, *, mean: Sequence[float] | t
 
 
 def summarize(predictions: torch.Tensor, labels: torch.Tensor, counts: Sequence[int]) -> dict[str, Any]:
-    """Top-1 error (%), many/medium/few-shot accuracy (%) and per-class accuracy (%) from predictions."""
+    """Top-1 error (%), many/medium/few-shot accuracy (%) and per-class accuracy (%, ``None`` for a class without
+    test images) from predictions."""
     num_classes = len(counts)
     correct = (predictions == labels).double()
     per_class_total = torch.bincount(labels, minlength=num_classes).double()
     per_class_correct = torch.bincount(labels, weights=correct, minlength=num_classes)
-    per_class = (100 * per_class_correct / per_class_total.clamp_min(1)).tolist()
+    # A class without test images has no accuracy (None), not 0%.
+    per_class = [float(a) if n > 0 else None
+                 for a, n in zip((100 * per_class_correct / per_class_total.clamp_min(1)).tolist(), per_class_total.tolist())]
     groups: dict[str, list[int]] = {"many": [], "medium": [], "few": []}
     for c, n in enumerate(counts):
-        if per_class_total[c] > 0:
+        if per_class[c] is not None:
             groups[shot_group(n)].append(c)
     result: dict[str, Any] = {"top1_error": float(100 * (1 - correct.mean())) if len(labels) else None}
     for group, members in groups.items():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,24 @@ class TrainConfig:
         return {k: d[k] for k in IDENTITY_KEYS}
 
 
+def describe_data(config: TrainConfig, data: CIFARLongTail) -> TrainConfig:
+    """``config`` with the data's split settings filled in where it leaves them open (``None``).
+
+    The checkpoint records the config as the data's description (the eval command and --resume rebuild the data
+    from it), so a setting the config names must be the one the data were cut with: anything else is refused.
+    """
+    described = {"dataset": data.dataset, "imbalance": float(data.imbalance), "rule": data.rule, "n_max": data.n_max,
+                 "val_per_class": data.val_per_class, "test_per_class": data.test_per_class}
+    if data.rule == "ldam":  # the seed draws that split's permutation
+        described["seed"] = data.seed
+    open_keys = {key for key in ("n_max", "test_per_class") if getattr(config, key) is None}
+    for key, value in described.items():
+        if key not in open_keys and getattr(config, key) != value:
+            raise LazyAppsError(f"the config says {key}={getattr(config, key)!r} but the data were cut with "
+                                f"{key}={value!r}; build both from the same settings")
+    return replace(config, **{key: described[key] for key in open_keys})
+
+
 class Interrupted(LazyAppsError):
     """Training stopped by Ctrl-C; the message names the checkpoint to resume from."""
 
@@ -127,16 +145,7 @@ class Trainer:
         config.check()
         if len(data.test_labels) == 0:
             raise LazyAppsError(f"{config.dataset} has no test images; every epoch is scored on the test split")
-        # The checkpoint records the config as the data's description: they must agree (the eval command and
-        # --resume rebuild the data from it).
-        described = {"dataset": data.dataset, "imbalance": float(data.imbalance), "rule": data.rule}
-        if config.n_max is not None:
-            described["n_max"] = data.counts[0]
-        for key, value in described.items():
-            if getattr(config, key) != value:
-                raise LazyAppsError(f"the config says {key}={getattr(config, key)!r} but the data were cut with "
-                                    f"{key}={value!r}; build both from the same settings")
-        self.config, self.data = config, data
+        self.config, self.data = describe_data(config, data), data
         self.device = resolve_device(device)
         # What the checkpoint names as the network: a zoo name it can be rebuilt from, or a user's own module.
         self.model_name = config.model if model is None else f"custom:{type(model).__name__}"

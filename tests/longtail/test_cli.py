@@ -125,6 +125,25 @@ def test_resume_refuses_a_best_pt_and_another_runs_folder_and_carries_best_along
     assert moved.exit_code == 0, moved.output
     assert (env / "c" / "best.pt").read_bytes() == (run_a / "best.pt").read_bytes()
     assert (env / "c" / "best.pt.json").is_file()
+    assert (env / "c" / "checkpoint.pt").read_bytes() == (run_a / "checkpoint.pt").read_bytes()  # the finished run's
+    assert json.loads((env / "c" / "checkpoint.pt.json").read_text())["epochs_done"] == 2
+
+
+def test_resume_takes_the_runs_settings_from_its_checkpoint_and_checks_the_ones_given(env):
+    run = env / "r"
+    args = [*TINY, "--model", "lenet5", "--method", "cb-ce", "--lr", "0.05", "--epochs", "3", "--seed", "2"]
+    first = _invoke("train", *args, "--out", str(run), "--json", str(env / "first.json"))
+    assert first.exit_code == 0, first.output
+    checkpoint = run / "checkpoint.pt"
+    before = checkpoint.read_bytes()
+    # only --resume, as the Ctrl-C message says: every setting (dataset, seed, lr, epochs, ...) is the run's own
+    again = _invoke("train", "--resume", str(checkpoint), "--quiet", "--json", str(env / "again.json"))
+    assert again.exit_code == 0, again.output
+    config, resumed = (json.loads((env / name).read_text())["config"] for name in ("first.json", "again.json"))
+    assert resumed == config and resumed["lr"] == 0.05 and resumed["seed"] == 2 and resumed["dataset"] == "cifar10"
+    other = CliRunner().invoke(cli, ["longtail", "train", "--resume", str(checkpoint), "--lr", "0.1"])
+    assert other.exit_code == 2 and "made with lr=0.05, but lr=0.1 is needed here" in other.output
+    assert checkpoint.read_bytes() == before
 
 
 def test_eval_of_a_checkpoint_without_its_metadata_says_so(env):

@@ -38,7 +38,8 @@ def test_default_split_on_real_subset(data_root):
 
 
 def test_ldam_split_on_real_subset_holds_out_validation_first(data_root):
-    lt = CIFARLongTail.load("cifar10", imbalance=10, root=data_root, rule="ldam", n_max=100, test_per_class=1, seed=5)
+    with pytest.warns(UserWarning, match="--split ldam on a .*-image subset of cifar10's 50000 .* not Cao et al.'s split"):
+        lt = CIFARLongTail.load("cifar10", imbalance=10, root=data_root, rule="ldam", n_max=100, test_per_class=1, seed=5)
     assert torch.bincount(lt.train_labels, minlength=10).tolist() == lt.counts == longtail_counts(10, 10, 100)
     labels = load_dataset("cifar10", root=data_root).train.labels.numpy()
     rng = np.random.RandomState(5)  # Cao et al.: one seeded stream, classes in order
@@ -125,3 +126,12 @@ def test_array_bundle_n_max_defaults_to_smallest_class_minus_validation(tmp_path
     lt = CIFARLongTail.load(f"npz:{path}", imbalance=4, root=tmp_path, val_per_class=5)
     assert lt.counts == longtail_counts(3, 4, 25 - 5) == [20, 10, 5]
     assert torch.bincount(lt.train_labels, minlength=3).tolist() == [20, 10, 5] and len(lt.val_labels) == 15
+
+
+def test_a_class_too_small_for_its_split_names_only_the_remedies_that_help_it():
+    labels = torch.tensor([0] * 5 + [1] * 5)
+    with pytest.raises(LazyAppsError, match=r"class 0 has 5 training images but the split needs 2 for validation \+ 6 "
+                                            r"for training; use fewer --val-per-class, a smaller --n-max or a dataset"):
+        split_indices(labels, [6, 3], val_per_class=2)  # class 0 keeps n_max whatever the imbalance
+    with pytest.raises(LazyAppsError, match=r"class 1 .* use a larger --imbalance, a smaller --n-max or a dataset"):
+        split_indices(labels, [5, 6], val_per_class=0)

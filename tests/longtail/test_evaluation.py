@@ -35,6 +35,7 @@ def test_summarize_matches_a_slow_reference_on_an_unbalanced_test_set():
     # a group without test images is None
     only_many = summarize(torch.tensor([0]), torch.tensor([0]), [150, 5])
     assert only_many["few_accuracy"] is None and only_many["few_classes"] == 0
+    assert only_many["per_class_accuracy"] == [100.0, None]  # no test image of class 1: no accuracy, not 0%
 
 
 def test_predict_uses_eval_mode_and_restores_training_mode():

@@ -89,6 +89,24 @@ def test_resume_refuses_another_runs_checkpoint(small_lt, tmp_path, tiny_net):
     assert (tmp_path / "ce" / "checkpoint.pt").read_bytes() == before  # nothing lost
 
 
+def test_open_split_settings_are_recorded_from_the_data_and_named_ones_must_match_it(data_root, small_lt, tmp_path, tiny_net):
+    cut = CIFARLongTail.load("cifar10", imbalance=10, root=data_root, n_max=20, test_per_class=4, val_per_class=5)
+    open_config = TrainConfig(dataset="cifar10", imbalance=10, method="ce", epochs=1, batch_size=32, val_per_class=5)
+    trainer = Trainer(open_config, cut, out_dir=tmp_path / "open")
+    assert (trainer.config.n_max, trainer.config.test_per_class, trainer.config.val_per_class) == (20, 4, 5)
+    assert open_config.n_max is None  # the caller's config is left as given
+    trainer.run()
+    meta = json.loads((tmp_path / "open" / "checkpoint.pt.json").read_text())
+    assert (meta["n_max"], meta["test_per_class"], meta["val_per_class"]) == (20, 4, 5)  # what eval rebuilds the data from
+    for key, value, actual in (("val_per_class", 10, 5), ("test_per_class", 3, 4), ("n_max", 30, 20)):
+        with pytest.raises(LazyAppsError, match=f"the config says {key}={value!r} but the data were cut with {key}={actual!r}"):
+            Trainer(TrainConfig(**{**open_config.__dict__, key: value}), cut)
+    with pytest.warns(UserWarning, match="not Cao et al.'s split"):  # (the shared data hold a subset)
+        ldam = CIFARLongTail.load("cifar10", imbalance=10, root=data_root, rule="ldam", n_max=20, test_per_class=4, seed=3)
+    with pytest.raises(LazyAppsError, match="the config says seed=0 but the data were cut with seed=3"):
+        Trainer(TrainConfig(dataset="cifar10", imbalance=10, method="ce", epochs=1, rule="ldam"), ldam, model=tiny_net())
+
+
 def test_cpu_training_runs_channels_last(small_lt, tiny_net):
     # oneDNN's native layout: the model and every batch it trains on are channels-last on a CPU (same values).
     trainer = Trainer(_config("ce", epochs=1), small_lt, model=tiny_net())
