@@ -160,6 +160,9 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
         refuse_best_checkpoint(resume, meta)
         options.update(recorded_settings(meta, options))  # the run's own settings, but for those given here
         unexposed = {k: tuple(meta[k]) if k == "lr_decay" else meta[k] for k in ("lr_decay", "weight_decay", "momentum") if k in meta}
+    from lazyapps.data import anchored_name
+
+    options["dataset"] = anchored_name(options["dataset"])  # (eval and --resume then work from any directory)
     dataset, imbalance, method, preset = (options[k] for k in ("dataset", "imbalance", "method", "preset"))
     if not imbalance >= 1:
         raise LazyAppsError(f"--imbalance must be >= 1 (largest / smallest class size), got {imbalance}")

@@ -46,7 +46,7 @@ from .sources import FilesMissing
 from .splits import DatasetSplits, Split, class_indices
 
 __all__ = [
-    "DatasetSplits", "Split", "class_indices", "load_dataset", "available_datasets", "clear_memory_cache",
+    "DatasetSplits", "Split", "anchored_name", "class_indices", "load_dataset", "available_datasets", "clear_memory_cache",
 ]
 
 # name -> (reader, its options with defaults, can torchvision download it)
@@ -65,6 +65,16 @@ MEMORY_SLOTS = 4
 def available_datasets() -> list[str]:
     """The named datasets (besides ``npz:PATH``, which loads any array bundle)."""
     return sorted(_DATASETS)
+
+
+def anchored_name(name: str) -> str:
+    """``name`` as a run should record it: an ``npz:`` bundle found from the working directory gets its absolute
+    path, so a checkpoint naming it loads from any directory (a path under the data root stays relative to it)."""
+    if name.startswith(BUNDLE_PREFIX):
+        path = Path(name[len(BUNDLE_PREFIX):]).expanduser()
+        if path.is_file():
+            return BUNDLE_PREFIX + str(path.resolve())
+    return name
 
 
 def clear_memory_cache() -> None:

@@ -201,3 +201,22 @@ def test_json_best_and_last_are_the_best_and_the_last_epoch(env):
     errors = [h["top1_error"] for h in metrics["history"]]
     assert metrics["last"]["epoch"] == 2 and metrics["last"]["top1_error"] == errors[-1]
     assert metrics["best"]["epoch"] == 1 + errors.index(min(errors)) and metrics["best"]["top1_error"] == min(errors)
+
+
+def test_a_bundle_given_relative_to_the_working_directory_is_recorded_absolute(env, monkeypatch):
+    import numpy as np
+
+    work, elsewhere = env / "work", env / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    y = np.repeat(np.arange(3), 30)
+    x = np.random.default_rng(0).integers(0, 256, (len(y), 32, 32, 3), dtype=np.uint8)
+    np.savez(work / "tiny.npz", x_train=x, y_train=y, x_test=x[:9], y_test=y[:9])
+    monkeypatch.chdir(work)
+    trained = _invoke("train", "--dataset", "npz:tiny.npz", "--preset", "smoke", "--imbalance", "2", "--n-max", "15", "--model", "lenet5",
+                      "--method", "ce", "--out", str(env / "run"), "--quiet")
+    assert trained.exit_code == 0, trained.output
+    meta = json.loads((env / "run" / "checkpoint.pt.json").read_text())
+    assert meta["dataset"] == f"npz:{work / 'tiny.npz'}"
+    monkeypatch.chdir(elsewhere)  # eval and --resume no longer depend on where the run started
+    assert _invoke("eval", "--checkpoint", str(env / "run" / "checkpoint.pt"), "--quiet").exit_code == 0
+    assert _invoke("train", "--resume", str(env / "run" / "checkpoint.pt"), "--quiet").exit_code == 0
