@@ -211,17 +211,18 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     except TooFewExamplesError as exc:
         fits = exc.smallest - settings["queries"]
         if train_shots is not None:  # the user's own --train-shots: theirs to fix
-            raise LazyAppsError(f"train shots + queries = {train_shots} + {settings['queries']} = {train_shots + settings['queries']} "
-                                f"examples per class are needed for meta-training, but the smallest class of {dataset} has "
-                                f"{exc.smallest}; lower --train-shots or --queries") from None
-        if fits < shots:  # not even --shots fits: the sampler's message names --shots and --queries
-            raise
+            raise LazyAppsError(exc.explain("train-shots", "lower --train-shots or --queries")) from None
+        if fits < shots:  # not even the user's --shots fit beside the queries (nor will they in the test tasks)
+            raise LazyAppsError(exc.explain("shots", "lower --shots or --queries", shots=shots)) from None
         # The algorithm's default asks for more shots than the classes hold beside the queries (e.g. Omniglot's 20
         # drawings with the paper preset's 15 queries): meta-train on as many as fit.
         settings["train_shots"] = fits
         status(f"meta-training on {fits} shots per class, the most {dataset}'s classes hold beside {settings['queries']} queries")
         train_tasks = task_source(dataset, split="train", seed=run.seed, **{**common, "shots": fits})
-    test_tasks = task_source(dataset, split="test", seed=EVAL_SEED, **common)
+    try:
+        test_tasks = task_source(dataset, split="test", seed=EVAL_SEED, **common)
+    except TooFewExamplesError as exc:
+        raise LazyAppsError(exc.explain("shots", "lower --shots or --queries")) from None
 
     hparams.update(transductive=transductive, vectorize=vectorize)
     history: list[dict[str, float]] = []
@@ -339,6 +340,7 @@ def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, q
     from .base import get_learner
     from .datasets import dataset_info, task_source
     from .experiment import load_learner
+    from .tasks import TooFewExamplesError
 
     if algo is not None:
         get_learner(algo)
@@ -352,8 +354,14 @@ def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, q
         raise LazyAppsError(f"{dataset} tasks are drawn afresh, not from class splits; leave out --split {split}")
     queries = queries if queries is not None else int(meta.get("queries", 15))
     status(f"scoring {meta['algo']} ({meta['arch']}, {meta['iteration']} iterations) on {num_tasks} {split} tasks of {dataset}")
-    tasks = task_source(dataset, split=split, ways=ways, shots=shots, queries=queries, seed=EVAL_SEED, device=run.device,
-                        shuffle_classes=bool(meta.get("shuffle_classes", True)), root=run.data_dir, cache_dir=run.cache_dir)
+    try:
+        tasks = task_source(dataset, split=split, ways=ways, shots=shots, queries=queries, seed=EVAL_SEED, device=run.device,
+                            shuffle_classes=bool(meta.get("shuffle_classes", True)), root=run.data_dir, cache_dir=run.cache_dir)
+    except TooFewExamplesError as exc:  # the checkpoint fixes the shots: --queries is the one option to change here
+        fits = exc.smallest - shots
+        fix = (f"lower --queries to {fits} or fewer" if fits >= 1 else
+               f"its classes are too small for the checkpoint's {shots} shots; score another --split")
+        raise LazyAppsError(exc.explain("shots", fix)) from None
     evaluation = learner.evaluate(tasks.fixed_tasks(num_tasks, seed=EVAL_SEED))
     _warn_if_not_finite(evaluation)
     from lazyapps.distributed import is_main

@@ -109,7 +109,11 @@ def test_resume_continues_and_a_second_run_never_overwrites(trained, tmp_path) -
     (["--algo", "scratch", "--iterations", "5"], "--algo scratch does not meta-train; drop --iterations"),
     (["--algo", "maml", "--dataset", "omniglot3"], "unknown few-shot dataset 'omniglot3'"),
     (["--algo", "reptile", "--train-shots", "0"], "--train-shots must be positive, got 0"),
-    (["--algo", "reptile", "--train-shots", "19"], "shots + queries = 19 + 2 = 21 examples per class are needed"),
+    (["--algo", "reptile", "--train-shots", "19"], "Error: train-shots + queries = 19 + 2 = 21 examples per class are needed"),
+    # reptile's default of 10 training shots shrinks to fit; what does not fit is the user's --shots
+    (["--algo", "reptile", "--shots", "5", "--queries", "16"],
+     "Error: shots + queries = 5 + 16 = 21 examples per class are needed, but the smallest class of omniglot-finn train "
+     "split has 20; lower --shots or --queries"),
 ])
 def test_bad_input_is_one_clear_line(extra, needle, data_root, session_cache, tmp_path) -> None:
     result = _run("fewshot", "train", "--preset", "smoke", "--out", str(tmp_path / "r"), *extra,
@@ -175,7 +179,7 @@ def test_reptile_family_meta_trains_on_ten_shots_and_resume_keeps_them(tmp_path,
     assert json.loads((tmp_path / "f" / "checkpoint.pt.json").read_text())["train_shots"] == 5
     given = _run("fewshot", "train", "--algo", "reptile", "--preset", "smoke", "--queries", "15", "--train-shots", "10",
                  "--out", str(tmp_path / "g"), *here)
-    assert given.exit_code == 2 and "train shots + queries = 10 + 15 = 25 examples per class are needed" in given.output
+    assert given.exit_code == 2 and "train-shots + queries = 10 + 15 = 25 examples per class are needed" in given.output
     assert "lower --train-shots or --queries" in given.output and len(given.output.strip().splitlines()) == 1
     assert not (tmp_path / "g" / "checkpoint.pt").exists()
 
@@ -301,6 +305,11 @@ def test_eval_refuses_what_it_would_ignore(trained, tmp_path) -> None:
     common = ["--checkpoint", str(out / "run" / "checkpoint.pt"), "--data-dir", roots["data"], "--cache-dir", roots["cache"], "--quiet"]
     result = _run("fewshot", "eval", *common, "--queries", "0")
     assert result.exit_code == 2 and result.output.strip() == "Error: --queries must be positive, got 0"
+    # eval has no --shots (the checkpoint fixes them): the hint names the one option it has
+    result = _run("fewshot", "eval", *common, "--tasks", "5", "--queries", "30")
+    assert result.exit_code == 2 and result.output.strip() == (
+        "Error: shots + queries = 1 + 30 = 31 examples per class are needed, but the smallest class of omniglot-finn test "
+        "split has 20; lower --queries to 19 or fewer")
     sine = tmp_path / "s"
     assert _run("fewshot", "train", "--algo", "maml", "--dataset", "sine", "--iterations", "1", "--eval-tasks", "2",
                 "--out", str(sine), "--quiet").exit_code == 0
