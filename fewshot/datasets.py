@@ -252,10 +252,13 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, image_size: int 
 
 
 def cifar_fs_split(root: str | None, split: str, *, cache_dir: str | None = None) -> tuple[Tensor, Tensor, list[str]]:
-    """``(images, labels, class names)`` of a CIFAR-FS split from CIFAR-100 (``lazyapps.data.load_dataset("cifar100")``)."""
+    """``(images, labels, class names)`` of a CIFAR-FS split from CIFAR-100 (``lazyapps.data.load_dataset("cifar100")``).
+
+    CIFAR-100 resolves as for every other command: from the data root, else downloaded by torchvision when online.
+    """
     from lazyapps.data import load_dataset
 
-    data = load_dataset("cifar100", root=root, cache_dir=cache_dir, download=False)
+    data = load_dataset("cifar100", root=root, cache_dir=cache_dir)
     names = list(data.classes)
     missing = [c for c in CIFAR_FS_VAL + CIFAR_FS_TEST if c not in names]
     if missing:
