@@ -83,6 +83,17 @@ def dataset_info(name: str) -> DatasetInfo:
     return INFO[name]
 
 
+def resolved_name(name: str) -> str:
+    """``name`` with the path of a ``folder:PATH`` made absolute (``~`` expanded, links resolved); others as given.
+
+    Checkpoints record this form, so a run can be evaluated from any working folder, and two spellings of one
+    folder (relative from different folders, or absolute) compare equal.
+    """
+    if not name.startswith(FOLDER_PREFIX):
+        return name
+    return FOLDER_PREFIX + str(Path(name[len(FOLDER_PREFIX):]).expanduser().resolve())
+
+
 # -- sine waves ---------------------------------------------------------------------
 class SineTasks:
     """Sinusoid regression tasks of Finn et al. (2017): y = A·sin(x − φ).

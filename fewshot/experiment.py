@@ -17,7 +17,7 @@ from lazyapps.checkpoint import load_checkpoint, load_metadata, save_checkpoint
 from lazyapps.errors import CheckpointError, LazyAppsError
 
 from .base import Learner, get_learner
-from .datasets import dataset_info
+from .datasets import dataset_info, resolved_name
 
 CHECKPOINT_KIND = "fewshot"
 #: settings that are not learner hyperparameters but come from ``paper_defaults``.
@@ -98,8 +98,11 @@ def build_learner(algo: str, *, dataset: str, ways: int, arch: str | None = None
 
 
 def checkpoint_metadata(learner: Learner, *, arch: str, dataset: str, ways: int, shots: int, **extra: Any) -> dict[str, Any]:
-    """What a checkpoint records: enough to rebuild the learner and to refuse mismatching uses."""
-    return {"kind": CHECKPOINT_KIND, "algo": learner.name, "arch": arch, "dataset": dataset, "ways": ways, "shots": shots,
+    """What a checkpoint records: enough to rebuild the learner and to refuse mismatching uses.
+
+    A ``folder:PATH`` dataset is recorded with its absolute path, so ``eval`` finds it from any working folder.
+    """
+    return {"kind": CHECKPOINT_KIND, "algo": learner.name, "arch": arch, "dataset": resolved_name(dataset), "ways": ways, "shots": shots,
             "iteration": learner.iteration, "hparams": learner.hparams(), **extra}
 
 
@@ -112,7 +115,8 @@ def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = 
     """``(learner, state, metadata)`` from a checkpoint written by :func:`save_learner`.
 
     ``expect`` (e.g. ``{"algo": "maml", "arch": "conv4"}``) must match the
-    metadata, else :class:`CheckpointError`; ``overrides`` replace stored
+    metadata, else :class:`CheckpointError` (a ``dataset`` matches when it
+    names the same folder, however spelled); ``overrides`` replace stored
     hyperparameters that do not change the weights (``transductive``,
     ``eval_inner_steps``, ``vectorize``).
     """
@@ -122,7 +126,12 @@ def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = 
     # On the CPU: load_state_dict copies into the learner's device, and Adam's per-parameter "step" counters stay
     # CPU scalars as torch keeps them (loaded onto a GPU they stay there, and every Adam step then reads each one
     # back with .item(): two host-device syncs per parameter per meta-step for the rest of a resumed run).
-    state, meta = load_checkpoint(path, map_location="cpu", expect={"kind": CHECKPOINT_KIND, **(expect or {})})
+    expect = dict(expect or {})
+    dataset = expect.pop("dataset", None)
+    state, meta = load_checkpoint(path, map_location="cpu", expect={"kind": CHECKPOINT_KIND, **expect})
+    # A folder's path is compared resolved (a checkpoint from before paths were recorded absolute: against this cwd).
+    if dataset is not None and resolved_name(str(meta.get("dataset"))) != resolved_name(dataset):
+        raise CheckpointError(f"checkpoint {path} was made with dataset={meta.get('dataset')!r}, but dataset={dataset!r} is needed here")
     hparams = dict(meta.get("hparams", {}))
     hparams.update({k: v for k, v in overrides.items() if v is not None})
     hparams.pop("problem", None)

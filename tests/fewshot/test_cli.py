@@ -512,3 +512,34 @@ def test_resume_restores_the_global_random_stream_reptile_shuffles_with(tmp_path
     assert _sine(tmp_path / "p", *args, "--resume", str(ckpt), algo="reptile").exit_code == 0
     assert _sine(tmp_path / "s", *args, algo="reptile").exit_code == 0
     assert _same_weights(ckpt, tmp_path / "s" / "checkpoint.pt")
+
+
+def test_a_folder_dataset_is_recorded_absolute_so_eval_and_resume_work_from_any_folder(tmp_path, monkeypatch) -> None:
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in range(2):
+            (tmp_path / "myfs" / split / f"c{c}").mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((8, 8, 3), 40 * c + i, dtype=np.uint8)).save(tmp_path / "myfs" / split / f"c{c}" / f"{i}.png")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    base = ["fewshot", "train", "--algo", "fomaml", "--ways", "2", "--preset", "smoke", "--out", str(tmp_path / "run"),
+            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert _run(*base, "--dataset", "folder:myfs").exit_code == 0
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    assert json.loads((tmp_path / "run" / "checkpoint.pt.json").read_text())["dataset"] == f"folder:{(tmp_path / 'myfs').resolve()}"
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = _run("fewshot", "eval", "--checkpoint", str(ckpt), "--tasks", "2", "--cache-dir", str(tmp_path / "cache"), "--quiet")
+    assert result.exit_code == 0, result.output
+    # --resume compares folders, not spellings: relative from here, or absolute, is the folder it was trained on
+    for iterations, spelling in (("4", "folder:../myfs"), ("5", f"folder:{tmp_path / 'myfs'}")):
+        result = _run(*base, "--dataset", spelling, "--resume", str(ckpt), "--iterations", iterations)
+        assert result.exit_code == 0, (spelling, result.output)
+    shutil.copytree(tmp_path / "myfs", tmp_path / "elsewhere" / "myfs")  # the same relative path here: another folder
+    other = _run(*base, "--dataset", "folder:myfs", "--resume", str(ckpt), "--iterations", "6")
+    assert other.exit_code == 2 and "was made with dataset='folder:" in other.output
+    assert json.loads((tmp_path / "run" / "checkpoint.pt.json").read_text())["iteration"] == 5
