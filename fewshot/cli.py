@@ -202,6 +202,22 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     if ckpt.exists() and (resume is None or Path(resume).resolve() != ckpt.resolve()):
         raise LazyAppsError(f"{ckpt} already exists; pass --resume {ckpt} to continue it, or another --out")
 
+    # The learner before the data: its own checks (lazy-maml's criterion, reptile's inner_optimizer, zero_head on sine,
+    # ...) and a --resume checkpoint's identity are one line before anything loads. The order changes no result:
+    # loading the data draws nothing from torch's global stream, from which the fresh learner draws its weights.
+    hparams.update(transductive=transductive, vectorize=vectorize)
+    history: list[dict[str, float]] = []
+    curve: list[dict[str, Any]] = []
+    if resume:
+        learner, state, meta = load_learner(resume, device=run.device, expect={"algo": algo, "arch": arch, "dataset": dataset, "ways": ways, "shots": shots},
+                                            transductive=transductive, vectorize=vectorize, eval_inner_steps=eval_inner_steps)
+        _refuse_changed_hparams(resume, learner.hparams(), cls.check_hparams({k: v for k, v in explicit.items() if v is not None}))
+        if cls.meta_learns and settings["iterations"] <= learner.iteration:
+            raise LazyAppsError(f"{resume} is already at iteration {learner.iteration}; give --iterations above it to continue "
+                                f"(lazyapps fewshot eval scores it as it is)")
+    else:
+        learner = build_learner(algo, dataset=dataset, ways=ways, arch=arch, device=run.device, **hparams)
+
     common = {"ways": ways, "shots": shots, "queries": settings["queries"], "shuffle_classes": shuffle_classes,
               "device": run.device, "root": run.data_dir, "cache_dir": run.cache_dir}
     extra_shots = f", meta-training on {settings['train_shots']} shots" if settings["train_shots"] != shots else ""
@@ -224,14 +240,9 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     except TooFewExamplesError as exc:
         raise LazyAppsError(exc.explain("shots", "lower --shots or --queries")) from None
 
-    hparams.update(transductive=transductive, vectorize=vectorize)
-    history: list[dict[str, float]] = []
-    curve: list[dict[str, Any]] = []
     if resume:
-        learner, state, meta = load_learner(resume, device=run.device, expect={"algo": algo, "arch": arch, "dataset": dataset, "ways": ways, "shots": shots},
-                                            transductive=transductive, vectorize=vectorize, eval_inner_steps=eval_inner_steps)
-        _refuse_changed_hparams(resume, learner.hparams(), cls.check_hparams({k: v for k, v in explicit.items() if v is not None}))
-        # The task stream must be the one the checkpoint was trained on (checkpoints before a key: not checked).
+        # The task stream must be the one the checkpoint was trained on (checkpoints before a key: not checked). Checked
+        # after the data loads: a default --train-shots may have shrunk to what the classes hold.
         differ = []  # every difference at once: a preset left out changes several
         for key, flag, now in (("train_shots", "--train-shots", settings["train_shots"]), ("queries", "--queries", settings["queries"]),
                                ("meta_batch", "--meta-batch", settings["meta_batch"])):
@@ -243,16 +254,11 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         if differ:
             raise LazyAppsError(f"{resume} was meta-trained with {' '.join(differ)}; resume it with {' '.join(differ)}"
                                 + (f" (or the --preset {meta['preset']} it was trained with)" if meta.get("preset") else ""))
-        if cls.meta_learns and settings["iterations"] <= learner.iteration:
-            raise LazyAppsError(f"{resume} is already at iteration {learner.iteration}; give --iterations above it to continue "
-                                f"(lazyapps fewshot eval scores it as it is)")
         history, curve = list(state.get("history", [])), list(state.get("curve", []))
         if "sampler_rng" in state:
             train_tasks.generator.set_state(state["sampler_rng"].cpu())
             torch.set_rng_state(state["torch_rng"].cpu())
         status(f"resumed {resume} at iteration {learner.iteration}")
-    else:
-        learner = build_learner(algo, dataset=dataset, ways=ways, arch=arch, device=run.device, **hparams)
     learner.prepare(train_tasks)  # e.g. finetune's head over the training classes, so the metadata records its size
     meta = checkpoint_metadata(learner, arch=arch, dataset=dataset, ways=ways, shots=shots, queries=settings["queries"],
                                train_shots=settings["train_shots"], meta_batch=settings["meta_batch"],

@@ -122,6 +122,25 @@ def test_bad_input_is_one_clear_line(extra, needle, data_root, session_cache, tm
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize("extra,needle", [
+    (["--algo", "lazy-maml", "--hp", "criterion=foo"], "Error: --algo lazy-maml: unknown criterion 'foo'; valid: loss, accuracy"),
+    (["--algo", "reptile", "--hp", "inner_optimizer=rmsprop"], "Error: --algo reptile: inner_optimizer must be one of"),
+    (["--algo", "turtle", "--hp", "network_init=xyz"], "Error: --algo turtle: unknown init 'xyz'; valid: gradient, random"),
+    (["--algo", "finetune", "--zero-head"], "Error: --algo finetune: finetune starts every test head at zero already"),
+    (["--algo", "maml", "--dataset", "sine", "--zero-head"], "Error: --algo maml: zero_head is for classification"),
+])
+def test_learner_settings_are_refused_before_any_data_loads(extra, needle, tmp_path, monkeypatch) -> None:
+    from fewshot import datasets
+
+    def no_data(name, **kwargs):
+        raise AssertionError(f"{name} loaded before the learner's settings were checked")
+
+    monkeypatch.setattr(datasets, "task_source", no_data)
+    result = _run("fewshot", "train", "--preset", "smoke", "--out", str(tmp_path / "r"), *extra)
+    assert result.exit_code == 2 and result.output.startswith(needle) and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_sine_regression_reports_mse(tmp_path) -> None:
     result = _run("fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--preset", "smoke",
                   "--out", str(tmp_path / "s"), "--json", str(tmp_path / "s.json"), "--quiet")
