@@ -562,3 +562,46 @@ def test_a_folder_dataset_is_recorded_absolute_so_eval_and_resume_work_from_any_
     other = _run(*base, "--dataset", "folder:myfs", "--resume", str(ckpt), "--iterations", "6")
     assert other.exit_code == 2 and "was made with dataset='folder:" in other.output
     assert json.loads((tmp_path / "run" / "checkpoint.pt.json").read_text())["iteration"] == 5
+
+
+def _mixed_checkpoint(trained, tmp_path, *, keep_identity: bool = True, **edits):
+    """A copy of the trained checkpoint whose .json has ``edits``; without ``keep_identity`` its .pt is one written
+    before checkpoints recorded what they hold (only the iteration to compare)."""
+    import shutil
+
+    out = trained[0]
+    ckpt = tmp_path / "checkpoint.pt"
+    shutil.copy(out / "run" / "checkpoint.pt", ckpt)
+    meta = json.loads((out / "run" / "checkpoint.pt.json").read_text())
+    (tmp_path / "checkpoint.pt.json").write_text(json.dumps({**meta, **edits}))
+    if not keep_identity:
+        state = torch.load(ckpt, weights_only=True)
+        del state["identity"]
+        torch.save(state, ckpt)
+    return ckpt
+
+
+@pytest.mark.parametrize("keep_identity,edits,eval_flags,message", [
+    # the .pt records what it holds: a .json that says otherwise is refused, also when --algo names the .pt's algo
+    (True, {"algo": "maml"}, [], "and its metadata disagree: algo is 'fomaml' in the .pt but 'maml' in the .json; "
+                                 "the .json was edited or belongs to another run; keep the .json written with the .pt"),
+    (True, {"algo": "meta-sgd"}, ["--algo", "fomaml"], "and its metadata disagree: algo is 'fomaml' in the .pt but 'meta-sgd'"),
+    (True, {"ways": 20}, [], "and its metadata disagree: ways is 5 in the .pt but 20 in the .json"),
+    (True, {"arch": "resnet18"}, [], "and its metadata disagree: arch is 'conv4' in the .pt but 'resnet18' in the .json"),
+    (False, {"iteration": 99}, [], "in the .pt but 99 in the .json"),  # (the iteration: 3, or 5 once another test resumed it)
+    # an older .pt: what the metadata rebuilds does not take the hyperparameters, or the weights, in one line
+    (False, {"algo": "meta-sgd"}, [], "'s metadata gives algo 'meta-sgd' hyperparameters it does not take (eval_inner_steps, "),
+    (False, {"ways": 20}, [], " does not fit the fomaml learner on conv4 (20-way) its metadata describes: size mismatch for "
+                              "model.head.weight: copying a param with shape torch.Size([5, 64]) from checkpoint, the shape in "
+                              "current model is torch.Size([20, 64]) (and 1 more)"),
+    (False, {"arch": "resnet18"}, [], " does not fit the fomaml learner on resnet18 (5-way) its metadata describes: missing key "),
+    (False, {"algo": "foo"}, [], "'s metadata names an unknown algorithm 'foo'; valid: "),
+])
+def test_a_checkpoint_whose_metadata_does_not_match_is_refused_in_one_line(trained, tmp_path, keep_identity, edits, eval_flags,
+                                                                         message) -> None:
+    ckpt = _mixed_checkpoint(trained, tmp_path, keep_identity=keep_identity, **edits)
+    before = ckpt.read_bytes()
+    result = _run("fewshot", "eval", "--checkpoint", str(ckpt), *eval_flags, "--quiet")
+    assert result.exit_code == 2 and result.output.startswith(f"Error: checkpoint {ckpt}"), result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert ckpt.read_bytes() == before
