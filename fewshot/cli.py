@@ -221,7 +221,9 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     common = {"ways": ways, "shots": shots, "queries": settings["queries"], "shuffle_classes": shuffle_classes,
               "device": run.device, "root": run.data_dir, "cache_dir": run.cache_dir}
     extra_shots = f", meta-training on {settings['train_shots']} shots" if settings["train_shots"] != shots else ""
-    status(f"loading {dataset} ({ways}-way {shots}-shot, {settings['queries']} queries per class{extra_shots})")
+    setting = (f"{ways}-way {shots}-shot, {settings['queries']} queries per class" if info.problem == "classification"
+               else f"{shots}-shot regression, {settings['queries']} query points per task")  # (sine: one function per task)
+    status(f"loading {dataset} ({setting}{extra_shots})")
     try:
         train_tasks = task_source(dataset, split="train", seed=run.seed, **{**common, "shots": settings["train_shots"]})
     except TooFewExamplesError as exc:
@@ -287,7 +289,10 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
             completed.update(rng_states())  # (the evaluation may have drawn from torch's stream)
             save(completed)
 
-    status(f"meta-training {algo} on {arch} for {settings['iterations']} iterations, meta-batch {settings['meta_batch']}")
+    if cls.meta_learns:
+        status(f"meta-training {algo} on {arch} for {settings['iterations']} iterations, meta-batch {settings['meta_batch']}")
+    else:
+        status(f"{algo} does not meta-train: it learns each test task from {arch}'s initial weights")
     try:
         learner.meta_train(train_tasks, iterations=settings["iterations"], meta_batch=settings["meta_batch"],
                            callback=callback, progress=True)

@@ -150,6 +150,14 @@ def test_sine_regression_reports_mse(tmp_path) -> None:
     assert "5-shot" in result.output and "n/a" in result.output
 
 
+def test_status_lines_say_what_the_run_does(tmp_path, data_root, session_cache) -> None:
+    sine = _run("fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--preset", "smoke", "--out", str(tmp_path / "s"))
+    assert sine.exit_code == 0 and "loading sine (5-shot regression, 2 query points per task)" in sine.stderr, sine.output
+    scratch = _run("fewshot", "train", "--algo", "scratch", "--preset", "smoke", "--out", str(tmp_path / "c"),
+                   "--data-dir", str(data_root), "--cache-dir", str(session_cache))
+    assert scratch.exit_code == 0 and "scratch does not meta-train" in scratch.stderr and "meta-training" not in scratch.stderr
+
+
 def test_hp_sets_any_learner_hyperparameter_and_no_shuffle_classes_is_recorded(tmp_path, data_root, session_cache) -> None:
     result = _run("fewshot", "train", "--algo", "imaml", "--dataset", "sine", "--shots", "5", "--preset", "smoke",
                   "--hp", "lam=0.5", "--hp", "cg-steps=2", "--out", str(tmp_path / "i"), "--json", str(tmp_path / "i.json"), "--quiet")
