@@ -202,27 +202,9 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     if ckpt.exists() and (resume is None or Path(resume).resolve() != ckpt.resolve()):
         raise LazyAppsError(f"{ckpt} already exists; pass --resume {ckpt} to continue it, or another --out")
 
-    common = {"ways": ways, "shots": shots, "queries": settings["queries"], "shuffle_classes": shuffle_classes,
-              "device": run.device, "root": run.data_dir, "cache_dir": run.cache_dir}
-    extra_shots = f", meta-training on {settings['train_shots']} shots" if settings["train_shots"] != shots else ""
-    status(f"loading {dataset} ({ways}-way {shots}-shot, {settings['queries']} queries per class{extra_shots})")
-    try:
-        train_tasks = task_source(dataset, split="train", seed=run.seed, **{**common, "shots": settings["train_shots"]})
-    except TooFewExamplesError as exc:
-        fits = exc.smallest - settings["queries"]
-        if train_shots is not None:  # the user's own --train-shots: theirs to fix
-            raise LazyAppsError(f"train shots + queries = {train_shots} + {settings['queries']} = {train_shots + settings['queries']} "
-                                f"examples per class are needed for meta-training, but the smallest class of {dataset} has "
-                                f"{exc.smallest}; lower --train-shots or --queries") from None
-        if fits < shots:  # not even --shots fits: the sampler's message names --shots and --queries
-            raise
-        # The algorithm's default asks for more shots than the classes hold beside the queries (e.g. Omniglot's 20
-        # drawings with the paper preset's 15 queries): meta-train on as many as fit.
-        settings["train_shots"] = fits
-        status(f"meta-training on {fits} shots per class, the most {dataset}'s classes hold beside {settings['queries']} queries")
-        train_tasks = task_source(dataset, split="train", seed=run.seed, **{**common, "shots": fits})
-    test_tasks = task_source(dataset, split="test", seed=EVAL_SEED, **common)
-
+    # The learner before the data: its own checks (lazy-maml's criterion, reptile's inner_optimizer, zero_head on sine,
+    # ...) and a --resume checkpoint's identity are one line before anything loads. The order changes no result:
+    # loading the data draws nothing from torch's global stream, from which the fresh learner draws its weights.
     hparams.update(transductive=transductive, vectorize=vectorize)
     history: list[dict[str, float]] = []
     curve: list[dict[str, Any]] = []
@@ -230,7 +212,39 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         learner, state, meta = load_learner(resume, device=run.device, expect={"algo": algo, "arch": arch, "dataset": dataset, "ways": ways, "shots": shots},
                                             transductive=transductive, vectorize=vectorize, eval_inner_steps=eval_inner_steps)
         _refuse_changed_hparams(resume, learner.hparams(), cls.check_hparams({k: v for k, v in explicit.items() if v is not None}))
-        # The task stream must be the one the checkpoint was trained on (checkpoints before a key: not checked).
+        if cls.meta_learns and settings["iterations"] <= learner.iteration:
+            raise LazyAppsError(f"{resume} is already at iteration {learner.iteration}; give --iterations above it to continue "
+                                f"(lazyapps fewshot eval scores it as it is)")
+    else:
+        learner = build_learner(algo, dataset=dataset, ways=ways, arch=arch, device=run.device, **hparams)
+
+    common = {"ways": ways, "shots": shots, "queries": settings["queries"], "shuffle_classes": shuffle_classes,
+              "device": run.device, "root": run.data_dir, "cache_dir": run.cache_dir}
+    extra_shots = f", meta-training on {settings['train_shots']} shots" if settings["train_shots"] != shots else ""
+    setting = (f"{ways}-way {shots}-shot, {settings['queries']} queries per class" if info.problem == "classification"
+               else f"{shots}-shot regression, {settings['queries']} query points per task")  # (sine: one function per task)
+    status(f"loading {dataset} ({setting}{extra_shots})")
+    try:
+        train_tasks = task_source(dataset, split="train", seed=run.seed, **{**common, "shots": settings["train_shots"]})
+    except TooFewExamplesError as exc:
+        fits = exc.smallest - settings["queries"]
+        if train_shots is not None:  # the user's own --train-shots: theirs to fix
+            raise LazyAppsError(exc.explain("train-shots", "lower --train-shots or --queries")) from None
+        if fits < shots:  # not even the user's --shots fit beside the queries (nor will they in the test tasks)
+            raise LazyAppsError(exc.explain("shots", "lower --shots or --queries", shots=shots)) from None
+        # The algorithm's default asks for more shots than the classes hold beside the queries (e.g. Omniglot's 20
+        # drawings with the paper preset's 15 queries): meta-train on as many as fit.
+        settings["train_shots"] = fits
+        status(f"meta-training on {fits} shots per class, the most {dataset}'s classes hold beside {settings['queries']} queries")
+        train_tasks = task_source(dataset, split="train", seed=run.seed, **{**common, "shots": fits})
+    try:
+        test_tasks = task_source(dataset, split="test", seed=EVAL_SEED, **common)
+    except TooFewExamplesError as exc:
+        raise LazyAppsError(exc.explain("shots", "lower --shots or --queries")) from None
+
+    if resume:
+        # The task stream must be the one the checkpoint was trained on (checkpoints before a key: not checked). Checked
+        # after the data loads: a default --train-shots may have shrunk to what the classes hold.
         differ = []  # every difference at once: a preset left out changes several
         for key, flag, now in (("train_shots", "--train-shots", settings["train_shots"]), ("queries", "--queries", settings["queries"]),
                                ("meta_batch", "--meta-batch", settings["meta_batch"])):
@@ -242,16 +256,11 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         if differ:
             raise LazyAppsError(f"{resume} was meta-trained with {' '.join(differ)}; resume it with {' '.join(differ)}"
                                 + (f" (or the --preset {meta['preset']} it was trained with)" if meta.get("preset") else ""))
-        if cls.meta_learns and settings["iterations"] <= learner.iteration:
-            raise LazyAppsError(f"{resume} is already at iteration {learner.iteration}; give --iterations above it to continue "
-                                f"(lazyapps fewshot eval scores it as it is)")
         history, curve = list(state.get("history", [])), list(state.get("curve", []))
         if "sampler_rng" in state:
             train_tasks.generator.set_state(state["sampler_rng"].cpu())
             torch.set_rng_state(state["torch_rng"].cpu())
         status(f"resumed {resume} at iteration {learner.iteration}")
-    else:
-        learner = build_learner(algo, dataset=dataset, ways=ways, arch=arch, device=run.device, **hparams)
     learner.prepare(train_tasks)  # e.g. finetune's head over the training classes, so the metadata records its size
     meta = checkpoint_metadata(learner, arch=arch, dataset=dataset, ways=ways, shots=shots, queries=settings["queries"],
                                train_shots=settings["train_shots"], meta_batch=settings["meta_batch"],
@@ -280,7 +289,10 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
             completed.update(rng_states())  # (the evaluation may have drawn from torch's stream)
             save(completed)
 
-    status(f"meta-training {algo} on {arch} for {settings['iterations']} iterations, meta-batch {settings['meta_batch']}")
+    if cls.meta_learns:
+        status(f"meta-training {algo} on {arch} for {settings['iterations']} iterations, meta-batch {settings['meta_batch']}")
+    else:
+        status(f"{algo} does not meta-train: it learns each test task from {arch}'s initial weights")
     try:
         learner.meta_train(train_tasks, iterations=settings["iterations"], meta_batch=settings["meta_batch"],
                            callback=callback, progress=True)
@@ -339,6 +351,7 @@ def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, q
     from .base import get_learner
     from .datasets import dataset_info, task_source
     from .experiment import load_learner
+    from .tasks import TooFewExamplesError
 
     if algo is not None:
         get_learner(algo)
@@ -352,8 +365,14 @@ def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, q
         raise LazyAppsError(f"{dataset} tasks are drawn afresh, not from class splits; leave out --split {split}")
     queries = queries if queries is not None else int(meta.get("queries", 15))
     status(f"scoring {meta['algo']} ({meta['arch']}, {meta['iteration']} iterations) on {num_tasks} {split} tasks of {dataset}")
-    tasks = task_source(dataset, split=split, ways=ways, shots=shots, queries=queries, seed=EVAL_SEED, device=run.device,
-                        shuffle_classes=bool(meta.get("shuffle_classes", True)), root=run.data_dir, cache_dir=run.cache_dir)
+    try:
+        tasks = task_source(dataset, split=split, ways=ways, shots=shots, queries=queries, seed=EVAL_SEED, device=run.device,
+                            shuffle_classes=bool(meta.get("shuffle_classes", True)), root=run.data_dir, cache_dir=run.cache_dir)
+    except TooFewExamplesError as exc:  # the checkpoint fixes the shots: --queries is the one option to change here
+        fits = exc.smallest - shots
+        fix = (f"lower --queries to {fits} or fewer" if fits >= 1 else
+               f"its classes are too small for the checkpoint's {shots} shots; score another --split")
+        raise LazyAppsError(exc.explain("shots", fix)) from None
     evaluation = learner.evaluate(tasks.fixed_tasks(num_tasks, seed=EVAL_SEED))
     _warn_if_not_finite(evaluation)
     from lazyapps.distributed import is_main

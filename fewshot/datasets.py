@@ -83,6 +83,17 @@ def dataset_info(name: str) -> DatasetInfo:
     return INFO[name]
 
 
+def resolved_name(name: str) -> str:
+    """``name`` with the path of a ``folder:PATH`` made absolute (``~`` expanded, links resolved); others as given.
+
+    Checkpoints record this form, so a run can be evaluated from any working folder, and two spellings of one
+    folder (relative from different folders, or absolute) compare equal.
+    """
+    if not name.startswith(FOLDER_PREFIX):
+        return name
+    return FOLDER_PREFIX + str(Path(name[len(FOLDER_PREFIX):]).expanduser().resolve())
+
+
 # -- sine waves ---------------------------------------------------------------------
 class SineTasks:
     """Sinusoid regression tasks of Finn et al. (2017): y = A·sin(x − φ).
@@ -252,10 +263,13 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, image_size: int 
 
 
 def cifar_fs_split(root: str | None, split: str, *, cache_dir: str | None = None) -> tuple[Tensor, Tensor, list[str]]:
-    """``(images, labels, class names)`` of a CIFAR-FS split from CIFAR-100 (``lazyapps.data.load_dataset("cifar100")``)."""
+    """``(images, labels, class names)`` of a CIFAR-FS split from CIFAR-100 (``lazyapps.data.load_dataset("cifar100")``).
+
+    CIFAR-100 resolves as for every other command: from the data root, else downloaded by torchvision when online.
+    """
     from lazyapps.data import load_dataset
 
-    data = load_dataset("cifar100", root=root, cache_dir=cache_dir, download=False)
+    data = load_dataset("cifar100", root=root, cache_dir=cache_dir)
     names = list(data.classes)
     missing = [c for c in CIFAR_FS_VAL + CIFAR_FS_TEST if c not in names]
     if missing:

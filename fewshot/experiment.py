@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from lazyapps.checkpoint import load_checkpoint, load_metadata, save_checkpoint
-from lazyapps.errors import CheckpointError, LazyAppsError
+from lazyapps.checkpoint import check_expected, load_checkpoint, load_metadata, save_checkpoint
+from lazyapps.errors import CheckpointError, LazyAppsError, UnknownNameError, describe
 
 from .base import Learner, get_learner
-from .datasets import dataset_info
+from .datasets import dataset_info, resolved_name
 
 CHECKPOINT_KIND = "fewshot"
 #: settings that are not learner hyperparameters but come from ``paper_defaults``.
@@ -82,10 +83,12 @@ def build_model(arch: str, *, dataset: str, ways: int, **options: Any) -> torch.
 
 
 def build_learner(algo: str, *, dataset: str, ways: int, arch: str | None = None, device: str | torch.device = "cpu",
-                  model_options: Mapping[str, Any] | None = None, **hparams: Any) -> Learner:
+                  model_options: Mapping[str, Any] | None = None, blame: str | None = None, **hparams: Any) -> Learner:
     """Learner ``algo`` around a fresh ``arch`` network (default: the dataset's standard one) on ``device``.
 
-    ``model_options`` go to the architecture (e.g. ``{"hidden": 32}`` for a slimmer conv4).
+    ``model_options`` go to the architecture (e.g. ``{"hidden": 32}`` for a slimmer conv4). A hyperparameter the
+    learner refuses is a :class:`LazyAppsError` that starts with ``blame``, where the values came from (default
+    ``--algo ALGO``).
     """
     cls = get_learner(algo)
     info = dataset_info(dataset)
@@ -93,18 +96,61 @@ def build_learner(algo: str, *, dataset: str, ways: int, arch: str | None = None
     try:
         learner = cls(model, problem=info.problem, **hparams)  # (checked by the learner: Learner.check_hparams)
     except (TypeError, ValueError) as exc:
-        raise LazyAppsError(f"--algo {algo}: {exc}") from None
+        raise LazyAppsError(f"{blame or '--algo ' + algo}: {exc}") from None
     return learner.to(device)
 
 
 def checkpoint_metadata(learner: Learner, *, arch: str, dataset: str, ways: int, shots: int, **extra: Any) -> dict[str, Any]:
-    """What a checkpoint records: enough to rebuild the learner and to refuse mismatching uses."""
-    return {"kind": CHECKPOINT_KIND, "algo": learner.name, "arch": arch, "dataset": dataset, "ways": ways, "shots": shots,
+    """What a checkpoint records: enough to rebuild the learner and to refuse mismatching uses.
+
+    A ``folder:PATH`` dataset is recorded with its absolute path, so ``eval`` finds it from any working folder.
+    """
+    return {"kind": CHECKPOINT_KIND, "algo": learner.name, "arch": arch, "dataset": resolved_name(dataset), "ways": ways, "shots": shots,
             "iteration": learner.iteration, "hparams": learner.hparams(), **extra}
 
 
+#: What the weights in a ``.pt`` were made as, kept inside it too: the ``.json`` beside it is a separate file that can
+#: be edited or swapped with another run's, and the learner is rebuilt from the ``.json``.
+IDENTITY_KEYS = ("kind", "algo", "arch", "ways")
+MIXED_FILES = "the .json was edited or belongs to another run; keep the .json written with the .pt"
+
+
 def save_learner(path: str | os.PathLike, learner: Learner, metadata: Mapping[str, Any], **state: Any) -> None:
-    save_checkpoint(path, {**learner.checkpoint_state(), **state}, {**metadata, "iteration": learner.iteration})
+    identity = {key: metadata[key] for key in IDENTITY_KEYS if key in metadata}
+    save_checkpoint(path, {**learner.checkpoint_state(), **state, "identity": identity}, {**metadata, "iteration": learner.iteration})
+
+
+def _check_files_agree(path: str | os.PathLike, state: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    """:class:`CheckpointError` when the ``.pt`` and its ``.json`` describe different runs.
+
+    The iteration is in every checkpoint's ``.pt``; the identity only in those written since it was added.
+    """
+    recorded = dict(state.get("identity") or {})
+    if "iteration" in state:
+        recorded["iteration"] = int(state["iteration"])
+    for key, value in recorded.items():
+        if key in meta and meta[key] != value:
+            raise CheckpointError(f"checkpoint {path} and its metadata disagree: {key} is {value!r} in the .pt but "
+                                  f"{meta[key]!r} in the .json; {MIXED_FILES}")
+
+
+def _first_load_problem(exc: BaseException) -> str:
+    """The first concrete problem of a failed ``load_state_dict``, on one line.
+
+    torch heads its message "Error(s) in loading state_dict for X:" and lists the problems on the lines below; key
+    lists are shortened to their first key.
+    """
+    if isinstance(exc, KeyError):
+        return f"it holds no {exc.args[0]!r} entry"
+    problems = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    problems = [line for line in problems if not line.startswith("Error(s) in loading state_dict")] or [describe(exc)]
+    first, more = problems[0], len(problems) - 1
+    keys = re.match(r"(Missing|Unexpected) key\(s\) in state_dict: (.*)", first)
+    if keys:
+        names = re.findall(r'"([^"]+)"', keys.group(2))
+        first = f"{keys.group(1).lower()} key {names[0] if names else keys.group(2)!r}"
+        more += max(0, len(names) - 1)
+    return first.rstrip(". ") + (f" (and {more} more)" if more else "")
 
 
 def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
@@ -112,9 +158,12 @@ def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = 
     """``(learner, state, metadata)`` from a checkpoint written by :func:`save_learner`.
 
     ``expect`` (e.g. ``{"algo": "maml", "arch": "conv4"}``) must match the
-    metadata, else :class:`CheckpointError`; ``overrides`` replace stored
+    metadata, else :class:`CheckpointError` (a ``dataset`` matches when it
+    names the same folder, however spelled); ``overrides`` replace stored
     hyperparameters that do not change the weights (``transductive``,
-    ``eval_inner_steps``, ``vectorize``).
+    ``eval_inner_steps``, ``vectorize``). A ``.pt`` and ``.json`` that describe
+    different runs, or metadata that does not rebuild the stored learner, are a
+    one-line :class:`CheckpointError`.
     """
     meta = load_metadata(path)
     if meta and meta.get("kind") != CHECKPOINT_KIND:
@@ -122,13 +171,37 @@ def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = 
     # On the CPU: load_state_dict copies into the learner's device, and Adam's per-parameter "step" counters stay
     # CPU scalars as torch keeps them (loaded onto a GPU they stay there, and every Adam step then reads each one
     # back with .item(): two host-device syncs per parameter per meta-step for the rest of a resumed run).
-    state, meta = load_checkpoint(path, map_location="cpu", expect={"kind": CHECKPOINT_KIND, **(expect or {})})
-    hparams = dict(meta.get("hparams", {}))
-    hparams.update({k: v for k, v in overrides.items() if v is not None})
-    hparams.pop("problem", None)
-    learner = build_learner(meta["algo"], dataset=meta["dataset"], ways=int(meta["ways"]), arch=meta["arch"], device=device, **hparams)
+    state, meta = load_checkpoint(path, map_location="cpu", expect={"kind": CHECKPOINT_KIND})
+    _check_files_agree(path, state, meta)  # before the caller's expectations: they are compared with the .json
+    expect = dict(expect or {})
+    dataset = expect.pop("dataset", None)
+    check_expected(path, meta, expect)
+    # A folder's path is compared resolved (a checkpoint from before paths were recorded absolute: against this cwd).
+    if dataset is not None and resolved_name(str(meta.get("dataset"))) != resolved_name(dataset):
+        raise CheckpointError(f"checkpoint {path} was made with dataset={meta.get('dataset')!r}, but dataset={dataset!r} is needed here")
+    algo = meta["algo"]
+    try:
+        cls = get_learner(algo)
+    except UnknownNameError as exc:
+        raise CheckpointError(f"checkpoint {path}'s metadata names an {exc}") from None
+    stored = {k: v for k, v in dict(meta.get("hparams", {})).items() if k != "problem"}
+    foreign = sorted(set(stored) - cls.hparam_names())
+    if foreign:
+        raise CheckpointError(f"checkpoint {path}'s metadata gives algo {algo!r} hyperparameters it does not take "
+                              f"({', '.join(foreign)}); {MIXED_FILES}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:  # the caller's values (e.g. eval's --eval-inner-steps) are theirs to fix, not the metadata's
+        given = cls.check_hparams(given)
+    except ValueError as exc:
+        raise LazyAppsError(str(exc)) from None
+    try:
+        learner = build_learner(algo, dataset=meta["dataset"], ways=int(meta["ways"]), arch=meta["arch"], device=device,
+                                blame=f"checkpoint {path}'s metadata ({algo})", **{**stored, **given})
+    except UnknownNameError as exc:  # e.g. an architecture this version does not have
+        raise CheckpointError(f"checkpoint {path}'s metadata names an {exc}") from None
     try:
         learner.load_checkpoint_state(state)
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit a {meta['algo']} learner on {meta['arch']} ({str(exc).splitlines()[0][:200]})") from None
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit the {algo} learner on {meta['arch']} ({meta['ways']}-way) its "
+                              f"metadata describes: {_first_load_problem(exc)}") from None
     return learner, state, meta

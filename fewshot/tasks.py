@@ -26,11 +26,22 @@ from lazyapps.errors import LazyAppsError
 
 
 class TooFewExamplesError(LazyAppsError):
-    """A class has fewer examples than shots + queries; ``smallest`` is the smallest class's size."""
+    """A class of ``name`` has fewer examples than ``shots + queries``; ``smallest`` is the smallest class's size.
 
-    def __init__(self, message: str, *, smallest: int) -> None:
-        super().__init__(message)
-        self.smallest = smallest
+    The message names the sampler's own arguments. A command names its own options instead (``--train-shots``
+    for meta-training tasks, only ``--queries`` where the checkpoint fixes the shots): :meth:`explain`.
+    """
+
+    def __init__(self, *, name: str, shots: int, queries: int, smallest: int) -> None:
+        self.name, self.shots, self.queries, self.smallest = name, shots, queries, smallest
+        super().__init__(self.explain("shots", "lower shots or queries"))
+
+    def explain(self, what: str, fix: str, *, shots: int | None = None) -> str:
+        """The sum that does not fit, with ``what`` naming the shots (and ``shots`` their count, default the
+        sampler's) and ``fix`` the remedy, e.g. ``explain("train-shots", "lower --train-shots or --queries")``."""
+        shots = self.shots if shots is None else shots
+        return (f"{what} + queries = {shots} + {self.queries} = {shots + self.queries} examples per class are needed, "
+                f"but the smallest class of {self.name} has {self.smallest}; {fix}")
 
 
 class TaskSource(Protocol):
@@ -201,11 +212,8 @@ class EpisodeSampler:
         counts = torch.bincount(inverse, minlength=len(self.class_ids))
         if ways > len(self.class_ids):
             raise LazyAppsError(f"--ways {ways} is larger than the {len(self.class_ids)} classes {name} has; use --ways {len(self.class_ids)} or fewer")
-        need = shots + queries
-        if need > int(counts.min()):
-            raise TooFewExamplesError(
-                f"shots + queries = {shots} + {queries} = {need} examples per class are needed, but the smallest class of {name} "
-                f"has {int(counts.min())}; lower --shots or --queries", smallest=int(counts.min()))
+        if shots + queries > int(counts.min()):
+            raise TooFewExamplesError(name=name, shots=shots, queries=queries, smallest=int(counts.min()))
         order = torch.argsort(inverse, stable=True)
         self._members = list(torch.split(order, counts.tolist()))  # positions of each class's examples
         self.ways, self.shots, self.queries = ways, shots, queries

@@ -142,8 +142,17 @@ def load_checkpoint(
     if expect and not metadata:
         raise CheckpointError(f"checkpoint {path} has no metadata file {meta_path(path).name} beside it, so its settings "
                               f"cannot be checked; keep the .json written with the .pt")
-    for key, value in (expect or {}).items():
+    check_expected(path, metadata, expect or {})
+    return state, metadata
+
+
+def check_expected(path: str | os.PathLike, metadata: Mapping[str, Any], expect: Mapping[str, Any]) -> None:
+    """:class:`CheckpointError` naming the first key of ``expect`` whose value ``metadata`` (of checkpoint ``path``) lacks.
+
+    :func:`load_checkpoint` calls it; a product that checks more first (e.g. that the ``.pt`` and its ``.json``
+    agree) loads with ``expect`` of its kind only and calls this afterwards.
+    """
+    for key, value in expect.items():
         found = metadata.get(key)
         if found != value:
             raise CheckpointError(f"checkpoint {path} was made with {key}={found!r}, but {key}={value!r} is needed here")
-    return state, metadata

@@ -109,13 +109,36 @@ def test_resume_continues_and_a_second_run_never_overwrites(trained, tmp_path) -
     (["--algo", "scratch", "--iterations", "5"], "--algo scratch does not meta-train; drop --iterations"),
     (["--algo", "maml", "--dataset", "omniglot3"], "unknown few-shot dataset 'omniglot3'"),
     (["--algo", "reptile", "--train-shots", "0"], "--train-shots must be positive, got 0"),
-    (["--algo", "reptile", "--train-shots", "19"], "shots + queries = 19 + 2 = 21 examples per class are needed"),
+    (["--algo", "reptile", "--train-shots", "19"], "Error: train-shots + queries = 19 + 2 = 21 examples per class are needed"),
+    # reptile's default of 10 training shots shrinks to fit; what does not fit is the user's --shots
+    (["--algo", "reptile", "--shots", "5", "--queries", "16"],
+     "Error: shots + queries = 5 + 16 = 21 examples per class are needed, but the smallest class of omniglot-finn train "
+     "split has 20; lower --shots or --queries"),
 ])
 def test_bad_input_is_one_clear_line(extra, needle, data_root, session_cache, tmp_path) -> None:
     result = _run("fewshot", "train", "--preset", "smoke", "--out", str(tmp_path / "r"), *extra,
                   "--data-dir", str(data_root), "--cache-dir", str(session_cache), "--quiet")
     assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--algo", "lazy-maml", "--hp", "criterion=foo"], "Error: --algo lazy-maml: unknown criterion 'foo'; valid: loss, accuracy"),
+    (["--algo", "reptile", "--hp", "inner_optimizer=rmsprop"], "Error: --algo reptile: inner_optimizer must be one of"),
+    (["--algo", "turtle", "--hp", "network_init=xyz"], "Error: --algo turtle: unknown init 'xyz'; valid: gradient, random"),
+    (["--algo", "finetune", "--zero-head"], "Error: --algo finetune: finetune starts every test head at zero already"),
+    (["--algo", "maml", "--dataset", "sine", "--zero-head"], "Error: --algo maml: zero_head is for classification"),
+])
+def test_learner_settings_are_refused_before_any_data_loads(extra, needle, tmp_path, monkeypatch) -> None:
+    from fewshot import datasets
+
+    def no_data(name, **kwargs):
+        raise AssertionError(f"{name} loaded before the learner's settings were checked")
+
+    monkeypatch.setattr(datasets, "task_source", no_data)
+    result = _run("fewshot", "train", "--preset", "smoke", "--out", str(tmp_path / "r"), *extra)
+    assert result.exit_code == 2 and result.output.startswith(needle) and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_sine_regression_reports_mse(tmp_path) -> None:
@@ -125,6 +148,14 @@ def test_sine_regression_reports_mse(tmp_path) -> None:
     test = json.loads((tmp_path / "s.json").read_text())["metrics"]["test"]
     assert test["metric"] == "mse" and test["transductive"] is None and test["mean"] > 0
     assert "5-shot" in result.output and "n/a" in result.output
+
+
+def test_status_lines_say_what_the_run_does(tmp_path, data_root, session_cache) -> None:
+    sine = _run("fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--preset", "smoke", "--out", str(tmp_path / "s"))
+    assert sine.exit_code == 0 and "loading sine (5-shot regression, 2 query points per task)" in sine.stderr, sine.output
+    scratch = _run("fewshot", "train", "--algo", "scratch", "--preset", "smoke", "--out", str(tmp_path / "c"),
+                   "--data-dir", str(data_root), "--cache-dir", str(session_cache))
+    assert scratch.exit_code == 0 and "scratch does not meta-train" in scratch.stderr and "meta-training" not in scratch.stderr
 
 
 def test_hp_sets_any_learner_hyperparameter_and_no_shuffle_classes_is_recorded(tmp_path, data_root, session_cache) -> None:
@@ -175,7 +206,7 @@ def test_reptile_family_meta_trains_on_ten_shots_and_resume_keeps_them(tmp_path,
     assert json.loads((tmp_path / "f" / "checkpoint.pt.json").read_text())["train_shots"] == 5
     given = _run("fewshot", "train", "--algo", "reptile", "--preset", "smoke", "--queries", "15", "--train-shots", "10",
                  "--out", str(tmp_path / "g"), *here)
-    assert given.exit_code == 2 and "train shots + queries = 10 + 15 = 25 examples per class are needed" in given.output
+    assert given.exit_code == 2 and "train-shots + queries = 10 + 15 = 25 examples per class are needed" in given.output
     assert "lower --train-shots or --queries" in given.output and len(given.output.strip().splitlines()) == 1
     assert not (tmp_path / "g" / "checkpoint.pt").exists()
 
@@ -301,6 +332,11 @@ def test_eval_refuses_what_it_would_ignore(trained, tmp_path) -> None:
     common = ["--checkpoint", str(out / "run" / "checkpoint.pt"), "--data-dir", roots["data"], "--cache-dir", roots["cache"], "--quiet"]
     result = _run("fewshot", "eval", *common, "--queries", "0")
     assert result.exit_code == 2 and result.output.strip() == "Error: --queries must be positive, got 0"
+    # eval has no --shots (the checkpoint fixes them): the hint names the one option it has
+    result = _run("fewshot", "eval", *common, "--tasks", "5", "--queries", "30")
+    assert result.exit_code == 2 and result.output.strip() == (
+        "Error: shots + queries = 1 + 30 = 31 examples per class are needed, but the smallest class of omniglot-finn test "
+        "split has 20; lower --queries to 19 or fewer")
     sine = tmp_path / "s"
     assert _run("fewshot", "train", "--algo", "maml", "--dataset", "sine", "--iterations", "1", "--eval-tasks", "2",
                 "--out", str(sine), "--quiet").exit_code == 0
@@ -503,3 +539,77 @@ def test_resume_restores_the_global_random_stream_reptile_shuffles_with(tmp_path
     assert _sine(tmp_path / "p", *args, "--resume", str(ckpt), algo="reptile").exit_code == 0
     assert _sine(tmp_path / "s", *args, algo="reptile").exit_code == 0
     assert _same_weights(ckpt, tmp_path / "s" / "checkpoint.pt")
+
+
+def test_a_folder_dataset_is_recorded_absolute_so_eval_and_resume_work_from_any_folder(tmp_path, monkeypatch) -> None:
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in range(2):
+            (tmp_path / "myfs" / split / f"c{c}").mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((8, 8, 3), 40 * c + i, dtype=np.uint8)).save(tmp_path / "myfs" / split / f"c{c}" / f"{i}.png")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    base = ["fewshot", "train", "--algo", "fomaml", "--ways", "2", "--preset", "smoke", "--out", str(tmp_path / "run"),
+            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert _run(*base, "--dataset", "folder:myfs").exit_code == 0
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    assert json.loads((tmp_path / "run" / "checkpoint.pt.json").read_text())["dataset"] == f"folder:{(tmp_path / 'myfs').resolve()}"
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = _run("fewshot", "eval", "--checkpoint", str(ckpt), "--tasks", "2", "--cache-dir", str(tmp_path / "cache"), "--quiet")
+    assert result.exit_code == 0, result.output
+    # --resume compares folders, not spellings: relative from here, or absolute, is the folder it was trained on
+    for iterations, spelling in (("4", "folder:../myfs"), ("5", f"folder:{tmp_path / 'myfs'}")):
+        result = _run(*base, "--dataset", spelling, "--resume", str(ckpt), "--iterations", iterations)
+        assert result.exit_code == 0, (spelling, result.output)
+    shutil.copytree(tmp_path / "myfs", tmp_path / "elsewhere" / "myfs")  # the same relative path here: another folder
+    other = _run(*base, "--dataset", "folder:myfs", "--resume", str(ckpt), "--iterations", "6")
+    assert other.exit_code == 2 and "was made with dataset='folder:" in other.output
+    assert json.loads((tmp_path / "run" / "checkpoint.pt.json").read_text())["iteration"] == 5
+
+
+def _mixed_checkpoint(trained, tmp_path, *, keep_identity: bool = True, **edits):
+    """A copy of the trained checkpoint whose .json has ``edits``; without ``keep_identity`` its .pt is one written
+    before checkpoints recorded what they hold (only the iteration to compare)."""
+    import shutil
+
+    out = trained[0]
+    ckpt = tmp_path / "checkpoint.pt"
+    shutil.copy(out / "run" / "checkpoint.pt", ckpt)
+    meta = json.loads((out / "run" / "checkpoint.pt.json").read_text())
+    (tmp_path / "checkpoint.pt.json").write_text(json.dumps({**meta, **edits}))
+    if not keep_identity:
+        state = torch.load(ckpt, weights_only=True)
+        del state["identity"]
+        torch.save(state, ckpt)
+    return ckpt
+
+
+@pytest.mark.parametrize("keep_identity,edits,eval_flags,message", [
+    # the .pt records what it holds: a .json that says otherwise is refused, also when --algo names the .pt's algo
+    (True, {"algo": "maml"}, [], "and its metadata disagree: algo is 'fomaml' in the .pt but 'maml' in the .json; "
+                                 "the .json was edited or belongs to another run; keep the .json written with the .pt"),
+    (True, {"algo": "meta-sgd"}, ["--algo", "fomaml"], "and its metadata disagree: algo is 'fomaml' in the .pt but 'meta-sgd'"),
+    (True, {"ways": 20}, [], "and its metadata disagree: ways is 5 in the .pt but 20 in the .json"),
+    (True, {"arch": "resnet18"}, [], "and its metadata disagree: arch is 'conv4' in the .pt but 'resnet18' in the .json"),
+    (False, {"iteration": 99}, [], "in the .pt but 99 in the .json"),  # (the iteration: 3, or 5 once another test resumed it)
+    # an older .pt: what the metadata rebuilds does not take the hyperparameters, or the weights, in one line
+    (False, {"algo": "meta-sgd"}, [], "'s metadata gives algo 'meta-sgd' hyperparameters it does not take (eval_inner_steps, "),
+    (False, {"ways": 20}, [], " does not fit the fomaml learner on conv4 (20-way) its metadata describes: size mismatch for "
+                              "model.head.weight: copying a param with shape torch.Size([5, 64]) from checkpoint, the shape in "
+                              "current model is torch.Size([20, 64]) (and 1 more)"),
+    (False, {"arch": "resnet18"}, [], " does not fit the fomaml learner on resnet18 (5-way) its metadata describes: missing key "),
+    (False, {"algo": "foo"}, [], "'s metadata names an unknown algorithm 'foo'; valid: "),
+])
+def test_a_checkpoint_whose_metadata_does_not_match_is_refused_in_one_line(trained, tmp_path, keep_identity, edits, eval_flags,
+                                                                         message) -> None:
+    ckpt = _mixed_checkpoint(trained, tmp_path, keep_identity=keep_identity, **edits)
+    before = ckpt.read_bytes()
+    result = _run("fewshot", "eval", "--checkpoint", str(ckpt), *eval_flags, "--quiet")
+    assert result.exit_code == 2 and result.output.startswith(f"Error: checkpoint {ckpt}"), result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert ckpt.read_bytes() == before

@@ -91,6 +91,26 @@ def test_cifar_fs_splits_64_16_20_classes_with_train_and_test_images(tmp_path, c
         task_source("cifar-fs", split="test", ways=5, shots=3, queries=3, root=tmp_path, cache_dir=cache_dir)
 
 
+def test_cifar_fs_fetches_cifar100_as_every_dataset_does(tmp_path, cache_dir, monkeypatch) -> None:
+    import lazyapps.data as data_module
+
+    def offline(name, root):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(data_module, "_download", offline)
+    with pytest.raises(DataNotFoundError, match="dataset 'cifar100' not found; .*downloading it with torchvision failed"):
+        task_source("cifar-fs", split="test", ways=5, shots=1, queries=1, root=tmp_path, cache_dir=cache_dir)
+    fetched = []
+
+    def fake_download(name, root):  # stands in for torchvision's download into the data root
+        fetched.append(name)
+        _write_cifar100(root)
+
+    monkeypatch.setattr(data_module, "_download", fake_download)
+    sampler = task_source("cifar-fs", split="test", ways=5, shots=1, queries=1, root=tmp_path, cache_dir=cache_dir)
+    assert fetched == ["cifar100"] and sampler.num_classes == 20
+
+
 def _write_folder(root, classes, per_class=4, size=10):
     from PIL import Image
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewshot.tasks import EpisodeSampler, TaskBatch
+from fewshot.tasks import EpisodeSampler, TaskBatch, TooFewExamplesError
 from lazyapps.errors import LazyAppsError
 
 
@@ -77,8 +77,12 @@ def test_bad_requests_name_the_problem() -> None:
     images, labels = _toy(num_classes=4, per_class=5)
     with pytest.raises(LazyAppsError, match="--ways 6 is larger than the 4 classes"):
         EpisodeSampler(images, labels, ways=6, shots=1, queries=1)
-    with pytest.raises(LazyAppsError, match="shots \\+ queries = 3 \\+ 3 = 6 .* has 5"):
+    with pytest.raises(TooFewExamplesError, match="shots \\+ queries = 3 \\+ 3 = 6 .* has 5; lower shots or queries$") as info:
         EpisodeSampler(images, labels, ways=2, shots=3, queries=3)
+    # a command names its own options (fewshot.cli: --train-shots when training, only --queries in eval)
+    assert info.value.explain("train-shots", "lower --train-shots or --queries", shots=4) == (
+        "train-shots + queries = 4 + 3 = 7 examples per class are needed, but the smallest class of dataset has 5; "
+        "lower --train-shots or --queries")
 
 
 def test_index_lets_one_image_serve_several_classes() -> None:
