@@ -9,11 +9,14 @@ from typing import Any
 
 import click
 
-from lazyapps.cli import RunContext, apply_preset, common_options, preset_option, writable_folder
+from lazyapps.cli import RunContext, apply_preset, common_options, preset_option, recorded_settings, writable_folder
 from lazyapps.plotting import plot_option
 
 #: every learner is scored on the same seeded test tasks, whatever ``--seed`` trained it.
 EVAL_SEED = 2017
+#: What ``train --resume`` takes from the checkpoint unless given (metadata keys, and hyperparameters, named as the options).
+RESUMED_OPTIONS = ("algo", "dataset", "arch", "ways", "shots", "queries", "train_shots", "meta_batch", "shuffle_classes",
+                   "transductive", "vectorize", "preset", "seed", "eval_tasks", "eval_every")
 
 #: Loop settings per preset (None: the learner's paper default). Hyperparameters stay the papers'.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -111,7 +114,7 @@ def _refuse_changed_hparams(resume: str, stored: dict[str, Any], explicit: dict[
 
 
 @fewshot.command("train")
-@click.option("--algo", required=True, help="Learning algorithm (e.g. maml, fomaml, reptile, lazy-maml, lazy-reptile, scratch, finetune; see `lazyapps fewshot algos`).")
+@click.option("--algo", default=None, help="Learning algorithm (e.g. maml, fomaml, reptile, lazy-maml, lazy-reptile, scratch, finetune; see `lazyapps fewshot algos`); required unless --resume.")
 @click.option("--dataset", default="omniglot", show_default=True, help="omniglot, omniglot-lake, sine, cifar-fs, miniimagenet, tieredimagenet or folder:PATH.")
 @click.option("--arch", default=None, help="Model zoo architecture (default: conv4 for images, sine_mlp for sine).")
 @click.option("--ways", type=int, default=5, show_default=True, help="Classes per task (N).")
@@ -138,7 +141,8 @@ def _refuse_changed_hparams(resume: str, stored: dict[str, Any], explicit: dict[
 @click.option("--eval-tasks", type=int, default=None, help="Test tasks scored at the end (default: the preset's).")
 @click.option("--eval-every", type=int, default=None, help="Learning-curve point + checkpoint every N iterations (0: only at the end).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, callback=writable_folder, help="Run folder for checkpoint.pt (default: the --resume checkpoint's folder, else fewshot-runs/<algo>-<dataset>-<ways>way-<shots>shot).")
-@click.option("--resume", type=click.Path(dir_okay=False), default=None, help="Continue from this checkpoint (same algo, arch, dataset, ways, shots; its hyperparameters, which flags may repeat but not change).")
+@click.option("--resume", type=click.Path(dir_okay=False), default=None,
+              help="Continue from this checkpoint with its settings (algo, dataset, task stream, hyperparameters, iterations asked): options given here must match them, but for a larger --iterations.")
 @plot_option("Save the learning curve to this image file")
 @preset_option("quick")
 @common_options
@@ -158,6 +162,26 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     from .experiment import build_learner, checkpoint_metadata, load_learner, save_learner, split_settings
     from .tasks import TooFewExamplesError
 
+    if resume is not None:  # the run's own settings, but for those given here (checked against the run's below)
+        from lazyapps.checkpoint import load_metadata
+
+        if not Path(resume).is_file():
+            raise LazyAppsError(f"--resume {resume}: no such checkpoint file")
+        stored = load_metadata(resume)
+        recorded = recorded_settings({**stored.get("hparams", {}), **stored}, RESUMED_OPTIONS)
+        if "target_iterations" in stored:
+            recorded.update(recorded_settings({"iterations": stored["target_iterations"]}, ["iterations"]))
+        if "preset" not in recorded:  # a --preset given here brings its own values (the checks below name what differs)
+            recorded = {k: v for k, v in recorded.items() if k not in PRESETS["quick"]}
+        (algo, dataset, arch, ways, shots, queries, train_shots, iterations, meta_batch, shuffle_classes, transductive, vectorize,
+         preset, eval_tasks, eval_every) = (recorded.get(name, value) for name, value in (
+            ("algo", algo), ("dataset", dataset), ("arch", arch), ("ways", ways), ("shots", shots), ("queries", queries),
+            ("train_shots", train_shots), ("iterations", iterations), ("meta_batch", meta_batch),
+            ("shuffle_classes", shuffle_classes), ("transductive", transductive), ("vectorize", vectorize), ("preset", preset),
+            ("eval_tasks", eval_tasks), ("eval_every", eval_every)))
+        run.seed = recorded.get("seed", run.seed)
+    if algo is None:
+        raise LazyAppsError("--algo is required (or --resume CHECKPOINT, which takes the run's)")
     cls = get_learner(algo)  # unknown name -> one line listing the registry
     info = dataset_info(dataset)
     for flag, value in (("--ways", ways), ("--shots", shots)):
@@ -264,7 +288,9 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     learner.prepare(train_tasks)  # e.g. finetune's head over the training classes, so the metadata records its size
     meta = checkpoint_metadata(learner, arch=arch, dataset=dataset, ways=ways, shots=shots, queries=settings["queries"],
                                train_shots=settings["train_shots"], meta_batch=settings["meta_batch"],
-                               shuffle_classes=shuffle_classes, seed=run.seed, preset=preset)
+                               shuffle_classes=shuffle_classes, seed=run.seed, preset=preset,
+                               target_iterations=settings["iterations"], eval_tasks=settings["eval_tasks"],
+                               eval_every=settings["eval_every"])
     curve_tasks = test_tasks.fixed_tasks(min(CURVE_TASKS, settings["eval_tasks"]), seed=EVAL_SEED + 1)
 
     def rng_states() -> dict[str, torch.Tensor]:

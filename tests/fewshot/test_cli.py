@@ -362,14 +362,15 @@ def test_a_resumed_run_stays_in_its_checkpoints_folder(tmp_path, monkeypatch) ->
     assert not (tmp_path / "fewshot-runs").exists()
 
 
-def test_a_resume_without_the_preset_names_every_difference_and_the_preset(tmp_path) -> None:
+def test_a_resume_takes_the_runs_preset_and_names_every_difference_of_another_one(tmp_path) -> None:
     out = tmp_path / "p"
     base = ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--out", str(out), "--quiet"]
     assert _run(*base, "--preset", "smoke").exit_code == 0
-    result = _run(*base, "--resume", str(out / "checkpoint.pt"), "--iterations", "5", "--eval-tasks", "2")
+    result = _run(*base, "--resume", str(out / "checkpoint.pt"), "--iterations", "5", "--preset", "quick", "--eval-tasks", "2")
     assert result.exit_code == 2
     assert ("was meta-trained with --queries 2 --meta-batch 2; resume it with --queries 2 --meta-batch 2 "
             "(or the --preset smoke it was trained with)") in result.output
+    assert _run(*base, "--resume", str(out / "checkpoint.pt"), "--iterations", "5", "--eval-tasks", "2").exit_code == 0
 
 
 def _record_task_sources(monkeypatch) -> list[dict]:
@@ -509,11 +510,20 @@ def test_a_run_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, monkey
     # random states from before that draw, or --resume skips the batch.
     restore = _interrupt_maml_at(monkeypatch, 2, KeyboardInterrupt)
     ckpt = tmp_path / "i" / "checkpoint.pt"
-    assert _sine(tmp_path / "i", "--iterations", "4").exit_code == 2
+    assert _sine(tmp_path / "i", "--iterations", "4", "--no-transductive", "--seed", "3").exit_code == 2
     restore()
-    assert _sine(tmp_path / "i", "--iterations", "4", "--resume", str(ckpt)).exit_code == 0
-    assert _sine(tmp_path / "s", "--iterations", "4").exit_code == 0
+    # --resume alone, as the Ctrl-C message says: algo, dataset, shots, seed, BatchNorm mode and the 4 iterations are the run's
+    resumed = _run("fewshot", "train", "--resume", str(ckpt), "--quiet", "--json", str(tmp_path / "i.json"))
+    assert resumed.exit_code == 0, resumed.output
+    assert _sine(tmp_path / "s", "--iterations", "4", "--no-transductive", "--seed", "3", "--json", str(tmp_path / "s.json")).exit_code == 0
     assert _same_weights(ckpt, tmp_path / "s" / "checkpoint.pt")
+    config, straight = (json.loads((tmp_path / name).read_text())["config"] for name in ("i.json", "s.json"))
+    assert config == {**straight, "hparams": config["hparams"]} and config["hparams"]["transductive"] is False
+    assert config["iterations"] == 4 and config["seed"] == 3
+    finished = _run("fewshot", "train", "--resume", str(ckpt))
+    assert finished.exit_code == 2 and "is already at iteration 4; give --iterations above it" in finished.output
+    alone = _run("fewshot", "train", "--dataset", "sine")
+    assert alone.exit_code == 2 and alone.output.strip() == "Error: --algo is required (or --resume CHECKPOINT, which takes the run's)"
 
 
 def test_resume_restores_the_global_random_stream_reptile_shuffles_with(tmp_path, monkeypatch) -> None:
