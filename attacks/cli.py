@@ -52,13 +52,15 @@ def attack(run: RunContext, target_spec: str, targeted: bool | None, target_clas
     """
     from lazyapps.errors import LazyAppsError
 
+    from .inputs import check_image_count
+
     if target_class is not None and targeted is False:
         raise LazyAppsError("--target-class is for targeted attacks; drop --untargeted (or use --targeted)")
     targeted = bool(targeted) or target_class is not None
     if max_queries is not None and max_queries < 1:
         raise LazyAppsError(f"--max-queries must be at least 1, got {max_queries}")
-    if n_images is not None and n_images < 1:
-        raise LazyAppsError(f"--n-images must be at least 1, got {n_images}")
+    if n_images is not None:
+        check_image_count(n_images)
     from .pipeline import META_TRAINING_OF
 
     if skip_blocked and method not in META_TRAINING_OF:
@@ -135,6 +137,7 @@ def run_attack(
 
     from . import pipeline as P
     from .blackbox import BlackBox
+    from .inputs import check_image_count
 
     if method not in METHODS:
         raise UnknownNameError("attack method", method, METHODS)
@@ -147,6 +150,8 @@ def run_attack(
     settings = apply_preset({name: by_ds[dataset] for name, by_ds in P.PRESETS.items()}, preset, overrides or {})
     if int(settings["max_queries"]) < 1:
         raise LazyAppsError(f"the query budget must be at least 1, got {settings['max_queries']}")
+    if images is None:  # (checked before the target is trained or loaded; the benchmarks pass counts straight here)
+        check_image_count(int(settings["n_images"]))
     device = run.device
     zoo_names = P.parse_zoo(zoo_spec, dataset, target_spec) if method in P.META_TRAINING_OF else []
     data = load_dataset(dataset, root=run.data_dir)

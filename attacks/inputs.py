@@ -14,6 +14,12 @@ from torch import Tensor
 from lazyapps.errors import LazyAppsError
 
 
+def check_image_count(n: int) -> None:
+    """How many images to attack (``--n-images``): at least one; a negative count would slice from the end."""
+    if int(n) < 1:
+        raise LazyAppsError(f"--n-images must be at least 1, got {n}")
+
+
 def check_images(x: Tensor) -> None:
     """Attacked images must be a float (N, C, H, W) batch in [0, 1]."""
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
@@ -46,4 +52,4 @@ def check_targets(y: Tensor, target: Tensor | None, num_classes: int | None, *, 
                             "a targeted attack needs a different class")
 
 
-__all__ = ["check_images", "check_targets"]
+__all__ = ["check_image_count", "check_images", "check_targets"]

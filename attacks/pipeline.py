@@ -30,6 +30,8 @@ from lazyapps.cache import cached
 from lazyapps.errors import LazyAppsError, UnknownNameError
 from lazyapps.progress import status
 
+from .inputs import check_image_count
+
 #: The target family → dataset, and each dataset's default zoo and target (Du et al.).
 DATASET_OF_FAMILY = {"mnist": "mnist", "cifar": "cifar10"}
 DEFAULT_ZOO = {"mnist": ("lenet5", "net2", "net3"), "cifar10": ("vgg13", "vgg16", "vgg19")}
@@ -284,6 +286,7 @@ def meta_attacker(method: str, dataset: str, sets: list[tuple[dict[str, Tensor],
 
 def select_images(model: nn.Module, split, n: int, *, device, batch_size: int = 500) -> tuple[Tensor, Tensor, Tensor]:
     """The first ``n`` test images the target classifies correctly: ``(x in [0, 1], labels, test indices)``."""
+    check_image_count(n)  # (a count below 1 would slice the selection from its end)
     chosen: list[Tensor] = []
     found = 0
     with torch.no_grad():
