@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lazyapps.errors import LazyAppsError, UnknownNameError
+from lazyapps.errors import LazyAppsError, UnknownNameError, describe
 from lazyapps.runtime import image_layout, set_layout
 
 OUTPUTS = ("logits", "probs", "label")
@@ -56,6 +56,24 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
         if tensor.is_floating_point():
             return tensor.device, tensor.dtype
     return torch.device("cpu"), torch.get_default_dtype()
+
+
+def run_target(model: nn.Module, x: Tensor) -> Tensor:
+    """``model(x)``, where a failure of the target (a user's model that takes only some batch sizes, say) is
+    one clear line instead of a traceback from inside it."""
+    try:
+        return model(x)
+    except Exception as exc:  # whatever the user's model raises
+        raise LazyAppsError(f"the target failed on a batch of {len(x)} images of shape {tuple(x.shape[1:])} "
+                            f"({_failure(exc)}); a target must classify (B, C, H, W) batches of any size B") from None
+
+
+def _failure(exc: BaseException) -> str:
+    """What went wrong in a model, in a few words."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and "TorchScript" in lines[0]:  # the error itself is the last line, after two tracebacks
+        return lines[-1][:200]
+    return describe(exc)
 
 
 def image_index(index: Tensor | Sequence[int] | None, rows: int) -> Tensor:
@@ -202,7 +220,8 @@ class BlackBox:
             QueryBudgetExceeded: some image would go over the budget (nothing is
                 run or counted).
             LazyAppsError: ``x`` is not a float (B, C, H, W) batch in [0, 1] (of the
-                shape the target answered before) or ``index`` is malformed.
+                shape the target answered before), ``index`` is malformed, or the
+                model failed on it (nothing is counted).
         """
         if isinstance(x, Tensor):
             x = x.detach()
@@ -214,7 +233,7 @@ class BlackBox:
             self._model.eval()
         chunk = self.batch_size or max(x.shape[0], 1)
         with torch.no_grad():
-            logits = torch.cat([self._model(part) for part in x.split(chunk)]) if x.shape[0] else self._empty(x)
+            logits = torch.cat([run_target(self._model, part) for part in x.split(chunk)]) if x.shape[0] else self._empty(x)
         self._n_classes, self._image_shape = logits.shape[1], tuple(x.shape[1:])
         self.counts += requested
         self.total += len(index)
@@ -234,7 +253,7 @@ class BlackBox:
         if self._n_classes is None:
             probe = torch.zeros((1,) + tuple(image_shape), device=self.device, dtype=self.dtype)
             with torch.no_grad():
-                self._n_classes = self._model(probe).shape[1]
+                self._n_classes = run_target(self._model, probe).shape[1]
             self._image_shape = tuple(image_shape)
         return self._n_classes
 

@@ -290,12 +290,14 @@ def _starting_points(model, data, tclass, device):
 
     from lazyapps.errors import LazyAppsError
 
+    from .blackbox import run_target
+
     found: dict[int, torch.Tensor] = {}
     wanted = set(tclass.tolist())
     with torch.no_grad():
         for start in range(0, len(data.test), 500):
             xb = data.test.images[start:start + 500].to(device).float().div(255)
-            pred = model(xb).argmax(1).cpu()
+            pred = run_target(model, xb).argmax(1).cpu()
             for c in list(wanted):
                 hit = (pred == c).nonzero().flatten()
                 if len(hit):

@@ -30,6 +30,7 @@ from lazyapps.cache import cached
 from lazyapps.errors import LazyAppsError, UnknownNameError
 from lazyapps.progress import status
 
+from .blackbox import run_target
 from .inputs import check_image_count
 
 #: The target family → dataset, and each dataset's default zoo and target (Du et al.).
@@ -293,7 +294,8 @@ def select_images(model: nn.Module, split, n: int, *, device, batch_size: int = 
         for start in range(0, len(split), batch_size):
             x = split.images[start:start + batch_size].to(device).float().div(255)
             y = split.labels[start:start + batch_size].to(device)
-            ok = (model(x).argmax(1) == y).nonzero().flatten().cpu() + start
+            # (the first batches a user's model sees: the dataset probe sent it one image)
+            ok = (run_target(model, x).argmax(1) == y).nonzero().flatten().cpu() + start
             chosen.append(ok)
             found += len(ok)
             if found >= n:

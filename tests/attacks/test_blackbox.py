@@ -188,11 +188,12 @@ class OneAtATime(CountingNet):
         return super().forward(x)
 
 
-def test_a_model_that_raises_counts_nothing():
+def test_a_failing_model_is_one_clear_error_and_counts_nothing():
     net = OneAtATime()
     bb = BlackBox(net, budget=5)
     bb.query(images(1))
-    with pytest.raises(RuntimeError, match=r"shape '\[1, 18\]' is invalid for input of size 54"):
+    with pytest.raises(LazyAppsError, match=r"the target failed on a batch of 3 images of shape \(2, 3, 3\) "
+                                            r"\(RuntimeError: shape '\[1, 18\]' is invalid for input of size 54\)"):
         bb.query(images(3), index=[0, 0, 1])
     assert bb.counts.tolist() == [1, 0] and bb.total == 1  # charged once the model answers, not before
     bb.query(images(1), index=[0])

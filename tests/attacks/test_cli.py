@@ -186,6 +186,30 @@ def test_target_accepts_torchscript_and_arch_state_dict(mini_root, session_cache
     assert [(r["test_index"], r["queries"], r["l2"]) for r in first] == [(r["test_index"], r["queries"], r["l2"]) for r in second]
 
 
+def test_a_target_that_takes_one_image_at_a_time_is_one_clear_error(mini_root, tmp_path):
+    """It passes the dataset probe (one image) and fails on the first batch of the image selection (the mini
+    root's 200 test images)."""
+    import torch
+
+    class OneAtATime(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(784, 10)
+
+        def forward(self, x):
+            return self.fc(x.reshape(1, 784))
+
+    torch.jit.save(torch.jit.script(OneAtATime()), str(tmp_path / "b1_ts.pt"))
+    result = CliRunner().invoke(cli, ["attack", "--target", str(tmp_path / "b1_ts.pt"), "--method", "zoo", "--n-images", "2",
+                                      "--max-queries", "500", "--data-dir", str(mini_root), "--cache-dir", str(tmp_path),
+                                      "--device", "cpu", "--quiet", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: the target failed on a batch of 200 images of shape (1, 28, 28) (RuntimeError: shape '[1, 784]' is invalid "
+        "for input of size 156800); a target must classify (B, C, H, W) batches of any size B"]
+    assert not (tmp_path / "r.json").exists()
+
+
 def _table_row(stdout: str, method: str) -> dict[str, str]:
     """The result table's row of ``method`` as {column: printed value}."""
     lines = stdout.splitlines()
