@@ -45,6 +45,9 @@ def _entry_points():
     ("target_out_of_range", "target class 4 of image 0 is out of range: the target has classes 0..3"),
     ("negative_label", "label -1 of image 2 is out of range"),
     ("labels_short", r"need \(N,\) labels and targets for 3 images, got labels \(2,\)"),
+    # a float label compares unequal to every prediction: without the check, a "success" after one query
+    ("float_labels", "labels must be an integer tensor of class numbers, got dtype torch.float32"),
+    ("float_targets", "target classes must be an integer tensor of class numbers, got dtype torch.float64"),
 ])
 def test_bad_arguments_are_refused_before_any_query(name, case, message):
     model, x, y = _setup()
@@ -65,6 +68,10 @@ def test_bad_arguments_are_refused_before_any_query(name, case, message):
         y[2] = -1
     elif case == "labels_short":
         y = y[:2]
+    elif case == "float_labels":
+        y = y.float() + 0.5
+    elif case == "float_targets":
+        target = ((y + 1) % 4).double()
     bb = BlackBox(model, output="label" if name == "hsja" else "logits")
     with pytest.raises(LazyAppsError, match=message):
         _entry_points()[name](bb, x, y, target)
