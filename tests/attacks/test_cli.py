@@ -186,6 +186,19 @@ def test_target_accepts_torchscript_and_arch_state_dict(mini_root, session_cache
     assert [(r["test_index"], r["queries"], r["l2"]) for r in first] == [(r["test_index"], r["queries"], r["l2"]) for r in second]
 
 
+@pytest.mark.parametrize("clash", [("--per-image", "--json"), ("--json", "--plot"), ("--per-image", "--plot")])
+def test_outputs_that_name_the_same_file_are_refused_before_any_work(clash, mini_root, tmp_path):
+    first, second = clash
+    same = tmp_path / "same.png"  # (--plot takes only image extensions)
+    result = CliRunner().invoke(cli, ["attack", "--preset", "smoke", first, str(same), second, f"{tmp_path}/./same.png",
+                                      "--data-dir", str(mini_root), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and lines[0].endswith("/same.png; give each output its own path")
+    assert {first, second} == set(lines[0].split(" name the same file ")[0].removeprefix("Error: ").split(" and "))
+    assert not same.exists() and not (tmp_path / "cache").exists()  # refused before the pipeline was built
+
+
 def test_a_target_that_takes_one_image_at_a_time_is_one_clear_error(mini_root, tmp_path):
     """It passes the dataset probe (one image) and fails on the first batch of the image selection (the mini
     root's 200 test images)."""
