@@ -30,8 +30,11 @@ DECISION_METHODS = ("hsja", "boundary")
 @click.option("--targeted/--untargeted", default=None, help="Targeted (towards --target-class) or untargeted (default).")
 @click.option("--target-class", type=int, default=None, help="Class to reach (targeted; test images of that class are skipped); default (y + 1) mod C per image.")
 @click.option("--method", type=click.Choice(METHODS), default="lazy-meta", show_default=True, help="Attack method.")
-@click.option("--n-images", type=int, default=None, help="Attack the first N correctly classified test images (default 100; smoke 2).")
-@click.option("--max-queries", type=int, default=None, help="Per-image query budget (default 10,000).")
+# (the defaults are attacks.pipeline.PRESETS'; restated here so that --help does not import torch)
+@click.option("--n-images", type=int, default=None, help="Attack the first N correctly classified test images "
+              "(default: the preset's; quick and paper 100, smoke 2 on MNIST / 1 on CIFAR-10).")
+@click.option("--max-queries", type=int, default=None, help="Per-image query budget (default: the preset's; quick and "
+              "paper 10,000, smoke 1,000 on MNIST / 300 on CIFAR-10).")
 @click.option("--zoo", "zoo_spec", default=None, help="Comma-separated whitebox zoo (default: lenet5,net2,net3 / vgg13,vgg16,vgg19).")
 @click.option("--skip-blocked", is_flag=True, default=False,
               help="lazy-meta/meta: rank last the coordinates a sign step cannot move (a pixel at 0 or 1 pushed "

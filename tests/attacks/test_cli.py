@@ -336,3 +336,16 @@ def test_the_presets_are_the_documented_ones():
     assert zoo == {"smoke": {"mnist": (1, 512, 1, 1024), "cifar10": (1, 128, 1, 128)},
                    "quick": {"mnist": (1, None, 2, None), "cifar10": (2, 6000, 3, 6000)},
                    "paper": {"mnist": (None, None, None, None), "cifar10": (None, None, None, None)}}
+
+
+def test_the_help_states_the_presets_defaults():
+    from attacks.pipeline import PRESETS
+
+    result = CliRunner().invoke(cli, ["attack", "--help"])
+    text = " ".join(result.output.split())
+    for option, key in (("--n-images", "n_images"), ("--max-queries", "max_queries")):
+        by = {p: {d: f"{PRESETS[p][d][key]:,}" for d in ("mnist", "cifar10")} for p in PRESETS}
+        assert len({by[p][d] for p in ("quick", "paper") for d in by[p]}) == 1  # (one number stated for these four)
+        stated = (f"(default: the preset's; quick and paper {by['quick']['mnist']}, smoke {by['smoke']['mnist']} on MNIST / "
+                  f"{by['smoke']['cifar10']} on CIFAR-10)")
+        assert stated in text.split(option, 1)[1], option
