@@ -157,6 +157,10 @@ def parse_zoo(spec: str | None, dataset: str, target: str) -> list[str]:
             raise LazyAppsError(f"zoo model {name!r} is for {dataset_of_arch(name)}, but the target is a {dataset} model")
     # (a zoo checkpoint file counts as its architecture: the zoo trains exactly that model)
     target_arch = (models_zoo.user_model_arch(target) if is_user_model(target) else target) or ""
+    if target_arch in names and spec is None:  # (the user passed no --zoo to drop it from)
+        rest = ",".join(n for n in names if n != target_arch)
+        raise LazyAppsError(f"the target {target_arch!r} is in the default whitebox zoo ({', '.join(names)}); "
+                            f"a blackbox target must be held out: pass a zoo without it, e.g. --zoo {rest}")
     if target_arch in names:
         raise LazyAppsError(f"the target {target_arch!r} is in the whitebox zoo ({', '.join(names)}); "
                             "a blackbox target must be held out: drop it from --zoo")

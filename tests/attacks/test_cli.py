@@ -71,7 +71,7 @@ def test_a_zoo_checkpoint_file_of_a_zoo_architecture_is_no_blackbox_target(smoke
     _, _, args, cache = smoke_run
     net2 = sorted((cache / "zoo").glob("net2-mnist-*.pt"))[0]  # the very model the whitebox zoo differentiates
     result = invoke(*[a if a != "net4" else str(net2) for a in args])
-    assert result.exit_code == 2 and "the target 'net2' is in the whitebox zoo (lenet5, net2, net3)" in result.output
+    assert result.exit_code == 2 and "the target 'net2' is in the default whitebox zoo (lenet5, net2, net3)" in result.output
 
 
 def test_a_zoo_name_wins_over_a_folder_of_the_same_name(tmp_path, monkeypatch):
@@ -123,7 +123,10 @@ def test_targeted_run_reaches_for_the_target_class(mini_root, session_cache, tmp
 @pytest.mark.parametrize(("args", "message"), [
     (["--target", "nonet"], "unknown model 'nonet'"),
     (["--zoo", "lenet5,bogus"], "unknown zoo model 'bogus'"),
-    (["--zoo", "lenet5,net4"], "'net4' is in the whitebox zoo"),
+    (["--zoo", "lenet5,net4"], "the target 'net4' is in the whitebox zoo (lenet5, net4); a blackbox target must be held "
+                               "out: drop it from --zoo"),
+    (["--target", "lenet5"], "the target 'lenet5' is in the default whitebox zoo (lenet5, net2, net3); a blackbox target "
+                             "must be held out: pass a zoo without it, e.g. --zoo net2,net3"),
     (["--zoo", "vgg13"], "zoo model 'vgg13' is for cifar10"),
     (["--max-queries", "0"], "--max-queries must be at least 1"),
     (["--n-images", "0"], "--n-images must be at least 1"),
