@@ -15,7 +15,9 @@ this package are given:
 Budget rule: a call that would take *any* image beyond its budget raises
 :class:`QueryBudgetExceeded` before the model runs and counts nothing (calls
 are all-or-nothing). Attack loops ask :meth:`BlackBox.remaining` first and
-stop an image cleanly when its next step would not fit.
+stop an image cleanly when its next step would not fit. A call refused for
+its input, or one in which the model itself fails, counts nothing either:
+queries are charged once the model has answered.
 
 The model itself is held in a private attribute. Python cannot truly hide it;
 the discipline is by convention (attacks never touch ``_model``) plus the
@@ -28,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lazyapps.errors import LazyAppsError, UnknownNameError
+from lazyapps.errors import LazyAppsError, UnknownNameError, describe
 from lazyapps.runtime import image_layout, set_layout
 
 OUTPUTS = ("logits", "probs", "label")
@@ -54,6 +56,24 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
         if tensor.is_floating_point():
             return tensor.device, tensor.dtype
     return torch.device("cpu"), torch.get_default_dtype()
+
+
+def run_target(model: nn.Module, x: Tensor) -> Tensor:
+    """``model(x)``, where a failure of the target (a user's model that takes only some batch sizes, say) is
+    one clear line instead of a traceback from inside it."""
+    try:
+        return model(x)
+    except Exception as exc:  # whatever the user's model raises
+        raise LazyAppsError(f"the target failed on a batch of {len(x)} images of shape {tuple(x.shape[1:])} "
+                            f"({_failure(exc)}); a target must classify (B, C, H, W) batches of any size B") from None
+
+
+def _failure(exc: BaseException) -> str:
+    """What went wrong in a model, in a few words."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and "TorchScript" in lines[0]:  # the error itself is the last line, after two tracebacks
+        return lines[-1][:200]
+    return describe(exc)
 
 
 def image_index(index: Tensor | Sequence[int] | None, rows: int) -> Tensor:
@@ -117,6 +137,9 @@ class BlackBox:
         self.counts = torch.zeros(0, dtype=torch.long)
         self.total = 0
         self._n_classes: int | None = None
+        # One image's (C, H, W), known once the model has answered: later queries of another shape are
+        # refused before they are charged.
+        self._image_shape: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------------ counting
     def reset(self, n_images: int = 0) -> None:
@@ -151,26 +174,27 @@ class BlackBox:
             return torch.full_like(used, UNLIMITED)
         return (self.budget - used).clamp_min(0)
 
-    def _charge(self, index: Tensor) -> None:
-        if len(index) == 0:
-            return
-        self._grow(int(index.max()) + 1)
+    def _requested(self, index: Tensor) -> Tensor:
+        """Queries per image that rows ``index`` ask for; :class:`QueryBudgetExceeded` if any image would go over."""
+        self._grow(int(index.max()) + 1 if len(index) else 0)
         requested = torch.bincount(index, minlength=len(self.counts))
         if self.budget is not None:
             over = (self.counts + requested > self.budget).nonzero().flatten()
             if len(over):
                 raise QueryBudgetExceeded(over, self.budget, requested[over], self.counts[over].clone())
-        self.counts += requested
-        self.total += len(index)
+        return requested
 
     # ------------------------------------------------------------------ querying
     def _validate(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
             raise LazyAppsError(f"blackbox queries take a torch.Tensor, got {type(x).__name__}")
-        if x.dim() < 2:
+        if x.dim() != 4:
             raise LazyAppsError(f"blackbox queries take a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise LazyAppsError(f"blackbox queries take float images in [0, 1], got dtype {x.dtype}")
+        if self._image_shape is not None and tuple(x.shape[1:]) != self._image_shape:
+            raise LazyAppsError(f"blackbox queries take images of shape {self._image_shape} (C, H, W), as the target "
+                                f"answered before; got {tuple(x.shape[1:])}")
         if x.numel() == 0:
             return
         # One read-back for the three checks (each float()/bool() of a GPU tensor is a host-device sync).
@@ -195,22 +219,24 @@ class BlackBox:
         Raises:
             QueryBudgetExceeded: some image would go over the budget (nothing is
                 run or counted).
-            LazyAppsError: ``x`` is not a float batch in [0, 1] or ``index`` is malformed.
+            LazyAppsError: ``x`` is not a float (B, C, H, W) batch in [0, 1] (of the
+                shape the target answered before), ``index`` is malformed, or the
+                model failed on it (nothing is counted).
         """
         if isinstance(x, Tensor):
             x = x.detach()
         self._validate(x)
         index = image_index(index, x.shape[0])
-        self._charge(index)
-        x = x.to(device=self.device, dtype=self.dtype)
-        if x.dim() == 4:
-            x = x.contiguous(memory_format=self._layout)
+        requested = self._requested(index)  # the budget is checked before the model runs, charged after it answered
+        x = x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=self._layout)
         if self._model.training:  # someone switched it back; targets are queried in eval mode
             self._model.eval()
         chunk = self.batch_size or max(x.shape[0], 1)
         with torch.no_grad():
-            logits = torch.cat([self._model(part) for part in x.split(chunk)]) if x.shape[0] else self._empty(x)
-        self._n_classes = logits.shape[1]
+            logits = torch.cat([run_target(self._model, part) for part in x.split(chunk)]) if x.shape[0] else self._empty(x)
+        self._n_classes, self._image_shape = logits.shape[1], tuple(x.shape[1:])
+        self.counts += requested
+        self.total += len(index)
         if self.output == "probs":
             return logits.softmax(dim=1).detach()
         if self.output == "label":
@@ -227,7 +253,8 @@ class BlackBox:
         if self._n_classes is None:
             probe = torch.zeros((1,) + tuple(image_shape), device=self.device, dtype=self.dtype)
             with torch.no_grad():
-                self._n_classes = self._model(probe).shape[1]
+                self._n_classes = run_target(self._model, probe).shape[1]
+            self._image_shape = tuple(image_shape)
         return self._n_classes
 
     def num_classes(self, image_shape: tuple[int, ...]) -> int:

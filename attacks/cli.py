@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from lazyapps.cli import RunContext, apply_preset, common_options, preset_option, writable_file
+from lazyapps.cli import RunContext, apply_preset, common_options, distinct_outputs, preset_option, writable_file
 from lazyapps.plotting import plot_option
 
 METHODS = ("lazy-meta", "meta", "zoo", "nes", "bandits", "hsja", "boundary")
@@ -30,8 +30,11 @@ DECISION_METHODS = ("hsja", "boundary")
 @click.option("--targeted/--untargeted", default=None, help="Targeted (towards --target-class) or untargeted (default).")
 @click.option("--target-class", type=int, default=None, help="Class to reach (targeted; test images of that class are skipped); default (y + 1) mod C per image.")
 @click.option("--method", type=click.Choice(METHODS), default="lazy-meta", show_default=True, help="Attack method.")
-@click.option("--n-images", type=int, default=None, help="Attack the first N correctly classified test images (default 100; smoke 2).")
-@click.option("--max-queries", type=int, default=None, help="Per-image query budget (default 10,000).")
+# (the defaults are attacks.pipeline.PRESETS'; restated here so that --help does not import torch)
+@click.option("--n-images", type=int, default=None, help="Attack the first N correctly classified test images "
+              "(default: the preset's; quick and paper 100, smoke 2 on MNIST / 1 on CIFAR-10).")
+@click.option("--max-queries", type=int, default=None, help="Per-image query budget (default: the preset's; quick and "
+              "paper 10,000, smoke 1,000 on MNIST / 300 on CIFAR-10).")
 @click.option("--zoo", "zoo_spec", default=None, help="Comma-separated whitebox zoo (default: lenet5,net2,net3 / vgg13,vgg16,vgg19).")
 @click.option("--skip-blocked", is_flag=True, default=False,
               help="lazy-meta/meta: rank last the coordinates a sign step cannot move (a pixel at 0 or 1 pushed "
@@ -52,13 +55,16 @@ def attack(run: RunContext, target_spec: str, targeted: bool | None, target_clas
     """
     from lazyapps.errors import LazyAppsError
 
+    from .inputs import check_image_count
+
+    distinct_outputs({"--json": run.json_path, "--per-image": per_image_path, "--plot": plot})
     if target_class is not None and targeted is False:
         raise LazyAppsError("--target-class is for targeted attacks; drop --untargeted (or use --targeted)")
     targeted = bool(targeted) or target_class is not None
     if max_queries is not None and max_queries < 1:
         raise LazyAppsError(f"--max-queries must be at least 1, got {max_queries}")
-    if n_images is not None and n_images < 1:
-        raise LazyAppsError(f"--n-images must be at least 1, got {n_images}")
+    if n_images is not None:
+        check_image_count(n_images)
     from .pipeline import META_TRAINING_OF
 
     if skip_blocked and method not in META_TRAINING_OF:
@@ -135,6 +141,7 @@ def run_attack(
 
     from . import pipeline as P
     from .blackbox import BlackBox
+    from .inputs import check_image_count
 
     if method not in METHODS:
         raise UnknownNameError("attack method", method, METHODS)
@@ -147,6 +154,8 @@ def run_attack(
     settings = apply_preset({name: by_ds[dataset] for name, by_ds in P.PRESETS.items()}, preset, overrides or {})
     if int(settings["max_queries"]) < 1:
         raise LazyAppsError(f"the query budget must be at least 1, got {settings['max_queries']}")
+    if images is None:  # (checked before the target is trained or loaded; the benchmarks pass counts straight here)
+        check_image_count(int(settings["n_images"]))
     device = run.device
     zoo_names = P.parse_zoo(zoo_spec, dataset, target_spec) if method in P.META_TRAINING_OF else []
     data = load_dataset(dataset, root=run.data_dir)
@@ -285,12 +294,14 @@ def _starting_points(model, data, tclass, device):
 
     from lazyapps.errors import LazyAppsError
 
+    from .blackbox import run_target
+
     found: dict[int, torch.Tensor] = {}
     wanted = set(tclass.tolist())
     with torch.no_grad():
         for start in range(0, len(data.test), 500):
             xb = data.test.images[start:start + 500].to(device).float().div(255)
-            pred = model(xb).argmax(1).cpu()
+            pred = run_target(model, xb).argmax(1).cpu()
             for c in list(wanted):
                 hit = (pred == c).nonzero().flatten()
                 if len(hit):

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from lazyapps.errors import LazyAppsError
 
 from .blackbox import BlackBox
+from .inputs import check_images
 from .meta_attack import meta_attack
 from .outcome import AttackOutcome
 
@@ -39,6 +40,13 @@ class _FoolboxScores(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fmodel(ep.astensor(x)).raw
+
+
+def _check_call(model: fb.models.Model, x: Tensor) -> None:
+    """The model's bounds must be the attack's pixel range, (0, 1), and the images float (N, C, H, W) in it."""
+    if tuple(model.bounds) != (0.0, 1.0):
+        raise LazyAppsError(f"MetaAttackFoolbox needs a model with bounds (0, 1), got {tuple(model.bounds)}")
+    check_images(x)
 
 
 class MetaAttackFoolbox(fb.attacks.base.MinimizationAttack):
@@ -75,11 +83,16 @@ class MetaAttackFoolbox(fb.attacks.base.MinimizationAttack):
                              batch_size=batch_size)
         self.last_outcome: AttackOutcome | None = None
 
+    def __call__(self, model: fb.models.Model, inputs: Any, criterion: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        # foolbox's __call__ checks the inputs against the model's bounds with a bare assert (an empty
+        # AssertionError); the same checks, with messages, come first.
+        _check_call(model, ep.astensor(inputs).raw)
+        return super().__call__(model, inputs, criterion, **kwargs)
+
     def run(self, model: fb.models.Model, inputs: Any, criterion: Any, *, early_stop: float | None = None, **kwargs: Any) -> Any:
         x, restore_type = ep.astensor_(inputs)
         del inputs
-        if tuple(model.bounds) != (0.0, 1.0):
-            raise LazyAppsError(f"MetaAttackFoolbox needs a model with bounds (0, 1), got {tuple(model.bounds)}")
+        _check_call(model, x.raw)
         criterion = fb.criteria.Misclassification(criterion) if not isinstance(criterion, fb.criteria.Criterion) else criterion
         raw: Tensor = x.raw
         if isinstance(criterion, fb.criteria.Misclassification):

@@ -9,9 +9,16 @@ already reached before the attack starts).
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from lazyapps.errors import LazyAppsError
+
+
+def check_image_count(n: int) -> None:
+    """How many images to attack (``--n-images``): at least one; a negative count would slice from the end."""
+    if int(n) < 1:
+        raise LazyAppsError(f"--n-images must be at least 1, got {n}")
 
 
 def check_images(x: Tensor) -> None:
@@ -27,6 +34,12 @@ def check_images(x: Tensor) -> None:
 def check_targets(y: Tensor, target: Tensor | None, num_classes: int | None, *, images: int | None = None) -> None:
     """Labels (and target classes) must be class numbers of the target, one per image (``images`` of them when
     given); a target class must differ from the label."""
+    for name, classes in (("labels", y), ("target classes", target)):
+        # A float label (7.5) would compare unequal to every prediction: a fake success after one query.
+        if classes is not None and (not isinstance(classes, Tensor) or classes.is_floating_point()
+                                    or classes.is_complex() or classes.dtype == torch.bool):
+            shown = f"dtype {classes.dtype}" if isinstance(classes, Tensor) else type(classes).__name__
+            raise LazyAppsError(f"{name} must be an integer tensor of class numbers, got {shown}")
     if images is not None and (tuple(y.shape) != (images,) or (target is not None and tuple(target.shape) != (images,))):
         raise LazyAppsError(f"need (N,) labels and targets for {images} images, got labels {tuple(y.shape)}"
                             + ("" if target is None else f" and targets {tuple(target.shape)}"))
@@ -46,4 +59,4 @@ def check_targets(y: Tensor, target: Tensor | None, num_classes: int | None, *, 
                             "a targeted attack needs a different class")
 
 
-__all__ = ["check_images", "check_targets"]
+__all__ = ["check_image_count", "check_images", "check_targets"]

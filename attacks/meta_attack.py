@@ -64,9 +64,14 @@ def meta_attack(
     :class:`AttackOutcome` for all images.
     """
     check_images(x)
+    if not len(x):  # (there would be no chunk to attack and no outcome to return)
+        raise LazyAppsError("meta_attack needs at least one image, got an empty batch")
     if int(max_queries) < 1:
         raise LazyAppsError(f"the query budget must be at least 1, got {max_queries}")
-    check_targets(y, target, blackbox.num_classes(tuple(x.shape[1:])) if len(x) else None, images=len(x))
+    if int(batch_size) < 1:
+        raise LazyAppsError(f"batch_size must be at least 1, got {batch_size}")
+    check_targets(y, target, blackbox.num_classes(tuple(x.shape[1:])), images=len(x))
+    _check_channels(meta_attacker, x)
     estimator = MetaEstimator(meta_attacker, params, q=q, every=every, h=h,
                               finetune_steps=finetune_steps, finetune_lr=finetune_lr, zoo_mode=zoo_mode,
                               skip_blocked=skip_blocked)
@@ -80,6 +85,15 @@ def meta_attack(
             step_size=step, update="sign", index=torch.arange(start, stop), reset_estimator=True, desc=desc,
         ))
     return AttackOutcome.concat(outcomes)
+
+
+def _check_channels(meta_attacker: nn.Module, x: Tensor) -> None:
+    """A meta-attacker made for other images (a CIFAR one on MNIST) would fail only at its first prediction,
+    after the first queries were spent; its ``in_channels`` (where it has one) tells beforehand."""
+    channels = getattr(meta_attacker, "in_channels", None)
+    if isinstance(channels, int) and channels != x.shape[1]:
+        raise LazyAppsError(f"the meta-attacker takes {channels}-channel images, but the attacked images have "
+                            f"{x.shape[1]} channel(s); use a meta-attacker made for this dataset")
 
 
 __all__ = ["meta_attack", "MetaEstimator", "PAPER_SETTINGS", "check_images", "check_targets"]

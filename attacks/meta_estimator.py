@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from lazyapps.errors import LazyAppsError
 from lazyapps.functional import params_of
 
 from .blackbox import BlackBox, image_index
@@ -70,7 +71,8 @@ class MetaEstimator(GradientEstimator):
         skip_blocked: bool = False,
     ):
         if q < 1 or every < 1 or finetune_steps < 0:
-            raise ValueError(f"need q >= 1, every >= 1 and finetune_steps >= 0, got {q}, {every}, {finetune_steps}")
+            raise LazyAppsError(f"need q >= 1, every >= 1 and finetune_steps >= 0, got q={q}, every={every}, "
+                                f"finetune_steps={finetune_steps}")
         self.model = meta_attacker.eval()
         self.theta = {k: v.detach() for k, v in (params if params is not None else params_of(meta_attacker)).items()}
         self.q, self.every = int(q), int(every)

@@ -30,6 +30,9 @@ from lazyapps.cache import cached
 from lazyapps.errors import LazyAppsError, UnknownNameError
 from lazyapps.progress import status
 
+from .blackbox import run_target
+from .inputs import check_image_count
+
 #: The target family → dataset, and each dataset's default zoo and target (Du et al.).
 DATASET_OF_FAMILY = {"mnist": "mnist", "cifar": "cifar10"}
 DEFAULT_ZOO = {"mnist": ("lenet5", "net2", "net3"), "cifar10": ("vgg13", "vgg16", "vgg19")}
@@ -154,6 +157,10 @@ def parse_zoo(spec: str | None, dataset: str, target: str) -> list[str]:
             raise LazyAppsError(f"zoo model {name!r} is for {dataset_of_arch(name)}, but the target is a {dataset} model")
     # (a zoo checkpoint file counts as its architecture: the zoo trains exactly that model)
     target_arch = (models_zoo.user_model_arch(target) if is_user_model(target) else target) or ""
+    if target_arch in names and spec is None:  # (the user passed no --zoo to drop it from)
+        rest = ",".join(n for n in names if n != target_arch)
+        raise LazyAppsError(f"the target {target_arch!r} is in the default whitebox zoo ({', '.join(names)}); "
+                            f"a blackbox target must be held out: pass a zoo without it, e.g. --zoo {rest}")
     if target_arch in names:
         raise LazyAppsError(f"the target {target_arch!r} is in the whitebox zoo ({', '.join(names)}); "
                             "a blackbox target must be held out: drop it from --zoo")
@@ -284,13 +291,15 @@ def meta_attacker(method: str, dataset: str, sets: list[tuple[dict[str, Tensor],
 
 def select_images(model: nn.Module, split, n: int, *, device, batch_size: int = 500) -> tuple[Tensor, Tensor, Tensor]:
     """The first ``n`` test images the target classifies correctly: ``(x in [0, 1], labels, test indices)``."""
+    check_image_count(n)  # (a count below 1 would slice the selection from its end)
     chosen: list[Tensor] = []
     found = 0
     with torch.no_grad():
         for start in range(0, len(split), batch_size):
             x = split.images[start:start + batch_size].to(device).float().div(255)
             y = split.labels[start:start + batch_size].to(device)
-            ok = (model(x).argmax(1) == y).nonzero().flatten().cpu() + start
+            # (the first batches a user's model sees: the dataset probe sent it one image)
+            ok = (run_target(model, x).argmax(1) == y).nonzero().flatten().cpu() + start
             chosen.append(ok)
             found += len(ok)
             if found >= n:

@@ -57,7 +57,7 @@ def cached(
                 validate(state)
             return state, path
         except CheckpointError as exc:
-            warnings.warn(f"{exc}; rebuilding it", stacklevel=2)
+            warnings.warn(f"{exc.problem}; rebuilding it", stacklevel=2)  # (what happens, no advice: it is rebuilt)
     state = dict(build())
     save_checkpoint(path, state, {"kind": kind, "name": name, "settings": dict(settings)})
     return state, path

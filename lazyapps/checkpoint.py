@@ -103,7 +103,8 @@ def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return json.loads(mpath.read_text())
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint metadata {mpath} is unreadable ({exc}); delete it or pass another checkpoint") from None
+        raise CheckpointError(f"checkpoint metadata {mpath} is unreadable ({exc})",
+                              fix="delete it or pass another checkpoint") from None
 
 
 def load_error(exc: BaseException) -> str:

@@ -152,6 +152,23 @@ def writable_folder(ctx: click.Context, param: click.Parameter, value: str | Non
     return _writable(value, param, folder=True)
 
 
+def distinct_outputs(paths: Mapping[str, str | None]) -> None:
+    """Refuse, before any work, two output options (``{"--json": path, ...}``) that name the same file:
+    the later write would silently replace the earlier one."""
+    from pathlib import Path
+
+    from .errors import LazyAppsError
+
+    seen: dict[Path, str] = {}
+    for option, path in paths.items():
+        if path is None:
+            continue
+        resolved = Path(path).expanduser().resolve()  # (r.json, ./r.json and a symlink to it are one file)
+        if resolved in seen:
+            raise LazyAppsError(f"{seen[resolved]} and {option} name the same file {path}; give each output its own path")
+        seen[resolved] = option
+
+
 def common_options(func: Callable) -> Callable:
     """Add ``--data-dir --cache-dir --device --seed --json --quiet`` and pass a :class:`RunContext` as ``run``."""
 

@@ -45,7 +45,15 @@ class DataNotFoundError(LazyAppsError, FileNotFoundError):
 
 
 class CheckpointError(LazyAppsError):
-    """A checkpoint that is missing, corrupt, or made by other settings."""
+    """A checkpoint that is missing, corrupt, or made by other settings.
+
+    ``fix`` (what the user can do) is kept apart from ``problem``: a cache that rebuilds the file by itself
+    (:func:`lazyapps.cache.cached`) reports the problem only, since there is nothing left for the user to do.
+    """
+
+    def __init__(self, problem: str, fix: str | None = None):
+        self.problem = problem
+        super().__init__(f"{problem}; {fix}" if fix else problem)
 
 
 class DivergedError(LazyAppsError):

@@ -11,6 +11,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import attack_cifar  # noqa: E402
 import attack_mnist  # noqa: E402
 import pytest  # noqa: E402
+from _script import run_script  # noqa: E402
 
 from ._mini_data import build_mini_root  # noqa: E402
 
@@ -66,3 +67,18 @@ def test_cifar_benchmark_smoke(mini_root, session_cache, tmp_path, capsys):
     saved = [json.loads(p.read_text()) for p in (session_cache / "meta_attackers").glob("*-lazy-meta-*.pt.json")]
     steps = {m["name"].split("-")[0]: m["settings"]["inner_steps"] for m in saved}
     assert steps["cifar10"] == 10 and steps.get("mnist", 8) == 8
+
+
+@pytest.mark.parametrize("count", ["0", "-2"])
+def test_an_image_count_below_one_is_one_clear_error_before_any_work(count, mini_root, tmp_path, capsys):
+    """-2 once sliced the selection from its end (345 images attacked); 0 ended in a traceback."""
+    cache = tmp_path / "cache"
+    with pytest.raises(SystemExit) as exited:  # as `python benchmarks/attack_mnist.py ...` runs it
+        run_script(lambda: attack_mnist.main(["--smoke", "--n-images", count, "--methods", "bandits", "--max-queries", "3",
+                                              "--data-dir", str(mini_root), "--cache-dir", str(cache), "--device", "cpu",
+                                              "--json", str(tmp_path / "r.json"), "--quiet"]),
+                   allocator=False)  # (the test process's malloc settings stay as they are)
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [f"Error: --n-images must be at least 1, got {count}"] and not captured.out
+    assert not (tmp_path / "r.json").exists() and not cache.exists()  # no target trained, nothing written

@@ -155,6 +155,7 @@ def test_empty_query_counts_nothing():
         (torch.full((1, 2, 3, 3), float("nan")), "NaN"),
         ((images(2) * 255).to(torch.uint8), "float images"),
         (torch.rand(3), "batch of images"),
+        (images(1)[0], r"batch of images \(B, C, H, W\), got shape \(2, 3, 3\)"),  # one image without its batch axis
     ],
 )
 def test_rejects_bad_inputs(x, message):
@@ -176,3 +177,42 @@ def test_rejects_bad_index_and_settings():
         BlackBox(CountingNet(), output="softmax")
     with pytest.raises(LazyAppsError, match="at least 1"):
         BlackBox(CountingNet(), budget=0)
+
+
+class OneAtATime(CountingNet):
+    """A target that takes batches of one image only (a forward that reshapes to (1, D))."""
+
+    def forward(self, x):
+        if x.shape[0] != 1:
+            raise RuntimeError(f"shape '[1, 18]' is invalid for input of size {x.numel()}")
+        return super().forward(x)
+
+
+def test_a_failing_model_is_one_clear_error_and_counts_nothing():
+    net = OneAtATime()
+    bb = BlackBox(net, budget=5)
+    bb.query(images(1))
+    with pytest.raises(LazyAppsError, match=r"the target failed on a batch of 3 images of shape \(2, 3, 3\) "
+                                            r"\(RuntimeError: shape '\[1, 18\]' is invalid for input of size 54\)"):
+        bb.query(images(3), index=[0, 0, 1])
+    assert bb.counts.tolist() == [1, 0] and bb.total == 1  # charged once the model answers, not before
+    bb.query(images(1), index=[0])
+    assert bb.counts.tolist() == [2, 0] and bb.total == 2
+
+
+def test_budget_is_checked_before_the_model_runs():
+    net = CountingNet()
+    bb = BlackBox(net, budget=2)
+    with pytest.raises(QueryBudgetExceeded):
+        bb.query(images(3), index=[0, 0, 0])
+    assert net.calls == 0 and bb.total == 0
+
+
+def test_images_of_another_shape_than_the_target_answered_are_refused_before_charging():
+    net = CountingNet()
+    bb = BlackBox(net, budget=50)
+    bb.query(images(2))
+    with pytest.raises(LazyAppsError, match=r"images of shape \(2, 3, 3\) \(C, H, W\), as the target answered before; "
+                                            r"got \(2, 4, 4\)"):
+        bb.query(torch.rand(1, 2, 4, 4))
+    assert net.calls == 1 and bb.counts.tolist() == [1, 1] and bb.total == 2

@@ -71,7 +71,7 @@ def test_a_zoo_checkpoint_file_of_a_zoo_architecture_is_no_blackbox_target(smoke
     _, _, args, cache = smoke_run
     net2 = sorted((cache / "zoo").glob("net2-mnist-*.pt"))[0]  # the very model the whitebox zoo differentiates
     result = invoke(*[a if a != "net4" else str(net2) for a in args])
-    assert result.exit_code == 2 and "the target 'net2' is in the whitebox zoo (lenet5, net2, net3)" in result.output
+    assert result.exit_code == 2 and "the target 'net2' is in the default whitebox zoo (lenet5, net2, net3)" in result.output
 
 
 def test_a_zoo_name_wins_over_a_folder_of_the_same_name(tmp_path, monkeypatch):
@@ -123,7 +123,10 @@ def test_targeted_run_reaches_for_the_target_class(mini_root, session_cache, tmp
 @pytest.mark.parametrize(("args", "message"), [
     (["--target", "nonet"], "unknown model 'nonet'"),
     (["--zoo", "lenet5,bogus"], "unknown zoo model 'bogus'"),
-    (["--zoo", "lenet5,net4"], "'net4' is in the whitebox zoo"),
+    (["--zoo", "lenet5,net4"], "the target 'net4' is in the whitebox zoo (lenet5, net4); a blackbox target must be held "
+                               "out: drop it from --zoo"),
+    (["--target", "lenet5"], "the target 'lenet5' is in the default whitebox zoo (lenet5, net2, net3); a blackbox target "
+                             "must be held out: pass a zoo without it, e.g. --zoo net2,net3"),
     (["--zoo", "vgg13"], "zoo model 'vgg13' is for cifar10"),
     (["--max-queries", "0"], "--max-queries must be at least 1"),
     (["--n-images", "0"], "--n-images must be at least 1"),
@@ -184,6 +187,43 @@ def test_target_accepts_torchscript_and_arch_state_dict(mini_root, session_cache
     short = invoke("--target", f"net4:{tmp_path / 'short.pt'}", "--data-dir", str(mini_root), "--quiet")
     assert short.exit_code == 2 and "Missing key(s) in state_dict" in short.output
     assert [(r["test_index"], r["queries"], r["l2"]) for r in first] == [(r["test_index"], r["queries"], r["l2"]) for r in second]
+
+
+@pytest.mark.parametrize("clash", [("--per-image", "--json"), ("--json", "--plot"), ("--per-image", "--plot")])
+def test_outputs_that_name_the_same_file_are_refused_before_any_work(clash, mini_root, tmp_path):
+    first, second = clash
+    same = tmp_path / "same.png"  # (--plot takes only image extensions)
+    result = CliRunner().invoke(cli, ["attack", "--preset", "smoke", first, str(same), second, f"{tmp_path}/./same.png",
+                                      "--data-dir", str(mini_root), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and lines[0].endswith("/same.png; give each output its own path")
+    assert {first, second} == set(lines[0].split(" name the same file ")[0].removeprefix("Error: ").split(" and "))
+    assert not same.exists() and not (tmp_path / "cache").exists()  # refused before the pipeline was built
+
+
+def test_a_target_that_takes_one_image_at_a_time_is_one_clear_error(mini_root, tmp_path):
+    """It passes the dataset probe (one image) and fails on the first batch of the image selection (the mini
+    root's 200 test images)."""
+    import torch
+
+    class OneAtATime(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(784, 10)
+
+        def forward(self, x):
+            return self.fc(x.reshape(1, 784))
+
+    torch.jit.save(torch.jit.script(OneAtATime()), str(tmp_path / "b1_ts.pt"))
+    result = CliRunner().invoke(cli, ["attack", "--target", str(tmp_path / "b1_ts.pt"), "--method", "zoo", "--n-images", "2",
+                                      "--max-queries", "500", "--data-dir", str(mini_root), "--cache-dir", str(tmp_path),
+                                      "--device", "cpu", "--quiet", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: the target failed on a batch of 200 images of shape (1, 28, 28) (RuntimeError: shape '[1, 784]' is invalid "
+        "for input of size 156800); a target must classify (B, C, H, W) batches of any size B"]
+    assert not (tmp_path / "r.json").exists()
 
 
 def _table_row(stdout: str, method: str) -> dict[str, str]:
@@ -299,3 +339,16 @@ def test_the_presets_are_the_documented_ones():
     assert zoo == {"smoke": {"mnist": (1, 512, 1, 1024), "cifar10": (1, 128, 1, 128)},
                    "quick": {"mnist": (1, None, 2, None), "cifar10": (2, 6000, 3, 6000)},
                    "paper": {"mnist": (None, None, None, None), "cifar10": (None, None, None, None)}}
+
+
+def test_the_help_states_the_presets_defaults():
+    from attacks.pipeline import PRESETS
+
+    result = CliRunner().invoke(cli, ["attack", "--help"])
+    text = " ".join(result.output.split())
+    for option, key in (("--n-images", "n_images"), ("--max-queries", "max_queries")):
+        by = {p: {d: f"{PRESETS[p][d][key]:,}" for d in ("mnist", "cifar10")} for p in PRESETS}
+        assert len({by[p][d] for p in ("quick", "paper") for d in by[p]}) == 1  # (one number stated for these four)
+        stated = (f"(default: the preset's; quick and paper {by['quick']['mnist']}, smoke {by['smoke']['mnist']} on MNIST / "
+                  f"{by['smoke']['cifar10']} on CIFAR-10)")
+        assert stated in text.split(option, 1)[1], option

@@ -45,6 +45,9 @@ def _entry_points():
     ("target_out_of_range", "target class 4 of image 0 is out of range: the target has classes 0..3"),
     ("negative_label", "label -1 of image 2 is out of range"),
     ("labels_short", r"need \(N,\) labels and targets for 3 images, got labels \(2,\)"),
+    # a float label compares unequal to every prediction: without the check, a "success" after one query
+    ("float_labels", "labels must be an integer tensor of class numbers, got dtype torch.float32"),
+    ("float_targets", "target classes must be an integer tensor of class numbers, got dtype torch.float64"),
 ])
 def test_bad_arguments_are_refused_before_any_query(name, case, message):
     model, x, y = _setup()
@@ -65,10 +68,41 @@ def test_bad_arguments_are_refused_before_any_query(name, case, message):
         y[2] = -1
     elif case == "labels_short":
         y = y[:2]
+    elif case == "float_labels":
+        y = y.float() + 0.5
+    elif case == "float_targets":
+        target = ((y + 1) % 4).double()
     bb = BlackBox(model, output="label" if name == "hsja" else "logits")
     with pytest.raises(LazyAppsError, match=message):
         _entry_points()[name](bb, x, y, target)
     assert bb.total == 0
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"x": lambda x: x[:0]}, "meta_attack needs at least one image, got an empty batch"),
+    ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+    ({"q": 0}, "need q >= 1, every >= 1 and finetune_steps >= 0, got q=0, every=5"),
+    ({"every": 0}, "need q >= 1, every >= 1 and finetune_steps >= 0, got q=4, every=0"),
+    ({"net": MetaAttacker.for_dataset("cifar10")},
+     "the meta-attacker takes 3-channel images, but the attacked images have 1 channel"),
+])
+def test_bad_meta_attack_settings_are_refused_before_any_query(settings, message):
+    model, x, y = _setup()
+    x = settings.get("x", lambda v: v)(x)
+    bb = BlackBox(model)
+    kwargs = {k: v for k, v in settings.items() if k in ("batch_size", "q", "every")}
+    with pytest.raises(LazyAppsError, match=message):
+        meta_attack(bb, x, y[:len(x)], settings.get("net", MetaAttacker(1, (4,))), max_queries=50, **{"q": 4, **kwargs})
+    assert bb.total == 0
+
+
+def test_foolbox_meta_attack_refuses_images_outside_the_bounds_with_a_message():
+    """foolbox's own check is a bare assert (an empty AssertionError); ours says what is wrong."""
+    model, x, y = _setup()
+    attack = MetaAttackFoolbox(MetaAttacker(1, (4,)), max_queries=40, q=4)
+    with pytest.raises(LazyAppsError, match=r"attacked images must lie in \[0, 1\], got range \[0\.01346, 2\]"):
+        attack(fb.PyTorchModel(model, bounds=(0, 1)), x * 2, fb.criteria.Misclassification(y), epsilons=None)
+    assert attack.last_outcome is None
 
 
 def test_valid_arguments_pass():

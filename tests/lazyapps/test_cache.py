@@ -33,6 +33,22 @@ def test_corrupt_cache_is_rebuilt_with_warning(tmp_path):
     assert torch.equal(state["w"], torch.ones(1))
 
 
+def test_a_corrupt_sidecar_is_rebuilt_with_a_warning_that_asks_nothing_of_the_user(tmp_path):
+    import warnings
+
+    from lazyapps.checkpoint import meta_path
+
+    _, path = cached("zoo", "m", {}, lambda: {"w": torch.zeros(1)}, root=tmp_path)
+    meta_path(path).write_text("{not json")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state, _ = cached("zoo", "m", {}, lambda: {"w": torch.ones(1)}, root=tmp_path)
+    assert [str(w.message) for w in caught] == [
+        f"checkpoint metadata {meta_path(path)} is unreadable (Expecting property name enclosed in double quotes: "
+        "line 1 column 2 (char 1)); rebuilding it"]
+    assert torch.equal(state["w"], torch.ones(1))
+
+
 def test_a_cached_state_the_validator_rejects_is_rebuilt(tmp_path):
     from lazyapps.errors import CheckpointError
 

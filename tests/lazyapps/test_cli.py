@@ -115,6 +115,18 @@ def test_check_writable_probes_rather_than_trusting_permission_bits():
     assert check_writable("/proc/lazyapps-results/r.json").startswith("cannot write in /proc:")
 
 
+def test_distinct_outputs_refuses_two_options_naming_one_file(tmp_path, monkeypatch):
+    from lazyapps.cli import distinct_outputs
+
+    monkeypatch.chdir(tmp_path)
+    distinct_outputs({"--json": "r.json", "--csv": "r.csv", "--plot": None})
+    with pytest.raises(LazyAppsError, match=r"^--json and --csv name the same file sub/../r.json; give each output its own path$"):
+        distinct_outputs({"--json": "./r.json", "--csv": "sub/../r.json"})
+    (tmp_path / "link.json").symlink_to(tmp_path / "r.json")
+    with pytest.raises(LazyAppsError, match="--json and --plot name the same file"):
+        distinct_outputs({"--json": str(tmp_path / "r.json"), "--plot": "link.json"})
+
+
 def test_common_options_write_json(tmp_path):
     out = tmp_path / "r.json"
     result = CliRunner().invoke(_demo_group(), ["demo", "--seed", "7", "--json", str(out), "--quiet", "--device", "cpu"])
