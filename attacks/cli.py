@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from lazyapps.cli import RunContext, apply_preset, common_options, distinct_outputs, preset_option, writable_file
+from lazyapps.cli import RunContext, apply_preset, common_options, preset_option, writable_file
 from lazyapps.plotting import plot_option
 
 METHODS = ("lazy-meta", "meta", "zoo", "nes", "bandits", "hsja", "boundary")
@@ -57,7 +57,6 @@ def attack(run: RunContext, target_spec: str, targeted: bool | None, target_clas
 
     from .inputs import check_image_count
 
-    distinct_outputs({"--json": run.json_path, "--per-image": per_image_path, "--plot": plot})
     if target_class is not None and targeted is False:
         raise LazyAppsError("--target-class is for targeted attacks; drop --untargeted (or use --targeted)")
     targeted = bool(targeted) or target_class is not None

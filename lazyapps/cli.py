@@ -147,6 +147,9 @@ def writable_file(ctx: click.Context, param: click.Parameter, value: str | None)
     return _writable(value, param, folder=False)
 
 
+writable_file.writes_file = True  # (common_options refuses two such options naming one file)
+
+
 def writable_folder(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Click callback of an output folder option (``--out``): as :func:`writable_file`, for a folder."""
     return _writable(value, param, folder=True)
@@ -185,6 +188,9 @@ def common_options(func: Callable) -> Callable:
         from .progress import set_quiet
         from .runtime import seed_everything
 
+        # Every output file option of the command (callbacks marked writes_file): two naming one file are refused.
+        distinct_outputs({param.opts[0]: ctx.params.get(param.name) for param in ctx.command.params
+                          if getattr(param.callback, "writes_file", False)})
         set_quiet(quiet)
         seed_everything(seed)
         # "lazyapps zoo train" -> "zoo train": the command without the program name.

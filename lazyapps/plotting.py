@@ -57,7 +57,14 @@ def check_plot_path(path: str | None) -> str | None:
 def plot_option(help: str) -> Callable:
     """The ``--plot PATH`` click option, checked by :func:`check_plot_path` when the command line is parsed."""
     return click.option("--plot", type=click.Path(dir_okay=False), default=None, help=f"{help} (needs matplotlib).",
-                        callback=lambda ctx, param, value: check_plot_path(value))
+                        callback=_plot_path)
+
+
+def _plot_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return check_plot_path(value)
+
+
+_plot_path.writes_file = True  # (an output file: see lazyapps.cli.common_options)
 
 
 def save_figure(fig: Any, path: str) -> None:

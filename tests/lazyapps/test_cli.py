@@ -127,6 +127,18 @@ def test_distinct_outputs_refuses_two_options_naming_one_file(tmp_path, monkeypa
         distinct_outputs({"--json": str(tmp_path / "r.json"), "--plot": "link.json"})
 
 
+@pytest.mark.parametrize("args", [
+    ["compare", "{tmp}/a.json", "--csv", "{tmp}/out.json", "--json", "{tmp}/out.json"],
+    ["longtail", "eval", "--checkpoint", "{tmp}/a.json", "--per-class-csv", "{tmp}/o.png", "--plot", "{tmp}/o.png"],
+    ["fewshot", "eval", "--checkpoint", "{tmp}/a.json", "--json", "{tmp}/o.png", "--plot", "{tmp}/o.png"],
+])
+def test_every_command_refuses_two_outputs_naming_one_file_before_any_work(tmp_path, args):
+    (tmp_path / "a.json").write_text("{}")
+    result = CliRunner().invoke(cli, [a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert result.exit_code == 2 and "name the same file" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not list(tmp_path.glob("o*"))
+
+
 def test_common_options_write_json(tmp_path):
     out = tmp_path / "r.json"
     result = CliRunner().invoke(_demo_group(), ["demo", "--seed", "7", "--json", str(out), "--quiet", "--device", "cpu"])
