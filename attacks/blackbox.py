@@ -64,8 +64,11 @@ def run_target(model: nn.Module, x: Tensor) -> Tensor:
     try:
         return model(x)
     except Exception as exc:  # whatever the user's model raises
+        # (out of memory is the machine's limit, not a shape the target refuses)
+        hint = ("; query fewer images at once (BlackBox(batch_size=...))" if isinstance(exc, torch.OutOfMemoryError)
+                else "; a target must classify (B, C, H, W) batches of any size B")
         raise LazyAppsError(f"the target failed on a batch of {len(x)} images of shape {tuple(x.shape[1:])} "
-                            f"({_failure(exc)}); a target must classify (B, C, H, W) batches of any size B") from None
+                            f"({_failure(exc)}){hint}") from None
 
 
 def _failure(exc: BaseException) -> str:

@@ -216,3 +216,15 @@ def test_images_of_another_shape_than_the_target_answered_are_refused_before_cha
                                             r"got \(2, 4, 4\)"):
         bb.query(torch.rand(1, 2, 4, 4))
     assert net.calls == 1 and bb.counts.tolist() == [1, 1] and bb.total == 2
+
+
+class OutOfMemory(CountingNet):
+    def forward(self, x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_target_out_of_memory_is_told_to_query_fewer_images_not_to_take_any_batch_size():
+    bb = BlackBox(OutOfMemory(), budget=5)
+    with pytest.raises(LazyAppsError, match=r"\(OutOfMemoryError: CUDA out of memory.*\); query fewer images at once") as info:
+        bb.query(images(2))
+    assert "any size" not in str(info.value) and bb.total == 0
