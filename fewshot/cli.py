@@ -377,7 +377,7 @@ def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, q
     from .base import get_learner
     from .datasets import dataset_info, task_source
     from .experiment import load_learner
-    from .tasks import TooFewExamplesError
+    from .tasks import TooFewClassesError, TooFewExamplesError
 
     if algo is not None:
         get_learner(algo)
@@ -399,6 +399,9 @@ def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, q
         fix = (f"lower --queries to {fits} or fewer" if fits >= 1 else
                f"its classes are too small for the checkpoint's {shots} shots; score another --split")
         raise LazyAppsError(exc.explain("shots", fix)) from None
+    except TooFewClassesError as exc:  # (eval has no --ways: the checkpoint fixes them)
+        raise LazyAppsError(f"the checkpoint's {exc.ways}-way tasks need {exc.ways} classes, but {exc.name} has "
+                            f"{exc.classes}; score another --split") from None
     evaluation = learner.evaluate(tasks.fixed_tasks(num_tasks, seed=EVAL_SEED))
     _warn_if_not_finite(evaluation)
     from lazyapps.distributed import is_main

@@ -44,6 +44,14 @@ class TooFewExamplesError(LazyAppsError):
                 f"but the smallest class of {self.name} has {self.smallest}; {fix}")
 
 
+class TooFewClassesError(LazyAppsError):
+    """``name`` has fewer classes than ``ways`` (the message names ``--ways``, which ``fewshot train`` takes)."""
+
+    def __init__(self, *, name: str, ways: int, classes: int) -> None:
+        self.name, self.ways, self.classes = name, ways, classes
+        super().__init__(f"--ways {ways} is larger than the {classes} classes {name} has; use --ways {classes} or fewer")
+
+
 class TaskSource(Protocol):
     """What a learner trains and evaluates on: :class:`EpisodeSampler` or :class:`fewshot.datasets.SineTasks`."""
 
@@ -211,7 +219,7 @@ class EpisodeSampler:
         self.class_ids, inverse = torch.unique(labels, sorted=True, return_inverse=True)
         counts = torch.bincount(inverse, minlength=len(self.class_ids))
         if ways > len(self.class_ids):
-            raise LazyAppsError(f"--ways {ways} is larger than the {len(self.class_ids)} classes {name} has; use --ways {len(self.class_ids)} or fewer")
+            raise TooFewClassesError(name=name, ways=ways, classes=len(self.class_ids))
         if shots + queries > int(counts.min()):
             raise TooFewExamplesError(name=name, shots=shots, queries=queries, smallest=int(counts.min()))
         order = torch.argsort(inverse, stable=True)

@@ -580,6 +580,12 @@ def test_a_folder_dataset_is_recorded_absolute_so_eval_and_resume_work_from_any_
     other = _run(*base, "--dataset", "folder:myfs", "--resume", str(ckpt), "--iterations", "6")
     assert other.exit_code == 2 and "was made with dataset='folder:" in other.output
     assert json.loads((tmp_path / "run" / "checkpoint.pt.json").read_text())["iteration"] == 5
+    (tmp_path / "myfs" / "val" / "c0").mkdir(parents=True)  # a split of one class: eval has no --ways to lower
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), i, dtype=np.uint8)).save(tmp_path / "myfs" / "val" / "c0" / f"{i}.png")
+    result = _run("fewshot", "eval", "--checkpoint", str(ckpt), "--split", "val", "--cache-dir", str(tmp_path / "cache"))
+    assert result.exit_code == 2 and "the checkpoint's 2-way tasks need 2 classes, but" in result.output
+    assert result.output.strip().endswith("has 1; score another --split") and "--ways" not in result.output
 
 
 def _mixed_checkpoint(trained, tmp_path, *, keep_identity: bool = True, **edits):
