@@ -90,8 +90,9 @@ def labels(paths: Sequence[str | os.PathLike]) -> list[str]:
 def compare(results: Sequence[Mapping[str, Any]], columns: Sequence[str], *, all_settings: bool = False) -> dict[str, Any]:
     """Line up ``results`` (result objects) under ``columns``.
 
-    Returns ``settings`` (rows of the config keys whose values differ, or all of them with ``all_settings``),
-    ``results`` (rows of every metric, then the wall time) and ``left_out`` (keys of lists not shown). Each
+    Returns ``settings`` (rows of the config keys whose values differ, or all of them with ``all_settings``;
+    a key absent from a result counts as null there), ``results`` (rows of every metric, then the wall time),
+    ``left_out`` (keys of lists not shown) and ``all_settings``. Each
     row is ``{KEY_COLUMN: dotted key, column: value, ...}``; a key one result lacks has ``None`` there.
     """
     if len(results) != len(columns) or len(set(columns)) != len(columns) or KEY_COLUMN in columns:
@@ -107,11 +108,12 @@ def compare(results: Sequence[Mapping[str, Any]], columns: Sequence[str], *, all
     settings = [] if len(set(map(str, commands))) == 1 else [{KEY_COLUMN: "command", **dict(zip(columns, commands))}]
     for key in _union(configs):
         values = [c.get(key) for c in configs]
-        if all_settings or len({json.dumps(v) for v in values}) > 1 or any(key not in c for c in configs):
+        if all_settings or len({json.dumps(v) for v in values}) > 1:  # (absent and null both show "-": the same)
             settings.append({KEY_COLUMN: key, **dict(zip(columns, values))})
     rows = [{KEY_COLUMN: key, **dict(zip(columns, (m.get(key) for m in metrics)))} for key in _union(metrics)]
     rows.append({KEY_COLUMN: "elapsed_s", **dict(zip(columns, (r.get("elapsed_s") for r in results)))})
-    return {"columns": list(columns), "settings": settings, "results": rows, "left_out": sorted(set(left_out))}
+    return {"columns": list(columns), "settings": settings, "results": rows, "left_out": sorted(set(left_out)),
+            "all_settings": all_settings}
 
 
 def _union(dicts: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -127,7 +129,8 @@ def format_comparison(table: Mapping[str, Any]) -> str:
 
     columns = [KEY_COLUMN, *table["columns"]]
     if table["settings"]:
-        parts = [format_table(table["settings"], columns, title="settings that differ")]
+        title = "settings" if table.get("all_settings") else "settings that differ"
+        parts = [format_table(table["settings"], columns, title=title)]
     else:
         parts = ["same settings"]
     parts.append(format_table(table["results"], columns, title="results"))

@@ -6,6 +6,7 @@ the environment (``LAZYAPPS_DATA``/``LAZYAPPS_CACHE``), then
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> str | No
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
+        if exc.errno == errno.ENOENT:  # an existing folder that refuses new files (/proc): the OS says "no such file"
+            return f"cannot write in {probe}: it takes no new files"
         return f"cannot write in {probe}: {exc.strerror or exc}"
     return None
 

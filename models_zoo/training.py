@@ -117,7 +117,7 @@ def training_settings(
         if not (math.isfinite(settings[name]) and settings[name] >= 0):
             raise LazyAppsError(f"{name.replace('_', ' ')} must be a number >= 0, got {settings[name]}")
     if settings["train_subset"] is not None and settings["train_subset"] < 1:
-        raise LazyAppsError("train_subset must be a positive number of images")
+        raise LazyAppsError(f"the training subset (--train-subset) must be a positive number of images, got {settings['train_subset']}")
     return settings
 
 

@@ -112,7 +112,7 @@ def test_check_writable_probes_rather_than_trusting_permission_bits():
     from lazyapps.paths import check_writable
 
     # root passes every permission check, but /proc takes no new files: only a real probe tells
-    assert check_writable("/proc/lazyapps-results/r.json").startswith("cannot write in /proc:")
+    assert check_writable("/proc/lazyapps-results/r.json").startswith("cannot write in /proc:")  # (root: "it takes no new files")
 
 
 def test_distinct_outputs_refuses_two_options_naming_one_file(tmp_path, monkeypatch):

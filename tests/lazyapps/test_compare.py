@@ -109,9 +109,12 @@ def test_lists_left_out_of_settings_and_results_are_named_and_a_list_of_max_leng
     from lazyapps.compare import format_comparison
 
     assert format_comparison(table).splitlines()[-1] == "not shown (lists; see the files): config.schedule, metrics.per_class"
-    # a setting one run lacks and the other sets to null still differs
+    # a setting one run lacks and the other sets to null is the same ("-" in both columns): not a difference;
+    # one that another run sets to a value is
     table = compare([result({"x": None}, {}), result({}, {})], ["a", "b"])
-    assert table["settings"] == [{"key": "x", "a": None, "b": None}]
+    assert table["settings"] == []
+    table = compare([result({"x": 3}, {}), result({}, {})], ["a", "b"])
+    assert table["settings"] == [{"key": "x", "a": 3, "b": None}]
 
 
 def test_compare_command_all_and_csv_keep_every_setting_and_every_result(tmp_path):
@@ -123,10 +126,12 @@ def test_compare_command_all_and_csv_keep_every_setting_and_every_result(tmp_pat
     runner = CliRunner()
     differ = runner.invoke(cli, ["compare", str(a), str(b), "--json", str(tmp_path / "d.json")])
     assert differ.exit_code == 0, differ.output
-    # seed differs; "out" is a setting only one run has (null there), which also tells the runs apart
-    assert [row["key"] for row in json.loads((tmp_path / "d.json").read_text())["metrics"]["settings"]] == ["seed", "out"]
+    # seed differs; "out" is a setting only one run has, null there: the same as absent
+    assert [row["key"] for row in json.loads((tmp_path / "d.json").read_text())["metrics"]["settings"]] == ["seed"]
+    assert "settings that differ" in differ.output
     every = runner.invoke(cli, ["compare", str(a), str(b), "--all", "--csv", str(tmp_path / "c.csv")])
     assert every.exit_code == 0, every.output
+    assert "settings that differ" not in every.output and every.output.startswith("settings\n")
     assert any(line.split() == ["lr", "0.1", "0.1"] for line in every.output.splitlines())
     with open(tmp_path / "c.csv", newline="") as handle:
         rows = [(r["section"], r["key"], r["a/r.json"], r["b/r.json"]) for r in csv.DictReader(handle)]

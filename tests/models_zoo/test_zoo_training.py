@@ -127,6 +127,8 @@ def test_bad_training_settings_are_user_errors(cache_dir):
     for name, value in (("lr", float("nan")), ("lr", float("inf")), ("weight_decay", -1.0), ("momentum", float("nan"))):
         with pytest.raises(LazyAppsError, match="learning rate a positive number" if name == "lr" else name.replace("_", " ")):
             training_settings("net4", **{name: value})
+    with pytest.raises(LazyAppsError, match=r"the training subset \(--train-subset\) must be a positive number of images, got 0"):
+        training_settings("net4", train_subset=0)
     with pytest.raises(LazyAppsError, match="only 1437"):
         models_zoo.train("mlp", "digits", cache_dir=cache_dir, train_subset=5000, **DIGITS_RUN)
 
