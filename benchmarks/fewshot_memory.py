@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from fewshot.datasets import task_source
+    from lazyapps.errors import LazyAppsError
     from lazyapps.results import format_table, make_result, write_result
     from lazyapps.runtime import resolve_device
 
@@ -115,6 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cpu" and not args.child:
         argv_child = [sys.executable, str(Path(__file__).resolve()), *(argv if argv is not None else sys.argv[1:]), "--child", "--json", ""]
         proc = subprocess.run(argv_child, env={**os.environ, **MMAP_ENV}, capture_output=True, text=True)
+        last = (proc.stderr.strip().splitlines() or [""])[-1]
+        if proc.returncode == 2 and last.startswith("Error: "):
+            # the child refused what it was given (missing data, ...): its one line is the answer, not a nested report
+            raise LazyAppsError(last.removeprefix("Error: "))
         if proc.returncode != 0:
             raise SystemExit(f"memory measurement failed:\n{proc.stderr[-3000:]}")
         measured = json.loads(proc.stdout.strip().splitlines()[-1])
