@@ -11,16 +11,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-from _script import add_json_option, json_path  # noqa: E402  (beside this script)
+from _script import ScriptParser, add_json_option, json_path, names, positive_int, seed  # noqa: E402  (beside this script)
 
 
 def parse(argv, *, name: str, default_images: int, default_methods: str, default_out: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=name, description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="Tiny run (seconds): smoke preset, 2 images, 2 methods.")
+    from attacks.cli import METHODS  # (imports no torch: --help and bad flags stay instant)
+
+    parser = ScriptParser(prog=name, description=__doc__)
     parser.add_argument("--preset", default="quick", choices=["smoke", "quick", "paper"])
-    parser.add_argument("--n-images", type=int, default=default_images)
-    parser.add_argument("--max-queries", type=int, default=None)
-    parser.add_argument("--methods", default=default_methods, help="Comma-separated methods, in table order.")
+    parser.add_argument("--n-images", type=positive_int, default=default_images)
+    parser.add_argument("--max-queries", type=positive_int, default=None)
+    parser.add_argument("--methods", type=names("attack method", METHODS), default=default_methods,
+                        help="Comma-separated methods, in table order.")
     parser.add_argument("--targeted", action="store_true", help="Targeted attacks towards (y + 1) mod 10.")
     parser.add_argument("--skip-blocked", action="store_true",
                         help="Meta-attacks: rank last the coordinates a sign step cannot move (not in Du et al.).")
@@ -31,15 +33,14 @@ def parse(argv, *, name: str, default_images: int, default_methods: str, default
     parser.add_argument("--target", default=None, help="Another target than the paper's (e.g. a faster one for a smoke run).")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--seed", type=seed, default=0)
     add_json_option(parser, default_out)
     parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.preset, args.n_images = "smoke", min(args.n_images, 2)
-        args.methods = ",".join(args.methods.split(",")[:2])
-    return args
+    # seconds once the target, zoo and meta-attackers are cached; the first run trains them (CIFAR-10: minutes)
+    parser.add_smoke_option("a code-path check: seconds, or minutes while its first models train", preset="smoke",
+                            n_images=min(default_images, 2), methods=",".join(default_methods.split(",")[:2]))
+    return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title: str) -> dict:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title:
     wanted = "targeted" if args.targeted else "untargeted"
     paper = [{"source": "paper", **r} for r in paper_rows if r["setting"] == wanted]
     result: dict = {}
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+    for method in args.methods:
         seed_everything(args.seed)
         meta = method in META_TRAINING_OF
         training = None if not meta else f"lazy-{args.meta_family}" if method == "lazy-meta" else args.meta_family

@@ -6,7 +6,7 @@ and cached first. The quick preset trains on a few thousand images for a
 few epochs (a CPU run); the paper preset is for GPUs.
 
     python benchmarks/attack_cifar.py --n-images 100
-    python benchmarks/attack_cifar.py --smoke             # what the test runs
+    python benchmarks/attack_cifar.py --smoke             # seconds once its models are cached, minutes the first time
 """
 from __future__ import annotations
 

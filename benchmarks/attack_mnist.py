@@ -9,7 +9,7 @@ trained and cached first.
     python benchmarks/attack_mnist.py                     # quick preset, 1,000 images
     python benchmarks/attack_mnist.py --n-images 100 --methods lazy-meta,meta
     python benchmarks/attack_mnist.py --targeted
-    python benchmarks/attack_mnist.py --smoke             # seconds; what the test runs
+    python benchmarks/attack_mnist.py --smoke             # seconds once its models are cached; what the test runs
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ one of a learner's paper settings, and the table names what was replaced;
 lazy MAML, Reptile and lazy Reptile past 95% in 30 CPU minutes. Reptile's meta
 step is annealed over the *estimated* number of iterations the budget allows.
 Part 2, sine regression 5-shot (and 10-shot) MSE for maml, meta-sgd, turtle and
-meta-lstm (those registered), under ``--sine-minutes``.
+meta-lstm, under ``--sine-minutes``.
 
 A short budget on a shared CPU reaches far less than the papers' 60,000
 iterations: the table says how many iterations each learner ran.
@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from _script import add_json_option, json_path  # noqa: E402  (beside this script)
+from _script import (ScriptParser, add_json_option, json_path, names, positive_float, positive_int, positive_ints,  # noqa: E402
+                     seed)  # (beside this script)
 
 #: Omniglot 5-way 1-shot / 5-shot, 20-way 1-shot / 5-shot accuracy (%), as published.
 OMNIGLOT_REFERENCE = {
@@ -97,14 +98,12 @@ def _overrides(parser: argparse.ArgumentParser, items: list[str], *, budget: boo
 
 
 def run_part(names, *, dataset, ways, shots, args, device, reference, ref_index):
-    from fewshot.base import available
     from fewshot.datasets import task_source
     from fewshot.experiment import build_learner, split_settings
 
     import torch
 
     rows = []
-    registered = set(available())
     train_sources: dict[int, object] = {}
 
     def train_source(train_shots: int):  # one task stream per number of meta-training shots (Reptile's train-shots)
@@ -117,9 +116,6 @@ def run_part(names, *, dataset, ways, shots, args, device, reference, ref_index)
     minutes = args.sine_minutes if dataset == "sine" else args.minutes
     for name in names:
         ref = (tuple(reference.get(name, ())) + (None,) * 4)[ref_index]
-        if name not in registered:
-            rows.append({"learner": name, "note": "not registered"})
-            continue
         torch.manual_seed(args.seed)
         try:
             hparams, loop = split_settings(name, dataset=dataset, ways=ways, shots=shots, explicit=args.overrides.get(name, {}))
@@ -147,39 +143,42 @@ def run_part(names, *, dataset, ways, shots, args, device, reference, ref_index)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget per Omniglot learner")
-    parser.add_argument("--sine-minutes", type=float, default=5.0, help="wall-clock budget per sine learner")
-    parser.add_argument("--max-iterations", type=int, default=None, help="stop at this many iterations instead of the time budget")
-    parser.add_argument("--learners", default=OMNIGLOT_LEARNERS)
-    parser.add_argument("--sine-learners", default=SINE_LEARNERS, help="'' to skip the sine part")
-    parser.add_argument("--sine-shots", default="5,10", help="sine support sizes, comma-separated (5 and/or 10)")
-    parser.add_argument("--meta-batch", type=int, default=None, help="override every learner's paper meta-batch")
-    parser.add_argument("--train-queries", type=int, default=5)
-    parser.add_argument("--eval-queries", type=int, default=15)
-    parser.add_argument("--eval-tasks", type=int, default=500)
-    parser.add_argument("--hidden", type=int, default=None, help="conv4 filters (default 64)")
+    from fewshot.base import available  # the learner registry: unknown names are refused before any training
+
+    parser = ScriptParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=positive_float, default=30.0, help="wall-clock budget per Omniglot learner")
+    parser.add_argument("--sine-minutes", type=positive_float, default=5.0, help="wall-clock budget per sine learner")
+    parser.add_argument("--max-iterations", type=positive_int, default=None, help="stop at this many iterations instead of the time budget")
+    parser.add_argument("--learners", type=names("learner", available, allow_empty=True), default=OMNIGLOT_LEARNERS,
+                        help="Omniglot learners, comma-separated ('' to skip the Omniglot part)")
+    parser.add_argument("--sine-learners", type=names("learner", available, allow_empty=True), default=SINE_LEARNERS,
+                        help="'' to skip the sine part")
+    parser.add_argument("--sine-shots", type=positive_ints, default="5,10", help="sine support sizes, comma-separated (5 and/or 10)")
+    parser.add_argument("--meta-batch", type=positive_int, default=None, help="override every learner's paper meta-batch")
+    parser.add_argument("--train-queries", type=positive_int, default=5)
+    parser.add_argument("--eval-queries", type=positive_int, default=15)
+    parser.add_argument("--eval-tasks", type=positive_int, default=500)
+    parser.add_argument("--hidden", type=positive_int, default=None, help="conv4 filters (default 64)")
     parser.add_argument("--arch", default="conv4", choices=("conv4", "conv4-strided"),
                         help="Omniglot network: conv4 (max-pool) or conv4-strided (MAML's Omniglot net, 3-4x faster)")
     parser.add_argument("--no-vectorize", dest="vectorize", action="store_false",
                         help="per-task loop instead of vmap (faster for conv4 on a CPU, see fewshot_speed.py)")
     parser.add_argument("--hp", action="append", default=[], metavar="LEARNER.NAME=VALUE",
                         help="replace one of a learner's paper settings, repeatable: --hp reptile.inner_optimizer=sgd")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
     add_json_option(parser, "benchmarks/results/fewshot_accuracy.json")
     parser.add_argument("--budget-settings", action="store_true",
                         help="use the non-paper settings that passed 95%% in 30 CPU minutes (BUDGET_SETTINGS); --hp still wins")
+    # one thread: see fewshot_speed.py's smoke size
+    parser.add_smoke_option("seconds: a code-path check", max_iterations=1, eval_tasks=2, train_queries=1, eval_queries=1,
+                            meta_batch=1, hidden=8, threads=1, learners="maml,lazy-maml,lazy-reptile,finetune,scratch",
+                            sine_learners="maml,meta-sgd", sine_shots="5")
     args = parser.parse_args(argv)
     args.overrides = _overrides(parser, args.hp, budget=args.budget_settings)
-    if args.smoke:
-        args.max_iterations, args.eval_tasks, args.train_queries, args.eval_queries = 1, 2, 1, 1
-        args.meta_batch, args.hidden, args.threads = 1, 8, 1  # one thread: see fewshot_speed.py's smoke size
-        args.learners, args.sine_learners = "maml,lazy-maml,lazy-reptile,finetune,scratch", "maml,meta-sgd"
 
     import torch
 
@@ -190,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     start = time.perf_counter()
     columns = ["learner", "settings", "iterations", "meta-batch", "minutes", "accuracy", "paper", "transductive", "note"]
-    omniglot_names = [n for n in args.learners.split(",") if n]
+    omniglot_names = args.learners
     omniglot = run_part(omniglot_names, dataset="omniglot", ways=5, shots=1, args=args, device=device,
                         reference=OMNIGLOT_REFERENCE, ref_index=0) if omniglot_names else []
     if omniglot:
@@ -198,9 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                  f"(budget {'%d iterations' % args.max_iterations if args.max_iterations else '%g min' % args.minutes} per learner; paper = published)"))
     sine = []
     if args.sine_learners:
-        for shots in [int(s) for s in args.sine_shots.split(",")] if not args.smoke else [5]:
+        for shots in args.sine_shots:
             index = {5: 0, 10: 1}.get(shots, 2)
-            part = run_part([n for n in args.sine_learners.split(",") if n], dataset="sine", ways=1, shots=shots, args=args,
+            part = run_part(args.sine_learners, dataset="sine", ways=1, shots=shots, args=args,
                             device=device, reference=SINE_REFERENCE, ref_index=index)
             for row in part:
                 row["shots"] = shots

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from _script import add_json_option, json_path  # noqa: E402  (beside this script)
+from _script import ScriptParser, add_json_option, json_path, positive_int, positive_ints  # noqa: E402  (beside this script)
 
 
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # big blocks mmapped and unmapped on free: RSS falls back after each run
@@ -85,38 +85,41 @@ def measure(algo: str, k: int, tasks, args, device) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
-    parser.add_argument("--ways", type=int, default=20)
-    parser.add_argument("--shots", type=int, default=5)
-    parser.add_argument("--queries", type=int, default=5)
-    parser.add_argument("--meta-batch", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=64, help="conv4 filters")
-    parser.add_argument("--steps", default="1,5,10,20", help="inner horizons k, comma-separated")
+    parser = ScriptParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ways", type=positive_int, default=20)
+    parser.add_argument("--shots", type=positive_int, default=5)
+    parser.add_argument("--queries", type=positive_int, default=5)
+    parser.add_argument("--meta-batch", type=positive_int, default=2)
+    parser.add_argument("--hidden", type=positive_int, default=64, help="conv4 filters")
+    parser.add_argument("--steps", type=positive_ints, default="1,5,10,20", help="inner horizons k, comma-separated")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--vectorize", action="store_true", help="vmap over the meta-batch (default: per-task loop)")
     add_json_option(parser, "benchmarks/results/fewshot_memory.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_smoke_option("seconds: a tiny conv4", ways=5, shots=1, queries=2, meta_batch=1, hidden=16, steps="1,2,4")
     args = parser.parse_args(argv)
-    if args.smoke:
-        args.ways, args.shots, args.queries, args.meta_batch, args.hidden, args.steps = 5, 1, 2, 1, 16, "1,2,4"
 
     import torch
 
     from fewshot.datasets import task_source
+    from lazyapps.errors import LazyAppsError
     from lazyapps.results import format_table, make_result, write_result
     from lazyapps.runtime import resolve_device
 
     device = resolve_device(args.device)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    steps = [int(s) for s in args.steps.split(",")]
+    steps = args.steps
     start = time.perf_counter()
     rows, values = [], {}
     if device.type == "cpu" and not args.child:
         argv_child = [sys.executable, str(Path(__file__).resolve()), *(argv if argv is not None else sys.argv[1:]), "--child", "--json", ""]
         proc = subprocess.run(argv_child, env={**os.environ, **MMAP_ENV}, capture_output=True, text=True)
+        last = (proc.stderr.strip().splitlines() or [""])[-1]
+        if proc.returncode == 2 and last.startswith("Error: "):
+            # the child refused what it was given (missing data, ...): its one line is the answer, not a nested report
+            raise LazyAppsError(last.removeprefix("Error: "))
         if proc.returncode != 0:
             raise SystemExit(f"memory measurement failed:\n{proc.stderr[-3000:]}")
         measured = json.loads(proc.stdout.strip().splitlines()[-1])

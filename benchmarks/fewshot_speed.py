@@ -11,7 +11,6 @@ configuration sees the same meta-batches; one warm-up step is not timed.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -21,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from _script import add_json_option, json_path  # noqa: E402  (beside this script)
+from _script import ScriptParser, add_json_option, json_path, positive_int  # noqa: E402  (beside this script)
 
 CONFIGS = [  # (label, algo, hyperparameters, vmappable)
     ("maml", "maml", {}, True),
@@ -32,21 +31,19 @@ CONFIGS = [  # (label, algo, hyperparameters, vmappable)
 
 
 def main(argv: list[str] | None = None, *, allocator_tuned: bool = False) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--meta-batch", type=int, default=8)
-    parser.add_argument("--queries", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=5, help="timed meta-iterations per configuration")
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = ScriptParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--meta-batch", type=positive_int, default=8)
+    parser.add_argument("--queries", type=positive_int, default=15)
+    parser.add_argument("--steps", type=positive_int, default=5, help="timed meta-iterations per configuration")
+    parser.add_argument("--hidden", type=positive_int, default=64)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
     add_json_option(parser, "benchmarks/results/fewshot_speed.json")
+    # One thread: tiny tensors gain nothing from two, and on a loaded machine two spinning threads cost 15x.
+    parser.add_smoke_option("seconds: a tiny conv4, 1 timed step", meta_batch=2, queries=1, steps=1, hidden=8, threads=1)
     args = parser.parse_args(argv)
-    if args.smoke:
-        # One thread: tiny tensors gain nothing from two, and on a loaded machine two spinning threads cost 15x.
-        args.meta_batch, args.queries, args.steps, args.hidden, args.threads = 2, 1, 1, 8, 1
 
     import torch
 

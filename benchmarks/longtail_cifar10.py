@@ -33,6 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _script import (ScriptParser, WritableFile, WritableFolder, names, non_negative_int, positive_float,  # noqa: E402
+                     positive_int, seed)  # (beside this script)
+
 PAPER_CIFAR100_LT = {  # imbalance 200 / 100 / 50 / 20, ResNet-32 top-1 error %
     "ce": (65.16, 61.68, 56.15, 48.86),
     "cb-ce": (64.30, 61.44, 55.45, 48.47),
@@ -50,13 +53,17 @@ def _config(args, method):
 
     return TrainConfig(dataset=args.dataset, imbalance=args.imbalance, method=method, epochs=args.epochs,
                        batch_size=args.batch_size, inner_steps=args.inner_steps, n_max=args.n_max or None,
-                       lr_decay=_decay(args.lr_decay), inner_lr=args.inner_lr, eps_rule=args.eps_rule,
+                       lr_decay=args.lr_decay, inner_lr=args.inner_lr, eps_rule=args.eps_rule,
                        test_per_class=args.test_per_class or None, model=args.model, seed=args.seed,
                        preset="benchmark-smoke" if args.smoke else "benchmark")
 
 
 def _decay(text: str) -> tuple[float, float]:
-    first, second = (float(v) for v in text.split(","))
+    """``--lr-decay``'s two multipliers ("0.01,0.0001"); an ``argparse`` type, so bad text is refused when parsed."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated multipliers, got {text!r}")
+    first, second = (positive_float(v) for v in parts)
     return first, second
 
 
@@ -152,40 +159,39 @@ def _fmt(v, digits=2):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ScriptParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="cifar10")
-    parser.add_argument("--imbalance", type=float, default=100.0)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--n-max", type=int, default=200, help="largest class (0: the dataset's standard 4990/490)")
-    parser.add_argument("--test-per-class", type=int, default=50, help="0: the whole test set")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr-decay", default="0.01,0.0001",
+    parser.add_argument("--imbalance", type=positive_float, default=100.0)
+    parser.add_argument("--epochs", type=positive_int, default=12)
+    parser.add_argument("--n-max", type=non_negative_int, default=200, help="largest class (0: the dataset's standard 4990/490)")
+    parser.add_argument("--test-per-class", type=non_negative_int, default=50, help="0: the whole test set")
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--lr-decay", type=_decay, default="0.01,0.0001",
                         help="lr multipliers from the first and second decay (paper: 0.01,0.0001)")
-    parser.add_argument("--inner-steps", type=int, default=5)
-    parser.add_argument("--inner-lr", type=float, default=None, help="lazy student's lr (default: the current lr)")
+    parser.add_argument("--inner-steps", type=positive_int, default=5)
+    parser.add_argument("--inner-lr", type=positive_float, default=None, help="lazy student's lr (default: the current lr)")
     parser.add_argument("--eps-rule", default="step", choices=("step", "normalized"), help="two-component's ε rule")
     parser.add_argument("--model", default="resnet32")
-    parser.add_argument("--methods", default=",".join(PLAIN + META))
-    parser.add_argument("--jobs", type=int, default=4, help="worker processes for the runs")
-    parser.add_argument("--timing-steps", type=int, default=5, help="interleaved steps for the cost ratio")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: 1 with --jobs > 1, else all cores)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--methods", type=names("method", PLAIN + META), default=",".join(PLAIN + META))
+    parser.add_argument("--jobs", type=positive_int, default=4, help="worker processes for the runs")
+    parser.add_argument("--timing-steps", type=positive_int, default=5, help="interleaved steps for the cost ratio")
+    parser.add_argument("--threads", type=non_negative_int, default=0, help="torch threads per run (0: 1 with --jobs > 1, else all cores)")
+    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--data-dir", default=os.environ.get("LAZYAPPS_DATA"))
-    parser.add_argument("--out", default="benchmark-runs/longtail")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--out", default="benchmark-runs/longtail", action=WritableFolder)
+    parser.add_argument("--json", default=None, action=WritableFile, help="where to write the JSON result (default: OUT/results.json)")
     parser.add_argument("--cost-only", action="store_true", help="only the interleaved step-cost measurement")
     parser.add_argument("--ce-phase", default=None,
                         help="reuse this ce_phase.pt of an earlier run with the same settings instead of training CE again")
-    parser.add_argument("--smoke", action="store_true", help="seconds: LeNet-5, 2 epochs, ~250 images, 1 job")
+    parser.add_smoke_option("seconds: a code-path check (~250 images)", epochs=2, n_max=100, test_per_class=10, batch_size=64,
+                            model="lenet5", jobs=1, timing_steps=1, inner_steps=2)
     args = parser.parse_args(argv)
-    if args.smoke:
-        args.epochs, args.n_max, args.test_per_class, args.batch_size = 2, 100, 10, 64
-        args.model, args.jobs, args.timing_steps, args.inner_steps = "lenet5", 1, 1, 2
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = set(methods) - set(PLAIN + META)
-    if unknown:
-        parser.error(f"unknown methods {sorted(unknown)}; valid: {', '.join(PLAIN + META)}")
+    methods = list(args.methods)
+    from lazyapps.runtime import resolve_device
+
+    # --device cuda without a GPU is refused now, not in the first worker; "auto" becomes the device tensors move to
+    args.device = str(resolve_device(args.device))
     if any(m in META for m in methods) and "ce" not in methods and not args.ce_phase:
         methods.insert(0, "ce")  # the meta methods start from the CE phase
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -194,7 +200,7 @@ def main(argv=None) -> dict:
     from lazyapps.checkpoint import write_json_atomic
     from longtail.schedule import Schedule
 
-    sched = Schedule.scaled(args.epochs, decay_factors=_decay(args.lr_decay))
+    sched = Schedule.scaled(args.epochs, decay_factors=args.lr_decay)
     f1, f2 = sched.decay_factors
     budget = (f"REDUCED BUDGET: {args.model}, {args.epochs} epochs (lr 0.1, warm-up {sched.warmup_epochs}, x{f1:g} from epoch "
               f"{sched.decay_epochs[0] + 1}, x{f2:g} from {sched.decay_epochs[1] + 1}, meta/DRW from epoch {sched.meta_start + 1}), "

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from _script import add_json_option, json_path  # noqa: E402  (beside this script)
+from _script import ScriptParser, add_json_option, json_path, names, positive_int, positive_ints  # noqa: E402  (beside this script)
 
 PRODUCTS = ("fewshot", "longtail", "longtail-local-bn", "attack")
 
@@ -156,7 +156,7 @@ def worker(args: argparse.Namespace) -> None:
     sizes = _sizes(args.smoke)
     rows = []
     try:
-        for product in args.products.split(","):
+        for product in args.products:
             if product == "fewshot":
                 row = _fewshot(sizes["fewshot"], device, args.data_dir, args.cache_dir)
             elif product in ("longtail", "longtail-local-bn"):
@@ -173,12 +173,12 @@ def worker(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- driver
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
-    parser.add_argument("--procs", default="1,2", help="process counts to compare")
-    parser.add_argument("--products", default=",".join(PRODUCTS))
+    parser = ScriptParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes of every product (seconds)")
+    parser.add_argument("--procs", type=positive_ints, default="1,2", help="process counts to compare")
+    parser.add_argument("--products", type=names("product", PRODUCTS), default=",".join(PRODUCTS))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="intra-op threads per process (default: cores / processes, at least 1)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
@@ -192,17 +192,19 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     from lazyapps.results import format_table, make_result, write_result
+    from lazyapps.runtime import resolve_device
 
+    resolve_device(args.device)  # --device cuda without a GPU: the CLI's one line, not a torchrun error dump
     started = time.perf_counter()
     cores = os.cpu_count() or 1
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="lazyapps-scaling-") as scratch:
-        for n in [int(p) for p in args.procs.split(",")]:
+        for n in args.procs:
             threads = args.threads or max(1, cores // n)
             out = Path(scratch) / f"rows-{n}.json"
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
                    str(Path(__file__).resolve()), "--worker", "--worker-out", str(out), "--scratch", scratch,
-                   "--products", args.products, "--device", args.device, "--threads", str(threads)]
+                   "--products", ",".join(args.products), "--device", args.device, "--threads", str(threads)]
             cmd += ["--smoke"] if args.smoke else []
             cmd += ["--data-dir", args.data_dir] if args.data_dir else []
             cmd += ["--cache-dir", args.cache_dir] if args.cache_dir else []

@@ -1,6 +1,7 @@
 """Every benchmark script runs through ``benchmarks/_script.run_script``: bad input is one line and exit code 2."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,39 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if not p.name.startswith("_"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import _script  # noqa: E402
+
+
+def _load(script: str):
+    """A benchmark script as a module of its own name here (tests/fewshot imports some as plain modules)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", REPO / "benchmarks" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _refused(script: str, argv: list[str], capsys, monkeypatch) -> str:
+    """Run ``script`` as ``python benchmarks/SCRIPT ...`` runs it, failing the test if its work starts;
+    returns its one stderr line after checking exit code 2 and nothing on stdout."""
+    import lazyapps.runtime
+
+    def no_work(*args, **kwargs):
+        raise AssertionError(f"{script}: the work started")
+
+    # Every script's work starts by resolving its device (scaling's and longtail's: right after parsing).
+    monkeypatch.setattr(lazyapps.runtime, "resolve_device", no_work)
+    module = _load(script)
+    with pytest.raises(SystemExit) as exited:
+        _script.run_script(lambda: module.main(argv), allocator=False)
+    captured = capsys.readouterr()
+    assert exited.value.code == 2 and not captured.out, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in captured.err, captured.err
+    return lines[0]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -30,11 +64,8 @@ def test_a_user_error_is_one_line_and_exit_code_2(tmp_path):
 def test_a_smoke_run_writes_json_only_where_asked():
     import argparse
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from _script import add_json_option, json_path
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    from _script import add_json_option, json_path
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true")
     add_json_option(parser, "benchmarks/results/x.json")
@@ -53,13 +84,86 @@ def test_every_script_with_committed_results_uses_the_shared_json_option(script)
 def test_run_script_keeps_freed_memory_unless_told_not_to(monkeypatch):
     import lazyapps.allocator
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from _script import run_script
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    from _script import run_script
+
     calls = []
     monkeypatch.setattr(lazyapps.allocator, "keep_freed_memory", lambda: calls.append("kept"))
     run_script(lambda: calls.append("main"))
     run_script(lambda: calls.append("main"), allocator=False)
     assert calls == ["kept", "main", "main"]  # the allocator set before main, as `lazyapps ...` does
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_reports_a_bad_flag_on_one_line_without_the_usage_block(script, capsys, monkeypatch):
+    assert _refused(script, ["--no-such-flag"], capsys, monkeypatch) == "Error: unrecognized arguments: --no-such-flag"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_refuses_an_unwritable_json_before_any_work(script, tmp_path, capsys, monkeypatch):
+    """Once a FileNotFoundError / IsADirectoryError traceback after the whole run."""
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    line = _refused(script, ["--smoke", "--json", str(folder)], capsys, monkeypatch)
+    assert line == f"Error: --json {folder}: cannot write there ({folder} is a folder, not a file)"
+    (tmp_path / "a-file").write_text("")
+    under_file = tmp_path / "a-file" / "r.json"
+    line = _refused(script, ["--smoke", "--json", str(under_file)], capsys, monkeypatch)
+    assert line.startswith(f"Error: --json {under_file}: cannot write there (") and "is a file" in line
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("scaling.py", ["--smoke", "--products", "fewshot,nosuch"],
+     "--products: unknown product 'nosuch'; valid: attack, fewshot, longtail, longtail-local-bn"),  # once run as "attack"
+    ("scaling.py", ["--procs", "1,0"], "--procs: must be at least 1, got 0"),
+    ("scaling.py", ["--procs", "abc"], "--procs: expected a whole number, got 'abc'"),
+    ("longtail_cifar10.py", ["--timing-steps", "0"], "--timing-steps: must be at least 1, got 0"),  # once a StatisticsError
+    ("longtail_cifar10.py", ["--lr-decay", "0.1"], "--lr-decay: expected two comma-separated multipliers, got '0.1'"),
+    ("attack_cifar.py", ["--n-images", "x"], "--n-images: expected a whole number, got 'x'"),
+])
+def test_bad_names_and_counts_are_refused_when_parsed(script, argv, message, capsys, monkeypatch):
+    assert _refused(script, argv, capsys, monkeypatch) == f"Error: {message}"
+
+
+@pytest.mark.parametrize("helper, text, message", [
+    (_script.positive_int, "0", "must be at least 1, got 0"),
+    (_script.positive_int, "1.5", "expected a whole number, got '1.5'"),
+    (_script.non_negative_int, "-1", "must be at least 0, got -1"),
+    (_script.positive_float, "0", "must be above 0, got 0"),
+    (_script.positive_float, "inf", "expected a finite number, got 'inf'"),
+    (_script.seed, str(2**32), f"must be in 0..{2**32 - 1}, got {2**32}"),
+    (_script.positive_ints, "", "expected at least one number"),
+    (_script.positive_ints, "1,,2", "expected a whole number, got ''"),
+    (_script.names("thing", ["a", "b"]), "a,c", "unknown thing 'c'; valid: a, b"),
+    (_script.names("thing", ["a", "b"]), " , ", "expected at least one thing"),
+])
+def test_the_type_helpers_refuse_with_a_message(helper, text, message):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match=f"^{re.escape(message)}$"):
+        helper(text)
+
+
+def test_the_type_helpers_accept_what_they_should():
+    assert _script.positive_ints(" 1, 5 ") == [1, 5] and _script.non_negative_int("0") == 0 and _script.seed("0") == 0
+    assert _script.names("thing", lambda: ["a", "b"], allow_empty=True)("") == []  # a registry read when parsed
+    assert _script.positive_float("0.5") == 0.5
+
+
+def test_flags_given_with_smoke_win_over_its_sizes():
+    parser = _script.ScriptParser()
+    parser.add_argument("--steps", type=_script.positive_ints, default="1,5")
+    parser.add_argument("--threads", type=_script.positive_int, default=2)
+    parser.add_smoke_option("seconds", steps="1,2", threads=1)
+    assert "sets --steps 1,2, --threads 1 (a flag given explicitly wins)" in " ".join(parser.format_help().split())
+    assert vars(parser.parse_args([])) == {"steps": [1, 5], "threads": 2, "smoke": False}
+    assert vars(parser.parse_args(["--smoke"])) == {"steps": [1, 2], "threads": 1, "smoke": True}
+    assert vars(parser.parse_args(["--smoke", "--threads", "2"])) == {"steps": [1, 2], "threads": 2, "smoke": True}
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the machine has a GPU")
+def test_scaling_refuses_cuda_without_a_gpu_before_torchrun():
+    """Once torchrun's error dump from every worker."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "scaling.py"), "--smoke", "--device", "cuda"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and not done.stdout
+    assert done.stderr.strip().splitlines() == ["Error: --device cuda was asked for but no CUDA device is available; use --device cpu"]

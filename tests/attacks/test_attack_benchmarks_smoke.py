@@ -80,5 +80,21 @@ def test_an_image_count_below_one_is_one_clear_error_before_any_work(count, mini
                    allocator=False)  # (the test process's malloc settings stay as they are)
     assert exited.value.code == 2
     captured = capsys.readouterr()
-    assert captured.err.strip().splitlines() == [f"Error: --n-images must be at least 1, got {count}"] and not captured.out
+    assert captured.err.strip().splitlines() == [f"Error: --n-images: must be at least 1, got {count}"] and not captured.out
     assert not (tmp_path / "r.json").exists() and not cache.exists()  # no target trained, nothing written
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", ""], "--methods: expected at least one attack method"),  # once printed the paper's rows alone
+    (["--methods", "lazy-meta,nosuch"], "--methods: unknown attack method 'nosuch'; valid: bandits, boundary, hsja,"),
+    (["--seed", "-1"], "--seed: must be in 0..4294967295, got -1"),  # the CLI's range
+    (["--max-queries", "0"], "--max-queries: must be at least 1, got 0"),
+])
+def test_bad_options_are_refused_before_any_work(argv, message, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    with pytest.raises(SystemExit) as exited:
+        attack_mnist.main(["--smoke", "--cache-dir", str(cache), "--json", str(tmp_path / "r.json"), *argv])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"Error: {message}") and len(captured.err.strip().splitlines()) == 1 and not captured.out
+    assert not (tmp_path / "r.json").exists() and not cache.exists()

@@ -74,3 +74,34 @@ def test_budget_settings_are_valid_learner_settings_and_hp_still_wins() -> None:
     assert merged["lazy-reptile"] == {"zero_head": True, "meta_step_size": 4}
     assert merged["maml"] == {"inner_lr": 0.2}
     assert fewshot_accuracy._overrides(parser, []) == {}  # the papers' settings unless asked
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    (fewshot_accuracy, ["--learners", "maml,nosuch"], "--learners: unknown learner 'nosuch'; valid: finetune, fomaml,"),
+    (fewshot_accuracy, ["--sine-learners", "nosuch"], "--sine-learners: unknown learner 'nosuch'; valid: "),
+    (fewshot_accuracy, ["--smoke", "--learners", "nosuch"], "--learners: unknown learner 'nosuch'"),  # --smoke once dropped it
+    (fewshot_accuracy, ["--eval-tasks", "0"], "--eval-tasks: must be at least 1, got 0"),
+    (fewshot_accuracy, ["--meta-batch", "0"], "--meta-batch: must be at least 1, got 0"),  # once the paper's 32, silently
+    (fewshot_accuracy, ["--max-iterations", "-1"], "--max-iterations: must be at least 1, got -1"),
+    (fewshot_accuracy, ["--minutes", "-1"], "--minutes: must be above 0, got -1"),
+    (fewshot_memory, ["--steps", "1,0"], "--steps: must be at least 1, got 0"),
+    (fewshot_memory, ["--steps", "abc"], "--steps: expected a whole number, got 'abc'"),
+    (fewshot_memory, ["--smoke", "--ways", "0"], "--ways: must be at least 1, got 0"),
+    (fewshot_speed, ["--threads", "0"], "--threads: must be at least 1, got 0"),
+    (fewshot_speed, ["--smoke", "--meta-batch", "-2"], "--meta-batch: must be at least 1, got -2"),
+])
+def test_bad_names_and_counts_are_one_line_before_any_work(script, argv, message, tmp_path, capsys, monkeypatch) -> None:
+    """Once a table row "not registered" with exit code 0, a traceback, or a nested report from the measuring child."""
+    import lazyapps.runtime
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the benchmark's work started")
+
+    monkeypatch.setattr(lazyapps.runtime, "resolve_device", no_work)  # the first step of every few-shot benchmark's work
+    with pytest.raises(SystemExit) as exited:
+        script.main([*argv, "--json", str(tmp_path / "r.json")])
+    captured = capsys.readouterr()
+    assert exited.value.code == 2 and not captured.out
+    assert captured.err.startswith(f"Error: {message}") and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert not (tmp_path / "r.json").exists()
+
