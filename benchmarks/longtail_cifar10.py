@@ -154,6 +154,18 @@ def measure_cost(args, steps: int) -> dict:
             "lazy_over_ce": med["lazy-two-component"] / med["ce"], "steps": steps}
 
 
+def _zoo_model(name: str) -> str:
+    """A ``type=`` for ``--model``: a zoo architecture, checked when parsed (not in the first worker)."""
+    import models_zoo
+    from lazyapps.errors import LazyAppsError
+
+    try:
+        models_zoo.get_arch(name)
+    except LazyAppsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
 def _fmt(v, digits=2):
     return "-" if v is None else f"{v:.{digits}f}"
 
@@ -171,7 +183,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--inner-steps", type=positive_int, default=5)
     parser.add_argument("--inner-lr", type=positive_float, default=None, help="lazy student's lr (default: the current lr)")
     parser.add_argument("--eps-rule", default="step", choices=("step", "normalized"), help="two-component's ε rule")
-    parser.add_argument("--model", default="resnet32")
+    parser.add_argument("--model", type=_zoo_model, default="resnet32")
     parser.add_argument("--methods", type=names("method", PLAIN + META), default=",".join(PLAIN + META))
     parser.add_argument("--jobs", type=positive_int, default=4, help="worker processes for the runs")
     parser.add_argument("--timing-steps", type=positive_int, default=5, help="interleaved steps for the cost ratio")
