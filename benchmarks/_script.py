@@ -67,6 +67,10 @@ class ScriptParser(argparse.ArgumentParser):
         for action in self._actions:  # argparse runs an action only for a flag given: a default output path is checked here
             if isinstance(action, _WritableAction) and action.default and getattr(parsed, action.dest) == action.default:
                 action(self, parsed, action.default, action.option_strings[0])
+            if isinstance(action, WritableFile) and action.dest == "json" and "json_default" in parsed:
+                chosen = json_path(parsed)  # (add_json_option's committed results file, where no --json was given)
+                if chosen and chosen != getattr(parsed, "json"):
+                    action(self, argparse.Namespace(), chosen, "--json")
         return parsed
 
 

@@ -170,3 +170,17 @@ def test_scaling_refuses_cuda_without_a_gpu_before_torchrun():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and not done.stdout
     assert done.stderr.strip().splitlines() == ["Error: --device cuda was asked for but no CUDA device is available; use --device cpu"]
+
+
+def test_the_default_results_file_is_checked_when_parsed_unless_smoke_writes_none(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    default = str(tmp_path / "a-file" / "r.json")  # a committed results file that cannot be written
+    parser = _script.ScriptParser()
+    _script.add_json_option(parser, default)
+    parser.add_smoke_option("seconds")
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args([])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith(f"Error: --json {default}: cannot write there (")
+    assert _script.json_path(parser.parse_args(["--smoke"])) is None  # a smoke run writes no JSON: nothing to check
+    assert _script.json_path(parser.parse_args(["--json", str(tmp_path / "r.json")])) == str(tmp_path / "r.json")
