@@ -154,7 +154,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     """Meta-train a few-shot learner, checkpoint it, and score it on held-out test tasks."""
     import torch
 
-    from lazyapps.errors import DivergedError, LazyAppsError
+    from lazyapps.errors import CheckpointError, DivergedError, LazyAppsError
     from lazyapps.progress import status
 
     from .base import get_learner
@@ -168,10 +168,14 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         if not Path(resume).is_file():
             raise LazyAppsError(f"--resume {resume}: no such checkpoint file")
         stored = load_metadata(resume)
+        if not stored:
+            raise CheckpointError(f"checkpoint {resume} has no metadata file beside it ({Path(resume).name}.json), so its "
+                                  f"settings cannot be read; keep the .json written with the .pt")
         recorded = recorded_settings({**stored.get("hparams", {}), **stored}, RESUMED_OPTIONS)
-        if "target_iterations" in stored:
+        if isinstance(stored.get("target_iterations"), int):  # (an edited .json's text is not a count: the preset's then)
             recorded.update(recorded_settings({"iterations": stored["target_iterations"]}, ["iterations"]))
-        if "preset" not in recorded:  # a --preset given here brings its own values (the checks below name what differs)
+        if "preset" not in recorded and preset != stored.get("preset"):
+            # another --preset given here brings its own loop values (the checks below name what differs)
             recorded = {k: v for k, v in recorded.items() if k not in PRESETS["quick"]}
         (algo, dataset, arch, ways, shots, queries, train_shots, iterations, meta_batch, shuffle_classes, transductive, vectorize,
          preset, eval_tasks, eval_every) = (recorded.get(name, value) for name, value in (
@@ -180,6 +184,8 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
             ("shuffle_classes", shuffle_classes), ("transductive", transductive), ("vectorize", vectorize), ("preset", preset),
             ("eval_tasks", eval_tasks), ("eval_every", eval_every)))
         run.seed = recorded.get("seed", run.seed)
+        if stored.get("seed", run.seed) != run.seed:  # a --seed given here: the run's task stream was drawn from its own
+            raise LazyAppsError(f"{resume} was meta-trained with --seed {stored['seed']}; leave --seed out to resume it")
     if algo is None:
         raise LazyAppsError("--algo is required (or --resume CHECKPOINT, which takes the run's)")
     cls = get_learner(algo)  # unknown name -> one line listing the registry

@@ -140,7 +140,7 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
           val_per_class, n_max,
           test_per_class, model, batchnorm, out, resume, per_class_csv, plot) -> None:
     """Train ResNet-32 on CIFAR-LT with one method and report top-1 error and shot-group accuracy."""
-    from lazyapps.errors import LazyAppsError, UnknownNameError
+    from lazyapps.errors import CheckpointError, LazyAppsError, UnknownNameError
     from lazyapps.paths import cache_root
     from lazyapps.progress import status
 
@@ -157,8 +157,13 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
         if not Path(resume).is_file():
             raise LazyAppsError(f"--resume {resume}: no such checkpoint file")
         meta = load_metadata(resume)
+        if not meta:
+            raise CheckpointError(f"checkpoint {resume} has no metadata file beside it ({Path(resume).name}.json), so its "
+                                  f"settings cannot be read; keep the .json written with the .pt")
         refuse_best_checkpoint(resume, meta)
         options.update(recorded_settings(meta, options))  # the run's own settings, but for those given here
+        if meta.get("preset") not in (None, options["preset"]):  # (a preset only names settings: they come from the run)
+            raise LazyAppsError(f"{resume} was trained with --preset {meta['preset']}; leave --preset out to resume it")
         unexposed = {k: tuple(meta[k]) if k == "lr_decay" else meta[k] for k in ("lr_decay", "weight_decay", "momentum") if k in meta}
     from lazyapps.data import anchored_name
 
@@ -180,7 +185,10 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
                          val_per_class=options["val_per_class"], n_max=settings["n_max"],
                          test_per_class=settings["test_per_class"], model=options["model"], seed=options["seed"],
                          preset=preset, batchnorm=batchnorm, **unexposed)
-    config.check()  # before the data loads: fail fast, one line
+    try:
+        config.check()  # before the data loads: fail fast, one line
+    except TypeError as exc:  # (only an edited checkpoint .json can give a setting of the wrong type)
+        raise LazyAppsError(f"a setting of {resume or 'this run'} has the wrong type ({exc})") from None
     out_dir = Path(out) if out else (Path(resume).parent if resume else _default_out(cache_root(run.cache_dir), config))
     existing = out_dir / "checkpoint.pt"
     if existing.exists() and (resume is None or Path(resume).resolve() != existing.resolve()):

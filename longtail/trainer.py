@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from lazyapps import distributed
-from lazyapps.checkpoint import load_checkpoint, save_checkpoint
-from lazyapps.errors import CheckpointError, DivergedError, LazyAppsError
+from lazyapps.checkpoint import check_expected, load_checkpoint, save_checkpoint
+from lazyapps.errors import CheckpointError, DivergedError, LazyAppsError, describe
 from lazyapps.global_batchnorm import use_global_batchnorm
 from lazyapps.progress import progress
 from lazyapps.runtime import image_layout, resolve_device, set_layout
@@ -221,6 +221,8 @@ class Trainer:
             "history": self.history,
             "best": self.best,
             "last": self.last,
+            # Inside the .pt too: the .json beside it is a separate file that can be edited or swapped.
+            "identity": self.identity(),
         }
 
     def save(self, path: str | Path | None = None) -> Path:
@@ -231,15 +233,24 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         """Load a checkpoint of this same configuration (any other is refused with the differing setting named)."""
-        expect = {"kind": CHECKPOINT_KIND, **self.identity()}
+        # On the CPU: load_state_dict copies the weights to the model's device and the optimisers move their
+        # state to their parameters', while the RNG states must stay CPU ByteTensors (set_state refuses others).
+        state, meta = load_checkpoint(path, map_location="cpu", expect={"kind": CHECKPOINT_KIND})
+        for key, value in (state.get("identity") or {}).items():  # (checkpoints from before it was kept: not checked)
+            if key in meta and meta[key] != value:
+                raise CheckpointError(f"checkpoint {path} and its metadata disagree: {key} is {value!r} in the .pt but "
+                                      f"{meta[key]!r} in the .json; the .json was edited or belongs to another run")
         try:
-            # On the CPU: load_state_dict copies the weights to the model's device and the optimisers move their
-            # state to their parameters', while the RNG states must stay CPU ByteTensors (set_state refuses others).
-            state, meta = load_checkpoint(path, map_location="cpu", expect=expect)
+            check_expected(path, meta, self.identity())
         except CheckpointError as exc:
             raise CheckpointError(f"cannot resume: {exc}; resume with the same settings or start a new run with another --out") from None
         refuse_best_checkpoint(path, meta, state)
-        self.load_state(state)
+        try:
+            self.load_state(state)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), describe(exc))
+            raise CheckpointError(f"checkpoint {path} does not fit this run's {self.model_name} and {self.config.method} "
+                                  f"({first[:200]})") from None
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore everything :meth:`state_dict` saved (no settings check: :meth:`resume` does that)."""

@@ -371,6 +371,9 @@ def test_a_resume_takes_the_runs_preset_and_names_every_difference_of_another_on
     assert ("was meta-trained with --queries 2 --meta-batch 2; resume it with --queries 2 --meta-batch 2 "
             "(or the --preset smoke it was trained with)") in result.output
     assert _run(*base, "--resume", str(out / "checkpoint.pt"), "--iterations", "5", "--eval-tasks", "2").exit_code == 0
+    # the run's own preset, given again, keeps the run's loop values (not the preset's 3 iterations)
+    same = _run(*base, "--resume", str(out / "checkpoint.pt"), "--preset", "smoke", "--iterations", "6")
+    assert same.exit_code == 0, same.output
 
 
 def _record_task_sources(monkeypatch) -> list[dict]:
@@ -522,6 +525,11 @@ def test_a_run_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, monkey
     assert config["iterations"] == 4 and config["seed"] == 3
     finished = _run("fewshot", "train", "--resume", str(ckpt))
     assert finished.exit_code == 2 and "is already at iteration 4; give --iterations above it" in finished.output
+    seed = _run("fewshot", "train", "--resume", str(ckpt), "--iterations", "5", "--seed", "4")
+    assert seed.exit_code == 2 and "was meta-trained with --seed 3; leave --seed out to resume it" in seed.output
+    (tmp_path / "i" / "checkpoint.pt.json").rename(tmp_path / "i.meta")
+    missing = _run("fewshot", "train", "--resume", str(ckpt))
+    assert missing.exit_code == 2 and "has no metadata file beside it (checkpoint.pt.json)" in missing.output
     alone = _run("fewshot", "train", "--dataset", "sine")
     assert alone.exit_code == 2 and alone.output.strip() == "Error: --algo is required (or --resume CHECKPOINT, which takes the run's)"
 

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _load_benchmark():
+    if str(REPO / "benchmarks") not in sys.path:  # its _script helpers sit beside it, as when run as a script
+        sys.path.insert(0, str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location("longtail_cifar10_benchmark", REPO / "benchmarks" / "longtail_cifar10.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

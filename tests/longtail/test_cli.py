@@ -143,6 +143,18 @@ def test_resume_takes_the_runs_settings_from_its_checkpoint_and_checks_the_ones_
     assert resumed == config and resumed["lr"] == 0.05 and resumed["seed"] == 2 and resumed["dataset"] == "cifar10"
     other = CliRunner().invoke(cli, ["longtail", "train", "--resume", str(checkpoint), "--lr", "0.1"])
     assert other.exit_code == 2 and "made with lr=0.05, but lr=0.1 is needed here" in other.output
+    preset = CliRunner().invoke(cli, ["longtail", "train", "--resume", str(checkpoint), "--preset", "paper"])
+    assert preset.exit_code == 2 and "was trained with --preset smoke; leave --preset out to resume it" in preset.output
+    # the .pt keeps its own identity: a .json edited (or swapped) to say otherwise is refused, not trusted
+    meta_file = run / "checkpoint.pt.json"
+    original = meta_file.read_text()
+    meta_file.write_text(original.replace('"method": "cb-ce"', '"method": "ce"'))
+    edited = CliRunner().invoke(cli, ["longtail", "train", "--resume", str(checkpoint)])
+    assert edited.exit_code == 2 and "and its metadata disagree: method is 'cb-ce' in the .pt but 'ce' in the .json" in edited.output
+    meta_file.unlink()
+    missing = CliRunner().invoke(cli, ["longtail", "train", "--resume", str(checkpoint)])
+    assert missing.exit_code == 2 and "has no metadata file beside it (checkpoint.pt.json)" in missing.output
+    meta_file.write_text(original)
     assert checkpoint.read_bytes() == before
 
 
