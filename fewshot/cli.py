@@ -154,7 +154,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     """Meta-train a few-shot learner, checkpoint it, and score it on held-out test tasks."""
     import torch
 
-    from lazyapps.errors import CheckpointError, DivergedError, LazyAppsError
+    from lazyapps.errors import CheckpointError, DivergedError, Interrupted, LazyAppsError
     from lazyapps.progress import status
 
     from .base import get_learner
@@ -330,7 +330,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
                            callback=callback, progress=True)
     except KeyboardInterrupt:
         save(completed)
-        raise LazyAppsError(f"interrupted at iteration {learner.iteration}; saved {ckpt} (continue with --resume {ckpt})") from None
+        raise Interrupted(f"interrupted at iteration {learner.iteration}; saved {ckpt} (continue with --resume {ckpt})") from None
     except DivergedError as exc:  # the diverged parameters are not saved over the last good checkpoint
         from lazyapps.checkpoint import load_metadata
 

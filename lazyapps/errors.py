@@ -29,6 +29,13 @@ class LazyAppsError(Exception):
     exit_code = 2
 
 
+class Interrupted(LazyAppsError):
+    """Training stopped by Ctrl-C; the message names the checkpoint to resume from. Exit code 130, the shell's
+    for a process ended by SIGINT."""
+
+    exit_code = 130
+
+
 class UnknownNameError(LazyAppsError, KeyError):
     """A name (model, dataset, method, ...) that is not one of the valid ones."""
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from lazyapps import distributed
 from lazyapps.checkpoint import check_expected, load_checkpoint, save_checkpoint
-from lazyapps.errors import CheckpointError, DivergedError, LazyAppsError, describe
+from lazyapps.errors import CheckpointError, DivergedError, Interrupted, LazyAppsError, describe
 from lazyapps.global_batchnorm import use_global_batchnorm
 from lazyapps.progress import progress
 from lazyapps.runtime import image_layout, resolve_device, set_layout
@@ -118,12 +118,6 @@ def describe_data(config: TrainConfig, data: CIFARLongTail) -> TrainConfig:
             raise LazyAppsError(f"the config says {key}={getattr(config, key)!r} but the data were cut with "
                                 f"{key}={value!r}; build both from the same settings")
     return replace(config, **{key: described[key] for key in open_keys})
-
-
-class Interrupted(LazyAppsError):
-    """Training stopped by Ctrl-C; the message names the checkpoint to resume from."""
-
-    exit_code = 130
 
 
 def _method_options(config: TrainConfig) -> dict[str, Any]:

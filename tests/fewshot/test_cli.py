@@ -500,7 +500,7 @@ def test_ctrl_c_saves_the_last_completed_iteration_and_says_how_to_resume(tmp_pa
     restore = _interrupt_maml_at(monkeypatch, 2, KeyboardInterrupt)
     result = _sine(tmp_path / "i", "--iterations", "4")
     ckpt = tmp_path / "i" / "checkpoint.pt"
-    assert result.exit_code == 2 and f"interrupted at iteration 2; saved {ckpt} (continue with --resume {ckpt})" in result.output
+    assert result.exit_code == 130 and f"interrupted at iteration 2; saved {ckpt} (continue with --resume {ckpt})" in result.output
     assert json.loads((tmp_path / "i" / "checkpoint.pt.json").read_text())["iteration"] == 2
     assert len(torch.load(ckpt, weights_only=True)["history"]) == 2
     restore()
@@ -513,7 +513,7 @@ def test_a_run_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, monkey
     # random states from before that draw, or --resume skips the batch.
     restore = _interrupt_maml_at(monkeypatch, 2, KeyboardInterrupt)
     ckpt = tmp_path / "i" / "checkpoint.pt"
-    assert _sine(tmp_path / "i", "--iterations", "4", "--no-transductive", "--seed", "3").exit_code == 2
+    assert _sine(tmp_path / "i", "--iterations", "4", "--no-transductive", "--seed", "3").exit_code == 130
     restore()
     # --resume alone, as the Ctrl-C message says: algo, dataset, shots, seed, BatchNorm mode and the 4 iterations are the run's
     resumed = _run("fewshot", "train", "--resume", str(ckpt), "--quiet", "--json", str(tmp_path / "i.json"))
