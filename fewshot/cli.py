@@ -154,7 +154,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     """Meta-train a few-shot learner, checkpoint it, and score it on held-out test tasks."""
     import torch
 
-    from lazyapps.errors import CheckpointError, DivergedError, Interrupted, LazyAppsError
+    from lazyapps.errors import DivergedError, Interrupted, LazyAppsError
     from lazyapps.progress import status
 
     from .base import get_learner
@@ -163,14 +163,9 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     from .tasks import TooFewExamplesError
 
     if resume is not None:  # the run's own settings, but for those given here (checked against the run's below)
-        from lazyapps.checkpoint import load_metadata
+        from lazyapps.checkpoint import resumed_metadata
 
-        if not Path(resume).is_file():
-            raise LazyAppsError(f"--resume {resume}: no such checkpoint file")
-        stored = load_metadata(resume)
-        if not stored:
-            raise CheckpointError(f"checkpoint {resume} has no metadata file beside it ({Path(resume).name}.json), so its "
-                                  f"settings cannot be read; keep the .json written with the .pt")
+        stored = resumed_metadata(resume)
         recorded = recorded_settings({**stored.get("hparams", {}), **stored}, RESUMED_OPTIONS)
         if isinstance(stored.get("target_iterations"), int):  # (an edited .json's text is not a count: the preset's then)
             recorded.update(recorded_settings({"iterations": stored["target_iterations"]}, ["iterations"]))

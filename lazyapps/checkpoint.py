@@ -107,6 +107,18 @@ def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
                               fix="delete it or pass another checkpoint") from None
 
 
+def resumed_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of checkpoint ``path`` given to ``--resume``, whose settings the resumed run takes: a missing
+    checkpoint, or one without its ``.json``, is a :class:`CheckpointError` naming the fix."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"--resume {path}: no such checkpoint file")
+    meta = load_metadata(path)
+    if not meta:
+        raise CheckpointError(f"checkpoint {path} has no metadata file beside it ({meta_path(path).name}), so its "
+                              f"settings cannot be read; keep the .json written with the .pt")
+    return meta
+
+
 def load_error(exc: BaseException) -> str:
     """Why ``torch.load(..., weights_only=True)`` failed, in a few words.
 

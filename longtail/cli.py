@@ -140,7 +140,7 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
           val_per_class, n_max,
           test_per_class, model, batchnorm, out, resume, per_class_csv, plot) -> None:
     """Train ResNet-32 on CIFAR-LT with one method and report top-1 error and shot-group accuracy."""
-    from lazyapps.errors import CheckpointError, LazyAppsError, UnknownNameError
+    from lazyapps.errors import LazyAppsError, UnknownNameError
     from lazyapps.paths import cache_root
     from lazyapps.progress import status
 
@@ -150,16 +150,11 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
                "test_per_class": test_per_class, "model": model, "seed": run.seed}
     unexposed: dict[str, Any] = {}  # settings without an option (the benchmark sets them): a resumed run keeps its own
     if resume is not None:
-        from lazyapps.checkpoint import load_metadata
+        from lazyapps.checkpoint import resumed_metadata
 
         from .trainer import refuse_best_checkpoint
 
-        if not Path(resume).is_file():
-            raise LazyAppsError(f"--resume {resume}: no such checkpoint file")
-        meta = load_metadata(resume)
-        if not meta:
-            raise CheckpointError(f"checkpoint {resume} has no metadata file beside it ({Path(resume).name}.json), so its "
-                                  f"settings cannot be read; keep the .json written with the .pt")
+        meta = resumed_metadata(resume)
         refuse_best_checkpoint(resume, meta)
         options.update(recorded_settings(meta, options))  # the run's own settings, but for those given here
         if meta.get("preset") not in (None, options["preset"]):  # (a preset only names settings: they come from the run)

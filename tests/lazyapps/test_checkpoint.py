@@ -133,3 +133,16 @@ def test_unreadable_metadata_and_non_dict_files_are_checkpoint_errors(tmp_path):
     torch.save(torch.zeros(2), tmp_path / "t.pt")
     with pytest.raises(CheckpointError, match="does not hold a dict"):
         load_checkpoint(tmp_path / "t.pt")
+
+
+def test_resumed_metadata_names_a_missing_checkpoint_or_its_missing_json(tmp_path):
+    from lazyapps.checkpoint import resumed_metadata
+
+    path = tmp_path / "checkpoint.pt"
+    with pytest.raises(CheckpointError, match=f"--resume {path}: no such checkpoint file"):
+        resumed_metadata(path)
+    save_checkpoint(path, {"w": torch.zeros(1)}, {"kind": "demo", "lr": 0.1})
+    assert resumed_metadata(path)["lr"] == 0.1
+    (tmp_path / "checkpoint.pt.json").unlink()
+    with pytest.raises(CheckpointError, match=r"has no metadata file beside it \(checkpoint.pt.json\), so its settings"):
+        resumed_metadata(path)
