@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from lazyapps.checkpoint import check_expected, load_checkpoint, load_metadata, save_checkpoint
-from lazyapps.errors import CheckpointError, LazyAppsError, UnknownNameError, describe
+from lazyapps.checkpoint import (MIXED_FILES, check_expected, check_files_agree, first_load_problem, load_checkpoint,
+                                 load_metadata, save_checkpoint)
+from lazyapps.errors import CheckpointError, LazyAppsError, UnknownNameError
 
 from .base import Learner, get_learner
 from .datasets import dataset_info, resolved_name
@@ -112,45 +112,11 @@ def checkpoint_metadata(learner: Learner, *, arch: str, dataset: str, ways: int,
 #: What the weights in a ``.pt`` were made as, kept inside it too: the ``.json`` beside it is a separate file that can
 #: be edited or swapped with another run's, and the learner is rebuilt from the ``.json``.
 IDENTITY_KEYS = ("kind", "algo", "arch", "ways")
-MIXED_FILES = "the .json was edited or belongs to another run; keep the .json written with the .pt"
 
 
 def save_learner(path: str | os.PathLike, learner: Learner, metadata: Mapping[str, Any], **state: Any) -> None:
     identity = {key: metadata[key] for key in IDENTITY_KEYS if key in metadata}
     save_checkpoint(path, {**learner.checkpoint_state(), **state, "identity": identity}, {**metadata, "iteration": learner.iteration})
-
-
-def _check_files_agree(path: str | os.PathLike, state: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
-    """:class:`CheckpointError` when the ``.pt`` and its ``.json`` describe different runs.
-
-    The iteration is in every checkpoint's ``.pt``; the identity only in those written since it was added.
-    """
-    recorded = dict(state.get("identity") or {})
-    if "iteration" in state:
-        recorded["iteration"] = int(state["iteration"])
-    for key, value in recorded.items():
-        if key in meta and meta[key] != value:
-            raise CheckpointError(f"checkpoint {path} and its metadata disagree: {key} is {value!r} in the .pt but "
-                                  f"{meta[key]!r} in the .json; {MIXED_FILES}")
-
-
-def _first_load_problem(exc: BaseException) -> str:
-    """The first concrete problem of a failed ``load_state_dict``, on one line.
-
-    torch heads its message "Error(s) in loading state_dict for X:" and lists the problems on the lines below; key
-    lists are shortened to their first key.
-    """
-    if isinstance(exc, KeyError):
-        return f"it holds no {exc.args[0]!r} entry"
-    problems = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    problems = [line for line in problems if not line.startswith("Error(s) in loading state_dict")] or [describe(exc)]
-    first, more = problems[0], len(problems) - 1
-    keys = re.match(r"(Missing|Unexpected) key\(s\) in state_dict: (.*)", first)
-    if keys:
-        names = re.findall(r'"([^"]+)"', keys.group(2))
-        first = f"{keys.group(1).lower()} key {names[0] if names else keys.group(2)!r}"
-        more += max(0, len(names) - 1)
-    return first.rstrip(". ") + (f" (and {more} more)" if more else "")
 
 
 def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
@@ -172,7 +138,10 @@ def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = 
     # CPU scalars as torch keeps them (loaded onto a GPU they stay there, and every Adam step then reads each one
     # back with .item(): two host-device syncs per parameter per meta-step for the rest of a resumed run).
     state, meta = load_checkpoint(path, map_location="cpu", expect={"kind": CHECKPOINT_KIND})
-    _check_files_agree(path, state, meta)  # before the caller's expectations: they are compared with the .json
+    # The iteration is in every checkpoint's .pt; the identity only in those written since it was added. Checked
+    # before the caller's expectations: they are compared with the .json.
+    recorded = {**(state.get("identity") or {}), **({"iteration": int(state["iteration"])} if "iteration" in state else {})}
+    check_files_agree(path, recorded, meta)
     expect = dict(expect or {})
     dataset = expect.pop("dataset", None)
     check_expected(path, meta, expect)
@@ -203,5 +172,5 @@ def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = 
         learner.load_checkpoint_state(state)
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} does not fit the {algo} learner on {meta['arch']} ({meta['ways']}-way) its "
-                              f"metadata describes: {_first_load_problem(exc)}") from None
+                              f"metadata describes: {first_load_problem(exc)}") from None
     return learner, state, meta

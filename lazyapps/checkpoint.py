@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -117,6 +118,41 @@ def resumed_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} has no metadata file beside it ({meta_path(path).name}), so its "
                               f"settings cannot be read; keep the .json written with the .pt")
     return meta
+
+
+#: why a ``.pt`` and a ``.json`` that disagree are refused, and what to do.
+MIXED_FILES = "the .json was edited or belongs to another run; keep the .json written with the .pt"
+
+
+def check_files_agree(path: str | os.PathLike, recorded: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
+    """:class:`CheckpointError` when a setting ``recorded`` inside checkpoint ``path`` differs from its ``.json``.
+
+    The ``.json`` is a separate file that can be edited or swapped, so a product that keeps the settings which
+    define a run inside the ``.pt`` too checks the two before trusting the ``.json``.
+    """
+    for key, value in recorded.items():
+        if key in metadata and metadata[key] != value:
+            raise CheckpointError(f"checkpoint {path} and its metadata disagree: {key} is {value!r} in the .pt but "
+                                  f"{metadata[key]!r} in the .json; {MIXED_FILES}")
+
+
+def first_load_problem(exc: BaseException) -> str:
+    """The first concrete problem of a failed ``load_state_dict``, on one line.
+
+    torch heads its message "Error(s) in loading state_dict for X:" and lists the problems on the lines below; key
+    lists are shortened to their first key.
+    """
+    if isinstance(exc, KeyError):
+        return f"it holds no {exc.args[0]!r} entry"
+    problems = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    problems = [line for line in problems if not line.startswith("Error(s) in loading state_dict")] or [describe(exc)]
+    first, more = problems[0], len(problems) - 1
+    keys = re.match(r"(Missing|Unexpected) key\(s\) in state_dict: (.*)", first)
+    if keys:
+        names = re.findall(r'"([^"]+)"', keys.group(2))
+        first = f"{keys.group(1).lower()} key {names[0] if names else keys.group(2)!r}"
+        more += max(0, len(names) - 1)
+    return first.rstrip(". ") + (f" (and {more} more)" if more else "")
 
 
 def load_error(exc: BaseException) -> str:

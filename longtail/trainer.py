@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from lazyapps import distributed
-from lazyapps.checkpoint import check_expected, load_checkpoint, save_checkpoint
-from lazyapps.errors import CheckpointError, DivergedError, Interrupted, LazyAppsError, describe
+from lazyapps.checkpoint import check_expected, check_files_agree, first_load_problem, load_checkpoint, save_checkpoint
+from lazyapps.errors import CheckpointError, DivergedError, Interrupted, LazyAppsError
 from lazyapps.global_batchnorm import use_global_batchnorm
 from lazyapps.progress import progress
 from lazyapps.runtime import image_layout, resolve_device, set_layout
@@ -230,10 +230,7 @@ class Trainer:
         # On the CPU: load_state_dict copies the weights to the model's device and the optimisers move their
         # state to their parameters', while the RNG states must stay CPU ByteTensors (set_state refuses others).
         state, meta = load_checkpoint(path, map_location="cpu", expect={"kind": CHECKPOINT_KIND})
-        for key, value in (state.get("identity") or {}).items():  # (checkpoints from before it was kept: not checked)
-            if key in meta and meta[key] != value:
-                raise CheckpointError(f"checkpoint {path} and its metadata disagree: {key} is {value!r} in the .pt but "
-                                      f"{meta[key]!r} in the .json; the .json was edited or belongs to another run")
+        check_files_agree(path, state.get("identity") or {}, meta)  # (checkpoints from before it was kept: not checked)
         try:
             check_expected(path, meta, self.identity())
         except CheckpointError as exc:
@@ -242,9 +239,8 @@ class Trainer:
         try:
             self.load_state(state)
         except (KeyError, RuntimeError, ValueError) as exc:
-            first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), describe(exc))
             raise CheckpointError(f"checkpoint {path} does not fit this run's {self.model_name} and {self.config.method} "
-                                  f"({first[:200]})") from None
+                                  f"({first_load_problem(exc)})") from None
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore everything :meth:`state_dict` saved (no settings check: :meth:`resume` does that)."""

@@ -89,6 +89,18 @@ def test_resume_refuses_another_runs_checkpoint(small_lt, tmp_path, tiny_net):
     assert (tmp_path / "ce" / "checkpoint.pt").read_bytes() == before  # nothing lost
 
 
+def test_resume_names_the_first_weight_that_does_not_fit(small_lt, tmp_path, tiny_net):
+    trainer = _trainer(_config("ce", epochs=1), small_lt, tmp_path, tiny_net)
+    trainer.run()
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    first = next(iter(state["model"]))
+    del state["model"][first]
+    torch.save(state, path)  # the .json beside it is unchanged: only the weights are wrong
+    with pytest.raises(CheckpointError, match=rf"does not fit this run's custom:Sequential and ce \(missing key '{first}'\)$"):
+        _trainer(_config("ce", epochs=1), small_lt, tmp_path, tiny_net).resume(path)
+
+
 def test_open_split_settings_are_recorded_from_the_data_and_named_ones_must_match_it(data_root, small_lt, tmp_path, tiny_net):
     cut = CIFARLongTail.load("cifar10", imbalance=10, root=data_root, n_max=20, test_per_class=4, val_per_class=5)
     open_config = TrainConfig(dataset="cifar10", imbalance=10, method="ce", epochs=1, batch_size=32, val_per_class=5)
