@@ -160,9 +160,6 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
         if meta.get("preset") not in (None, options["preset"]):  # (a preset only names settings: they come from the run)
             raise LazyAppsError(f"{resume} was trained with --preset {meta['preset']}; leave --preset out to resume it")
         unexposed = {k: tuple(meta[k]) if k == "lr_decay" else meta[k] for k in ("lr_decay", "weight_decay", "momentum") if k in meta}
-    from lazyapps.data import anchored_name
-
-    options["dataset"] = anchored_name(options["dataset"])  # (eval and --resume then work from any directory)
     dataset, imbalance, method, preset = (options[k] for k in ("dataset", "imbalance", "method", "preset"))
     if not imbalance >= 1:
         raise LazyAppsError(f"--imbalance must be >= 1 (largest / smallest class size), got {imbalance}")
@@ -211,9 +208,9 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
 
     times = epoch_times(trainer.history)
     per_class = _per_class_rows(data.classes, data.counts, trainer.best, trainer.last)
-    table = _table(f"{dataset}-LT imbalance {imbalance:g}, {method}, {config.epochs} epochs ({preset} preset); "
+    table = _table(f"{config.dataset}-LT imbalance {imbalance:g}, {method}, {config.epochs} epochs ({preset} preset); "
                    "the literature reports the best epoch", trainer.best, trainer.last, times)
-    _write_outputs(run, per_class, per_class_csv, plot, f"{dataset}-LT x{imbalance:g}, {method}")
+    _write_outputs(run, per_class, per_class_csv, plot, f"{config.dataset}-LT x{imbalance:g}, {method}")
     metrics = {"best": _strip(trainer.best), "last": _strip(trainer.last), **times, "counts": data.counts,
                "per_class": per_class, "history": trainer.history, "checkpoint": str(trainer.checkpoint_path)}
     run.finish(trainer.config.identity() | {"preset": preset, "batchnorm": batchnorm, "out": str(out_dir)}, metrics, table=table)

@@ -157,7 +157,7 @@ class CIFARLongTail:
         bundle to the smallest class size minus ``val_per_class``; ``seed`` only
         matters for ``rule="ldam"``.
         """
-        from lazyapps.data import load_dataset
+        from lazyapps.data import anchored_name, load_dataset
 
         if not imbalance >= 1:
             raise LazyAppsError(f"--imbalance must be >= 1 (largest / smallest class size), got {imbalance}")
@@ -196,7 +196,7 @@ class CIFARLongTail:
             keep = _first_per_class(test.labels, test_per_class, num_classes)
             test = test.subset(keep)
         return cls(
-            dataset=dataset, imbalance=float(imbalance), rule=rule, classes=list(data.classes), counts=counts,
+            dataset=anchored_name(dataset), imbalance=float(imbalance), rule=rule, classes=list(data.classes), counts=counts,
             train_images=data.train.images[train_idx], train_labels=data.train.labels[train_idx], train_index=train_idx,
             val_images=data.train.images[val_idx], val_labels=data.train.labels[val_idx], val_index=val_idx,
             test_images=test.images, test_labels=test.labels,

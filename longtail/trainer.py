@@ -22,6 +22,7 @@ from torch import nn
 
 from lazyapps import distributed
 from lazyapps.checkpoint import check_expected, check_files_agree, first_load_problem, load_checkpoint, save_checkpoint
+from lazyapps.data import anchored_name
 from lazyapps.errors import CheckpointError, DivergedError, Interrupted, LazyAppsError
 from lazyapps.global_batchnorm import use_global_batchnorm
 from lazyapps.progress import progress
@@ -69,6 +70,11 @@ class TrainConfig:
     # process's numbers; a collective per layer), "local" with the share's own (plain DDP; faster on a busy CPU).
     batchnorm: str = "global"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # An npz: bundle found from the working directory is recorded by its absolute path, so the checkpoint's
+        # eval and --resume load it from any directory (CIFARLongTail records its data the same way).
+        self.dataset = anchored_name(self.dataset)
 
     @property
     def schedule(self) -> Schedule:

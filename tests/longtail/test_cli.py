@@ -232,3 +232,6 @@ def test_a_bundle_given_relative_to_the_working_directory_is_recorded_absolute(e
     monkeypatch.chdir(elsewhere)  # eval and --resume no longer depend on where the run started
     assert _invoke("eval", "--checkpoint", str(env / "run" / "checkpoint.pt"), "--quiet").exit_code == 0
     assert _invoke("train", "--resume", str(env / "run" / "checkpoint.pt"), "--quiet").exit_code == 0
+    monkeypatch.chdir(work)  # the bundle named again, by another spelling, is the run's own
+    again = _invoke("train", "--resume", str(env / "run" / "checkpoint.pt"), "--dataset", "npz:./tiny.npz", "--quiet")
+    assert again.exit_code == 0, again.output

@@ -128,6 +128,20 @@ def test_array_bundle_n_max_defaults_to_smallest_class_minus_validation(tmp_path
     assert torch.bincount(lt.train_labels, minlength=3).tolist() == [20, 10, 5] and len(lt.val_labels) == 15
 
 
+def test_a_bundle_found_from_the_working_directory_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
+    from longtail.trainer import TrainConfig, describe_data
+
+    y = np.repeat(np.arange(3), 20)
+    np.savez(tmp_path / "lt.npz", x_train=np.zeros((len(y), 4, 4, 3), np.uint8), y_train=y, x_test=np.zeros((3, 4, 4, 3), np.uint8),
+             y_test=np.arange(3))
+    monkeypatch.chdir(tmp_path)
+    lt = CIFARLongTail.load("npz:lt.npz", imbalance=2, root=tmp_path / "elsewhere", val_per_class=5)
+    config = TrainConfig(dataset="npz:./lt.npz", imbalance=2, val_per_class=5)
+    assert lt.dataset == config.dataset == f"npz:{tmp_path / 'lt.npz'}"  # (the Python API records what the CLI does)
+    assert describe_data(config, lt).n_max == 15
+    assert TrainConfig(dataset="npz:missing.npz").dataset == "npz:missing.npz"  # (not found here: left to the data root)
+
+
 def test_a_class_too_small_for_its_split_names_only_the_remedies_that_help_it():
     labels = torch.tensor([0] * 5 + [1] * 5)
     with pytest.raises(LazyAppsError, match=r"class 0 has 5 training images but the split needs 2 for validation \+ 6 "
