@@ -346,7 +346,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     train_metric = {k: sum(h[k] for h in recent if k in h) / max(1, sum(k in h for h in recent))
                     for k in ("loss", "accuracy", "mse") if any(k in h for h in recent)}
     metrics = {"test": evaluation.as_dict(), "train_last20": train_metric, "iterations": learner.iteration,
-               "curve": curve, "checkpoint": str(ckpt)}
+               "curve": curve, "checkpoint": str(Path(ckpt).resolve())}  # (a file it wrote: found from anywhere)
     config = {"algo": algo, "dataset": dataset, "arch": arch, "ways": ways, "shots": shots, "preset": preset,
               **{k: settings[k] for k in ("iterations", "meta_batch", "queries", "train_shots", "eval_tasks", "eval_every")},
               "shuffle_classes": shuffle_classes, "hparams": learner.hparams(), "device": str(run.device), "seed": run.seed}

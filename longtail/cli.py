@@ -212,8 +212,8 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
                    "the literature reports the best epoch", trainer.best, trainer.last, times)
     _write_outputs(run, per_class, per_class_csv, plot, f"{config.dataset}-LT x{imbalance:g}, {method}")
     metrics = {"best": _strip(trainer.best), "last": _strip(trainer.last), **times, "counts": data.counts,
-               "per_class": per_class, "history": trainer.history, "checkpoint": str(trainer.checkpoint_path)}
-    run.finish(trainer.config.identity() | {"preset": preset, "batchnorm": batchnorm, "out": str(out_dir)}, metrics, table=table)
+               "per_class": per_class, "history": trainer.history, "checkpoint": str(Path(trainer.checkpoint_path).resolve())}
+    run.finish(trainer.config.identity() | {"preset": preset, "batchnorm": batchnorm, "out": str(out_dir.resolve())}, metrics, table=table)
 
 
 def _carry_run(source: Path, out_dir: Path) -> None:

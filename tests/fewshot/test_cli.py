@@ -355,7 +355,9 @@ def test_non_finite_scores_are_null_in_the_json(tmp_path) -> None:
 def test_a_resumed_run_stays_in_its_checkpoints_folder(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     base = ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--eval-tasks", "2", "--quiet"]
-    assert _run(*base, "--iterations", "1", "--out", "r").exit_code == 0
+    assert _run(*base, "--iterations", "1", "--out", "r", "--json", "r.json").exit_code == 0
+    checkpoint = json.loads((tmp_path / "r.json").read_text())["metrics"]["checkpoint"]
+    assert checkpoint == str(tmp_path.resolve() / "r" / "checkpoint.pt")  # the file it wrote, by a path that holds from anywhere
     result = _run(*base, "--iterations", "2", "--resume", "r/checkpoint.pt")  # no --out
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r" / "checkpoint.pt.json").read_text())["iteration"] == 2

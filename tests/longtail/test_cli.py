@@ -225,13 +225,15 @@ def test_a_bundle_given_relative_to_the_working_directory_is_recorded_absolute(e
     np.savez(work / "tiny.npz", x_train=x, y_train=y, x_test=x[:9], y_test=y[:9])
     monkeypatch.chdir(work)
     trained = _invoke("train", "--dataset", "npz:tiny.npz", "--preset", "smoke", "--imbalance", "2", "--n-max", "15", "--model", "lenet5",
-                      "--method", "ce", "--out", str(env / "run"), "--quiet")
+                      "--method", "ce", "--out", "run", "--json", "r.json", "--quiet")
     assert trained.exit_code == 0, trained.output
-    meta = json.loads((env / "run" / "checkpoint.pt.json").read_text())
+    meta = json.loads((work / "run" / "checkpoint.pt.json").read_text())
     assert meta["dataset"] == f"npz:{work / 'tiny.npz'}"
+    result = json.loads((work / "r.json").read_text())  # the files it wrote, by paths that hold from anywhere
+    assert (result["config"]["out"], result["metrics"]["checkpoint"]) == (str((work / "run").resolve()), str((work / "run" / "checkpoint.pt").resolve()))
     monkeypatch.chdir(elsewhere)  # eval and --resume no longer depend on where the run started
-    assert _invoke("eval", "--checkpoint", str(env / "run" / "checkpoint.pt"), "--quiet").exit_code == 0
-    assert _invoke("train", "--resume", str(env / "run" / "checkpoint.pt"), "--quiet").exit_code == 0
+    assert _invoke("eval", "--checkpoint", str(work / "run" / "checkpoint.pt"), "--quiet").exit_code == 0
+    assert _invoke("train", "--resume", str(work / "run" / "checkpoint.pt"), "--quiet").exit_code == 0
     monkeypatch.chdir(work)  # the bundle named again, by another spelling, is the run's own
-    again = _invoke("train", "--resume", str(env / "run" / "checkpoint.pt"), "--dataset", "npz:./tiny.npz", "--quiet")
+    again = _invoke("train", "--resume", str(work / "run" / "checkpoint.pt"), "--dataset", "npz:./tiny.npz", "--quiet")
     assert again.exit_code == 0, again.output
