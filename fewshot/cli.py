@@ -4,10 +4,12 @@ Top-level imports stay light (click only); torch loads when a command runs.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from lazyapps.cli import RunContext, apply_preset, common_options, preset_option, recorded_settings, writable_folder
 from lazyapps.plotting import plot_option
@@ -189,6 +191,8 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         if value < 1:
             raise LazyAppsError(f"{flag} must be positive, got {value}")
     if info.problem == "regression":
+        if ways != 1 and click.get_current_context().get_parameter_source("ways") is ParameterSource.COMMANDLINE:
+            warnings.warn(f"--ways does not apply to {dataset} regression (one function per task); ignored")
         ways = 1
     if not cls.meta_learns and iterations:
         raise LazyAppsError(f"--algo {algo} does not meta-train; drop --iterations")

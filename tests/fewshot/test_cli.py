@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -639,3 +640,15 @@ def test_a_checkpoint_whose_metadata_does_not_match_is_refused_in_one_line(train
     assert result.exit_code == 2 and result.output.startswith(f"Error: checkpoint {ckpt}"), result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert ckpt.read_bytes() == before
+
+
+def test_ways_given_for_sine_regression_is_named_as_ignored(tmp_path) -> None:
+    base = ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--preset", "smoke", "--quiet"]
+    with pytest.warns(UserWarning, match=r"^--ways does not apply to sine regression \(one function per task\); ignored$"):
+        result = _run(*base, "--ways", "3", "--out", str(tmp_path / "a"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "a" / "checkpoint.pt.json").read_text())["ways"] == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _run(*base, "--out", str(tmp_path / "b")).exit_code == 0
+    assert not [w for w in caught if "--ways" in str(w.message)]  # the default --ways is not the user's: nothing to say
