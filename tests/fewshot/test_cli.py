@@ -77,6 +77,9 @@ def test_resume_continues_and_a_second_run_never_overwrites(trained, tmp_path) -
     other = _run("fewshot", "train", "--algo", "maml", "--preset", "smoke", "--out", str(tmp_path / "x"), "--resume", str(ckpt),
                  "--data-dir", roots["data"], "--cache-dir", roots["cache"], "--quiet")
     assert other.exit_code == 2 and "algo='fomaml', but algo='maml'" in other.output
+    sine = _run("fewshot", "train", "--dataset", "sine", "--out", str(tmp_path / "y"), "--resume", str(ckpt), "--iterations", "5",
+                "--data-dir", roots["data"], "--cache-dir", roots["cache"], "--quiet")
+    assert sine.exit_code == 2 and "dataset='omniglot', but dataset='sine' is needed" in sine.output  # (not its ways)
 
 
 @pytest.mark.parametrize("extra,needle", [
