@@ -261,3 +261,144 @@ def test_batchnorm_in_eval_mode_is_vectorised_without_warning():
         vec = adapt_tasks(model, theta, buffers_of(model), F.mse_loss, (x, y), steps=2, lr=0.1)
     loop = adapt_tasks(model, theta, buffers_of(model), F.mse_loss, (x, y), steps=2, lr=0.1, vectorize=False)
     torch.testing.assert_close(vec, loop)
+
+
+def test_sgd_adapt_takes_zero_steps_as_the_identity_and_refuses_negative_steps():
+    model = mlp()
+    (x, y), theta = tasks(1), params_of(model, detach=True)
+    same = sgd_adapt(model, theta, {}, F.mse_loss, (x[0], y[0]), steps=0, lr=0.5)
+    torch.testing.assert_close(same, theta, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="steps must be >= 0, got -1"):
+        sgd_adapt(model, theta, {}, F.mse_loss, (x[0], y[0]), steps=-1, lr=0.5)
+
+
+def test_map_tasks_loop_handles_a_single_task():
+    x = torch.randn(1, 4)
+    doubled, extra = map_tasks(lambda r: (2 * r, {"s": r.sum()}), x, vectorize=False)
+    torch.testing.assert_close(doubled, 2 * x)
+    torch.testing.assert_close(extra["s"], x.sum(1))
+
+
+def test_loop_fallback_warns_only_when_vmap_was_tried_and_names_the_callers_line():
+    import warnings
+
+    x, y = tasks(3)
+    plain = mlp().train()  # train mode, but nothing updates running statistics: vmap runs
+    norm = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).train()
+    unvmappable = lambda row: row * float(row.sum())  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adapt_tasks(plain, params_of(plain, detach=True), {}, F.mse_loss, (x, y), steps=1, lr=0.1)
+        adapt_tasks(norm, params_of(norm, detach=True), buffers_of(norm), F.mse_loss, (x, y), steps=1, lr=0.1,
+                    vectorize=False)  # "vectorize=False to silence this"
+        map_tasks(unvmappable, x[:, :, 0], vectorize=False)
+    # the warnings that do come point at the line that called the engine (stacklevel), not into functional.py
+    with pytest.warns(RuntimeWarning, match="vmap over tasks failed") as caught:
+        map_tasks(unvmappable, x[:, :, 0])
+    assert [w.filename for w in caught] == [__file__]
+    with pytest.warns(RuntimeWarning, match="falling back to a Python loop over tasks") as caught:
+        adapt_tasks(norm, params_of(norm, detach=True), buffers_of(norm), F.mse_loss, (x, y), steps=1, lr=0.1)
+    assert [w.filename for w in caught] == [__file__]
+
+
+def dropout_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 16), nn.Dropout(0.5), nn.Linear(16, 2)).train()
+
+
+def test_randomness_reaches_every_vmap_of_adapt_tasks_and_maml_meta_gradient():
+    import warnings
+
+    model = dropout_net()
+    x, y = tasks(1)
+    x, y = x.expand(3, -1, -1), y.expand(3, -1, -1)  # three identical tasks: only dropout masks can differ
+    theta = params_of(model, detach=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # vmap runs the dropout itself: no loop fallback
+        same = adapt_tasks(model, theta, {}, F.mse_loss, (x, y), steps=1, lr=0.5, randomness="same")
+        different = adapt_tasks(model, theta, {}, F.mse_loss, (x, y), steps=1, lr=0.5, randomness="different")
+        meta = maml_meta_gradient(model, theta, {}, F.mse_loss, (x, y), (x, y), steps=1, lr=0.5, randomness="same")
+    assert torch.equal(same["0.weight"][0], same["0.weight"][1]) and torch.equal(same["0.weight"][1], same["0.weight"][2])
+    assert not torch.allclose(different["0.weight"][0], different["0.weight"][1])
+    assert torch.equal(meta.task_losses[0], meta.task_losses[1]) and torch.equal(meta.task_losses[1], meta.task_losses[2])
+
+
+def test_maml_meta_gradient_with_vectorize_false_never_tries_vmap():
+    import warnings
+
+    def loss_fn(out, target):  # reads a value into Python: vmap cannot run it, a loop can
+        return F.mse_loss(out, target) * (1.0 + 0.0 * float(target.sum()))
+
+    dt = torch.float64
+    model = mlp(dt)
+    theta = params_of(model, detach=True)
+    support, query = tasks(2, dtype=dt, seed=3), tasks(2, dtype=dt, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        looped = maml_meta_gradient(model, theta, {}, loss_fn, support, query, steps=2, lr=0.4, vectorize=False)
+    reference = maml_meta_gradient(model, theta, {}, F.mse_loss, support, query, steps=2, lr=0.4)
+    torch.testing.assert_close(looped.grads, reference.grads)
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 3), nn.Linear(2, 3)
+
+    def forward(self, u, v):
+        return self.a(u) + self.b(v)
+
+
+def test_maml_meta_gradient_of_a_two_input_model_matches_a_per_task_reference():
+    torch.manual_seed(0)
+    model = TwoInputs().double()
+    g = torch.Generator().manual_seed(5)
+    support = (torch.randn(2, 6, 2, generator=g, dtype=torch.float64), torch.randn(2, 6, 2, generator=g, dtype=torch.float64),
+               torch.randint(0, 3, (2, 6), generator=g))
+    query = (torch.randn(2, 4, 2, generator=g, dtype=torch.float64), torch.randn(2, 4, 2, generator=g, dtype=torch.float64),
+             torch.randint(0, 3, (2, 4), generator=g))
+    theta = {k: v.detach().requires_grad_() for k, v in params_of(model).items()}
+    res = maml_meta_gradient(model, theta, {}, F.cross_entropy, support, query, steps=2, lr=0.5)
+    # reference: second-order autograd through each task's adaptation, written out by hand
+    losses = []
+    for t in range(2):
+        p = dict(theta)
+        for _ in range(2):
+            out = p["a.weight"] @ support[0][t].T + p["b.weight"] @ support[1][t].T
+            loss = F.cross_entropy(out.T + p["a.bias"] + p["b.bias"], support[2][t])
+            grads = torch.autograd.grad(loss, list(p.values()), create_graph=True)
+            p = {k: v - 0.5 * gr for (k, v), gr in zip(p.items(), grads)}
+        out = (p["a.weight"] @ query[0][t].T + p["b.weight"] @ query[1][t].T).T + p["a.bias"] + p["b.bias"]
+        losses.append(F.cross_entropy(out, query[2][t]))
+    want = torch.stack(losses).mean()
+    torch.testing.assert_close(res.loss, want.detach())
+    torch.testing.assert_close(res.grads, dict(zip(theta, torch.autograd.grad(want, list(theta.values())))))
+
+
+def test_maml_meta_gradients_of_a_parameter_the_model_ignores_are_zero_tensors():
+    class WithUnused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.unused = nn.Linear(2, 2), nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return self.lin(x)
+
+    torch.manual_seed(0)
+    model = WithUnused()
+    theta = params_of(model, detach=True)
+    lr = {k: torch.full_like(v, 0.3) for k, v in theta.items()}
+    res = maml_meta_gradient(model, theta, {}, F.mse_loss, tasks(2), tasks(2, seed=2), steps=2, lr=lr)
+    torch.testing.assert_close(res.grads["unused"], torch.zeros(3), rtol=0, atol=0)
+    torch.testing.assert_close(res.lr_grads["unused"], torch.zeros(3), rtol=0, atol=0)
+    assert res.grads["lin.weight"].abs().max() > 0
+
+
+def test_maml_meta_gradient_returns_detached_results_and_leaves_params_and_lr_alone():
+    model = mlp()
+    theta = params_of(model, detach=True)
+    lr = {k: torch.full_like(v, 0.3) for k, v in theta.items()}
+    res = maml_meta_gradient(model, theta, {}, F.mse_loss, tasks(2), tasks(2, seed=2), steps=2, lr=lr)
+    returned = [res.loss, res.task_losses, res.outputs, *res.grads.values(), *res.lr_grads.values()]
+    assert all(not t.requires_grad and t.grad_fn is None for t in returned)  # no graph kept alive per meta-step
+    assert not any(t.requires_grad for t in (*theta.values(), *lr.values()))  # the caller's tensors are not flagged

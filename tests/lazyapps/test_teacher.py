@@ -147,7 +147,7 @@ def test_lazy_meta_gradient_is_gamma_times_gradient_at_phi(last):
 
     phi = {k: v.detach().requires_grad_() for k, v in leap.params.items()}  # fresh leaf at φ
     ref = torch.autograd.grad(val_loss(phi), list(phi.values()))
-    assert loss == val_loss(phi).detach()
+    assert loss == val_loss(phi).detach() and loss.grad_fn is None  # detached: the task's graph is not kept alive
     for (k, g), r in zip(grads.items(), ref):
         torch.testing.assert_close(g, leap.gamma * r, rtol=0, atol=0)
     assert leap.gamma < 1.0 and any(r.abs().max() > 0 for r in ref)
@@ -327,3 +327,75 @@ def test_lazy_meta_gradient_of_a_parameter_the_loss_ignores_is_zero():
     _, grads = lazy_maml_meta_gradient(theta, leap, lambda p: p["w"].sum())
     torch.testing.assert_close(grads["w"], torch.full((2,), 0.5))
     torch.testing.assert_close(grads["unused"], torch.zeros(3))  # a tensor, so grads of tasks can be summed
+
+
+def test_a_single_student_step_is_allowed_and_is_one_sgd_step():
+    model = mlp()
+    theta = params_of(model, detach=True)
+    x, y = minibatches(1)[0]
+    ckpts = explore(model, theta, student_loss([(x, y)]), steps=1, lr=0.1)
+    grads = torch.autograd.grad(F.mse_loss(model(x), y), list(model.parameters()))
+    assert type(ckpts) is list and len(ckpts) == 1
+    torch.testing.assert_close(ckpts[0], {k: t - 0.1 * g for (k, t), g in zip(theta.items(), grads)})
+
+
+def test_explore_checkpoints_are_detached_for_live_parameters_the_loss_ignores():
+    class WithUnused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.unused = nn.Linear(3, 2), nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return self.lin(x)
+
+    torch.manual_seed(0)
+    model = WithUnused()
+    theta = params_of(model)  # live nn.Parameters requiring grad
+    ckpts = explore(model, theta, student_loss(minibatches(2)), steps=2, lr=0.1, keep_last=2)
+    for ck in ckpts:
+        assert all(not v.requires_grad and v.grad_fn is None for v in ck.values())
+        torch.testing.assert_close(ck["unused"], torch.ones(4), rtol=0, atol=0)
+
+
+def test_gammas_may_be_the_ends_of_the_unit_interval():
+    # γ = 1 leaps nowhere (φ = θ), γ = 0 takes the student's checkpoint as it is.
+    theta = {"w": torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)}
+    phi = {"w": torch.tensor([3.0, 1.0], dtype=torch.float64)}
+    teacher = LazyTeacher(gammas=(0.0, 1.0))
+    to_theta = teacher.leap(theta, [phi], sq_dist(theta["w"].detach()))
+    to_phi = teacher.leap(theta, [phi], sq_dist(phi["w"]))
+    assert (to_theta.gamma, to_phi.gamma) == (1.0, 0.0) and to_theta.score == to_phi.score == 0.0
+    torch.testing.assert_close(to_theta.params["w"].detach(), theta["w"].detach(), rtol=0, atol=0)
+    torch.testing.assert_close(to_phi.params["w"].detach(), phi["w"], rtol=0, atol=0)
+    _, grads = lazy_maml_meta_gradient(theta, to_phi, lambda p: p["w"].sum())
+    torch.testing.assert_close(grads["w"], torch.zeros(2, dtype=torch.float64))  # nothing of θ is left in φ
+
+
+def test_gamma_rows_and_bad_explicit_weight_grids_are_refused_clearly():
+    with pytest.raises(ValueError, match="gammas must be a non-empty sequence"):
+        LazyTeacher(gammas=torch.tensor([[0.8, 0.9]]))  # iterating gives a row, not a gamma
+    with pytest.raises(ValueError, match="last must be a whole number >= 1, got 0"):
+        LazyTeacher(last=0)
+    # short of 1, a negative entry, the wrong length
+    for grid in ([(0.2, 0.3)], [(1.5, -0.5)], [(0.5, 0.5, 0.0)], [(1.0,)]):
+        with pytest.raises(ValueError, match="each weight tuple needs 2 non-negative entries summing to 1"):
+            LazyTeacher(last=2, weight_grid=grid)
+    with pytest.raises(ValueError, match="at least one weight tuple"):
+        LazyTeacher(last=2, weight_grid=[])
+
+
+def test_explicit_weight_grids_are_read_as_floats_and_a_rounded_1_over_n_step_is_accepted():
+    teacher = LazyTeacher(last=2, weight_grid=torch.tensor([[0.25, 0.75], [1.0, 0.0]]))
+    assert teacher.weights == ((0.25, 0.75), (1.0, 0.0))
+    assert all(type(a) is float for w in teacher.weights for a in w)
+    # 49 * (1/49) != 1 in floating point; the simplex still has C(49 + 1, 1) = 50 points
+    grid = simplex_grid(2, 1 / 49)
+    assert len(grid) == 50 and grid[0] == (0.0, 1.0) and grid[-1] == (1.0, 0.0)
+
+
+def test_integer_tensor_scores_are_reported_as_floats():
+    theta, phi = vec_params([0.0, 0.0], [1.0, 1.0])
+    # "accuracy" as a count of coordinates below 0.17: an int64 tensor
+    leap = LazyTeacher(criterion="accuracy").leap(theta, [phi], lambda p: (p["w"] < 0.17).sum())
+    assert leap.gamma == 0.85 and leap.score == 2.0  # the first candidate with both coordinates (1 - γ) below 0.17
+    assert type(leap.score) is float and all(type(s) is float for _, _, s in leap.scores)

@@ -357,3 +357,132 @@ def test_meta_weight_net_step_follows_the_meta_gradient_and_reduces_unnormalised
         fresh = method.weight_net(ce)
     assert torch.allclose(method.last_weights, fresh)
     assert float(loss.detach()) == pytest.approx(float((fresh * ce).mean()), rel=1e-6)  # Shu et al.: (1/N) Σ V(ℓ_i) ℓ_i
+
+
+def test_chunks_cover_the_range_in_near_equal_contiguous_slices():
+    for n, parts in [(10, 3), (12, 4), (7, 1), (2, 5), (5, 0), (1, 1)]:
+        slices = chunks(n, parts)
+        assert len(slices) == max(1, min(parts, n))
+        assert [i for s in slices for i in range(n)[s]] == list(range(n))  # contiguous, in order, each index once
+        sizes = [len(range(n)[s]) for s in slices]
+        assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+
+
+def test_virtual_step_is_plain_sgd_for_uniform_one_hot_and_zero_weights_and_is_detached():
+    model, x, y, _, _ = _linear_meta_problem()
+    params = dict(model.named_parameters())  # live parameters, as the trainer passes them
+    look = LookAhead(model, params, x, y, L.cross_entropy, lr=0.4)
+    per_example = F.cross_entropy(model(x), y, reduction="none")
+    ones, one_hot = torch.ones(10, dtype=torch.float64), torch.eye(10, dtype=torch.float64)[3]
+    for w, objective in ((ones, per_example.mean()), (one_hot, per_example[3] / 10)):
+        grads = torch.autograd.grad(objective, list(params.values()), retain_graph=True)
+        moved = look.step(w)
+        for (k, p), g in zip(params.items(), grads):
+            torch.testing.assert_close(moved[k], p.detach() - 0.4 * g)
+            assert not moved[k].requires_grad
+    still = look.step(torch.zeros(10, dtype=torch.float64))
+    assert all(torch.equal(still[k], p.detach()) and not still[k].requires_grad for k, p in params.items())
+
+
+def test_virtual_step_recomputes_losses_given_without_a_graph():
+    model, x, y, _, _ = _linear_meta_problem()
+    w = torch.rand(10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    detached = L.cross_entropy(model(x), y).detach()
+    given = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4, losses=detached).step(w)
+    computed = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4).step(w)
+    torch.testing.assert_close(given, computed)
+
+
+class _WithUnused(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.lin, self.unused = torch.nn.Linear(5, 3), torch.nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def test_two_ranks_with_identical_rows_step_as_one_process_on_the_doubled_batch():
+    # Each rank's gradient is over its rows with N = the whole batch; summing over ranks must give the whole
+    # batch's step, also for a parameter the loss ignores (its gradient is None before the sum).
+    model = _WithUnused().double()
+    _, x, y, _, _ = _linear_meta_problem()
+    w = torch.rand(10, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    two = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4, batch_size=20,
+                    sum_over_ranks=lambda grads: [2 * g for g in grads]).step(w)
+    one = LookAhead(model, params_of(model), torch.cat([x, x]), torch.cat([y, y]), L.cross_entropy, lr=0.4).step(torch.cat([w, w]))
+    torch.testing.assert_close(two, one)
+    torch.testing.assert_close(one["unused"], torch.ones(4, dtype=torch.float64), rtol=0, atol=0)
+    assert not torch.allclose(one["lin.weight"], model.lin.weight.detach())
+
+
+def test_pull_back_and_lazy_direction_with_a_parameter_the_loss_ignores():
+    from lazyapps.teacher import LazyTeacher
+    from longtail.reweighting import lazy_direction
+
+    model = _WithUnused().double()
+    _, x, y, vx, vy = _linear_meta_problem()
+    look = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4)
+    v, _ = plain_direction(model, look.step(torch.ones(10, dtype=torch.float64)), vx, vy)
+    # a direction may omit the parameters it does not move
+    without = {k: t for k, t in v.items() if k != "unused"}
+    assert torch.equal(look.weight_gradient(without), look.weight_gradient({**without, "unused": torch.zeros(4, dtype=torch.float64)}))
+    # the lazy direction (b = 1: the winning candidate's own graph) has a zero tensor for it
+    theta = {k: t.detach() for k, t in params_of(model).items()}
+    v, leap, _ = lazy_direction(model, theta, lambda predict: F.cross_entropy(predict(x), y), vx, vy, steps=2, lr=0.5,
+                                teacher=LazyTeacher(gammas=(0.5, 0.9)))
+    ref, _ = plain_direction(model, {k: t.detach() for k, t in leap.params.items()}, vx, vy)
+    torch.testing.assert_close(v["unused"], torch.zeros(4, dtype=torch.float64), rtol=0, atol=0)
+    torch.testing.assert_close(v["lin.weight"], leap.gamma * ref["lin.weight"])
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-6), (torch.float32, 1e-2)])
+def test_difference_quotient_matches_the_jvp_whatever_the_scales_of_theta_and_v(dtype, tolerance):
+    # h = √ε·max(‖θ‖, 1)/‖v‖ makes the probe θ + h·v the same relative move for any ‖v‖ and ‖θ‖ (zero θ included).
+    g = torch.Generator().manual_seed(3)
+    for theta_scale in (0.0, 1.0, 10.0):
+        model = torch.nn.Linear(5, 3).to(dtype)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(theta_scale * torch.randn(p.shape, generator=g, dtype=dtype))
+        x, y = torch.randn(10, 5, generator=g, dtype=dtype), torch.randint(0, 3, (10,), generator=g)
+        vx, vy = torch.randn(7, 5, generator=g, dtype=dtype), torch.randint(0, 3, (7,), generator=g)
+        look = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4, losses=L.cross_entropy(model(x), y))
+        v, _ = plain_direction(model, look.step(torch.ones(10, dtype=dtype)), vx, vy)
+        for c in (1e-6, 1.0, 1e6):
+            scaled = {k: c * t for k, t in v.items()}
+            exact, cheap = look.weight_gradient(scaled, mode="jvp"), look.weight_gradient(scaled)
+            assert exact.abs().max() > 0
+            assert float((cheap - exact).norm() / exact.norm()) < tolerance, (theta_scale, c)
+
+
+def test_weight_gradient_is_a_graph_free_tensor_of_the_parameters_dtype():
+    model, x, y, vx, vy = _linear_meta_problem()
+    look = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4, losses=L.cross_entropy(model(x), y))
+    v, _ = plain_direction(model, look.step(torch.ones(10, dtype=torch.float64)), vx, vy)
+    for direction in (v, {k: torch.zeros_like(t) for k, t in v.items()}):
+        grad_w = look.weight_gradient(direction)
+        assert grad_w.dtype == torch.float64 and grad_w.shape == (10,)
+        assert not grad_w.requires_grad and grad_w.grad_fn is None  # no path back into the real forward's graph
+
+
+def test_lazy_direction_with_the_loss_criterion_picks_the_lowest_validation_loss():
+    from lazyapps.teacher import LazyTeacher
+    from longtail.reweighting import lazy_direction
+
+    model, x, y, vx, vy = _linear_meta_problem()
+    theta = {k: t.detach() for k, t in params_of(model).items()}
+    gammas = (0.2, 0.5, 0.8)
+    v, leap, val_loss = lazy_direction(model, theta, lambda predict: F.cross_entropy(predict(x), y), vx, vy, steps=1,
+                                       lr=0.5, teacher=LazyTeacher(gammas=gammas, criterion="loss"))
+    # by hand: one full-batch SGD step, then the validation loss of every γθ + (1 − γ)φ
+    leaf = {k: t.clone().requires_grad_() for k, t in theta.items()}
+    grads = torch.autograd.grad(F.cross_entropy(torch.func.functional_call(model, leaf, (x,)), y), list(leaf.values()))
+    phi = {k: theta[k] - 0.5 * gr for k, gr in zip(theta, grads)}
+    losses = [float(F.cross_entropy(torch.func.functional_call(model, {k: gm * theta[k] + (1 - gm) * phi[k] for k in theta}, (vx,)), vy))
+              for gm in gammas]
+    assert [s for _, _, s in leap.scores] == pytest.approx(losses, rel=1e-12)
+    assert leap.gamma == gammas[losses.index(min(losses))] and val_loss == pytest.approx(min(losses), rel=1e-12)
+    ref, _ = plain_direction(model, {k: t.detach() for k, t in leap.params.items()}, vx, vy)
+    torch.testing.assert_close(v, {k: leap.gamma * r for k, r in ref.items()})
