@@ -228,3 +228,121 @@ def test_a_target_out_of_memory_is_told_to_query_fewer_images_not_to_take_any_ba
     with pytest.raises(LazyAppsError, match=r"\(OutOfMemoryError: CUDA out of memory.*\); query fewer images at once") as info:
         bb.query(images(2))
     assert "any size" not in str(info.value) and bb.total == 0
+
+
+def test_calling_the_blackbox_charges_the_given_images():
+    bb = BlackBox(CountingNet())
+    bb(images(3), index=[2, 2, 0])
+    assert bb.counts.tolist() == [1, 0, 2] and bb.total == 3
+
+
+def test_a_boolean_mask_is_not_taken_for_image_numbers():
+    bb = BlackBox(CountingNet())
+    with pytest.raises(LazyAppsError, match="integer"):
+        bb.query(images(2), index=torch.tensor([True, False]))
+    assert bb.total == 0
+
+
+def test_remaining_validates_its_index_like_a_query():
+    bb = BlackBox(CountingNet(), budget=4)
+    bb.query(images(2))
+    with pytest.raises(LazyAppsError, match="non-negative"):
+        bb.remaining([-1])  # not "the last image's"
+    with pytest.raises(LazyAppsError, match="integer"):
+        bb.remaining(torch.tensor([0.0]))
+    fresh = BlackBox(CountingNet(), budget=4)
+    assert fresh.remaining(torch.zeros(0, dtype=torch.long)).tolist() == [] and fresh.remaining([]).tolist() == []
+    assert fresh.n_images == 0  # asking about no image adds no counter
+
+
+def test_batch_size_must_be_positive_and_one_sends_row_by_row():
+    with pytest.raises(LazyAppsError, match="batch_size must be at least 1"):
+        BlackBox(CountingNet(), batch_size=0)
+    net = CountingNet()
+    bb = BlackBox(net, batch_size=1)
+    scores = bb.query(images(3), index=[0, 0, 1])
+    assert net.calls == 3 and bb.counts.tolist() == [2, 1]
+    torch.testing.assert_close(scores, BlackBox(CountingNet()).query(images(3)))
+
+
+def test_counters_start_empty_and_stay_int64_after_reset():
+    bb = BlackBox(CountingNet())
+    assert bb.n_images == 0 and bb.remaining().tolist() == []
+    bb.query(images(2))
+    bb.reset()
+    assert bb.n_images == 0 and bb.total == 0
+    bb.reset(3)
+    bb.query(images(2), index=[2, 2])
+    assert bb.counts.dtype == torch.int64 and bb.counts.tolist() == [0, 0, 2]
+
+
+def test_an_empty_query_runs_nothing_and_adds_no_counter():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(18, 4)).double()
+    calls = []
+    net.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    bb = BlackBox(net)
+    first = bb.query(images(0), index=[])  # K not known yet: one uncounted probe row
+    assert first.shape == (0, 4) and first.dtype == torch.float64 and calls == [1] and bb.n_images == 0
+    bb.query(images(1), index=[1])
+    second = bb.query(images(0), index=[])
+    assert second.shape == (0, 4) and calls == [1, 1]  # the target is not asked about no image
+    assert bb.counts.tolist() == [0, 1] and bb.total == 1
+
+
+def test_a_single_nan_pixel_is_refused():
+    bb = BlackBox(CountingNet())
+    x = images(2)
+    x[1, 0, 2, 2] = float("nan")
+    with pytest.raises(LazyAppsError, match="NaN"):
+        bb.query(x)
+    assert bb.total == 0
+
+
+def test_a_query_that_is_not_a_tensor_is_a_clear_error():
+    bb = BlackBox(CountingNet())
+    with pytest.raises(LazyAppsError, match="torch.Tensor, got list"):
+        bb.query(images(1).tolist())
+
+
+class BufferNet(nn.Module):
+    """A float64 linear target whose weights are buffers (no parameters): its dtype is found there."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("weight", torch.randn(18, 4, generator=torch.Generator().manual_seed(0),
+                                                   dtype=torch.float64))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight
+
+
+@pytest.mark.parametrize("make", [lambda: CountingNet().double(), BufferNet], ids=["parameters", "buffers"])
+def test_queries_are_cast_to_the_targets_dtype(make):
+    """float32 images (as datasets give them) against a float64 target: the class probe and the queries run in the
+    target's dtype, scores equal to the target's own on the same images."""
+    net = make()
+    bb = BlackBox(net)
+    assert bb.num_classes((2, 3, 3)) == 4
+    x = images(3)
+    scores = bb.query(x)
+    with torch.no_grad():
+        expected = net(x.double())
+    assert scores.dtype == torch.float64
+    torch.testing.assert_close(scores, expected)
+
+
+def test_the_class_probe_fixes_the_image_shape_and_leaves_a_training_target_alone():
+    """num_classes before any query: the probe runs in eval mode (batch-norm statistics untouched) and later
+    queries of another image shape are refused before charging, even by a target that would take them."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(3, 5))
+    net.train()
+    stats = net[1].running_mean.clone(), net[1].running_var.clone()
+    bb = BlackBox(net)
+    assert bb.num_classes((2, 3, 3)) == 5
+    assert torch.equal(net[1].running_mean, stats[0]) and torch.equal(net[1].running_var, stats[1])
+    with pytest.raises(LazyAppsError, match=r"images of shape \(2, 3, 3\)"):
+        bb.query(torch.rand(1, 2, 4, 4))
+    assert bb.total == 0

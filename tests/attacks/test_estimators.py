@@ -277,3 +277,97 @@ def test_nes_without_antithetic_reuses_known_scores(setup):
     assert queries.tolist() == [40] * 3 == bb.counts.tolist()
     assert est.queries_per_estimate(tuple(x.shape), scores_known=True) == 40
     assert est.queries_per_estimate(tuple(x.shape), scores_known=False) == 41
+
+
+def test_forward_differences_without_scores_on_multichannel_images(setup):
+    """2-channel images, f(x) queried in the same call: all 2·4·4 coordinates plus one, and the true gradient."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 16, 4)).double()
+    x = 0.2 + 0.6 * torch.rand(3, 2, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    est = ZOOEstimator(mode="forward", h=1e-6)
+    assert est.queries_per_estimate(tuple(x.shape), scores_known=False) == 33
+    assert est.next_cost(torch.arange(3), tuple(x.shape), scores_known=False).tolist() == [33] * 3
+    bb = BlackBox(model)
+    grad, queries = est.estimate(bb, x, y)
+    assert queries.tolist() == [33] * 3 == bb.counts.tolist()
+    torch.testing.assert_close(grad, true_gradient(model, x, y), rtol=1e-4, atol=1e-7)
+
+
+def test_zoo_query_counts_by_hand():
+    shape = (5, 3, 4, 4)  # d = 48
+    assert ZOOEstimator().queries_per_estimate(shape) == 96
+    assert ZOOEstimator(coordinates=100).queries_per_estimate(shape) == 96  # at most d coordinates
+    assert ZOOEstimator(coordinates=7, mode="forward").queries_per_estimate(shape) == 7
+    assert ZOOEstimator(mode="forward").queries_on(5) == 5 and ZOOEstimator(mode="forward").queries_on(
+        5, scores_known=False) == 6
+
+
+def test_zoo_on_one_random_coordinate(setup):
+    model, x, y = setup
+    bb = BlackBox(model)
+    grad, queries = ZOOEstimator(coordinates=1, seed=0).estimate(bb, x, y)
+    assert queries.tolist() == [2] * 3 == bb.counts.tolist()
+    assert (grad.flatten(1) != 0).sum(1).tolist() == [1] * 3
+
+
+def test_estimator_settings_at_their_limits():
+    for bad in (dict(h=0.5), dict(h=0.0), dict(coordinates=0)):
+        with pytest.raises(LazyAppsError):
+            ZOOEstimator(**bad)
+    for bad in (dict(samples=0), dict(samples=0, antithetic=False), dict(sigma=0.0)):
+        with pytest.raises(LazyAppsError):
+            NESEstimator(**bad)
+    for name in ("exploration", "fd_eta", "online_lr"):
+        with pytest.raises(LazyAppsError, match="must be positive"):
+            BanditsEstimator(**{name: 0.0})
+    assert NESEstimator(samples=1, antithetic=False).queries_per_estimate((1, 1, 8, 8), scores_known=False) == 2
+
+
+def test_a_single_nes_sample_without_antithetic_pairs(setup):
+    model, x, y = setup
+    bb = BlackBox(model)
+    grad, queries = NESEstimator(samples=1, antithetic=False, seed=0).estimate(bb, x, y)
+    assert queries.tolist() == [2] * 3 == bb.counts.tolist() and torch.isfinite(grad).all()
+
+
+def test_eg_step_is_the_exponentiated_gradient_update():
+    """Ilyas et al.'s EG step on p = (v + 1)/2: p·e^{lr g} / (p·e^{lr g} + (1 − p)·e^{−lr g}), back to [−1, 1]."""
+    from attacks.estimators import _eg_step
+
+    v = torch.tensor([-0.9, -0.2, 0.0, 0.5, 0.95], dtype=torch.float64)
+    g = torch.tensor([0.3, -1.0, 2.0, 0.1, -0.4], dtype=torch.float64)
+    lr = 0.7
+    p = (v + 1) / 2
+    up, down = p * torch.exp(lr * g), (1 - p) * torch.exp(-lr * g)
+    torch.testing.assert_close(_eg_step(v, g, lr), 2 * up / (up + down) - 1)
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(prior_update="gd", fd_eta=0.01, exploration=0.01, online_lr=0.1)],
+                         ids=["eg-linf", "gd-l2"])
+def test_bandits_equals_algorithm_2_by_hand(setup, settings):
+    """Two successive estimates against the algorithm written out per image with the same exploration
+    directions (its image streams): probes x + η·q/‖q‖ for q = up(v ± u), Δ = (L₁ − L₂)/(ηδ)·u, then the
+    prior update."""
+    from attacks.estimators import ImageStreams, _eg_step
+
+    model, x, y = setup
+    tile, index = 4, torch.tensor([2, 0, 6])
+    est = BanditsEstimator(tile_size=tile, seed=5, **settings)
+    eta, delta, lr = est.fd_eta, est.exploration, est.online_lr
+    streams = ImageStreams(5)
+    prior = torch.zeros(3, 1, 2, 2, dtype=torch.float64)
+    up = lambda v: v.repeat_interleave(tile, -1).repeat_interleave(tile, -2)  # noqa: E731
+    bb = BlackBox(model)
+    with torch.no_grad():
+        for _ in range(2):
+            grad, _ = est.estimate(bb, x, y, index=index)
+            u = streams.draw(index, (1, 2, 2), like=prior) * (delta / 2)  # δ/√dim(v), dim(v) = 4
+            for i in range(3):
+                f = lambda z: float(margin_loss(model(z.clamp(0, 1).unsqueeze(0)), y[i:i + 1]))  # noqa: E731
+                q1, q2 = up(prior[i] + u[i]), up(prior[i] - u[i])
+                step = (f(x[i] + eta * q1 / q1.norm()) - f(x[i] + eta * q2 / q2.norm())) / (eta * delta) * u[i]
+                prior[i] = prior[i] + lr * step if settings else _eg_step(prior[i], step, lr)
+            torch.testing.assert_close(grad, up(prior))
+    assert bb.counts[index].tolist() == [4] * 3

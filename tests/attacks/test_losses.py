@@ -92,3 +92,28 @@ def test_underflowed_probabilities_give_a_finite_loss():
 def test_one_dimensional_float_scores_are_not_labels():
     with pytest.raises(LazyAppsError, match="batch, classes"):
         is_adversarial(torch.tensor([0.0, 2.0]), torch.tensor([0, 1]))
+
+
+def test_labels_of_any_integer_dtype_give_the_int64_loss(batch):
+    """Labels as data files store them (uint8, int32) pick the same scores as int64 labels."""
+    logits, y, target = batch
+    for dtype in (torch.uint8, torch.int32):
+        torch.testing.assert_close(margin_loss(logits, y.to(dtype)), margin_loss(logits, y))
+        torch.testing.assert_close(margin_loss(logits, y, target.to(dtype)), margin_loss(logits, y, target))
+
+
+def test_the_default_loss_stops_at_zero_once_fooled():
+    """κ = 0 by default (Du et al.): a row fooled by a wide margin has loss 0, not the negative margin."""
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 0.0]])  # row 0 (label 0) fooled by 3, row 1 not
+    y = torch.tensor([0, 0])
+    assert MarginLoss()(logits, y).tolist() == [0.0, 2.0]
+    assert MarginLoss(kind="probs")(logits.softmax(1), y).tolist() == pytest.approx([0.0, 2.0])
+    assert margin_loss(logits, y).tolist() == [0.0, 2.0]
+
+
+def test_predicted_labels_argmax_integer_scores_and_return_int64_labels():
+    from attacks.losses import predicted_labels
+
+    assert predicted_labels(torch.tensor([[3, 1, 0], [0, 1, 5]])).tolist() == [0, 2]  # (B, K) integer scores
+    labels = predicted_labels(torch.tensor([0, 2], dtype=torch.int32))  # (B,) labels as they are
+    assert labels.dtype == torch.int64 and labels.tolist() == [0, 2]

@@ -373,3 +373,223 @@ def test_meta_attack_passes_zoo_mode_and_loss_to_its_estimator():
                       step=1e-5, zoo_mode="symmetric", finetune_steps=0)
     assert out.queries.tolist() == [10, 10] and not out.success.any()
     assert seen == [2 * 8]  # the loss differentiated is the caller's: 8 query rows per image
+
+
+def test_blocked_by_box_against_a_clipped_sign_step():
+    """Blocked ⇔ a non-zero gradient whose clipped descent sign step leaves the pixel where it is."""
+    xs, gs = torch.tensor([0.0, 0.3, 1.0]), torch.tensor([-1.0, -0.5, -1e-3, 0.0, 1e-3, 0.5, 1.0])
+    x = xs.repeat_interleave(len(gs)).reshape(1, 1, 1, -1)
+    g = gs.repeat(len(xs)).reshape(1, 1, 1, -1)
+    stepped = (x - 0.01 * g.sign()).clamp(0, 1)
+    assert torch.equal(blocked_by_box(x, g), (g != 0) & (stepped == x))
+
+
+def test_meta_estimator_settings_below_their_minimum_are_refused():
+    net = MetaAttacker(1, (4,))
+    for bad in (dict(q=0), dict(every=0), dict(finetune_steps=-1)):
+        with pytest.raises(LazyAppsError, match="need q >= 1, every >= 1 and finetune_steps >= 0"):
+            MetaEstimator(net, **bad)
+    MetaEstimator(net, q=1, every=1, finetune_steps=0)  # the smallest settings are valid
+
+
+def test_defaults_are_du_et_als_mnist_settings_everywhere():
+    """meta_attack's and MetaEstimator's defaults are PAPER_SETTINGS['mnist'], and the pipeline's paper preset
+    attacks with PAPER_SETTINGS of each dataset (three places that must agree)."""
+    import inspect
+
+    from attacks.meta_attack import PAPER_SETTINGS
+    from attacks.pipeline import PRESETS
+
+    attack = {k: p.default for k, p in inspect.signature(meta_attack).parameters.items()}
+    estimator = {k: p.default for k, p in inspect.signature(MetaEstimator).parameters.items()}
+    assert {k: attack[k] for k in PAPER_SETTINGS["mnist"]} == PAPER_SETTINGS["mnist"]
+    assert {k: estimator[k] for k in ("q", "every", "h")} == {k: attack[k] for k in ("q", "every", "h")}
+    shared = ("finetune_steps", "finetune_lr", "zoo_mode", "skip_blocked")
+    assert {k: attack[k] for k in shared} == {k: estimator[k] for k in shared}
+    assert (estimator["finetune_steps"], estimator["finetune_lr"]) == (PRESETS["paper"]["mnist"]["finetune_steps"],
+                                                                        PRESETS["paper"]["mnist"]["finetune_lr"])
+    assert (estimator["zoo_mode"], estimator["skip_blocked"]) == ("forward", False)  # Du et al.'s implementation
+    for dataset, settings in PAPER_SETTINGS.items():
+        assert {k: PRESETS["paper"][dataset][k] for k in settings} == settings
+    assert attack["max_queries"] == PRESETS["paper"]["mnist"]["max_queries"] == 10_000
+
+
+def test_a_meta_attacker_in_training_mode_predicts_in_eval_mode():
+    """A meta-attacker handed over in training mode (dropout on) gives the eval-mode prediction on its top q."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Dropout(0.5), nn.Conv2d(4, 1, 3, padding=1)).train()
+    model = _target(1)
+    x, y = _images(model, 2)
+    with torch.no_grad():
+        reference = copy.deepcopy(net).eval()(x)
+    grad, queries = MetaEstimator(net, q=8, every=5).estimate(BlackBox(model), x, y)
+    mask = top_coordinates(reference, 8)
+    assert queries.tolist() == [0, 0]
+    torch.testing.assert_close(grad, torch.where(mask, reference, torch.zeros_like(reference)))
+
+
+def test_the_zoo_step_is_a_forward_difference_with_the_estimators_h():
+    """Against a loop by hand: (f(x + h·e_c) − f(x)) / h on each image's top-q coordinates of its copy, h = 0.05."""
+    from attacks.per_image import predict
+
+    model = _target(1).double()
+    x, y = _images(model, 2)
+    x = 0.1 + 0.8 * x  # x + h stays in [0, 1]
+    with torch.no_grad():
+        y, scores = model(x).argmax(1), model(x)
+    h, q = 0.05, 6
+    est = MetaEstimator(MetaAttacker(1, (4, 8)).double(), q=q, every=1, h=h, finetune_steps=0)
+    top = top_indices(predict(est.model, stack_copies(est.theta, 2), x), q)
+    grad, queries = est.estimate(BlackBox(model), x, y, scores=scores)
+    assert queries.tolist() == [q, q]
+    with torch.no_grad():
+        for i in range(2):
+            f = lambda z: float(margin_loss(model(z.reshape(1, 1, 8, 8)), y[i:i + 1]))  # noqa: E731
+            expected = torch.zeros(64, dtype=torch.float64)
+            for c in top[i].tolist():
+                bumped = x[i].flatten().clone()
+                bumped[c] += h
+                expected[c] = (f(bumped) - f(x[i])) / h
+            torch.testing.assert_close(grad[i].flatten(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_costs_when_q_exceeds_an_images_pixels():
+    """q = 100 on 2×4×4 images: every one of the 32 coordinates is estimated; the f(x) query only without scores."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(32, 3))
+    x = torch.rand(2, 2, 4, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    est = MetaEstimator(MetaAttacker(2, (4,)), q=100, every=1, finetune_steps=0)
+    shape = tuple(x.shape)
+    assert est.queries_per_estimate(shape) == 32 and est.queries_per_estimate(shape, scores_known=False) == 33
+    assert est.next_cost(torch.tensor([0, 1]), shape, scores_known=False).tolist() == [33, 33]
+    assert est.next_cost(torch.tensor([0, 1]), shape).tolist() == [32, 32]
+    bb = BlackBox(model)
+    grad, queries = est.estimate(bb, x, y)
+    assert queries.tolist() == [33, 33] == bb.counts.tolist()
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_next_cost_is_the_charge_of_each_call_from_the_first(every):
+    est = MetaEstimator(MetaAttacker(1, (4, 8)), q=16, every=every, finetune_steps=0)
+    model = _target(1)
+    x, y = _images(model, 2)
+    bb = BlackBox(model)
+    index = torch.tensor([3, 0])
+    costs = []
+    for _ in range(4):
+        costs.append(est.next_cost(index, tuple(x.shape)).tolist())
+        _, charged = est.estimate(bb, x, y, index=index, scores=bb.query(x, index=index))
+        assert charged.tolist() == costs[-1]
+    assert costs == [[16, 16] if (call + 1) % every == 0 else [0, 0] for call in range(4)]
+
+
+def test_an_images_copy_does_not_depend_on_the_images_seen_before_it():
+    """Image 5 first estimated after images 0 and 1 have fine-tuned copies gets a fresh copy of θ: the same
+    estimates and copy as an estimator that sees image 5 alone."""
+    model = _target(2)
+    x, y = _images(model, 3)
+    net = MetaAttacker(1, (4, 8))
+    busy, alone = (MetaEstimator(net, q=8, every=1, finetune_steps=2) for _ in range(2))
+    for _ in range(2):
+        busy.estimate(BlackBox(model), x[:2], y[:2], index=torch.tensor([0, 1]))
+    for _ in range(2):
+        g_busy, _ = busy.estimate(BlackBox(model), x[2:], y[2:], index=torch.tensor([5]))
+        g_alone, _ = alone.estimate(BlackBox(model), x[2:], y[2:], index=torch.tensor([5]))
+        torch.testing.assert_close(g_busy, g_alone)
+    for k, v in alone.copies(torch.tensor([5])).items():
+        torch.testing.assert_close(busy.copies(torch.tensor([5]))[k], v)
+
+
+def test_meta_attack_checks_the_meta_attackers_channels_before_any_query():
+    model = _target(6)
+    x, y = _images(model, 2)
+    bb = BlackBox(model)
+    with pytest.raises(LazyAppsError, match="takes 3-channel images, but the attacked images have 1"):
+        meta_attack(bb, x, y, MetaAttacker(3, (4,)))
+    assert bb.total == 0
+    # a meta-attacker without an in_channels attribute is not refused for lacking one
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 1, 3, padding=1))
+    out = meta_attack(bb, x, y, plain, max_queries=3, q=4, every=5, step=1e-4, finetune_steps=0)  # 2 free steps
+    assert out.queries.tolist() == [3, 3]
+
+
+def test_meta_attack_refuses_labels_or_targets_of_another_count_before_any_query():
+    model = _target(6)
+    x, y = _images(model, 3)
+    bb = BlackBox(model)
+    with pytest.raises(LazyAppsError, match=r"need \(N,\) labels and targets for 3 images"):
+        meta_attack(bb, x, torch.cat([y, y[:1]]), MetaAttacker(1, (4,)))  # (a chunk would slice the extra one off)
+    with pytest.raises(LazyAppsError, match=r"need \(N,\) labels and targets for 3 images"):
+        meta_attack(bb, x, y, MetaAttacker(1, (4,)), target=((y + 1) % 4)[:2])
+    with pytest.raises(LazyAppsError, match="batch_size must be at least 1"):
+        meta_attack(bb, x, y, MetaAttacker(1, (4,)), batch_size=0)
+    assert bb.total == 0
+
+
+def test_meta_attack_is_score_attack_with_a_meta_estimator_of_its_settings():
+    """Every setting reaches the estimator: the outcome and every image the target is asked about equal those of
+    the loop run by hand with MetaEstimator(settings), and differ when any one of h, finetune_steps, finetune_lr or
+    skip_blocked is left at its default instead."""
+    model = _target(3)
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.rand(4, 1, 8, 8, generator=gen) * 1.6 - 0.3).clamp(0, 1)  # pixels at 0 and 1: skip_blocked matters
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (4, 8))
+    settings = dict(q=6, every=2, h=0.02, finetune_steps=3, finetune_lr=0.3, skip_blocked=True)
+    budget, step = 60, 0.05
+
+    def asked(run):
+        seen = []
+        hook = model.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))
+        try:
+            out = run()
+        finally:
+            hook.remove()
+        return out, torch.cat(seen)
+
+    def by_hand(**changes):
+        est = MetaEstimator(net, **{**settings, **changes})
+        return asked(lambda: score_attack(BlackBox(model), x, y, est, max_queries=budget, step_size=step))
+
+    out, queried = asked(lambda: meta_attack(BlackBox(model), x, y, net, max_queries=budget, step=step, **settings))
+    expected, expected_queried = by_hand()
+    assert torch.equal(out.x_adv, expected.x_adv) and torch.equal(queried, expected_queried)
+    assert torch.equal(out.queries, expected.queries) and torch.equal(out.success, expected.success)
+    for name, default in (("h", 1e-4), ("finetune_steps", 20), ("finetune_lr", 1e-2), ("skip_blocked", False)):
+        _, other = by_hand(**{name: default})
+        assert other.shape != queried.shape or not torch.equal(other, queried), name
+
+
+def test_copies_of_images_without_one_are_a_key_error():
+    model = _target(1)
+    x, y = _images(model, 2)
+    est = MetaEstimator(MetaAttacker(1, (4, 8)), q=8, every=5)
+    est.estimate(BlackBox(model), x, y, index=torch.tensor([0, 3]))
+    assert set(est.copies(torch.tensor([3, 0]))) == set(est.theta)
+    for index in ([1], [0, 2]):  # not silently another image's copy
+        with pytest.raises(KeyError, match="no meta-attacker copy"):
+            est.copies(torch.tensor(index))
+
+
+@pytest.mark.parametrize("scores_known, cost", [(True, 8), (False, 9)])
+def test_a_due_zoo_step_is_taken_exactly_when_the_blackbox_can_pay_for_it(scores_known, cost):
+    """Blackbox budget `cost`, image 1 already charged once: image 0 can pay for its ZOO step (exactly), image 1
+    cannot and gets its copy's free prediction instead, charged nothing; nothing is refused."""
+    from attacks.per_image import predict
+
+    model = _target(1)
+    x, y = _images(model, 2)
+    est = MetaEstimator(MetaAttacker(1, (4, 8)), q=8, every=1, finetune_steps=0)
+    free = predict(est.model, stack_copies(est.theta, 2), x)
+    bb = BlackBox(model, budget=cost)
+    bb.query(x[1:], index=[1])
+    with torch.no_grad():
+        scores = model(x) if scores_known else None
+    grad, queries = est.estimate(bb, x, y, scores=scores)
+    assert queries.tolist() == [cost, 0] and bb.counts.tolist() == [cost, 1]
+    torch.testing.assert_close(grad[1], torch.where(top_coordinates(free, 8)[1], free[1], torch.zeros_like(free[1])))
+    assert not torch.allclose(grad[0], torch.where(top_coordinates(free, 8)[0], free[0], torch.zeros_like(free[0])))

@@ -198,3 +198,32 @@ def test_reset_estimator_restarts_the_estimators_random_streams(mnist_target):
     first = run()
     torch.testing.assert_close(run(), first)  # reset (the default): the same attack again
     assert not torch.allclose(run(reset_estimator=False), first)  # the streams go on: other directions
+
+
+def test_an_image_whose_blackbox_budget_is_spent_is_skipped_not_refused(mnist_target):
+    """Image 1 has no query left on the blackbox: it costs nothing and fails; the others are attacked as usual."""
+    model, x, y = mnist_target
+    bb = BlackBox(model, budget=7)
+    bb.query(x[1:2].expand(7, -1, -1, -1), index=[1] * 7)
+    out = score_attack(bb, x[:3], y[:3], TrueGradient(model), step_size=1e-5, max_iterations=2)
+    assert out.queries.tolist() == [5, 0, 5] and not out.success.any()
+    assert bb.counts.tolist() == [5, 7, 5]
+
+
+def test_run_baseline_dispatches_decision_based_methods_to_their_runner(mnist_target, monkeypatch):
+    from attacks import foolbox_bridge
+    from attacks.score_attack import run_baseline
+
+    model, x, y = mnist_target
+    for name in ("hsja", "boundary"):
+        monkeypatch.setattr(foolbox_bridge, f"run_{name}", lambda *a, name=name, **k: (name, k["max_queries"]))
+    assert run_baseline("hsja", BlackBox(model), x[:1], y[:1], max_queries=7) == ("hsja", 7)
+    assert run_baseline("boundary", BlackBox(model), x[:1], y[:1], max_queries=9) == ("boundary", 9)
+
+
+def test_run_baseline_passes_the_query_budget_to_score_based_attacks(mnist_target):
+    from attacks.score_attack import run_baseline
+
+    model, x, y = mnist_target
+    out = run_baseline("nes", BlackBox(model), x[:2], y[:2], max_queries=120, attack_settings={"step_size": 1e-6})
+    assert out.queries.tolist() == [1 + 2 * 51] * 2  # MNIST NES: 50 samples + 1 check per iteration; a third: 154
