@@ -24,8 +24,9 @@ chunks if asked), each row charged to its image through ``index``.
   *data* prior (tiles of ``tile_size`` pixels share one value).
 
 Perturbed points are clipped to [0, 1] (the blackbox refuses anything else);
-ZOO divides by the step actually taken, NES and Bandits use the actual
-displacement, so estimates stay consistent at the box boundary.
+ZOO divides by the step actually taken and NES uses the actual displacement,
+so their estimates stay consistent at the box boundary; Bandits divides by
+the nominal η·δ, as Ilyas et al.'s Algorithm 2 does.
 
 Random numbers (ZOO's coordinates, NES's directions, Bandits' exploration)
 come from one stream per image number (:class:`ImageStreams`), so an image's

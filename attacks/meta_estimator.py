@@ -122,9 +122,11 @@ class MetaEstimator(GradientEstimator):
 
     def copies(self, index: Tensor) -> dict[str, Tensor]:
         """The current parameters of the copies of images ``index`` (stacked)."""
-        rows = self._slot[torch.as_tensor(index).long()]
-        if self._copies is None or bool((rows < 0).any()):
+        index = torch.as_tensor(index).long()
+        unknown = (index < 0) | (index >= len(self._slot))  # (checked first: indexing would wrap or fail)
+        if self._copies is None or bool(unknown.any()) or bool((self._slot[index] < 0).any()):
             raise KeyError("some of these images have no meta-attacker copy yet")
+        rows = self._slot[index]
         return {k: v[rows.to(v.device)] for k, v in self._copies.items()}
 
     def estimate(

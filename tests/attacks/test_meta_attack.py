@@ -570,7 +570,7 @@ def test_copies_of_images_without_one_are_a_key_error():
     est = MetaEstimator(MetaAttacker(1, (4, 8)), q=8, every=5)
     est.estimate(BlackBox(model), x, y, index=torch.tensor([0, 3]))
     assert set(est.copies(torch.tensor([3, 0]))) == set(est.theta)
-    for index in ([1], [0, 2]):  # not silently another image's copy
+    for index in ([1], [0, 2], [7], [-1]):  # not silently another image's copy, nor an IndexError past the last one
         with pytest.raises(KeyError, match="no meta-attacker copy"):
             est.copies(torch.tensor(index))
 
