@@ -16,6 +16,8 @@ from lazyapps.functional import (
     sgd_adapt,
 )
 
+from .._models import TwoInputs, WithUnused
+
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -89,14 +91,6 @@ def test_adapt_tasks_vmap_equals_loop(create_graph, per_param_lr, device):
 
 
 def test_adapt_tasks_with_classification_and_multiple_inputs():
-    class TwoInputs(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(2, 3), nn.Linear(2, 3)
-
-        def forward(self, u, v):
-            return self.a(u) + self.b(v)
-
     torch.manual_seed(0)
     model = TwoInputs()
     u, v = torch.randn(2, 6, 2), torch.randn(2, 6, 2)
@@ -340,13 +334,6 @@ def test_maml_meta_gradient_with_vectorize_false_never_tries_vmap():
     torch.testing.assert_close(looped.grads, reference.grads)
 
 
-class TwoInputs(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Linear(2, 3), nn.Linear(2, 3)
-
-    def forward(self, u, v):
-        return self.a(u) + self.b(v)
 
 
 def test_maml_meta_gradient_of_a_two_input_model_matches_a_per_task_reference():
@@ -376,16 +363,8 @@ def test_maml_meta_gradient_of_a_two_input_model_matches_a_per_task_reference():
 
 
 def test_maml_meta_gradients_of_a_parameter_the_model_ignores_are_zero_tensors():
-    class WithUnused(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin, self.unused = nn.Linear(2, 2), nn.Parameter(torch.ones(3))
-
-        def forward(self, x):
-            return self.lin(x)
-
     torch.manual_seed(0)
-    model = WithUnused()
+    model = WithUnused(2, 2, 3)
     theta = params_of(model, detach=True)
     lr = {k: torch.full_like(v, 0.3) for k, v in theta.items()}
     res = maml_meta_gradient(model, theta, {}, F.mse_loss, tasks(2), tasks(2, seed=2), steps=2, lr=lr)

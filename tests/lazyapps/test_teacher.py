@@ -10,6 +10,8 @@ from torch import nn
 from lazyapps.functional import params_of
 from lazyapps.teacher import Leap, LazyTeacher, explore, lazy_maml_meta_gradient, reptile_update, simplex_grid
 
+from .._models import WithUnused
+
 GAMMAS = (0.75, 0.80, 0.85, 0.90, 0.95)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -218,14 +220,6 @@ def test_explore_matches_reference_optimizer(optimizer, device):
 
 
 def test_explore_under_no_grad_and_unused_parameters():
-    class WithUnused(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin, self.unused = nn.Linear(3, 2), nn.Parameter(torch.ones(4))
-
-        def forward(self, x):
-            return self.lin(x)
-
     torch.manual_seed(0)
     model = WithUnused()
     theta = params_of(model, detach=True)
@@ -340,14 +334,6 @@ def test_a_single_student_step_is_allowed_and_is_one_sgd_step():
 
 
 def test_explore_checkpoints_are_detached_for_live_parameters_the_loss_ignores():
-    class WithUnused(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin, self.unused = nn.Linear(3, 2), nn.Parameter(torch.ones(4))
-
-        def forward(self, x):
-            return self.lin(x)
-
     torch.manual_seed(0)
     model = WithUnused()
     theta = params_of(model)  # live nn.Parameters requiring grad

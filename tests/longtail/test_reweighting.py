@@ -14,6 +14,7 @@ from longtail.augment import normalize, random_crop_flip
 from longtail.methods import LazyTwoComponent, StepContext, TwoComponent
 from longtail.reweighting import LookAhead, batch_statistics, chunks, plain_direction, validation_loss
 
+from .._models import WithUnused
 
 
 def _batch(n, seed, dtype=torch.float32):
@@ -393,20 +394,11 @@ def test_virtual_step_recomputes_losses_given_without_a_graph():
     torch.testing.assert_close(given, computed)
 
 
-class _WithUnused(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(3)
-        self.lin, self.unused = torch.nn.Linear(5, 3), torch.nn.Parameter(torch.ones(4))
-
-    def forward(self, x):
-        return self.lin(x)
-
-
 def test_two_ranks_with_identical_rows_step_as_one_process_on_the_doubled_batch():
     # Each rank's gradient is over its rows with N = the whole batch; summing over ranks must give the whole
     # batch's step, also for a parameter the loss ignores (its gradient is None before the sum).
-    model = _WithUnused().double()
+    torch.manual_seed(3)
+    model = WithUnused(5, 3).double()
     _, x, y, _, _ = _linear_meta_problem()
     w = torch.rand(10, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     two = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4, batch_size=20,
@@ -421,7 +413,8 @@ def test_pull_back_and_lazy_direction_with_a_parameter_the_loss_ignores():
     from lazyapps.teacher import LazyTeacher
     from longtail.reweighting import lazy_direction
 
-    model = _WithUnused().double()
+    torch.manual_seed(3)
+    model = WithUnused(5, 3).double()
     _, x, y, vx, vy = _linear_meta_problem()
     look = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4)
     v, _ = plain_direction(model, look.step(torch.ones(10, dtype=torch.float64)), vx, vy)
