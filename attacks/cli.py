@@ -55,15 +55,11 @@ def attack(run: RunContext, target_spec: str, targeted: bool | None, target_clas
     """
     from lazyapps.errors import LazyAppsError
 
-    from .inputs import check_image_count
-
     if target_class is not None and targeted is False:
         raise LazyAppsError("--target-class is for targeted attacks; drop --untargeted (or use --targeted)")
     targeted = bool(targeted) or target_class is not None
     if max_queries is not None and max_queries < 1:
         raise LazyAppsError(f"--max-queries must be at least 1, got {max_queries}")
-    if n_images is not None:
-        check_image_count(n_images)
     from .pipeline import META_TRAINING_OF
 
     if skip_blocked and method not in META_TRAINING_OF:
