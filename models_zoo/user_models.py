@@ -72,6 +72,20 @@ def _archive_kind(path: Path) -> str | None:
     return None
 
 
+def _fixed_batch(program) -> int | None:
+    """The batch size a ``torch.export`` program's first input is fixed to (``None``: a dynamic batch dimension)."""
+    from torch.export.graph_signature import InputKind
+
+    names = [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind == InputKind.USER_INPUT]
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and names and node.name == names[0]:
+            shape = getattr(node.meta.get("val"), "shape", None)
+            if shape and isinstance(shape[0], int):
+                return int(shape[0])
+            return None
+    return None
+
+
 def _split_spec(spec: str) -> tuple[str | None, Path]:
     if Path(spec).exists():
         return None, Path(spec)
@@ -130,9 +144,16 @@ def load_user_model(
                     warnings.simplefilter("ignore", FutureWarning)
                     return torch.jit.load(str(path), map_location=device).eval()
             if kind == "export":
-                return ExportedModel(torch.export.load(str(path)).module()).to(device).eval()
+                program = torch.export.load(str(path))
         except Exception as exc:  # a damaged archive fails in many ways inside the loaders
             raise CheckpointError(f"{kind} file {path} cannot be loaded ({describe(exc, 300)})") from None
+        if kind == "export":
+            batch = _fixed_batch(program)
+            if batch is not None:  # every other batch size would fail deep inside the program's guards
+                raise CheckpointError(f"torch.export program {path} was exported for a fixed batch of {batch} images; "
+                                      f"export it with a dynamic batch dimension: torch.export.export(model, (x,), "
+                                      f"dynamic_shapes=({{0: torch.export.Dim.DYNAMIC}},))")
+            return ExportedModel(program.module()).to(device).eval()
         raise CheckpointError(f"{path} is not TorchScript, a torch.export program or a zoo checkpoint; "
                               f"for a state dict pass ARCH:{path} (e.g. net4:{path})")
     if _archive_kind(path) is not None:

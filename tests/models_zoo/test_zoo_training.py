@@ -299,3 +299,18 @@ def test_timm_specs_split_at_the_last_colon(tmp_path):
 
     assert models_zoo.user_model_arch("timm:resnet10t:/some/weights.pt") == "timm:resnet10t"
     assert _split_spec("timm:resnet10t:/some/weights.pt") == ("timm:resnet10t", Path("/some/weights.pt"))
+
+
+def test_a_torch_export_program_for_a_fixed_batch_is_one_line(tmp_path):
+    # torch.export.export without dynamic_shapes fixes the batch size; every batch of another size then failed
+    # deep inside the program (an AssertionError traceback from `zoo eval`), so loading names the fix instead.
+    net = models_zoo.create("mlp").eval()
+    x = torch.rand(2, 1, 28, 28)
+    fixed = tmp_path / "fixed.pt2"
+    torch.export.save(torch.export.export(net, (x,)), str(fixed))
+    with pytest.raises(CheckpointError, match=r"fixed batch of 2 images.*dynamic batch dimension"):
+        models_zoo.load_user_model(str(fixed))
+    dynamic = tmp_path / "dynamic.pt2"
+    torch.export.save(torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)), str(dynamic))
+    with torch.no_grad():
+        torch.testing.assert_close(models_zoo.load_user_model(str(dynamic))(x[:1]), net(x[:1]))
