@@ -336,11 +336,19 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         on_disk = load_metadata(ckpt).get("iteration")  # (also a resumed run's checkpoint not yet rewritten)
         kept = f"{ckpt} still holds iteration {on_disk}" if on_disk is not None else "no checkpoint was written"
         raise DivergedError(f"{exc}; {kept}") from None
-    final = learner.evaluate(curve_tasks)
-    curve.append({"iteration": learner.iteration, "metric": final.metric, "mean": final.mean, "ci95": final.ci95})
-    save()
-    status(f"scoring on {settings['eval_tasks']} test tasks")
-    evaluation = learner.evaluate(test_tasks.fixed_tasks(settings["eval_tasks"], seed=EVAL_SEED))
+    saved_final = False
+    try:  # a Ctrl-C while the trained learner is scored keeps the training (the last curve point aside)
+        final = learner.evaluate(curve_tasks)
+        curve.append({"iteration": learner.iteration, "metric": final.metric, "mean": final.mean, "ci95": final.ci95})
+        save()
+        saved_final = True
+        status(f"scoring on {settings['eval_tasks']} test tasks")
+        evaluation = learner.evaluate(test_tasks.fixed_tasks(settings["eval_tasks"], seed=EVAL_SEED))
+    except KeyboardInterrupt:
+        if not saved_final:
+            save(completed)
+        raise Interrupted(f"interrupted while scoring after iteration {learner.iteration}; saved {ckpt} (score it with "
+                          f"lazyapps fewshot eval --checkpoint {ckpt})") from None
     _warn_if_not_finite(evaluation)
     from lazyapps.distributed import is_main
 

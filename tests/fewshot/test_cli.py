@@ -655,3 +655,28 @@ def test_ways_given_for_sine_regression_is_named_as_ignored(tmp_path) -> None:
         warnings.simplefilter("always")
         assert _run(*base, "--out", str(tmp_path / "b")).exit_code == 0
     assert not [w for w in caught if "--ways" in str(w.message)]  # the default --ways is not the user's: nothing to say
+
+
+@pytest.mark.parametrize("call", [1, 2])  # the last learning-curve point, then the test tasks' scoring
+def test_ctrl_c_while_the_trained_learner_is_scored_keeps_its_training(tmp_path, monkeypatch, call) -> None:
+    from fewshot.base import get_learner
+
+    cls = get_learner("maml")
+    original, calls = cls.evaluate, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "evaluate", interrupted)
+    result = _sine(tmp_path / "i", "--iterations", "3", "--eval-every", "0")
+    ckpt = tmp_path / "i" / "checkpoint.pt"
+    assert result.exit_code == 130, result.output
+    assert (f"interrupted while scoring after iteration 3; saved {ckpt} (score it with lazyapps fewshot eval "
+            f"--checkpoint {ckpt})") in result.output
+    assert json.loads((tmp_path / "i" / "checkpoint.pt.json").read_text())["iteration"] == 3
+    monkeypatch.setattr(cls, "evaluate", original)
+    assert _sine(tmp_path / "s", "--iterations", "3", "--eval-every", "0").exit_code == 0
+    assert _same_weights(ckpt, tmp_path / "s" / "checkpoint.pt")
