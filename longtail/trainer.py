@@ -329,8 +329,9 @@ class Trainer:
     def run(self, *, on_epoch_end: Callable[[Trainer, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
         """Train from ``self.epoch`` to the last epoch, checkpointing after each; returns the history.
 
-        Ctrl-C raises :class:`Interrupted` naming the checkpoint of the last completed epoch.
+        Ctrl-C raises :class:`Interrupted` naming the checkpoint of the last epoch written to disk.
         """
+        saved = self.epoch  # the last epoch completed and checkpointed (a Ctrl-C may land while its files are written)
         try:
             while self.epoch < self.config.epochs:
                 row = self.train_epoch()
@@ -348,16 +349,19 @@ class Trainer:
                     self.best = {"epoch": row["epoch"], **result}
                 self.epoch += 1
                 if self.out_dir is not None:
-                    self.save()
+                    # best.pt before checkpoint.pt: a checkpoint never records a best epoch whose weights are not on
+                    # disk (a Ctrl-C between the two writes resumes before this epoch, which writes best.pt again).
                     if improved:
                         save_checkpoint(self.out_dir / "best.pt", {"model": self.model.state_dict()},
                                         {**self.metadata(), "best_epoch": row["epoch"]})
+                    self.save()
+                saved = self.epoch
                 if on_epoch_end is not None:
                     on_epoch_end(self, row)
         except KeyboardInterrupt:
-            where = (f"the checkpoint of epoch {self.epoch} is kept at {self.checkpoint_path}; continue with "
-                     f"--resume {self.checkpoint_path}") if self.out_dir is not None and self.epoch > 0 else "no epoch was completed, nothing was saved"
-            raise Interrupted(f"interrupted during epoch {self.epoch + 1}; {where}") from None
+            where = (f"the checkpoint of epoch {saved} is kept at {self.checkpoint_path}; continue with "
+                     f"--resume {self.checkpoint_path}") if self.out_dir is not None and saved > 0 else "no epoch's checkpoint was written"
+            raise Interrupted(f"interrupted during epoch {saved + 1}; {where}") from None
         return self.history
 
 
