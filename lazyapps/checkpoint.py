@@ -102,10 +102,14 @@ def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if not mpath.exists():
         return {}
     try:
-        return json.loads(mpath.read_text())
+        meta = json.loads(mpath.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint metadata {mpath} is unreadable ({exc})",
                               fix="delete it or pass another checkpoint") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint metadata {mpath} holds a JSON {type(meta).__name__}, not an object of settings",
+                              fix="delete it or pass another checkpoint")
+    return meta
 
 
 def resumed_metadata(path: str | os.PathLike) -> dict[str, Any]:

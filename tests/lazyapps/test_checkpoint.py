@@ -130,6 +130,10 @@ def test_unreadable_metadata_and_non_dict_files_are_checkpoint_errors(tmp_path):
     meta_path(path).write_text("{not json")
     with pytest.raises(CheckpointError, match=r"metadata .* is unreadable \(.*\); delete it or pass another checkpoint$"):
         load_checkpoint(path)  # (a checkpoint the user passed: the advice is theirs to follow)
+    for text, kind in (("[1, 2]", "list"), ('"kind"', "str"), ("null", "NoneType")):  # JSON, but not an object of settings
+        meta_path(path).write_text(text)
+        with pytest.raises(CheckpointError, match=rf"holds a JSON {kind}, not an object of settings; delete it"):
+            load_checkpoint(path, expect={"kind": "zoo"})
     torch.save(torch.zeros(2), tmp_path / "t.pt")
     with pytest.raises(CheckpointError, match="does not hold a dict"):
         load_checkpoint(tmp_path / "t.pt")
