@@ -249,8 +249,8 @@ def _table(title, best, last, times) -> str:
 def eval_command(run, checkpoint, per_class_csv, plot) -> None:
     """Evaluate a longtail checkpoint on its test set (top-1 error, many/medium/few-shot and per-class accuracy)."""
     import models_zoo
-    from lazyapps.checkpoint import load_checkpoint
-    from lazyapps.errors import CheckpointError
+    from lazyapps.checkpoint import MIXED_FILES, check_files_agree, first_load_problem, load_checkpoint
+    from lazyapps.errors import CheckpointError, LazyAppsError
     from lazyapps.progress import status
     from lazyapps.results import format_table
 
@@ -264,14 +264,22 @@ def eval_command(run, checkpoint, per_class_csv, plot) -> None:
     if str(meta.get("model", "")).startswith("custom:"):
         raise CheckpointError(f"{checkpoint} was trained with the user's own network ({meta['model'][7:]}), which the "
                               f"command cannot rebuild; evaluate it from Python (longtail.evaluation.evaluate)")
-    data = CIFARLongTail.load(meta["dataset"], imbalance=meta["imbalance"], root=run.data_dir, rule=meta["rule"],
-                              val_per_class=meta["val_per_class"], n_max=meta["n_max"],
-                              test_per_class=meta["test_per_class"], seed=meta["seed"])
-    status(data.describe())
-    options = {"normalized_head": True} if meta.get("normalized_head") else {}
-    model = models_zoo.create(meta["model"], num_classes=len(meta["classes"]), in_channels=int(data.test_images.shape[1]),
-                              image_size=int(data.test_images.shape[-1]), **options).to(run.device)
-    model.load_state_dict(state["model"])
+    # The data and the network are rebuilt from the .json: it must describe the run whose weights the .pt holds.
+    check_files_agree(checkpoint, state.get("identity") or {}, meta)  # (checkpoints from before it was kept: not checked)
+    try:
+        data = CIFARLongTail.load(meta["dataset"], imbalance=meta["imbalance"], root=run.data_dir, rule=meta["rule"],
+                                  val_per_class=meta["val_per_class"], n_max=meta["n_max"],
+                                  test_per_class=meta["test_per_class"], seed=meta["seed"])
+        status(data.describe())
+        options = {"normalized_head": True} if meta.get("normalized_head") else {}
+        model = models_zoo.create(meta["model"], num_classes=len(meta["classes"]), in_channels=int(data.test_images.shape[1]),
+                                  image_size=int(data.test_images.shape[-1]), **options).to(run.device)
+        model.load_state_dict(state["model"])
+    except LazyAppsError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a .json with a setting missing or garbled
+        raise CheckpointError(f"checkpoint {checkpoint} cannot be rebuilt from its metadata ({first_load_problem(exc)}); "
+                              f"{MIXED_FILES}") from None
     result = evaluate(model, data.test_images, data.test_labels, data.counts, mean=data.mean, std=data.std, device=run.device)
     epoch = meta.get("best_epoch", meta.get("epochs_done"))
     row = {"epoch": epoch, "top1 error %": result["top1_error"], "many %": result["many_accuracy"],

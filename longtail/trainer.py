@@ -352,7 +352,7 @@ class Trainer:
                     # best.pt before checkpoint.pt: a checkpoint never records a best epoch whose weights are not on
                     # disk (a Ctrl-C between the two writes resumes before this epoch, which writes best.pt again).
                     if improved:
-                        save_checkpoint(self.out_dir / "best.pt", {"model": self.model.state_dict()},
+                        save_checkpoint(self.out_dir / "best.pt", {"model": self.model.state_dict(), "identity": self.identity()},
                                         {**self.metadata(), "best_epoch": row["epoch"]})
                     self.save()
                 saved = self.epoch

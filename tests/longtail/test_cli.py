@@ -237,3 +237,26 @@ def test_a_bundle_given_relative_to_the_working_directory_is_recorded_absolute(e
     monkeypatch.chdir(work)  # the bundle named again, by another spelling, is the run's own
     again = _invoke("train", "--resume", str(work / "run" / "checkpoint.pt"), "--dataset", "npz:./tiny.npz", "--quiet")
     assert again.exit_code == 0, again.output
+
+
+def test_eval_refuses_a_hand_edited_metadata_file_in_one_line(env):
+    import shutil
+
+    out = env / "run"
+    assert _invoke("train", *TINY, "--model", "lenet5", "--method", "ce", "--epochs", "1", "--out", str(out)).exit_code == 0
+    edits = {
+        "imbalance": (lambda m: {**m, "imbalance": 100.0}, "imbalance is 10.0 in the .pt but 100.0 in the .json"),
+        "dropped": (lambda m: {k: v for k, v in m.items() if k != "val_per_class"},
+                    "cannot be rebuilt from its metadata (it holds no 'val_per_class' entry)"),
+        "classes": (lambda m: {**m, "classes": m["classes"] + ["extra"]}, "cannot be rebuilt from its metadata (size mismatch for"),
+        "list": (lambda m: [m], "holds a JSON list, not an object of settings"),
+    }
+    for name in ("checkpoint.pt", "best.pt"):
+        meta = json.loads((out / f"{name}.json").read_text())
+        for edit, (change, message) in edits.items():
+            path = env / f"{edit}-{name}"
+            shutil.copy(out / name, path)
+            (env / f"{edit}-{name}.json").write_text(json.dumps(change(meta)))
+            result = CliRunner().invoke(cli, ["longtail", "eval", "--checkpoint", str(path), "--quiet"])
+            assert result.exit_code == 2 and message in result.output, (name, edit, result.output)
+            assert len(result.output.strip().splitlines()) == 1
