@@ -161,13 +161,14 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
 
     from .base import get_learner
     from .datasets import dataset_info, task_source
-    from .experiment import build_learner, checkpoint_metadata, load_learner, save_learner, split_settings
+    from .experiment import build_learner, check_metadata, checkpoint_metadata, load_learner, save_learner, split_settings
     from .tasks import TooFewExamplesError
 
     if resume is not None:  # the run's own settings, but for those given here (checked against the run's below)
         from lazyapps.checkpoint import resumed_metadata
 
         stored = resumed_metadata(resume)
+        check_metadata(resume, stored)  # (its settings are used below before the learner is loaded)
         recorded = recorded_settings({**stored.get("hparams", {}), **stored}, RESUMED_OPTIONS)
         if isinstance(stored.get("target_iterations"), int):  # (an edited .json's text is not a count: the preset's then)
             recorded.update(recorded_settings({"iterations": stored["target_iterations"]}, ["iterations"]))

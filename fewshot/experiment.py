@@ -114,6 +114,23 @@ def checkpoint_metadata(learner: Learner, *, arch: str, dataset: str, ways: int,
 IDENTITY_KEYS = ("kind", "algo", "arch", "ways")
 
 
+#: What a checkpoint's ``.json`` must hold, by type, for the learner and its tasks to be rebuilt (then what it may hold).
+METADATA_TYPES = {"algo": str, "arch": str, "dataset": str, "ways": int, "shots": int, "iteration": int}
+OPTIONAL_METADATA_TYPES = {"queries": int, "train_shots": int, "meta_batch": int, "hparams": dict, "seed": int,
+                           "eval_tasks": int, "eval_every": int, "shuffle_classes": bool, "preset": str}
+
+
+def check_metadata(path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+    """:class:`CheckpointError` for a few-shot checkpoint's metadata that lacks a setting or gives one of another type
+    (a hand-edited ``.json``): one line, not a KeyError or ValueError where the setting is used."""
+    for key, kind in {**METADATA_TYPES, **OPTIONAL_METADATA_TYPES}.items():
+        if key not in meta:
+            if key in METADATA_TYPES:
+                raise CheckpointError(f"checkpoint {path}'s metadata lacks the setting {key!r}; {MIXED_FILES}")
+        elif not isinstance(meta[key], kind) or (isinstance(meta[key], bool) and kind is not bool):
+            raise CheckpointError(f"checkpoint {path}'s metadata gives {key}={meta[key]!r}, not of type {kind.__name__}; {MIXED_FILES}")
+
+
 def save_learner(path: str | os.PathLike, learner: Learner, metadata: Mapping[str, Any], **state: Any) -> None:
     identity = {key: metadata[key] for key in IDENTITY_KEYS if key in metadata}
     save_checkpoint(path, {**learner.checkpoint_state(), **state, "identity": identity}, {**metadata, "iteration": learner.iteration})
@@ -142,6 +159,7 @@ def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = 
     # before the caller's expectations: they are compared with the .json.
     recorded = {**(state.get("identity") or {}), **({"iteration": int(state["iteration"])} if "iteration" in state else {})}
     check_files_agree(path, recorded, meta)
+    check_metadata(path, meta)
     expect = dict(expect or {})
     dataset = expect.pop("dataset", None)
     # The dataset first: another one explains every other difference (e.g. sine's single "way").

@@ -645,6 +645,31 @@ def test_a_checkpoint_whose_metadata_does_not_match_is_refused_in_one_line(train
     assert ckpt.read_bytes() == before
 
 
+@pytest.mark.parametrize("command", ["eval", "resume"])
+@pytest.mark.parametrize("drop,edits,message", [
+    ("dataset", {}, "'s metadata lacks the setting 'dataset'; the .json was edited or belongs to another run"),
+    ("algo", {}, "'s metadata lacks the setting 'algo'"),
+    ("iteration", {}, "'s metadata lacks the setting 'iteration'"),
+    (None, {"shots": "x"}, "'s metadata gives shots='x', not of type int; the .json was edited"),
+    (None, {"queries": "abc"}, "'s metadata gives queries='abc', not of type int"),
+    (None, {"hparams": [1]}, "'s metadata gives hparams=[1], not of type dict"),
+    (None, {"seed": "abc"}, "'s metadata gives seed='abc', not of type int"),
+    (None, {"shuffle_classes": "no"}, "'s metadata gives shuffle_classes='no', not of type bool"),
+])
+def test_a_checkpoint_whose_metadata_lacks_or_garbles_a_setting_is_refused_in_one_line(trained, tmp_path, command, drop,
+                                                                                      edits, message) -> None:
+    ckpt = _mixed_checkpoint(trained, tmp_path, **edits)
+    if drop:
+        meta = json.loads((tmp_path / "checkpoint.pt.json").read_text())
+        del meta[drop]
+        (tmp_path / "checkpoint.pt.json").write_text(json.dumps(meta))
+    args = (["eval", "--checkpoint", str(ckpt)] if command == "eval" else
+            ["train", "--resume", str(ckpt), "--iterations", "9", "--out", str(tmp_path / "more")])
+    result = _run("fewshot", *args, "--quiet")
+    assert result.exit_code == 2 and result.output.startswith(f"Error: checkpoint {ckpt}"), result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
 def test_ways_given_for_sine_regression_is_named_as_ignored(tmp_path) -> None:
     base = ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--preset", "smoke", "--quiet"]
     with pytest.warns(UserWarning, match=r"^--ways does not apply to sine regression \(one function per task\); ignored$"):
