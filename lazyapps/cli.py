@@ -155,14 +155,15 @@ def writable_folder(ctx: click.Context, param: click.Parameter, value: str | Non
     return _writable(value, param, folder=True)
 
 
-def distinct_outputs(paths: Mapping[str, str | None]) -> None:
+def distinct_outputs(paths: Mapping[str, Any], keep: Mapping[str, Any] | None = None) -> None:
     """Refuse, before any work, two output options (``{"--json": path, ...}``) that name the same file:
-    the later write would silently replace the earlier one."""
+    the later write would silently replace the earlier one. Nor may one name a file of ``keep`` (``{"--checkpoint":
+    path, ...}``: a command's checkpoints, which the output would overwrite)."""
     from pathlib import Path
 
     from .errors import LazyAppsError
 
-    seen: dict[Path, str] = {}
+    seen: dict[Path, str] = {Path(path).expanduser().resolve(): what for what, path in (keep or {}).items() if path is not None}
     for option, path in paths.items():
         if path is None:
             continue
@@ -256,6 +257,7 @@ def compare_command(run: RunContext, results: tuple[str, ...], all_settings: boo
     from .compare import KEY_COLUMN, compare, format_comparison, labels, load_result
     from .results import write_csv
 
+    distinct_outputs({"--json": run.json_path, "--csv": csv_path}, keep={f"the compared {path}": path for path in results})
     columns = labels(results)
     table = compare([load_result(path) for path in results], columns, all_settings=all_settings)
     if csv_path:

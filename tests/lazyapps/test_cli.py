@@ -182,3 +182,37 @@ def test_seed_seeds_torch_numpy_and_random_before_the_command_runs(tmp_path):
 
     first, again, other = draws(1, "first"), draws(1, "again"), draws(2, "other")
     assert first == again and all(a != b for a, b in zip(first, other))
+
+
+def test_distinct_outputs_refuses_an_output_naming_a_file_to_keep(tmp_path, monkeypatch):
+    from lazyapps.cli import distinct_outputs
+
+    monkeypatch.chdir(tmp_path)
+    keep = {"--resume": "run/checkpoint.pt", "the run's checkpoint.pt": "./run/checkpoint.pt"}  # (kept files may coincide)
+    distinct_outputs({"--json": "r.json"}, keep=keep)
+    with pytest.raises(LazyAppsError, match=r"^the run's checkpoint.pt and --json name the same file run/../run/checkpoint.pt; give"):
+        distinct_outputs({"--json": "run/../run/checkpoint.pt"}, keep=keep)
+
+
+@pytest.mark.parametrize("args", [
+    ["compare", "{tmp}/a.json", "{tmp}/b.json", "--csv", "{tmp}/b.json"],
+    ["longtail", "train", "--dataset", "cifar10", "--preset", "smoke", "--model", "lenet5", "--out", "{tmp}/run",
+     "--per-class-csv", "{tmp}/run/best.pt"],
+    ["longtail", "train", "--resume", "{tmp}/c.pt", "--out", "{tmp}/run", "--json", "{tmp}/c.pt.json"],
+    ["longtail", "eval", "--checkpoint", "{tmp}/c.pt", "--json", "{tmp}/c.pt.json"],
+    ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--preset", "smoke", "--out", "{tmp}/run", "--json",
+     "{tmp}/run/checkpoint.pt.json"],
+    ["fewshot", "train", "--resume", "{tmp}/c.pt", "--json", "{tmp}/c.pt"],
+    ["fewshot", "eval", "--checkpoint", "{tmp}/c.pt", "--json", "{tmp}/c.pt.json"],
+    ["zoo", "eval", "--checkpoint", "{tmp}/c.pt", "--json", "{tmp}/c.pt.json"],
+])
+def test_no_output_may_overwrite_a_checkpoint_or_a_compared_result_the_command_reads_or_writes(tmp_path, args):
+    meta = '{"algo": "maml", "arch": "sine_mlp", "dataset": "sine", "ways": 1, "shots": 5, "iteration": 1}'  # (read first by --resume)
+    kept = {"a.json": "{}", "b.json": "{}", "c.pt": "weights", "c.pt.json": meta, "run/checkpoint.pt.json": "{}", "run/best.pt": "w"}
+    for name, text in kept.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    result = CliRunner().invoke(cli, [a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert result.exit_code == 2 and "name the same file" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert all((tmp_path / name).read_text() == text for name, text in kept.items())
