@@ -18,6 +18,10 @@ from lazyapps.plotting import plot_option
 METHOD_NAMES = ("ce", "cb-ce", "cb-focal", "ldam-drw", "logit-adjust", "l2rw", "meta-weight-net", "two-component",
                 "lazy-two-component")
 
+#: The options only some methods use: the lazy student's and teacher's, and two-component's ε rule.
+METHOD_OPTIONS = {"inner_steps": ("lazy-two-component",), "inner_lr": ("lazy-two-component",),
+                  "gammas": ("lazy-two-component",), "eps_rule": ("two-component", "lazy-two-component")}
+
 #: smoke: seconds (a few hundred images, 2 epochs); quick: minutes on a 2-core CPU; paper: Cao/Jamal et al.'s settings.
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"epochs": 2, "n_max": 100, "test_per_class": 20, "batch_size": 64},
@@ -166,6 +170,12 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
         raise LazyAppsError(f"--imbalance must be >= 1 (largest / smallest class size), got {imbalance}")
     if method not in METHOD_NAMES:
         raise UnknownNameError("method", method, METHOD_NAMES)
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source
+    for name, takers in METHOD_OPTIONS.items():  # given to another method, it would be ignored (yet recorded as the run's)
+        if method not in takers and source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            raise LazyAppsError(f"--{name.replace('_', '-')} is an option of {' and '.join(takers)}, not of --method {method}")
     settings = apply_preset(PRESETS, preset, {k: options[k] for k in ("epochs", "batch_size", "n_max", "test_per_class")})
     from .data import CIFARLongTail
     from .trainer import TrainConfig, Trainer

@@ -79,6 +79,10 @@ def test_train_lazy_method_small_model_and_resume_refusals(env):
     (["--method", "two-component", "--val-per-class", "0"], "learns its weights on a balanced validation set; give --val-per-class >= 1"),
     (["--method", "lazy-two-component", "--epochs", "1"], "starts its meta steps at epoch 2 of the schedule, after the 1 epochs asked"),
     (["--method", "ldam-drw", "--epochs", "1"], "starts its deferred re-weighting at epoch 2"),
+    (["--method", "ce", "--gammas", "0.8"], "--gammas is an option of lazy-two-component, not of --method ce"),
+    (["--method", "two-component", "--inner-steps", "3"], "--inner-steps is an option of lazy-two-component, not of --method two-component"),
+    (["--method", "ldam-drw", "--inner-lr", "0.1"], "--inner-lr is an option of lazy-two-component, not of --method ldam-drw"),
+    (["--method", "ce", "--eps-rule", "step"], "--eps-rule is an option of two-component and lazy-two-component, not of --method ce"),
     (["--per-class-csv", "{tmp}/afile/pc.csv"], "--per-class-csv {tmp}/afile/pc.csv: cannot write there ({tmp}/afile is a file"),
     (["--out", "{tmp}/afile/run"], "--out {tmp}/afile/run: cannot write there ({tmp}/afile is a file, so nothing can be made under it)"),
     (["--json", "{tmp}/afile/r.json"], "--json {tmp}/afile/r.json: cannot write there"),
@@ -184,14 +188,14 @@ def test_explicit_flags_reach_the_training_config_and_the_data(env, monkeypatch)
 
     monkeypatch.setattr(trainer_module.TrainConfig, "check", check)
     monkeypatch.setattr(data_module.CIFARLongTail, "load", load)
-    _invoke("train", "--dataset", "cifar10", "--preset", "smoke", "--method", "two-component", "--imbalance", "10",
+    _invoke("train", "--dataset", "cifar10", "--preset", "smoke", "--method", "lazy-two-component", "--imbalance", "10",
             "--epochs", "3", "--batch-size", "32", "--lr", "0.05", "--inner-steps", "2", "--inner-lr", "0.01",
             "--eps-rule", "normalized", "--gammas", "0.8,0.9", "--split", "ldam", "--val-per-class", "4", "--n-max", "50",
             "--test-per-class", "7", "--model", "lenet5", "--seed", "4", "--quiet")
     config = seen["config"]
     assert (config.epochs, config.batch_size, config.lr, config.inner_steps, config.inner_lr) == (3, 32, 0.05, 2, 0.01)
     assert (config.eps_rule, config.gammas, config.rule, config.val_per_class) == ("normalized", (0.8, 0.9), "ldam", 4)
-    assert (config.n_max, config.test_per_class, config.model, config.seed, config.method) == (50, 7, "lenet5", 4, "two-component")
+    assert (config.n_max, config.test_per_class, config.model, config.seed, config.method) == (50, 7, "lenet5", 4, "lazy-two-component")
     assert seen["data"] == {"dataset": "cifar10", "imbalance": 10.0, "root": None, "rule": "ldam", "val_per_class": 4,
                             "n_max": 50, "test_per_class": 7, "seed": 4}
 
