@@ -89,6 +89,26 @@ class LazyGroup(click.Group):
             error = click.ClickException(f"{exc.strerror or exc}{where}")
             error.exit_code = 2
             raise error from None
+        except (MemoryError, RuntimeError) as exc:  # the machine's refusal of an allocation: one line too
+            asked = _out_of_memory(exc)
+            if asked is None:
+                raise
+            error = click.ClickException(f"out of memory ({asked}); ask for less at once: a smaller batch, meta-batch, "
+                                         f"number of shots, queries, tasks or images")
+            error.exit_code = 2
+            raise error from None
+
+
+def _out_of_memory(exc: BaseException) -> str | None:
+    """What a failed allocation asked for, when ``exc`` is one (Python's, torch's on the CPU or on a GPU), else None."""
+    import re
+
+    from .errors import describe
+
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # (torch.OutOfMemoryError: CUDA's)
+        return describe(exc)
+    cpu = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", str(exc))
+    return f"{int(cpu.group(1)):,} bytes asked for" if cpu else None
 
 
 @dataclass

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 import pytest
+import torch
 from click.testing import CliRunner
 
 from lazyapps import __version__
@@ -33,9 +34,16 @@ def _demo_group():
     @common_options
     @click.option("--fail", is_flag=True)
     @click.option("--disk-full", is_flag=True)
-    def demo(run, fail, disk_full):
+    @click.option("--raise", "raised", default=None)
+    def demo(run, fail, disk_full, raised):
         if fail:
             raise UnknownNameError("model", "nosuchnet", ["net4", "lenet5"])
+        if raised:
+            raise {"memory": MemoryError(), "bug": RuntimeError("a bug, not the machine"),
+                   "cpu": RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                                       "memory: you tried to allocate 16000000000032 bytes. Error code 12 (Cannot allocate memory)"),
+                   "cuda": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                                  "capacity of 79.19 GiB of which 1.2 GiB is free.")}[raised]
         if disk_full:
             import errno
             import os
@@ -55,6 +63,28 @@ def test_user_errors_are_one_line_without_traceback():
 def test_the_machines_refusals_are_one_line_too(tmp_path):
     result = CliRunner().invoke(_demo_group(), ["demo", "--disk-full"])
     assert result.exit_code == 2 and result.output.strip() == "Error: No space left on device: /runs/checkpoint.pt"
+
+
+@pytest.mark.parametrize("raised, asked", [
+    ("memory", "MemoryError"),
+    ("cpu", "16,000,000,000,032 bytes asked for"),
+    ("cuda", "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
+             "of which 1.2 GiB is free."),
+])
+def test_running_out_of_memory_is_one_line_and_other_runtime_errors_are_not_hidden(raised, asked):
+    result = CliRunner().invoke(_demo_group(), ["demo", "--raise", raised])
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"Error: out of memory ({asked}); ask for less at once: a smaller batch, meta-batch, number of shots, queries, "
+        f"tasks or images")
+    bug = CliRunner().invoke(_demo_group(), ["demo", "--raise", "bug"])
+    assert bug.exit_code == 1 and isinstance(bug.exception, RuntimeError)
+
+
+def test_a_command_that_asks_for_more_memory_than_the_machine_has_says_so_in_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--preset", "smoke",
+                                      "--meta-batch", str(10**13), "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 2 and result.output.startswith("Error: out of memory ("), result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, message", [
