@@ -90,6 +90,9 @@ class TrainConfig:
             raise LazyAppsError(f"--epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 2:
             raise LazyAppsError(f"--batch-size must be >= 2 (BatchNorm needs a batch), got {self.batch_size}")
+        if self.method == "lazy-two-component" and self.inner_steps > self.batch_size:  # (it would take batch-size steps)
+            raise LazyAppsError(f"--inner-steps {self.inner_steps} is more than --batch-size {self.batch_size}: the lazy "
+                                f"student's steps run over that many slices of a batch")
         if len(tuple(self.lr_decay)) != 2 or not all(math.isfinite(f) and f > 0 for f in self.lr_decay):
             raise LazyAppsError(f"lr_decay must be two positive factors (from the first and the second decay), "
                                 f"got {tuple(self.lr_decay)}")

@@ -72,6 +72,7 @@ def test_train_lazy_method_small_model_and_resume_refusals(env):
     (["--gammas", "0.8,2"], "--gammas must be comma-separated numbers in [0, 1]"),
     (["--inner-lr", "0"], "--inner-lr must be > 0"),
     (["--inner-steps", "0"], "--inner-steps must be >= 1"),
+    (["--inner-steps", "65"], "--inner-steps 65 is more than --batch-size 64: the lazy student's steps run over that many slices"),
     (["--lr", "-0.1"], "--lr must be a positive number, got -0.1"),
     (["--lr", "nan"], "--lr must be a positive number, got nan"),
     (["--test-per-class", "0"], "--test-per-class must be >= 1 (leave it out for the whole test set)"),
