@@ -121,8 +121,10 @@ OPTIONAL_METADATA_TYPES = {"queries": int, "train_shots": int, "meta_batch": int
 
 
 def check_metadata(path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
-    """:class:`CheckpointError` for a few-shot checkpoint's metadata that lacks a setting or gives one of another type
-    (a hand-edited ``.json``): one line, not a KeyError or ValueError where the setting is used."""
+    """:class:`CheckpointError` for checkpoint metadata that is another product's, or a few-shot checkpoint's that lacks
+    a setting or gives one of another type (a hand-edited ``.json``): one line, not an error where the setting is used."""
+    if meta.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"checkpoint {path} is a {meta.get('kind', 'non-fewshot')!r} checkpoint, not a few-shot learner")
     for key, kind in {**METADATA_TYPES, **OPTIONAL_METADATA_TYPES}.items():
         if key not in meta:
             if key in METADATA_TYPES:
@@ -149,8 +151,8 @@ def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = 
     one-line :class:`CheckpointError`.
     """
     meta = load_metadata(path)
-    if meta and meta.get("kind") != CHECKPOINT_KIND:
-        raise CheckpointError(f"checkpoint {path} is a {meta.get('kind', 'non-fewshot')!r} checkpoint, not a few-shot learner")
+    if meta:  # (none: load_checkpoint names the missing file)
+        check_metadata(path, meta)
     # On the CPU: load_state_dict copies into the learner's device, and Adam's per-parameter "step" counters stay
     # CPU scalars as torch keeps them (loaded onto a GPU they stay there, and every Adam step then reads each one
     # back with .item(): two host-device syncs per parameter per meta-step for the rest of a resumed run).
@@ -159,7 +161,6 @@ def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = 
     # before the caller's expectations: they are compared with the .json.
     recorded = {**(state.get("identity") or {}), **({"iteration": int(state["iteration"])} if "iteration" in state else {})}
     check_files_agree(path, recorded, meta)
-    check_metadata(path, meta)
     expect = dict(expect or {})
     dataset = expect.pop("dataset", None)
     # The dataset first: another one explains every other difference (e.g. sine's single "way").

@@ -155,11 +155,12 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
                "test_per_class": test_per_class, "model": model, "seed": run.seed}
     unexposed: dict[str, Any] = {}  # settings without an option (the benchmark sets them): a resumed run keeps its own
     if resume is not None:
-        from lazyapps.checkpoint import resumed_metadata
+        from lazyapps.checkpoint import check_expected, resumed_metadata
 
-        from .trainer import refuse_best_checkpoint
+        from .trainer import CHECKPOINT_KIND, refuse_best_checkpoint
 
         meta = resumed_metadata(resume)
+        check_expected(resume, meta, {"kind": CHECKPOINT_KIND})  # (another product's settings would be taken below)
         refuse_best_checkpoint(resume, meta)
         options.update(recorded_settings(meta, options))  # the run's own settings, but for those given here
         if meta.get("preset") not in (None, options["preset"]):  # (a preset only names settings: they come from the run)

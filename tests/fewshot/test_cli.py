@@ -670,6 +670,17 @@ def test_a_checkpoint_whose_metadata_lacks_or_garbles_a_setting_is_refused_in_on
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
 
 
+@pytest.mark.parametrize("command", ["eval", "resume"])
+def test_another_products_checkpoint_is_named_as_such(tmp_path, command) -> None:
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"weights")
+    (tmp_path / "checkpoint.pt.json").write_text(json.dumps({"kind": "longtail-train", "dataset": "cifar10", "model": "resnet32"}))
+    args = ["eval", "--checkpoint", str(ckpt)] if command == "eval" else ["train", "--resume", str(ckpt)]
+    result = _run("fewshot", *args, "--quiet")
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"Error: checkpoint {ckpt} is a 'longtail-train' checkpoint, not a few-shot learner")
+
+
 def test_ways_given_for_sine_regression_is_named_as_ignored(tmp_path) -> None:
     base = ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--preset", "smoke", "--quiet"]
     with pytest.warns(UserWarning, match=r"^--ways does not apply to sine regression \(one function per task\); ignored$"):

@@ -265,3 +265,11 @@ def test_eval_refuses_a_hand_edited_metadata_file_in_one_line(env):
             result = CliRunner().invoke(cli, ["longtail", "eval", "--checkpoint", str(path), "--quiet"])
             assert result.exit_code == 2 and message in result.output, (name, edit, result.output)
             assert len(result.output.strip().splitlines()) == 1
+
+
+def test_resume_of_another_products_checkpoint_is_refused_before_its_settings_are_taken(env):
+    (env / "checkpoint.pt").write_bytes(b"weights")
+    (env / "checkpoint.pt.json").write_text(json.dumps({"kind": "fewshot", "algo": "maml", "dataset": "omniglot"}))
+    result = CliRunner().invoke(cli, ["longtail", "train", "--resume", str(env / "checkpoint.pt")])
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"Error: checkpoint {env / 'checkpoint.pt'} was made with kind='fewshot', but kind='longtail-train' is needed here")
