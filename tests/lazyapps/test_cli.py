@@ -228,7 +228,7 @@ def test_distinct_outputs_refuses_an_output_naming_a_file_to_keep(tmp_path, monk
     ["compare", "{tmp}/a.json", "{tmp}/b.json", "--csv", "{tmp}/b.json"],
     ["longtail", "train", "--dataset", "cifar10", "--preset", "smoke", "--model", "lenet5", "--out", "{tmp}/run",
      "--per-class-csv", "{tmp}/run/best.pt"],
-    ["longtail", "train", "--resume", "{tmp}/c.pt", "--out", "{tmp}/run", "--json", "{tmp}/c.pt.json"],
+    ["longtail", "train", "--resume", "{tmp}/l.pt", "--out", "{tmp}/run", "--json", "{tmp}/l.pt.json"],
     ["longtail", "eval", "--checkpoint", "{tmp}/c.pt", "--json", "{tmp}/c.pt.json"],
     ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--preset", "smoke", "--out", "{tmp}/run", "--json",
      "{tmp}/run/checkpoint.pt.json"],
@@ -237,12 +237,16 @@ def test_distinct_outputs_refuses_an_output_naming_a_file_to_keep(tmp_path, monk
     ["zoo", "eval", "--checkpoint", "{tmp}/c.pt", "--json", "{tmp}/c.pt.json"],
 ])
 def test_no_output_may_overwrite_a_checkpoint_or_a_compared_result_the_command_reads_or_writes(tmp_path, args):
-    meta = '{"algo": "maml", "arch": "sine_mlp", "dataset": "sine", "ways": 1, "shots": 5, "iteration": 1}'  # (read first by --resume)
-    kept = {"a.json": "{}", "b.json": "{}", "c.pt": "weights", "c.pt.json": meta, "run/checkpoint.pt.json": "{}", "run/best.pt": "w"}
+    # (--resume reads its checkpoint's settings first)
+    meta = '{"kind": "fewshot", "algo": "maml", "arch": "sine_mlp", "dataset": "sine", "ways": 1, "shots": 5, "iteration": 1}'
+    kept = {"a.json": "{}", "b.json": "{}", "c.pt": "weights", "c.pt.json": meta, "run/checkpoint.pt.json": "{}", "run/best.pt": "w",
+            "l.pt.json": '{"kind": "longtail-train", "dataset": "cifar10", "method": "ce"}'}
     for name, text in kept.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
+    torch.save({"optimizer": {}}, tmp_path / "l.pt")
+    kept["l.pt"] = (tmp_path / "l.pt").read_bytes()
     result = CliRunner().invoke(cli, [a.replace("{tmp}", str(tmp_path)) for a in args])
     assert result.exit_code == 2 and "name the same file" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
-    assert all((tmp_path / name).read_text() == text for name, text in kept.items())
+    assert all(getattr(tmp_path / name, "read_bytes" if isinstance(v, bytes) else "read_text")() == v for name, v in kept.items())
