@@ -135,9 +135,10 @@ def check_files_agree(path: str | os.PathLike, recorded: Mapping[str, Any], meta
     define a run inside the ``.pt`` too checks the two before trusting the ``.json``.
     """
     for key, value in recorded.items():
-        if key in metadata and metadata[key] != value:
+        if key not in metadata or metadata[key] != value:
+            found = f"{metadata[key]!r} in the .json" if key in metadata else "absent from the .json"
             raise CheckpointError(f"checkpoint {path} and its metadata disagree: {key} is {value!r} in the .pt but "
-                                  f"{metadata[key]!r} in the .json; {MIXED_FILES}")
+                                  f"{found}; {MIXED_FILES}")
 
 
 def first_load_problem(exc: BaseException) -> str:

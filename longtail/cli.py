@@ -155,13 +155,17 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
                "test_per_class": test_per_class, "model": model, "seed": run.seed}
     unexposed: dict[str, Any] = {}  # settings without an option (the benchmark sets them): a resumed run keeps its own
     if resume is not None:
-        from lazyapps.checkpoint import check_expected, resumed_metadata
+        from lazyapps.checkpoint import check_expected, check_files_agree, load_checkpoint, resumed_metadata
 
         from .trainer import CHECKPOINT_KIND, refuse_best_checkpoint
 
         meta = resumed_metadata(resume)
         check_expected(resume, meta, {"kind": CHECKPOINT_KIND})  # (another product's settings would be taken below)
-        refuse_best_checkpoint(resume, meta)
+        # The run's settings come from the .json: first it must agree with those its .pt records (an edited .json
+        # would otherwise fail somewhere in the data loading or the trainer's construction).
+        state, _ = load_checkpoint(resume)
+        check_files_agree(resume, state.get("identity") or {}, meta)  # (checkpoints from before it was kept: not checked)
+        refuse_best_checkpoint(resume, meta, state)
         options.update(recorded_settings(meta, options))  # the run's own settings, but for those given here
         if meta.get("preset") not in (None, options["preset"]):  # (a preset only names settings: they come from the run)
             raise LazyAppsError(f"{resume} was trained with --preset {meta['preset']}; leave --preset out to resume it")

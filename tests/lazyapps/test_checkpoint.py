@@ -150,3 +150,13 @@ def test_resumed_metadata_names_a_missing_checkpoint_or_its_missing_json(tmp_pat
     (tmp_path / "checkpoint.pt.json").unlink()
     with pytest.raises(CheckpointError, match=r"has no metadata file beside it \(checkpoint.pt.json\), so its settings"):
         resumed_metadata(path)
+
+
+def test_files_agree_only_when_the_json_keeps_every_setting_the_pt_records():
+    from lazyapps.checkpoint import check_files_agree
+
+    check_files_agree("c.pt", {"ways": 5, "lr": 0.1}, {"ways": 5, "lr": 0.1, "other": 1})
+    with pytest.raises(CheckpointError, match=r"c.pt and its metadata disagree: ways is 5 in the .pt but '5' in the .json; "):
+        check_files_agree("c.pt", {"ways": 5}, {"ways": "5"})
+    with pytest.raises(CheckpointError, match=r"disagree: lr is 0.1 in the .pt but absent from the .json; the .json was edited"):
+        check_files_agree("c.pt", {"ways": 5, "lr": 0.1}, {"ways": 5})

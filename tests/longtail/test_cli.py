@@ -252,7 +252,9 @@ def test_eval_refuses_a_hand_edited_metadata_file_in_one_line(env):
     edits = {
         "imbalance": (lambda m: {**m, "imbalance": 100.0}, "imbalance is 10.0 in the .pt but 100.0 in the .json"),
         "dropped": (lambda m: {k: v for k, v in m.items() if k != "val_per_class"},
-                    "cannot be rebuilt from its metadata (it holds no 'val_per_class' entry)"),
+                    "val_per_class is 10 in the .pt but absent from the .json"),
+        "classes dropped": (lambda m: {k: v for k, v in m.items() if k != "classes"},
+                            "cannot be rebuilt from its metadata (it holds no 'classes' entry)"),
         "classes": (lambda m: {**m, "classes": m["classes"] + ["extra"]}, "cannot be rebuilt from its metadata (size mismatch for"),
         "list": (lambda m: [m], "holds a JSON list, not an object of settings"),
     }
@@ -273,3 +275,20 @@ def test_resume_of_another_products_checkpoint_is_refused_before_its_settings_ar
     result = CliRunner().invoke(cli, ["longtail", "train", "--resume", str(env / "checkpoint.pt")])
     assert result.exit_code == 2 and result.output.strip() == (
         f"Error: checkpoint {env / 'checkpoint.pt'} was made with kind='fewshot', but kind='longtail-train' is needed here")
+
+
+def test_resume_refuses_a_hand_edited_metadata_file_before_taking_its_settings(env):
+    import shutil
+
+    out = env / "run"
+    assert _invoke("train", *TINY, "--model", "lenet5", "--method", "ce", "--epochs", "1", "--out", str(out)).exit_code == 0
+    meta = json.loads((out / "checkpoint.pt.json").read_text())
+    for key, value, shown in (("imbalance", "abc", "'abc' in the .json"), ("n_max", "30", "'30' in the .json"),
+                              ("momentum", None, "None in the .json"), ("dataset", ..., "absent from the .json")):
+        shutil.copy(out / "checkpoint.pt", env / "checkpoint.pt")
+        edited = {k: v for k, v in meta.items() if k != key} if value is ... else {**meta, key: value}
+        (env / "checkpoint.pt.json").write_text(json.dumps(edited))
+        result = CliRunner().invoke(cli, ["longtail", "train", "--resume", str(env / "checkpoint.pt"), "--epochs", "2",
+                                          "--out", str(env / "more"), "--quiet"])
+        assert result.exit_code == 2 and f"and its metadata disagree: {key} is {meta[key]!r} in the .pt but {shown}" in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
