@@ -208,6 +208,9 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
     if existing.exists() and (resume is None or Path(resume).resolve() != existing.resolve()):
         raise LazyAppsError(f"{out_dir} already holds a run's checkpoint; continue it with --resume {existing} "
                             f"or choose another --out (nothing was overwritten)")
+    best = out_dir / "best.pt"  # (a run's best weights kept without its checkpoint.pt: the new run's would replace them)
+    if best.exists() and (resume is None or Path(resume).parent.resolve() != out_dir.resolve()):
+        raise LazyAppsError(f"{out_dir} already holds a run's best.pt; choose another --out (nothing was overwritten)")
     data = CIFARLongTail.load(dataset, imbalance=imbalance, root=run.data_dir, rule=config.rule, val_per_class=config.val_per_class,
                               n_max=config.n_max, test_per_class=config.test_per_class, seed=config.seed)
     trainer = Trainer(config, data, device=run.device, out_dir=out_dir)  # (refuses settings the data cannot serve)

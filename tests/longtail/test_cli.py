@@ -292,3 +292,19 @@ def test_resume_refuses_a_hand_edited_metadata_file_before_taking_its_settings(e
                                           "--out", str(env / "more"), "--quiet"])
         assert result.exit_code == 2 and f"and its metadata disagree: {key} is {meta[key]!r} in the .pt but {shown}" in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_folder_that_keeps_a_runs_best_pt_alone_is_not_overwritten(env):
+    run = env / "kept"
+    args = [*TINY, "--model", "lenet5", "--method", "ce", "--epochs", "1"]
+    assert _invoke("train", *args, "--out", str(run)).exit_code == 0
+    (run / "checkpoint.pt").unlink()  # (the run's best weights kept, its training state dropped)
+    (run / "checkpoint.pt.json").unlink()
+    before = (run / "best.pt").read_bytes()
+    other = env / "other"
+    assert _invoke("train", *args, "--seed", "1", "--out", str(other)).exit_code == 0
+    for extra in ([], ["--resume", str(other / "checkpoint.pt")]):
+        result = CliRunner().invoke(cli, ["longtail", "train", *args, "--seed", "1", "--out", str(run), *extra])
+        assert result.exit_code == 2 and result.output.strip() == (
+            f"Error: {run} already holds a run's best.pt; choose another --out (nothing was overwritten)"), result.output
+    assert (run / "best.pt").read_bytes() == before and not (run / "checkpoint.pt").exists()
