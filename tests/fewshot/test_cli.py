@@ -681,6 +681,14 @@ def test_another_products_checkpoint_is_named_as_such(tmp_path, command) -> None
         f"Error: checkpoint {ckpt} is a 'longtail-train' checkpoint, not a few-shot learner")
 
 
+@pytest.mark.parametrize("algo", ["lazy-maml", "lazy-reptile"])
+def test_a_lazy_learner_whose_student_diverges_stops_in_one_line(tmp_path, algo) -> None:
+    result = _sine(tmp_path / "d", "--iterations", "3", "--inner-lr", "1e30", algo=algo)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip() == ("Error: every leap candidate of the lazy teacher scored NaN: the student diverged; "
+                                     "lower its learning rate (--inner-lr); no checkpoint was written")
+
+
 def test_ways_given_for_sine_regression_is_named_as_ignored(tmp_path) -> None:
     base = ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--preset", "smoke", "--quiet"]
     with pytest.warns(UserWarning, match=r"^--ways does not apply to sine regression \(one function per task\); ignored$"):
