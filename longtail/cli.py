@@ -281,7 +281,7 @@ def eval_command(run, checkpoint, per_class_csv, plot) -> None:
 
     from .data import CIFARLongTail
     from .evaluation import evaluate
-    from .trainer import CHECKPOINT_KIND
+    from .trainer import CHECKPOINT_KIND, check_same_data
 
     distinct_outputs({"--json": run.json_path, "--per-class-csv": per_class_csv, "--plot": plot},
                      keep={"--checkpoint": checkpoint, "the checkpoint's .json": meta_path(checkpoint)})
@@ -301,6 +301,7 @@ def eval_command(run, checkpoint, per_class_csv, plot) -> None:
         options = {"normalized_head": True} if meta.get("normalized_head") else {}
         model = models_zoo.create(meta["model"], num_classes=len(meta["classes"]), in_channels=int(data.test_images.shape[1]),
                                   image_size=int(data.test_images.shape[-1]), **options).to(run.device)
+        check_same_data(checkpoint, meta, data)
         model.load_state_dict(state["model"])
     except LazyAppsError:
         raise

@@ -245,6 +245,7 @@ class Trainer:
         except CheckpointError as exc:
             raise CheckpointError(f"cannot resume: {exc}; resume with the same settings or start a new run with another --out") from None
         refuse_best_checkpoint(path, meta, state)
+        check_same_data(path, meta, self.data)
         try:
             self.load_state(state)
         except (KeyError, RuntimeError, ValueError) as exc:
@@ -366,6 +367,28 @@ class Trainer:
                      f"--resume {self.checkpoint_path}") if self.out_dir is not None and saved > 0 else "no epoch's checkpoint was written"
             raise Interrupted(f"interrupted during epoch {saved + 1}; {where}") from None
         return self.history
+
+
+def check_same_data(path: str | Path, meta: dict[str, Any], data: CIFARLongTail) -> None:
+    """:class:`CheckpointError` when ``data``, rebuilt from checkpoint ``path``'s settings, are not those its metadata
+    records (classes, class sizes, pixel statistics): an ``npz:`` bundle rewritten since the run, or an edited ``.json``."""
+    def same(a: Any, b: Any) -> bool:  # (b: the data's; a float as its JSON round trip may give it back)
+        return a == b if not isinstance(b, float) else isinstance(a, (int, float)) and math.isclose(a, b, rel_tol=1e-9)
+
+    found = {"classes": list(data.classes), "counts": list(data.counts), "mean": list(data.mean), "std": list(data.std)}
+    for key, value in found.items():
+        recorded = meta.get(key)
+        if recorded is None:  # (a checkpoint from before it was recorded)
+            continue
+        if not isinstance(recorded, list) or len(recorded) != len(value):
+            differs = f"{len(value)} entries of {key} now, {len(recorded) if isinstance(recorded, list) else repr(recorded)}"
+        else:
+            bad = next((i for i, (a, b) in enumerate(zip(recorded, value)) if not same(a, b)), None)
+            if bad is None:
+                continue
+            differs = f"{key}[{bad}] {value[bad]!r} now, {recorded[bad]!r}"
+        raise CheckpointError(f"{data.dataset} is not the data checkpoint {path} was trained on: {differs} in its metadata; "
+                              f"the data files changed since, or the .json was edited")
 
 
 def refuse_best_checkpoint(path: str | Path, meta: dict[str, Any], state: dict[str, Any] | None = None) -> None:

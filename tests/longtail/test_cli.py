@@ -255,7 +255,7 @@ def test_eval_refuses_a_hand_edited_metadata_file_in_one_line(env):
                     "val_per_class is 10 in the .pt but absent from the .json"),
         "classes dropped": (lambda m: {k: v for k, v in m.items() if k != "classes"},
                             "cannot be rebuilt from its metadata (it holds no 'classes' entry)"),
-        "classes": (lambda m: {**m, "classes": m["classes"] + ["extra"]}, "cannot be rebuilt from its metadata (size mismatch for"),
+        "classes": (lambda m: {**m, "classes": m["classes"] + ["extra"]}, "is not the data checkpoint"),
         "list": (lambda m: [m], "holds a JSON list, not an object of settings"),
     }
     for name in ("checkpoint.pt", "best.pt"):
@@ -308,3 +308,28 @@ def test_a_folder_that_keeps_a_runs_best_pt_alone_is_not_overwritten(env):
         assert result.exit_code == 2 and result.output.strip() == (
             f"Error: {run} already holds a run's best.pt; choose another --out (nothing was overwritten)"), result.output
     assert (run / "best.pt").read_bytes() == before and not (run / "checkpoint.pt").exists()
+
+
+def test_eval_and_resume_refuse_a_bundle_rewritten_since_the_run(env):
+    import numpy as np
+
+    def bundle(classes, seed):
+        rng = np.random.RandomState(seed)
+        labels = np.repeat(np.arange(classes), 40)
+        np.savez(env / "data.npz", x_train=rng.randint(0, 256, (len(labels), 8, 8, 3)).astype(np.uint8), y_train=labels,
+                 x_test=rng.randint(0, 256, (len(labels), 8, 8, 3)).astype(np.uint8), y_test=labels)
+
+    bundle(3, 0)
+    out = env / "run"
+    args = ["--dataset", f"npz:{env / 'data.npz'}", "--preset", "smoke", "--imbalance", "2", "--n-max", "20", "--method", "ce",
+            "--model", "mlp", "--epochs", "2", "--quiet"]
+    assert _invoke("train", *args, "--out", str(out)).exit_code == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    for classes, seed, changed in ((4, 0, ": 4 entries of classes now, 3 in its metadata"), (3, 1, ": mean[0] ")):
+        bundle(classes, seed)
+        for command in (["eval", "--checkpoint", str(out / "best.pt")], ["train", "--resume", str(out / "checkpoint.pt")]):
+            result = CliRunner().invoke(cli, ["longtail", *command, "--quiet"])
+            assert result.exit_code == 2 and result.output.startswith(f"Error: npz:{env / 'data.npz'} is not the data "
+                                                                      f"checkpoint {out}"), result.output
+            assert changed in result.output and result.output.strip().endswith("; the data files changed since, or the .json was edited")
+    assert (out / "checkpoint.pt").read_bytes() == before
