@@ -60,15 +60,26 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 def run_target(model: nn.Module, x: Tensor) -> Tensor:
     """``model(x)``, where a failure of the target (a user's model that takes only some batch sizes, say) is
-    one clear line instead of a traceback from inside it."""
+    one clear line instead of a traceback from inside it.
+
+    The answer must be (B, K) scores, one row per image, none NaN: anything else (a model that scores only the
+    first image of a batch, or returns labels) would be broadcast against the labels into fake results.
+    """
     try:
-        return model(x)
+        out = model(x)
     except Exception as exc:  # whatever the user's model raises
         # (out of memory is the machine's limit, not a shape the target refuses)
         hint = ("; query fewer images at once (BlackBox(batch_size=...))" if isinstance(exc, torch.OutOfMemoryError)
                 else "; a target must classify (B, C, H, W) batches of any size B")
         raise LazyAppsError(f"the target failed on a batch of {len(x)} images of shape {tuple(x.shape[1:])} "
                             f"({_failure(exc)}){hint}") from None
+    if not isinstance(out, Tensor) or out.dim() != 2 or len(out) != len(x):
+        shown = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+        raise LazyAppsError(f"the target answered a batch of {len(x)} images with {shown}; a target must return "
+                            f"(B, K) class scores, one row per image")
+    if bool(torch.isnan(out).any()):
+        raise LazyAppsError(f"the target returned NaN scores for a batch of {len(x)} images; it cannot be attacked")
+    return out
 
 
 def _failure(exc: BaseException) -> str:

@@ -58,8 +58,6 @@ def attack(run: RunContext, target_spec: str, targeted: bool | None, target_clas
     if target_class is not None and targeted is False:
         raise LazyAppsError("--target-class is for targeted attacks; drop --untargeted (or use --targeted)")
     targeted = bool(targeted) or target_class is not None
-    if max_queries is not None and max_queries < 1:
-        raise LazyAppsError(f"--max-queries must be at least 1, got {max_queries}")
     from .pipeline import META_TRAINING_OF
 
     if skip_blocked and method not in META_TRAINING_OF:
@@ -135,7 +133,7 @@ def run_attack(
     from lazyapps.errors import LazyAppsError, UnknownNameError
 
     from . import pipeline as P
-    from .blackbox import BlackBox
+    from .blackbox import UNLIMITED, BlackBox
     from .inputs import check_image_count
 
     if method not in METHODS:
@@ -147,8 +145,9 @@ def run_attack(
                             f"{method} does not use one")
     dataset = P.infer_dataset(target_spec)
     settings = apply_preset({name: by_ds[dataset] for name, by_ds in P.PRESETS.items()}, preset, overrides or {})
-    if int(settings["max_queries"]) < 1:
-        raise LazyAppsError(f"the query budget must be at least 1, got {settings['max_queries']}")
+    if not 1 <= int(settings["max_queries"]) <= UNLIMITED:  # (checked before any work; the blackbox counts in int64)
+        bound = "at least 1" if int(settings["max_queries"]) < 1 else f"at most {UNLIMITED:,}"
+        raise LazyAppsError(f"--max-queries (the query budget per image) must be {bound}, got {settings['max_queries']}")
     if images is None:  # (checked before the target is trained or loaded; the benchmarks pass counts straight here)
         check_image_count(int(settings["n_images"]))
     device = run.device

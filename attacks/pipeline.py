@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from lazyapps.cache import cached
-from lazyapps.errors import LazyAppsError, UnknownNameError
+from lazyapps.errors import CheckpointError, LazyAppsError, UnknownNameError
 from lazyapps.progress import status
 
 from .blackbox import run_target
@@ -220,9 +220,14 @@ def gradient_set(trained, name: str, data, *, n_images: int, mode: str, seed: in
         return build_gradient_set(trained.model.to(device), data.train.images[order], data.train.labels[order],
                                   num_classes=data.num_classes, mode=mode, desc=f"gradients {name}")
 
+    def usable(state: dict[str, Any]) -> None:  # a cached file that loads but holds no gradient set is rebuilt
+        shapes = [tuple(state[k].shape) if isinstance(state.get(k), Tensor) else None for k in ("images", "labels", "maps")]
+        if None in shapes or not shapes[0][:1] == shapes[1] == shapes[2][:1] or shapes[0][1:] != shapes[2][1:]:
+            raise CheckpointError(f"cached gradient set of {name} holds no images, labels and maps of matching shapes")
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        state, path = cached("gradient_sets", f"{data.name}-{name}-{mode}", settings, build, root=cache_dir)
+        state, path = cached("gradient_sets", f"{data.name}-{name}-{mode}", settings, build, root=cache_dir, validate=usable)
     _relay(caught)
     status(f"gradient set {name}: {len(state['maps'])} maps {'computed' if built else 'loaded from cache'}")
     return state, path
@@ -273,14 +278,17 @@ def meta_attacker(method: str, dataset: str, sets: list[tuple[dict[str, Tensor],
         return {"params": {k: v.detach().cpu() for k, v in result.params.items()},
                 "history": [[int(i), float(v)] for i, v in result.history]}
 
+    def fits(state: dict[str, Any]) -> None:  # a cached file that loads but does not fit the network is rebuilt
+        shapes = {k: tuple(v.shape) for k, v in model.named_parameters()}
+        params = state.get("params")
+        if not isinstance(params, dict) or {k: tuple(getattr(v, "shape", ())) for k, v in params.items()} != shapes:
+            raise CheckpointError(f"cached meta-attacker {method} does not fit the network")
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        state, path = cached("meta_attackers", f"{dataset}-{method}", key, build, root=cache_dir)
+        state, path = cached("meta_attackers", f"{dataset}-{method}", key, build, root=cache_dir, validate=fits)
     _relay(caught)
     params = {k: v.to(device) for k, v in state["params"].items()}
-    missing = set(dict(model.named_parameters())) ^ set(params)
-    if missing:
-        raise LazyAppsError(f"cached meta-attacker {path} does not fit the network; delete it to rebuild")
     history = state.get("history") or []
     mse = f", validation MSE {history[0][1]:.3f} -> {history[-1][1]:.3f}" if len(history) >= 2 else ""
     how = (f"meta-trained ({training}, {key['iterations']} iterations of {key['inner_steps']} inner steps) in {built[0]:.0f} s"

@@ -11,7 +11,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from lazyapps.cli import RunContext, apply_preset, common_options, preset_option, recorded_settings, writable_folder
+from lazyapps.cli import (RunContext, apply_preset, common_options, distinct_outputs, preset_option, recorded_settings,
+                          writable_folder)
 from lazyapps.plotting import plot_option
 
 #: every learner is scored on the same seeded test tasks, whatever ``--seed`` trained it.
@@ -161,13 +162,14 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
 
     from .base import get_learner
     from .datasets import dataset_info, task_source
-    from .experiment import build_learner, checkpoint_metadata, load_learner, save_learner, split_settings
+    from .experiment import build_learner, check_metadata, checkpoint_metadata, load_learner, save_learner, split_settings
     from .tasks import TooFewExamplesError
 
     if resume is not None:  # the run's own settings, but for those given here (checked against the run's below)
         from lazyapps.checkpoint import resumed_metadata
 
         stored = resumed_metadata(resume)
+        check_metadata(resume, stored)  # (its settings are used below before the learner is loaded)
         recorded = recorded_settings({**stored.get("hparams", {}), **stored}, RESUMED_OPTIONS)
         if isinstance(stored.get("target_iterations"), int):  # (an edited .json's text is not a count: the preset's then)
             recorded.update(recorded_settings({"iterations": stored["target_iterations"]}, ["iterations"]))
@@ -228,6 +230,12 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     default_out = f"fewshot-runs/{algo}-{dataset.replace(':', '_').replace('/', '_')}-{ways}way-{shots}shot"
     out_dir = Path(out) if out else (Path(resume).parent if resume else Path(default_out))  # a resumed run stays in its folder
     ckpt = out_dir / "checkpoint.pt"
+    from lazyapps.checkpoint import meta_path
+
+    # (an output naming one of the run's files would overwrite that checkpoint when the run ends)
+    keep = {"the run's checkpoint.pt": ckpt, "the run's checkpoint.pt.json": meta_path(ckpt)}
+    keep.update({"--resume": resume, "the .json of --resume": meta_path(resume)} if resume else {})
+    distinct_outputs({"--json": run.json_path, "--plot": plot}, keep=keep)
     if ckpt.exists() and (resume is None or Path(resume).resolve() != ckpt.resolve()):
         raise LazyAppsError(f"{ckpt} already exists; pass --resume {ckpt} to continue it, or another --out")
 
@@ -336,11 +344,19 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         on_disk = load_metadata(ckpt).get("iteration")  # (also a resumed run's checkpoint not yet rewritten)
         kept = f"{ckpt} still holds iteration {on_disk}" if on_disk is not None else "no checkpoint was written"
         raise DivergedError(f"{exc}; {kept}") from None
-    final = learner.evaluate(curve_tasks)
-    curve.append({"iteration": learner.iteration, "metric": final.metric, "mean": final.mean, "ci95": final.ci95})
-    save()
-    status(f"scoring on {settings['eval_tasks']} test tasks")
-    evaluation = learner.evaluate(test_tasks.fixed_tasks(settings["eval_tasks"], seed=EVAL_SEED))
+    saved_final = False
+    try:  # a Ctrl-C while the trained learner is scored keeps the training (the last curve point aside)
+        final = learner.evaluate(curve_tasks)
+        curve.append({"iteration": learner.iteration, "metric": final.metric, "mean": final.mean, "ci95": final.ci95})
+        save()
+        saved_final = True
+        status(f"scoring on {settings['eval_tasks']} test tasks")
+        evaluation = learner.evaluate(test_tasks.fixed_tasks(settings["eval_tasks"], seed=EVAL_SEED))
+    except KeyboardInterrupt:
+        if not saved_final:
+            save(completed)
+        raise Interrupted(f"interrupted while scoring after iteration {learner.iteration}; saved {ckpt} (score it with "
+                          f"lazyapps fewshot eval --checkpoint {ckpt})") from None
     _warn_if_not_finite(evaluation)
     from lazyapps.distributed import is_main
 
@@ -388,6 +404,10 @@ def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, q
         get_learner(algo)
     if queries is not None and queries < 1:
         raise LazyAppsError(f"--queries must be positive, got {queries}")
+    from lazyapps.checkpoint import meta_path
+
+    distinct_outputs({"--json": run.json_path, "--plot": plot},
+                     keep={"--checkpoint": checkpoint, "the checkpoint's .json": meta_path(checkpoint)})
     expect = {k: v for k, v in {"algo": algo, "arch": arch}.items() if v is not None}
     learner, state, meta = load_learner(checkpoint, expect=expect, device=run.device, transductive=transductive,
                                         eval_inner_steps=eval_inner_steps)

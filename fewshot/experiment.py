@@ -114,6 +114,25 @@ def checkpoint_metadata(learner: Learner, *, arch: str, dataset: str, ways: int,
 IDENTITY_KEYS = ("kind", "algo", "arch", "ways")
 
 
+#: What a checkpoint's ``.json`` must hold, by type, for the learner and its tasks to be rebuilt (then what it may hold).
+METADATA_TYPES = {"algo": str, "arch": str, "dataset": str, "ways": int, "shots": int, "iteration": int}
+OPTIONAL_METADATA_TYPES = {"queries": int, "train_shots": int, "meta_batch": int, "hparams": dict, "seed": int,
+                           "eval_tasks": int, "eval_every": int, "shuffle_classes": bool, "preset": str}
+
+
+def check_metadata(path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+    """:class:`CheckpointError` for checkpoint metadata that is another product's, or a few-shot checkpoint's that lacks
+    a setting or gives one of another type (a hand-edited ``.json``): one line, not an error where the setting is used."""
+    if meta.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"checkpoint {path} is a {meta.get('kind', 'non-fewshot')!r} checkpoint, not a few-shot learner")
+    for key, kind in {**METADATA_TYPES, **OPTIONAL_METADATA_TYPES}.items():
+        if key not in meta:
+            if key in METADATA_TYPES:
+                raise CheckpointError(f"checkpoint {path}'s metadata lacks the setting {key!r}; {MIXED_FILES}")
+        elif not isinstance(meta[key], kind) or (isinstance(meta[key], bool) and kind is not bool):
+            raise CheckpointError(f"checkpoint {path}'s metadata gives {key}={meta[key]!r}, not of type {kind.__name__}; {MIXED_FILES}")
+
+
 def save_learner(path: str | os.PathLike, learner: Learner, metadata: Mapping[str, Any], **state: Any) -> None:
     identity = {key: metadata[key] for key in IDENTITY_KEYS if key in metadata}
     save_checkpoint(path, {**learner.checkpoint_state(), **state, "identity": identity}, {**metadata, "iteration": learner.iteration})
@@ -132,8 +151,8 @@ def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = 
     one-line :class:`CheckpointError`.
     """
     meta = load_metadata(path)
-    if meta and meta.get("kind") != CHECKPOINT_KIND:
-        raise CheckpointError(f"checkpoint {path} is a {meta.get('kind', 'non-fewshot')!r} checkpoint, not a few-shot learner")
+    if meta:  # (none: load_checkpoint names the missing file)
+        check_metadata(path, meta)
     # On the CPU: load_state_dict copies into the learner's device, and Adam's per-parameter "step" counters stay
     # CPU scalars as torch keeps them (loaded onto a GPU they stay there, and every Adam step then reads each one
     # back with .item(): two host-device syncs per parameter per meta-step for the rest of a resumed run).

@@ -102,10 +102,14 @@ def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if not mpath.exists():
         return {}
     try:
-        return json.loads(mpath.read_text())
+        meta = json.loads(mpath.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint metadata {mpath} is unreadable ({exc})",
                               fix="delete it or pass another checkpoint") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint metadata {mpath} holds a JSON {type(meta).__name__}, not an object of settings",
+                              fix="delete it or pass another checkpoint")
+    return meta
 
 
 def resumed_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -131,9 +135,10 @@ def check_files_agree(path: str | os.PathLike, recorded: Mapping[str, Any], meta
     define a run inside the ``.pt`` too checks the two before trusting the ``.json``.
     """
     for key, value in recorded.items():
-        if key in metadata and metadata[key] != value:
+        if key not in metadata or metadata[key] != value:
+            found = f"{metadata[key]!r} in the .json" if key in metadata else "absent from the .json"
             raise CheckpointError(f"checkpoint {path} and its metadata disagree: {key} is {value!r} in the .pt but "
-                                  f"{metadata[key]!r} in the .json; {MIXED_FILES}")
+                                  f"{found}; {MIXED_FILES}")
 
 
 def first_load_problem(exc: BaseException) -> str:

@@ -89,6 +89,26 @@ class LazyGroup(click.Group):
             error = click.ClickException(f"{exc.strerror or exc}{where}")
             error.exit_code = 2
             raise error from None
+        except (MemoryError, RuntimeError) as exc:  # the machine's refusal of an allocation: one line too
+            asked = _out_of_memory(exc)
+            if asked is None:
+                raise
+            error = click.ClickException(f"out of memory ({asked}); ask for less at once: a smaller batch, meta-batch, "
+                                         f"number of shots, queries, tasks or images")
+            error.exit_code = 2
+            raise error from None
+
+
+def _out_of_memory(exc: BaseException) -> str | None:
+    """What a failed allocation asked for, when ``exc`` is one (Python's, torch's on the CPU or on a GPU), else None."""
+    import re
+
+    from .errors import describe
+
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # (torch.OutOfMemoryError: CUDA's)
+        return describe(exc)
+    cpu = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", str(exc))
+    return f"{int(cpu.group(1)):,} bytes asked for" if cpu else None
 
 
 @dataclass
@@ -155,14 +175,15 @@ def writable_folder(ctx: click.Context, param: click.Parameter, value: str | Non
     return _writable(value, param, folder=True)
 
 
-def distinct_outputs(paths: Mapping[str, str | None]) -> None:
+def distinct_outputs(paths: Mapping[str, Any], keep: Mapping[str, Any] | None = None) -> None:
     """Refuse, before any work, two output options (``{"--json": path, ...}``) that name the same file:
-    the later write would silently replace the earlier one."""
+    the later write would silently replace the earlier one. Nor may one name a file of ``keep`` (``{"--checkpoint":
+    path, ...}``: a command's checkpoints, which the output would overwrite)."""
     from pathlib import Path
 
     from .errors import LazyAppsError
 
-    seen: dict[Path, str] = {}
+    seen: dict[Path, str] = {Path(path).expanduser().resolve(): what for what, path in (keep or {}).items() if path is not None}
     for option, path in paths.items():
         if path is None:
             continue
@@ -256,6 +277,7 @@ def compare_command(run: RunContext, results: tuple[str, ...], all_settings: boo
     from .compare import KEY_COLUMN, compare, format_comparison, labels, load_result
     from .results import write_csv
 
+    distinct_outputs({"--json": run.json_path, "--csv": csv_path}, keep={f"the compared {path}": path for path in results})
     columns = labels(results)
     table = compare([load_result(path) for path in results], columns, all_settings=all_settings)
     if csv_path:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .errors import DivergedError
 from .functional import Params, buffers_of, forward
 
 Predict = Callable[..., Tensor]
@@ -194,7 +195,8 @@ class LazyTeacher:
         under ``torch.no_grad``; the returned params are then built once with
         grad to ``theta``: γ̂·θ + (1 − γ̂)·Σ_j α̂_j φ_j.detach(). ``score_fn`` may
         return a float or a one-element tensor; tensor scores are read back
-        together after the search, so on CUDA the grid costs one sync.
+        together after the search, so on CUDA the grid costs one sync. NaN scores never win; when every
+        candidate scores NaN the student diverged: :class:`~lazyapps.errors.DivergedError`.
         """
         if len(checkpoints) < self.last:
             raise ValueError(f"need at least last={self.last} checkpoints, got {len(checkpoints)}")
@@ -219,7 +221,8 @@ class LazyTeacher:
             if not math.isnan(s) and (best is None or sign * s < best[0]):
                 best = (sign * s, g, w)
         if best is None:
-            raise ValueError("every leap candidate scored NaN; the student probably diverged (lower its lr)")
+            raise DivergedError("every leap candidate of the lazy teacher scored NaN: the student diverged; lower its "
+                                "learning rate (--inner-lr)")
         _, gamma, weights = best
         mix = _mix([{k: v.detach() for k, v in phi.items()} for phi in phis], weights)
         params = {k: gamma * theta[k] + (1 - gamma) * mix[k] for k in theta}

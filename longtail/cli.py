@@ -11,11 +11,16 @@ from typing import Any
 
 import click
 
-from lazyapps.cli import apply_preset, common_options, preset_option, recorded_settings, writable_file, writable_folder
+from lazyapps.cli import (apply_preset, common_options, distinct_outputs, preset_option, recorded_settings, writable_file,
+                          writable_folder)
 from lazyapps.plotting import plot_option
 
 METHOD_NAMES = ("ce", "cb-ce", "cb-focal", "ldam-drw", "logit-adjust", "l2rw", "meta-weight-net", "two-component",
                 "lazy-two-component")
+
+#: The options only some methods use: the lazy student's and teacher's, and two-component's ε rule.
+METHOD_OPTIONS = {"inner_steps": ("lazy-two-component",), "inner_lr": ("lazy-two-component",),
+                  "gammas": ("lazy-two-component",), "eps_rule": ("two-component", "lazy-two-component")}
 
 #: smoke: seconds (a few hundred images, 2 epochs); quick: minutes on a 2-core CPU; paper: Cao/Jamal et al.'s settings.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -150,12 +155,17 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
                "test_per_class": test_per_class, "model": model, "seed": run.seed}
     unexposed: dict[str, Any] = {}  # settings without an option (the benchmark sets them): a resumed run keeps its own
     if resume is not None:
-        from lazyapps.checkpoint import resumed_metadata
+        from lazyapps.checkpoint import check_expected, check_files_agree, load_checkpoint, resumed_metadata
 
-        from .trainer import refuse_best_checkpoint
+        from .trainer import CHECKPOINT_KIND, refuse_best_checkpoint
 
         meta = resumed_metadata(resume)
-        refuse_best_checkpoint(resume, meta)
+        check_expected(resume, meta, {"kind": CHECKPOINT_KIND})  # (another product's settings would be taken below)
+        # The run's settings come from the .json: first it must agree with those its .pt records (an edited .json
+        # would otherwise fail somewhere in the data loading or the trainer's construction).
+        state, _ = load_checkpoint(resume)
+        check_files_agree(resume, state.get("identity") or {}, meta)  # (checkpoints from before it was kept: not checked)
+        refuse_best_checkpoint(resume, meta, state)
         options.update(recorded_settings(meta, options))  # the run's own settings, but for those given here
         if meta.get("preset") not in (None, options["preset"]):  # (a preset only names settings: they come from the run)
             raise LazyAppsError(f"{resume} was trained with --preset {meta['preset']}; leave --preset out to resume it")
@@ -165,6 +175,12 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
         raise LazyAppsError(f"--imbalance must be >= 1 (largest / smallest class size), got {imbalance}")
     if method not in METHOD_NAMES:
         raise UnknownNameError("method", method, METHOD_NAMES)
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source
+    for name, takers in METHOD_OPTIONS.items():  # given to another method, it would be ignored (yet recorded as the run's)
+        if method not in takers and source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            raise LazyAppsError(f"--{name.replace('_', '-')} is an option of {' and '.join(takers)}, not of --method {method}")
     settings = apply_preset(PRESETS, preset, {k: options[k] for k in ("epochs", "batch_size", "n_max", "test_per_class")})
     from .data import CIFARLongTail
     from .trainer import TrainConfig, Trainer
@@ -182,10 +198,19 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
     except TypeError as exc:  # (only an edited checkpoint .json can give a setting of the wrong type)
         raise LazyAppsError(f"a setting of {resume or 'this run'} has the wrong type ({exc})") from None
     out_dir = Path(out) if out else (Path(resume).parent if resume else _default_out(cache_root(run.cache_dir), config))
+    from lazyapps.checkpoint import meta_path
+
+    # (an output naming one of the run's files would overwrite that checkpoint when the run ends)
+    keep = {f"the run's {f.name}": f for name in ("checkpoint.pt", "best.pt") for f in (out_dir / name, meta_path(out_dir / name))}
+    keep.update({"--resume": resume, "the .json of --resume": meta_path(resume)} if resume else {})
+    distinct_outputs({"--json": run.json_path, "--per-class-csv": per_class_csv, "--plot": plot}, keep=keep)
     existing = out_dir / "checkpoint.pt"
     if existing.exists() and (resume is None or Path(resume).resolve() != existing.resolve()):
         raise LazyAppsError(f"{out_dir} already holds a run's checkpoint; continue it with --resume {existing} "
                             f"or choose another --out (nothing was overwritten)")
+    best = out_dir / "best.pt"  # (a run's best weights kept without its checkpoint.pt: the new run's would replace them)
+    if best.exists() and (resume is None or Path(resume).parent.resolve() != out_dir.resolve()):
+        raise LazyAppsError(f"{out_dir} already holds a run's best.pt; choose another --out (nothing was overwritten)")
     data = CIFARLongTail.load(dataset, imbalance=imbalance, root=run.data_dir, rule=config.rule, val_per_class=config.val_per_class,
                               n_max=config.n_max, test_per_class=config.test_per_class, seed=config.seed)
     trainer = Trainer(config, data, device=run.device, out_dir=out_dir)  # (refuses settings the data cannot serve)
@@ -249,29 +274,40 @@ def _table(title, best, last, times) -> str:
 def eval_command(run, checkpoint, per_class_csv, plot) -> None:
     """Evaluate a longtail checkpoint on its test set (top-1 error, many/medium/few-shot and per-class accuracy)."""
     import models_zoo
-    from lazyapps.checkpoint import load_checkpoint
-    from lazyapps.errors import CheckpointError
+    from lazyapps.checkpoint import MIXED_FILES, check_files_agree, first_load_problem, load_checkpoint, meta_path
+    from lazyapps.errors import CheckpointError, LazyAppsError
     from lazyapps.progress import status
     from lazyapps.results import format_table
 
     from .data import CIFARLongTail
     from .evaluation import evaluate
-    from .trainer import CHECKPOINT_KIND
+    from .trainer import CHECKPOINT_KIND, check_same_data
 
+    distinct_outputs({"--json": run.json_path, "--per-class-csv": per_class_csv, "--plot": plot},
+                     keep={"--checkpoint": checkpoint, "the checkpoint's .json": meta_path(checkpoint)})
     state, meta = load_checkpoint(checkpoint, map_location=run.device, expect={"kind": CHECKPOINT_KIND})
     if "model" not in state:
         raise CheckpointError(f"{checkpoint} is not a longtail checkpoint (kind {meta.get('kind')!r}); pass a checkpoint.pt or best.pt written by 'lazyapps longtail train'")
     if str(meta.get("model", "")).startswith("custom:"):
         raise CheckpointError(f"{checkpoint} was trained with the user's own network ({meta['model'][7:]}), which the "
                               f"command cannot rebuild; evaluate it from Python (longtail.evaluation.evaluate)")
-    data = CIFARLongTail.load(meta["dataset"], imbalance=meta["imbalance"], root=run.data_dir, rule=meta["rule"],
-                              val_per_class=meta["val_per_class"], n_max=meta["n_max"],
-                              test_per_class=meta["test_per_class"], seed=meta["seed"])
-    status(data.describe())
-    options = {"normalized_head": True} if meta.get("normalized_head") else {}
-    model = models_zoo.create(meta["model"], num_classes=len(meta["classes"]), in_channels=int(data.test_images.shape[1]),
-                              image_size=int(data.test_images.shape[-1]), **options).to(run.device)
-    model.load_state_dict(state["model"])
+    # The data and the network are rebuilt from the .json: it must describe the run whose weights the .pt holds.
+    check_files_agree(checkpoint, state.get("identity") or {}, meta)  # (checkpoints from before it was kept: not checked)
+    try:
+        data = CIFARLongTail.load(meta["dataset"], imbalance=meta["imbalance"], root=run.data_dir, rule=meta["rule"],
+                                  val_per_class=meta["val_per_class"], n_max=meta["n_max"],
+                                  test_per_class=meta["test_per_class"], seed=meta["seed"])
+        status(data.describe())
+        options = {"normalized_head": True} if meta.get("normalized_head") else {}
+        model = models_zoo.create(meta["model"], num_classes=len(meta["classes"]), in_channels=int(data.test_images.shape[1]),
+                                  image_size=int(data.test_images.shape[-1]), **options).to(run.device)
+        check_same_data(checkpoint, meta, data)
+        model.load_state_dict(state["model"])
+    except LazyAppsError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a .json with a setting missing or garbled
+        raise CheckpointError(f"checkpoint {checkpoint} cannot be rebuilt from its metadata ({first_load_problem(exc)}); "
+                              f"{MIXED_FILES}") from None
     result = evaluate(model, data.test_images, data.test_labels, data.counts, mean=data.mean, std=data.std, device=run.device)
     epoch = meta.get("best_epoch", meta.get("epochs_done"))
     row = {"epoch": epoch, "top1 error %": result["top1_error"], "many %": result["many_accuracy"],

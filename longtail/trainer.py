@@ -90,6 +90,9 @@ class TrainConfig:
             raise LazyAppsError(f"--epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 2:
             raise LazyAppsError(f"--batch-size must be >= 2 (BatchNorm needs a batch), got {self.batch_size}")
+        if self.method == "lazy-two-component" and self.inner_steps > self.batch_size:  # (it would take batch-size steps)
+            raise LazyAppsError(f"--inner-steps {self.inner_steps} is more than --batch-size {self.batch_size}: the lazy "
+                                f"student's steps run over that many slices of a batch")
         if len(tuple(self.lr_decay)) != 2 or not all(math.isfinite(f) and f > 0 for f in self.lr_decay):
             raise LazyAppsError(f"lr_decay must be two positive factors (from the first and the second decay), "
                                 f"got {tuple(self.lr_decay)}")
@@ -242,6 +245,7 @@ class Trainer:
         except CheckpointError as exc:
             raise CheckpointError(f"cannot resume: {exc}; resume with the same settings or start a new run with another --out") from None
         refuse_best_checkpoint(path, meta, state)
+        check_same_data(path, meta, self.data)
         try:
             self.load_state(state)
         except (KeyError, RuntimeError, ValueError) as exc:
@@ -329,8 +333,9 @@ class Trainer:
     def run(self, *, on_epoch_end: Callable[[Trainer, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
         """Train from ``self.epoch`` to the last epoch, checkpointing after each; returns the history.
 
-        Ctrl-C raises :class:`Interrupted` naming the checkpoint of the last completed epoch.
+        Ctrl-C raises :class:`Interrupted` naming the checkpoint of the last epoch written to disk.
         """
+        saved = self.epoch  # the last epoch completed and checkpointed (a Ctrl-C may land while its files are written)
         try:
             while self.epoch < self.config.epochs:
                 row = self.train_epoch()
@@ -348,17 +353,42 @@ class Trainer:
                     self.best = {"epoch": row["epoch"], **result}
                 self.epoch += 1
                 if self.out_dir is not None:
-                    self.save()
+                    # best.pt before checkpoint.pt: a checkpoint never records a best epoch whose weights are not on
+                    # disk (a Ctrl-C between the two writes resumes before this epoch, which writes best.pt again).
                     if improved:
-                        save_checkpoint(self.out_dir / "best.pt", {"model": self.model.state_dict()},
+                        save_checkpoint(self.out_dir / "best.pt", {"model": self.model.state_dict(), "identity": self.identity()},
                                         {**self.metadata(), "best_epoch": row["epoch"]})
+                    self.save()
+                saved = self.epoch
                 if on_epoch_end is not None:
                     on_epoch_end(self, row)
         except KeyboardInterrupt:
-            where = (f"the checkpoint of epoch {self.epoch} is kept at {self.checkpoint_path}; continue with "
-                     f"--resume {self.checkpoint_path}") if self.out_dir is not None and self.epoch > 0 else "no epoch was completed, nothing was saved"
-            raise Interrupted(f"interrupted during epoch {self.epoch + 1}; {where}") from None
+            where = (f"the checkpoint of epoch {saved} is kept at {self.checkpoint_path}; continue with "
+                     f"--resume {self.checkpoint_path}") if self.out_dir is not None and saved > 0 else "no epoch's checkpoint was written"
+            raise Interrupted(f"interrupted during epoch {saved + 1}; {where}") from None
         return self.history
+
+
+def check_same_data(path: str | Path, meta: dict[str, Any], data: CIFARLongTail) -> None:
+    """:class:`CheckpointError` when ``data``, rebuilt from checkpoint ``path``'s settings, are not those its metadata
+    records (classes, class sizes, pixel statistics): an ``npz:`` bundle rewritten since the run, or an edited ``.json``."""
+    def same(a: Any, b: Any) -> bool:  # (b: the data's; a float as its JSON round trip may give it back)
+        return a == b if not isinstance(b, float) else isinstance(a, (int, float)) and math.isclose(a, b, rel_tol=1e-9)
+
+    found = {"classes": list(data.classes), "counts": list(data.counts), "mean": list(data.mean), "std": list(data.std)}
+    for key, value in found.items():
+        recorded = meta.get(key)
+        if recorded is None:  # (a checkpoint from before it was recorded)
+            continue
+        if not isinstance(recorded, list) or len(recorded) != len(value):
+            differs = f"{len(value)} entries of {key} now, {len(recorded) if isinstance(recorded, list) else repr(recorded)}"
+        else:
+            bad = next((i for i, (a, b) in enumerate(zip(recorded, value)) if not same(a, b)), None)
+            if bad is None:
+                continue
+            differs = f"{key}[{bad}] {value[bad]!r} now, {recorded[bad]!r}"
+        raise CheckpointError(f"{data.dataset} is not the data checkpoint {path} was trained on: {differs} in its metadata; "
+                              f"the data files changed since, or the .json was edited")
 
 
 def refuse_best_checkpoint(path: str | Path, meta: dict[str, Any], state: dict[str, Any] | None = None) -> None:

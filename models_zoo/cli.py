@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from lazyapps.cli import RunContext, common_options
+from lazyapps.cli import RunContext, common_options, distinct_outputs
 
 
 def _training_options(func: Callable) -> Callable:
@@ -115,6 +115,10 @@ def eval_command(run: RunContext, arch: str | None, dataset: str, checkpoint: st
     from .training import evaluate, is_zoo_checkpoint, load, load_trained
     from .user_models import load_user_model
 
+    if checkpoint is not None:
+        from lazyapps.checkpoint import meta_path
+
+        distinct_outputs({"--json": run.json_path}, keep={"--checkpoint": checkpoint, "the checkpoint's .json": meta_path(checkpoint)})
     if arch or checkpoint is None:
         arch = _require_arch(arch)  # before the data loads: a bad name fails at once
     data = load_dataset(dataset, root=run.data_dir)

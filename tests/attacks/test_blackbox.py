@@ -346,3 +346,36 @@ def test_the_class_probe_fixes_the_image_shape_and_leaves_a_training_target_alon
     with pytest.raises(LazyAppsError, match=r"images of shape \(2, 3, 3\)"):
         bb.query(torch.rand(1, 2, 4, 4))
     assert bb.total == 0
+
+
+class FirstRowOnly(CountingNet):
+    """Scores the first image of a batch only (a user's model with a baked-in batch of 1)."""
+
+    def forward(self, x):
+        return super().forward(x[:1])
+
+
+class NaNScores(CountingNet):
+    def forward(self, x):
+        return super().forward(x) * float("nan")
+
+
+@pytest.mark.parametrize("net, message", [
+    (FirstRowOnly(), r"answered a batch of 3 images with shape \(1, 4\); a target must return \(B, K\) class scores"),
+    (NaNScores(), r"the target returned NaN scores for a batch of 3 images"),
+])
+def test_a_target_whose_scores_are_not_one_row_per_image_or_are_nan_is_refused_and_counts_nothing(net, message):
+    bb = BlackBox(net, budget=5)
+    with pytest.raises(LazyAppsError, match=message):
+        bb.query(images(3))
+    assert bb.total == 0
+
+
+def test_image_selection_refuses_a_target_that_scores_one_row_per_batch():
+    from attacks.pipeline import select_images
+    from lazyapps.data.splits import split_from_arrays
+    import numpy as np
+
+    split = split_from_arrays(np.zeros((6, 3, 3, 2), np.uint8), np.zeros(6, np.int64), what="test")
+    with pytest.raises(LazyAppsError, match=r"answered a batch of 6 images with shape \(1, 4\)"):
+        select_images(FirstRowOnly(), split, 2, device="cpu")

@@ -128,7 +128,8 @@ def test_targeted_run_reaches_for_the_target_class(mini_root, session_cache, tmp
     (["--target", "lenet5"], "the target 'lenet5' is in the default whitebox zoo (lenet5, net2, net3); a blackbox target "
                              "must be held out: pass a zoo without it, e.g. --zoo net2,net3"),
     (["--zoo", "vgg13"], "zoo model 'vgg13' is for cifar10"),
-    (["--max-queries", "0"], "--max-queries must be at least 1"),
+    (["--max-queries", "0"], "--max-queries (the query budget per image) must be at least 1, got 0"),
+    (["--max-queries", str(2**63)], f"--max-queries (the query budget per image) must be at most {2**63 - 1:,}, got {2**63}"),
     (["--n-images", "0"], "--n-images must be at least 1"),
     (["--untargeted", "--target-class", "2"], "--target-class is for targeted attacks"),
     (["--target-class", "10"], "--target-class 10 is out of range"),

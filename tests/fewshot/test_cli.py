@@ -645,6 +645,50 @@ def test_a_checkpoint_whose_metadata_does_not_match_is_refused_in_one_line(train
     assert ckpt.read_bytes() == before
 
 
+@pytest.mark.parametrize("command", ["eval", "resume"])
+@pytest.mark.parametrize("drop,edits,message", [
+    ("dataset", {}, "'s metadata lacks the setting 'dataset'; the .json was edited or belongs to another run"),
+    ("algo", {}, "'s metadata lacks the setting 'algo'"),
+    ("iteration", {}, "'s metadata lacks the setting 'iteration'"),
+    (None, {"shots": "x"}, "'s metadata gives shots='x', not of type int; the .json was edited"),
+    (None, {"queries": "abc"}, "'s metadata gives queries='abc', not of type int"),
+    (None, {"hparams": [1]}, "'s metadata gives hparams=[1], not of type dict"),
+    (None, {"seed": "abc"}, "'s metadata gives seed='abc', not of type int"),
+    (None, {"shuffle_classes": "no"}, "'s metadata gives shuffle_classes='no', not of type bool"),
+])
+def test_a_checkpoint_whose_metadata_lacks_or_garbles_a_setting_is_refused_in_one_line(trained, tmp_path, command, drop,
+                                                                                      edits, message) -> None:
+    ckpt = _mixed_checkpoint(trained, tmp_path, **edits)
+    if drop:
+        meta = json.loads((tmp_path / "checkpoint.pt.json").read_text())
+        del meta[drop]
+        (tmp_path / "checkpoint.pt.json").write_text(json.dumps(meta))
+    args = (["eval", "--checkpoint", str(ckpt)] if command == "eval" else
+            ["train", "--resume", str(ckpt), "--iterations", "9", "--out", str(tmp_path / "more")])
+    result = _run("fewshot", *args, "--quiet")
+    assert result.exit_code == 2 and result.output.startswith(f"Error: checkpoint {ckpt}"), result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("command", ["eval", "resume"])
+def test_another_products_checkpoint_is_named_as_such(tmp_path, command) -> None:
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"weights")
+    (tmp_path / "checkpoint.pt.json").write_text(json.dumps({"kind": "longtail-train", "dataset": "cifar10", "model": "resnet32"}))
+    args = ["eval", "--checkpoint", str(ckpt)] if command == "eval" else ["train", "--resume", str(ckpt)]
+    result = _run("fewshot", *args, "--quiet")
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"Error: checkpoint {ckpt} is a 'longtail-train' checkpoint, not a few-shot learner")
+
+
+@pytest.mark.parametrize("algo", ["lazy-maml", "lazy-reptile"])
+def test_a_lazy_learner_whose_student_diverges_stops_in_one_line(tmp_path, algo) -> None:
+    result = _sine(tmp_path / "d", "--iterations", "3", "--inner-lr", "1e30", algo=algo)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip() == ("Error: every leap candidate of the lazy teacher scored NaN: the student diverged; "
+                                     "lower its learning rate (--inner-lr); no checkpoint was written")
+
+
 def test_ways_given_for_sine_regression_is_named_as_ignored(tmp_path) -> None:
     base = ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--preset", "smoke", "--quiet"]
     with pytest.warns(UserWarning, match=r"^--ways does not apply to sine regression \(one function per task\); ignored$"):
@@ -655,3 +699,28 @@ def test_ways_given_for_sine_regression_is_named_as_ignored(tmp_path) -> None:
         warnings.simplefilter("always")
         assert _run(*base, "--out", str(tmp_path / "b")).exit_code == 0
     assert not [w for w in caught if "--ways" in str(w.message)]  # the default --ways is not the user's: nothing to say
+
+
+@pytest.mark.parametrize("call", [1, 2])  # the last learning-curve point, then the test tasks' scoring
+def test_ctrl_c_while_the_trained_learner_is_scored_keeps_its_training(tmp_path, monkeypatch, call) -> None:
+    from fewshot.base import get_learner
+
+    cls = get_learner("maml")
+    original, calls = cls.evaluate, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "evaluate", interrupted)
+    result = _sine(tmp_path / "i", "--iterations", "3", "--eval-every", "0")
+    ckpt = tmp_path / "i" / "checkpoint.pt"
+    assert result.exit_code == 130, result.output
+    assert (f"interrupted while scoring after iteration 3; saved {ckpt} (score it with lazyapps fewshot eval "
+            f"--checkpoint {ckpt})") in result.output
+    assert json.loads((tmp_path / "i" / "checkpoint.pt.json").read_text())["iteration"] == 3
+    monkeypatch.setattr(cls, "evaluate", original)
+    assert _sine(tmp_path / "s", "--iterations", "3", "--eval-every", "0").exit_code == 0
+    assert _same_weights(ckpt, tmp_path / "s" / "checkpoint.pt")

@@ -130,6 +130,10 @@ def test_unreadable_metadata_and_non_dict_files_are_checkpoint_errors(tmp_path):
     meta_path(path).write_text("{not json")
     with pytest.raises(CheckpointError, match=r"metadata .* is unreadable \(.*\); delete it or pass another checkpoint$"):
         load_checkpoint(path)  # (a checkpoint the user passed: the advice is theirs to follow)
+    for text, kind in (("[1, 2]", "list"), ('"kind"', "str"), ("null", "NoneType")):  # JSON, but not an object of settings
+        meta_path(path).write_text(text)
+        with pytest.raises(CheckpointError, match=rf"holds a JSON {kind}, not an object of settings; delete it"):
+            load_checkpoint(path, expect={"kind": "zoo"})
     torch.save(torch.zeros(2), tmp_path / "t.pt")
     with pytest.raises(CheckpointError, match="does not hold a dict"):
         load_checkpoint(tmp_path / "t.pt")
@@ -146,3 +150,13 @@ def test_resumed_metadata_names_a_missing_checkpoint_or_its_missing_json(tmp_pat
     (tmp_path / "checkpoint.pt.json").unlink()
     with pytest.raises(CheckpointError, match=r"has no metadata file beside it \(checkpoint.pt.json\), so its settings"):
         resumed_metadata(path)
+
+
+def test_files_agree_only_when_the_json_keeps_every_setting_the_pt_records():
+    from lazyapps.checkpoint import check_files_agree
+
+    check_files_agree("c.pt", {"ways": 5, "lr": 0.1}, {"ways": 5, "lr": 0.1, "other": 1})
+    with pytest.raises(CheckpointError, match=r"c.pt and its metadata disagree: ways is 5 in the .pt but '5' in the .json; "):
+        check_files_agree("c.pt", {"ways": 5}, {"ways": "5"})
+    with pytest.raises(CheckpointError, match=r"disagree: lr is 0.1 in the .pt but absent from the .json; the .json was edited"):
+        check_files_agree("c.pt", {"ways": 5, "lr": 0.1}, {"ways": 5})

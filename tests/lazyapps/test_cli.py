@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 import pytest
+import torch
 from click.testing import CliRunner
 
 from lazyapps import __version__
@@ -33,9 +34,16 @@ def _demo_group():
     @common_options
     @click.option("--fail", is_flag=True)
     @click.option("--disk-full", is_flag=True)
-    def demo(run, fail, disk_full):
+    @click.option("--raise", "raised", default=None)
+    def demo(run, fail, disk_full, raised):
         if fail:
             raise UnknownNameError("model", "nosuchnet", ["net4", "lenet5"])
+        if raised:
+            raise {"memory": MemoryError(), "bug": RuntimeError("a bug, not the machine"),
+                   "cpu": RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                                       "memory: you tried to allocate 16000000000032 bytes. Error code 12 (Cannot allocate memory)"),
+                   "cuda": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                                  "capacity of 79.19 GiB of which 1.2 GiB is free.")}[raised]
         if disk_full:
             import errno
             import os
@@ -55,6 +63,28 @@ def test_user_errors_are_one_line_without_traceback():
 def test_the_machines_refusals_are_one_line_too(tmp_path):
     result = CliRunner().invoke(_demo_group(), ["demo", "--disk-full"])
     assert result.exit_code == 2 and result.output.strip() == "Error: No space left on device: /runs/checkpoint.pt"
+
+
+@pytest.mark.parametrize("raised, asked", [
+    ("memory", "MemoryError"),
+    ("cpu", "16,000,000,000,032 bytes asked for"),
+    ("cuda", "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
+             "of which 1.2 GiB is free."),
+])
+def test_running_out_of_memory_is_one_line_and_other_runtime_errors_are_not_hidden(raised, asked):
+    result = CliRunner().invoke(_demo_group(), ["demo", "--raise", raised])
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"Error: out of memory ({asked}); ask for less at once: a smaller batch, meta-batch, number of shots, queries, "
+        f"tasks or images")
+    bug = CliRunner().invoke(_demo_group(), ["demo", "--raise", "bug"])
+    assert bug.exit_code == 1 and isinstance(bug.exception, RuntimeError)
+
+
+def test_a_command_that_asks_for_more_memory_than_the_machine_has_says_so_in_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--preset", "smoke",
+                                      "--meta-batch", str(10**13), "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 2 and result.output.startswith("Error: out of memory ("), result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, message", [
@@ -182,3 +212,41 @@ def test_seed_seeds_torch_numpy_and_random_before_the_command_runs(tmp_path):
 
     first, again, other = draws(1, "first"), draws(1, "again"), draws(2, "other")
     assert first == again and all(a != b for a, b in zip(first, other))
+
+
+def test_distinct_outputs_refuses_an_output_naming_a_file_to_keep(tmp_path, monkeypatch):
+    from lazyapps.cli import distinct_outputs
+
+    monkeypatch.chdir(tmp_path)
+    keep = {"--resume": "run/checkpoint.pt", "the run's checkpoint.pt": "./run/checkpoint.pt"}  # (kept files may coincide)
+    distinct_outputs({"--json": "r.json"}, keep=keep)
+    with pytest.raises(LazyAppsError, match=r"^the run's checkpoint.pt and --json name the same file run/../run/checkpoint.pt; give"):
+        distinct_outputs({"--json": "run/../run/checkpoint.pt"}, keep=keep)
+
+
+@pytest.mark.parametrize("args", [
+    ["compare", "{tmp}/a.json", "{tmp}/b.json", "--csv", "{tmp}/b.json"],
+    ["longtail", "train", "--dataset", "cifar10", "--preset", "smoke", "--model", "lenet5", "--out", "{tmp}/run",
+     "--per-class-csv", "{tmp}/run/best.pt"],
+    ["longtail", "train", "--resume", "{tmp}/l.pt", "--out", "{tmp}/run", "--json", "{tmp}/l.pt.json"],
+    ["longtail", "eval", "--checkpoint", "{tmp}/c.pt", "--json", "{tmp}/c.pt.json"],
+    ["fewshot", "train", "--algo", "maml", "--dataset", "sine", "--preset", "smoke", "--out", "{tmp}/run", "--json",
+     "{tmp}/run/checkpoint.pt.json"],
+    ["fewshot", "train", "--resume", "{tmp}/c.pt", "--json", "{tmp}/c.pt"],
+    ["fewshot", "eval", "--checkpoint", "{tmp}/c.pt", "--json", "{tmp}/c.pt.json"],
+    ["zoo", "eval", "--checkpoint", "{tmp}/c.pt", "--json", "{tmp}/c.pt.json"],
+])
+def test_no_output_may_overwrite_a_checkpoint_or_a_compared_result_the_command_reads_or_writes(tmp_path, args):
+    # (--resume reads its checkpoint's settings first)
+    meta = '{"kind": "fewshot", "algo": "maml", "arch": "sine_mlp", "dataset": "sine", "ways": 1, "shots": 5, "iteration": 1}'
+    kept = {"a.json": "{}", "b.json": "{}", "c.pt": "weights", "c.pt.json": meta, "run/checkpoint.pt.json": "{}", "run/best.pt": "w",
+            "l.pt.json": '{"kind": "longtail-train", "dataset": "cifar10", "method": "ce"}'}
+    for name, text in kept.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    torch.save({"optimizer": {}}, tmp_path / "l.pt")
+    kept["l.pt"] = (tmp_path / "l.pt").read_bytes()
+    result = CliRunner().invoke(cli, [a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert result.exit_code == 2 and "name the same file" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert all(getattr(tmp_path / name, "read_bytes" if isinstance(v, bytes) else "read_text")() == v for name, v in kept.items())

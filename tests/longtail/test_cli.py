@@ -72,6 +72,7 @@ def test_train_lazy_method_small_model_and_resume_refusals(env):
     (["--gammas", "0.8,2"], "--gammas must be comma-separated numbers in [0, 1]"),
     (["--inner-lr", "0"], "--inner-lr must be > 0"),
     (["--inner-steps", "0"], "--inner-steps must be >= 1"),
+    (["--inner-steps", "65"], "--inner-steps 65 is more than --batch-size 64: the lazy student's steps run over that many slices"),
     (["--lr", "-0.1"], "--lr must be a positive number, got -0.1"),
     (["--lr", "nan"], "--lr must be a positive number, got nan"),
     (["--test-per-class", "0"], "--test-per-class must be >= 1 (leave it out for the whole test set)"),
@@ -79,6 +80,10 @@ def test_train_lazy_method_small_model_and_resume_refusals(env):
     (["--method", "two-component", "--val-per-class", "0"], "learns its weights on a balanced validation set; give --val-per-class >= 1"),
     (["--method", "lazy-two-component", "--epochs", "1"], "starts its meta steps at epoch 2 of the schedule, after the 1 epochs asked"),
     (["--method", "ldam-drw", "--epochs", "1"], "starts its deferred re-weighting at epoch 2"),
+    (["--method", "ce", "--gammas", "0.8"], "--gammas is an option of lazy-two-component, not of --method ce"),
+    (["--method", "two-component", "--inner-steps", "3"], "--inner-steps is an option of lazy-two-component, not of --method two-component"),
+    (["--method", "ldam-drw", "--inner-lr", "0.1"], "--inner-lr is an option of lazy-two-component, not of --method ldam-drw"),
+    (["--method", "ce", "--eps-rule", "step"], "--eps-rule is an option of two-component and lazy-two-component, not of --method ce"),
     (["--per-class-csv", "{tmp}/afile/pc.csv"], "--per-class-csv {tmp}/afile/pc.csv: cannot write there ({tmp}/afile is a file"),
     (["--out", "{tmp}/afile/run"], "--out {tmp}/afile/run: cannot write there ({tmp}/afile is a file, so nothing can be made under it)"),
     (["--json", "{tmp}/afile/r.json"], "--json {tmp}/afile/r.json: cannot write there"),
@@ -184,14 +189,14 @@ def test_explicit_flags_reach_the_training_config_and_the_data(env, monkeypatch)
 
     monkeypatch.setattr(trainer_module.TrainConfig, "check", check)
     monkeypatch.setattr(data_module.CIFARLongTail, "load", load)
-    _invoke("train", "--dataset", "cifar10", "--preset", "smoke", "--method", "two-component", "--imbalance", "10",
+    _invoke("train", "--dataset", "cifar10", "--preset", "smoke", "--method", "lazy-two-component", "--imbalance", "10",
             "--epochs", "3", "--batch-size", "32", "--lr", "0.05", "--inner-steps", "2", "--inner-lr", "0.01",
             "--eps-rule", "normalized", "--gammas", "0.8,0.9", "--split", "ldam", "--val-per-class", "4", "--n-max", "50",
             "--test-per-class", "7", "--model", "lenet5", "--seed", "4", "--quiet")
     config = seen["config"]
     assert (config.epochs, config.batch_size, config.lr, config.inner_steps, config.inner_lr) == (3, 32, 0.05, 2, 0.01)
     assert (config.eps_rule, config.gammas, config.rule, config.val_per_class) == ("normalized", (0.8, 0.9), "ldam", 4)
-    assert (config.n_max, config.test_per_class, config.model, config.seed, config.method) == (50, 7, "lenet5", 4, "two-component")
+    assert (config.n_max, config.test_per_class, config.model, config.seed, config.method) == (50, 7, "lenet5", 4, "lazy-two-component")
     assert seen["data"] == {"dataset": "cifar10", "imbalance": 10.0, "root": None, "rule": "ldam", "val_per_class": 4,
                             "n_max": 50, "test_per_class": 7, "seed": 4}
 
@@ -237,3 +242,94 @@ def test_a_bundle_given_relative_to_the_working_directory_is_recorded_absolute(e
     monkeypatch.chdir(work)  # the bundle named again, by another spelling, is the run's own
     again = _invoke("train", "--resume", str(work / "run" / "checkpoint.pt"), "--dataset", "npz:./tiny.npz", "--quiet")
     assert again.exit_code == 0, again.output
+
+
+def test_eval_refuses_a_hand_edited_metadata_file_in_one_line(env):
+    import shutil
+
+    out = env / "run"
+    assert _invoke("train", *TINY, "--model", "lenet5", "--method", "ce", "--epochs", "1", "--out", str(out)).exit_code == 0
+    edits = {
+        "imbalance": (lambda m: {**m, "imbalance": 100.0}, "imbalance is 10.0 in the .pt but 100.0 in the .json"),
+        "dropped": (lambda m: {k: v for k, v in m.items() if k != "val_per_class"},
+                    "val_per_class is 10 in the .pt but absent from the .json"),
+        "classes dropped": (lambda m: {k: v for k, v in m.items() if k != "classes"},
+                            "cannot be rebuilt from its metadata (it holds no 'classes' entry)"),
+        "classes": (lambda m: {**m, "classes": m["classes"] + ["extra"]}, "is not the data checkpoint"),
+        "list": (lambda m: [m], "holds a JSON list, not an object of settings"),
+    }
+    for name in ("checkpoint.pt", "best.pt"):
+        meta = json.loads((out / f"{name}.json").read_text())
+        for edit, (change, message) in edits.items():
+            path = env / f"{edit}-{name}"
+            shutil.copy(out / name, path)
+            (env / f"{edit}-{name}.json").write_text(json.dumps(change(meta)))
+            result = CliRunner().invoke(cli, ["longtail", "eval", "--checkpoint", str(path), "--quiet"])
+            assert result.exit_code == 2 and message in result.output, (name, edit, result.output)
+            assert len(result.output.strip().splitlines()) == 1
+
+
+def test_resume_of_another_products_checkpoint_is_refused_before_its_settings_are_taken(env):
+    (env / "checkpoint.pt").write_bytes(b"weights")
+    (env / "checkpoint.pt.json").write_text(json.dumps({"kind": "fewshot", "algo": "maml", "dataset": "omniglot"}))
+    result = CliRunner().invoke(cli, ["longtail", "train", "--resume", str(env / "checkpoint.pt")])
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"Error: checkpoint {env / 'checkpoint.pt'} was made with kind='fewshot', but kind='longtail-train' is needed here")
+
+
+def test_resume_refuses_a_hand_edited_metadata_file_before_taking_its_settings(env):
+    import shutil
+
+    out = env / "run"
+    assert _invoke("train", *TINY, "--model", "lenet5", "--method", "ce", "--epochs", "1", "--out", str(out)).exit_code == 0
+    meta = json.loads((out / "checkpoint.pt.json").read_text())
+    for key, value, shown in (("imbalance", "abc", "'abc' in the .json"), ("n_max", "30", "'30' in the .json"),
+                              ("momentum", None, "None in the .json"), ("dataset", ..., "absent from the .json")):
+        shutil.copy(out / "checkpoint.pt", env / "checkpoint.pt")
+        edited = {k: v for k, v in meta.items() if k != key} if value is ... else {**meta, key: value}
+        (env / "checkpoint.pt.json").write_text(json.dumps(edited))
+        result = CliRunner().invoke(cli, ["longtail", "train", "--resume", str(env / "checkpoint.pt"), "--epochs", "2",
+                                          "--out", str(env / "more"), "--quiet"])
+        assert result.exit_code == 2 and f"and its metadata disagree: {key} is {meta[key]!r} in the .pt but {shown}" in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_folder_that_keeps_a_runs_best_pt_alone_is_not_overwritten(env):
+    run = env / "kept"
+    args = [*TINY, "--model", "lenet5", "--method", "ce", "--epochs", "1"]
+    assert _invoke("train", *args, "--out", str(run)).exit_code == 0
+    (run / "checkpoint.pt").unlink()  # (the run's best weights kept, its training state dropped)
+    (run / "checkpoint.pt.json").unlink()
+    before = (run / "best.pt").read_bytes()
+    other = env / "other"
+    assert _invoke("train", *args, "--seed", "1", "--out", str(other)).exit_code == 0
+    for extra in ([], ["--resume", str(other / "checkpoint.pt")]):
+        result = CliRunner().invoke(cli, ["longtail", "train", *args, "--seed", "1", "--out", str(run), *extra])
+        assert result.exit_code == 2 and result.output.strip() == (
+            f"Error: {run} already holds a run's best.pt; choose another --out (nothing was overwritten)"), result.output
+    assert (run / "best.pt").read_bytes() == before and not (run / "checkpoint.pt").exists()
+
+
+def test_eval_and_resume_refuse_a_bundle_rewritten_since_the_run(env):
+    import numpy as np
+
+    def bundle(classes, seed):
+        rng = np.random.RandomState(seed)
+        labels = np.repeat(np.arange(classes), 40)
+        np.savez(env / "data.npz", x_train=rng.randint(0, 256, (len(labels), 8, 8, 3)).astype(np.uint8), y_train=labels,
+                 x_test=rng.randint(0, 256, (len(labels), 8, 8, 3)).astype(np.uint8), y_test=labels)
+
+    bundle(3, 0)
+    out = env / "run"
+    args = ["--dataset", f"npz:{env / 'data.npz'}", "--preset", "smoke", "--imbalance", "2", "--n-max", "20", "--method", "ce",
+            "--model", "mlp", "--epochs", "2", "--quiet"]
+    assert _invoke("train", *args, "--out", str(out)).exit_code == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    for classes, seed, changed in ((4, 0, ": 4 entries of classes now, 3 in its metadata"), (3, 1, ": mean[0] ")):
+        bundle(classes, seed)
+        for command in (["eval", "--checkpoint", str(out / "best.pt")], ["train", "--resume", str(out / "checkpoint.pt")]):
+            result = CliRunner().invoke(cli, ["longtail", *command, "--quiet"])
+            assert result.exit_code == 2 and result.output.startswith(f"Error: npz:{env / 'data.npz'} is not the data "
+                                                                      f"checkpoint {out}"), result.output
+            assert changed in result.output and result.output.strip().endswith("; the data files changed since, or the .json was edited")
+    assert (out / "checkpoint.pt").read_bytes() == before

@@ -320,3 +320,47 @@ def test_an_epochs_train_loss_is_the_mean_over_its_examples_of_each_batchs_loss(
     sizes = [n for _, n in batches]
     assert len(batches) > 1 and sum(sizes) == len(small_lt.train_labels) and len(set(sizes)) == 2  # a short last batch
     assert row["train_loss"] == pytest.approx(sum(l * n for l, n in batches) / sum(sizes), rel=1e-12)
+
+
+@pytest.mark.parametrize("during", ["checkpoint.pt", "best.pt"])
+def test_ctrl_c_while_an_epochs_files_are_written_names_the_epoch_on_disk_and_best_pt_keeps_up(
+        small_lt, tmp_path, tiny_net, monkeypatch, during):
+    import longtail.trainer as trainer_module
+    from lazyapps.checkpoint import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "run"
+    part = _trainer(_config("ce", epochs=3), small_lt, out, tiny_net)
+    _scripted_errors(part, [50.0, 40.0, 45.0])  # epoch 2 improves: it writes best.pt and checkpoint.pt
+
+    def interrupted_in_epoch_2(path, state, meta=None):
+        if part.epoch == 2 and path.name == during:
+            raise KeyboardInterrupt
+        return save_checkpoint(path, state, meta)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", interrupted_in_epoch_2)
+    with pytest.raises(Interrupted, match="interrupted during epoch 2; the checkpoint of epoch 1 is kept"):
+        part.run()
+    assert load_checkpoint(out / "checkpoint.pt")[1]["epochs_done"] == 1
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_checkpoint)
+    resumed = _trainer(_config("ce", epochs=3), small_lt, out, tiny_net)
+    resumed.resume(out / "checkpoint.pt")
+    _scripted_errors(resumed, [50.0, 40.0, 45.0])
+    resumed.run()
+    assert resumed.best["epoch"] == 2
+    assert load_checkpoint(out / "best.pt")[1]["best_epoch"] == 2  # the weights the run calls its best
+
+
+def test_ctrl_c_while_the_first_checkpoint_is_written_says_none_was(small_lt, tmp_path, tiny_net, monkeypatch):
+    import longtail.trainer as trainer_module
+    from lazyapps.checkpoint import save_checkpoint
+
+    def interrupted(path, state, meta=None):
+        if path.name == "checkpoint.pt":
+            raise KeyboardInterrupt
+        return save_checkpoint(path, state, meta)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", interrupted)
+    part = _trainer(_config("ce", epochs=2), small_lt, tmp_path / "run", tiny_net)
+    with pytest.raises(Interrupted, match="interrupted during epoch 1; no epoch's checkpoint was written") as info:
+        part.run()
+    assert "--resume" not in str(info.value) and not (tmp_path / "run" / "checkpoint.pt").exists()
