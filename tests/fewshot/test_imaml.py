@@ -249,3 +249,85 @@ def test_learner_takes_cg_steps_conjugate_gradient_steps_and_adapts_with_the_pro
     fast = IMAML(tanh_net(3), problem="regression", lam=lam, **kw).adapt(support)
     for k in phi:
         torch.testing.assert_close(fast[k][0], phi[k], rtol=1e-9, atol=1e-10)
+
+
+def test_cg_takes_no_step_once_converged_and_zero_steps_is_x_zero():
+    # A = 2I: one CG step solves A x = b exactly (x = b/2, residual exactly 0); the steps after it must keep
+    # x (a 0/0 step size is taken as a step of 0), not turn it into nan.
+    rhs = {"w": torch.tensor([[1.0, -2.0], [0.5, 4.0]], dtype=torch.float64), "b": torch.tensor([3.0], dtype=torch.float64)}
+    solved = conjugate_gradient(lambda v: {k: 2 * t for k, t in v.items()}, rhs, steps=4)
+    for k in rhs:
+        assert torch.equal(solved[k], rhs[k] / 2)
+    assert all(torch.equal(t, torch.zeros_like(rhs[k])) for k, t in conjugate_gradient(lambda v: v, rhs, steps=0).items())
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        conjugate_gradient(lambda v: v, rhs, steps=-1)
+
+
+def test_proximal_adapt_with_zero_steps_is_theta_and_bad_arguments_are_refused():
+    model, theta, (xs, ys), (xq, yq) = _linear_regression_task(seed=5)
+    same = proximal_adapt(model, theta, {}, F.mse_loss, (xs[0], ys[0]), lam=1.0, steps=0, lr=0.1)
+    assert torch.equal(same["weight"], theta["weight"])
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        proximal_adapt(model, theta, {}, F.mse_loss, (xs[0], ys[0]), lam=1.0, steps=-1, lr=0.1)
+    with pytest.raises(ValueError, match="lam must be > 0, got 0"):
+        implicit_meta_gradient(model, theta, {}, F.mse_loss, (xs, ys), (xq, yq), lam=0.0, inner_steps=1, inner_lr=0.1, cg_steps=1)
+    with pytest.raises(ValueError, match="unknown HVP mode 'sideways'"):
+        hessian_vector_product(model, theta, {}, F.mse_loss, (xs[0], ys[0]), theta, mode="sideways")
+
+
+class _TanhWithoutForwardRule(torch.autograd.Function):
+    """tanh with a backward (so double backward works) but no jvp: forward-mode AD has no rule for it."""
+
+    @staticmethod
+    def forward(x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (t,) = ctx.saved_tensors
+        return g * (1 - t * t)
+
+
+class _NoForwardRuleNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(2, 3), nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.b(_TanhWithoutForwardRule.apply(self.a(x)))
+
+
+def test_hvp_modes_on_a_model_forward_mode_cannot_differentiate(monkeypatch):
+    import fewshot.learners.imaml as imaml_module
+
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(5, 2, generator=g, dtype=torch.float64), torch.randn(5, 1, generator=g, dtype=torch.float64)
+    calls = []
+    real_jvp = imaml_module.jvp
+    monkeypatch.setattr(imaml_module, "jvp", lambda *a, **k: calls.append(1) or real_jvp(*a, **k))
+
+    def fresh():
+        model = _NoForwardRuleNet().double()
+        params = params_of(model, detach=True)
+        v = {k: torch.randn(p.shape, generator=g, dtype=torch.float64) for k, p in params.items()}
+        hessian = torch.autograd.functional.hessian(
+            lambda vec: F.mse_loss(torch.func.functional_call(model, unflat(vec, params), (x,)), y), flat(params))
+        return model, params, v, hessian @ flat(v)
+
+    def hvp(model, params, v, mode):
+        return flat(hessian_vector_product(model, params, {}, F.mse_loss, (x, y), v, mode=mode))
+
+    model, params, v, expected = fresh()
+    torch.testing.assert_close(hvp(model, params, v, "reverse"), expected)
+    assert calls == []  # reverse mode never tries forward mode
+    with pytest.raises(RuntimeError, match="jvp"):
+        hvp(model, params, v, "forward")  # forward mode asked for: its failure is the answer, no silent fallback
+    model, params, v, expected = fresh()
+    torch.testing.assert_close(hvp(model, params, v, "auto"), expected)  # auto falls back to double backward ...
+    torch.testing.assert_close(hvp(model, params, v, "auto"), expected)
+    assert len(calls) == 2  # ... and remembers the model: one forward-mode try for each of the two models

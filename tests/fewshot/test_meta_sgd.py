@@ -1,4 +1,5 @@
 """Meta-SGD: learning-rate init, the α meta-gradient against finite differences, vmap vs loop."""
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -140,3 +141,28 @@ def test_adapt_takes_inner_steps_steps_with_the_learned_rates():
             p = {k: (v - alpha[k] * g).detach().requires_grad_() for (k, v), g in zip(p.items(), grads)}
         for k in p:
             torch.testing.assert_close(fast[k][t].detach(), p[k].detach())
+
+
+def test_init_learning_rates_defaults_to_the_papers_range_reproducibly_and_checks_its_bounds():
+    params = dict(nn.Linear(50, 40).named_parameters())  # 2,040 draws
+    alpha = init_learning_rates(params, generator=torch.Generator().manual_seed(1))
+    allv = torch.cat([v.flatten() for v in alpha.values()])
+    # U[0.005, 0.1] (Li et al.): the draws reach down to 0.005 and average 0.0525
+    assert float(allv.min()) >= 0.005 and float(allv.min()) < 0.006 and float(allv.max()) <= 0.1
+    assert abs(float(allv.mean()) - 0.0525) < 0.0015
+    again = init_learning_rates(params, generator=torch.Generator().manual_seed(1))
+    assert all(torch.equal(alpha[k], again[k]) for k in alpha)  # the generator makes the draw reproducible
+    fixed = init_learning_rates(params, low=0.05, high=0.05)  # equal bounds: one fixed rate
+    assert all(torch.equal(v, torch.full_like(v, 0.05)) for v in fixed.values())
+    assert float(torch.cat([v.flatten() for v in init_learning_rates(params, low=0.0, high=0.01).values()]).min()) >= 0.0
+    for low, high in ((0.2, 0.1), (-0.1, 0.1)):
+        with pytest.raises(ValueError, match="need 0 <= low <= high"):
+            init_learning_rates(params, low=low, high=high)
+
+
+def test_paper_defaults_are_one_step_with_maml_batch_sizes_and_adam_at_1e_3():
+    # Li et al.: one adaptation step, Adam with learning rate 1e-3; Finn et al.'s meta-batches and iterations
+    assert MetaSGD.paper_defaults(dataset="omniglot", ways=5, shots=1) == {"inner_steps": 1, "meta_batch": 32, "iterations": 60000}
+    assert MetaSGD.paper_defaults(dataset="omniglot", ways=20, shots=1) == {"inner_steps": 1, "meta_batch": 16, "iterations": 60000}
+    assert MetaSGD.paper_defaults(dataset="sine", ways=1, shots=5) == {"inner_steps": 1, "meta_batch": 25, "iterations": 70000}
+    assert MetaSGD(tiny_net(), problem="regression").meta_optimizer.param_groups[0]["lr"] == 1e-3

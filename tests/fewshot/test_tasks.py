@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewshot.tasks import EpisodeSampler, TaskBatch, TooFewExamplesError
+from fewshot.tasks import EpisodeSampler, TaskBatch, TooFewExamplesError, fixed_task_batches
 from lazyapps.errors import LazyAppsError
 
 
@@ -115,3 +115,79 @@ def test_a_query_label_the_support_set_lacks_is_refused() -> None:
     bad = TaskBatch(good.support_x, good.support_y, good.query_x, good.query_y.clamp_max(1) + 2)  # labels 2..3 of a 3-way task
     with pytest.raises(ValueError, match="query label 3 is not among the support labels"):
         bad.check("classification")
+
+
+def test_fixed_tasks_come_in_batches_of_25_by_default_and_none_is_lost() -> None:
+    images, labels = _toy()
+    sampler = EpisodeSampler(images, labels, ways=2, shots=1, queries=1)
+    assert [b.num_tasks for b in sampler.fixed_tasks(60, seed=0)] == [25, 25, 10]
+    assert [b.num_tasks for b in sampler.fixed_tasks(9, seed=0, batch_size=4)] == [4, 4, 1]
+    assert [b.num_tasks for b in sampler.fixed_tasks(1, seed=0)] == [1]
+    assert [b.num_tasks for b in fixed_task_batches(sampler, 60, seed=0)] == [25, 25, 10]
+    # the batching does not change the tasks: the same draws, in the same order
+    one = sampler.fixed_tasks(9, seed=3, batch_size=9)[0]
+    assert torch.equal(TaskBatch.cat(sampler.fixed_tasks(9, seed=3, batch_size=4)).support_x, one.support_x)
+
+
+def test_sampler_defaults_arguments_and_stream() -> None:
+    images, labels = _toy(num_classes=4, per_class=5)
+    sampler = EpisodeSampler(images, labels, ways=1, shots=1, queries=1)  # a 1-way task is a task
+    assert sampler.problem == "classification"
+    seeded = EpisodeSampler(images, labels, ways=1, shots=1, queries=1, seed=0)
+    assert torch.equal(sampler.sample(5).support_x, seeded.sample(5).support_x)  # seed 0 by default
+    stream = iter(sampler)
+    assert next(stream).num_tasks == 1 and next(stream).num_tasks == 1
+    for bad in ({"ways": 0}, {"shots": 0}, {"queries": 0}):
+        with pytest.raises(LazyAppsError, match="ways, shots and queries must be >= 1"):
+            EpisodeSampler(images, labels, **{"ways": 2, "shots": 1, "queries": 1, **bad})
+    with pytest.raises(ValueError, match="labels need one entry per image"):
+        EpisodeSampler(images, labels[:-1], ways=2, shots=1, queries=1)
+    with pytest.raises(LazyAppsError) as info:
+        EpisodeSampler(images, labels, ways=6, shots=1, queries=1, name="toy")
+    assert (info.value.name, info.value.ways, info.value.classes) == ("toy", 6, 4)  # the CLI words its own message
+
+
+def test_labels_may_be_any_integer_ids_in_any_integer_type() -> None:
+    images, labels = _toy(num_classes=3, per_class=4)
+    ids = (labels * 7 + 100).int().tolist()  # a list of ids 100, 107, 114
+    batch = EpisodeSampler(images, ids, ways=3, shots=1, queries=1, seed=0, shuffle_classes=False).sample(2)
+    cls, _ = _decode(batch.support_x)
+    assert cls.tolist() == [[0, 1, 2]] * 2 and batch.classes.tolist() == [[0, 1, 2]] * 2
+
+
+def test_uint8_images_become_floats_in_zero_one() -> None:
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).repeat_interleave(2).reshape(6, 1, 1, 1)
+    labels = torch.tensor([0, 1, 2]).repeat_interleave(2)
+    batch = EpisodeSampler(images, labels, ways=3, shots=1, queries=1, shuffle_classes=False).sample(1)
+    assert batch.support_x.flatten().tolist() == pytest.approx([0.0, 0.2, 1.0], rel=1e-6) and float(batch.support_x.max()) == 1.0
+
+
+def test_task_batch_select_chunks_cat_and_to_keep_every_part() -> None:
+    images, labels = _toy()
+    batch = EpisodeSampler(images, labels, ways=3, shots=1, queries=2, seed=0).sample(10)
+    one = batch.select(4)  # an int keeps a task dim of 1
+    assert one.num_tasks == 1 and torch.equal(one.query_x, batch.query_x[4:5]) and torch.equal(one.classes, batch.classes[4:5])
+    parts = list(batch.chunks(4))
+    assert [p.num_tasks for p in parts] == [4, 4, 2]
+    assert [p.num_tasks for p in batch.chunks(5)] == [5, 5]  # no empty batch after a whole number of chunks
+    whole = TaskBatch.cat(parts)
+    for name in ("support_x", "support_y", "query_x", "query_y", "classes"):
+        assert torch.equal(getattr(whole, name), getattr(batch, name)), name
+    unnamed = TaskBatch(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+    assert TaskBatch.cat([batch, unnamed]).classes is None and unnamed.select(0).classes is None
+    wide = batch.to("cpu", torch.float64)  # inputs take the dtype, labels and classes stay integers
+    assert (wide.support_x.dtype, wide.query_x.dtype, wide.support_y.dtype, wide.classes.dtype) == (
+        torch.float64, torch.float64, torch.int64, torch.int64)
+    assert torch.equal(wide.classes, batch.classes) and batch.to("cpu").support_x.dtype == torch.float32
+    assert unnamed.to("cpu").classes is None
+
+
+def test_check_accepts_the_smallest_task_batch_and_refuses_float_labels_and_a_part_without_tasks() -> None:
+    long = torch.zeros(1, 1, dtype=torch.long)
+    smallest = TaskBatch(torch.zeros(1, 1), long, torch.zeros(1, 1), long)  # one task, one row each, scalar inputs
+    smallest.check("classification")
+    smallest.check("regression")
+    with pytest.raises(ValueError, match="query_y must hold integer class labels, got torch.float32"):
+        TaskBatch(smallest.support_x, long, smallest.query_x, long.float()).check("classification")
+    with pytest.raises(ValueError, match="hold different numbers of tasks"):
+        TaskBatch(torch.tensor(0.0), long, smallest.query_x, long).check("regression")

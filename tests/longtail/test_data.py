@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -38,8 +39,9 @@ def test_default_split_on_real_subset(data_root):
 
 
 def test_ldam_split_on_real_subset_holds_out_validation_first(data_root):
-    with pytest.warns(UserWarning, match="--split ldam on a .*-image subset of cifar10's 50000 .* not Cao et al.'s split"):
+    with pytest.warns(UserWarning, match="--split ldam on a .*-image subset of cifar10's 50000 .* not Cao et al.'s split") as caught:
         lt = CIFARLongTail.load("cifar10", imbalance=10, root=data_root, rule="ldam", n_max=100, test_per_class=1, seed=5)
+    assert caught[0].filename == __file__  # the warning points at the caller's line
     assert torch.bincount(lt.train_labels, minlength=10).tolist() == lt.counts == longtail_counts(10, 10, 100)
     labels = load_dataset("cifar10", root=data_root).train.labels.numpy()
     rng = np.random.RandomState(5)  # Cao et al.: one seeded stream, classes in order
@@ -149,3 +151,89 @@ def test_a_class_too_small_for_its_split_names_only_the_remedies_that_help_it():
         split_indices(labels, [6, 3], val_per_class=2)  # class 0 keeps n_max whatever the imbalance
     with pytest.raises(LazyAppsError, match=r"class 1 .* use a larger --imbalance, a smaller --n-max or a dataset"):
         split_indices(labels, [5, 6], val_per_class=0)
+
+
+def _in_memory(name, num_classes, per_class, per_class_test=1):
+    """A dataset of 1×1 grey images in memory, classes interleaved as in the CIFAR files."""
+    from lazyapps.data.splits import DatasetSplits, Split
+
+    def split(per):
+        labels = torch.arange(num_classes).repeat(per)
+        return Split(torch.arange(len(labels)).remainder(256).to(torch.uint8).reshape(-1, 1, 1, 1), labels)
+
+    return DatasetSplits(name, split(per_class), split(per_class_test), [f"c{i}" for i in range(num_classes)])
+
+
+def test_full_cifar100_defaults_to_490_images_imbalance_100_and_ldam_warns_only_on_a_subset(monkeypatch):
+    import lazyapps.data as data_module
+
+    full = _in_memory("cifar100", 100, 500)  # the full 50,000-image training set
+    monkeypatch.setattr(data_module, "load_dataset", lambda name, root=None: full)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Cao et al.'s split on the full set: no warning
+        lt = CIFARLongTail.load("cifar100", rule="ldam")
+    # Jamal et al.: n_max = 500 − 10 validation images; imbalance 100: the smallest class has int(4.9) = 4
+    assert (lt.n_max, lt.imbalance, lt.val_per_class, lt.seed) == (490, 100.0, 10, 0)
+    assert lt.counts == [int(490 * 0.01 ** (c / 99)) for c in range(100)] and lt.counts[-1] == 4
+    balanced = CIFARLongTail.load("cifar100", imbalance=1)  # imbalance 1 is a balanced training set, not an error
+    assert balanced.counts == [490] * 100
+
+
+def test_bad_split_arguments_are_refused_before_the_data_load(monkeypatch, tmp_path):
+    import lazyapps.data as data_module
+
+    def no_load(name, root=None):
+        raise AssertionError("the data must not be loaded for a bad argument")
+
+    monkeypatch.setattr(data_module, "load_dataset", no_load)
+    for imbalance in (0.5, 0.0):
+        with pytest.raises(LazyAppsError, match="--imbalance must be >= 1"):
+            CIFARLongTail.load("cifar100", imbalance=imbalance, root=tmp_path)
+    # another dataset's missing files are its own error, not CIFAR-100's advice
+    monkeypatch.setattr(data_module, "load_dataset",
+                        lambda name, root=None: (_ for _ in ()).throw(DataNotFoundError("cifar10 not found; nowhere")))
+    with pytest.raises(DataNotFoundError, match="^cifar10 not found; nowhere$"):
+        CIFARLongTail.load("cifar10", root=tmp_path)
+
+
+def test_counts_refuse_bad_arguments_and_take_one_class():
+    assert longtail_counts(1, 10, 7) == [7]  # one class: no exponent c/(C−1) to take
+    assert longtail_counts(3, 4, 1) == [1, 0, 0]  # n_max = 1 is allowed (the loader refuses empty classes)
+    with pytest.raises(LazyAppsError, match="--imbalance must be >= 1"):
+        longtail_counts(3, 0.5, 10)
+    with pytest.raises(LazyAppsError, match="n_max .* must be >= 1"):
+        longtail_counts(3, 2, 0)
+
+
+def test_split_defaults_and_bad_split_arguments():
+    from lazyapps.errors import UnknownNameError
+
+    labels = torch.arange(3).repeat(40)  # interleaved: class c at rows c, c + 3, c + 6, ...
+    train, val = split_indices(labels, [20, 10, 5])
+    # 10 validation images per class by default (Jamal et al.), then the training images, in file order
+    assert val.tolist() == [c + 3 * i for c in range(3) for i in range(10)]
+    assert train[:20].tolist() == [3 * i for i in range(10, 30)]
+    # the ldam rule's permutation is seeded with 0 by default
+    rng = np.random.RandomState(0)
+    perm = np.flatnonzero(labels.numpy() == 0)
+    rng.shuffle(perm)
+    ldam_train, ldam_val = split_indices(labels, [20, 10, 5], rule="ldam")
+    assert ldam_val[:10].tolist() == perm[:10].tolist() and ldam_train[:20].tolist() == perm[10:30].tolist()
+    with pytest.raises(UnknownNameError):
+        split_indices(labels, [20, 10, 5], rule="random")
+    with pytest.raises(LazyAppsError, match="--val-per-class must be >= 0"):
+        split_indices(labels, [20, 10, 5], val_per_class=-1)
+
+
+def test_a_class_left_without_training_images_or_a_test_set_without_images_is_refused(tmp_path):
+    path = tmp_path / "lt.npz"
+    y = np.repeat(np.arange(3), 20)
+    np.savez(path, x_train=np.zeros((len(y), 4, 4, 3), np.uint8), y_train=y, x_test=np.zeros((6, 4, 4, 3), np.uint8),
+             y_test=np.arange(3).repeat(2))
+    # n_max 10 at imbalance 20: the last class would keep int(0.5) = 0 images
+    with pytest.raises(LazyAppsError, match=r"leaves class 2 without training images \(counts \[10, 2, 0\]\)"):
+        CIFARLongTail.load(f"npz:{path}", imbalance=20, root=tmp_path, val_per_class=5, n_max=10)
+    # one training image is enough: imbalance 10 keeps 10, int(3.16) = 3 and 1
+    assert CIFARLongTail.load(f"npz:{path}", imbalance=10, root=tmp_path, val_per_class=5, n_max=10).counts == [10, 3, 1]
+    with pytest.raises(LazyAppsError, match="--test-per-class must be >= 1"):
+        CIFARLongTail.load(f"npz:{path}", imbalance=2, root=tmp_path, val_per_class=5, test_per_class=0)

@@ -55,3 +55,9 @@ def test_predict_uses_eval_mode_and_restores_training_mode():
     running = model[2].running_mean.clone()
     assert torch.equal(predict(model, images, mean=mean, std=std, batch_size=3), expected)
     assert model.training and torch.equal(model[2].running_mean, running)
+
+
+def test_predict_on_no_images_is_an_empty_prediction():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    got = predict(model, torch.zeros(0, 3, 2, 2, dtype=torch.uint8), mean=(0.5,) * 3, std=(0.2,) * 3)
+    assert got.shape == (0,) and got.dtype == torch.long

@@ -123,3 +123,34 @@ def test_ldam_drw_reweights_from_the_first_decay_epoch_on():
     for epoch, expected in ((2, plain), (3, deferred), (4, deferred)):
         got = method.loss(StepContext(model, 0.1, epoch), x, y).detach()
         assert float(got) == pytest.approx(expected, rel=1e-4), epoch
+
+
+def test_class_balanced_weights_default_beta_and_domain():
+    counts = [4990, 498, 49, 1]
+    # Cui et al.'s β = 0.9999 is the default: weights ∝ (1 − β)/(1 − β^n), summing to C
+    raw = [(1 - 0.9999) / (1 - 0.9999 ** n) for n in counts]
+    expected = [4 * r / sum(raw) for r in raw]
+    assert class_balanced_weights(counts).tolist() == pytest.approx(expected, rel=1e-6)
+    # a class of one image is valid (E_1 = 1: the largest weight); none is not
+    assert int(class_balanced_weights(counts).argmax()) == 3
+    with pytest.raises(ValueError, match="at least one sample"):
+        class_balanced_weights([5, 0])
+    # β in [0, 1): β = 1 divides by zero, a negative β is no decay rate
+    assert class_balanced_weights([3, 2], beta=0.0).tolist() == [1.0, 1.0]
+    for beta in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"beta must be in \[0, 1\)"):
+            class_balanced_weights([3, 2], beta=beta)
+
+
+def test_loss_defaults_are_the_papers():
+    # focal γ = 1 (Cui et al.'s CB focal), LDAM max margin 0.5 and s = 30 (Cao et al.), τ = 1 (Menon et al.)
+    torch.manual_seed(5)
+    counts = [1000, 200, 30, 5]
+    logits, targets = torch.rand(6, 4) * 2 - 1, torch.tensor([0, 1, 2, 3, 3, 1])
+    p = F.softmax(logits, 1).gather(1, targets[:, None]).squeeze(1)
+    assert torch.allclose(L.focal_loss(logits, targets), -(1 - p) * p.log(), atol=1e-6)
+    got = L.ldam_loss(logits, targets, margins=L.ldam_margins(counts))
+    assert torch.allclose(got, _slow_ldam(logits, targets, counts, 0.5, 30.0), atol=1e-4)
+    prior = torch.tensor(counts, dtype=torch.float).div(sum(counts)).log()
+    expected = F.cross_entropy(logits + prior, targets, reduction="none")
+    assert torch.allclose(L.logit_adjusted_loss(logits, targets, log_prior=L.log_priors(counts)), expected, atol=1e-6)

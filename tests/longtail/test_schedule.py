@@ -1,0 +1,36 @@
+"""The epoch-wise schedule: the paper's defaults and the short schedules' edges, worked out by hand."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from longtail.schedule import Schedule
+
+
+def test_the_default_schedule_is_the_papers():
+    # Cao et al.: 200 epochs at lr 0.1, 5 warm-up epochs, ×0.01 after epoch 160 and ×0.0001 after 180
+    s = Schedule()
+    assert (s.epochs, s.lr, s.warmup_epochs, s.decay_epochs, s.decay_factors) == (200, 0.1, 5, (160, 180), (0.01, 0.0001))
+    assert s == Schedule.scaled(200)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.lr = 0.2  # a value object: the trainer records and compares it
+
+
+@pytest.mark.parametrize("epochs, warmup, decays", [
+    # 1 epoch: the decays (and the meta phase) fall after the run, so the trainer refuses the meta methods
+    (1, 0, (1, 1)),
+    # 2–5 epochs: both decays on the last epoch (80 % and 90 % round past it, clamped to epochs − 1)
+    (2, 0, (1, 1)), (3, 0, (2, 2)), (5, 0, (4, 4)),
+    # from 10 epochs on: round(0.8·E), round(0.9·E); warm-up round-half-up(0.025·E)
+    (10, 0, (8, 9)), (20, 1, (16, 18)), (40, 1, (32, 36)), (60, 2, (48, 54)),
+])
+def test_short_schedules_keep_the_shape_within_the_run(epochs, warmup, decays):
+    s = Schedule.scaled(epochs, lr=0.4, decay_factors=(0.5, 0.25))
+    assert (s.epochs, s.warmup_epochs, s.decay_epochs, s.meta_start) == (epochs, warmup, decays, decays[0])
+    assert s.lr_at(epochs - 1) == pytest.approx(0.4 * (0.25 if decays[1] <= epochs - 1 else 1.0))
+
+
+def test_scaled_refuses_no_epochs():
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        Schedule.scaled(0)
