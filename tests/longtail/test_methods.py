@@ -1,0 +1,172 @@
+"""The method registry and the methods' bookkeeping: names, flags, the papers' defaults, diagnostics, state."""
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lazyapps.errors import UnknownNameError
+from lazyapps.teacher import explore
+from longtail import methods as M
+from longtail.methods import METHODS, StepContext, create_method, explore_across_ranks, method_names
+from longtail.schedule import Schedule
+
+COUNTS = [500, 50, 5]
+
+
+def _cui_weights(counts, beta=0.9999):
+    raw = [(1 - beta) / (1 - beta ** n) for n in counts]
+    return torch.tensor([len(counts) * r / sum(raw) for r in raw])
+
+
+def _linear_problem():
+    g = torch.Generator().manual_seed(31)
+    model = torch.nn.Linear(4, 3).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    x, y = torch.randn(9, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (9,), generator=g)
+    vx, vy = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g)
+    return model, x, y, vx, vy
+
+
+def test_the_registry_names_flags_and_summaries():
+    # docs/longtail.md's table, in its order; meta methods get the validation batch, LDAM the cosine head
+    names = ["ce", "cb-ce", "cb-focal", "ldam-drw", "logit-adjust", "l2rw", "meta-weight-net", "two-component",
+             "lazy-two-component"]
+    assert method_names() == names
+    built = {name: create_method(name, COUNTS) for name in names}
+    assert all(method.name == name for name, method in built.items())
+    assert {n for n, m in built.items() if m.meta} == {"l2rw", "meta-weight-net", "two-component", "lazy-two-component"}
+    assert {n for n, m in built.items() if m.normalized_head} == {"ldam-drw"}
+    summaries = [cls.summary for cls in METHODS.values()]
+    assert len(set(summaries)) == len(names)  # each method says what it is in `--method` listings
+    with pytest.raises(UnknownNameError, match="unknown method 'focal'"):
+        create_method("focal", COUNTS)
+
+
+def test_method_defaults_are_the_papers():
+    w = _cui_weights(COUNTS)  # β = 0.9999 (Cui et al.)
+    for name in ("cb-ce", "cb-focal", "ldam-drw", "two-component", "lazy-two-component"):
+        assert torch.allclose(create_method(name, COUNTS).class_weights, w, rtol=1e-5), name
+    assert create_method("cb-focal", COUNTS).gamma == 1.0
+    ldam = create_method("ldam-drw", COUNTS)
+    assert ldam.scale == 30.0 and float(ldam.margins.max()) == pytest.approx(0.5)
+    assert ldam.drw_start == Schedule().meta_start == 160  # deferred re-weighting from the paper's first decay
+    assert create_method("logit-adjust", COUNTS).tau == 1.0
+    for name in ("two-component", "lazy-two-component"):
+        two = create_method(name, COUNTS)
+        assert (two.eps_rule, two.eps_lr) == ("step", 0.01)  # Jamal et al.'s code: one step of 0.01
+    assert create_method("lazy-two-component", COUNTS).inner_steps == 5
+    mwn = create_method("meta-weight-net", COUNTS)  # Shu et al.: an MLP 1-100-1, SGD with momentum 0.9, lr 1e-5
+    assert [tuple(p.shape) for p in mwn.weight_net.parameters()] == [(100, 1), (100,), (1, 100), (1,)]
+    group = mwn.optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"]) == (1e-5, 0.9)
+
+
+def test_meta_methods_train_plain_ce_before_the_meta_phase_or_without_a_validation_batch():
+    model, x, y, vx, vy = _linear_problem()
+    with torch.no_grad():
+        ce = float(F.cross_entropy(model(x), y))
+    method = create_method("l2rw", COUNTS)
+    method.meta_start = 3
+    assert float(method.loss(StepContext(model, 0.4, 2, vx, vy), x, y).detach()) == pytest.approx(ce)
+    assert float(method.loss(StepContext(model, 0.4, 3), x, y).detach()) == pytest.approx(ce)
+    assert method.diagnostics == {}  # no meta step ran
+    meta = float(method.loss(StepContext(model, 0.4, 3, vx, vy), x, y).detach())
+    assert meta != pytest.approx(ce)
+
+
+def test_a_meta_step_records_the_validation_loss_and_the_size_of_eps():
+    model, x, y, vx, vy = _linear_problem()
+    with torch.no_grad():
+        val_ce = float(F.cross_entropy(model(vx), vy))
+    l2rw = create_method("l2rw", COUNTS)
+    l2rw.loss(StepContext(model, 0.4, 0, vx, vy), x, y)
+    # L2RW's virtual step starts from ε = 0: θ̃ = θ, so L_val is the validation loss of the model itself
+    assert l2rw.diagnostics["val_loss"] == pytest.approx(val_ce, rel=1e-9)
+    two = create_method("two-component", COUNTS)
+    two.loss(StepContext(model, 0.4, 0, vx, vy), x, y)
+    w = two.class_weights[y]
+    eps = two.last_weights - w
+    assert float(eps.abs().max()) > 0
+    assert two.diagnostics["eps_over_w"] == pytest.approx(float(eps.abs().mean() / w.mean()), rel=1e-9)
+
+
+def test_reset_diagnostics_forgets_every_key():
+    method = create_method("two-component", COUNTS)
+    method.record(val_loss=2.0, eps_over_w=0.5)
+    method.reset_diagnostics()
+    method.record(val_loss=4.0)
+    assert method.diagnostics == {"val_loss": 4.0}  # no stale eps_over_w from the last epoch
+
+
+@pytest.mark.parametrize("scores, tie", [([0.5, 0.5, 0.5], 1.0), ([0.5, 0.75, 0.5], 0.0)])
+def test_grid_tie_says_whether_every_gamma_scored_the_same(monkeypatch, scores, tie):
+    model, x, y, vx, vy = _linear_problem()
+
+    def fake_direction(model, theta_tilde, student_loss, val_inputs, val_targets, **kw):
+        v = {k: torch.zeros_like(t) for k, t in theta_tilde.items()}
+        leap = SimpleNamespace(gamma=0.9, score=max(scores), scores=[(0.1 * i, None, s) for i, s in enumerate(scores)])
+        return v, leap, 1.0
+
+    monkeypatch.setattr(M, "lazy_direction", fake_direction)
+    method = create_method("lazy-two-component", COUNTS)
+    method.loss(StepContext(model, 0.4, 0, vx, vy), x, y)
+    assert method.diagnostics["grid_tie"] == tie and method.diagnostics["leap_val_accuracy"] == max(scores)
+
+
+def test_meta_weight_net_second_step_follows_only_its_own_meta_gradient():
+    model, x, y, vx, vy = _linear_problem()
+    torch.manual_seed(2)
+    method = create_method("meta-weight-net", COUNTS, meta_lr=0.5, momentum=0.0, weight_decay=0.0)
+    method.weight_net.double()
+    method.loss(StepContext(model, 0.4, 0, vx, vy), x, y)
+    before = copy.deepcopy(method.weight_net)
+    # the reference meta-gradient of step 2, by double backward through the virtual step
+    ce = F.cross_entropy(model(x), y, reduction="none").detach()
+    params = dict(model.named_parameters())
+    inner = (before(ce) * F.cross_entropy(torch.func.functional_call(model, params, (x,)), y, reduction="none")).mean()
+    grads = torch.autograd.grad(inner, list(params.values()), create_graph=True)
+    moved = {k: p - 0.4 * g for (k, p), g in zip(params.items(), grads)}
+    val = F.cross_entropy(torch.func.functional_call(model, moved, (vx,)), vy)
+    meta_grads = torch.autograd.grad(val, list(before.parameters()))
+    method.loss(StepContext(model, 0.4, 0, vx, vy), x, y)
+    for p, p0, g in zip(method.weight_net.parameters(), before.parameters(), meta_grads):
+        assert torch.allclose(p, p0 - 0.5 * g, atol=1e-9)  # not step 1's gradient added in
+
+
+def test_meta_weight_net_state_round_trip_and_an_empty_state_keeps_the_fresh_net():
+    model, x, y, vx, vy = _linear_problem()
+    trained = create_method("meta-weight-net", COUNTS, meta_lr=0.5)
+    trained.weight_net.double()
+    trained.loss(StepContext(model, 0.4, 0, vx, vy), x, y)
+    state = copy.deepcopy(trained.state_dict())
+    restored = create_method("meta-weight-net", COUNTS, meta_lr=0.5)
+    restored.weight_net.double()
+    restored.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(restored.weight_net.parameters(), trained.weight_net.parameters()))
+    assert restored.optimizer.state_dict()["state"].keys() == trained.optimizer.state_dict()["state"].keys() != set()
+    fresh = create_method("meta-weight-net", COUNTS)
+    start = [p.clone() for p in fresh.weight_net.parameters()]
+    fresh.load_state_dict({})  # a checkpoint from the CE phase
+    assert all(torch.equal(a, b) for a, b in zip(start, fresh.weight_net.parameters()))
+
+
+@pytest.mark.parametrize("keep_last", [1, 2])
+def test_explore_across_ranks_in_one_process_is_explore(keep_last):
+    model, x, y, _, _ = _linear_problem()
+    params = {k: t.detach() for k, t in model.named_parameters()}
+
+    def loss_fn(predict):
+        return F.cross_entropy(predict(x), y)
+
+    kw = {} if keep_last == 1 else {"keep_last": keep_last}  # 1 by default, as explore's
+    got = explore_across_ranks(model, params, loss_fn, steps=3, lr=0.3, **kw)
+    ref = explore(model, params, loss_fn, steps=3, lr=0.3, keep_last=keep_last)
+    assert len(got) == len(ref) == keep_last
+    for a, b in zip(got, ref):
+        assert all(torch.allclose(a[k], b[k], atol=1e-12) for k in b)
