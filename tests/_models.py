@@ -1,4 +1,4 @@
-"""Tiny networks the engine tests share."""
+"""Tiny networks and problems the tests share."""
 from __future__ import annotations
 
 import torch
@@ -25,3 +25,15 @@ class TwoInputs(nn.Module):
 
     def forward(self, u, v):
         return self.a(u) + self.b(v)
+
+
+def linear_problem(seed: int, features: int, classes: int, n: int, n_val: int):
+    """A float64 linear classifier with seeded random weights, a training batch (x, y) and a validation batch (vx, vy)."""
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Linear(features, classes).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    x, y = torch.randn(n, features, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g)
+    vx, vy = torch.randn(n_val, features, generator=g, dtype=torch.float64), torch.randint(0, classes, (n_val,), generator=g)
+    return model, x, y, vx, vy

@@ -13,6 +13,7 @@ from lazyapps.teacher import explore
 from longtail import methods as M
 from longtail.methods import METHODS, StepContext, create_method, explore_across_ranks, method_names
 from longtail.schedule import Schedule
+from .._models import linear_problem
 
 COUNTS = [500, 50, 5]
 
@@ -23,14 +24,7 @@ def _cui_weights(counts, beta=0.9999):
 
 
 def _linear_problem():
-    g = torch.Generator().manual_seed(31)
-    model = torch.nn.Linear(4, 3).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-    x, y = torch.randn(9, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (9,), generator=g)
-    vx, vy = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g)
-    return model, x, y, vx, vy
+    return linear_problem(31, 4, 3, 9, 6)
 
 
 def test_the_registry_names_flags_and_summaries():

@@ -14,7 +14,7 @@ from longtail.augment import normalize, random_crop_flip
 from longtail.methods import LazyTwoComponent, StepContext, TwoComponent
 from longtail.reweighting import LookAhead, batch_statistics, chunks, plain_direction, validation_loss
 
-from .._models import WithUnused
+from .._models import WithUnused, linear_problem
 
 
 def _batch(n, seed, dtype=torch.float32):
@@ -304,14 +304,7 @@ def test_meta_step_in_the_fast_layout_equals_the_plain_layout(tiny_net, monkeypa
 
 
 def _linear_meta_problem():
-    g = torch.Generator().manual_seed(24)
-    model = torch.nn.Linear(5, 3).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-    x, y = torch.randn(10, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (10,), generator=g)
-    vx, vy = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (7,), generator=g)
-    return model, x, y, vx, vy
+    return linear_problem(24, 5, 3, 10, 7)
 
 
 def _val_after_virtual_step(model, x, y, vx, vy, weights, lr):
