@@ -175,3 +175,55 @@ def test_runs_on_conv4_omniglot(omniglot_tasks):
 
     torch.manual_seed(0)
     meta_trains_on_omniglot(MetaLSTM(Conv4(num_classes=5, hidden=8), inner_steps=2), omniglot_tasks)
+
+
+def test_preprocessing_adds_its_two_features_as_a_last_dim():
+    x = torch.tensor([[1.0, -1e-6, 0.5], [2.0, 0.0, -3.0]], dtype=torch.float64)
+    out = preprocess(x)
+    assert out.shape == (2, 3, 2)
+    torch.testing.assert_close(out.reshape(-1, 2), preprocess(x.reshape(-1)))
+
+
+def test_cell_starts_as_the_paper_says():
+    # hidden size 20; forget bias in [4, 6] (f ≈ 1), input bias in [−5, −4] (a small step), gate weights in
+    # ±0.01, layer-1 weights U(±1/√20) (nn.LSTM's rule) and zero biases
+    forget, inputs = [], []
+    for seed in range(20):
+        torch.manual_seed(seed)
+        cell = MetaLSTMCell()
+        forget.append(float(cell.forget_bias.detach()))
+        inputs.append(float(cell.input_bias.detach()))
+    assert cell.hidden_size == 20 and cell.lstm_hidden.shape == (20, 80) and cell.input_gate.shape == (22,)
+    assert 4.0 <= min(forget) and max(forget) <= 6.0 and -5.0 <= min(inputs) and max(inputs) <= -4.0
+    assert max(forget) - min(forget) > 1.0 and max(inputs) - min(inputs) > 0.5  # drawn, not constant
+    bound = 1 / math.sqrt(20)
+    for w, limit in ((cell.lstm_input, bound), (cell.lstm_hidden, bound), (cell.input_gate, 0.01), (cell.forget_gate, 0.01)):
+        w = w.detach()
+        assert float(w.abs().max()) <= limit and float(w.max()) > 0.5 * limit and float(w.min()) < -0.5 * limit
+    assert torch.equal(cell.lstm_bias, torch.zeros(80))
+
+
+def test_adapt_defaults_to_the_papers_first_order_loop_with_p_10():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+    cell = MetaLSTMCell(hidden_size=3).double()
+    with torch.no_grad():
+        for w in cell.parameters():
+            w.uniform_(-0.5, 0.5)  # every input of the gates matters, the preprocessed ones included
+    g = torch.Generator().manual_seed(9)
+    sx, sy = torch.randn(5, 1, generator=g, dtype=torch.float64), torch.randn(5, 1, generator=g, dtype=torch.float64)
+    init = {k: v.detach().requires_grad_() for k, v in model.named_parameters()}
+
+    def run(**kw):
+        fast = meta_lstm_adapt(model, init, {}, F.mse_loss, (sx, sy), cell.weights(), steps=2, **kw)
+        return flatten_params(fast), torch.autograd.grad(flatten_params(fast).sum(), list(init.values()))
+
+    default, default_grad = run()
+    paper, paper_grad = run(first_order=True, preprocess_p=10.0)
+    _, second_grad = run(first_order=False, preprocess_p=10.0)
+    other_p, _ = run(preprocess_p=5.0)
+    torch.testing.assert_close(default, paper)
+    for a, b in zip(default_grad, paper_grad):
+        torch.testing.assert_close(a, b)
+    assert max(float((a - b).abs().max()) for a, b in zip(default_grad, second_grad)) > 1e-6
+    assert float((default - other_p).detach().abs().max()) > 1e-6

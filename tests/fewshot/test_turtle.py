@@ -1,4 +1,5 @@
 """TURTLE: meta-network shape, the update rule with a hand-set network, second-order meta-gradient vs finite differences."""
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -150,3 +151,74 @@ def test_grad_clip_bounds_the_meta_gradient_norm_and_none_leaves_it():
     assert free > 0.5  # the bound below really cuts it
     assert abs(meta_gradient_norm(grad_clip=0.25) - 0.25) < 1e-6  # (clip_grad_norm_ divides by norm + 1e-6)
     assert abs(meta_gradient_norm(grad_clip=10 * free) - free) < 1e-12  # above the norm: unchanged
+
+
+def test_gradient_init_makes_the_network_output_exactly_the_gradient():
+    # init="gradient": m([∇, a]) = relu(∇) − relu(−∇) = ∇, whatever the moving average a
+    torch.manual_seed(3)
+    for hidden in ((20,) * 5, (2, 2)):  # two units per layer are enough
+        net = UpdateNetwork(hidden=hidden)
+        x = torch.randn(50, 2) * 3
+        torch.testing.assert_close(net(x), x[:, 0], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="needs at least 2 units per hidden layer"):
+        UpdateNetwork(hidden=(20, 1))
+    UpdateNetwork(hidden=(20, 1), init="random")  # the random init has no such need
+    with pytest.raises(ValueError, match="unknown init 'zeros'"):
+        UpdateNetwork(init="zeros")
+
+
+def test_random_init_forward_is_the_written_out_network_and_ignores_the_gradients_scale():
+    torch.manual_seed(4)
+    net = UpdateNetwork(init="random", hidden=(6, 6))
+    x = torch.randn(7, 2)
+    ref = torch.relu(torch.relu(x @ net.layers[0].weight.T + net.layers[0].bias) @ net.layers[1].weight.T + net.layers[1].bias)
+    torch.testing.assert_close(net(x), (ref @ net.layers[2].weight.T + net.layers[2].bias).squeeze(-1))
+    assert not torch.allclose(net(x), x[:, 0], atol=1e-2)
+
+
+def test_default_learner_starts_as_gradient_descent_with_rate_alpha():
+    # Turtle's defaults: β = 0.9, second order (the paper's key ingredient), m = ∇ at the start, so one inner
+    # step is θ − α∇ with α = lr_init, for a linear model whose MSE gradient is known in closed form
+    model = nn.Linear(2, 1, bias=False).double()
+    learner = Turtle(model, problem="regression", inner_steps=1, lr_init=0.1).double()
+    assert learner.beta == 0.9 and learner.first_order is False
+    x = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.3, -0.2]], dtype=torch.float64)
+    y = torch.tensor([[0.5], [1.0], [-2.0]], dtype=torch.float64)
+    w0 = model.weight.detach().clone()
+    fast = learner.adapt((x[None], y[None]))
+    torch.testing.assert_close(fast["weight"][0], w0 - 0.1 * 2 * (x @ w0.T - y).T @ x / len(x))
+
+
+def test_gradient_init_keeps_the_other_units_default_and_passes_units_0_and_1_through_unbiased():
+    torch.manual_seed(6)
+    net = UpdateNetwork(hidden=(5, 5, 5))
+    torch.manual_seed(6)
+    plain = UpdateNetwork(hidden=(5, 5, 5), init="random")
+    for layer, ref in zip(net.layers[:-1], plain.layers[:-1]):  # units 2.. keep PyTorch's default initialisation
+        assert torch.equal(layer.weight[2:], ref.weight[2:]) and torch.equal(layer.bias[2:], ref.bias[2:])
+    assert torch.equal(net.layers[-1].weight[0, 2:], torch.zeros(3))  # ... and send nothing to the output
+    # units 0/1 carry relu(∇) and relu(−∇) through unbiased ReLUs: a middle layer's bias of unit 0 moves the
+    # output only while ∇ > 0 (its ReLU is off for ∇ < 0)
+    for g, expected in ((1.5, 1.0), (-1.5, 0.0)):
+        out = net(torch.tensor([[g, 0.3]]))
+        (db,) = torch.autograd.grad(out.sum(), [net.layers[1].bias])
+        assert float(out.detach()) == pytest.approx(g) and float(db[0]) == expected
+
+
+def test_turtle_adapt_defaults_to_beta_0_9_and_second_order():
+    model = nn.Linear(2, 1, bias=False).double()
+    x = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.3, -0.2]], dtype=torch.float64)
+    y = torch.tensor([[0.5], [1.0], [-2.0]], dtype=torch.float64)
+    init = {k: v.detach().requires_grad_() for k, v in params_of(model).items()}
+    alpha = {"weight": torch.tensor([[0.3, 0.05]], dtype=torch.float64)}
+
+    def run(**kw):
+        fast = turtle_adapt(model, init, {}, F.mse_loss, (x, y), _selector(1), alpha, steps=2, **kw)["weight"]
+        return fast, torch.autograd.grad(fast.sum(), [init["weight"]])[0]
+
+    default, default_grad = run()
+    paper, paper_grad = run(beta=0.9, first_order=False)
+    _, first_grad = run(beta=0.9, first_order=True)
+    torch.testing.assert_close(default, paper)
+    torch.testing.assert_close(default_grad, paper_grad)
+    assert float((default_grad - first_grad).abs().max()) > 1e-6
