@@ -11,8 +11,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from lazyapps.cli import (RunContext, apply_preset, common_options, distinct_outputs, preset_option, recorded_settings,
-                          writable_folder)
+from lazyapps.cli import (RunContext, apply_preset, common_options, distinct_outputs, gammas_option, preset_option,
+                          recorded_settings, writable_folder)
 from lazyapps.plotting import plot_option
 
 #: every learner is scored on the same seeded test tasks, whatever ``--seed`` trained it.
@@ -29,18 +29,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_LOOP = {"iterations": 1000, "meta_batch": 4}
 CURVE_TASKS = 50  # tasks per learning-curve point (cheap, fixed)
-
-
-def _gammas(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        gammas = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter("a comma-separated list of numbers in [0, 1], e.g. 0.75,0.8,0.85,0.9,0.95") from None
-    if not gammas or not all(0 <= g <= 1 for g in gammas):
-        raise click.BadParameter("every gamma must be in [0, 1]")
-    return gammas
 
 
 def _hparam_values(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
@@ -132,7 +120,7 @@ def _refuse_changed_hparams(resume: str, stored: dict[str, Any], explicit: dict[
 @click.option("--iterations", type=int, default=None, help="Meta-iterations (default: the preset's).")
 @click.option("--meta-batch", type=int, default=None, help="Tasks per meta-iteration (default: the preset's / paper's).")
 @click.option("--last", type=click.IntRange(1, 10), default=None, help="Lazy learners: checkpoints the teacher mixes (1 or 3 in the paper).")
-@click.option("--gammas", callback=_gammas, default=None, help="Lazy learners: the teacher's gamma grid, comma-separated (default 0.75,...,0.95).")
+@click.option("--gammas", callback=gammas_option, default=None, help="Lazy learners: the teacher's gamma grid, comma-separated (default 0.75,...,0.95).")
 @click.option("--zero-head", is_flag=True, default=None,
               help="Zero the output layer at the start and after every meta-update (Kao et al.'s zeroing trick; off in the papers).")
 @click.option("--hp", "extra_hparams", multiple=True, callback=_hparam_values, metavar="NAME=VALUE",

@@ -193,6 +193,19 @@ def distinct_outputs(paths: Mapping[str, Any], keep: Mapping[str, Any] | None = 
         seen[resolved] = option
 
 
+def gammas_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+    """Click callback for ``--gammas``: the lazy teacher's γ grid, comma-separated numbers in [0, 1] (None if not given)."""
+    if value is None:
+        return None
+    try:  # (an empty entry, as in 0.5,,0.7, is a typo: refused rather than skipped)
+        gammas = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        gammas = ()
+    if not gammas or not all(0 <= g <= 1 for g in gammas):
+        raise click.BadParameter(f"must be comma-separated numbers in [0, 1] such as 0.75,0.8,0.85, got {value!r}")
+    return gammas
+
+
 def common_options(func: Callable) -> Callable:
     """Add ``--data-dir --cache-dir --device --seed --json --quiet`` and pass a :class:`RunContext` as ``run``."""
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from lazyapps.cli import (apply_preset, common_options, distinct_outputs, preset_option, recorded_settings, writable_file,
-                          writable_folder)
+from lazyapps.cli import (apply_preset, common_options, distinct_outputs, gammas_option, preset_option, recorded_settings,
+                          writable_file, writable_folder)
 from lazyapps.plotting import plot_option
 
 METHOD_NAMES = ("ce", "cb-ce", "cb-focal", "ldam-drw", "logit-adjust", "l2rw", "meta-weight-net", "two-component",
@@ -28,20 +28,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"epochs": 20, "n_max": 500, "test_per_class": 200, "batch_size": 128},
     "paper": {"epochs": 200, "n_max": None, "test_per_class": None, "batch_size": 128},
 }
-
-
-def _parse_gammas(text: str | None) -> tuple[float, ...] | None:
-    from lazyapps.errors import LazyAppsError
-
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise LazyAppsError(f"--gammas must be comma-separated numbers in [0, 1] such as 0.75,0.8,0.85, got {text!r}") from None
-    if not values or not all(0 <= g <= 1 for g in values):
-        raise LazyAppsError(f"--gammas must be comma-separated numbers in [0, 1] such as 0.75,0.8,0.85, got {text!r}")
-    return values
 
 
 def _default_out(cache_root: Path, config) -> Path:
@@ -125,7 +111,7 @@ def longtail() -> None:
 @click.option("--inner-lr", type=float, default=None, help="The lazy student's lr (default: the current training lr).")
 @click.option("--eps-rule", type=click.Choice(["step", "normalized"]), default="step", show_default=True,
               help="two-component ε: step (Jamal et al.'s code, ε = -0.01 dL_val/dε) or normalized (L2RW-style, mass of w_y).")
-@click.option("--gammas", default=None, help="The teacher's γ grid, e.g. 0.75,0.8,0.85,0.9,0.95 (default).")
+@click.option("--gammas", callback=gammas_option, default=None, help="The teacher's γ grid, e.g. 0.75,0.8,0.85,0.9,0.95 (default).")
 @click.option("--split", "rule", type=click.Choice(["first", "ldam"]), default="first", show_default=True,
               help="first: per class the first --val-per-class images validate, the next n_c train (file order); "
                    "ldam: the same from Cao et al.'s seeded shuffle (needs the full dataset).")
@@ -151,7 +137,7 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
 
     options = {"dataset": dataset, "imbalance": imbalance, "method": method, "preset": preset, "epochs": epochs,
                "batch_size": batch_size, "lr": lr, "inner_steps": inner_steps, "inner_lr": inner_lr, "eps_rule": eps_rule,
-               "gammas": _parse_gammas(gammas), "rule": rule, "val_per_class": val_per_class, "n_max": n_max,
+               "gammas": gammas, "rule": rule, "val_per_class": val_per_class, "n_max": n_max,
                "test_per_class": test_per_class, "model": model, "seed": run.seed}
     unexposed: dict[str, Any] = {}  # settings without an option (the benchmark sets them): a resumed run keeps its own
     if resume is not None:

@@ -87,7 +87,7 @@ def test_resume_continues_and_a_second_run_never_overwrites(trained, tmp_path) -
     (["--algo", "maml", "--shots", "10", "--queries", "15"], "shots + queries = 10 + 15 = 25 examples per class are needed"),
     (["--algo", "maml", "--ways", "500"], "--ways 500 is larger than the 423 classes"),
     (["--algo", "maml", "--last", "3"], "--last does not apply to --algo maml"),
-    (["--algo", "lazy-maml", "--gammas", "0.9,1.5"], "every gamma must be in [0, 1]"),
+    (["--algo", "lazy-maml", "--gammas", "0.9,1.5"], "Invalid value for '--gammas': must be comma-separated numbers in [0, 1]"),
     (["--algo", "maml", "--hp", "lam=1"], "--hp lam is not a hyperparameter of --algo maml (it takes: eval_inner_steps, inner_lr"),
     (["--algo", "maml", "--hp", "inner_lr"], "'inner_lr' is not NAME=VALUE"),
     (["--algo", "maml", "--inner-lr", "0.1", "--hp", "inner_lr=0.2"], "inner_lr is given both as --inner-lr and as --hp inner_lr"),

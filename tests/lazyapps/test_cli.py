@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from lazyapps import __version__
-from lazyapps.cli import COMMANDS, LazyGroup, apply_preset, cli, common_options
+from lazyapps.cli import COMMANDS, LazyGroup, apply_preset, cli, common_options, gammas_option
 from lazyapps.errors import LazyAppsError, UnknownNameError
 
 
@@ -250,3 +250,17 @@ def test_no_output_may_overwrite_a_checkpoint_or_a_compared_result_the_command_r
     assert result.exit_code == 2 and "name the same file" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
     assert all(getattr(tmp_path / name, "read_bytes" if isinstance(v, bytes) else "read_text")() == v for name, v in kept.items())
+
+
+@pytest.mark.parametrize("text, parsed", [
+    (None, None), ("0.8", (0.8,)), ("0.75,0.8, 0.95", (0.75, 0.8, 0.95)), ("0,1", (0.0, 1.0)),
+    ("", "refused"), ("0.5,,0.7", "refused"), ("0.5,", "refused"), ("0.9,1.5", "refused"), ("-0.1", "refused"),
+    ("nan", "refused"), ("0.5;0.7", "refused"),
+])
+def test_one_gamma_grid_parser_for_every_lazy_command(text, parsed):
+    # (longtail and fewshot both take --gammas through it: an empty entry is a typo, refused by both alike)
+    if parsed == "refused":
+        with pytest.raises(click.BadParameter, match=r"comma-separated numbers in \[0, 1\].*got"):
+            gammas_option(None, None, text)
+    else:
+        assert gammas_option(None, None, text) == parsed
