@@ -218,12 +218,11 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     default_out = f"fewshot-runs/{algo}-{dataset.replace(':', '_').replace('/', '_')}-{ways}way-{shots}shot"
     out_dir = Path(out) if out else (Path(resume).parent if resume else Path(default_out))  # a resumed run stays in its folder
     ckpt = out_dir / "checkpoint.pt"
-    from lazyapps.checkpoint import meta_path
+    from lazyapps.checkpoint import with_metadata
 
     # (an output naming one of the run's files would overwrite that checkpoint when the run ends)
-    keep = {"the run's checkpoint.pt": ckpt, "the run's checkpoint.pt.json": meta_path(ckpt)}
-    keep.update({"--resume": resume, "the .json of --resume": meta_path(resume)} if resume else {})
-    distinct_outputs({"--json": run.json_path, "--plot": plot}, keep=keep)
+    distinct_outputs({"--json": run.json_path, "--plot": plot},
+                     keep=with_metadata({"the run's checkpoint.pt": ckpt, "--resume": resume}))
     if ckpt.exists() and (resume is None or Path(resume).resolve() != ckpt.resolve()):
         raise LazyAppsError(f"{ckpt} already exists; pass --resume {ckpt} to continue it, or another --out")
 
@@ -392,10 +391,9 @@ def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, q
         get_learner(algo)
     if queries is not None and queries < 1:
         raise LazyAppsError(f"--queries must be positive, got {queries}")
-    from lazyapps.checkpoint import meta_path
+    from lazyapps.checkpoint import with_metadata
 
-    distinct_outputs({"--json": run.json_path, "--plot": plot},
-                     keep={"--checkpoint": checkpoint, "the checkpoint's .json": meta_path(checkpoint)})
+    distinct_outputs({"--json": run.json_path, "--plot": plot}, keep=with_metadata({"--checkpoint": checkpoint}))
     expect = {k: v for k, v in {"algo": algo, "arch": arch}.items() if v is not None}
     learner, state, meta = load_learner(checkpoint, expect=expect, device=run.device, transductive=transductive,
                                         eval_inner_steps=eval_inner_steps)

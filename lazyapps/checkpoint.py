@@ -84,6 +84,13 @@ def meta_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def with_metadata(files: Mapping[str, str | os.PathLike | None]) -> dict[str, Path]:
+    """Each named checkpoint of ``files`` (``{"--checkpoint": path}``; None left out) and the ``.json`` beside it, named
+    ``"the .json of <name>"``: the files a command must not overwrite (:func:`lazyapps.cli.distinct_outputs`'s ``keep``)."""
+    return {what: file for name, path in files.items() if path is not None
+            for what, file in ((name, Path(path)), (f"the .json of {name}", meta_path(path)))}
+
+
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> Path:
     """Save ``state`` (state dicts, tensors, plain values) to ``path`` and ``metadata`` to ``path.json``.
 

@@ -184,11 +184,10 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
     except TypeError as exc:  # (only an edited checkpoint .json can give a setting of the wrong type)
         raise LazyAppsError(f"a setting of {resume or 'this run'} has the wrong type ({exc})") from None
     out_dir = Path(out) if out else (Path(resume).parent if resume else _default_out(cache_root(run.cache_dir), config))
-    from lazyapps.checkpoint import meta_path
+    from lazyapps.checkpoint import with_metadata
 
     # (an output naming one of the run's files would overwrite that checkpoint when the run ends)
-    keep = {f"the run's {f.name}": f for name in ("checkpoint.pt", "best.pt") for f in (out_dir / name, meta_path(out_dir / name))}
-    keep.update({"--resume": resume, "the .json of --resume": meta_path(resume)} if resume else {})
+    keep = with_metadata({f"the run's {name}": out_dir / name for name in ("checkpoint.pt", "best.pt")} | {"--resume": resume})
     distinct_outputs({"--json": run.json_path, "--per-class-csv": per_class_csv, "--plot": plot}, keep=keep)
     existing = out_dir / "checkpoint.pt"
     if existing.exists() and (resume is None or Path(resume).resolve() != existing.resolve()):
@@ -260,7 +259,7 @@ def _table(title, best, last, times) -> str:
 def eval_command(run, checkpoint, per_class_csv, plot) -> None:
     """Evaluate a longtail checkpoint on its test set (top-1 error, many/medium/few-shot and per-class accuracy)."""
     import models_zoo
-    from lazyapps.checkpoint import MIXED_FILES, check_files_agree, first_load_problem, load_checkpoint, meta_path
+    from lazyapps.checkpoint import MIXED_FILES, check_files_agree, first_load_problem, load_checkpoint, with_metadata
     from lazyapps.errors import CheckpointError, LazyAppsError
     from lazyapps.progress import status
     from lazyapps.results import format_table
@@ -270,7 +269,7 @@ def eval_command(run, checkpoint, per_class_csv, plot) -> None:
     from .trainer import CHECKPOINT_KIND, check_same_data
 
     distinct_outputs({"--json": run.json_path, "--per-class-csv": per_class_csv, "--plot": plot},
-                     keep={"--checkpoint": checkpoint, "the checkpoint's .json": meta_path(checkpoint)})
+                     keep=with_metadata({"--checkpoint": checkpoint}))
     state, meta = load_checkpoint(checkpoint, map_location=run.device, expect={"kind": CHECKPOINT_KIND})
     if "model" not in state:
         raise CheckpointError(f"{checkpoint} is not a longtail checkpoint (kind {meta.get('kind')!r}); pass a checkpoint.pt or best.pt written by 'lazyapps longtail train'")

@@ -116,9 +116,9 @@ def eval_command(run: RunContext, arch: str | None, dataset: str, checkpoint: st
     from .user_models import load_user_model
 
     if checkpoint is not None:
-        from lazyapps.checkpoint import meta_path
+        from lazyapps.checkpoint import with_metadata
 
-        distinct_outputs({"--json": run.json_path}, keep={"--checkpoint": checkpoint, "the checkpoint's .json": meta_path(checkpoint)})
+        distinct_outputs({"--json": run.json_path}, keep=with_metadata({"--checkpoint": checkpoint}))
     if arch or checkpoint is None:
         arch = _require_arch(arch)  # before the data loads: a bad name fails at once
     data = load_dataset(dataset, root=run.data_dir)

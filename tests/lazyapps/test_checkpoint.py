@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lazyapps.checkpoint import load_checkpoint, meta_path, save_checkpoint, write_json_atomic
+from lazyapps.checkpoint import load_checkpoint, meta_path, save_checkpoint, with_metadata, write_json_atomic
 from lazyapps.errors import CheckpointError
 
 
@@ -160,3 +160,8 @@ def test_files_agree_only_when_the_json_keeps_every_setting_the_pt_records():
         check_files_agree("c.pt", {"ways": 5}, {"ways": "5"})
     with pytest.raises(CheckpointError, match=r"disagree: lr is 0.1 in the .pt but absent from the .json; the .json was edited"):
         check_files_agree("c.pt", {"ways": 5, "lr": 0.1}, {"ways": 5})
+
+
+def test_with_metadata_names_each_checkpoint_and_its_json_and_skips_absent_ones():
+    files = with_metadata({"--checkpoint": "runs/a/best.pt", "--resume": None})
+    assert files == {"--checkpoint": Path("runs/a/best.pt"), "the .json of --checkpoint": Path("runs/a/best.pt.json")}
