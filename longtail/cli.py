@@ -149,7 +149,7 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
         check_expected(resume, meta, {"kind": CHECKPOINT_KIND})  # (another product's settings would be taken below)
         # The run's settings come from the .json: first it must agree with those its .pt records (an edited .json
         # would otherwise fail somewhere in the data loading or the trainer's construction).
-        state, _ = load_checkpoint(resume)
+        state, _ = load_checkpoint(resume)  # (on the CPU, as Trainer.resume takes it below: not read twice)
         check_files_agree(resume, state.get("identity") or {}, meta)  # (checkpoints from before it was kept: not checked)
         refuse_best_checkpoint(resume, meta, state)
         options.update(recorded_settings(meta, options))  # the run's own settings, but for those given here
@@ -201,7 +201,7 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
     trainer = Trainer(config, data, device=run.device, out_dir=out_dir)  # (refuses settings the data cannot serve)
     status(data.describe())
     if resume is not None:
-        trainer.resume(resume)
+        trainer.resume(resume, loaded=(state, meta))
         _carry_run(Path(resume).parent, out_dir)
         status(f"resumed from {resume} after epoch {trainer.epoch}")
     schedule = trainer.schedule

@@ -234,11 +234,16 @@ class Trainer:
             raise ValueError("no checkpoint path: give out_dir or a path")
         return save_checkpoint(path, self.state_dict(), self.metadata())
 
-    def resume(self, path: str | Path) -> None:
-        """Load a checkpoint of this same configuration (any other is refused with the differing setting named)."""
+    def resume(self, path: str | Path, *, loaded: tuple[dict[str, Any], dict[str, Any]] | None = None) -> None:
+        """Load a checkpoint of this same configuration (any other is refused with the differing setting named).
+
+        ``loaded``: ``(state, metadata)`` of ``path`` as the caller already read them on the CPU (the command reads
+        them for the run's settings first), so the file is not read twice; every check below still runs.
+        """
         # On the CPU: load_state_dict copies the weights to the model's device and the optimisers move their
         # state to their parameters', while the RNG states must stay CPU ByteTensors (set_state refuses others).
-        state, meta = load_checkpoint(path, map_location="cpu", expect={"kind": CHECKPOINT_KIND})
+        state, meta = loaded or load_checkpoint(path, map_location="cpu", expect={"kind": CHECKPOINT_KIND})
+        check_expected(path, meta, {"kind": CHECKPOINT_KIND})  # (for a pair the caller read)
         check_files_agree(path, state.get("identity") or {}, meta)  # (checkpoints from before it was kept: not checked)
         try:
             check_expected(path, meta, self.identity())
