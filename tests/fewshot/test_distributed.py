@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.spawn import run_ranks
@@ -131,7 +132,8 @@ def test_torchrun_fewshot_train_matches_one_process_and_writes_once(tmp_path):
     for name in b:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
     ra, rb = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("multi", "single"))
-    assert ra["metrics"]["test"]["mean"] == rb["metrics"]["test"]["mean"]
+    # float32 sums in another order (two processes' gradients all-reduced): equal to rounding, not bit for bit
+    assert ra["metrics"]["test"]["mean"] == pytest.approx(rb["metrics"]["test"]["mean"], rel=1e-5)
     assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == ["checkpoint.pt", "checkpoint.pt.json"]
 
 

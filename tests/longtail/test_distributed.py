@@ -240,11 +240,17 @@ def test_meta_step_on_two_ranks_equals_one_process_on_the_whole_batch(net):
     ranks = run_ranks(_meta_step_every_case, net, world=2)
     for case, one, r0, r1 in zip(META_CASES, single, *ranks):
         weights = _gathered([r0, r1], "weights")
-        torch.testing.assert_close(weights, one["weights"].double(), **close, msg=str(case))
+        # (with BatchNorm the amplified rounding is of the batch's scale: a weight near 0 is off by up to 2e-8 of the
+        # largest weight, seen on one CPU)
+        of_batch = {} if net is plain_net else {"atol": 1e-7 * float(one["weights"].abs().max())}
+        torch.testing.assert_close(weights, one["weights"].double(), **{**close, **of_batch}, msg=str(case))
         if one["base"] is not None:  # ε alone (it is small next to w_y): relative to itself
             eps, eps_one = weights - _gathered([r0, r1], "base"), one["weights"].double() - one["base"]
             assert eps_one.abs().max() > 0, case
-            torch.testing.assert_close(eps, eps_one, rtol=1e-8 if net is plain_net else 1e-6, atol=1e-16, msg=str(case))
+            # With BatchNorm the rounding the difference quotient amplifies is of the batch's scale, not of each ε_i:
+            # a small ε_i can be off by 1.5e-6 of itself (seen on one CPU) while every one is within 3e-8 of max |ε|.
+            scale = 1e-16 if net is plain_net else 1e-6 * float(eps_one.abs().max())
+            torch.testing.assert_close(eps, eps_one, rtol=1e-8 if net is plain_net else 1e-6, atol=scale, msg=str(case))
         assert weights.std() > 0, case  # the weights tell the examples apart: the comparison is not of constants
         for r in (r0, r1):
             for k, v in one["state"].items():  # BatchNorm's running statistics included
