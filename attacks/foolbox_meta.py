@@ -57,7 +57,7 @@ class MetaAttackFoolbox(fb.attacks.base.MinimizationAttack):
         params: its parameters (default: the module's own).
         max_queries: per-image query budget.
         q, every, step, h, finetune_steps, finetune_lr, skip_blocked, batch_size: as
-            :func:`attacks.meta_attack.meta_attack` (Du et al.'s MNIST defaults).
+            :func:`attacks.meta_attack.meta_attack` (Du et al.'s MNIST defaults; ``skip_blocked`` is ours).
     """
 
     distance = fb.distances.l2
@@ -74,7 +74,7 @@ class MetaAttackFoolbox(fb.attacks.base.MinimizationAttack):
         h: float = 1e-4,
         finetune_steps: int = 20,
         finetune_lr: float = 1e-2,
-        skip_blocked: bool = False,
+        skip_blocked: bool = True,
         batch_size: int = 250,
     ):
         self.meta_attacker, self.params = meta_attacker, params

@@ -50,7 +50,7 @@ def meta_attack(
     finetune_steps: int = 20,
     finetune_lr: float = 1e-2,
     zoo_mode: str = "forward",
-    skip_blocked: bool = False,
+    skip_blocked: bool = True,
     batch_size: int = 250,
     desc: str = "meta-attack",
 ) -> AttackOutcome:
@@ -59,8 +59,9 @@ def meta_attack(
     ``target`` (N,) makes it targeted. Defaults are Du et al.'s MNIST settings
     (see :data:`PAPER_SETTINGS` for CIFAR-10). Rows are charged to blackbox
     image numbers ``0..N−1``. ``zoo_mode`` is the finite-difference scheme of
-    the ZOO steps and ``skip_blocked`` drops from the ranking the coordinates
-    a sign step cannot move (see :class:`MetaEstimator`). Returns one
+    the ZOO steps and ``skip_blocked`` (on by default; ``False`` is Du et al.'s
+    ranking) drops from the ranking the coordinates a sign step cannot move (see
+    :class:`MetaEstimator`). Returns one
     :class:`AttackOutcome` for all images.
     """
     check_images(x)

@@ -52,7 +52,8 @@ class MetaEstimator(GradientEstimator):
             ``"symmetric"`` (2 per coordinate, more accurate).
         skip_blocked: rank last the coordinates a descent sign step cannot move: a pixel at 0
             whose predicted gradient is positive, or at 1 with a negative one (the step would
-            be clipped back). Du et al. rank by |prediction| alone (``False``).
+            be clipped back and the coordinate's queries wasted). Our default; Du et al. rank by
+            |prediction| alone (``False``), which on MNIST costs about 20% more queries.
     """
 
     name = "meta"
@@ -68,7 +69,7 @@ class MetaEstimator(GradientEstimator):
         finetune_steps: int = 20,
         finetune_lr: float = 1e-2,
         zoo_mode: str = "forward",
-        skip_blocked: bool = False,
+        skip_blocked: bool = True,
     ):
         if q < 1 or every < 1 or finetune_steps < 0:
             raise LazyAppsError(f"need q >= 1, every >= 1 and finetune_steps >= 0, got q={q}, every={every}, "

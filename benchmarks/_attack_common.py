@@ -24,8 +24,9 @@ def parse(argv, *, name: str, default_images: int, default_methods: str, default
     parser.add_argument("--methods", type=names("attack method", METHODS), default=default_methods,
                         help="Comma-separated methods, in table order.")
     parser.add_argument("--targeted", action="store_true", help="Targeted attacks towards (y + 1) mod 10.")
-    parser.add_argument("--skip-blocked", action="store_true",
-                        help="Meta-attacks: rank last the coordinates a sign step cannot move (not in Du et al.).")
+    parser.add_argument("--skip-blocked", action=argparse.BooleanOptionalAction, default=True,
+                        help="Meta-attacks: rank last the coordinates a sign step cannot move (default; not in Du et "
+                             "al.). --no-skip-blocked: Du et al.'s ranking.")
     parser.add_argument("--meta-family", default="reptile", choices=["reptile", "maml"],
                         help="How the meta-attackers are meta-trained: reptile (lazy-reptile for lazy-meta; Du et al.) "
                              "or maml (lazy-maml for lazy-meta).")

@@ -29,19 +29,20 @@ def test_mnist_benchmark_smoke(mini_root, session_cache, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "MNIST / net4 (untargeted, preset smoke)" in printed and "paper" in printed
     result = json.loads(out.read_text())
-    assert [r["method"] for r in result["rows"]] == ["lazy-meta", "meta"]
+    # the default ranking is ours, so the rows name it as a departure from Du et al.
+    assert [(r["method"], r.get("settings")) for r in result["rows"]] == [("lazy-meta", "skip_blocked"), ("meta", "skip_blocked")]
     assert all(r["n_images"] == 2 for r in result["rows"])
     assert {(r["method"], r["mean_queries"]) for r in result["paper"]} == {("meta", 749), ("lazy-meta", 566)}
 
 
-def test_mnist_benchmark_smoke_with_skip_blocked(mini_root, session_cache, tmp_path, capsys):
-    out = tmp_path / "mnist-skip.json"
-    # --zoo goes to the meta-attacks only (the CLI refuses it for a baseline, which has no zoo)
-    attack_mnist.main(["--smoke", "--methods", "lazy-meta,bandits", "--skip-blocked", "--zoo", "lenet5,net2,net3", "--data-dir", str(mini_root),
+def test_mnist_benchmark_smoke_with_du_et_al_ranking(mini_root, session_cache, tmp_path, capsys):
+    out = tmp_path / "mnist-du.json"
+    # --zoo and --no-skip-blocked go to the meta-attacks only (the CLI refuses them for a baseline)
+    attack_mnist.main(["--smoke", "--methods", "lazy-meta,bandits", "--no-skip-blocked", "--zoo", "lenet5,net2,net3", "--data-dir", str(mini_root),
                        "--cache-dir", str(session_cache), "--device", "cpu", "--json", str(out), "--quiet"])
-    assert "settings" in capsys.readouterr().out  # the table names the non-paper option
-    rows = json.loads(out.read_text())["rows"]
-    assert [(r["method"], r.get("settings")) for r in rows] == [("lazy-meta", "skip_blocked"), ("bandits", None)]
+    assert "settings" not in capsys.readouterr().out  # Du et al.'s pipeline: nothing to name
+    result = json.loads(out.read_text())
+    assert [(r["method"], r.get("settings")) for r in result["rows"]] == [("lazy-meta", None), ("bandits", None)]
 
 
 def test_mnist_benchmark_smoke_with_the_maml_family(mini_root, session_cache, tmp_path):
@@ -50,7 +51,7 @@ def test_mnist_benchmark_smoke_with_the_maml_family(mini_root, session_cache, tm
                        str(session_cache), "--device", "cpu", "--json", str(out), "--quiet"])
     result = json.loads(out.read_text())
     assert [(r["method"], r.get("settings")) for r in result["rows"]] == [
-        ("lazy-meta", "meta_training=lazy-maml"), ("meta", "meta_training=maml")]
+        ("lazy-meta", "skip_blocked,meta_training=lazy-maml"), ("meta", "skip_blocked,meta_training=maml")]
     assert result["config"]["meta_family"] == "maml" and "meta_training" not in result["config"]
 
 

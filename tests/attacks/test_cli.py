@@ -83,16 +83,16 @@ def test_a_zoo_name_wins_over_a_folder_of_the_same_name(tmp_path, monkeypatch):
     assert pipeline.is_user_model("net4/") and pipeline.is_user_model("net4:w.pt")
 
 
-def test_skip_blocked_is_recorded_and_changes_no_cached_artefact(smoke_run):
+def test_skip_blocked_is_the_default_is_recorded_and_changes_no_cached_artefact(smoke_run):
     _, out, args, cache = smoke_run
     before = sorted(p.name for p in cache.rglob("*") if p.is_file())
     plain = json.loads((out / "r.json").read_text())
-    assert plain["config"]["skip_blocked"] is False and plain["config"]["meta_training"] == "lazy-reptile"
+    assert plain["config"]["skip_blocked"] is True and plain["config"]["meta_training"] == "lazy-reptile"
     json_at = args.index("--json") + 1
-    result = invoke(*args[:json_at], str(out / "skip.json"), "--skip-blocked", "--quiet")
+    result = invoke(*args[:json_at], str(out / "du.json"), "--no-skip-blocked", "--quiet")
     assert result.exit_code == 0, result.output
-    saved = json.loads((out / "skip.json").read_text())
-    assert saved["config"]["skip_blocked"] is True and saved["metrics"]["n_images"] == 2
+    saved = json.loads((out / "du.json").read_text())
+    assert saved["config"]["skip_blocked"] is False and saved["metrics"]["n_images"] == 2
     assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == before  # an attack option: nothing rebuilt
 
 
@@ -135,6 +135,7 @@ def test_targeted_run_reaches_for_the_target_class(mini_root, session_cache, tmp
     (["--target-class", "10"], "--target-class 10 is out of range"),
     (["--target", "missing.pt"], "does not exist"),
     (["--method", "zoo", "--skip-blocked"], "--skip-blocked is an option of the meta-attacks"),
+    (["--method", "bandits", "--no-skip-blocked"], "--no-skip-blocked is an option of the meta-attacks"),
     (["--method", "nes", "--meta-training", "maml"], "--meta-training is an option of the meta-attacks"),
     (["--meta-training", "maml"], "--meta-training maml does not train a lazy-meta attacker; lazy-meta takes lazy-reptile or lazy-maml"),
     (["--method", "meta", "--meta-training", "lazy-reptile"], "meta takes reptile or maml"),

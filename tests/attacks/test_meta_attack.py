@@ -408,7 +408,12 @@ def test_defaults_are_du_et_als_mnist_settings_everywhere():
     assert {k: attack[k] for k in shared} == {k: estimator[k] for k in shared}
     assert (estimator["finetune_steps"], estimator["finetune_lr"]) == (PRESETS["paper"]["mnist"]["finetune_steps"],
                                                                         PRESETS["paper"]["mnist"]["finetune_lr"])
-    assert (estimator["zoo_mode"], estimator["skip_blocked"]) == ("forward", False)  # Du et al.'s implementation
+    assert estimator["zoo_mode"] == "forward"  # Du et al.'s implementation
+    assert estimator["skip_blocked"] is True  # ours, not Du et al.'s (docs/attack.md)
+    from attacks.foolbox_meta import MetaAttackFoolbox
+
+    foolbox = {k: p.default for k, p in inspect.signature(MetaAttackFoolbox).parameters.items()}
+    assert {k: foolbox[k] for k in shared if k in foolbox} == {k: attack[k] for k in shared if k in foolbox}
     for dataset, settings in PAPER_SETTINGS.items():
         assert {k: PRESETS["paper"][dataset][k] for k in settings} == settings
     assert attack["max_queries"] == PRESETS["paper"]["mnist"]["max_queries"] == 10_000
@@ -539,7 +544,7 @@ def test_meta_attack_is_score_attack_with_a_meta_estimator_of_its_settings():
         y = model(x).argmax(1)
     torch.manual_seed(0)
     net = MetaAttacker(1, (4, 8))
-    settings = dict(q=6, every=2, h=0.02, finetune_steps=3, finetune_lr=0.3, skip_blocked=True)
+    settings = dict(q=6, every=2, h=0.02, finetune_steps=3, finetune_lr=0.3, skip_blocked=False)
     budget, step = 60, 0.05
 
     def asked(run):
@@ -559,7 +564,7 @@ def test_meta_attack_is_score_attack_with_a_meta_estimator_of_its_settings():
     expected, expected_queried = by_hand()
     assert torch.equal(out.x_adv, expected.x_adv) and torch.equal(queried, expected_queried)
     assert torch.equal(out.queries, expected.queries) and torch.equal(out.success, expected.success)
-    for name, default in (("h", 1e-4), ("finetune_steps", 20), ("finetune_lr", 1e-2), ("skip_blocked", False)):
+    for name, default in (("h", 1e-4), ("finetune_steps", 20), ("finetune_lr", 1e-2), ("skip_blocked", True)):
         _, other = by_hand(**{name: default})
         assert other.shape != queried.shape or not torch.equal(other, queried), name
 
