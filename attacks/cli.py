@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from lazyapps.cli import RunContext, apply_preset, common_options, preset_option, writable_file
+from lazyapps.cli import INT64, RunContext, apply_preset, common_options, preset_option, writable_file
 from lazyapps.plotting import plot_option
 
 METHODS = ("lazy-meta", "meta", "zoo", "nes", "bandits", "hsja", "boundary")
@@ -28,10 +28,10 @@ DECISION_METHODS = ("hsja", "boundary")
               help="Blackbox target: a zoo name (net4 → MNIST, resnet18 → CIFAR-10, ...), a TorchScript / zoo "
                    "checkpoint file, or ARCH:STATE_DICT.pt.")
 @click.option("--targeted/--untargeted", default=None, help="Targeted (towards --target-class) or untargeted (default).")
-@click.option("--target-class", type=int, default=None, help="Class to reach (targeted; test images of that class are skipped); default (y + 1) mod C per image.")
+@click.option("--target-class", type=INT64, default=None, help="Class to reach (targeted; test images of that class are skipped); default (y + 1) mod C per image.")
 @click.option("--method", type=click.Choice(METHODS), default="lazy-meta", show_default=True, help="Attack method.")
 # (the defaults are attacks.pipeline.PRESETS'; restated here so that --help does not import torch)
-@click.option("--n-images", type=int, default=None, help="Attack the first N correctly classified test images "
+@click.option("--n-images", type=INT64, default=None, help="Attack the first N correctly classified test images "
               "(default: the preset's; quick and paper 100, smoke 2 on MNIST / 1 on CIFAR-10).")
 @click.option("--max-queries", type=int, default=None, help="Per-image query budget (default: the preset's; quick and "
               "paper 10,000, smoke 1,000 on MNIST / 300 on CIFAR-10).")

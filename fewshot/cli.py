@@ -11,7 +11,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from lazyapps.cli import (RunContext, apply_preset, common_options, distinct_outputs, gammas_option, preset_option,
+from lazyapps.cli import (INT64, RunContext, apply_preset, common_options, distinct_outputs, gammas_option, preset_option,
                           recorded_settings, writable_folder)
 from lazyapps.plotting import plot_option
 
@@ -104,21 +104,31 @@ def _refuse_changed_hparams(resume: str, stored: dict[str, Any], explicit: dict[
                                 f"checkpoint's hyperparameters (drop the flag, or start a new run with another --out)")
 
 
+
+def _refuse_transductive_for_regression(dataset: str) -> None:
+    """--transductive is about BatchNorm statistics over a task's queries; regression tasks are scored without it."""
+    from lazyapps.errors import LazyAppsError
+
+    if click.get_current_context().get_parameter_source("transductive") is ParameterSource.COMMANDLINE:
+        raise LazyAppsError(f"--transductive / --no-transductive do not apply to {dataset} regression (its tasks are scored "
+                            f"without BatchNorm statistics); leave the flag out")
+
+
 @fewshot.command("train")
 @click.option("--algo", default=None, help="Learning algorithm (e.g. maml, fomaml, reptile, lazy-maml, lazy-reptile, scratch, finetune; see `lazyapps fewshot algos`); required unless --resume.")
 @click.option("--dataset", default="omniglot", show_default=True, help="omniglot, omniglot-lake, sine, cifar-fs, miniimagenet, tieredimagenet or folder:PATH.")
 @click.option("--arch", default=None, help="Model zoo architecture (default: conv4 for images, sine_mlp for sine).")
-@click.option("--ways", type=int, default=5, show_default=True, help="Classes per task (N).")
-@click.option("--shots", type=int, default=1, show_default=True, help="Support examples per class (K).")
-@click.option("--queries", type=int, default=None, help="Query examples per class (default: the preset's).")
-@click.option("--train-shots", type=int, default=None,
+@click.option("--ways", type=INT64, default=5, show_default=True, help="Classes per task (N).")
+@click.option("--shots", type=INT64, default=1, show_default=True, help="Support examples per class (K).")
+@click.option("--queries", type=INT64, default=None, help="Query examples per class (default: the preset's).")
+@click.option("--train-shots", type=INT64, default=None,
               help="Support examples per class of the meta-training tasks (default: the algorithm's; --shots except reptile/lazy-reptile on Omniglot, 10 as Nichol et al.).")
-@click.option("--inner-steps", type=int, default=None, help="Inner (student) steps during meta-training (default: the paper's).")
-@click.option("--eval-inner-steps", type=int, default=None, help="Inner steps at meta-test (default: the paper's).")
+@click.option("--inner-steps", type=INT64, default=None, help="Inner (student) steps during meta-training (default: the paper's).")
+@click.option("--eval-inner-steps", type=INT64, default=None, help="Inner steps at meta-test (default: the paper's).")
 @click.option("--inner-lr", type=float, default=None, help="Inner learning rate (default: the paper's).")
 @click.option("--meta-lr", type=float, default=None, help="Meta learning rate (default: the paper's).")
-@click.option("--iterations", type=int, default=None, help="Meta-iterations (default: the preset's).")
-@click.option("--meta-batch", type=int, default=None, help="Tasks per meta-iteration (default: the preset's / paper's).")
+@click.option("--iterations", type=INT64, default=None, help="Meta-iterations (default: the preset's).")
+@click.option("--meta-batch", type=INT64, default=None, help="Tasks per meta-iteration (default: the preset's / paper's).")
 @click.option("--last", type=click.IntRange(1, 10), default=None, help="Lazy learners: checkpoints the teacher mixes (1 or 3 in the paper).")
 @click.option("--gammas", callback=gammas_option, default=None, help="Lazy learners: the teacher's gamma grid, comma-separated (default 0.75,...,0.95).")
 @click.option("--zero-head", is_flag=True, default=None,
@@ -129,8 +139,8 @@ def _refuse_changed_hparams(resume: str, stored: dict[str, Any], explicit: dict[
 @click.option("--shuffle-classes/--no-shuffle-classes", default=True, show_default=True, help="Relabel classes per task (off: one global class order, Yin et al.'s memorization setting).")
 @click.option("--transductive/--no-transductive", default=True, show_default=True, help="BatchNorm statistics of the whole query batch at test (off: support + one query example at a time).")
 @click.option("--vectorize/--no-vectorize", default=True, show_default=True, help="Run a meta-batch's tasks with torch.func.vmap (off: a loop over tasks).")
-@click.option("--eval-tasks", type=int, default=None, help="Test tasks scored at the end (default: the preset's).")
-@click.option("--eval-every", type=int, default=None, help="Learning-curve point + checkpoint every N iterations (0: only at the end).")
+@click.option("--eval-tasks", type=INT64, default=None, help="Test tasks scored at the end (default: the preset's).")
+@click.option("--eval-every", type=INT64, default=None, help="Learning-curve point + checkpoint every N iterations (0: only at the end).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, callback=writable_folder, help="Run folder for checkpoint.pt (default: the --resume checkpoint's folder, else fewshot-runs/<algo>-<dataset>-<ways>way-<shots>shot).")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
               help="Continue from this checkpoint with its settings (algo, dataset, task stream, hyperparameters, iterations asked): options given here must match them, but for a larger --iterations.")
@@ -184,6 +194,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         if ways != 1 and click.get_current_context().get_parameter_source("ways") is ParameterSource.COMMANDLINE:
             warnings.warn(f"--ways does not apply to {dataset} regression (one function per task); ignored")
         ways = 1
+        _refuse_transductive_for_regression(dataset)
     if not cls.meta_learns and iterations:
         raise LazyAppsError(f"--algo {algo} does not meta-train; drop --iterations")
     if eval_every is not None and eval_every < 0:
@@ -369,8 +380,8 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
 @click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False), help="A checkpoint.pt written by `lazyapps fewshot train`.")
 @click.option("--tasks", "num_tasks", type=click.IntRange(1), default=1000, show_default=True, help="Seeded test tasks to score.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True, help="Which classes the tasks come from.")
-@click.option("--queries", type=int, default=None, help="Query examples per class (default: as trained).")
-@click.option("--eval-inner-steps", type=int, default=None, help="Adaptation steps (default: as trained).")
+@click.option("--queries", type=INT64, default=None, help="Query examples per class (default: as trained).")
+@click.option("--eval-inner-steps", type=INT64, default=None, help="Adaptation steps (default: as trained).")
 @click.option("--transductive/--no-transductive", default=None, help="BatchNorm on the whole query batch or per query example (default: as trained).")
 @click.option("--algo", default=None, help="Refuse the checkpoint unless it was made by this algorithm.")
 @click.option("--arch", default=None, help="Refuse the checkpoint unless it was made with this architecture.")
@@ -400,6 +411,8 @@ def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, q
     dataset, ways, shots = meta["dataset"], int(meta["ways"]), int(meta["shots"])
     if split != "test" and dataset_info(dataset).problem == "regression":
         raise LazyAppsError(f"{dataset} tasks are drawn afresh, not from class splits; leave out --split {split}")
+    if dataset_info(dataset).problem == "regression":
+        _refuse_transductive_for_regression(dataset)
     queries = queries if queries is not None else int(meta.get("queries", 15))
     status(f"scoring {meta['algo']} ({meta['arch']}, {meta['iteration']} iterations) on {num_tasks} {split} tasks of {dataset}")
     try:

@@ -234,7 +234,8 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, image_size: int 
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataNotFoundError(f"few-shot image folder {folder} does not exist")
+        what = "is a file, not a folder of class folders" if folder.exists() else "does not exist"
+        raise DataNotFoundError(f"few-shot image folder {folder} {what}")
     base, classes = _split_classes(folder, split)
     files: list[tuple[int, Path]] = []
     for c, name in enumerate(classes):

@@ -154,6 +154,21 @@ class RunContext:
         return result
 
 
+class Int64(click.types.IntParamType):
+    """The type of the commands' integer options: a value past int64, which torch (and the C under it) cannot hold,
+    is refused by click in one line rather than overflowing later; lower bounds stay each command's own check.
+    (``click.IntRange`` would do it too, but prints its 19-digit range in every option's help.)"""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not -(2**63) <= number < 2**63:
+            self.fail(f"{number} is past the largest integer this option can hold ({2**63 - 1:,})", param, ctx)
+        return number
+
+
+INT64 = Int64()
+
+
 def _writable(value: str | None, param: click.Parameter, *, folder: bool) -> str | None:
     from .paths import require_writable
 

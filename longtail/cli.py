@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from lazyapps.cli import (apply_preset, common_options, distinct_outputs, gammas_option, preset_option, recorded_settings,
+from lazyapps.cli import (INT64, apply_preset, common_options, distinct_outputs, gammas_option, preset_option, recorded_settings,
                           writable_file, writable_folder)
 from lazyapps.plotting import plot_option
 
@@ -104,10 +104,10 @@ def longtail() -> None:
 @click.option("--imbalance", type=float, default=100.0, show_default=True, help="Largest / smallest class size (>= 1).")
 @click.option("--method", default="lazy-two-component", show_default=True, help=f"One of: {', '.join(METHOD_NAMES)}.")
 @preset_option("quick")
-@click.option("--epochs", type=int, default=None, help="Epochs (the lr decays, DRW and meta phase scale with it).")
-@click.option("--batch-size", type=int, default=None, help="Training batch size (preset: 128; smoke 64).")
+@click.option("--epochs", type=INT64, default=None, help="Epochs (the lr decays, DRW and meta phase scale with it).")
+@click.option("--batch-size", type=INT64, default=None, help="Training batch size (preset: 128; smoke 64).")
 @click.option("--lr", type=float, default=None, help="Base learning rate (default 0.1).")
-@click.option("--inner-steps", type=int, default=None, help="Student steps k of lazy-two-component (default 5).")
+@click.option("--inner-steps", type=INT64, default=None, help="Student steps k of lazy-two-component (default 5).")
 @click.option("--inner-lr", type=float, default=None, help="The lazy student's lr (default: the current training lr).")
 @click.option("--eps-rule", type=click.Choice(["step", "normalized"]), default="step", show_default=True,
               help="two-component ε: step (Jamal et al.'s code, ε = -0.01 dL_val/dε) or normalized (L2RW-style, mass of w_y).")
@@ -115,9 +115,9 @@ def longtail() -> None:
 @click.option("--split", "rule", type=click.Choice(["first", "ldam"]), default="first", show_default=True,
               help="first: per class the first --val-per-class images validate, the next n_c train (file order); "
                    "ldam: the same from Cao et al.'s seeded shuffle (needs the full dataset).")
-@click.option("--val-per-class", type=int, default=10, show_default=True, help="Balanced validation images per class.")
-@click.option("--n-max", type=int, default=None, help="Training images of the largest class (paper: 4990 CIFAR-10, 490 CIFAR-100; smoke 100, quick 500).")
-@click.option("--test-per-class", type=int, default=None, help="Evaluate on the first N test images per class (paper: all).")
+@click.option("--val-per-class", type=INT64, default=10, show_default=True, help="Balanced validation images per class.")
+@click.option("--n-max", type=INT64, default=None, help="Training images of the largest class (paper: 4990 CIFAR-10, 490 CIFAR-100; smoke 100, quick 500).")
+@click.option("--test-per-class", type=INT64, default=None, help="Evaluate on the first N test images per class (paper: all).")
 @click.option("--model", default="resnet32", show_default=True, help="Zoo architecture (see 'lazyapps zoo'); ResNet-32 is the literature's.")
 @click.option("--batchnorm", type=click.Choice(["global", "local"]), default="global", show_default=True,
               help="Under torchrun: BatchNorm statistics of the whole batch (one process's numbers) or of each rank's share (plain DDP, faster).")

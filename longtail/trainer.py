@@ -347,8 +347,10 @@ class Trainer:
                 if not math.isfinite(row["train_loss"]):  # the diverged weights are not saved over the last checkpoint
                     kept = (f"{self.checkpoint_path} still holds epoch {self.epoch}" if self.out_dir is not None and self.epoch > 0
                             else "nothing was saved")
+                    # in a meta epoch a lazy student with its own step size may be what diverged
+                    lrs = "--lr or --inner-lr" if row["meta"] and getattr(self.method, "inner_lr", None) is not None else "--lr"
                     raise DivergedError(f"training diverged in epoch {row['epoch']} (mean loss {row['train_loss']}); "
-                                        f"lower --lr; {kept}")
+                                        f"lower {lrs}; {kept}")
                 result = self.evaluate()
                 row.update({k: v for k, v in result.items() if k != "per_class_accuracy"})
                 self.history.append(row)

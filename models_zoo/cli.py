@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from lazyapps.cli import RunContext, common_options, distinct_outputs
+from lazyapps.cli import INT64, RunContext, common_options, distinct_outputs
 
 
 def _training_options(func: Callable) -> Callable:
@@ -17,14 +17,14 @@ def _training_options(func: Callable) -> Callable:
     options = [
         click.option("--arch", default=None, help="Architecture name (see `lazyapps zoo list`) or timm:<name>."),
         click.option("--dataset", default="mnist", show_default=True, help="mnist, cifar10, cifar100, digits, omniglot or npz:PATH."),
-        click.option("--epochs", type=int, default=None, help="Epochs (default: 3 for MNIST-sized nets, 30 for CIFAR nets)."),
+        click.option("--epochs", type=INT64, default=None, help="Epochs (default: 3 for MNIST-sized nets, 30 for CIFAR nets)."),
         click.option("--lr", type=float, default=None, help="Learning rate (default: Adam 1e-3 / SGD 0.05)."),
-        click.option("--batch-size", type=int, default=128, show_default=True, help="Training batch size."),
+        click.option("--batch-size", type=INT64, default=128, show_default=True, help="Training batch size."),
         click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None, help="Optimizer (default per family)."),
         click.option("--weight-decay", type=float, default=None, help="Weight decay (default: 0 MNIST nets, 5e-4 CIFAR nets)."),
         click.option("--schedule", type=click.Choice(["constant", "cosine"]), default=None, help="Learning-rate schedule (default per family)."),
         click.option("--augment/--no-augment", default=None, help="Random crop + flip (default: on for CIFAR datasets only)."),
-        click.option("--train-subset", type=int, default=None, help="Train on the first N training images only."),
+        click.option("--train-subset", type=INT64, default=None, help="Train on the first N training images only."),
     ]
     for option in reversed(options):
         func = option(func)

@@ -109,6 +109,7 @@ def test_resume_continues_and_a_second_run_never_overwrites(trained, tmp_path) -
     (["--algo", "maml", "--dataset", "sine", "--arch", "conv4"], "--arch conv4 takes images, but sine's inputs are numbers"),
     (["--algo", "maml", "--shots", "0"], "--shots must be positive, got 0"),
     (["--algo", "maml", "--dataset", "sine", "--ways", "0"], "--ways must be positive, got 0"),
+    (["--algo", "maml", "--dataset", "sine", "--no-transductive"], "--transductive / --no-transductive do not apply to sine regression"),
     (["--algo", "maml", "--eval-every", "-1"], "--eval-every must be >= 0"),
     (["--algo", "scratch", "--iterations", "5"], "--algo scratch does not meta-train; drop --iterations"),
     (["--algo", "maml", "--dataset", "omniglot3"], "unknown few-shot dataset 'omniglot3'"),
@@ -152,6 +153,9 @@ def test_sine_regression_reports_mse(tmp_path) -> None:
     test = json.loads((tmp_path / "s.json").read_text())["metrics"]["test"]
     assert test["metric"] == "mse" and test["transductive"] is None and test["mean"] > 0
     assert "5-shot" in result.output and "n/a" in result.output
+    # eval of a regression checkpoint refuses the BatchNorm flag it would ignore, before scoring anything
+    flag = _run("fewshot", "eval", "--checkpoint", str(tmp_path / "s" / "checkpoint.pt"), "--transductive", "--quiet")
+    assert flag.exit_code == 2 and "do not apply to sine regression" in flag.output and len(flag.output.strip().splitlines()) == 1
 
 
 def test_status_lines_say_what_the_run_does(tmp_path, data_root, session_cache) -> None:
@@ -519,15 +523,15 @@ def test_a_run_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, monkey
     # random states from before that draw, or --resume skips the batch.
     restore = _interrupt_maml_at(monkeypatch, 2, KeyboardInterrupt)
     ckpt = tmp_path / "i" / "checkpoint.pt"
-    assert _sine(tmp_path / "i", "--iterations", "4", "--no-transductive", "--seed", "3").exit_code == 130
+    assert _sine(tmp_path / "i", "--iterations", "4", "--seed", "3").exit_code == 130
     restore()
-    # --resume alone, as the Ctrl-C message says: algo, dataset, shots, seed, BatchNorm mode and the 4 iterations are the run's
+    # --resume alone, as the Ctrl-C message says: algo, dataset, shots, seed and the 4 iterations are the run's
     resumed = _run("fewshot", "train", "--resume", str(ckpt), "--quiet", "--json", str(tmp_path / "i.json"))
     assert resumed.exit_code == 0, resumed.output
-    assert _sine(tmp_path / "s", "--iterations", "4", "--no-transductive", "--seed", "3", "--json", str(tmp_path / "s.json")).exit_code == 0
+    assert _sine(tmp_path / "s", "--iterations", "4", "--seed", "3", "--json", str(tmp_path / "s.json")).exit_code == 0
     assert _same_weights(ckpt, tmp_path / "s" / "checkpoint.pt")
     config, straight = (json.loads((tmp_path / name).read_text())["config"] for name in ("i.json", "s.json"))
-    assert config == {**straight, "hparams": config["hparams"]} and config["hparams"]["transductive"] is False
+    assert config == straight
     assert config["iterations"] == 4 and config["seed"] == 3
     finished = _run("fewshot", "train", "--resume", str(ckpt))
     assert finished.exit_code == 2 and "is already at iteration 4; give --iterations above it" in finished.output

@@ -153,6 +153,9 @@ def test_miniimagenet_and_tieredimagenet_are_folders_under_the_data_root(tmp_pat
         task_source("tieredimagenet", split="train", ways=2, shots=1, queries=1, root=tmp_path, cache_dir=cache_dir)
     with pytest.raises(LazyAppsError, match="shots \\+ queries = 2 \\+ 2 = 4 .* has 3"):
         task_source("miniimagenet", split="val", ways=3, shots=2, queries=2, root=tmp_path, cache_dir=cache_dir)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataNotFoundError, match="afile is a file, not a folder of class folders"):
+        task_source("folder:" + str(tmp_path / "afile"), split="train", ways=2, shots=1, queries=1, cache_dir=cache_dir)
 
 
 def test_folder_dataset_refuses_repeated_or_shared_classes_and_unreadable_images(tmp_path, cache_dir) -> None:

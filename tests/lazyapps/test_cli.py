@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from lazyapps import __version__
-from lazyapps.cli import COMMANDS, LazyGroup, apply_preset, cli, common_options, gammas_option
+from lazyapps.cli import COMMANDS, Int64, LazyGroup, apply_preset, cli, common_options, gammas_option
 from lazyapps.errors import LazyAppsError, UnknownNameError
 
 
@@ -264,3 +264,44 @@ def test_one_gamma_grid_parser_for_every_lazy_command(text, parsed):
             gammas_option(None, None, text)
     else:
         assert gammas_option(None, None, text) == parsed
+
+
+def _every_command():
+    """(path, click command) of every leaf command, product groups loaded."""
+    ctx = click.Context(cli)
+    out = []
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        if isinstance(command, click.Group):
+            sub = click.Context(command, parent=ctx)
+            out += [((name, s), command.get_command(sub, s)) for s in command.list_commands(sub)]
+        else:
+            out.append(((name,), command))
+    return out
+
+
+def test_every_integer_option_is_bounded_to_int64():
+    """A bare ``type=int`` takes any Python int, which overflows (with a traceback) where torch needs int64."""
+    unbounded = [(path, p.opts[0]) for path, command in _every_command() for p in command.params
+                 if isinstance(p.type, click.types.IntParamType) and not isinstance(p.type, (Int64, click.IntRange))]
+    # --max-queries checks its own upper bound, with a message that names the budget (tests/attacks/test_cli.py)
+    assert unbounded == [(("attack",), "--max-queries")]
+
+
+@pytest.mark.parametrize("args", [
+    ["fewshot", "train", "--iterations"], ["fewshot", "train", "--meta-batch"], ["fewshot", "eval", "--queries"],
+    ["longtail", "train", "--epochs"], ["zoo", "train", "--arch", "lenet5", "--batch-size"], ["attack", "--n-images"],
+])
+def test_an_integer_past_int64_is_one_line_before_any_work(args, tmp_path):
+    result = CliRunner().invoke(cli, [*args, str(2**63), "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert f"Invalid value for '{args[-1]}': {2**63} is past the largest integer this option can hold" in result.output
+    assert "Traceback" not in result.output and list(tmp_path.iterdir()) == []
+
+
+def test_int64_takes_exactly_the_int64_range():
+    int64 = Int64()
+    assert [int64.convert(str(v), None, None) for v in (2**63 - 1, -(2**63), 0)] == [2**63 - 1, -(2**63), 0]
+    for past in (2**63, -(2**63) - 1):
+        with pytest.raises(click.BadParameter, match="past the largest integer"):
+            int64.convert(str(past), None, None)

@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from lazyapps.cli import cli
@@ -112,6 +113,15 @@ def test_a_diverging_run_stops_in_one_line_and_saves_nothing(env):
     assert result.exit_code == 2, result.output
     assert "training diverged in epoch 1 (mean loss nan); lower --lr; nothing was saved" in result.output
     assert not (out / "checkpoint.pt").exists() and not (env / "d.json").exists()
+
+
+def test_a_lazy_student_diverging_names_inner_lr_and_keeps_the_last_epoch(env):
+    out = env / "div"
+    result = CliRunner().invoke(cli, ["longtail", "train", *TINY, "--model", "lenet5", "--method", "lazy-two-component",
+                                      "--inner-lr", "1e30", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"training diverged in epoch 2 (mean loss nan); lower --lr or --inner-lr; {out / 'checkpoint.pt'} still holds epoch 1" in result.output
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
 def test_resume_refuses_a_best_pt_and_another_runs_folder_and_carries_best_along(env):
