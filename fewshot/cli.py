@@ -104,7 +104,6 @@ def _refuse_changed_hparams(resume: str, stored: dict[str, Any], explicit: dict[
                                 f"checkpoint's hyperparameters (drop the flag, or start a new run with another --out)")
 
 
-
 def _refuse_transductive_for_regression(dataset: str) -> None:
     """--transductive is about BatchNorm statistics over a task's queries; regression tasks are scored without it."""
     from lazyapps.errors import LazyAppsError
