@@ -408,9 +408,9 @@ def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, q
     learner, state, meta = load_learner(checkpoint, expect=expect, device=run.device, transductive=transductive,
                                         eval_inner_steps=eval_inner_steps)
     dataset, ways, shots = meta["dataset"], int(meta["ways"]), int(meta["shots"])
-    if split != "test" and dataset_info(dataset).problem == "regression":
-        raise LazyAppsError(f"{dataset} tasks are drawn afresh, not from class splits; leave out --split {split}")
     if dataset_info(dataset).problem == "regression":
+        if split != "test":
+            raise LazyAppsError(f"{dataset} tasks are drawn afresh, not from class splits; leave out --split {split}")
         _refuse_transductive_for_regression(dataset)
     queries = queries if queries is not None else int(meta.get("queries", 15))
     status(f"scoring {meta['algo']} ({meta['arch']}, {meta['iteration']} iterations) on {num_tasks} {split} tasks of {dataset}")
