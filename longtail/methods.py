@@ -168,6 +168,7 @@ class MetaMethod(Method):
 
     meta = True
     _share: BatchShare | None = None  # the current step's share of the batch under torchrun (None: one process)
+    virtual_reduction = "mean"  # the virtual loss (1/N) Σ w_i ℓ_i; "sum": Σ w_i ℓ_i (see LookAhead)
 
     def loss(self, ctx, inputs, targets):
         if ctx.epoch < self.meta_start or ctx.val_inputs is None:
@@ -179,7 +180,8 @@ class MetaMethod(Method):
         params = params_of(model)
         losses = L.cross_entropy(model(inputs), targets)  # the real forward: BN running stats move once
         base = self.base_weights(losses, targets)
-        look = LookAhead(model, params, inputs, targets, L.cross_entropy, lr=ctx.lr, losses=losses, **ranks)
+        look = LookAhead(model, params, inputs, targets, L.cross_entropy, lr=ctx.lr, losses=losses,
+                         reduction=self.virtual_reduction, **ranks)
         theta_tilde = look.step(base)
         direction = self.direction(ctx, theta_tilde, inputs, targets, base)
         grad_w = look.weight_gradient(direction)
@@ -230,6 +232,9 @@ class TwoComponent(MetaMethod):
     summary = "w_y (Cui et al.) + ε_i from a one-step look-ahead on the validation set (Jamal et al. 2020)"
 
     EPS_RULES = ("step", "normalized")
+    # Jamal et al.'s virtual step is on the summed loss Σ(w_y + ε_i)ℓ_i at the training lr (their equation, as
+    # Ren et al.'s, and their released code): N times the mean form's step, so v is taken that far from θ.
+    virtual_reduction = "sum"
 
     def __init__(self, counts, *, device="cpu", beta: float = 0.9999, eps_rule: str = "step", eps_lr: float = 0.01) -> None:
         super().__init__(counts, device=device)
@@ -248,9 +253,9 @@ class TwoComponent(MetaMethod):
             if share is not None:
                 return base + clipped_normalized(-grad_w, total=share.sums(base)[0], sum_over_ranks=distributed.sum_over_ranks)
             return base + clipped_normalized(-grad_w, total=base.sum())
-        # "step", Jamal et al.'s released code: one plain gradient step ε = −η ∂L_val/∂ε from ε = 0, η = 0.01,
-        # on their summed virtual loss Σ(w_y + ε_i)ℓ_i, whose ε-gradient is N × that of our mean form.
-        eps = -self.eps_lr * (len(grad_w) if share is None else share.size) * grad_w
+        # "step", Jamal et al.'s released code: one plain gradient step ε = −η ∂L_val/∂ε from ε = 0, η = 0.01
+        # (∂L_val/∂ε of the summed virtual loss, as grad_w is here).
+        eps = -self.eps_lr * grad_w
         if share is None:
             self.record(eps_over_w=float(eps.abs().mean() / base.mean()))
         else:
@@ -268,37 +273,26 @@ class LazyTwoComponent(TwoComponent):
                  eps_rule: str = "step", eps_lr: float = 0.01) -> None:
         super().__init__(counts, device=device, beta=beta, eps_rule=eps_rule, eps_lr=eps_lr)
         self.inner_steps = inner_steps
-        # The student's SGD step size; None: the current training lr, the virtual step's. In the meta phase
-        # that lr is small (×0.01 in the paper), so such a student barely leaves θ̃ and the leap ≈ θ̃.
+        # The student's SGD step size; None: the current training lr, the virtual step's.
         self.inner_lr = inner_lr
         self.teacher = LazyTeacher(gammas=tuple(gammas), last=1, criterion="accuracy")
 
     def direction(self, ctx, theta_tilde, inputs, targets, base):
-        # The student walks k SGD steps from θ̃ over k slices of this batch with the class weights:
-        # one pass over the batch in all, so the look-ahead costs about one extra training step.
+        # The student continues the virtual step's SGD (its loss Σ w_i ℓ_i, or the mean, at its lr) for k steps
+        # from θ̃ over k slices of this batch: one pass over the batch in all, about one extra training step.
         share = self._share
         weights = base.detach()
-        if share is None:
-            slices = iter(chunks(len(targets), self.inner_steps))
+        whole = chunks(len(targets) if share is None else share.size, self.inner_steps)
+        # The slices' sizes divide a mean; under torchrun a slice is spread over the ranks (each holds every
+        # world-th row), each rank's loss is its part of the slice's, and the student sums the steps over ranks.
+        divisors = iter([1 if self.virtual_reduction == "sum" else s.stop - s.start for s in whole])
+        slices = iter(whole if share is None else share.parts(whole))
 
-            def student_loss(predict):
-                part = next(slices)
-                return L.weighted_mean(L.cross_entropy(predict(inputs[part]), targets[part]), weights[part])
+        def student_loss(predict):
+            part = next(slices)
+            return (weights[part] * L.cross_entropy(predict(inputs[part]), targets[part])).sum() / next(divisors)
 
-            student = explore
-        else:
-            # torchrun: each step's slice of the whole batch is spread over the ranks (the trainer gives each rank
-            # every world-th row): a rank's part of the step's weighted mean uses the slice's total weight, and
-            # the student sums the steps over ranks.
-            parts = share.parts(chunks(share.size, self.inner_steps))
-            totals = iter(share.sums(*(weights[p] for p in parts)).clamp_min(torch.finfo(weights.dtype).tiny))
-            slices = iter(parts)
-
-            def student_loss(predict):
-                part = next(slices)
-                return (weights[part] * L.cross_entropy(predict(inputs[part]), targets[part])).sum() / next(totals)
-
-            student = explore_across_ranks
+        student = explore if share is None else explore_across_ranks
         v, leap, val_loss = lazy_direction(ctx.model, theta_tilde, student_loss, ctx.val_inputs, ctx.val_targets,
                                            steps=min(self.inner_steps, len(targets) if share is None else share.size),
                                            lr=ctx.lr if self.inner_lr is None else self.inner_lr, teacher=self.teacher,

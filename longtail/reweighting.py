@@ -6,9 +6,10 @@ lazy variant (Algorithm 2 of Jamal, Wang, Gong, "A Lazy Approach to
 Long-Horizon Gradient-Based Meta-Learning") all take a *virtual* SGD step with
 per-example weights w,
 
-    θ̃(w) = θ − α ∇_θ (1/N) Σ_i w_i ℓ_i(θ),
+    θ̃(w) = θ − α ∇_θ (1/N) Σ_i w_i ℓ_i(θ)
 
-score the result on the balanced validation set and move the weights along
+(Shu et al.'s mean; Ren et al. and Jamal et al. sum, without the 1/N), score
+the result on the balanced validation set and move the weights along
 −∂L_val/∂w. By the chain rule
 
     ∂L_val/∂w_i = ⟨∂θ̃/∂w_i, v⟩ = −(α/N) ⟨∇_θ ℓ_i(θ), v⟩,   v = ∂L_val/∂θ̃,
@@ -92,7 +93,10 @@ class LookAhead:
     ``params`` are θ by name. ``losses`` may be given: the per-example losses of
     the real training forward at θ with a graph to ``params`` (the virtual step
     then reuses that forward); otherwise they are computed here in batch-statistics
-    mode. ``lr`` is α, the learning rate of the virtual step.
+    mode. ``lr`` is α, the learning rate of the virtual step. ``reduction`` is the
+    virtual loss's: ``"mean"`` (1/N) Σ w_i ℓ_i (Shu et al.) or ``"sum"`` Σ w_i ℓ_i
+    (Ren et al.'s and Jamal et al.'s equations and code): N times the step, and
+    N times ∂L_val/∂w, at the same α.
     """
 
     def __init__(
@@ -107,7 +111,10 @@ class LookAhead:
         losses: Tensor | None = None,
         batch_size: int | None = None,
         sum_over_ranks: Callable[[list[Tensor]], list[Tensor]] | None = None,
+        reduction: str = "mean",
     ) -> None:
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.model = model
         self.params = dict(params)
         self.theta = {k: v.detach() for k, v in self.params.items()}
@@ -117,13 +124,15 @@ class LookAhead:
         # step's gradient is summed over ranks (None: these rows are the whole batch, one process).
         self.batch_size = len(targets) if batch_size is None else int(batch_size)
         self.sum_over_ranks = sum_over_ranks
+        # The virtual loss is Σ w_i ℓ_i / divisor: the whole batch's N for a mean, 1 for a sum.
+        self.divisor = self.batch_size if reduction == "mean" else 1
 
     def _per_example(self, params: Mapping[str, Tensor]) -> Tensor:
         with batch_statistics(self.model):
             return self.loss_fn(forward(self.model, params, _no_buffers(), self.inputs), self.targets)
 
     def step(self, weights: Tensor) -> Params:
-        """θ̃(w) = θ − α ∇_θ (1/N) Σ_i w_i ℓ_i(θ) for fixed ``weights`` (detached result)."""
+        """θ̃(w) = θ − α ∇_θ (1/N) Σ_i w_i ℓ_i(θ) (no 1/N for ``reduction="sum"``) for fixed ``weights`` (detached result)."""
         weights = weights.detach()
         if not bool((weights != 0).any()):
             if self.sum_over_ranks is None:
@@ -136,7 +145,7 @@ class LookAhead:
             else:
                 wrt = {k: v.requires_grad_() for k, v in ((k, v.detach()) for k, v in self.theta.items())}
                 losses = self._per_example(wrt)
-            objective = (weights * losses).sum() / self.batch_size
+            objective = (weights * losses).sum() / self.divisor
             grads = torch.autograd.grad(objective, list(wrt.values()), retain_graph=True, allow_unused=True)
         if self.sum_over_ranks is not None:
             grads = self.sum_over_ranks([torch.zeros_like(t) if g is None else g for t, g in zip(self.theta.values(), grads)])
@@ -146,7 +155,7 @@ class LookAhead:
         return {k: (t - self.lr * g if g is not None else t) for (k, t), g in zip(self.theta.items(), grads)}
 
     def weight_gradient(self, direction: Mapping[str, Tensor], *, mode: str = "difference") -> Tensor:
-        """∂⟨θ̃(w), v⟩/∂w_i = −(α/N)⟨∇_θ ℓ_i(θ), v⟩ for every example i, v = ``direction``.
+        """∂⟨θ̃(w), v⟩/∂w_i = −(α/N)⟨∇_θ ℓ_i(θ), v⟩ (−α⟨∇_θ ℓ_i(θ), v⟩ for a sum) for every example i, v = ``direction``.
 
         With ``direction`` = ∂L_val/∂θ̃ this is ∂L_val(θ̃(w))/∂w, the same for every
         w since θ̃ is linear in w. ``mode="jvp"`` is exact (forward-mode AD: about
@@ -157,7 +166,7 @@ class LookAhead:
         in our ResNet-32 measurements (the weights are clipped at 0 and normalised).
         """
         tangent = {k: direction[k].detach().to(t) if k in direction else torch.zeros_like(t) for k, t in self.theta.items()}
-        scale = -(self.lr / self.batch_size)
+        scale = -(self.lr / self.divisor)
         if mode == "jvp":
             with forward_mode_ad():
                 _, along = jvp(self._per_example, (self.theta,), (tangent,))

@@ -91,7 +91,7 @@ def test_lazy_direction_is_gamma_times_validation_gradient_at_the_leap(tiny_net)
         with batch_statistics(model):
             leaf = {k: t.requires_grad_() for k, t in ((k, t.detach().clone()) for k, t in phi.items())}
             out = torch.func.functional_call(model, leaf, (x[part],))
-            loss = (base[part] * F.cross_entropy(out, y[part], reduction="none")).sum() / base[part].sum()
+            loss = (base[part] * F.cross_entropy(out, y[part], reduction="none")).sum()  # the virtual step's summed loss
             g = torch.autograd.grad(loss, list(leaf.values()))
         phi = {k: (t - 0.5 * gi).detach() for (k, t), gi in zip(leaf.items(), g)}
     best = None
@@ -153,9 +153,9 @@ def test_two_component_eps_rules():
     counts = [40, 30, 20, 1]
     grad_w = torch.tensor([0.5, -1.0, -3.0, 0.0])
     base = torch.tensor([0.2, 0.3, 0.5, 3.0])
-    # Jamal et al.'s code: ε = −0.01 · ∂L/∂ε of the summed loss (N × the mean-form gradient), no clipping
+    # Jamal et al.'s code: ε = −0.01 · ∂L/∂ε (of the summed virtual loss, as grad_w is), no clipping
     step = TwoComponent(counts).final_weights(grad_w, base, None, None)
-    assert torch.allclose(step, base - 0.01 * 4 * grad_w)
+    assert torch.allclose(step, base - 0.01 * grad_w)
     # L2RW-style: max(−g, 0) normalised to the batch's class-weight mass (4.0)
     normalized = TwoComponent(counts, eps_rule="normalized").final_weights(grad_w, base, None, None)
     assert torch.allclose(normalized, base + torch.tensor([0.0, 1.0, 3.0, 0.0]))
@@ -307,10 +307,11 @@ def _linear_meta_problem():
     return linear_problem(24, 5, 3, 10, 7)
 
 
-def _val_after_virtual_step(model, x, y, vx, vy, weights, lr):
-    """L_val(θ − α ∇_θ (1/N) Σ w_i ℓ_i(θ)) with a graph to ``weights`` (double backward, the obvious way)."""
+def _val_after_virtual_step(model, x, y, vx, vy, weights, lr, reduction="mean"):
+    """L_val(θ − α ∇_θ (1/N) Σ w_i ℓ_i(θ)) (no 1/N for a sum) with a graph to ``weights`` (double backward, the obvious way)."""
     params = dict(model.named_parameters())
-    inner = (weights * F.cross_entropy(torch.func.functional_call(model, params, (x,)), y, reduction="none")).mean()
+    inner = (weights * F.cross_entropy(torch.func.functional_call(model, params, (x,)), y, reduction="none"))
+    inner = inner.sum() if reduction == "sum" else inner.mean()
     grads = torch.autograd.grad(inner, list(params.values()), create_graph=True)
     moved = {k: p - lr * gr for (k, p), gr in zip(params.items(), grads)}
     return F.cross_entropy(torch.func.functional_call(model, moved, (vx,)), vy)
@@ -331,6 +332,22 @@ def test_l2rw_weights_are_the_clipped_normalised_negative_gradient_at_zero():
     with torch.no_grad():
         ce = F.cross_entropy(model(x), y, reduction="none")
     assert float(loss.detach()) == pytest.approx(float((expected * ce).sum()), rel=1e-6)
+
+
+def test_two_component_eps_is_jamal_et_al_s_step_through_the_summed_virtual_loss():
+    # Their released code: θ̃ = θ − α ∇ Σ(w_y + ε_i)ℓ_i at ε = 0, ε = −0.01 ∂L_val(θ̃)/∂ε; the mean form's
+    # virtual step is N times shorter, so its ε differs beyond a factor (checked below).
+    model, x, y, vx, vy = _linear_meta_problem()
+    method = TwoComponent([5, 3, 2])
+    w = method.class_weights[y].double()
+    eps = torch.zeros(10, dtype=torch.float64, requires_grad=True)
+    expected = -0.01 * torch.autograd.grad(_val_after_virtual_step(model, x, y, vx, vy, w + eps, 0.4, "sum"), eps)[0]
+    method.loss(StepContext(model, 0.4, 0, vx, vy), x, y)
+    got = method.last_weights - w
+    assert float(expected.abs().max()) > 1e-6
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-12)
+    mean_form = -0.01 * 10 * torch.autograd.grad(_val_after_virtual_step(model, x, y, vx, vy, w + eps, 0.4), eps)[0]
+    assert not torch.allclose(got, mean_form, rtol=1e-2)
 
 
 def test_meta_weight_net_step_follows_the_meta_gradient_and_reduces_unnormalised():
