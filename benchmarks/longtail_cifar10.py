@@ -229,8 +229,12 @@ def main(argv=None) -> dict:
     if args.jobs > 1:
         ctx = mp.get_context("spawn")
         with ctx.Pool(args.jobs, initializer=_worker_init) as pool:
-            pending = {m: pool.apply_async(run_method, (args, m, threads)) for m in methods if m in PLAIN}
-            meta_pending = {}
+            def start(group):
+                return {m: pool.apply_async(run_method, (args, m, threads)) for m in methods if m in group}
+
+            pending = start(PLAIN)
+            # The meta runs start from the CE phase: once the CE run has written it, or at once from --ce-phase.
+            meta_pending = start(META) if "ce" not in methods else {}
             while pending or meta_pending:
                 for m, job in list(pending.items()) + list(meta_pending.items()):
                     if job.ready():
@@ -238,7 +242,7 @@ def main(argv=None) -> dict:
                         print(f"  done {m}: best error {results[m]['best']['top1_error']:.2f}% ({results[m]['wall_s']:.0f}s)", flush=True)
                         pending.pop(m, None), meta_pending.pop(m, None)
                         if m == "ce":
-                            meta_pending = {mm: pool.apply_async(run_method, (args, mm, threads)) for mm in methods if mm in META}
+                            meta_pending = start(META)
                 time.sleep(2)
     else:
         for m in [m for m in methods if m in PLAIN] + [m for m in methods if m in META]:

@@ -12,8 +12,10 @@ REPO = Path(__file__).resolve().parents[2]
 def _load_benchmark():
     if str(REPO / "benchmarks") not in sys.path:  # its _script helpers sit beside it, as when run as a script
         sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("longtail_cifar10_benchmark", REPO / "benchmarks" / "longtail_cifar10.py")
+    # Under its own name, so --jobs's spawned workers can import it by that name to run its functions.
+    spec = importlib.util.spec_from_file_location("longtail_cifar10", REPO / "benchmarks" / "longtail_cifar10.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["longtail_cifar10"] = module
     spec.loader.exec_module(module)
     return module
 
@@ -30,3 +32,15 @@ def test_benchmark_smoke(data_root, tmp_path, capsys):
     assert out["results"]["lazy-two-component"]["history"][-1]["meta"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["cost"]["lazy_over_ce"] > 0 and saved["paper_cifar100_lt"]["ce"][1] == 61.68
+
+
+def test_benchmark_meta_runs_from_a_saved_ce_phase_in_parallel_jobs(data_root, tmp_path, capsys):
+    # --ce-phase without "ce" among the methods: the worker pool must start the meta runs at once
+    bench = _load_benchmark()
+    common = ["--smoke", "--data-dir", str(data_root), "--n-max", "30", "--imbalance", "10"]
+    first = bench.main(common + ["--out", str(tmp_path / "ce"), "--methods", "ce"])
+    again = bench.main(common + ["--out", str(tmp_path / "meta"), "--methods", "two-component,l2rw", "--jobs", "2",
+                                 "--ce-phase", str(tmp_path / "ce" / "ce_phase.pt")])
+    assert set(again["results"]) == {"two-component", "l2rw"}
+    for run in again["results"].values():
+        assert run["history"][0] == first["results"]["ce"]["history"][0] and run["history"][-1]["meta"]
