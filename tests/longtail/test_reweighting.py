@@ -489,3 +489,15 @@ def test_lazy_direction_with_the_loss_criterion_picks_the_lowest_validation_loss
     assert leap.gamma == gammas[losses.index(min(losses))] and val_loss == pytest.approx(min(losses), rel=1e-12)
     ref, _ = plain_direction(model, {k: t.detach() for k, t in leap.params.items()}, vx, vy)
     torch.testing.assert_close(v, {k: leap.gamma * r for k, r in ref.items()})
+
+
+def test_a_summed_virtual_loss_is_the_mean_form_at_n_times_the_lr():
+    model, x, y, vx, vy = _linear_meta_problem()
+    w = torch.rand(10, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    summed = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.04, reduction="sum")
+    mean = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4)
+    torch.testing.assert_close(summed.step(w), mean.step(w))
+    v, _ = plain_direction(model, summed.step(w), vx, vy)
+    torch.testing.assert_close(summed.weight_gradient(v), mean.weight_gradient(v))
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum', got 'max'"):
+        LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4, reduction="max")
