@@ -6,7 +6,19 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    # main() sets this process's torch threads (1 with --jobs > 1) as a script should; tests after these must not
+    # inherit it (a float32 comparison elsewhere rounds differently on one thread).
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def _load_benchmark():
@@ -34,7 +46,7 @@ def test_benchmark_smoke(data_root, tmp_path, capsys):
     assert saved["cost"]["lazy_over_ce"] > 0 and saved["paper_cifar100_lt"]["ce"][1] == 61.68
 
 
-def test_benchmark_meta_runs_from_a_saved_ce_phase_in_parallel_jobs(data_root, tmp_path, capsys):
+def test_benchmark_meta_runs_from_a_saved_ce_phase_in_parallel_jobs(data_root, tmp_path):
     # --ce-phase without "ce" among the methods: the worker pool must start the meta runs at once
     bench = _load_benchmark()
     common = ["--smoke", "--data-dir", str(data_root), "--n-max", "30", "--imbalance", "10"]
