@@ -106,6 +106,10 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def stale_state(self, state: dict[str, Any], *, meta_epochs: bool) -> str | None:
+        """Why a checkpoint's :meth:`state_dict` (of a run that has had meta epochs or not) cannot go on here; None: it can."""
+        return None
+
 
 class ClassBalancedCE(Method):
     name = "cb-ce"
@@ -262,6 +266,16 @@ class TwoComponent(MetaMethod):
             eps_sum, base_sum = share.sums(eps.abs(), base)
             self.record(eps_over_w=float(eps_sum / base_sum))
         return base + eps
+
+    def state_dict(self):
+        return {"virtual_reduction": self.virtual_reduction}  # the form its meta steps took (see stale_state)
+
+    def stale_state(self, state, *, meta_epochs):
+        # Checkpoints written before 6562a52 record nothing: their meta steps took the mean form.
+        if meta_epochs and state.get("virtual_reduction", "mean") != self.virtual_reduction:
+            return ("its meta epochs took the virtual step on the mean loss, as lazyapps did before it followed "
+                    "Jamal et al.'s summed loss; the run cannot go on with the other")
+        return None
 
 
 class LazyTwoComponent(TwoComponent):

@@ -251,6 +251,10 @@ class Trainer:
             raise CheckpointError(f"cannot resume: {exc}; resume with the same settings or start a new run with another --out") from None
         refuse_best_checkpoint(path, meta, state)
         check_same_data(path, meta, self.data)
+        meta_epochs = any(row.get("meta") for row in state.get("history", []))
+        stale = self.method.stale_state(state.get("method") or {}, meta_epochs=meta_epochs)
+        if stale:
+            raise CheckpointError(f"cannot resume {path}: {stale}; start a new run with another --out")
         try:
             self.load_state(state)
         except (KeyError, RuntimeError, ValueError) as exc:

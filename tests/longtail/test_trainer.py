@@ -364,3 +364,22 @@ def test_ctrl_c_while_the_first_checkpoint_is_written_says_none_was(small_lt, tm
     with pytest.raises(Interrupted, match="interrupted during epoch 1; no epoch's checkpoint was written") as info:
         part.run()
     assert "--resume" not in str(info.value) and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_resume_refuses_a_two_component_run_whose_meta_epochs_took_the_mean_form_step(small_lt, tmp_path, tiny_net):
+    # Written before the virtual step followed Jamal et al.'s summed loss, such a checkpoint records no form.
+    config = _config("two-component", epochs=2)
+    trainer = _trainer(config, small_lt, tmp_path, tiny_net)
+    trainer.run()
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["method"] == {"virtual_reduction": "sum"} and state["history"][-1]["meta"]
+    _trainer(config, small_lt, tmp_path, tiny_net).resume(path)  # its own checkpoint goes on
+    state["method"] = {}
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"cannot resume .*checkpoint.pt: its meta epochs took the virtual step on "
+                                              r"the mean loss.*start a new run with another --out$"):
+        _trainer(config, small_lt, tmp_path, tiny_net).resume(path)
+    state["history"] = [dict(row, meta=False) for row in state["history"]]  # no meta epoch yet: nothing to mix
+    torch.save(state, path)
+    _trainer(config, small_lt, tmp_path, tiny_net).resume(path)
