@@ -271,7 +271,7 @@ class TwoComponent(MetaMethod):
         return {"virtual_reduction": self.virtual_reduction}  # the form its meta steps took (see stale_state)
 
     def stale_state(self, state, *, meta_epochs):
-        # Checkpoints written before 6562a52 record nothing: their meta steps took the mean form.
+        # A checkpoint that records no form predates the summed step, or this record of it: taken as the mean form.
         if meta_epochs and state.get("virtual_reduction", "mean") != self.virtual_reduction:
             return ("its meta epochs took the virtual step on the mean loss, as lazyapps did before it followed "
                     "Jamal et al.'s summed loss; the run cannot go on with the other")
