@@ -24,7 +24,7 @@ from lazyapps.functional import Params, params_of
 from lazyapps.teacher import LazyTeacher, explore
 
 from . import losses as L
-from .reweighting import LookAhead, chunks, clipped_normalized, lazy_direction, plain_direction
+from .reweighting import LookAhead, chunks, clipped_normalized, lazy_direction, plain_direction, virtual_divisor
 from .weights import class_balanced_weights
 
 
@@ -299,7 +299,7 @@ class LazyTwoComponent(TwoComponent):
         whole = chunks(len(targets) if share is None else share.size, self.inner_steps)
         # The slices' sizes divide a mean; under torchrun a slice is spread over the ranks (each holds every
         # world-th row), each rank's loss is its part of the slice's, and the student sums the steps over ranks.
-        divisors = iter([1 if self.virtual_reduction == "sum" else s.stop - s.start for s in whole])
+        divisors = iter([virtual_divisor(self.virtual_reduction, s.stop - s.start) for s in whole])
         slices = iter(whole if share is None else share.parts(whole))
 
         def student_loss(predict):
@@ -308,7 +308,7 @@ class LazyTwoComponent(TwoComponent):
 
         student = explore if share is None else explore_across_ranks
         v, leap, val_loss = lazy_direction(ctx.model, theta_tilde, student_loss, ctx.val_inputs, ctx.val_targets,
-                                           steps=min(self.inner_steps, len(targets) if share is None else share.size),
+                                           steps=len(whole),
                                            lr=ctx.lr if self.inner_lr is None else self.inner_lr, teacher=self.teacher,
                                            student=student)
         scores = [s for _, _, s in leap.scores]

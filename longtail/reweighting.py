@@ -87,6 +87,13 @@ def _fast_params(params: Mapping[str, Tensor]) -> Params:
     return {k: fast_layout(t.detach()) for k, t in params.items()}
 
 
+def virtual_divisor(reduction: str, n: int) -> int:
+    """What Σ w_i ℓ_i over n examples is divided by in a virtual loss: n for ``"mean"``, 1 for ``"sum"``."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return n if reduction == "mean" else 1
+
+
 class LookAhead:
     """One virtual SGD step θ̃(w) on a training batch, and the pull-back of a direction to the weights.
 
@@ -113,8 +120,6 @@ class LookAhead:
         sum_over_ranks: Callable[[list[Tensor]], list[Tensor]] | None = None,
         reduction: str = "mean",
     ) -> None:
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.model = model
         self.params = dict(params)
         self.theta = {k: v.detach() for k, v in self.params.items()}
@@ -124,8 +129,7 @@ class LookAhead:
         # step's gradient is summed over ranks (None: these rows are the whole batch, one process).
         self.batch_size = len(targets) if batch_size is None else int(batch_size)
         self.sum_over_ranks = sum_over_ranks
-        # The virtual loss is Σ w_i ℓ_i / divisor: the whole batch's N for a mean, 1 for a sum.
-        self.divisor = self.batch_size if reduction == "mean" else 1
+        self.divisor = virtual_divisor(reduction, self.batch_size)  # (of the whole batch under torchrun)
 
     def _per_example(self, params: Mapping[str, Tensor]) -> Tensor:
         with batch_statistics(self.model):
