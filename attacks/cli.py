@@ -76,7 +76,7 @@ def attack(run: RunContext, target_spec: str, targeted: bool | None, target_clas
         rows = outcome.rows()
         for r, test_index in zip(rows, result["test_index"].tolist()):
             r["test_index"] = test_index
-        write_csv(per_image_path, rows, ["image", "test_index", "label", "target", "success", "queries", "l2"])
+        write_csv(per_image_path, rows, ["image", "test_index", "label", "target", "success", "queries", "l2", "first_success"])
     from lazyapps.distributed import is_main
 
     if plot and is_main():  # under torchrun rank 0 draws the one figure
@@ -160,6 +160,8 @@ def run_attack(
     common = dict(device=device, seed=run.seed, data_dir=run.data_dir, cache_dir=run.cache_dir, quiet=run.quiet)
     with distributed.main_first():  # torchrun: rank 0 trains and caches the target, the others then load it
         target = P.load_target(target_spec, dataset, settings, **common)
+    if P.is_user_model(target_spec):
+        target = P.as_logit_target(target, data.test.images[:16].to(device).float().div(255))
 
     if images is None:
         x, y, test_index = _select(target.model, data, int(settings["n_images"]), target_class, device)
@@ -191,7 +193,8 @@ def run_attack(
         with distributed.main_first():  # torchrun: rank 0 builds zoo, gradient sets and meta-attacker; the others load them
             for name in zoo_names:
                 trained = P.train_zoo_model(name, dataset, epochs=settings["zoo_epochs"], subset=settings["zoo_subset"], **common)
-                sets.append(P.gradient_set(trained, name, data, n_images=settings["grad_images"], mode=mode, seed=run.seed,
+                sets.append(P.gradient_set(trained, name, data, n_images=settings["grad_images"], mode=mode,
+                                           target_class=target_class, seed=run.seed,
                                            device=device, cache_dir=run.cache_dir))
             model, params, _ = P.meta_attacker(method, dataset, sets, settings, seed=run.seed, device=device,
                                                cache_dir=run.cache_dir, in_channels=data.channels, training=meta_training)

@@ -73,6 +73,7 @@ class BlackBoxFoolboxModel(fb.models.Model):
         self.best = self.x.clone()
         self.best_l2 = torch.full((n,), float("inf"))
         self.found = torch.zeros(n, dtype=torch.bool)
+        self.first_found = torch.zeros(n, dtype=torch.long)  # queries spent at the first adversarial
         self.rows = torch.arange(n)  # which of the N images the current foolbox run attacks
 
     @property
@@ -114,6 +115,8 @@ class BlackBoxFoolboxModel(fb.models.Model):
         adv = is_adversarial(labels, self.y[rows].to(labels.device), t).cpu()
         if not bool(adv.any()):
             return
+        first = rows[adv & ~self.found[rows]]
+        self.first_found[first] = self.spent()[first]
         dist = l2_distance(self.x[rows.to(self.x.device)], raw.clamp(0.0, 1.0)).cpu()
         better = adv & (dist < self.best_l2[rows])
         if bool(better.any()):
@@ -123,7 +126,9 @@ class BlackBoxFoolboxModel(fb.models.Model):
             self.found[which] = True
 
     def outcome(self) -> AttackOutcome:
-        return AttackOutcome.build(self.x, self.best, self.found, self.spent(), labels=self.y, target_classes=self.target)
+        spent = self.spent()
+        return AttackOutcome.build(self.x, self.best, self.found, spent, labels=self.y, target_classes=self.target,
+                                   first_success=torch.where(self.found, self.first_found, spent))
 
 
 def run_foolbox_attack(

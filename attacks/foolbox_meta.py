@@ -32,11 +32,12 @@ from .outcome import AttackOutcome
 class _FoolboxScores(nn.Module):
     """A foolbox model as a torch module returning its scores (for :class:`BlackBox`)."""
 
-    def __init__(self, fmodel: fb.models.Model, device: torch.device):
+    def __init__(self, fmodel: fb.models.Model, device: torch.device, dtype: torch.dtype):
         super().__init__()
         self.fmodel = fmodel
-        # BlackBox sends queries to the device of the module's tensors: the inputs' device.
-        self.register_buffer("_anchor", torch.zeros((), device=device))
+        # BlackBox sends queries in the device and dtype of the module's tensors: the inputs' ones, which
+        # the foolbox model was given.
+        self.register_buffer("_anchor", torch.zeros((), device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fmodel(ep.astensor(x)).raw
@@ -102,7 +103,7 @@ class MetaAttackFoolbox(fb.attacks.base.MinimizationAttack):
         else:
             raise LazyAppsError(f"MetaAttackFoolbox supports Misclassification and TargetedMisclassification, not {type(criterion).__name__}")
         self.meta_attacker.to(raw.device)
-        blackbox = BlackBox(_FoolboxScores(model, raw.device), output="logits", budget=self.settings["max_queries"])
+        blackbox = BlackBox(_FoolboxScores(model, raw.device, raw.dtype), output="logits", budget=self.settings["max_queries"])
         if target is not None:
             # The attack never needs the true labels for a targeted criterion; any class ≠ target does.
             labels = (target + 1) % blackbox.num_classes(tuple(raw.shape[1:]))

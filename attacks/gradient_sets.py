@@ -81,6 +81,7 @@ def build_gradient_set(
     *,
     num_classes: int,
     mode: str = "untargeted",
+    target_class: int | None = None,
     batch_size: int = 256,
     desc: str = "",
 ) -> dict[str, Tensor]:
@@ -89,12 +90,27 @@ def build_gradient_set(
     ``images`` are uint8 (kept as uint8, exact and 4× smaller) or floats in
     [0, 1]; ``maps`` are float16 normalised gradient maps (the std-normalised
     values are O(1), well within float16). ``mode="targeted"`` uses the
-    targeted margin towards :func:`default_targets`.
+    targeted margin towards :func:`default_targets`, or towards
+    ``target_class`` for every image if given (the images of that class are
+    left out: there is no margin to cross towards one's own class), so that
+    the meta-attacker learns the gradients of the loss it will be used on.
     """
     if mode not in MODES:
         raise ValueError(f"unknown gradient-set mode {mode!r}; valid: {', '.join(MODES)}")
+    if target_class is not None:
+        if mode != "targeted":
+            raise ValueError("target_class is for targeted gradient sets (mode='targeted')")
+        if not 0 <= int(target_class) < num_classes:
+            raise ValueError(f"target_class {target_class} is out of range 0..{num_classes - 1}")
+        others = labels != int(target_class)
+        images, labels = images[others], labels[others]
     floats = images.float().div(255) if images.dtype == torch.uint8 else images.float()
-    targets = default_targets(labels, num_classes) if mode == "targeted" else None
+    if mode == "untargeted":
+        targets = None
+    elif target_class is None:
+        targets = default_targets(labels, num_classes)
+    else:
+        targets = torch.full_like(labels, int(target_class))
     model.eval()
     grads = margin_gradients(model, floats, labels, targets=targets, batch_size=batch_size, desc=desc)
     maps, kept = normalise_maps(grads)

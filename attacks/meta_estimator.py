@@ -17,6 +17,7 @@ coordinates — Du et al.'s coordinate update.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -74,6 +75,14 @@ class MetaEstimator(GradientEstimator):
         if q < 1 or every < 1 or finetune_steps < 0:
             raise LazyAppsError(f"need q >= 1, every >= 1 and finetune_steps >= 0, got q={q}, every={every}, "
                                 f"finetune_steps={finetune_steps}")
+        if not (math.isfinite(float(finetune_lr)) and float(finetune_lr) > 0):
+            raise LazyAppsError(f"finetune_lr must be a positive number, got {finetune_lr}")
+        if params is not None:  # (functional_call would silently use the module's own tensors for missing names)
+            names = dict(meta_attacker.named_parameters())
+            missing, unexpected = sorted(set(names) - set(params)), sorted(set(params) - set(names))
+            if missing or unexpected:
+                raise LazyAppsError(f"params do not fit the meta-attacker: missing {missing or 'none'}, "
+                                    f"unexpected {unexpected or 'none'}")
         self.model = meta_attacker.eval()
         self.theta = {k: v.detach() for k, v in (params if params is not None else params_of(meta_attacker)).items()}
         self.q, self.every = int(q), int(every)
@@ -147,7 +156,8 @@ class MetaEstimator(GradientEstimator):
         rows = self._rows(index, x.device)
         dev_rows = rows.to(x.device)
         params = {k: v[dev_rows] for k, v in self._copies.items()}
-        pred = predict(self.model, params, x.to(next(iter(params.values())).dtype)).to(x.dtype)
+        work = next(iter(params.values())).dtype  # the attacker's own dtype; the images may be another
+        pred = predict(self.model, params, x.to(work)).to(x.dtype)
         d = x[0].numel()
         blocked = blocked_by_box(x, pred) if self.skip_blocked else None
         top = top_indices(pred, self.q, exclude=blocked)
@@ -171,9 +181,9 @@ class MetaEstimator(GradientEstimator):
             self.zoo_calls += 1
             if self.finetune_steps:
                 # Same scale as the meta-training maps: each estimate divided by its own std.
-                targets, _ = normalise_maps(zoo_grad.to(pred.dtype))
+                targets, _ = normalise_maps(zoo_grad.to(work))
                 sub = {k: v[dev_sel] for k, v in params.items()}
-                tuned = finetune(self.model, sub, x[dev_sel].to(pred.dtype), targets, mask[dev_sel],
+                tuned = finetune(self.model, sub, x[dev_sel].to(work), targets, mask[dev_sel],
                                  steps=self.finetune_steps, lr=self.finetune_lr)
                 for k, v in tuned.items():
                     self._copies[k][dev_rows[dev_sel]] = v

@@ -34,6 +34,11 @@ class AttackOutcome:
         l2: (N,) float32 ``‖x_adv − x‖₂`` over the whole image.
         labels: (N,) true labels, if known.
         target_classes: (N,) target classes of a targeted attack, else None.
+        first_success: (N,) int64 queries spent when the first adversarial
+            was found, for attacks that go on spending after it (the
+            minimisation attacks HopSkipJump and Boundary shrink the
+            distortion until the budget is gone); None where success ends
+            the attack, so ``queries`` is that count.
     """
 
     x_adv: Tensor
@@ -42,6 +47,7 @@ class AttackOutcome:
     l2: Tensor
     labels: Tensor | None = None
     target_classes: Tensor | None = None
+    first_success: Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.x_adv.shape[0]
@@ -53,7 +59,9 @@ class AttackOutcome:
             self.labels = self.labels.detach().cpu().long().reshape(-1)
         if self.target_classes is not None:
             self.target_classes = self.target_classes.detach().cpu().long().reshape(-1)
-        for name in ("success", "queries", "l2", "labels", "target_classes"):
+        if self.first_success is not None:
+            self.first_success = self.first_success.detach().cpu().long().reshape(-1)
+        for name in ("success", "queries", "l2", "labels", "target_classes", "first_success"):
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise ValueError(f"AttackOutcome.{name} has {len(value)} entries for {n} images")
@@ -68,9 +76,10 @@ class AttackOutcome:
         *,
         labels: Tensor | None = None,
         target_classes: Tensor | None = None,
+        first_success: Tensor | None = None,
     ) -> AttackOutcome:
         """An outcome with ``l2`` computed from the clean images ``x``."""
-        return cls(x_adv, success, queries, l2_distance(x, x_adv), labels, target_classes)
+        return cls(x_adv, success, queries, l2_distance(x, x_adv), labels, target_classes, first_success)
 
     def __len__(self) -> int:
         return self.x_adv.shape[0]
@@ -98,14 +107,17 @@ class AttackOutcome:
     def budget_curve(self, budgets: Sequence[int]) -> list[float]:
         """Success rate if each image could spend at most ``b`` queries, for each ``b`` in ``budgets``.
 
-        An image counts at budget ``b`` when it succeeded with ``queries ≤ b``.
+        An image counts at budget ``b`` when it succeeded with ``queries ≤ b``
+        (``first_success ≤ b`` for an attack that records it: a run with
+        budget ``b`` would have found that adversarial and stopped there).
         """
         if not len(self):
             return [math.nan for _ in budgets]
-        return [float((self.success & (self.queries <= int(b))).double().mean()) for b in budgets]
+        needed = self.queries if self.first_success is None else self.first_success
+        return [float((self.success & (needed <= int(b))).double().mean()) for b in budgets]
 
     def rows(self, *, offset: int = 0) -> list[dict[str, int | float | bool | None]]:
-        """One dict per image (``image, label, target, success, queries, l2``) for a CSV."""
+        """One dict per image (``image, label, target, success, queries, l2, first_success``) for a CSV."""
         out = []
         for i in range(len(self)):
             out.append(
@@ -116,6 +128,8 @@ class AttackOutcome:
                     "success": bool(self.success[i]),
                     "queries": int(self.queries[i]),
                     "l2": float(self.l2[i]),
+                    "first_success": None if self.first_success is None or not self.success[i]
+                    else int(self.first_success[i]),
                 }
             )
         return out
@@ -139,4 +153,5 @@ class AttackOutcome:
             cat("l2"),
             cat("labels"),
             cat("target_classes"),
+            cat("first_success"),
         )

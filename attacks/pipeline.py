@@ -196,6 +196,48 @@ def load_target(spec: str, dataset: str, settings: dict[str, Any], *, device, se
     return Target(model, spec, dataset, f"{spec} (user model)")
 
 
+class LogProbabilities(nn.Module):
+    """A target that returns softmax probabilities, seen through their logarithm.
+
+    log p = z − logsumexp(z): the logits up to a constant per row, so the
+    margin losses, which compare scores within a row, are those of the logits.
+    Probabilities that underflowed to 0 become log(tiny) ≈ −87 (float32)
+    instead of −∞, which would turn finite differences into NaN.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.model(x)
+        return p.clamp_min(torch.finfo(p.dtype).tiny).log()
+
+
+def returns_probabilities(scores: Tensor, *, atol: float = 1e-4) -> bool:
+    """True if every row of (B, K) ``scores`` is a probability vector (entries in [0, 1], sum 1 within ``atol``)."""
+    scores = scores.detach().double()
+    return bool(len(scores)) and bool(((scores >= 0) & (scores <= 1)).all()) and bool(
+        ((scores.sum(1) - 1).abs() <= atol).all())
+
+
+def as_logit_target(target: Target, probe: Tensor) -> Target:
+    """``target``, or a user's target that answers ``probe`` images with probabilities wrapped in :class:`LogProbabilities`.
+
+    The attacks' losses are defined on logits (Du et al.'s margin loss);
+    attacked on raw probabilities they would take a different, much flatter
+    loss with no error. A user's file may be either, so the first images tell.
+    """
+    with torch.no_grad():
+        scores = run_target(target.model, probe)
+    if not returns_probabilities(scores):
+        return target
+    status(f"target {target.name}: returns probabilities; attacked through their logarithm "
+           "(log-probabilities: the logits up to a constant per image)")
+    return Target(LogProbabilities(target.model).eval(), target.name, target.dataset,
+                  f"{target.description}, probabilities → log")
+
+
 def _relay(caught: list) -> None:
     for w in caught:
         status(f"warning: {w.message}")
@@ -205,12 +247,20 @@ def _zoo_key(trained) -> str:
     return Path(trained.path).name
 
 
-def gradient_set(trained, name: str, data, *, n_images: int, mode: str, seed: int, device, cache_dir) -> tuple[dict[str, Tensor], Path]:
-    """The (cached) gradient set of zoo model ``name``: ``n_images`` training images drawn with ``seed``."""
+def gradient_set(trained, name: str, data, *, n_images: int, mode: str, seed: int, device, cache_dir,
+                 target_class: int | None = None) -> tuple[dict[str, Tensor], Path]:
+    """The (cached) gradient set of zoo model ``name``: ``n_images`` training images drawn with ``seed``.
+
+    ``target_class``: targeted towards that class (``--target-class``), not (y + 1) mod C.
+    """
     from .gradient_sets import build_gradient_set
 
     settings = {"zoo_model": _zoo_key(trained), "n_images": int(n_images), "mode": mode, "seed": int(seed),
                 "format": GRADIENT_SET_FORMAT}
+    label = f"{data.name}-{name}-{mode}"
+    if target_class is not None:  # (only then in the key: the other sets keep their cached files)
+        settings["target_class"] = int(target_class)
+        label += f"-to{int(target_class)}"
     built: list[bool] = []
 
     def build() -> dict[str, Tensor]:
@@ -218,7 +268,8 @@ def gradient_set(trained, name: str, data, *, n_images: int, mode: str, seed: in
         n = min(int(n_images), len(data.train))
         order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n]
         return build_gradient_set(trained.model.to(device), data.train.images[order], data.train.labels[order],
-                                  num_classes=data.num_classes, mode=mode, desc=f"gradients {name}")
+                                  num_classes=data.num_classes, mode=mode, target_class=target_class,
+                                  desc=f"gradients {name}")
 
     def usable(state: dict[str, Any]) -> None:  # a cached file that loads but holds no gradient set is rebuilt
         shapes = [tuple(state[k].shape) if isinstance(state.get(k), Tensor) else None for k in ("images", "labels", "maps")]
@@ -227,7 +278,7 @@ def gradient_set(trained, name: str, data, *, n_images: int, mode: str, seed: in
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        state, path = cached("gradient_sets", f"{data.name}-{name}-{mode}", settings, build, root=cache_dir, validate=usable)
+        state, path = cached("gradient_sets", label, settings, build, root=cache_dir, validate=usable)
     _relay(caught)
     status(f"gradient set {name}: {len(state['maps'])} maps {'computed' if built else 'loaded from cache'}")
     return state, path
@@ -257,10 +308,13 @@ def meta_attacker(method: str, dataset: str, sets: list[tuple[dict[str, Tensor],
     from .meta_training import GRADIENT_METHODS, INNER_LR, INNER_STEPS, meta_train
 
     training = meta_training_for(method, training)
+    # The tasks in the order of their files' names, which the key records: `--zoo a,b` and `--zoo b,a`
+    # train the same attacker (meta-training samples tasks by position).
+    sets = sorted(sets, key=lambda s: Path(s[1]).name)
     torch.manual_seed(seed)
     model = MetaAttacker.for_dataset(dataset, in_channels=in_channels).to(device)
     inner_steps = settings.get("inner_steps") or INNER_STEPS[training].get(dataset, INNER_STEPS[training]["cifar10"])
-    key = {"method": training, "gradient_sets": sorted(Path(p).name for _, p in sets), "arch": describe(model),
+    key = {"method": training, "gradient_sets": [Path(p).name for _, p in sets], "arch": describe(model),
            "iterations": int(settings["meta_iterations"]), "batch": int(settings["meta_batch"]),
            "inner_steps": int(inner_steps), "inner_lr": INNER_LR[training], "seed": int(seed), "format": META_ATTACKER_FORMAT}
     if training in GRADIENT_METHODS:  # (added only here, so the Reptile family's cached attackers keep their keys)
@@ -306,7 +360,7 @@ def select_images(model: nn.Module, split, n: int, *, device, batch_size: int = 
         for start in range(0, len(split), batch_size):
             x = split.images[start:start + batch_size].to(device).float().div(255)
             y = split.labels[start:start + batch_size].to(device)
-            # (the first batches a user's model sees: the dataset probe sent it one image)
+            # (a user's model has seen one image (the dataset probe) and 16 (the probability probe) by now)
             ok = (run_target(model, x).argmax(1) == y).nonzero().flatten().cpu() + start
             chosen.append(ok)
             found += len(ok)

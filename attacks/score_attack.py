@@ -31,6 +31,7 @@ one query to learn whether it is already misclassified.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -169,6 +170,8 @@ def score_attack(
         raise LazyAppsError(f"max_queries must be at least 1, got {max_queries}")
     if epsilon is not None and epsilon <= 0:
         raise LazyAppsError(f"epsilon must be positive (or None for no bound), got {epsilon}")
+    if not (math.isfinite(float(step_size)) and float(step_size) > 0):  # (a negative step would climb the loss)
+        raise LazyAppsError(f"step_size must be a positive number, got {step_size}")
     check_images(x)
     n = x.shape[0]
     check_targets(y, target, blackbox.num_classes(tuple(x.shape[1:])) if n else None, images=n)

@@ -205,8 +205,8 @@ def test_outputs_that_name_the_same_file_are_refused_before_any_work(clash, mini
 
 
 def test_a_target_that_takes_one_image_at_a_time_is_one_clear_error(mini_root, tmp_path):
-    """It passes the dataset probe (one image) and fails on the first batch of the image selection (the mini
-    root's 200 test images)."""
+    """It passes the dataset probe (one image) and fails on the next batch it is sent: the 16 test images that tell
+    whether it returns probabilities."""
     import torch
 
     class OneAtATime(torch.nn.Module):
@@ -223,8 +223,8 @@ def test_a_target_that_takes_one_image_at_a_time_is_one_clear_error(mini_root, t
                                       "--device", "cpu", "--quiet", "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines() == [
-        "Error: the target failed on a batch of 200 images of shape (1, 28, 28) (RuntimeError: shape '[1, 784]' is invalid "
-        "for input of size 156800); a target must classify (B, C, H, W) batches of any size B"]
+        "Error: the target failed on a batch of 16 images of shape (1, 28, 28) (RuntimeError: shape '[1, 784]' is invalid "
+        "for input of size 12544); a target must classify (B, C, H, W) batches of any size B"]
     assert not (tmp_path / "r.json").exists()
 
 
@@ -354,3 +354,39 @@ def test_the_help_states_the_presets_defaults():
         stated = (f"(default: the preset's; quick and paper {by['quick']['mnist']}, smoke {by['smoke']['mnist']} on MNIST / "
                   f"{by['smoke']['cifar10']} on CIFAR-10)")
         assert stated in text.split(option, 1)[1], option
+
+
+def test_a_target_that_returns_probabilities_is_attacked_through_their_logarithm(mini_root, session_cache, tmp_path):
+    """The attacks' losses are logit margins: a user's net4 ending in a softmax is attacked as the same net without it."""
+    import torch
+
+    import models_zoo
+
+    torch.manual_seed(0)
+    net = models_zoo.create("net4").eval()
+    torch.jit.save(torch.jit.script(net), str(tmp_path / "logits.ts"))
+    torch.jit.save(torch.jit.script(torch.nn.Sequential(net, torch.nn.Softmax(dim=1))), str(tmp_path / "probs.ts"))
+    rows = {}
+    for name in ("logits", "probs"):
+        result = invoke("--target", str(tmp_path / f"{name}.ts"), "--method", "zoo", "--preset", "smoke",
+                        "--max-queries", "300", "--data-dir", str(mini_root), "--cache-dir", str(session_cache),
+                        "--device", "cpu", "--seed", "3", "--per-image", str(tmp_path / f"{name}.csv"))
+        assert result.exit_code == 0, result.output
+        assert ("returns probabilities; attacked through their logarithm" in result.stderr) == (name == "probs")
+        rows[name] = list(csv.DictReader((tmp_path / f"{name}.csv").open()))
+    assert [r["test_index"] for r in rows["probs"]] == [r["test_index"] for r in rows["logits"]]
+    assert [r["success"] for r in rows["probs"]] == [r["success"] for r in rows["logits"]]
+    # (the finite differences of log-softmax margins round otherwise than the logits', so L2 may differ a little)
+    assert [int(r["queries"]) for r in rows["probs"]] == [int(r["queries"]) for r in rows["logits"]]
+
+
+def test_a_target_class_meta_attack_learns_from_gradients_towards_that_class(smoke_run, mini_root, session_cache, tmp_path):
+    """The meta-attacker of ``--target-class 3`` is trained on margins towards 3, not on the default (y + 1) mod C."""
+    args = ["--preset", "smoke", "--data-dir", str(mini_root), "--cache-dir", str(session_cache), "--device", "cpu"]
+    result = invoke("--target-class", "3", *args, "--per-image", str(tmp_path / "p.csv"))
+    assert result.exit_code == 0, result.output
+    sets = sorted(p.name for p in session_cache.rglob("*-to3-*.pt"))
+    assert len(sets) == 3 and all("-targeted-to3" in name for name in sets), sets  # the three zoo models'
+    assert "meta-attacker lazy-meta: meta-trained" in result.stderr
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert rows and all(r["target"] == "3" for r in rows)

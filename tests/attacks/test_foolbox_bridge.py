@@ -103,3 +103,29 @@ def test_images_without_a_starting_point_are_charged_only_their_check(mnist_targ
     assert out.success.tolist() == [True, False, True, True]
     assert out.queries.tolist() == bb.counts[index].tolist()
     assert out.queries[1] == 1 and (out.queries[[0, 2, 3]] > 100).all()
+
+
+@pytest.mark.parametrize("runner", [run_hsja, run_boundary], ids=["hsja", "boundary"])
+def test_first_success_is_the_budget_a_shorter_run_needs(mnist_target, runner):
+    """A minimisation attack spends its whole budget, so its budget curve counts an image from its first adversarial.
+
+    Rerun with that many queries (same seed), the attack succeeds; with one fewer it does not.
+    """
+    model, x, y = mnist_target
+
+    def attack(budget, rows):
+        torch.manual_seed(0)
+        return runner(BlackBox(model, output="label"), x[rows], y[rows], max_queries=budget)
+
+    full = attack(300, slice(None))
+    assert full.success.all() and (full.queries == 300).all()
+    assert full.rows()[0]["first_success"] == int(full.first_success[0])
+    # the starting-point search finds an adversarial at once (query 1) on most digits; take the latest
+    i = int(full.first_success.argmax())
+    assert full.first_success[i] > 1
+    alone = attack(300, [i])
+    first = int(alone.first_success[0])
+    assert 1 < first < 300
+    assert alone.budget_curve([first - 1, first, 300]) == [0.0, 1.0, 1.0]
+    assert attack(first, [i]).success.all()
+    assert not attack(first - 1, [i]).success.any()

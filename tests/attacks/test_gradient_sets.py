@@ -1,6 +1,7 @@
 """Gradient sets equal autograd gradients of the C&W margin, each divided by its std."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -47,6 +48,24 @@ def test_targeted_maps_use_the_default_target():
     ref = _reference(net, x, labels, default_targets(labels, 5))
     torch.testing.assert_close(gs["maps"].float(), ref, atol=2e-3, rtol=2e-3)
     assert torch.equal(default_targets(torch.tensor([0, 4, 9]), 10), torch.tensor([1, 5, 0]))
+
+
+def test_a_target_class_sets_every_images_target_and_drops_that_class():
+    """``--target-class 3``: the attacker learns the margin towards 3 for every image not of class 3."""
+    net = _net(2)
+    x = torch.rand(10, 1, 8, 8)
+    labels = torch.tensor([0, 3, 1, 2, 3, 4, 0, 1, 3, 2])
+    gs = build_gradient_set(net, x, labels, num_classes=5, mode="targeted", target_class=3)
+    keep = labels != 3
+    assert torch.equal(gs["labels"], labels[keep]) and torch.equal(gs["images"], x[keep])
+    ref = _reference(net, x[keep], labels[keep], torch.full((int(keep.sum()),), 3))
+    torch.testing.assert_close(gs["maps"].float(), ref, atol=2e-3, rtol=2e-3)
+    default = build_gradient_set(net, x[keep], labels[keep], num_classes=5, mode="targeted")
+    assert not torch.allclose(default["maps"].float(), gs["maps"].float(), atol=0.1)  # another loss, other maps
+    with pytest.raises(ValueError, match="for targeted gradient sets"):
+        build_gradient_set(net, x, labels, num_classes=5, target_class=3)
+    with pytest.raises(ValueError, match="out of range 0..4"):
+        build_gradient_set(net, x, labels, num_classes=5, mode="targeted", target_class=5)
 
 
 def test_misclassified_images_still_get_informative_maps():

@@ -249,6 +249,12 @@ def test_bad_inputs_are_clear_errors():
         meta_attack(BlackBox(model), x * 2, y, net)
     with pytest.raises(LazyAppsError, match="at least 1"):
         meta_attack(BlackBox(model), x, y, net, max_queries=0)
+    with pytest.raises(LazyAppsError, match=r"params do not fit the meta-attacker: missing \['decoder"):
+        meta_attack(BlackBox(model), x, y, net, {"x": torch.zeros(1)})
+    with pytest.raises(LazyAppsError, match="finetune_lr must be a positive number, got nan"):
+        meta_attack(BlackBox(model), x, y, net, finetune_lr=float("nan"))
+    with pytest.raises(LazyAppsError, match="step_size must be a positive number, got -0.01"):
+        meta_attack(BlackBox(model), x, y, net, step=-0.01)
     from attacks.meta_attack import check_targets
 
     with pytest.raises(LazyAppsError, match="equals the true class"):
@@ -275,6 +281,25 @@ def test_foolbox_users_call_it_like_any_attack():
     _, adv, ok = attack(fmodel, x, fb.criteria.TargetedMisclassification(target), epsilons=None)
     with torch.no_grad():
         assert torch.equal(model(adv).argmax(1)[ok], target[ok])
+
+
+def test_float64_images_and_targets_work_with_a_float32_meta_attacker():
+    """The attacker (and its fine-tuning) keeps its own dtype; the images and the target theirs, directly and via foolbox."""
+    from attacks.foolbox_meta import MetaAttackFoolbox
+
+    model = _target(3).double()
+    x, y = _images(model, 4)
+    assert x.dtype == torch.float64
+    bb = BlackBox(model, budget=600)
+    out = meta_attack(bb, x, y, MetaAttacker(1, (4, 8)), max_queries=600, q=16, every=3, step=0.05,
+                      finetune_steps=2, batch_size=4)
+    assert out.success.float().mean() >= 0.75 and torch.equal(out.queries, bb.counts)
+    assert out.x_adv.dtype == torch.float64
+    attack = MetaAttackFoolbox(MetaAttacker(1, (4, 8)), max_queries=600, q=16, every=3, step=0.05, finetune_steps=2)
+    _, adv, ok = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, fb.criteria.Misclassification(y), epsilons=None)
+    assert adv.dtype == torch.float64 and ok.float().mean() >= 0.75
+    with torch.no_grad():
+        assert (model(adv).argmax(1)[ok] != y[ok]).all()
 
 
 def test_meta_trained_free_estimates_follow_the_true_gradient():

@@ -56,11 +56,22 @@ def test_budget_curve_counts_successes_within_each_budget(outcome):
     assert outcome.budget_curve([2, 3, 19, 20, 40, 1000]) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 0.8])
 
 
+def test_budget_curve_of_a_minimisation_attack_counts_from_the_first_adversarial(outcome):
+    """Each image spent 100 queries, but found its first adversarial at 7, 1, 50 (failed: not counted), 100, 2."""
+    spent = AttackOutcome(outcome.x_adv, outcome.success, torch.full((5,), 100), outcome.l2,
+                          first_success=torch.tensor([7, 1, 50, 100, 2]))
+    assert spent.budget_curve([0, 1, 6, 7, 99, 100]) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.6, 0.8])
+    assert [r["first_success"] for r in spent.rows()] == [7, 1, None, 100, 2]
+    assert spent.summary()["mean_queries"] == 100  # the reported queries stay those spent
+    assert AttackOutcome.concat([spent, spent]).first_success.tolist() == [7, 1, 50, 100, 2] * 2
+    assert AttackOutcome.concat([spent, outcome]).first_success is None
+
+
 def test_rows_and_concat_keep_each_image_with_its_numbers(outcome):
     rows = outcome.rows(offset=100)
     assert [r["image"] for r in rows] == [100, 101, 102, 103, 104]
     assert rows[4] == {"image": 104, "label": 5, "target": 9, "success": True, "queries": 20,
-                       "l2": pytest.approx(0.52)}
+                       "l2": pytest.approx(0.52), "first_success": None}
     both = AttackOutcome.concat([outcome, outcome])
     assert both.labels.tolist() == [1, 2, 3, 4, 5] * 2 and both.target_classes.tolist() == [0, 0, 0, 0, 9] * 2
     assert both.queries.tolist() == [10, 3, 99, 40, 20] * 2 and torch.equal(both.x_adv[5:], outcome.x_adv)

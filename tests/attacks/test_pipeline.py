@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from attacks.pipeline import select_images
+import torch
+
+from attacks.losses import MarginLoss
+from attacks.pipeline import Target, as_logit_target, returns_probabilities, select_images
 from lazyapps.data import load_dataset
 from lazyapps.errors import LazyAppsError
 
@@ -56,3 +59,48 @@ def test_cached_gradient_sets_and_meta_attackers_that_load_but_do_not_fit_are_re
     assert "warning: cached gradient set of m holds no images, labels and maps of matching shapes; rebuilding it" in said
     assert "warning: cached meta-attacker lazy-meta does not fit the network; rebuilding it" in said
     assert torch.equal(again[0][0]["maps"], sets[0][0]["maps"]) and all(torch.equal(rebuilt[k], params[k]) for k in params)
+
+
+def test_a_target_returning_probabilities_gets_the_margins_of_its_logits(mnist_softmax):
+    """Through the log, the margin loss the attacks query is the logits' (not the much flatter one of raw probabilities)."""
+    model, x, y = mnist_softmax
+    probs = torch.nn.Sequential(model, torch.nn.Softmax(dim=1)).eval()
+    plain = Target(model, "mine.pt", "mnist", "user")
+    assert as_logit_target(plain, x) is plain  # logits are left alone
+    wrapped = as_logit_target(Target(probs, "probs.pt", "mnist", "user"), x)
+    loss = MarginLoss(kind="logits")
+    with torch.no_grad():
+        logits, scores = model(x), wrapped.model(x)
+        torch.testing.assert_close(loss(scores, y), loss(logits, y), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(loss(probs(x), y), loss(logits, y), atol=1e-2)
+    assert returns_probabilities(torch.tensor([[0.2, 0.8], [1.0, 0.0]]))
+    assert not returns_probabilities(torch.tensor([[0.2, 0.7]])) and not returns_probabilities(torch.tensor([[1.2, -0.2]]))
+    assert not returns_probabilities(torch.zeros(0, 3))
+
+
+def test_the_zoo_order_does_not_change_the_meta_attacker_its_key_names(tmp_path):
+    """``--zoo a,b`` and ``--zoo b,a`` share one cache key, so they must train the same attacker."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from attacks import pipeline as P
+    from lazyapps.data.splits import DatasetSplits, split_from_arrays
+
+    rng = np.random.RandomState(0)
+    split = split_from_arrays(rng.randint(0, 256, (8, 28, 28)).astype(np.uint8), np.arange(8) % 10, what="train")
+    data = DatasetSplits("mnist", split, split, [str(c) for c in range(10)])
+    sets = []
+    for name in ("a", "b"):
+        torch.manual_seed(len(sets))
+        trained = SimpleNamespace(path=tmp_path / "zoo" / f"{name}.pt",
+                                  model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
+        sets.append(P.gradient_set(trained, name, data, n_images=8, mode="untargeted", seed=0, device="cpu",
+                                   cache_dir=tmp_path / "sets"))
+    settings = {"meta_iterations": 3, "meta_batch": 2}
+    trained_params = []
+    for order, cache in ((sets, "one"), (sets[::-1], "two")):  # fresh caches: each order trains its own
+        _, params, _ = P.meta_attacker("lazy-meta", "mnist", order, settings, seed=0, device="cpu",
+                                       cache_dir=tmp_path / cache, in_channels=1)
+        trained_params.append(params)
+    assert all(torch.equal(trained_params[0][k], trained_params[1][k]) for k in trained_params[0])
