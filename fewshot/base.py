@@ -68,6 +68,16 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def uses_batch_statistics(model: nn.Module) -> bool:
+    """Whether some BatchNorm layer normalises by the statistics of its input batch at evaluation.
+
+    Those are the layers without running statistics (as PyTorch decides: ``running_mean is None``). A layer that
+    keeps running statistics (``--arch resnet18``, ``timm:*``, conv4 with ``track_running_stats=True``) uses them in
+    eval mode, so how the queries are batched changes nothing and (non-)transductive evaluation does not apply.
+    """
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None for m in model.modules())
+
+
 class _BatchStatNorm:
     """BatchNorm with batch statistics written with elementary ops.
 
@@ -120,8 +130,13 @@ class Evaluation:
     """Result of :meth:`Learner.evaluate`.
 
     ``mean`` ± ``ci95`` (1.96·std/√n over tasks) of ``metric`` (accuracy in
-    percent, or MSE); ``values`` holds the per-task metric. ``transductive``
-    says how BatchNorm was run on the queries (``None``: the model has no BN).
+    percent, or MSE); ``values`` holds the per-task metric. ``batchnorm`` is
+    how the model's BatchNorm normalised the queries: ``"batch"`` (by batch
+    statistics; ``transductive`` then says which batch: the whole query set, or
+    the support set plus one query), ``"running"`` (by running statistics, so
+    queries are scored independently whatever the learner's ``transductive``
+    flag) or ``None`` (no BatchNorm). ``transductive`` is ``None`` unless
+    ``batchnorm`` is ``"batch"``: it reports the mode used, not the flag.
     """
 
     metric: str
@@ -130,9 +145,18 @@ class Evaluation:
     tasks: int
     transductive: bool | None
     values: list[float] = field(repr=False, default_factory=list)
+    batchnorm: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "mean": self.mean, "ci95": self.ci95, "tasks": self.tasks, "transductive": self.transductive}
+        return {"metric": self.metric, "mean": self.mean, "ci95": self.ci95, "tasks": self.tasks,
+                "transductive": self.transductive, "batchnorm": self.batchnorm}
+
+    @property
+    def bn_label(self) -> str:
+        """The "transductive BN" cell of a result table: yes, no, or n/a (and why, for running statistics)."""
+        if self.transductive is not None:
+            return "yes" if self.transductive else "no"
+        return "n/a (running stats)" if self.batchnorm == "running" else "n/a"
 
     def __str__(self) -> str:
         unit = "%" if self.metric == "accuracy" else ""
@@ -390,13 +414,14 @@ class Learner(nn.Module):
     def predict(self, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
         """Outputs ``(T, Q, ...)`` of the per-task ``params`` (stacked) on ``query_x``.
 
-        Transductive (or a model without BatchNorm): one forward pass of each
-        task's query set. Non-transductive: each query example is run in a batch
-        with the task's support set and only its own output is kept.
+        Transductive (or a model whose BatchNorm, if any, uses running statistics:
+        see :func:`uses_batch_statistics`): one forward pass of each task's query
+        set. Non-transductive: each query example is run in a batch with the
+        task's support set and only its own output is kept.
         """
         buffers = self.buffers
         model = self.model
-        if self.transductive or not has_batchnorm(model):
+        if self.transductive or not uses_batch_statistics(model):  # (running statistics: the same outputs, one pass)
             def run(p: Params, q: Tensor) -> Tensor:
                 return forward(model, p, buffers, q)
             return map_tasks(run, params, query_x, vectorize=self.vectorize)
@@ -416,6 +441,10 @@ class Learner(nn.Module):
         """
         from lazyapps import distributed
 
+        if not isinstance(tasks, TaskBatch) and callable(getattr(tasks, "sample", None)):
+            # A task source (EpisodeSampler iterates forever): list() would never return.
+            raise TypeError(f"evaluate takes a TaskBatch or a list of them, not a task source ({type(tasks).__name__}), "
+                            "which draws tasks without end; pass source.fixed_tasks(num_tasks, seed=...)")
         batches = [tasks] if isinstance(tasks, TaskBatch) else list(tasks)
         if not batches:
             raise ValueError("evaluate needs at least one task batch")
@@ -435,8 +464,10 @@ class Learner(nn.Module):
             self.train(was_training)
         allv = torch.cat([v for part in distributed.all_gather_object(values) for v in part])
         mean, ci = confidence_interval(allv)
-        return Evaluation(metric_name(self.problem), mean, ci, allv.numel(),
-                          self.transductive if has_batchnorm(self.model) else None, allv.tolist())
+        batch_stats = uses_batch_statistics(self.model)
+        batchnorm = "batch" if batch_stats else "running" if has_batchnorm(self.model) else None
+        return Evaluation(metric_name(self.problem), mean, ci, allv.numel(), self.transductive if batch_stats else None,
+                          allv.tolist(), batchnorm=batchnorm)
 
     def meta_train(
         self,

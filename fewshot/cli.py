@@ -341,17 +341,15 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         on_disk = load_metadata(ckpt).get("iteration")  # (also a resumed run's checkpoint not yet rewritten)
         kept = f"{ckpt} still holds iteration {on_disk}" if on_disk is not None else "no checkpoint was written"
         raise DivergedError(f"{exc}; {kept}") from None
-    saved_final = False
-    try:  # a Ctrl-C while the trained learner is scored keeps the training (the last curve point aside)
+    # The finished training is saved before anything scores it: a Ctrl-C or a failure while scoring never loses it.
+    save(completed)
+    try:
         final = learner.evaluate(curve_tasks)
         curve.append({"iteration": learner.iteration, "metric": final.metric, "mean": final.mean, "ci95": final.ci95})
-        save()
-        saved_final = True
+        save()  # (again, with the last curve point)
         status(f"scoring on {settings['eval_tasks']} test tasks")
         evaluation = learner.evaluate(test_tasks.fixed_tasks(settings["eval_tasks"], seed=EVAL_SEED))
     except KeyboardInterrupt:
-        if not saved_final:
-            save(completed)
         raise Interrupted(f"interrupted while scoring after iteration {learner.iteration}; saved {ckpt} (score it with "
                           f"lazyapps fewshot eval --checkpoint {ckpt})") from None
     _warn_if_not_finite(evaluation)
@@ -371,7 +369,7 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
     row = {"algo": algo, "dataset": dataset, "setting": f"{ways}-way {shots}-shot" if info.problem == "classification" else f"{shots}-shot",
            "iterations": learner.iteration, f"test {evaluation.metric}": f"{evaluation.mean:.2f}{unit} ± {evaluation.ci95:.2f}{unit}",
            "tasks": evaluation.tasks,
-           "transductive BN": "n/a" if evaluation.transductive is None else ("yes" if evaluation.transductive else "no")}
+           "transductive BN": evaluation.bn_label}
     run.finish(config, metrics, table=_table([row], f"few-shot meta-training (checkpoint: {ckpt})"))
 
 
@@ -435,7 +433,7 @@ def eval_command(run: RunContext, checkpoint: str, num_tasks: int, split: str, q
     row = {"algo": meta["algo"], "arch": meta["arch"], "dataset": dataset, "split": split,
            "setting": f"{ways}-way {shots}-shot" if dataset_info(dataset).problem == "classification" else f"{shots}-shot",
            evaluation.metric: f"{evaluation.mean:.2f}{unit} ± {evaluation.ci95:.2f}{unit}", "tasks": evaluation.tasks,
-           "transductive BN": "n/a" if evaluation.transductive is None else ("yes" if evaluation.transductive else "no")}
+           "transductive BN": evaluation.bn_label}
     config = {"checkpoint": checkpoint, "tasks": num_tasks, "split": split, "queries": queries, **{k: meta[k] for k in ("algo", "arch", "dataset", "ways", "shots", "iteration")},
               "hparams": learner.hparams(), "device": str(run.device), "eval_seed": EVAL_SEED}
     run.finish(config, {"test": evaluation.as_dict()}, table=_table([row], "few-shot evaluation (95% CI = 1.96·std/√tasks)"))

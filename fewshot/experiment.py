@@ -63,10 +63,15 @@ def split_settings(algo: str, *, dataset: str, ways: int, shots: int, explicit: 
         elif key in names:
             hparams[key] = value
         else:
-            flag = "--" + key.replace("_", "-")
-            takes = sorted(n.replace("_", "-") for n in names - {"problem", "vectorize", "transductive"})
-            raise LazyAppsError(f"{flag} does not apply to --algo {algo} (it takes: {', '.join(takes)})")
+            raise not_applicable(algo, key)
     return hparams, loop
+
+
+def not_applicable(algo: str, key: str) -> LazyAppsError:
+    """The one-line refusal of a setting ``key`` that learner ``algo`` does not take (``train``'s and ``eval``'s)."""
+    names = get_learner(algo).hparam_names()
+    takes = sorted(n.replace("_", "-") for n in names - {"problem", "vectorize", "transductive"})
+    return LazyAppsError(f"--{key.replace('_', '-')} does not apply to --algo {algo} (it takes: {', '.join(takes)})")
 
 
 def build_model(arch: str, *, dataset: str, ways: int, **options: Any) -> torch.nn.Module:
@@ -146,7 +151,8 @@ def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = 
     metadata, else :class:`CheckpointError` (a ``dataset`` matches when it
     names the same folder, however spelled); ``overrides`` replace stored
     hyperparameters that do not change the weights (``transductive``,
-    ``eval_inner_steps``, ``vectorize``). A ``.pt`` and ``.json`` that describe
+    ``eval_inner_steps``, ``vectorize``); one the learner does not take is a
+    :class:`LazyAppsError` (:func:`not_applicable`). A ``.pt`` and ``.json`` that describe
     different runs, or metadata that does not rebuild the stored learner, are a
     one-line :class:`CheckpointError`.
     """
@@ -179,6 +185,9 @@ def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = 
         raise CheckpointError(f"checkpoint {path}'s metadata gives algo {algo!r} hyperparameters it does not take "
                               f"({', '.join(foreign)}); {MIXED_FILES}")
     given = {k: v for k, v in overrides.items() if v is not None}
+    for key in given:  # e.g. --eval-inner-steps for meta-sgd, which adapts with its meta-trained inner_steps: the
+        if key not in cls.hparam_names():  # caller's flag is refused as train refuses it, not blamed on the checkpoint
+            raise not_applicable(algo, key)
     try:  # the caller's values (e.g. eval's --eval-inner-steps) are theirs to fix, not the metadata's
         given = cls.check_hparams(given)
     except ValueError as exc:

@@ -28,6 +28,12 @@ from ..tasks import TaskBatch
 LAZY_GAMMAS = (0.75, 0.80, 0.85, 0.90, 0.95)
 
 
+def check_last(inner_steps: int, last: int) -> None:
+    """The teacher mixes the student's last ``last`` checkpoints: a student of fewer steps has not made them."""
+    if inner_steps < last:
+        raise ValueError(f"inner_steps ({inner_steps}) must be >= last ({last})")
+
+
 def student_checkpoints(learner: Learner, support: tuple[Tensor, Tensor], *, steps: int, lr: float, keep_last: int,
                         optimizer: str = "sgd", rows: list[Tensor] | None = None) -> list[Params]:
     """The student's last ``keep_last`` checkpoints (oldest first) per task, each stacked over tasks, detached.
@@ -111,8 +117,7 @@ class LazyMAML(Learner):
         **base: Any,
     ) -> None:
         super().__init__(model, **base)
-        if inner_steps < last:
-            raise ValueError(f"inner_steps ({inner_steps}) must be >= last ({last})")
+        check_last(inner_steps, last)
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps

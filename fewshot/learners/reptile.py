@@ -4,8 +4,9 @@ Reptile: Nichol, Achiam, Schulman, "On First-Order Meta-Learning Algorithms"
 (2018). Each task trains θ for a few minibatch steps (Adam, lr 1e-3) on its
 data, giving φ_i; the meta-update moves θ towards the tasks' solutions,
 θ ← θ + ε·mean_i(φ_i − θ), with ε linearly annealed from 1.0 to 0 (their
-Omniglot settings: 5 inner steps on batches of 10, meta-batch 5, 50 Adam steps
-at test).
+5-way Omniglot settings: 5 inner steps on batches of 10, meta-batch 5, 100,000
+iterations, 50 Adam steps at test; 20-way: Adam lr 5e-4, 10 inner steps on
+batches of 20, 200,000 iterations).
 
 Lazy Reptile: Jamal, Wang, Gong, "A Lazy Approach to Long-Horizon
 Gradient-Based Meta-Learning": a long-horizon student (k > 10 steps) on the
@@ -26,7 +27,7 @@ from lazyapps.teacher import OPTIMIZERS, LazyTeacher, check_criterion, explore, 
 
 from ..base import Learner, register
 from ..tasks import TaskBatch
-from .lazy_maml import LAZY_GAMMAS, student_checkpoints, teacher_leaps
+from .lazy_maml import LAZY_GAMMAS, check_last, student_checkpoints, teacher_leaps
 
 
 def minibatches(x: Tensor, y: Tensor, *, batch: int, steps: int) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -77,7 +78,8 @@ class _ReptileBase(Learner):
 
     def adapt(self, support: tuple[Tensor, Tensor]) -> Params:
         theta = {k: v.detach() for k, v in self.theta.items()}
-        if self.inner_optimizer == "sgd":
+        # 0 steps of Adam are 0 steps of SGD (θ itself, per task); explore() takes at least one step.
+        if self.inner_optimizer == "sgd" or self.eval_inner_steps == 0:
             fast = adapt_tasks(self.model, theta, self.buffers, self.loss_fn, support,
                                steps=self.eval_inner_steps, lr=self.inner_lr, vectorize=self.vectorize)
             return {k: v.detach() for k, v in fast.items()}
@@ -123,10 +125,16 @@ class Reptile(_ReptileBase):
     def paper_defaults(cls, *, dataset: str, ways: int, shots: int) -> dict[str, Any]:
         if dataset == "sine":  # Nichol et al.'s sine setting: SGD-style small lr, 32 inner steps; not in our references
             return {"inner_lr": 0.02, "inner_steps": 32, "eval_inner_steps": 32, "inner_optimizer": "sgd", "meta_batch": 1}
-        if dataset.startswith("omniglot"):  # meta-training tasks with 10 shots per class, as Nichol et al. (--train-shots)
-            return {"inner_steps": 10 if ways >= 20 else 5, "inner_batch": 20 if ways >= 20 else 10, "meta_batch": 5,
-                    "iterations": 100000, "train_shots": max(shots, 10)}
-        return {"inner_steps": 8, "inner_batch": 10, "meta_batch": 5, "iterations": 100000}
+        if dataset.startswith("omniglot"):
+            # The commands of Nichol et al.'s code (openai/supervised-reptile README, as archived): meta-training tasks
+            # with 10 shots per class (--train-shots), 5-way Adam lr 1e-3 for 100,000 iterations, 20-way 5e-4 for 200,000.
+            if ways >= 20:
+                return {"inner_lr": 5e-4, "inner_steps": 10, "inner_batch": 20, "meta_batch": 5, "iterations": 200000,
+                        "train_shots": max(shots, 10)}
+            return {"inner_lr": 1e-3, "inner_steps": 5, "inner_batch": 10, "meta_batch": 5, "iterations": 100000,
+                    "train_shots": max(shots, 10)}
+        # Their miniImageNet commands: 8 inner steps on batches of 10, meta-training tasks with 15 shots per class
+        return {"inner_steps": 8, "inner_batch": 10, "meta_batch": 5, "iterations": 100000, "train_shots": max(shots, 15)}
 
     def meta_step(self, tasks: TaskBatch) -> dict[str, float]:
         # Reptile has no support/query distinction at meta-train time: the inner loop cycles through both.
@@ -175,6 +183,7 @@ class LazyReptile(_ReptileBase):
         **base: Any,
     ) -> None:
         super().__init__(model, **base)
+        check_last(inner_steps, last)
         self._init_common(inner_lr=inner_lr, inner_steps=inner_steps,
                           eval_inner_steps=inner_steps if eval_inner_steps is None else eval_inner_steps,
                           inner_optimizer=inner_optimizer, meta_step_size=meta_step_size, meta_step_final=meta_step_final)

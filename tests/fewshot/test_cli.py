@@ -133,6 +133,8 @@ def test_bad_input_is_one_clear_line(extra, needle, data_root, session_cache, tm
     (["--algo", "turtle", "--hp", "network_init=xyz"], "Error: --algo turtle: unknown init 'xyz'; valid: gradient, random"),
     (["--algo", "finetune", "--zero-head"], "Error: --algo finetune: finetune starts every test head at zero already"),
     (["--algo", "maml", "--dataset", "sine", "--zero-head"], "Error: --algo maml: zero_head is for classification"),
+    # the teacher mixes the student's last 3 checkpoints: a 2-step student failed at its first meta-step
+    (["--algo", "lazy-reptile", "--last", "3", "--inner-steps", "2"], "Error: --algo lazy-reptile: inner_steps (2) must be >= last (3)"),
 ])
 def test_learner_settings_are_refused_before_any_data_loads(extra, needle, tmp_path, monkeypatch) -> None:
     from fewshot import datasets
@@ -728,3 +730,53 @@ def test_ctrl_c_while_the_trained_learner_is_scored_keeps_its_training(tmp_path,
     monkeypatch.setattr(cls, "evaluate", original)
     assert _sine(tmp_path / "s", "--iterations", "3", "--eval-every", "0").exit_code == 0
     assert _same_weights(ckpt, tmp_path / "s" / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("algo", ["reptile", "lazy-reptile"])
+def test_zero_test_time_steps_with_an_adam_inner_loop_train_save_and_eval(tmp_path, algo) -> None:
+    """--eval-inner-steps 0 (allowed: >= 0) scores θ unadapted; Reptile's Adam path crashed after training, saving nothing."""
+    result = _sine(tmp_path / "z", "--iterations", "2", "--eval-inner-steps", "0", "--hp", "inner_optimizer=adam", algo=algo)
+    assert result.exit_code == 0, result.output
+    ckpt = tmp_path / "z" / "checkpoint.pt"
+    assert json.loads((tmp_path / "z" / "checkpoint.pt.json").read_text())["hparams"]["eval_inner_steps"] == 0
+    again = _run("fewshot", "eval", "--checkpoint", str(ckpt), "--tasks", "2", "--eval-inner-steps", "0", "--quiet",
+                 "--json", str(tmp_path / "e.json"))
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "e.json").read_text())["config"]["hparams"]["eval_inner_steps"] == 0
+
+
+def test_a_failure_while_the_trained_learner_is_scored_keeps_its_training(tmp_path, monkeypatch) -> None:
+    from fewshot.base import get_learner
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("scoring failed")
+
+    monkeypatch.setattr(get_learner("maml"), "evaluate", broken)
+    result = _sine(tmp_path / "f", "--iterations", "3", "--eval-every", "0")
+    assert result.exit_code != 0 and isinstance(result.exception, RuntimeError)
+    assert json.loads((tmp_path / "f" / "checkpoint.pt.json").read_text())["iteration"] == 3  # saved before the scoring
+    monkeypatch.undo()
+    assert _sine(tmp_path / "s", "--iterations", "3", "--eval-every", "0").exit_code == 0
+    assert _same_weights(tmp_path / "f" / "checkpoint.pt", tmp_path / "s" / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("algo", ["imaml", "meta-sgd", "meta-lstm", "turtle"])
+def test_eval_inner_steps_is_refused_for_learners_that_adapt_with_their_meta_trained_steps(tmp_path, algo) -> None:
+    """They have no test-time step count (their update rule or rates are meta-trained for inner_steps): eval refuses the
+    flag as train does, in one line, instead of blaming the checkpoint's metadata."""
+    from fewshot.experiment import build_learner, checkpoint_metadata, load_learner, save_learner
+    from lazyapps.errors import LazyAppsError
+
+    learner = build_learner(algo, dataset="sine", ways=1)
+    path = tmp_path / "checkpoint.pt"
+    save_learner(path, learner, checkpoint_metadata(learner, arch="sine_mlp", dataset="sine", ways=1, shots=5))
+    message = f"--eval-inner-steps does not apply to --algo {algo} (it takes: "
+    with pytest.raises(LazyAppsError) as caught:
+        load_learner(path, eval_inner_steps=3)
+    assert str(caught.value).startswith(message) and "metadata" not in str(caught.value)
+    assert load_learner(path, eval_inner_steps=None)[0].name == algo
+    result = _run("fewshot", "eval", "--checkpoint", str(path), "--eval-inner-steps", "3", "--quiet")
+    assert result.exit_code == 2 and result.output.startswith("Error: " + message), result.output
+    assert len(result.output.strip().splitlines()) == 1
+    train = _sine(tmp_path / "t", "--eval-inner-steps", "3", algo=algo)  # train's rule, which eval now shares
+    assert train.exit_code == 2 and train.output.startswith("Error: " + message), train.output

@@ -494,3 +494,96 @@ def test_evaluate_scores_each_task_after_adapting_on_its_support_set() -> None:
     assert len(set(expected)) > 1 or expected[0] < 100  # per task, and not the query-memorising 100 %
     on_query = learner.predict(learner.adapt(tasks.query), tasks.support_x, tasks.query_x).argmax(-1)
     assert float((on_query == tasks.query_y).float().mean()) * 100 > sum(expected) / 4  # the test tells support from query
+
+
+@pytest.mark.parametrize("algo,hp", [("maml", {}), ("lazy-maml", {}), ("scratch", {}), ("reptile", {}),
+                                     ("reptile", {"inner_optimizer": "sgd"}), ("lazy-reptile", {}),
+                                     ("lazy-reptile", {"inner_optimizer": "adam"})])
+def test_zero_test_time_steps_score_the_meta_parameters_unadapted(algo, hp) -> None:
+    """eval_inner_steps=0 is allowed (>= 0): every task is scored with θ itself, also on Reptile's Adam path."""
+    learner = create_learner(algo, _conv(), eval_inner_steps=0, **hp)
+    tasks = _tasks(num_tasks=2, seed=4)
+    fast = learner.adapt(tasks.support)
+    for k, v in learner.theta.items():
+        assert fast[k].shape == (2, *v.shape) and torch.equal(fast[k][0], v.detach()) and torch.equal(fast[k][1], v.detach()), k
+    with torch.no_grad():
+        out = torch.stack([torch.func.functional_call(learner.model, dict(learner.theta), (tasks.query_x[t],)) for t in range(2)])
+    expected = ((out.argmax(-1) == tasks.query_y).float().mean(-1) * 100).tolist()
+    assert learner.evaluate(tasks).values == pytest.approx(expected)
+
+
+def test_lazy_reptile_refuses_a_teacher_mixing_more_checkpoints_than_the_student_takes() -> None:
+    # as LazyMAML does, at construction: the student's first meta-step would otherwise fail
+    for algo in ("lazy-maml", "lazy-reptile"):
+        with pytest.raises(ValueError, match=r"^inner_steps \(2\) must be >= last \(3\)$"):
+            create_learner(algo, _conv(), inner_steps=2, last=3)
+    assert create_learner("lazy-reptile", _conv(), inner_steps=3, last=3).last == 3
+
+
+def test_reptile_paper_defaults_are_nichol_et_als_omniglot_commands() -> None:
+    """openai/supervised-reptile's README (archived): 5-way Adam 1e-3, 5 steps on batches of 10, 100,000 iterations;
+    20-way Adam 5e-4, 10 steps on batches of 20, 200,000 iterations; meta-batch 5 and 10 training shots for both."""
+    reptile, lazy = get_learner("reptile"), get_learner("lazy-reptile")
+    for shots in (1, 5):
+        assert reptile.paper_defaults(dataset="omniglot", ways=5, shots=shots) == {
+            "inner_lr": 1e-3, "inner_steps": 5, "inner_batch": 10, "meta_batch": 5, "iterations": 100000, "train_shots": 10}
+        assert reptile.paper_defaults(dataset="omniglot", ways=20, shots=shots) == {
+            "inner_lr": 5e-4, "inner_steps": 10, "inner_batch": 20, "meta_batch": 5, "iterations": 200000, "train_shots": 10}
+    # lazy Reptile takes Reptile's data (minibatches, training shots), not its Adam rate: its student is SGD at 0.1
+    assert lazy.paper_defaults(dataset="omniglot", ways=20, shots=1) == {"inner_lr": 0.1, "inner_steps": 15, "meta_batch": 5,
+                                                                        "inner_batch": 20, "train_shots": 10}
+    # miniImageNet (the other image datasets): 8 steps on batches of 10, 100,000 iterations, 15 training shots
+    for shots in (1, 5):
+        assert reptile.paper_defaults(dataset="folder:/data/mini", ways=5, shots=shots) == {
+            "inner_steps": 8, "inner_batch": 10, "meta_batch": 5, "iterations": 100000, "train_shots": 15}
+
+
+def test_evaluate_refuses_a_task_source_which_never_runs_out(monkeypatch) -> None:
+    from fewshot.datasets import SineTasks
+    from fewshot.tasks import EpisodeSampler
+
+    endless = EpisodeSampler.__iter__
+
+    def cut_short(self):  # the sampler's own endless stream, stopped so that iterating it fails instead of hanging
+        for i, batch in enumerate(endless(self)):
+            if i == 50:
+                raise AssertionError("evaluate kept drawing tasks from an endless sampler")
+            yield batch
+
+    monkeypatch.setattr(EpisodeSampler, "__iter__", cut_short)
+    sampler = EpisodeSampler(torch.rand(12, 1, 16, 16), torch.arange(3).repeat_interleave(4), ways=3, shots=1, queries=1)
+    learner = create_learner("scratch", _conv(), eval_inner_steps=1)
+    with pytest.raises(TypeError, match=r"not a task source \(EpisodeSampler\).*source\.fixed_tasks\(num_tasks, seed=\.\.\.\)"):
+        learner.evaluate(sampler)
+    with pytest.raises(TypeError, match=r"not a task source \(SineTasks\)"):
+        create_learner("scratch", models_zoo.create("sine_mlp", num_classes=1, in_channels=1), problem="regression").evaluate(
+            SineTasks(shots=2, queries=2))
+    assert learner.evaluate(sampler.fixed_tasks(3, seed=0)).tasks == 3  # what the message says to pass
+
+
+def test_batchnorm_with_running_statistics_reports_the_mode_used_not_the_flag() -> None:
+    """Running statistics (resnet18, timm, conv4 with track_running_stats): the queries never see each other, so the
+    transductive flag changes nothing and is not reported; batch statistics report the flag."""
+    tasks = _tasks(num_tasks=2, seed=8)
+    results = {}
+    for running in (True, False):
+        for transductive in (True, False):
+            torch.manual_seed(0)
+            model = models_zoo.create("conv4", num_classes=3, in_channels=1, image_size=16, hidden=8, track_running_stats=running)
+            learner = create_learner("maml", model, transductive=transductive, inner_lr=0.5, eval_inner_steps=2)
+            with torch.no_grad():  # running statistics that are not the (0, 1) a fresh layer starts with
+                for m in learner.model.modules():
+                    if isinstance(m, torch.nn.BatchNorm2d) and m.running_mean is not None:
+                        m.running_mean.uniform_(-0.5, 0.5)
+                        m.running_var.uniform_(0.5, 2.0)
+            results[running, transductive] = learner.evaluate(tasks)
+    for transductive in (True, False):
+        ev = results[True, transductive]
+        assert (ev.transductive, ev.batchnorm, ev.bn_label) == (None, "running", "n/a (running stats)")
+        assert ev.as_dict()["transductive"] is None and ev.as_dict()["batchnorm"] == "running"
+        batch = results[False, transductive]
+        assert (batch.transductive, batch.batchnorm, batch.bn_label) == (transductive, "batch", "yes" if transductive else "no")
+    assert results[True, True].values == results[True, False].values
+    sine = create_learner("maml", models_zoo.create("sine_mlp", num_classes=1, in_channels=1), problem="regression")
+    ev = sine.evaluate(_sine_tasks().to("cpu", torch.float32))
+    assert (ev.transductive, ev.batchnorm, ev.bn_label) == (None, None, "n/a")
