@@ -168,8 +168,12 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
         if method not in takers and source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
             raise LazyAppsError(f"--{name.replace('_', '-')} is an option of {' and '.join(takers)}, not of --method {method}")
     settings = apply_preset(PRESETS, preset, {k: options[k] for k in ("epochs", "batch_size", "n_max", "test_per_class")})
-    from .data import CIFARLongTail
-    from .trainer import TrainConfig, Trainer
+    from .data import N_MAX, CIFARLongTail
+    from .trainer import TrainConfig, Trainer, check_resumable, settled_identity
+
+    if options["n_max"] is None and settings["n_max"] is not None and dataset in N_MAX:
+        # A preset's n_max is a cap: CIFAR-100 has 500 training images per class, 10 of them kept for validation
+        settings["n_max"] = min(settings["n_max"], N_MAX[dataset])
 
     config = TrainConfig(dataset=dataset, imbalance=imbalance, method=method, epochs=settings["epochs"],
                          batch_size=settings["batch_size"], lr=0.1 if options["lr"] is None else options["lr"],
@@ -183,6 +187,8 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
         config.check()  # before the data loads: fail fast, one line
     except TypeError as exc:  # (only an edited checkpoint .json can give a setting of the wrong type)
         raise LazyAppsError(f"a setting of {resume or 'this run'} has the wrong type ({exc})") from None
+    if resume is not None:  # (the trainer checks all of them again, the data's too; these need no data)
+        check_resumable(resume, meta, settled_identity(config))
     out_dir = Path(out) if out else (Path(resume).parent if resume else _default_out(cache_root(run.cache_dir), config))
     from lazyapps.checkpoint import with_metadata
 

@@ -191,7 +191,7 @@ class CIFARLongTail:
                                            seed=seed, class_names=list(data.classes))
         test = data.test
         if test_per_class is not None and test_per_class < 1:
-            raise LazyAppsError(f"--test-per-class must be >= 1 (leave it out for the whole test set), got {test_per_class}")
+            raise LazyAppsError(f"test_per_class must be >= 1 (None for the whole test set), got {test_per_class}")
         if test_per_class is not None:
             keep = _first_per_class(test.labels, test_per_class, num_classes)
             test = test.subset(keep)

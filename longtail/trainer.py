@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,11 @@ class TrainConfig:
             raise LazyAppsError(f"--lr must be a positive number, got {self.lr}")
         if self.inner_lr is not None and not (math.isfinite(self.inner_lr) and self.inner_lr > 0):
             raise LazyAppsError(f"--inner-lr must be > 0, got {self.inner_lr}")
+        if self.test_per_class is not None and self.test_per_class < 1:
+            raise LazyAppsError(f"--test-per-class must be >= 1 (--preset paper evaluates on the whole test set), "
+                                f"got {self.test_per_class}")
+        if self.n_max is not None and self.n_max < 1:
+            raise LazyAppsError(f"--n-max (images of the largest class) must be >= 1, got {self.n_max}")
         if self.batchnorm not in BATCHNORM_MODES:
             raise LazyAppsError(f"--batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {self.batchnorm!r}")
 
@@ -109,6 +114,24 @@ class TrainConfig:
         d["lr_decay"] = [float(f) for f in self.lr_decay]
         d["imbalance"] = float(self.imbalance)
         return {k: d[k] for k in IDENTITY_KEYS}
+
+
+def check_resumable(path: str | Path, meta: Mapping[str, Any], identity: Mapping[str, Any]) -> None:
+    """:class:`CheckpointError` if checkpoint ``path`` (its metadata ``meta``) was made with other ``identity`` settings."""
+    try:
+        check_expected(path, meta, identity)
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot resume: {exc}; resume with the same settings or start a new run with another --out") from None
+
+
+def settled_identity(config: TrainConfig) -> dict[str, Any]:
+    """The identity settings ``config`` fixes before any data load, for ``--resume`` to refuse a mismatch early.
+
+    Left out: settings the data fill in (``None``) and the network's name, which the trainer settles.
+    """
+    identity = {k: v for k, v in config.identity().items() if v is not None and k != "model"}
+    identity["dataset"] = anchored_name(config.dataset)
+    return identity
 
 
 def describe_data(config: TrainConfig, data: CIFARLongTail) -> TrainConfig:
@@ -154,7 +177,11 @@ class Trainer:
         self.model_name = config.model if model is None else f"custom:{type(model).__name__}"
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.schedule = config.schedule
-        self.method: Method = create_method(config.method, data.counts, device=self.device, **_method_options(config))
+        # The method's own networks (Meta-Weight-Net's MLP, built on the CPU) from the run's seed alone, not from
+        # whatever the process drew before; forked, so the model's initial weights below stay those of every method.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.method: Method = create_method(config.method, data.counts, device=self.device, **_method_options(config))
         deferred = "meta steps" if self.method.meta else "deferred re-weighting" if hasattr(self.method, "drw_start") else None
         if deferred and self.schedule.meta_start >= config.epochs:  # the method would silently train plain CE
             raise LazyAppsError(f"--method {config.method} starts its {deferred} at epoch {self.schedule.meta_start + 1} of the "
@@ -245,10 +272,7 @@ class Trainer:
         state, meta = loaded or load_checkpoint(path, map_location="cpu", expect={"kind": CHECKPOINT_KIND})
         check_expected(path, meta, {"kind": CHECKPOINT_KIND})  # (for a pair the caller read)
         check_files_agree(path, state.get("identity") or {}, meta)  # (checkpoints from before it was kept: not checked)
-        try:
-            check_expected(path, meta, self.identity())
-        except CheckpointError as exc:
-            raise CheckpointError(f"cannot resume: {exc}; resume with the same settings or start a new run with another --out") from None
+        check_resumable(path, meta, self.identity())
         refuse_best_checkpoint(path, meta, state)
         check_same_data(path, meta, self.data)
         meta_epochs = any(row.get("meta") for row in state.get("history", []))

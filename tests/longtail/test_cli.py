@@ -63,6 +63,11 @@ def test_train_lazy_method_small_model_and_resume_refusals(env):
     assert again.exit_code == 2 and "already holds a run's checkpoint" in again.output
     other = CliRunner().invoke(cli, ["longtail", "train", *TINY, "--model", "lenet5", "--method", "ce", "--resume", str(out / "checkpoint.pt")])
     assert other.exit_code == 2 and "method='lazy-two-component', but method='ce' is needed" in other.output
+    # settings that change the data are named too, before the data load could fail on them
+    for flag, value, named in (("--dataset", "cifar100", "dataset='cifar10', but dataset='cifar100'"),
+                               ("--imbalance", "5", "imbalance=10.0, but imbalance=5.0")):
+        moved = CliRunner().invoke(cli, ["longtail", "train", flag, value, "--resume", str(out / "checkpoint.pt")])
+        assert moved.exit_code == 2 and named in moved.output, moved.output
     assert "Traceback" not in other.output and (out / "checkpoint.pt").read_bytes() == before
 
 
@@ -76,7 +81,9 @@ def test_train_lazy_method_small_model_and_resume_refusals(env):
     (["--inner-steps", "65"], "--inner-steps 65 is more than --batch-size 64: the lazy student's steps run over that many slices"),
     (["--lr", "-0.1"], "--lr must be a positive number, got -0.1"),
     (["--lr", "nan"], "--lr must be a positive number, got nan"),
-    (["--test-per-class", "0"], "--test-per-class must be >= 1 (leave it out for the whole test set)"),
+    (["--test-per-class", "0"], "--test-per-class must be >= 1 (--preset paper evaluates on the whole test set), got 0"),
+    (["--test-per-class", "0", "--dataset", "npz:/nonexistent/lt.npz"], "--test-per-class must be >= 1"),  # (no data load)
+    (["--n-max", "0", "--dataset", "npz:/nonexistent/lt.npz"], "--n-max (images of the largest class) must be >= 1, got 0"),
     (["--test-per-class", "-5"], "--test-per-class must be >= 1"),
     (["--method", "two-component", "--val-per-class", "0"], "learns its weights on a balanced validation set; give --val-per-class >= 1"),
     (["--method", "lazy-two-component", "--epochs", "1"], "starts its meta steps at epoch 2 of the schedule, after the 1 epochs asked"),
@@ -104,6 +111,28 @@ def test_missing_cifar100_error_says_how_to_get_it(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["longtail", "train", "--imbalance", "100", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "cifar-100-python" in result.output and "--dataset cifar10" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_the_headline_command_fits_the_quick_preset_to_the_full_cifar100(tmp_path, monkeypatch):
+    """``lazyapps longtail train --imbalance 100``: CIFAR-100 has 500 training images per class, so the quick preset's
+    n_max of 500 is capped at Jamal et al.'s 490 (10 go to validation), not refused; an explicit --n-max is not."""
+    import lazyapps.data as data_module
+    import longtail.trainer as trainer_module
+    from lazyapps.errors import LazyAppsError
+
+    from .test_data import _in_memory
+
+    monkeypatch.setattr(data_module, "load_dataset", lambda name, root=None: _in_memory("cifar100", 100, 500, 200))
+
+    def reached(self, config, data, **kwargs):  # the data are cut: stop before training ResNet-32 on them
+        raise LazyAppsError(f"reached the trainer: n_max {config.n_max} {data.n_max}, counts {data.counts[0]}.."
+                            f"{data.counts[-1]}, epochs {config.epochs}")
+
+    monkeypatch.setattr(trainer_module.Trainer, "__init__", reached)
+    result = CliRunner().invoke(cli, ["longtail", "train", "--imbalance", "100", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "reached the trainer: n_max 490 490, counts 490..4, epochs 20" in result.output
+    explicit = CliRunner().invoke(cli, ["longtail", "train", "--imbalance", "100", "--n-max", "500"])
+    assert explicit.exit_code == 2 and "needs 10 for validation + 500 for training" in explicit.output
 
 
 def test_a_diverging_run_stops_in_one_line_and_saves_nothing(env):

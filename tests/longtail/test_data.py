@@ -235,5 +235,5 @@ def test_a_class_left_without_training_images_or_a_test_set_without_images_is_re
         CIFARLongTail.load(f"npz:{path}", imbalance=20, root=tmp_path, val_per_class=5, n_max=10)
     # one training image is enough: imbalance 10 keeps 10, int(3.16) = 3 and 1
     assert CIFARLongTail.load(f"npz:{path}", imbalance=10, root=tmp_path, val_per_class=5, n_max=10).counts == [10, 3, 1]
-    with pytest.raises(LazyAppsError, match="--test-per-class must be >= 1"):
+    with pytest.raises(LazyAppsError, match="test_per_class must be >= 1"):
         CIFARLongTail.load(f"npz:{path}", imbalance=2, root=tmp_path, val_per_class=5, test_per_class=0)

@@ -383,3 +383,16 @@ def test_resume_refuses_a_two_component_run_whose_meta_epochs_took_the_mean_form
     state["history"] = [dict(row, meta=False) for row in state["history"]]  # no meta epoch yet: nothing to mix
     torch.save(state, path)
     _trainer(config, small_lt, tmp_path, tiny_net).resume(path)
+
+
+def test_meta_weight_nets_mlp_starts_from_the_runs_seed_whatever_the_process_drew_before(small_lt, tiny_net):
+    """The benchmark builds trainers one after another in one process: the MLP must not depend on what ran first."""
+    first = [], []
+    for draw, seeds in zip((1, 2), first):
+        torch.manual_seed(draw)
+        torch.rand(draw * 10)
+        trainer = Trainer(_config("meta-weight-net", seed=3), small_lt, model=tiny_net())
+        seeds.extend(p.detach().clone() for p in trainer.method.weight_net.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(*first))
+    other = Trainer(_config("meta-weight-net", seed=4), small_lt, model=tiny_net())
+    assert not torch.equal(next(other.method.weight_net.parameters()), first[0][0])
