@@ -154,7 +154,7 @@ def run_attack(
         check_image_count(int(settings["n_images"]))
     device = run.device
     zoo_names = P.parse_zoo(zoo_spec, dataset, target_spec) if method in P.META_TRAINING_OF else []
-    data = load_dataset(dataset, root=run.data_dir)
+    data = load_dataset(dataset, root=run.data_dir, cache_dir=run.cache_dir)
     if target_class is not None and not 0 <= target_class < data.num_classes:
         raise LazyAppsError(f"--target-class {target_class} is out of range: {dataset} has classes 0..{data.num_classes - 1}")
     common = dict(device=device, seed=run.seed, data_dir=run.data_dir, cache_dir=run.cache_dir, quiet=run.quiet)

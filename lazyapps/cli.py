@@ -302,15 +302,16 @@ def cli() -> None:
 @common_options
 def compare_command(run: RunContext, results: tuple[str, ...], all_settings: bool, csv_path: str | None) -> None:
     """Compare saved --json results side by side: the settings that differ, then every number."""
-    from .compare import KEY_COLUMN, compare, format_comparison, labels, load_result
+    from .compare import KEY_COLUMN, SECTION_COLUMN, compare, format_comparison, labels, load_result
     from .results import write_csv
 
     distinct_outputs({"--json": run.json_path, "--csv": csv_path}, keep={f"the compared {path}": path for path in results})
     columns = labels(results)
     table = compare([load_result(path) for path in results], columns, all_settings=all_settings)
     if csv_path:
-        rows = [{"section": "setting", **row} for row in table["settings"]] + [{"section": "result", **row} for row in table["results"]]
-        write_csv(csv_path, rows, ["section", KEY_COLUMN, *columns])
+        rows = ([{SECTION_COLUMN: "setting", **row} for row in table["settings"]]
+                + [{SECTION_COLUMN: "result", **row} for row in table["results"]])
+        write_csv(csv_path, rows, [SECTION_COLUMN, KEY_COLUMN, *columns])
     run.finish({"results": list(results), "all_settings": all_settings}, table, table=format_comparison(table))
 
 

@@ -17,6 +17,7 @@ from .errors import LazyAppsError, describe
 
 RESULT_KEYS = ("command", "config", "metrics")
 KEY_COLUMN = "key"  # the first column: the dotted key of each row; no file's column may take this name
+SECTION_COLUMN = "section"  # the CSV's column before it: setting or result; no file's column may take it either
 #: A list of plain values up to this long is one cell (``gammas``, ``counts``); longer lists, and lists of
 #: records (per-class rows, learning curves), are left out of the table and named under it.
 MAX_LIST = 20
@@ -82,7 +83,7 @@ def labels(paths: Sequence[str | os.PathLike]) -> list[str]:
     parts = [Path(p).parts for p in paths]
     for depth in range(1, max(len(p) for p in parts) + 1):
         names = ["/".join(p[-depth:]) for p in parts]
-        if len(set(names)) == len(names) and KEY_COLUMN not in names:
+        if len(set(names)) == len(names) and not {KEY_COLUMN, SECTION_COLUMN} & set(names):
             return names
     return [f"{i + 1}:{os.fspath(p)}" for i, p in enumerate(paths)]  # the same file given twice
 
@@ -95,8 +96,9 @@ def compare(results: Sequence[Mapping[str, Any]], columns: Sequence[str], *, all
     ``left_out`` (keys of lists not shown) and ``all_settings``. Each
     row is ``{KEY_COLUMN: dotted key, column: value, ...}``; a key one result lacks has ``None`` there.
     """
-    if len(results) != len(columns) or len(set(columns)) != len(columns) or KEY_COLUMN in columns:
-        raise ValueError(f"need one distinct column name per result, none of them {KEY_COLUMN!r}; got {list(columns)}")
+    if len(results) != len(columns) or len(set(columns)) != len(columns) or {KEY_COLUMN, SECTION_COLUMN} & set(columns):
+        raise ValueError(f"need one distinct column name per result, none of them {KEY_COLUMN!r} or {SECTION_COLUMN!r}; "
+                         f"got {list(columns)}")
     configs, metrics, left_out = [], [], []
     for result in results:
         config, skipped_config = flatten(result["config"])

@@ -187,8 +187,6 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
         config.check()  # before the data loads: fail fast, one line
     except TypeError as exc:  # (only an edited checkpoint .json can give a setting of the wrong type)
         raise LazyAppsError(f"a setting of {resume or 'this run'} has the wrong type ({exc})") from None
-    if resume is not None:  # (the trainer checks all of them again, the data's too; these need no data)
-        check_resumable(resume, meta, settled_identity(config))
     out_dir = Path(out) if out else (Path(resume).parent if resume else _default_out(cache_root(run.cache_dir), config))
     from lazyapps.checkpoint import with_metadata
 
@@ -202,6 +200,8 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
     best = out_dir / "best.pt"  # (a run's best weights kept without its checkpoint.pt: the new run's would replace them)
     if best.exists() and (resume is None or Path(resume).parent.resolve() != out_dir.resolve()):
         raise LazyAppsError(f"{out_dir} already holds a run's best.pt; choose another --out (nothing was overwritten)")
+    if resume is not None:  # (the trainer checks all of them again, the data's too; these need no data)
+        check_resumable(resume, meta, settled_identity(config))
     data = CIFARLongTail.load(dataset, imbalance=imbalance, root=run.data_dir, rule=config.rule, val_per_class=config.val_per_class,
                               n_max=config.n_max, test_per_class=config.test_per_class, seed=config.seed)
     trainer = Trainer(config, data, device=run.device, out_dir=out_dir)  # (refuses settings the data cannot serve)

@@ -16,7 +16,7 @@ def _training_options(func: Callable) -> Callable:
     """The flags that select a training run (``train`` uses them; ``eval`` uses them to find the cached model)."""
     options = [
         click.option("--arch", default=None, help="Architecture name (see `lazyapps zoo list`) or timm:<name>."),
-        click.option("--dataset", default="mnist", show_default=True, help="mnist, cifar10, cifar100, digits, omniglot or npz:PATH."),
+        click.option("--dataset", default="mnist", show_default=True, help="mnist, cifar10, cifar100, digits or npz:PATH."),
         click.option("--epochs", type=INT64, default=None, help="Epochs (default: 3 for MNIST-sized nets, 30 for CIFAR nets)."),
         click.option("--lr", type=float, default=None, help="Learning rate (default: Adam 1e-3 / SGD 0.05)."),
         click.option("--batch-size", type=INT64, default=128, show_default=True, help="Training batch size."),
@@ -107,12 +107,11 @@ def train_command(run: RunContext, arch: str | None, dataset: str, force: bool, 
 @common_options
 def eval_command(run: RunContext, arch: str | None, dataset: str, checkpoint: str | None, split: str, **kwargs: Any) -> None:
     """Evaluate a cached zoo model (found by the same flags as `train`) or a given checkpoint."""
-    from lazyapps.data import load_dataset
     from lazyapps.errors import LazyAppsError
     from lazyapps.results import format_table
 
     from .fits import check_outputs
-    from .training import evaluate, is_zoo_checkpoint, load, load_trained
+    from .training import evaluate, is_zoo_checkpoint, load, load_trained, load_zoo_data
     from .user_models import load_user_model
 
     if checkpoint is not None:
@@ -121,7 +120,7 @@ def eval_command(run: RunContext, arch: str | None, dataset: str, checkpoint: st
         distinct_outputs({"--json": run.json_path}, keep=with_metadata({"--checkpoint": checkpoint}))
     if arch or checkpoint is None:
         arch = _require_arch(arch)  # before the data loads: a bad name fails at once
-    data = load_dataset(dataset, root=run.data_dir)
+    data = load_zoo_data(dataset, run.data_dir, run.cache_dir)
     source = checkpoint
     if checkpoint is None:
         trained = load(arch, dataset, device=run.device, data_dir=run.data_dir, cache_dir=run.cache_dir, seed=run.seed, **_hyper(kwargs))

@@ -122,24 +122,31 @@ def training_settings(
 
 
 def data_fingerprint(data) -> str:
-    """A short hash of a dataset's labels and a strided sample of its pixels (both splits).
+    """A short hash of a dataset's labels and every pixel (both splits).
 
     Part of the cache key so that two different datasets under one name (e.g.
-    the full CIFAR-10 and a subset of it) never share a cached model.
+    the full CIFAR-10 and a subset of it, or an ``npz:`` bundle rewritten
+    since) never share a cached model. BLAKE2b over all the bytes: about 0.1 s
+    for MNIST, 0.3 s for CIFAR-10.
     """
-    digest = hashlib.sha256()
+    digest = hashlib.blake2b(digest_size=8)
     for split in (data.train, data.test):
         digest.update(str(tuple(split.images.shape)).encode())
         digest.update(split.labels.contiguous().numpy().tobytes())
-        stride = max(1, len(split.images) // 512)
-        digest.update(split.images[::stride].contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+        digest.update(split.images.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
-def _load_data(dataset: str, data_dir):
+def load_zoo_data(dataset: str, data_dir, cache_dir=None):
+    """The dataset a zoo model trains and is scored on (``load_dataset``), refusing those it cannot be scored on."""
     from lazyapps.data import load_dataset
 
-    return load_dataset(dataset, root=data_dir)
+    if dataset.startswith("omniglot"):
+        # Its test split is the evaluation alphabets: classes a classifier of the background set never saw
+        raise LazyAppsError(f"{dataset} cannot train a zoo classifier: its test split holds other classes (the evaluation "
+                            f"alphabets), so a test accuracy would be chance by construction; Omniglot is for "
+                            f"lazyapps fewshot")
+    return load_dataset(dataset, root=data_dir, cache_dir=cache_dir)
 
 
 def _model_shape(data) -> dict[str, int]:
@@ -292,9 +299,9 @@ def _set_mode(model: nn.Module, training: bool, layout: torch.memory_format) -> 
     set_layout(model, layout)
 
 
-def _resolve(name: str, dataset: str, data_dir, hyper: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _resolve(name: str, dataset: str, data_dir, hyper: dict[str, Any], cache_dir=None) -> tuple[Any, dict[str, Any]]:
     settings = training_settings(name, dataset, **hyper)
-    data = _load_data(dataset, data_dir)
+    data = load_zoo_data(dataset, data_dir, cache_dir)
     settings.update(_model_shape(data))
     settings["data"] = data_fingerprint(data)
     if settings["train_subset"] is not None and settings["train_subset"] > len(data.train):
@@ -340,7 +347,7 @@ def train(
     device = resolve_device(device)
     hyper = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
                  schedule=schedule, augment=augment, train_subset=train_subset, seed=seed, model_options=model_options)
-    data, settings = _resolve(name, dataset, data_dir, hyper)
+    data, settings = _resolve(name, dataset, data_dir, hyper, cache_dir)
     built: dict[str, nn.Module] = {}
 
     def build() -> dict[str, Any]:
@@ -394,7 +401,7 @@ def _restore(settings: dict[str, Any], state: dict[str, Any], path: Path) -> nn.
 def cache_path(name: str, dataset: str = "mnist", *, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                **hyperparameters: Any) -> Path:
     """Where :func:`train` with these arguments caches its model (whether or not it exists yet)."""
-    _, settings = _resolve(name, dataset, data_dir, hyperparameters)
+    _, settings = _resolve(name, dataset, data_dir, hyperparameters, cache_dir)
     return artefact_path(CACHE_KIND, f"{name}-{dataset}", settings, root=cache_dir)
 
 

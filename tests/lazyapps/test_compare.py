@@ -47,6 +47,8 @@ def test_compare_names_the_commands_when_they_differ_and_refuses_clashing_column
         compare([a, b], ["x", "x"])
     with pytest.raises(ValueError, match="'key'"):
         compare([a, b], ["key", "b"])
+    with pytest.raises(ValueError, match="'section'"):
+        compare([a, b], ["section", "b"])
 
 
 def test_labels_are_the_shortest_path_endings_that_tell_the_files_apart():
@@ -54,6 +56,8 @@ def test_labels_are_the_shortest_path_endings_that_tell_the_files_apart():
     assert labels(["x/a/result.json", "x/b/result.json"]) == ["a/result.json", "b/result.json"]
     assert labels(["r.json", "r.json"]) == ["1:r.json", "2:r.json"]  # the same file twice
     assert labels(["d/key", "d/other"]) == ["d/key", "d/other"]  # 'key' is the first column's name
+    assert labels(["d/section", "d/other"]) == ["d/section", "d/other"]  # and 'section' the CSV's
+    assert labels(["section", "other"]) == ["1:section", "2:other"]
 
 
 @pytest.mark.parametrize("text, message", [

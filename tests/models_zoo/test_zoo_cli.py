@@ -117,3 +117,31 @@ def test_list_family_train_epochs_force_and_eval_split_reach_the_run(tmp_path, c
     # the model's accuracy on the images it was trained on is not its test accuracy
     accuracy = {split: json.loads((tmp_path / f"{split}.json").read_text())["metrics"]["accuracy"] for split in ("train", "test")}
     assert accuracy["train"] != accuracy["test"] and accuracy["test"] == json.loads((tmp_path / "f.json").read_text())["metrics"]["test_accuracy"]
+
+
+def test_omniglot_is_refused_its_test_classes_are_not_its_training_classes(cache_dir, tmp_path):
+    """Its test split is the evaluation alphabets: a zoo classifier's test accuracy there is chance by construction."""
+    for command in ("train", "eval"):
+        result = invoke(command, "--arch", "mlp", "--dataset", "omniglot", "--cache-dir", str(cache_dir),
+                        "--data-dir", str(tmp_path / "empty"))  # (refused before any data is looked for)
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+        assert "omniglot cannot train a zoo classifier: its test split holds other classes" in result.output
+
+
+def test_the_cache_key_sees_every_pixel_of_the_data():
+    """A dataset changed in one image that a strided sample would skip must not reuse the other's cached model."""
+    from lazyapps.data.splits import DatasetSplits, Split
+    from models_zoo.training import data_fingerprint
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2000, 1, 8, 8), dtype=torch.uint8, generator=gen)
+    labels = torch.arange(2000) % 10
+
+    def fingerprint(x):
+        return data_fingerprint(DatasetSplits("npz:b.npz", Split(x, labels), Split(x[:10], labels[:10]),
+                                              [str(c) for c in range(10)]))
+
+    changed = images.clone()
+    changed[1, 0, 3, 3] ^= 1  # one bit of one pixel of image 1
+    assert fingerprint(images) == fingerprint(images.clone())
+    assert fingerprint(changed) != fingerprint(images)
