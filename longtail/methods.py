@@ -67,6 +67,25 @@ class BatchShare:
         return [slice(bisect.bisect_left(mine, s.start), bisect.bisect_left(mine, s.stop)) for s in slices]
 
 
+def share_of(ctx: StepContext, local: int) -> BatchShare | None:
+    """This rank's :class:`BatchShare` of the step's batch under torchrun; None in one process."""
+    return None if ctx.batch_size is None else BatchShare(ctx.batch_size, ctx.rows, local)
+
+
+def weighted_batch_mean(losses: Tensor, weights: Tensor, share: BatchShare | None, total: Tensor | None = None) -> Tensor:
+    """Σ w_i ℓ_i / Σ w_i over the whole batch (PyTorch's weighted cross-entropy reduction).
+
+    In one process :func:`losses.weighted_mean`; under torchrun this rank's part of it, with Σ w over every rank's
+    rows (``total``, if the caller has it), scaled as the trainer's mean over ranks expects. Each rank's own Σ w
+    would give another loss and another gradient than one process on the whole batch.
+    """
+    if share is None:
+        return L.weighted_mean(losses, weights)
+    if total is None:
+        total = share.sums(weights)[0]
+    return share.as_local_mean((weights * losses).sum() / total.clamp_min(torch.finfo(losses.dtype).tiny))
+
+
 class Method:
     """Base: plain cross-entropy. Subclasses override :meth:`per_example` / :meth:`loss`."""
 
@@ -120,7 +139,8 @@ class ClassBalancedCE(Method):
         self.class_weights = class_balanced_weights(counts, beta=beta).to(self.device)
 
     def loss(self, ctx, inputs, targets):
-        return L.weighted_mean(self.per_example(ctx.model(inputs), targets, ctx.epoch), self.class_weights[targets])
+        return weighted_batch_mean(self.per_example(ctx.model(inputs), targets, ctx.epoch), self.class_weights[targets],
+                                   share_of(ctx, len(targets)))
 
 
 class ClassBalancedFocal(ClassBalancedCE):
@@ -150,7 +170,7 @@ class LDAMDRW(Method):
     def loss(self, ctx, inputs, targets):
         per = L.ldam_loss(ctx.model(inputs), targets, margins=self.margins, scale=self.scale)
         if ctx.epoch >= self.drw_start:
-            return L.weighted_mean(per, self.class_weights[targets])
+            return weighted_batch_mean(per, self.class_weights[targets], share_of(ctx, len(targets)))
         return per.mean()
 
 
@@ -178,7 +198,7 @@ class MetaMethod(Method):
         if ctx.epoch < self.meta_start or ctx.val_inputs is None:
             return super().loss(ctx, inputs, targets)
         # Under torchrun the rows are this rank's share: the look-ahead and every batch-level sum span all ranks.
-        share = self._share = None if ctx.batch_size is None else BatchShare(ctx.batch_size, ctx.rows, len(targets))
+        share = self._share = share_of(ctx, len(targets))
         ranks = {} if share is None else {"batch_size": share.size, "sum_over_ranks": distributed.sum_over_ranks}
         model = ctx.model
         params = params_of(model)
@@ -214,8 +234,7 @@ class MetaMethod(Method):
 
     def reduce_share(self, losses: Tensor, weights: Tensor, share: BatchShare, total: Tensor) -> Tensor:
         """:meth:`reduce` on this rank's rows, ``total`` = Σ w over the whole batch (weighted_mean's denominator)."""
-        part = (weights.detach() * losses).sum() / total.clamp_min(torch.finfo(losses.dtype).tiny)
-        return share.as_local_mean(part)
+        return weighted_batch_mean(losses, weights.detach(), share, total)
 
 
 class L2RW(MetaMethod):

@@ -340,7 +340,8 @@ class Trainer:
             x = self.prepare_images(x[share])
             y = data.train_labels[idx][share].to(self.device)
             ddp = self._ddp is not None and not meta_phase
-            split = {"batch_size": len(idx), "rows": share} if self._ddp is not None and meta_phase else {}
+            # (the rows tell the methods whose loss is a batch-level ratio, Σwℓ/Σw, to sum Σw over every rank)
+            split = {"batch_size": len(idx), "rows": share} if self._ddp is not None else {}
             ctx = StepContext(self._ddp if ddp else self.model, lr, epoch, *(val or (None, None)), **split)
             loss = self.method.loss(ctx, x, y)
             self.optimizer.zero_grad(set_to_none=True)

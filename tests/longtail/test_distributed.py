@@ -2,6 +2,7 @@
 across process counts, and the meta-reweighting methods stay identical on every rank."""
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import replace
 
@@ -299,3 +300,24 @@ def test_meta_training_on_two_ranks_equals_one_process(small_lt, method, net):
     last = torch.zeros(13, dtype=one["weights"].dtype)
     last[r0["rows"]], last[r1["rows"]] = r0["weights"], r1["weights"]
     torch.testing.assert_close(last, one["weights"], rtol=1e-4, atol=1e-6)  # the last batch's weights
+
+
+@pytest.mark.parametrize("method", ["cb-ce", "cb-focal", "ldam-drw"])
+def test_class_weighted_losses_on_two_ranks_equal_one_process(small_lt, method):
+    """Σwℓ/Σw is a ratio over the whole batch: each rank's own Σw (uneven shares 8 + 7) would give another gradient.
+    LDAM-DRW re-weights from epoch 2 (its deferred phase) and takes its plain mean in epoch 1."""
+    config = _config(method, epochs=2)
+    config.lr_decay = (1.0, 1.0)  # the second epoch keeps its lr: a wrong gradient would show
+    if method == "ldam-drw":
+        config.lr = 0.002  # LDAM's scale s = 30 on this net's plain linear head diverges at 0.05
+
+    def train():
+        trainer = _run(Trainer(config, small_lt, model=plain_net()))
+        return {"state": _state(trainer), "losses": [row["train_loss"] for row in trainer.history]}
+
+    one = train()
+    r0, r1 = run_ranks(train, world=2)
+    for k, v in one["state"].items():
+        torch.testing.assert_close(r0["state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+        assert torch.equal(r0["state"][k], r1["state"][k]), k
+    assert r0["losses"] == pytest.approx(one["losses"], rel=1e-5) and all(math.isfinite(x) for x in one["losses"])
