@@ -92,11 +92,34 @@ class LazyGroup(click.Group):
         except (MemoryError, RuntimeError) as exc:  # the machine's refusal of an allocation: one line too
             asked = _out_of_memory(exc)
             if asked is None:
-                raise
+                peer = _peer_gone(exc)
+                if peer is None:
+                    raise
+                error = click.ClickException(peer)
+                error.exit_code = 1
+                raise error from None
             error = click.ClickException(f"out of memory ({asked}); ask for less at once: a smaller batch, meta-batch, "
                                          f"number of shots, queries, tasks or images")
             error.exit_code = 2
             raise error from None
+
+
+def _peer_gone(exc: BaseException) -> str | None:
+    """Under torchrun: the line for a collective that failed because another process of the run stopped, else None.
+
+    That process has printed its own error; this one says only that it stopped with it, not a page of traceback.
+    """
+    from . import distributed
+
+    if not distributed.is_distributed():
+        return None
+    import torch.distributed as dist
+
+    backend_error = tuple(getattr(dist, name) for name in ("DistBackendError", "DistNetworkError") if hasattr(dist, name))
+    if not (isinstance(exc, backend_error) or "gloo" in str(exc) or "NCCL" in str(exc)):
+        return None
+    return (f"rank {distributed.rank()}: another process of this run stopped (its error is above), so this one stops "
+            f"too ({str(exc).splitlines()[0][:160]})")
 
 
 def _out_of_memory(exc: BaseException) -> str | None:

@@ -28,6 +28,9 @@ def test_without_torchrun_everything_is_one_process(monkeypatch, tmp_path):
     p = torch.nn.Parameter(torch.ones(2))
     p.grad = torch.full((2,), 4.0)
     D.average_gradients([p], weight=5)
+    opt = torch.optim.SGD([p], lr=1.0)
+    assert D.sync_optimizer(opt, weight=5) is not None
+    D.sync_gradients(opt)
     D.sum_gradients([p])
     assert torch.equal(p.grad, torch.full((2,), 4.0))
     assert D.sum_over_ranks(t) is t
@@ -98,6 +101,24 @@ def _collectives(folder: str) -> dict:
     opt.step()
     handle.remove()
     out["stepped"] = w.detach().clone()
+    # sync_gradients averages before the step (to clip the mean); that step does not average again, the next one does.
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([w], lr=1.0)
+    handle = D.sync_optimizer(opt, weight=r + 1)
+    w.grad = torch.full((2,), float(r + 1))
+    D.sync_gradients(opt)
+    out["synced"] = w.grad.clone()
+    w.grad.mul_(r + 1)  # rank-dependent, in place: a second averaging would make the ranks agree again
+    opt.step()
+    out["synced_step"] = w.detach().clone()
+    opt.zero_grad()
+    w.grad = torch.full((2,), float(r + 1))  # a new gradient: averaged by the step as usual
+    opt.step()
+    out["next_step"] = w.detach().clone()
+    handle.remove()
+    w.grad = torch.full((2,), float(r + 1))
+    D.sync_gradients(opt)  # no hook any more: nothing happens
+    out["after_remove"] = w.grad.clone()
 
     # Different parameters on each rank; broadcast makes them rank 0's.
     module = torch.nn.Linear(2, 2)
@@ -158,6 +179,10 @@ def test_collectives_on_two_gloo_processes(tmp_path):
         assert g2 is None  # no rank had one: stays None (Adam skips it like a single process)
         torch.testing.assert_close(g3, torch.full((2,), 5 / 3))
         torch.testing.assert_close(res["stepped"], torch.full((2,), -5 / 3))
+        torch.testing.assert_close(res["synced"], torch.full((2,), 5 / 3))
+        torch.testing.assert_close(res["synced_step"], torch.full((2,), -5 / 3 * (res["rank"] + 1)))
+        torch.testing.assert_close(res["next_step"], res["synced_step"] - 5 / 3)
+        torch.testing.assert_close(res["after_remove"], torch.full((2,), float(res["rank"] + 1)))
         torch.testing.assert_close(res["broadcast_weight"], torch.zeros(2, 2))
         assert res["cache_seen"]
         assert res["files"] == ["cache.json", "ckpt-0.pt", "ckpt-0.pt.json", "result-0.json"]
@@ -243,3 +268,21 @@ def test_weighted_helpers_and_builders_on_two_ranks(tmp_path):
         assert res["per_node"]
     assert (r0["scale"], r1["scale"]) == (pytest.approx(2 / 3), pytest.approx(4 / 3))  # DDP's plain mean × scale = mean over 3
     assert (r0["global"], r1["global"]) == (True, False) and (tmp_path / "built").read_text() == "0"
+
+
+def _peer_lines() -> list:
+    from lazyapps.cli import _peer_gone
+
+    return [_peer_gone(RuntimeError("[gloo] Connection closed by peer [127.0.0.1]:1234\nmore detail")),
+            _peer_gone(RuntimeError("some other failure"))]
+
+
+def test_a_collective_broken_by_another_rank_is_one_line_naming_this_rank():
+    """When one process of a torchrun run stops on an error, the others' next collective fails: one line each."""
+    from lazyapps.cli import _peer_gone
+
+    assert _peer_gone(RuntimeError("[gloo] Connection closed by peer")) is None  # one process: not this case
+    r0, r1 = run_ranks(_peer_lines, world=2)
+    assert r1[0] == ("rank 1: another process of this run stopped (its error is above), so this one stops too "
+                     "([gloo] Connection closed by peer [127.0.0.1]:1234)")
+    assert r0[0].startswith("rank 0: ") and r0[1] is None and r1[1] is None
