@@ -390,8 +390,11 @@ class Learner(nn.Module):
         """One meta-step by backpropagating the mean query loss through ``adapt_one`` (support tensors -> fast params).
 
         For learners whose inner loop is itself meta-learned (meta-LSTM, TURTLE): the graph through the
-        adaptation reaches both θ and the update rule's parameters; ``grad_clip`` bounds the global norm.
+        adaptation reaches both θ and the update rule's parameters; ``grad_clip`` bounds the global norm of the
+        meta-gradient of the whole meta-batch (under torchrun: of the gradient averaged over ranks).
         """
+        from lazyapps import distributed
+
         model, buffers, loss_fn = self.model, self.buffers, self.loss_fn
         n_support = len(tasks.support)
 
@@ -406,6 +409,9 @@ class Learner(nn.Module):
             loss = task_losses.mean()
             loss.backward()
         if grad_clip is not None:
+            # Under torchrun the bound applies to the whole meta-batch's gradient, as in one process: average it
+            # over ranks now (the meta-optimiser's step then does not average again), then clip.
+            distributed.sync_gradients(self.meta_optimizer)
             nn.utils.clip_grad_norm_(self.parameters(), grad_clip)
         self.meta_optimizer.step()
         score = task_scores(self.problem, outputs.detach(), tasks.query_y).mean()

@@ -18,7 +18,8 @@ What the products use:
   then they load it;
 * :func:`shard`: this rank's contiguous part of ``range(n)`` (tasks of a
   meta-batch, images to attack, examples of a batch);
-* :func:`all_reduce_mean`, :func:`average_gradients`, :func:`sync_optimizer`:
+* :func:`all_reduce_mean`, :func:`average_gradients`, :func:`sync_optimizer`
+  (:func:`sync_gradients` to average before the step, e.g. to clip the mean):
   averages across ranks, weighted by how many examples/tasks each rank had,
   so the result equals the single-process mean over the whole batch;
 * :func:`all_gather_object`: per-rank results (any picklable object) on every
@@ -32,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -430,17 +432,71 @@ def sync_optimizer(optimizer: Any, *, weight: float | Callable[[], float] = 1.0)
 
     For meta-optimisers whose learner computes the meta-gradient of its local
     tasks: with ``weight`` = the number of local tasks the step uses the
-    meta-gradient of the whole meta-batch. Returns the hook handle
+    meta-gradient of the whole meta-batch. A step that must see that gradient
+    before stepping (to clip its norm, say) calls :func:`sync_gradients` first,
+    and the step then leaves it as it is. Returns the hook handle
     (``.remove()`` undoes it); a no-op handle in a single process.
     """
     if not is_distributed():
         return _NoHandle()
+    sync = _GradientSync(weight)
+    handle = optimizer.register_step_pre_hook(sync.hook)
+    _SYNCS[optimizer] = sync
+    return _SyncHandle(optimizer, sync, handle)
 
-    def hook(opt, args, kwargs):
-        w = weight() if callable(weight) else weight
-        average_gradients((p for group in opt.param_groups for p in group["params"]), weight=w)
 
-    return optimizer.register_step_pre_hook(hook)
+def sync_gradients(optimizer: Any) -> None:
+    """Average now, over ranks, the gradients that ``optimizer.step()`` would average first (see :func:`sync_optimizer`).
+
+    For a step that needs the whole batch's gradient before ``step()``: clipping
+    each rank's gradient and then averaging is not clipping the average, so e.g.
+    ``sync_gradients(opt); clip_grad_norm_(params, c); opt.step()`` clips what
+    one process would clip. The step that follows does not average again (the
+    gradient tensors it finds are the averaged ones, clipped in place or not);
+    a later backward's new gradients are averaged as usual. A no-op where the
+    optimiser has no :func:`sync_optimizer` hook (one process).
+    """
+    sync = _SYNCS.get(optimizer)
+    if sync is not None:
+        sync.average(optimizer)
+
+
+class _GradientSync:
+    """The averaging behind :func:`sync_optimizer` and :func:`sync_gradients` (once per gradient)."""
+
+    def __init__(self, weight: float | Callable[[], float]) -> None:
+        self.weight = weight
+        self.done: list[Any] | None = None  # the gradients sync_gradients averaged, awaiting the step
+
+    @staticmethod
+    def _params(optimizer: Any) -> list[Any]:
+        return [p for group in optimizer.param_groups for p in group["params"]]
+
+    def average(self, optimizer: Any) -> None:
+        params = self._params(optimizer)
+        average_gradients(params, weight=self.weight() if callable(self.weight) else self.weight)
+        self.done = [p.grad for p in params]  # (new tensors: average_gradients replaces each .grad)
+
+    def hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        done, self.done = self.done, None
+        params = self._params(optimizer)
+        if done is not None and len(done) == len(params) and all(p.grad is g for p, g in zip(params, done)):
+            return  # averaged already by sync_gradients
+        average_gradients(params, weight=self.weight() if callable(self.weight) else self.weight)
+
+
+#: optimiser -> the _GradientSync of its sync_optimizer hook (what sync_gradients runs early)
+_SYNCS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _SyncHandle:
+    def __init__(self, optimizer: Any, sync: _GradientSync, handle: Any) -> None:
+        self._optimizer, self._sync, self._handle = optimizer, sync, handle
+
+    def remove(self) -> None:
+        self._handle.remove()
+        if _SYNCS.get(self._optimizer) is self._sync:
+            del _SYNCS[self._optimizer]
 
 
 class _NoHandle:
@@ -501,5 +557,5 @@ __all__ = [
     "TORCHRUN_ENV", "launched", "init_from_env", "shutdown", "is_initialized", "is_distributed", "rank", "world_size",
     "local_rank", "is_main", "is_local_main", "may_write", "device_for", "barrier", "main_first", "shard",
     "shard_bounds", "shard_chunks", "local_count", "mean_metrics", "all_gather_object", "broadcast_object", "all_reduce_mean", "mean_of_stacked", "all_reduce_sum",
-    "sum_over_ranks", "average_gradients", "sum_gradients", "sync_optimizer", "broadcast_module", "broadcast_buffers", "wrap_ddp", "loss_scale",
+    "sum_over_ranks", "average_gradients", "sum_gradients", "sync_optimizer", "sync_gradients", "broadcast_module", "broadcast_buffers", "wrap_ddp", "loss_scale",
 ]

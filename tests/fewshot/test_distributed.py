@@ -35,8 +35,9 @@ def _source(kind: str):
     return EpisodeSampler(images, torch.arange(8).repeat_interleave(6), ways=3, shots=1, queries=2, seed=1)
 
 
-def _one_iteration(algo: str, kind: str, hparams: dict) -> dict:
-    """Build the learner (seeded), meta-train one iteration; return the meta-gradient, the new θ and the metrics."""
+def _one_iteration(algo: str, kind: str, hparams: dict, iterations: int = 1) -> dict:
+    """Build the learner (seeded), meta-train one iteration (or more); return the last meta-gradient, the new θ and
+    the metrics."""
     import models_zoo
     from fewshot import create_learner
 
@@ -48,12 +49,12 @@ def _one_iteration(algo: str, kind: str, hparams: dict) -> dict:
         model = models_zoo.create("conv4", num_classes=3, in_channels=1, image_size=16, hidden=4)
         problem = "classification"
     learner = create_learner(algo, model, problem=problem, **hparams)
-    history = learner.meta_train(_source(kind), iterations=1, meta_batch=META_BATCH)
+    history = learner.meta_train(_source(kind), iterations=iterations, meta_batch=META_BATCH)
     grads = {k: None if p.grad is None else p.grad.detach().clone() for k, p in learner.named_parameters()}
     # Evaluation: 3 batches of 2 tasks, split 2 + 1 over two ranks, scores gathered in order.
     evaluation = learner.evaluate(_source(kind).fixed_tasks(6, seed=5, batch_size=2))
     return {"params": {k: v.detach().clone() for k, v in learner.state_dict().items()}, "grads": grads,
-            "metrics": history[0], "eval": evaluation.values}
+            "metrics": history[-1], "eval": evaluation.values}
 
 
 def _all_cases() -> list[dict]:
@@ -82,6 +83,37 @@ def test_two_processes_give_the_single_process_meta_update():
             for key, value in one["metrics"].items():
                 assert abs(res["metrics"][key] - value) <= 1e-4 * max(1.0, abs(value)), (algo, key)
         # The update did something (else equality would prove nothing).
+        assert any(not torch.equal(one["params"][k], v) for k, v in _initial(algo, kind).items()), algo
+
+
+#: Learners that clip the meta-gradient's norm (meta-LSTM by default: 0.25), with bounds below the unclipped norms
+#: (about 1.4 and 6 here) and below each rank's part, so every step clips.
+CLIP_CASES = [
+    ("meta-lstm", "sine", {}),
+    ("turtle", "sine", {"grad_clip": 0.5, "inner_steps": 2}),
+]
+
+
+def _clip_cases() -> list[dict]:
+    # Two iterations: Adam's first step is ±lr whatever the gradient's scale; the second depends on it.
+    return [_one_iteration(*case, iterations=2) for case in CLIP_CASES]
+
+
+def test_two_processes_clip_the_whole_meta_batch_gradient():
+    """grad_clip bounds the norm of the meta-gradient averaged over ranks (one process's), not each rank's part."""
+    single = _clip_cases()
+    ranks = run_ranks(_clip_cases, world=2)
+    for (algo, kind, hparams), one, *per_rank in zip(CLIP_CASES, single, *ranks):
+        bound = hparams.get("grad_clip", 0.25)
+        norm = torch.cat([g.flatten() for g in one["grads"].values() if g is not None]).norm()
+        assert norm.item() == pytest.approx(bound, rel=1e-4), (algo, "the single-process step did not clip")
+        for res in per_rank:
+            for name, g in one["grads"].items():
+                torch.testing.assert_close(res["grads"][name], g, rtol=1e-5, atol=1e-6, msg=f"{algo}: ∇ {name}")
+            for name, value in one["params"].items():
+                torch.testing.assert_close(res["params"][name], value, rtol=1e-5, atol=1e-6, msg=f"{algo}: θ {name}")
+            for key, value in one["metrics"].items():
+                assert abs(res["metrics"][key] - value) <= 1e-4 * max(1.0, abs(value)), (algo, key)
         assert any(not torch.equal(one["params"][k], v) for k, v in _initial(algo, kind).items()), algo
 
 
