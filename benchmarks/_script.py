@@ -7,6 +7,8 @@ an unwritable ``--json``); :func:`run_script` for the errors the work itself fin
 from __future__ import annotations
 
 import argparse
+import re
+import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
@@ -31,6 +33,39 @@ def run_script(main: Callable[[], object], *, allocator: bool = True) -> None:
     except LazyAppsError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+# torchrun's report of failed workers ends with the first one's exit code: "Root Cause ... exitcode  : 2 (pid: ...)"
+_TORCHRUN_ROOT_CAUSE = re.compile(r"^Root Cause.*?^\s*exitcode\s*:\s*(-?\d+)", re.DOTALL | re.MULTILINE)
+
+
+def child_refusal(proc: subprocess.CompletedProcess[str]) -> str | None:
+    """What a benchmark's child process refused, as :func:`run_script` refuses (its ``Error: ...`` line, exit code 2),
+    or None when it succeeded or failed otherwise (a crash: the caller reports that in full).
+
+    The child is the script run again (exit code 2, the line last on its stderr) or its workers under torchrun,
+    which exits 1 with a report of its own; that report's root cause then names the worker's exit code 2.
+    """
+    if proc.returncode == 0:
+        return None
+    lines = proc.stderr.strip().splitlines()
+    refusals = [line.removeprefix("Error: ") for line in lines if line.startswith("Error: ")]
+    if not refusals:
+        return None
+    if proc.returncode == 2 and lines[-1].startswith("Error: "):
+        return refusals[-1]
+    root = _TORCHRUN_ROOT_CAUSE.search(proc.stderr)
+    return refusals[0] if root and root.group(1) == "2" else None
+
+
+def pass_on_child_refusal(proc: subprocess.CompletedProcess[str]) -> None:
+    """Refuse with the child's one line where it refused its input (:func:`child_refusal`): the answer is that
+    line and exit code 2, not a nested report. Otherwise return; the caller handles a failed child."""
+    from lazyapps.errors import LazyAppsError
+
+    message = child_refusal(proc)
+    if message is not None:
+        raise LazyAppsError(message)
 
 
 class ScriptParser(argparse.ArgumentParser):

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
                 row["shots"] = shots
             sine += part
         print(format_table(sine, ["learner", "settings", "shots", "iterations", "minutes", "mse", "paper", "note"],
-                           title="Sine regression test MSE (paper = Finn et al. / Li et al.)"))
+                           title="Sine regression test MSE (paper = Li et al. 2017, Meta-SGD, Table 1)"))
     result = make_result("benchmarks/fewshot_accuracy.py", vars(args), {"omniglot_5way_1shot": omniglot, "sine": sine, "device": str(device)},
                          time.perf_counter() - start)
     if json_path(args):

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from _script import ScriptParser, add_json_option, json_path, positive_int, positive_ints  # noqa: E402  (beside this script)
+from _script import ScriptParser, add_json_option, json_path, pass_on_child_refusal, positive_int, positive_ints  # noqa: E402  (beside this script)
 
 
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # big blocks mmapped and unmapped on free: RSS falls back after each run
@@ -104,7 +104,6 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from fewshot.datasets import task_source
-    from lazyapps.errors import LazyAppsError
     from lazyapps.results import format_table, make_result, write_result
     from lazyapps.runtime import resolve_device
 
@@ -116,10 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cpu" and not args.child:
         argv_child = [sys.executable, str(Path(__file__).resolve()), *(argv if argv is not None else sys.argv[1:]), "--child", "--json", ""]
         proc = subprocess.run(argv_child, env={**os.environ, **MMAP_ENV}, capture_output=True, text=True)
-        last = (proc.stderr.strip().splitlines() or [""])[-1]
-        if proc.returncode == 2 and last.startswith("Error: "):
-            # the child refused what it was given (missing data, ...): its one line is the answer, not a nested report
-            raise LazyAppsError(last.removeprefix("Error: "))
+        pass_on_child_refusal(proc)  # the child refused what it was given (missing data, ...): its one line
         if proc.returncode != 0:
             raise SystemExit(f"memory measurement failed:\n{proc.stderr[-3000:]}")
         measured = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -166,6 +166,19 @@ def _zoo_model(name: str) -> str:
     return name
 
 
+def _checkpoint_file(path: str) -> str:
+    """A ``type=`` for ``--ce-phase``: a checkpoint that exists and loads, checked when parsed (not after the data
+    is loaded, in the first meta worker); whether its settings are this run's is checked where it is used."""
+    from lazyapps.checkpoint import load_checkpoint
+    from lazyapps.errors import LazyAppsError
+
+    try:
+        load_checkpoint(path)
+    except LazyAppsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return path
+
+
 def _fmt(v, digits=2):
     return "-" if v is None else f"{v:.{digits}f}"
 
@@ -194,7 +207,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="benchmark-runs/longtail", action=WritableFolder)
     parser.add_argument("--json", default=None, action=WritableFile, help="where to write the JSON result (default: OUT/results.json)")
     parser.add_argument("--cost-only", action="store_true", help="only the interleaved step-cost measurement")
-    parser.add_argument("--ce-phase", default=None,
+    parser.add_argument("--ce-phase", type=_checkpoint_file, default=None,
                         help="reuse this ce_phase.pt of an earlier run with the same settings instead of training CE again")
     parser.add_smoke_option("seconds: a code-path check (~250 images)", epochs=2, n_max=100, test_per_class=10, batch_size=64,
                             model="lenet5", jobs=1, timing_steps=1, inner_steps=2)

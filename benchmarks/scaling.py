@@ -44,7 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from _script import ScriptParser, add_json_option, json_path, names, positive_int, positive_ints  # noqa: E402  (beside this script)
+from _script import (ScriptParser, add_json_option, json_path, names, pass_on_child_refusal, positive_int,  # noqa: E402
+                     positive_ints)  # (beside this script)
 
 PRODUCTS = ("fewshot", "longtail", "longtail-local-bn", "attack")
 
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
             cmd += ["--cache-dir", args.cache_dir] if args.cache_dir else []
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            pass_on_child_refusal(proc)  # a worker refused its input (missing data, ...): its one line, not torchrun's dump
             if proc.returncode != 0:
                 sys.stderr.write(proc.stdout[-5000:] + proc.stderr[-5000:])
                 raise SystemExit(f"torchrun with {n} processes failed (exit {proc.returncode})")

@@ -120,6 +120,8 @@ def test_every_script_refuses_an_unwritable_json_before_any_work(script, tmp_pat
     ("longtail_cifar10.py", ["--lr-decay", "0.1"], "--lr-decay: expected two comma-separated multipliers, got '0.1'"),
     ("longtail_cifar10.py", ["--model", "nosuchnet"], "--model: unknown model 'nosuchnet'; valid: conv4,"),
     ("attack_cifar.py", ["--n-images", "x"], "--n-images: expected a whole number, got 'x'"),
+    # once refused only after the data was loaded, in the first meta worker
+    ("longtail_cifar10.py", ["--ce-phase", "/nonexistent/ce_phase.pt"], "--ce-phase: checkpoint /nonexistent/ce_phase.pt does not exist"),
 ])
 def test_bad_names_and_counts_are_refused_when_parsed(script, argv, message, capsys, monkeypatch):
     line = _refused(script, argv, capsys, monkeypatch)
@@ -184,3 +186,62 @@ def test_the_default_results_file_is_checked_when_parsed_unless_smoke_writes_non
     assert capsys.readouterr().err.startswith(f"Error: --json {default}: cannot write there (")
     assert _script.json_path(parser.parse_args(["--smoke"])) is None  # a smoke run writes no JSON: nothing to check
     assert _script.json_path(parser.parse_args(["--json", str(tmp_path / "r.json")])) == str(tmp_path / "r.json")
+
+
+def test_longtail_refuses_an_unreadable_ce_phase_before_any_work(tmp_path, capsys, monkeypatch):
+    """Once after the data was loaded, in the first meta worker."""
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    line = _refused("longtail_cifar10.py", ["--smoke", "--ce-phase", str(tmp_path / "junk.pt")], capsys, monkeypatch)
+    assert line.startswith(f"Error: --ce-phase: checkpoint {tmp_path / 'junk.pt'} cannot be read (")
+    line = _refused("longtail_cifar10.py", ["--smoke", "--ce-phase", str(tmp_path)], capsys, monkeypatch)
+    assert line == f"Error: --ce-phase: checkpoint {tmp_path} is a folder, not a file"
+
+
+def test_scaling_passes_a_workers_refusal_on_as_one_line(tmp_path):
+    """Once torchrun's 36-line report of the failed worker and exit code 1."""
+    (tmp_path / "a-file").write_text("")
+    data_dir = tmp_path / "a-file" / "data"  # no data, and no download: nothing can be made under a file
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "scaling.py"), "--smoke", "--products", "longtail",
+                           "--procs", "1", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and not done.stdout, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: dataset 'cifar10' not found") and str(data_dir) in lines[0], done.stderr
+
+
+_TORCHRUN_REPORT = """E1125 16:15:16.437000 5258 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: {code}) local_rank: 0
+Traceback (most recent call last):
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+/work/main/benchmarks/scaling.py FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  rank      : 1 (local_rank: 1)
+  exitcode  : -15 (pid: 5913)
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : {code} (pid: 5912)
+============================================================
+"""
+
+
+@pytest.mark.parametrize("returncode, stderr, refused", [
+    (2, "Error: no data here\n", "no data here"),  # the script run again (fewshot_memory's child)
+    (1, "Error: no data here\n" + _TORCHRUN_REPORT.format(code=2), "no data here"),  # torchrun's workers (scaling's)
+    (1, "Error: no data here\n" + _TORCHRUN_REPORT.format(code=1), None),  # the first worker crashed: the whole report
+    (1, "Traceback (most recent call last):\nValueError: Error: x\n", None),  # a crash, not a refusal
+    (2, "Error: early\nTraceback (most recent call last):\nRuntimeError\n", None),  # refused line not last: a crash after it
+    (0, "Error: only a warning\n", None),
+])
+def test_a_childs_refusal_is_told_from_its_crash(returncode, stderr, refused):
+    from lazyapps.errors import LazyAppsError
+
+    proc = subprocess.CompletedProcess(["child"], returncode, stdout="", stderr=stderr)
+    assert _script.child_refusal(proc) == refused
+    if refused is None:
+        _script.pass_on_child_refusal(proc)  # returns: the caller reports the failure in full
+    else:
+        with pytest.raises(LazyAppsError, match=f"^{refused}$"):
+            _script.pass_on_child_refusal(proc)
