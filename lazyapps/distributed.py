@@ -451,14 +451,13 @@ def sync_gradients(optimizer: Any) -> None:
     For a step that needs the whole batch's gradient before ``step()``: clipping
     each rank's gradient and then averaging is not clipping the average, so e.g.
     ``sync_gradients(opt); clip_grad_norm_(params, c); opt.step()`` clips what
-    one process would clip. The step that follows does not average again (the
-    gradient tensors it finds are the averaged ones, clipped in place or not);
-    a later backward's new gradients are averaged as usual. A no-op where the
-    optimiser has no :func:`sync_optimizer` hook (one process).
+    one process would clip. The step that follows does not average again; the
+    steps after it average as usual. A no-op where the optimiser has no
+    :func:`sync_optimizer` hook (one process).
     """
     sync = _SYNCS.get(optimizer)
     if sync is not None:
-        sync.average(optimizer)
+        sync.early(optimizer)
 
 
 class _GradientSync:
@@ -466,23 +465,21 @@ class _GradientSync:
 
     def __init__(self, weight: float | Callable[[], float]) -> None:
         self.weight = weight
-        self.done: list[Any] | None = None  # the gradients sync_gradients averaged, awaiting the step
-
-    @staticmethod
-    def _params(optimizer: Any) -> list[Any]:
-        return [p for group in optimizer.param_groups for p in group["params"]]
+        self.averaged = False  # sync_gradients has averaged the gradients the next step takes
 
     def average(self, optimizer: Any) -> None:
-        params = self._params(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         average_gradients(params, weight=self.weight() if callable(self.weight) else self.weight)
-        self.done = [p.grad for p in params]  # (new tensors: average_gradients replaces each .grad)
+
+    def early(self, optimizer: Any) -> None:
+        """:func:`sync_gradients`: average now; the next step then leaves the gradients alone."""
+        self.average(optimizer)
+        self.averaged = True
 
     def hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        done, self.done = self.done, None
-        params = self._params(optimizer)
-        if done is not None and len(done) == len(params) and all(p.grad is g for p, g in zip(params, done)):
-            return  # averaged already by sync_gradients
-        average_gradients(params, weight=self.weight() if callable(self.weight) else self.weight)
+        if not self.averaged:
+            self.average(optimizer)
+        self.averaged = False
 
 
 #: optimiser -> the _GradientSync of its sync_optimizer hook (what sync_gradients runs early)
