@@ -104,6 +104,11 @@ class LazyGroup(click.Group):
             raise error from None
 
 
+# How gloo and NCCL report a collective whose other side went away.
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
+              "communicator was aborted")
+
+
 def _peer_gone(exc: BaseException) -> str | None:
     """Under torchrun: the line for a collective that failed because another process of the run stopped, else None.
 
@@ -115,8 +120,9 @@ def _peer_gone(exc: BaseException) -> str | None:
         return None
     import torch.distributed as dist
 
-    backend_error = tuple(getattr(dist, name) for name in ("DistBackendError", "DistNetworkError") if hasattr(dist, name))
-    if not (isinstance(exc, backend_error) or "gloo" in str(exc) or "NCCL" in str(exc)):
+    network_error = getattr(dist, "DistNetworkError", ())
+    # Only a lost peer: this process's own backend failure (a CUDA error inside NCCL, say) keeps its traceback.
+    if not (isinstance(exc, network_error) or any(sign in str(exc) for sign in _PEER_LOST)):
         return None
     return (f"rank {distributed.rank()}: another process of this run stopped (its error is above), so this one stops "
             f"too ({str(exc).splitlines()[0][:160]})")

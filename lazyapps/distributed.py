@@ -45,6 +45,11 @@ TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"
 _owned_group = False  # whether init_from_env created the group (then shutdown destroys it)
 _builder_depth = 0  # > 0 inside main_first on the rank that builds: its writes are wanted
 
+#: How long :func:`main_first` lets the other ranks wait for the builder. Building a cache (training a zoo on a
+#: CPU, say) can take hours, longer than a process group's own timeout (10 minutes under NCCL, 30 under gloo);
+#: a builder that crashes ends the run at once through torchrun, so only a hung one is waited on this long.
+BUILD_WAIT_S = 24 * 3600
+
 
 def launched() -> bool:
     """Whether this process was started by torchrun (or anything that sets the same variables)."""
@@ -154,6 +159,19 @@ def shutdown() -> None:
     _owned_group = False
 
 
+def _build_wait_group() -> Any:
+    """A CPU (gloo) group with :data:`BUILD_WAIT_S` as its timeout, for the barriers of :func:`main_first`.
+
+    Made while every rank is present (creating a group waits for all members, with the store's shorter timeout).
+    """
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1:
+        return None
+    import datetime
+
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=BUILD_WAIT_S))
+
+
 def barrier() -> None:
     """Wait until every process gets here (no-op in a single process)."""
     dist = _dist()
@@ -172,8 +190,9 @@ def main_first(*, per_node: bool = True) -> Iterator[bool]:
     """
     global _builder_depth
     builder = is_local_main() if per_node else is_main()
-    if not builder:
-        barrier()
+    group = _build_wait_group()  # every rank enters main_first at the same point of the command: all are here
+    if group is not None and not builder:
+        _dist().barrier(group=group)
     if builder:
         _builder_depth += 1
     try:
@@ -181,7 +200,10 @@ def main_first(*, per_node: bool = True) -> Iterator[bool]:
     finally:
         if builder:
             _builder_depth -= 1
-            barrier()
+            if group is not None:
+                _dist().barrier(group=group)
+        if group is not None:
+            _dist().destroy_process_group(group)
 
 
 def shard_bounds(n: int, *, rank_: int | None = None, world: int | None = None) -> tuple[int, int]:
@@ -292,8 +314,11 @@ def broadcast_object(obj: T, *, src: int = 0) -> T:
     return box[0]
 
 
-def _weighted_sum(tensors: list, weight: float) -> tuple[list, float]:
-    """All-reduce ``Σ_r weight_r · t_r`` (one flat buffer per dtype and device) and ``Σ_r weight_r``."""
+def _weighted_sum(tensors: list, weight: float | None) -> tuple[list, float | None]:
+    """All-reduce ``Σ_r weight_r · t_r`` (one flat buffer per dtype and device) and ``Σ_r weight_r``.
+
+    ``weight=None``: the plain sum ``Σ_r t_r``, and no total (reading it back would wait for the device).
+    """
     import torch
     import torch.distributed as dist
 
@@ -303,11 +328,12 @@ def _weighted_sum(tensors: list, weight: float) -> tuple[list, float]:
     out = list(tensors)
     total = None
     for n, ((dtype, device), idx) in enumerate(groups.items()):
-        flat = torch.cat([tensors[i].detach().reshape(-1) * weight for i in idx])
-        if n == 0:  # the weight rides along in the first buffer: one collective per dtype, no extra one
+        flat = torch.cat([tensors[i].detach().reshape(-1) * (1.0 if weight is None else weight) for i in idx])
+        counted = n == 0 and weight is not None
+        if counted:  # the weight rides along in the first buffer: one collective per dtype, no extra one
             flat = torch.cat([flat, torch.tensor([weight], dtype=dtype, device=device)])
         dist.all_reduce(flat)
-        if n == 0:
+        if counted:
             total = float(flat[-1])
             flat = flat[:-1]
         offset = 0
@@ -315,7 +341,7 @@ def _weighted_sum(tensors: list, weight: float) -> tuple[list, float]:
             k = tensors[i].numel()
             out[i] = flat[offset:offset + k].view_as(tensors[i])
             offset += k
-    return out, float(total)
+    return out, total
 
 
 def all_reduce_mean(tensors: Any, *, weight: float = 1.0) -> Any:
@@ -373,7 +399,7 @@ def sum_over_ranks(tensors: Any) -> Any:
         keys = list(tensors)
         return dict(zip(keys, sum_over_ranks([tensors[k] for k in keys])))
     tensors = list(tensors)
-    return _weighted_sum(tensors, 1.0)[0] if tensors else tensors
+    return _weighted_sum(tensors, None)[0] if tensors else tensors
 
 
 def all_reduce_sum(values: Sequence[float]) -> list[float]:

@@ -27,7 +27,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank: int, fn: Callable, world: int, port: int, out: str, args: tuple, env: dict) -> None:
+def _entry(rank: int, fn: Callable, world: int, port: int, out: str, args: tuple, env: dict, timeout_s: float) -> None:
     import torch
 
     from lazyapps import distributed
@@ -35,7 +35,7 @@ def _entry(rank: int, fn: Callable, world: int, port: int, out: str, args: tuple
     torch.set_num_threads(1)
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **env})
-    distributed.init_from_env("cpu", timeout_s=90)
+    distributed.init_from_env("cpu", timeout_s=timeout_s)
     try:
         result = fn(*args)
     finally:
@@ -43,9 +43,13 @@ def _entry(rank: int, fn: Callable, world: int, port: int, out: str, args: tuple
     Path(out, f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
 
 
-def run_ranks(fn: Callable[..., Any], *args: Any, world: int = 2, env: dict[str, str] | None = None) -> list[Any]:
-    """``[fn(*args) on rank 0, ..., on rank world-1]``, each rank in its own process (a failure re-raises here)."""
+def run_ranks(fn: Callable[..., Any], *args: Any, world: int = 2, env: dict[str, str] | None = None,
+              timeout_s: float = 90) -> list[Any]:
+    """``[fn(*args) on rank 0, ..., on rank world-1]``, each rank in its own process (a failure re-raises here).
+
+    ``timeout_s``: the process group's timeout (how long a collective waits for the other ranks).
+    """
     with tempfile.TemporaryDirectory() as out:
-        mp.start_processes(_entry, args=(fn, world, free_port(), out, args, dict(env or {})), nprocs=world,
+        mp.start_processes(_entry, args=(fn, world, free_port(), out, args, dict(env or {}), timeout_s), nprocs=world,
                            join=True, start_method="fork")
         return [pickle.loads(Path(out, f"rank{r}.pkl").read_bytes()) for r in range(world)]

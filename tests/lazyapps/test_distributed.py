@@ -274,7 +274,10 @@ def _peer_lines() -> list:
     from lazyapps.cli import _peer_gone
 
     return [_peer_gone(RuntimeError("[gloo] Connection closed by peer [127.0.0.1]:1234\nmore detail")),
-            _peer_gone(RuntimeError("some other failure"))]
+            _peer_gone(RuntimeError("some other failure")),
+            # this rank's own backend failure is not a lost peer
+            _peer_gone(RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error, NCCL version 2.21")),
+            _peer_gone(RuntimeError("[gloo] Timed out waiting 1800000ms for recv operation to complete"))]
 
 
 def test_a_collective_broken_by_another_rank_is_one_line_naming_this_rank():
@@ -285,4 +288,24 @@ def test_a_collective_broken_by_another_rank_is_one_line_naming_this_rank():
     r0, r1 = run_ranks(_peer_lines, world=2)
     assert r1[0] == ("rank 1: another process of this run stopped (its error is above), so this one stops too "
                      "([gloo] Connection closed by peer [127.0.0.1]:1234)")
-    assert r0[0].startswith("rank 0: ") and r0[1] is None and r1[1] is None
+    assert r0[0].startswith("rank 0: ") and r0[1:] == [None, None, None] and r1[1:] == [None, None, None]
+
+
+def _slow_builder(build_s: float) -> dict:
+    import time
+
+    started = time.perf_counter()
+    with D.main_first() as builder:
+        if builder:
+            time.sleep(build_s)
+        waited = time.perf_counter() - started
+    D.barrier()  # the process group's own collectives keep its (short) timeout
+    return {"builder": builder, "waited": waited}
+
+
+def test_main_first_waits_for_a_builder_longer_than_the_group_timeout():
+    """Building a cache can outlast the process group's timeout (NCCL's default is 10 minutes): the others wait."""
+    r0, r1 = run_ranks(_slow_builder, 4.0, world=2, timeout_s=1.5)
+    assert (r0["builder"], r1["builder"]) == (True, False)
+    assert r1["waited"] >= 4.0  # rank 1 entered only once rank 0 had built
+    assert D.BUILD_WAIT_S >= 3600
