@@ -58,6 +58,10 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.get_default_dtype()
 
 
+# torch.OutOfMemoryError is new in torch 2.5; before, the same error was only torch.cuda.OutOfMemoryError.
+_OUT_OF_MEMORY = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
+
+
 def run_target(model: nn.Module, x: Tensor) -> Tensor:
     """``model(x)``, where a failure of the target (a user's model that takes only some batch sizes, say) is
     one clear line instead of a traceback from inside it.
@@ -69,7 +73,7 @@ def run_target(model: nn.Module, x: Tensor) -> Tensor:
         out = model(x)
     except Exception as exc:  # whatever the user's model raises
         # (out of memory is the machine's limit, not a shape the target refuses)
-        hint = ("; query fewer images at once (BlackBox(batch_size=...))" if isinstance(exc, torch.OutOfMemoryError)
+        hint = ("; query fewer images at once (BlackBox(batch_size=...))" if isinstance(exc, _OUT_OF_MEMORY)
                 else "; a target must classify (B, C, H, W) batches of any size B")
         raise LazyAppsError(f"the target failed on a batch of {len(x)} images of shape {tuple(x.shape[1:])} "
                             f"({_failure(exc)}){hint}") from None

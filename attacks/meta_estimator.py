@@ -132,7 +132,7 @@ class MetaEstimator(GradientEstimator):
 
     def copies(self, index: Tensor) -> dict[str, Tensor]:
         """The current parameters of the copies of images ``index`` (stacked)."""
-        index = torch.as_tensor(index).long()
+        index = torch.as_tensor(index).long().cpu()  # the slot table lives on the CPU
         unknown = (index < 0) | (index >= len(self._slot))  # (checked first: indexing would wrap or fail)
         if self._copies is None or bool(unknown.any()) or bool((self._slot[index] < 0).any()):
             raise KeyError("some of these images have no meta-attacker copy yet")

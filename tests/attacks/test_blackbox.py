@@ -230,6 +230,16 @@ def test_a_target_out_of_memory_is_told_to_query_fewer_images_not_to_take_any_ba
     assert "any size" not in str(info.value) and bb.total == 0
 
 
+class HostOutOfMemory(CountingNet):
+    def forward(self, x):
+        raise MemoryError()
+
+
+def test_a_target_out_of_host_memory_gets_the_same_advice():
+    with pytest.raises(LazyAppsError, match=r"\(MemoryError.*\); query fewer images at once"):
+        BlackBox(HostOutOfMemory(), budget=5).query(images(2))
+
+
 def test_calling_the_blackbox_charges_the_given_images():
     bb = BlackBox(CountingNet())
     bb(images(3), index=[2, 2, 0])
