@@ -35,6 +35,21 @@ def run_script(main: Callable[[], object], *, allocator: bool = True) -> None:
         raise SystemExit(2) from None
 
 
+def clock(device: Any) -> float:
+    """``time.perf_counter()`` once ``device`` has finished the work queued on it.
+
+    CUDA kernels run after the call that launched them returns, so a timing read without this would measure the
+    launches of one step and whatever waits on the GPU in the next.
+    """
+    import time
+
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 # torchrun's report of failed workers ends with the first one's exit code: "Root Cause ... exitcode  : 2 (pid: ...)"
 _TORCHRUN_ROOT_CAUSE = re.compile(r"^Root Cause.*?^\s*exitcode\s*:\s*(-?\d+)", re.DOTALL | re.MULTILINE)
 

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from _script import ScriptParser, add_json_option, json_path, positive_int  # noqa: E402  (beside this script)
+from _script import ScriptParser, add_json_option, clock, json_path, positive_int  # noqa: E402  (beside this script)
 
 CONFIGS = [  # (label, algo, hyperparameters, vmappable)
     ("maml", "maml", {}, True),
@@ -67,15 +67,11 @@ def main(argv: list[str] | None = None, *, allocator_tuned: bool = False) -> dic
             learner = create_learner(algo, model, vectorize=vectorize, **hp).to(device)
             learner.total_iterations = args.steps + 1
             learner.meta_step(batches[0])
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0 = clock(device)
             for batch in batches[1:]:
                 learner.meta_step(batch)
                 learner.iteration += 1
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            rate = args.steps * args.meta_batch / (time.perf_counter() - t0)
+            rate = args.steps * args.meta_batch / (clock(device) - t0)
             row["vmap tasks/s" if vectorize else "loop tasks/s"] = round(rate, 2)
         if "vmap tasks/s" in row:
             row["vmap/loop"] = round(row["vmap tasks/s"] / row["loop tasks/s"], 2)

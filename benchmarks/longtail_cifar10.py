@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from _script import (ScriptParser, WritableFile, WritableFolder, names, non_negative_int, positive_float,  # noqa: E402
+from _script import (ScriptParser, WritableFile, WritableFolder, clock, names, non_negative_int, positive_float,  # noqa: E402
                      positive_int, seed)  # (beside this script)
 
 PAPER_CIFAR100_LT = {  # imbalance 200 / 100 / 50 / 20, ResNet-32 top-1 error %
@@ -142,13 +142,13 @@ def measure_cost(args, steps: int) -> dict:
             model = copy.deepcopy(base.model)  # same weights for every method (outside the timed region)
             opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
             ctx = StepContext(model, 0.1, 0, val_x, val_y)
-            t = time.perf_counter()
+            t = clock(args.device)
             loss = methods[n].loss(ctx, x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if step:
-                times[n].append(time.perf_counter() - t)
+                times[n].append(clock(args.device) - t)
     med = {n: statistics.median(v) for n, v in times.items()}
     return {"step_s": med, "two_component_over_ce": med["two-component"] / med["ce"],
             "lazy_over_ce": med["lazy-two-component"] / med["ce"], "steps": steps}

@@ -245,3 +245,14 @@ def test_a_childs_refusal_is_told_from_its_crash(returncode, stderr, refused):
     else:
         with pytest.raises(LazyAppsError, match=f"^{refused}$"):
             _script.pass_on_child_refusal(proc)
+
+
+def test_clock_waits_for_cuda_work_and_nothing_else(monkeypatch):
+    import torch
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(torch.device(device)))
+    before = _script.clock("cpu")
+    assert waited == []
+    after = _script.clock("cuda:0")
+    assert waited == [torch.device("cuda:0")] and after >= before
