@@ -100,7 +100,7 @@ def longtail() -> None:
 
 
 @longtail.command()
-@click.option("--dataset", default="cifar100", show_default=True, help="cifar10, cifar100 or npz:PATH (an array bundle).")
+@click.option("--dataset", default="cifar100", show_default=True, help="cifar10, cifar100, npz:PATH (an array bundle) or another image dataset of the data root (mnist, digits).")
 @click.option("--imbalance", type=float, default=100.0, show_default=True, help="Largest / smallest class size (>= 1).")
 @click.option("--method", default="lazy-two-component", show_default=True, help=f"One of: {', '.join(METHOD_NAMES)}.")
 @preset_option("quick")
@@ -138,7 +138,7 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
     options = {"dataset": dataset, "imbalance": imbalance, "method": method, "preset": preset, "epochs": epochs,
                "batch_size": batch_size, "lr": lr, "inner_steps": inner_steps, "inner_lr": inner_lr, "eps_rule": eps_rule,
                "gammas": gammas, "rule": rule, "val_per_class": val_per_class, "n_max": n_max,
-               "test_per_class": test_per_class, "model": model, "seed": run.seed}
+               "test_per_class": test_per_class, "model": model, "seed": run.seed, "batchnorm": batchnorm}
     unexposed: dict[str, Any] = {}  # settings without an option (the benchmark sets them): a resumed run keeps its own
     if resume is not None:
         from lazyapps.checkpoint import check_expected, check_files_agree, load_checkpoint, resumed_metadata
@@ -182,7 +182,7 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
                          gammas=tuple(options["gammas"] or (0.75, 0.80, 0.85, 0.90, 0.95)), rule=options["rule"],
                          val_per_class=options["val_per_class"], n_max=settings["n_max"],
                          test_per_class=settings["test_per_class"], model=options["model"], seed=options["seed"],
-                         preset=preset, batchnorm=batchnorm, **unexposed)
+                         preset=preset, batchnorm=options["batchnorm"], **unexposed)
     try:
         config.check()  # before the data loads: fail fast, one line
     except TypeError as exc:  # (only an edited checkpoint .json can give a setting of the wrong type)
@@ -229,7 +229,8 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
     _write_outputs(run, per_class, per_class_csv, plot, f"{config.dataset}-LT x{imbalance:g}, {method}")
     metrics = {"best": _strip(trainer.best), "last": _strip(trainer.last), **times, "counts": data.counts,
                "per_class": per_class, "history": trainer.history, "checkpoint": str(Path(trainer.checkpoint_path).resolve())}
-    run.finish(trainer.config.identity() | {"preset": preset, "batchnorm": batchnorm, "out": str(out_dir.resolve())}, metrics, table=table)
+    run.finish(trainer.config.identity() | {"preset": preset, "batchnorm": trainer.config.batchnorm, "out": str(out_dir.resolve())},
+               metrics, table=table)
 
 
 def _carry_run(source: Path, out_dir: Path) -> None:

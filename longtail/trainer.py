@@ -235,7 +235,9 @@ class Trainer:
         return {**self.config.identity(), "model": self.model_name}
 
     def metadata(self) -> dict[str, Any]:
-        return {"kind": CHECKPOINT_KIND, **self.identity(), "preset": self.config.preset,
+        # batchnorm is not identity: --resume keeps the run's mode unless told otherwise, as it may change the
+        # number of processes (with "local" statistics both change the numbers; one process, neither does).
+        return {"kind": CHECKPOINT_KIND, **self.identity(), "preset": self.config.preset, "batchnorm": self.config.batchnorm,
                 "epochs_done": self.epoch, "classes": self.data.classes, "counts": self.data.counts,
                 "mean": list(self.data.mean), "std": list(self.data.std),
                 "normalized_head": self.method.normalized_head and self.model_name == "resnet32"}

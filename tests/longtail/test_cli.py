@@ -175,7 +175,7 @@ def test_resume_refuses_a_best_pt_and_another_runs_folder_and_carries_best_along
 
 def test_resume_takes_the_runs_settings_from_its_checkpoint_and_checks_the_ones_given(env):
     run = env / "r"
-    args = [*TINY, "--model", "lenet5", "--method", "cb-ce", "--lr", "0.05", "--epochs", "3", "--seed", "2"]
+    args = [*TINY, "--model", "lenet5", "--method", "cb-ce", "--lr", "0.05", "--epochs", "3", "--seed", "2", "--batchnorm", "local"]
     first = _invoke("train", *args, "--out", str(run), "--json", str(env / "first.json"))
     assert first.exit_code == 0, first.output
     checkpoint = run / "checkpoint.pt"
@@ -185,6 +185,7 @@ def test_resume_takes_the_runs_settings_from_its_checkpoint_and_checks_the_ones_
     assert again.exit_code == 0, again.output
     config, resumed = (json.loads((env / name).read_text())["config"] for name in ("first.json", "again.json"))
     assert resumed == config and resumed["lr"] == 0.05 and resumed["seed"] == 2 and resumed["dataset"] == "cifar10"
+    assert resumed["batchnorm"] == "local"  # torchrun's BatchNorm mode is the run's too
     other = CliRunner().invoke(cli, ["longtail", "train", "--resume", str(checkpoint), "--lr", "0.1"])
     assert other.exit_code == 2 and "made with lr=0.05, but lr=0.1 is needed here" in other.output
     preset = CliRunner().invoke(cli, ["longtail", "train", "--resume", str(checkpoint), "--preset", "paper"])
