@@ -235,8 +235,8 @@ class Trainer:
         return {**self.config.identity(), "model": self.model_name}
 
     def metadata(self) -> dict[str, Any]:
-        # batchnorm is not identity: --resume keeps the run's mode unless told otherwise, as it may change the
-        # number of processes (with "local" statistics both change the numbers; one process, neither does).
+        # batchnorm is recorded, not identity: --resume keeps the run's mode unless told otherwise, and it may be
+        # changed there, as the number of processes may.
         return {"kind": CHECKPOINT_KIND, **self.identity(), "preset": self.config.preset, "batchnorm": self.config.batchnorm,
                 "epochs_done": self.epoch, "classes": self.data.classes, "counts": self.data.counts,
                 "mean": list(self.data.mean), "std": list(self.data.std),
