@@ -212,11 +212,12 @@ class MetaMethod(Method):
         weights = self.final_weights(grad_w, base, losses, targets)
         self.last_weights = weights.detach()  # this step's per-example weights (this rank's rows under torchrun)
         if share is None:
+            total = None
             self.record(weight_mean=float(weights.mean()))
-            return self.reduce(losses, weights)
-        total = share.sums(self.last_weights)[0]
-        self.record(weight_mean=float(total) / share.size)
-        return self.reduce_share(losses, weights, share, total)
+        else:
+            total = share.sums(self.last_weights)[0]
+            self.record(weight_mean=float(total) / share.size)
+        return self.reduce(losses, weights, share, total)
 
     def base_weights(self, losses: Tensor, targets: Tensor) -> Tensor:
         raise NotImplementedError
@@ -229,11 +230,8 @@ class MetaMethod(Method):
     def final_weights(self, grad_w: Tensor, base: Tensor, losses: Tensor, targets: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def reduce(self, losses: Tensor, weights: Tensor) -> Tensor:
-        return L.weighted_mean(losses, weights.detach())
-
-    def reduce_share(self, losses: Tensor, weights: Tensor, share: BatchShare, total: Tensor) -> Tensor:
-        """:meth:`reduce` on this rank's rows, ``total`` = Σ w over the whole batch (weighted_mean's denominator)."""
+    def reduce(self, losses: Tensor, weights: Tensor, share: BatchShare | None, total: Tensor | None) -> Tensor:
+        """The real update's loss: Σwℓ/Σw over the whole batch (under torchrun ``share`` is this rank's, ``total`` Σw)."""
         return weighted_batch_mean(losses, weights.detach(), share, total)
 
 
@@ -390,11 +388,10 @@ class MetaWeightNet(MetaMethod):
         with torch.no_grad():
             return self.weight_net(losses.detach())
 
-    def reduce(self, losses, weights):
-        return (losses * weights.detach()).mean()  # Shu et al.'s (1/N) Σ V(ℓ_i) ℓ_i, unnormalised
-
-    def reduce_share(self, losses, weights, share, total):
-        return self.reduce(losses, weights)  # a mean over examples: the trainer's example-weighted mean over ranks
+    def reduce(self, losses, weights, share, total):
+        # Shu et al.'s (1/N) Σ V(ℓ_i) ℓ_i, unnormalised; under torchrun a mean over this rank's examples, which the
+        # trainer's example-weighted mean over ranks makes the whole batch's
+        return (losses * weights.detach()).mean()
 
     def state_dict(self):
         return {"weight_net": self.weight_net.state_dict(), "optimizer": self.optimizer.state_dict()}
