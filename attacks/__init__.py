@@ -10,7 +10,7 @@ from .blackbox import UNLIMITED, BlackBox, QueryBudgetExceeded
 from .estimators import BanditsEstimator, GradientEstimator, NESEstimator, ZOOEstimator
 from .losses import MarginLoss, is_adversarial, margin_loss, predicted_labels
 from .outcome import AttackOutcome, l2_distance
-from .score_attack import BASELINE_SETTINGS, make_estimator, run_baseline, score_attack
+from .score_attack import BASELINE_SETTINGS, baseline_settings, make_estimator, run_baseline, score_attack
 
 _FOOLBOX_BRIDGE = ("BlackBoxFoolboxModel", "run_boundary", "run_foolbox_attack", "run_hsja")
 
@@ -35,6 +35,7 @@ __all__ = [
     "QueryBudgetExceeded",
     "UNLIMITED",
     "ZOOEstimator",
+    "baseline_settings",
     "is_adversarial",
     "l2_distance",
     "make_estimator",

@@ -21,6 +21,9 @@ COLUMNS = ["method", "success_rate", "mean_l2", "mean_queries", "median_queries"
 QUERY_CHUNK = 2048
 #: The decision-based baselines, run through foolbox.
 DECISION_METHODS = ("hsja", "boundary")
+#: The preset's settings a baseline uses (the decision-based ones also attack_batch, their chunk of images);
+#: the rest build and run the meta-attacker.
+BASELINE_KEYS = ("target_epochs", "target_subset", "n_images", "max_queries")
 
 
 @click.command("attack")
@@ -84,7 +87,7 @@ def attack(run: RunContext, target_spec: str, targeted: bool | None, target_clas
     from lazyapps.results import format_table
 
     title = (f"{method} attack on {config['target']} ({config['dataset']}, {'targeted' if targeted else 'untargeted'}, "
-             f"{config['n_images']} images, budget {config['max_queries']})")
+             f"{config['n_images']} image{'' if config['n_images'] == 1 else 's'}, budget {config['max_queries']})")
     metrics = {**outcome.summary(), "wall_s": row["wall_s"]}
     run.finish(config, metrics, table=format_table([row], COLUMNS, title=title))
 
@@ -227,8 +230,14 @@ def run_attack(
     row = {"method": method, **{k: summary[k] for k in ("success_rate", "mean_l2", "mean_queries", "median_queries")},
            "wall_s": round(wall, 1)}
     config = {"target": target_spec, "dataset": dataset, "method": method, "targeted": targeted,
-              "target_class": target_class, "zoo": zoo_names, "preset": preset, "device": str(device),
-              "seed": run.seed, **settings, **({"skip_blocked": skip_blocked, "meta_training": meta_training} if method in P.META_TRAINING_OF else {})}
+              "target_class": target_class, "preset": preset, "device": str(device), "seed": run.seed}
+    if method in P.META_TRAINING_OF:
+        config.update(zoo=zoo_names, **settings, skip_blocked=skip_blocked, meta_training=meta_training)
+    else:  # a baseline records what it attacked with, not the meta-attack's settings it never used
+        from .score_attack import baseline_settings
+
+        used = BASELINE_KEYS + (("attack_batch",) if method in DECISION_METHODS else ())
+        config.update({k: settings[k] for k in used}, baseline=baseline_settings(method, dataset))
     return {"outcome": outcome, "config": config, "row": row, "test_index": test_index, "images": (x, y, test_index)}
 
 

@@ -241,6 +241,28 @@ def score_attack(
     return AttackOutcome.build(x, x_adv, success, queries, labels=y, target_classes=target)
 
 
+def baseline_settings(method: str, dataset: str = "mnist") -> dict:
+    """The settings :func:`run_baseline` attacks with for ``method`` on ``dataset``, as a result should record them.
+
+    Score-based methods: ``{"estimator": ..., "attack": ...}`` from :data:`BASELINE_SETTINGS`; decision-based
+    ones: the keyword defaults of their :mod:`attacks.foolbox_bridge` runner (the one place they are set).
+    """
+    if method not in BASELINES:
+        raise UnknownNameError("baseline", method, BASELINES)
+    if method in ("hsja", "boundary"):
+        import inspect
+
+        from . import foolbox_bridge
+
+        runner = foolbox_bridge.run_hsja if method == "hsja" else foolbox_bridge.run_boundary
+        per_call = ("blackbox", "x", "y", "target", "max_queries", "index", "starting_points")
+        return {name: p.default for name, p in inspect.signature(runner).parameters.items() if name not in per_call}
+    if dataset not in BASELINE_SETTINGS:
+        raise UnknownNameError("dataset for baseline settings", dataset, BASELINE_SETTINGS)
+    spec = BASELINE_SETTINGS[dataset][method]
+    return {"estimator": dict(spec["estimator"]), "attack": dict(spec["attack"])}
+
+
 def run_baseline(
     method: str,
     blackbox: BlackBox,
@@ -270,9 +292,7 @@ def run_baseline(
         runner = foolbox_bridge.run_hsja if method == "hsja" else foolbox_bridge.run_boundary
         return runner(blackbox, x, y, target=target, max_queries=max_queries, index=index,
                       starting_points=starting_points, **(attack_settings or {}))
-    if dataset not in BASELINE_SETTINGS:
-        raise UnknownNameError("dataset for baseline settings", dataset, BASELINE_SETTINGS)
-    spec = BASELINE_SETTINGS[dataset][method]
+    spec = baseline_settings(method, dataset)
     estimator = make_estimator(method, **{**spec["estimator"], **(estimator_settings or {})})
     return score_attack(blackbox, x, y, estimator, target=target, max_queries=max_queries, index=index,
                         desc=method, **{**spec["attack"], **(attack_settings or {})})

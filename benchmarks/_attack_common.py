@@ -68,11 +68,12 @@ def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title:
                               preset=args.preset, overrides={"n_images": args.n_images, "max_queries": args.max_queries},
                               images=images, skip_blocked=args.skip_blocked and meta, meta_training=training)
         images = attacked["images"]  # every method attacks the same images
-        # Per-method settings go in the rows; the run's meta-training family goes here. The baselines use
-        # no zoo: keep the one the meta-attacks were trained on.
-        config = {**{k: v for k, v in attacked["config"].items() if k not in ("method", "meta_training")},
-                  "meta_family": args.meta_family,
-                  **({"zoo": config["zoo"]} if config.get("zoo") and not attacked["config"]["zoo"] else {})}
+        # Per-method settings go in the rows; the run's meta-training family goes here. The meta-attacks'
+        # settings and each baseline's own ones (under baselines) accumulate over the methods.
+        own = {k: v for k, v in attacked["config"].items() if k not in ("method", "meta_training", "baseline")}
+        config = {**config, **own, "meta_family": args.meta_family}
+        if "baseline" in attacked["config"]:
+            config["baselines"] = {**config.get("baselines", {}), method: attacked["config"]["baseline"]}
         # what departs from Du et al.'s pipeline, named in the row
         settings = (["skip_blocked"] if attacked["config"].get("skip_blocked") else []) + (
             [f"meta_training={training}"] if meta and training != META_TRAINING_OF[method] else [])

@@ -278,6 +278,9 @@ def test_targeted_defaults_to_the_next_class_and_n_images_budget_and_seed_reach_
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["config"]["targeted"] is True and saved["config"]["target_class"] is None
     assert (saved["config"]["n_images"], saved["config"]["max_queries"], saved["config"]["seed"]) == (3, 400, 1)
+    # NES's own settings on MNIST (docs/attack_baselines.md), not the meta-attack's step, q, zoo... it never used
+    assert saved["config"]["baseline"] == {"estimator": {"samples": 50, "sigma": 0.001}, "attack": {"update": "l2", "step_size": 0.2}}
+    assert not {"step", "q", "every", "h", "zoo", "grad_images", "meta_iterations", "attack_batch"} & set(saved["config"])
     metrics = saved["metrics"]
     assert metrics["n_images"] == 3 and metrics["success_rate"] == sum(r["success"] == "True" for r in rows) / 3
     _assert_table_shows(result.stdout, "nes", metrics)

@@ -153,6 +153,41 @@ def test_run_baseline_uses_dataset_settings(mnist_target):
         run_baseline("nes", bb, x, y, dataset="svhn")
 
 
+@pytest.mark.parametrize("method, attack_class", [("hsja", "HopSkipJumpAttack"), ("boundary", "BoundaryAttack")])
+def test_baseline_settings_are_what_the_attacks_are_built_with(mnist_target, monkeypatch, method, attack_class):
+    import foolbox as fb
+
+    from attacks.score_attack import baseline_settings, run_baseline
+
+    # the settings a result records are the ones foolbox's attack object receives
+    built = []
+    real = getattr(fb.attacks, attack_class)
+    monkeypatch.setattr(fb.attacks, attack_class, lambda **kwargs: built.append(kwargs) or real(**kwargs))
+    model, x, y = mnist_target
+    run_baseline(method, BlackBox(model, output="label"), x[:1], y[:1], max_queries=30)
+    recorded = baseline_settings(method)
+    assert len(built) == 1 and recorded and all(built[0][k] == v for k, v in recorded.items())
+    # Chen et al. 2020's and foolbox's defaults, as docs/attack_baselines.md gives them
+    assert recorded == ({"initial_gradient_eval_steps": 100, "max_gradient_eval_steps": 10_000, "gamma": 1.0} if method == "hsja"
+                        else {"spherical_step": 1e-2, "source_step": 1e-2, "step_adaptation": 1.5})
+
+
+def test_baseline_settings_of_the_score_based_methods_are_their_datasets():
+    from attacks.score_attack import baseline_settings
+
+    # docs/attack_baselines.md: NES steps 0.2 (L2) on both datasets, ZOO sign steps 0.1 on MNIST and 0.02 on CIFAR-10
+    assert baseline_settings("nes", "mnist") == {"estimator": {"samples": 50, "sigma": 0.001},
+                                                 "attack": {"update": "l2", "step_size": 0.2}}
+    assert baseline_settings("zoo", "cifar10")["attack"] == {"update": "sign", "step_size": 0.02}
+    assert baseline_settings("zoo", "mnist")["attack"] == {"update": "sign", "step_size": 0.1}
+    baseline_settings("bandits", "mnist")["attack"]["step_size"] = 9.0  # a copy: the table itself is not changed
+    assert baseline_settings("bandits", "mnist")["attack"]["step_size"] == 0.05
+    with pytest.raises(UnknownNameError, match="valid: bandits, boundary, hsja, nes, zoo"):
+        baseline_settings("square")
+    with pytest.raises(UnknownNameError, match="valid: cifar10, mnist"):
+        baseline_settings("nes", "svhn")
+
+
 def test_an_estimator_with_only_the_documented_interface_still_runs(mnist_target):
     model, x, y = mnist_target
 
