@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, describe
+from .paths import CHECKPOINT_FORMAT
 
 
 def _umask() -> int:
@@ -99,7 +100,7 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any], metadata:
     """
     path = Path(path)
     _atomic_write(path, lambda handle: torch.save(dict(state), handle))
-    write_json_atomic(meta_path(path), {"format": "lazyapps-checkpoint-1", **(metadata or {})})
+    write_json_atomic(meta_path(path), {"format": CHECKPOINT_FORMAT, **(metadata or {})})
     return path
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 DATA_ENV = "LAZYAPPS_DATA"
 CACHE_ENV = "LAZYAPPS_CACHE"
+#: The ``format`` a checkpoint's metadata file records (:func:`lazyapps.checkpoint.save_checkpoint`).
+CHECKPOINT_FORMAT = "lazyapps-checkpoint-1"
 
 
 def _resolve(explicit: str | os.PathLike | None, env: str, default: str) -> Path:
@@ -53,6 +55,13 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> str | No
             return f"{path} is a file, not a folder"
         if not folder and path.is_dir():
             return f"{path} is a folder, not a file"
+        if not folder:
+            # (a results file may be rewritten; a run's checkpoint may not: it would lose the run, resume and all)
+            if _is_checkpoint_metadata(path.with_name(path.name + ".json")):
+                return f"{path} is a lazyapps checkpoint, which this would overwrite; give the output another path"
+            if path.suffix == ".json" and _is_checkpoint_metadata(path):
+                return (f"{path} is the metadata of checkpoint {path.with_suffix('').name}, which this would overwrite; "
+                        f"give the output another path")
         probe = path if folder else path.parent
     elif not existing.is_dir():
         return f"{existing} is a file, so nothing can be made under it"
@@ -75,3 +84,16 @@ def require_writable(path: str | os.PathLike, *, option: str, folder: bool = Fal
     reason = check_writable(path, folder=folder)
     if reason is not None:
         raise LazyAppsError(f"{option} {path}: cannot write there ({reason})")
+
+
+def _is_checkpoint_metadata(path: Path) -> bool:
+    """Whether ``path`` is a lazyapps checkpoint's metadata file (a small JSON object with its ``format``)."""
+    import json
+
+    try:
+        if not path.is_file() or path.stat().st_size > 1 << 20:
+            return False
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == CHECKPOINT_FORMAT

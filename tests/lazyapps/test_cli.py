@@ -137,6 +137,26 @@ def test_check_writable_names_why(tmp_path):
         os.chdir(cwd)
 
 
+def test_check_writable_refuses_to_overwrite_a_checkpoint_or_its_metadata(tmp_path):
+    import torch
+
+    from lazyapps.checkpoint import save_checkpoint
+    from lazyapps.paths import check_writable
+
+    ckpt = save_checkpoint(tmp_path / "run" / "checkpoint.pt", {"w": torch.zeros(2)}, {"epoch": 3})
+    meta = tmp_path / "run" / "checkpoint.pt.json"
+    assert check_writable(ckpt) == f"{ckpt} is a lazyapps checkpoint, which this would overwrite; give the output another path"
+    assert check_writable(meta) == (f"{meta} is the metadata of checkpoint checkpoint.pt, which this would overwrite; "
+                                    "give the output another path")
+    assert check_writable(ckpt.parent, folder=True) is None  # a run folder is resumed into, not refused
+    # results files, a .pt without lazyapps metadata and a .json that is not a checkpoint's stay writable
+    (tmp_path / "r.json").write_text('{"command": "x", "format": "other"}')
+    (tmp_path / "w.pt").write_bytes(b"")
+    (tmp_path / "list.json").write_text("[1]")
+    (tmp_path / "list").write_text("")
+    assert all(check_writable(tmp_path / name) is None for name in ("r.json", "w.pt", "list.json", "list"))
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where nothing can be created")
 def test_check_writable_probes_rather_than_trusting_permission_bits():
     from lazyapps.paths import check_writable
