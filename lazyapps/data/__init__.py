@@ -167,6 +167,10 @@ def _bundle_path(text: str, base: Path) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    folders = [c for c in candidates if c.is_dir()]
+    if folders:
+        raise LazyAppsError(f"array bundle {BUNDLE_PREFIX}{text}: {folders[0]} is a folder, not a .npz file. "
+                            f"Fix: give the path of the .npz inside it")
     raise DataNotFoundError(f"array bundle for dataset {BUNDLE_PREFIX}{text} not found; searched: {', '.join(str(c) for c in candidates)}. "
                             f"Fix: give the path of an existing .npz with keys x_train, y_train, x_test, y_test")
 

@@ -309,6 +309,9 @@ def test_npz_bundle_round_trip_rgb_and_grayscale(tmp_path):
         ({"x_train": np.zeros((2, 4, 4), np.uint8), "y_train": np.array([0, 2**63 + 5], np.uint64), "x_test": np.zeros((1, 4, 4), np.uint8), "y_test": np.zeros(1, int)}, "at most 100,000 classes"),
         ({"x_train": np.zeros((0, 4, 4), np.uint8), "y_train": np.zeros(0, int), "x_test": np.zeros((1, 4, 4), np.uint8), "y_test": np.zeros(1, int)}, "the train split holds no images"),
         ({"x_train": np.zeros((2, 4, 4), np.uint8), "y_train": np.zeros(2, int), "x_test": np.zeros((0, 4, 4), np.uint8), "y_test": np.zeros(0, int)}, "the test split holds no images"),
+        # torch's layout stored as is: refused rather than trained as 3-row images with 32 channels
+        ({"x_train": np.zeros((2, 3, 32, 32), np.uint8), "y_train": np.zeros(2, int), "x_test": np.zeros((1, 3, 32, 32), np.uint8), "y_test": np.zeros(1, int)}, r"shape \(2, 3, 32, 32\) look channels-first.*x.transpose\(0, 2, 3, 1\)"),
+        ({"x_train": np.zeros((2, 1, 28, 28), np.uint8), "y_train": np.zeros(2, int), "x_test": np.zeros((1, 1, 28, 28), np.uint8), "y_test": np.zeros(1, int)}, "look channels-first"),
     ],
 )
 def test_npz_bundle_validation(tmp_path, arrays, message):
@@ -322,6 +325,8 @@ def test_npz_missing_file_and_not_a_bundle(tmp_path):
     with pytest.raises(DataNotFoundError) as info:
         load_dataset("npz:nowhere/x.npz", root=tmp_path)
     assert str(tmp_path / "nowhere" / "x.npz") in str(info.value)
+    with pytest.raises(LazyAppsError, match=f"npz:{tmp_path}: {tmp_path} is a folder, not a .npz file"):
+        load_dataset(f"npz:{tmp_path}")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(LazyAppsError, match="cannot be read"):
         load_dataset(f"npz:{tmp_path / 'junk.npz'}")
