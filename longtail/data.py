@@ -23,6 +23,8 @@ and quick presets use it to keep evaluation cheap).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -86,12 +88,14 @@ def split_indices(
             rng.shuffle(idx)
         if len(idx) < val_per_class + n_c:
             name = f"{c} ({class_names[c]})" if class_names else str(c)
-            # Only the remedies that shrink this class's need (class 0 always keeps n_max, whatever the imbalance).
-            fixes = (["a larger --imbalance"] if c > 0 else []) + (["fewer --val-per-class"] if val_per_class else [])
-            fixes += ["a smaller --n-max", "a dataset with more images of the class"]
+            # Only the remedies that can meet this class's need: class 0 keeps n_max whatever the imbalance, and
+            # fewer training images help only where validation leaves at least one (every class trains on >= 1).
+            fewer = len(idx) - val_per_class >= 1
+            fixes = (["a larger --imbalance"] if c > 0 and fewer else []) + (["fewer --val-per-class"] if val_per_class else [])
+            fixes += (["a smaller --n-max"] if fewer else []) + ["a dataset with more images of the class"]
             raise LazyAppsError(
                 f"class {name} has {len(idx)} training images but the split needs {val_per_class} for validation "
-                f"+ {n_c} for training; use {', '.join(fixes[:-1])} or {fixes[-1]}")
+                f"+ {n_c} for training; use {' or '.join([', '.join(fixes[:-1]), fixes[-1]] if len(fixes) > 1 else fixes)}")
         val.append(idx[:val_per_class])
         train.append(idx[val_per_class:val_per_class + n_c])
     return torch.from_numpy(np.concatenate(train)).long(), torch.from_numpy(np.concatenate(val)).long()
@@ -137,6 +141,16 @@ class CIFARLongTail:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A hash of the training, validation and test images and labels, which checkpoints record: data rewritten
+        since a run (an ``npz:`` bundle, files in the data root) are then told from the run's, even at equal class
+        sizes and pixel statistics."""
+        h = hashlib.blake2b(digest_size=8)
+        for t in (self.train_images, self.train_labels, self.val_images, self.val_labels, self.test_images, self.test_labels):
+            h.update(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"))
+        return h.hexdigest()
 
     @classmethod
     def load(

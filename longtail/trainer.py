@@ -239,7 +239,7 @@ class Trainer:
         # changed there, as the number of processes may.
         return {"kind": CHECKPOINT_KIND, **self.identity(), "preset": self.config.preset, "batchnorm": self.config.batchnorm,
                 "epochs_done": self.epoch, "classes": self.data.classes, "counts": self.data.counts,
-                "mean": list(self.data.mean), "std": list(self.data.std),
+                "mean": list(self.data.mean), "std": list(self.data.std), "data_digest": self.data.digest,
                 "normalized_head": self.method.normalized_head and self.model_name == "resnet32"}
 
     def state_dict(self) -> dict[str, Any]:
@@ -409,16 +409,22 @@ class Trainer:
 
 def check_same_data(path: str | Path, meta: dict[str, Any], data: CIFARLongTail) -> None:
     """:class:`CheckpointError` when ``data``, rebuilt from checkpoint ``path``'s settings, are not those its metadata
-    records (classes, class sizes, pixel statistics): an ``npz:`` bundle rewritten since the run, or an edited ``.json``."""
+    records (classes, class sizes, pixel statistics, the images' and labels' digest): data files rewritten since the
+    run (an ``npz:`` bundle), or an edited ``.json``."""
     def same(a: Any, b: Any) -> bool:  # (b: the data's; a float as its JSON round trip may give it back)
         return a == b if not isinstance(b, float) else isinstance(a, (int, float)) and math.isclose(a, b, rel_tol=1e-9)
 
-    found = {"classes": list(data.classes), "counts": list(data.counts), "mean": list(data.mean), "std": list(data.std)}
+    found = {"classes": list(data.classes), "counts": list(data.counts), "mean": list(data.mean), "std": list(data.std),
+             "data_digest": data.digest}
     for key, value in found.items():
         recorded = meta.get(key)
         if recorded is None:  # (a checkpoint from before it was recorded)
             continue
-        if not isinstance(recorded, list) or len(recorded) != len(value):
+        if isinstance(value, str):
+            if recorded == value:
+                continue
+            differs = f"{key} {value} now (a hash of its images and labels), {recorded!r}"
+        elif not isinstance(recorded, list) or len(recorded) != len(value):
             differs = f"{len(value)} entries of {key} now, {len(recorded) if isinstance(recorded, list) else repr(recorded)}"
         else:
             bad = next((i for i, (a, b) in enumerate(zip(recorded, value)) if not same(a, b)), None)

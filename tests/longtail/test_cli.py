@@ -45,6 +45,13 @@ def test_train_smoke_resnet32_writes_json_csv_and_eval_agrees(env):
     assert evaluated["top1_error"] == pytest.approx(res["metrics"]["last"]["top1_error"])
     assert [r["accuracy"] for r in csv.DictReader(open(env / "epc.csv"))] == [r["last_accuracy"] for r in rows]
     assert (env / "plots" / "pc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # an output naming the run's checkpoint or its .json is refused before any work: the run would be lost
+    before = (out / "checkpoint.pt").read_bytes(), (out / "checkpoint.pt.json").read_bytes()
+    for option, target, what in (("--json", out / "checkpoint.pt", "is a lazyapps checkpoint"),
+                                 ("--per-class-csv", out / "checkpoint.pt.json", "is the metadata of checkpoint checkpoint.pt")):
+        bad = CliRunner().invoke(cli, ["longtail", "eval", "--checkpoint", str(out / "best.pt"), option, str(target)])
+        assert bad.exit_code == 2 and bad.output.startswith(f"Error: {option} {target}: cannot write there ({target} {what}")
+    assert ((out / "checkpoint.pt").read_bytes(), (out / "checkpoint.pt.json").read_bytes()) == before
     # a file that is not a longtail checkpoint: one line, no traceback
     (env / "junk.pt").write_bytes(b"not a checkpoint")
     bad = CliRunner().invoke(cli, ["longtail", "eval", "--checkpoint", str(env / "junk.pt")])
@@ -353,11 +360,14 @@ def test_a_folder_that_keeps_a_runs_best_pt_alone_is_not_overwritten(env):
 def test_eval_and_resume_refuse_a_bundle_rewritten_since_the_run(env):
     import numpy as np
 
-    def bundle(classes, seed):
+    def bundle(classes, seed, test_seed=None):
         rng = np.random.RandomState(seed)
         labels = np.repeat(np.arange(classes), 40)
-        np.savez(env / "data.npz", x_train=rng.randint(0, 256, (len(labels), 8, 8, 3)).astype(np.uint8), y_train=labels,
-                 x_test=rng.randint(0, 256, (len(labels), 8, 8, 3)).astype(np.uint8), y_test=labels)
+        x_train = rng.randint(0, 256, (len(labels), 8, 8, 3)).astype(np.uint8)
+        x_test = rng.randint(0, 256, (len(labels), 8, 8, 3)).astype(np.uint8)
+        if test_seed is not None:  # only the test images change: class sizes and training statistics stay
+            x_test = np.random.RandomState(test_seed).randint(0, 256, x_test.shape).astype(np.uint8)
+        np.savez(env / "data.npz", x_train=x_train, y_train=labels, x_test=x_test, y_test=labels)
 
     bundle(3, 0)
     out = env / "run"
@@ -365,8 +375,11 @@ def test_eval_and_resume_refuse_a_bundle_rewritten_since_the_run(env):
             "--model", "mlp", "--epochs", "2", "--quiet"]
     assert _invoke("train", *args, "--out", str(out)).exit_code == 0
     before = (out / "checkpoint.pt").read_bytes()
-    for classes, seed, changed in ((4, 0, ": 4 entries of classes now, 3 in its metadata"), (3, 1, ": mean[0] ")):
-        bundle(classes, seed)
+    digest = json.loads((out / "checkpoint.pt.json").read_text())["data_digest"]
+    for classes, seed, test_seed, changed in ((4, 0, None, ": 4 entries of classes now, 3 in its metadata"),
+                                              (3, 1, None, ": mean[0] "),
+                                              (3, 0, 7, f" now (a hash of its images and labels), {digest!r} in its metadata")):
+        bundle(classes, seed, test_seed)
         for command in (["eval", "--checkpoint", str(out / "best.pt")], ["train", "--resume", str(out / "checkpoint.pt")]):
             result = CliRunner().invoke(cli, ["longtail", *command, "--quiet"])
             assert result.exit_code == 2 and result.output.startswith(f"Error: npz:{env / 'data.npz'} is not the data "

@@ -151,6 +151,12 @@ def test_a_class_too_small_for_its_split_names_only_the_remedies_that_help_it():
         split_indices(labels, [6, 3], val_per_class=2)  # class 0 keeps n_max whatever the imbalance
     with pytest.raises(LazyAppsError, match=r"class 1 .* use a larger --imbalance, a smaller --n-max or a dataset"):
         split_indices(labels, [5, 6], val_per_class=0)
+    # validation alone takes the whole class: no imbalance or n_max can help
+    with pytest.raises(LazyAppsError, match=r"class 1 has 5 training images but the split needs 5 for validation \+ 1 "
+                                            r"for training; use fewer --val-per-class or a dataset with more images of the class$"):
+        split_indices(torch.tensor([0] * 10 + [1] * 5), [1, 1], val_per_class=5)
+    with pytest.raises(LazyAppsError, match=r"class 2 has 0 training images .* use a dataset with more images of the class$"):
+        split_indices(labels, [1, 1, 1], val_per_class=0)
 
 
 def _in_memory(name, num_classes, per_class, per_class_test=1):
