@@ -113,10 +113,10 @@ def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(mpath.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint metadata {mpath} is unreadable ({exc})",
-                              fix="delete it or pass another checkpoint") from None
+                              fix="restore the .json written with the .pt, or pass another checkpoint") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint metadata {mpath} holds a JSON {type(meta).__name__}, not an object of settings",
-                              fix="delete it or pass another checkpoint")
+                              fix="restore the .json written with the .pt, or pass another checkpoint")
     return meta
 
 
@@ -168,6 +168,19 @@ def first_load_problem(exc: BaseException) -> str:
     return first.rstrip(". ") + (f" (and {more} more)" if more else "")
 
 
+def load_weights(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: the one way this project reads a ``.pt`` it did not build itself.
+
+    A plain pickle given as a checkpoint makes torch warn about its pickle protocol and ask for a torch issue
+    before it refuses the file; that advice is not the user's to act on, so only the refusal reaches them.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def load_error(exc: BaseException) -> str:
     """Why ``torch.load(..., weights_only=True)`` failed, in a few words.
 
@@ -195,7 +208,7 @@ def load_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = load_weights(path, map_location=map_location)
     except Exception as exc:  # corrupt, truncated, or not a weights-only file
         raise CheckpointError(f"checkpoint {path} cannot be read ({load_error(exc)}); it is corrupt or not a lazyapps checkpoint") from None
     if not isinstance(state, dict):

@@ -84,6 +84,10 @@ class LazyGroup(click.Group):
             error = click.ClickException(str(exc))
             error.exit_code = exc.exit_code
             raise error from None
+        except KeyboardInterrupt:  # before a command's own handling starts (loading data, building): as its Ctrl-C
+            error = click.ClickException("interrupted (Ctrl-C) before any result was written")
+            error.exit_code = 130
+            raise error from None
         except OSError as exc:  # the machine's refusal (disk full, permissions, a path that cannot exist): one line
             where = f": {exc.filename}" if exc.filename else ""
             error = click.ClickException(f"{exc.strerror or exc}{where}")
@@ -269,6 +273,7 @@ def common_options(func: Callable) -> Callable:
         # Every output file option of the command (callbacks marked writes_file): two naming one file are refused.
         distinct_outputs({param.opts[0]: ctx.params.get(param.name) for param in ctx.command.params
                           if getattr(param.callback, "writes_file", False)})
+        _check_cache_root(cache_dir)
         set_quiet(quiet)
         seed_everything(seed)
         # "lazyapps zoo train" -> "zoo train": the command without the program name.
@@ -283,6 +288,21 @@ def common_options(func: Callable) -> Callable:
             shutdown()
 
     return wrapper
+
+
+def _check_cache_root(cache_dir: str | None) -> None:
+    """Refuse, before any work, a cache root that does not exist and cannot be made (an existing one may be
+    read-only: a full cache is only read)."""
+    import os
+
+    from .errors import LazyAppsError
+    from .paths import CACHE_ENV, cache_root, check_writable
+
+    root = cache_root(cache_dir)
+    reason = None if root.is_dir() else check_writable(root, folder=True)
+    if reason is not None:
+        named = "--cache-dir" if cache_dir else f"${CACHE_ENV}" if os.environ.get(CACHE_ENV) else "the cache root"
+        raise LazyAppsError(f"{named} {root}: cannot create it ({reason}); pass a --cache-dir you can write to")
 
 
 def apply_preset(presets: Mapping[str, Mapping[str, Any]], preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]:

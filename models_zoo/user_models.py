@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lazyapps.checkpoint import load_error
+from lazyapps.checkpoint import load_error, load_weights
 from lazyapps.errors import CheckpointError, LazyAppsError, describe
 from lazyapps.runtime import resolve_device
 
@@ -160,7 +160,7 @@ def load_user_model(
         raise CheckpointError(f"{path} is a {_archive_kind(path)} file, not a state dict: it carries its own code, "
                               f"so pass it without '{arch}:'")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights(path)
     except Exception as exc:  # corrupt, truncated, or pickled code that weights_only refuses
         raise CheckpointError(f"{path} cannot be read as a state dict ({load_error(exc)})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a zoo checkpoint without its metadata file

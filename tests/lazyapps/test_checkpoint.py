@@ -52,6 +52,23 @@ def test_pickled_code_is_refused(tmp_path):
         models_zoo.load_user_model(f"net4:{path}")
 
 
+def test_a_plain_pickle_is_refused_without_torchs_advice_to_its_developers(tmp_path):
+    import pickle
+    import warnings
+
+    import models_zoo
+
+    path = tmp_path / "list.pt"
+    path.write_bytes(pickle.dumps([1, 2], protocol=4))  # not torch.save's protocol: torch warns before refusing it
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match="cannot be read"):
+            load_checkpoint(path)
+        with pytest.raises(CheckpointError, match="cannot be read as a state dict"):
+            models_zoo.load_user_model(f"net4:{path}")
+    assert not [w for w in seen if "pickle protocol" in str(w.message)]
+
+
 class _Opaque:
     pass
 
@@ -128,11 +145,11 @@ def test_expected_settings_must_be_recorded(tmp_path):
 def test_unreadable_metadata_and_non_dict_files_are_checkpoint_errors(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", {"x": torch.zeros(1)}, {"kind": "zoo"})
     meta_path(path).write_text("{not json")
-    with pytest.raises(CheckpointError, match=r"metadata .* is unreadable \(.*\); delete it or pass another checkpoint$"):
+    with pytest.raises(CheckpointError, match=r"metadata .* is unreadable \(.*\); restore the .json written with the .pt, or pass another checkpoint$"):
         load_checkpoint(path)  # (a checkpoint the user passed: the advice is theirs to follow)
     for text, kind in (("[1, 2]", "list"), ('"kind"', "str"), ("null", "NoneType")):  # JSON, but not an object of settings
         meta_path(path).write_text(text)
-        with pytest.raises(CheckpointError, match=rf"holds a JSON {kind}, not an object of settings; delete it"):
+        with pytest.raises(CheckpointError, match=rf"holds a JSON {kind}, not an object of settings; restore the .json"):
             load_checkpoint(path, expect={"kind": "zoo"})
     torch.save(torch.zeros(2), tmp_path / "t.pt")
     with pytest.raises(CheckpointError, match="does not hold a dict"):

@@ -43,7 +43,8 @@ def _demo_group():
                    "cpu": RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
                                        "memory: you tried to allocate 16000000000032 bytes. Error code 12 (Cannot allocate memory)"),
                    "cuda": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
-                                                  "capacity of 79.19 GiB of which 1.2 GiB is free.")}[raised]
+                                                  "capacity of 79.19 GiB of which 1.2 GiB is free."),
+                   "interrupt": KeyboardInterrupt()}[raised]
         if disk_full:
             import errno
             import os
@@ -58,6 +59,12 @@ def test_user_errors_are_one_line_without_traceback():
     result = CliRunner().invoke(_demo_group(), ["demo", "--fail"])
     assert result.exit_code == 2
     assert result.output.strip() == "Error: unknown model 'nosuchnet'; valid: lenet5, net4"
+
+
+def test_ctrl_c_before_a_command_handles_it_is_one_line_and_the_shells_exit_code():
+    # (click's own handling would print "Aborted!" and exit 1, unlike a command's Ctrl-C during its work)
+    result = CliRunner().invoke(_demo_group(), ["demo", "--raise", "interrupt"])
+    assert result.exit_code == 130 and result.output.strip() == "Error: interrupted (Ctrl-C) before any result was written"
 
 
 def test_the_machines_refusals_are_one_line_too(tmp_path):
@@ -107,6 +114,8 @@ def test_a_group_without_its_command_still_shows_its_help():
     (["--seed", "-1"], "-1 is not in the range 0<=x<=4294967295"),
     (["--seed", "99999999999999999999"], "is not in the range 0<=x<=4294967295"),
     (["--json", "{tmp}/afile/r.json"], "Error: --json {tmp}/afile/r.json: cannot write there ({tmp}/afile is a file, so nothing can be made under it)"),
+    (["--cache-dir", "{tmp}/afile/cache"], "Error: --cache-dir {tmp}/afile/cache: cannot create it ({tmp}/afile is a file, so "
+                                           "nothing can be made under it); pass a --cache-dir you can write to"),
 ])
 def test_global_options_refuse_what_cannot_work_before_the_command_runs(tmp_path, args, message):
     (tmp_path / "afile").write_text("")
