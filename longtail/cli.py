@@ -211,8 +211,7 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
         _carry_run(Path(resume).parent, out_dir)
         status(f"resumed from {resume} after epoch {trainer.epoch}")
     schedule = trainer.schedule
-    status(f"{method}: {config.epochs} epochs, lr {config.lr} (warm-up {schedule.warmup_epochs}, ×{schedule.decay_factors[0]:g} "
-           f"from epoch {schedule.decay_epochs[0] + 1}, ×{schedule.decay_factors[1]:g} from {schedule.decay_epochs[1] + 1})"
+    status(f"{method}: {schedule.describe()}"
            + (f", meta steps from epoch {schedule.meta_start + 1}" if trainer.method.meta else "") + f"; checkpoints in {out_dir}")
 
     def report(tr, row):

@@ -7,7 +7,8 @@ Cao et al.'s released training script (lr·e/5 for e ≤ 5; 0.01·lr for e > 160
 0.0001·lr for e > 180, with 1-based e). Deferred re-weighting (LDAM-DRW) and the
 meta-reweighting phase (Jamal et al.) start at the first decay.
 Shorter runs keep the same shape: warm-up, decays and the meta phase sit at the
-same fractions (2.5 %, 80 %, 90 %) of the epochs.
+same fractions (2.5 %, 80 %, 90 %) of the epochs, rounded; under 10 epochs the
+two decays can round to one epoch (no ×0.01 phase), and a 1-epoch run has none.
 """
 from __future__ import annotations
 
@@ -43,6 +44,19 @@ class Schedule:
     def meta_start(self) -> int:
         """First epoch of deferred re-weighting and of the meta-reweighting steps."""
         return self.decay_epochs[0]
+
+    def describe(self) -> str:
+        """The schedule in words, as a run's status line gives it: only the decays that happen within the run."""
+        first, second = (e for e in self.decay_epochs)
+        if first >= self.epochs:
+            decays = "no decay within the run"
+        elif first == second:
+            decays = f"×{self.decay_factors[1]:g} from epoch {second + 1}, where both decays fall: no ×{self.decay_factors[0]:g} phase"
+        else:
+            decays = f"×{self.decay_factors[0]:g} from epoch {first + 1}" + (
+                f", ×{self.decay_factors[1]:g} from {second + 1}" if second < self.epochs else "")
+        return (f"{self.epochs} epoch{'' if self.epochs == 1 else 's'}, lr {self.lr:g} (warm-up {self.warmup_epochs}, "
+                f"{decays})")
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of (0-based) ``epoch``."""

@@ -34,3 +34,16 @@ def test_short_schedules_keep_the_shape_within_the_run(epochs, warmup, decays):
 def test_scaled_refuses_no_epochs():
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         Schedule.scaled(0)
+
+
+@pytest.mark.parametrize("epochs, text", [
+    (200, "200 epochs, lr 0.1 (warm-up 5, ×0.01 from epoch 161, ×0.0001 from 181)"),  # the paper's, 1-based
+    (2, "2 epochs, lr 0.1 (warm-up 0, ×0.0001 from epoch 2, where both decays fall: no ×0.01 phase)"),
+    (1, "1 epoch, lr 0.1 (warm-up 0, no decay within the run)"),
+])
+def test_the_status_line_names_only_the_decays_the_run_has(epochs, text):
+    schedule = Schedule.scaled(epochs)
+    assert schedule.describe() == text
+    # what it says is what lr_at does
+    rates = [schedule.lr_at(e) for e in range(epochs)]
+    assert ("×0.01 from" in text) == (0.1 * 0.01 in rates) and ("×0.0001 from" in text) == (0.1 * 0.0001 in rates)
