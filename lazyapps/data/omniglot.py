@@ -31,7 +31,9 @@ What you get:
 
 Decoding 32,460 PNGs takes seconds, so the decoded arrays are cached under
 the cache root (``<cache>/data/omniglot-…``), keyed by ``image_size``,
-``resample`` and the sources' sizes and modification times.
+``resample`` and what the sources hold: for a zip its listing of names, sizes
+and CRC-32s (so a copied or touched zip keeps its cache), for an extracted
+folder its file names and newest modification time.
 """
 from __future__ import annotations
 
@@ -69,8 +71,14 @@ class _Source:
 
     def fingerprint(self) -> dict[str, object]:
         if self.is_zip:
-            stat = self.path.stat()
-            return {"zip": self.path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            # The zip's own directory (each file's name, size and CRC-32) says what it holds without reading the
+            # images: a copied or touched zip keeps its decoded cache, a changed one does not.
+            try:
+                with zipfile.ZipFile(self.path) as archive:
+                    listing = sorted(f"{i.filename} {i.file_size} {i.CRC}" for i in archive.infolist())
+            except (OSError, zipfile.BadZipFile) as exc:
+                raise LazyAppsError(f"cannot open Omniglot zip {self.path} ({exc}); it is corrupt, delete it and download it again") from None
+            return {"zip": self.path.name, "size": self.path.stat().st_size, "contents": hash_names(listing)}
         names, newest = [], 0
         for folder, _, files in os.walk(self.path):
             for name in files:

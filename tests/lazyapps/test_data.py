@@ -157,6 +157,41 @@ def _extract_small_omniglot(data_root: Path, target: Path, characters_per_set: i
                     out.write_bytes(archive.read(name))
 
 
+def test_a_copied_or_touched_omniglot_zip_keeps_its_decoded_cache_and_a_changed_one_does_not(data_root, tmp_path, cache_dir,
+                                                                                               monkeypatch):
+    from lazyapps import data as data_module
+
+    extracted = tmp_path / "extracted"
+    _extract_small_omniglot(data_root, extracted)
+
+    def zip_sets(root, swap=False):  # the small sets as zips, as Omniglot ships; swap: two drawings change places
+        for set_name in ("background", "evaluation"):
+            folder = extracted / "omniglot-py" / f"images_{set_name}"
+            pngs = sorted(folder.glob("*/*/*.png"))
+            contents = [png.read_bytes() for png in pngs]
+            if swap and set_name == "background":
+                contents[0], contents[1] = contents[1], contents[0]
+            (root / "omniglot-py").mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(root / "omniglot-py" / f"images_{set_name}.zip", "w") as archive:
+                for png, content in zip(pngs, contents):
+                    archive.writestr(f"images_{set_name}/{png.relative_to(folder)}", content)
+
+    zip_sets(tmp_path / "a")
+    first = load_dataset("omniglot", root=tmp_path / "a", download=False, cache_dir=cache_dir)
+    clear_memory_cache()
+    zip_sets(tmp_path / "b")  # the same contents, written again: new modification times
+    real_decode = data_module.omniglot._decode
+    monkeypatch.setattr(data_module.omniglot, "_decode", lambda *a, **k: pytest.fail("decoded again despite the cache"))
+    copied = load_dataset("omniglot", root=tmp_path / "b", download=False, cache_dir=cache_dir)
+    assert torch.equal(copied.train.images, first.train.images)
+    clear_memory_cache()
+    zip_sets(tmp_path / "b", swap=True)
+    decoded = []
+    monkeypatch.setattr(data_module.omniglot, "_decode", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
+    changed = load_dataset("omniglot", root=tmp_path / "b", download=False, cache_dir=cache_dir)
+    assert decoded and torch.equal(changed.train.images[0], first.train.images[1])
+
+
 def test_omniglot_extracted_folders_and_image_size(data_root, tmp_path, cache_dir):
     _extract_small_omniglot(data_root, tmp_path)
     native = load_dataset("omniglot", root=tmp_path, download=False, cache_dir=cache_dir, image_size=105)
