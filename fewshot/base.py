@@ -54,9 +54,15 @@ def task_loss(problem: str) -> Callable[[Tensor, Tensor], Tensor]:
 
 
 def task_scores(problem: str, outputs: Tensor, targets: Tensor) -> Tensor:
-    """Per-task metric of stacked outputs ``(T, Q, ...)``: accuracy in percent or mean squared error."""
+    """Per-task metric of stacked outputs ``(T, Q, ...)``: accuracy in percent or mean squared error.
+
+    A task with a non-finite output scores NaN in both: its MSE is non-finite anyway, and the argmax of NaN logits
+    is class 0, a chance-level accuracy that would hide a diverged adaptation (the CLI's warning counts NaN tasks;
+    the lazy teacher never picks a NaN-scoring leap).
+    """
     if problem == "classification":
-        return (outputs.argmax(-1) == targets).float().mean(-1) * 100
+        accuracy = (outputs.argmax(-1) == targets).float().mean(-1) * 100
+        return accuracy.masked_fill(~outputs.isfinite().flatten(1).all(-1), math.nan)
     return ((outputs - targets) ** 2).flatten(1).mean(-1)
 
 

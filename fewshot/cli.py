@@ -315,21 +315,32 @@ def train(run: RunContext, algo: str, dataset: str, arch: str | None, ways: int,
         save_learner(ckpt, learner, {**meta, "iteration": learner.iteration}, history=history, curve=curve,
                      **(states or rng_states()))
 
+    def curve_point_due(iteration: int) -> bool:
+        # (the last iteration's point comes with the final scoring below)
+        every = settings["eval_every"]
+        return bool(every) and 0 < iteration < settings["iterations"] and iteration % every == 0
+
+    def add_curve_point(iteration: int) -> None:
+        ev = learner.evaluate(curve_tasks)
+        curve.append({"iteration": iteration, "metric": ev.metric, "mean": ev.mean, "ci95": ev.ci95})
+        completed.update(rng_states())  # (the evaluation may have drawn from torch's stream)
+        save(completed)
+
     def callback(iteration: int, metrics: dict[str, float]) -> None:
         completed.update(rng_states())  # (a Ctrl-C during the evaluation below resumes after this iteration)
         history.append({k: float(v) for k, v in metrics.items()})
-        every = settings["eval_every"]
-        if every and iteration % every == 0 and iteration < settings["iterations"]:
-            ev = learner.evaluate(curve_tasks)
-            curve.append({"iteration": iteration, "metric": ev.metric, "mean": ev.mean, "ci95": ev.ci95})
-            completed.update(rng_states())  # (the evaluation may have drawn from torch's stream)
-            save(completed)
+        if curve_point_due(iteration):
+            add_curve_point(iteration)
 
     if cls.meta_learns:
         status(f"meta-training {algo} on {arch} for {settings['iterations']} iterations, meta-batch {settings['meta_batch']}")
     else:
         status(f"{algo} does not meta-train: it learns each test task from {arch}'s initial weights")
     try:
+        if resume and curve_point_due(learner.iteration) and all(p.get("iteration") != learner.iteration for p in curve):
+            # A Ctrl-C during this point's evaluation saved the iteration without it: compute it first, from the
+            # random states the checkpoint kept from before that evaluation, as the uninterrupted run did.
+            add_curve_point(learner.iteration)
         learner.meta_train(train_tasks, iterations=settings["iterations"], meta_batch=settings["meta_batch"],
                            callback=callback, progress=True)
     except KeyboardInterrupt:

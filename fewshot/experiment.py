@@ -84,6 +84,9 @@ def build_model(arch: str, *, dataset: str, ways: int, **options: Any) -> torch.
             raise LazyAppsError(f"--arch {arch} takes images, but {dataset}'s inputs are numbers; use a network of "
                                 f"vectors such as {info.arch}")
         return models_zoo.create(arch, num_classes=1, in_channels=1, **options)
+    if models_zoo.get_arch(arch).image_size is None:  # (the zoo's own refusal speaks of image_size, which no flag sets)
+        raise LazyAppsError(f"--arch {arch} takes vectors, but {dataset}'s inputs are images; use an image network "
+                            f"such as {info.arch}")
     return models_zoo.create(arch, num_classes=ways, in_channels=info.in_channels, image_size=info.image_size, **options)
 
 

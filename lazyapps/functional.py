@@ -172,7 +172,8 @@ def _can_vmap(model: nn.Module, vectorize: bool) -> bool:
         warnings.warn(
             "the model updates normalisation running statistics in place (track_running_stats=True in train "
             "mode), which vmap cannot run; falling back to a Python loop over tasks. Use "
-            "track_running_stats=False or eval mode to vectorise, or vectorize=False to silence this.",
+            "track_running_stats=False or eval mode to vectorise, or vectorize=False (--no-vectorize on the command line) "
+            "to silence this.",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -112,6 +112,9 @@ class Finetune(_SGDAdapt):
             raise LazyAppsError("finetune pre-trains a classifier over the meta-training classes, but this task source has no classes")
         if self.pretrain_head is None:
             self._build_head(int(classes))
+        elif self.pretrain_classes != classes and self.iteration == 0:  # nothing pre-trained: the count was given
+            raise LazyAppsError(f"pretrain_classes={self.pretrain_classes} does not match the meta-training tasks' "
+                                f"{classes} classes; give pretrain_classes={classes} or leave it out (it is read from the tasks)")
         elif self.pretrain_classes != classes:
             raise LazyAppsError(f"this finetune learner was pre-trained on {self.pretrain_classes} classes, "
                                 f"but the meta-training tasks have {classes}; use the dataset it was trained on")

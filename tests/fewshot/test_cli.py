@@ -107,6 +107,8 @@ def test_resume_continues_and_a_second_run_never_overwrites(trained, tmp_path) -
     (["--algo", "turtle", "--hp", "beta=1.5"], "beta must be in [0, 1), got 1.5"),
     (["--algo", "lazy-maml", "--dataset", "sine", "--hp", "criterion=foo"], "unknown criterion 'foo'; valid: loss, accuracy"),
     (["--algo", "maml", "--dataset", "sine", "--arch", "conv4"], "--arch conv4 takes images, but sine's inputs are numbers"),
+    (["--algo", "maml", "--arch", "sine_mlp"], "Error: --arch sine_mlp takes vectors, but omniglot's inputs are images; use an "
+                                              "image network such as conv4"),
     (["--algo", "maml", "--shots", "0"], "--shots must be positive, got 0"),
     (["--algo", "maml", "--dataset", "sine", "--ways", "0"], "--ways must be positive, got 0"),
     (["--algo", "maml", "--dataset", "sine", "--no-transductive"], "--transductive / --no-transductive do not apply to sine regression"),
@@ -282,6 +284,17 @@ def test_test_tasks_that_diverge_are_named_in_a_warning(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert "warning: 4 of 4 test tasks scored a non-finite mse: adaptation diverged on them" in result.stderr
     assert "nan" in result.stdout  # the table reports what was measured
+
+
+def test_classification_tasks_that_diverge_are_named_in_a_warning_not_scored_at_chance(tmp_path, data_root, session_cache) -> None:
+    # NaN logits have argmax 0: these tasks scored a plausible 20.00% ± 0.00% with no warning before
+    here = ["--data-dir", str(data_root), "--cache-dir", str(session_cache)]
+    result = _run("fewshot", "train", "--algo", "scratch", "--inner-lr", "1e30", "--preset", "smoke", "--out", str(tmp_path / "w"), *here)
+    assert result.exit_code == 0, result.output
+    warning = "warning: 4 of 4 test tasks scored a non-finite accuracy: adaptation diverged on them"
+    assert warning in result.stderr and "nan% ± nan%" in result.stdout and "20.00%" not in result.stdout
+    scored = _run("fewshot", "eval", "--checkpoint", str(tmp_path / "w" / "checkpoint.pt"), "--tasks", "3", *here)
+    assert scored.exit_code == 0 and warning.replace("4 of 4", "3 of 3") in scored.stderr, scored.output
 
 
 def test_a_resumed_run_that_diverges_names_the_checkpoint_it_resumed(tmp_path) -> None:
@@ -544,6 +557,34 @@ def test_a_run_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, monkey
     assert missing.exit_code == 2 and "has no metadata file beside it (checkpoint.pt.json)" in missing.output
     alone = _run("fewshot", "train", "--dataset", "sine")
     assert alone.exit_code == 2 and alone.output.strip() == "Error: --algo is required (or --resume CHECKPOINT, which takes the run's)"
+
+
+def test_a_ctrl_c_during_a_learning_curve_point_is_made_up_on_resume(tmp_path, monkeypatch) -> None:
+    # The checkpoint saved on that Ctrl-C holds iteration 2 without its curve point: --resume computes it first,
+    # or the curve lacks it for good ([2, 4, 6, 10] where an uninterrupted run gives [2, 4, 6, 8, 10]).
+    from fewshot.base import get_learner
+
+    cls = get_learner("maml")
+    original = cls.evaluate
+
+    def interrupted(self, *args, **kwargs):
+        if self.iteration == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    args = ["--iterations", "5", "--eval-every", "2", "--seed", "3"]
+    monkeypatch.setattr(cls, "evaluate", interrupted)
+    ckpt = tmp_path / "i" / "checkpoint.pt"
+    result = _sine(tmp_path / "i", *args)
+    assert result.exit_code == 130 and "interrupted at iteration 2" in result.output, result.output
+    assert torch.load(ckpt, weights_only=True)["curve"] == []
+    monkeypatch.setattr(cls, "evaluate", original)
+    assert _run("fewshot", "train", "--resume", str(ckpt), "--quiet").exit_code == 0
+    assert _sine(tmp_path / "s", *args).exit_code == 0
+    resumed, straight = (torch.load(path, weights_only=True) for path in (ckpt, tmp_path / "s" / "checkpoint.pt"))
+    assert [p["iteration"] for p in resumed["curve"]] == [2, 4, 5]
+    assert resumed["curve"] == straight["curve"] and resumed["history"] == straight["history"]
+    assert _same_weights(ckpt, tmp_path / "s" / "checkpoint.pt")
 
 
 def test_resume_restores_the_global_random_stream_reptile_shuffles_with(tmp_path, monkeypatch) -> None:

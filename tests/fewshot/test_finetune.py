@@ -130,6 +130,10 @@ def test_checkpoint_keeps_the_global_head_and_refuses_another_class_count(tmp_pa
     other = EpisodeSampler(images[labels < 5], labels[labels < 5], ways=3, shots=1, queries=2)
     with pytest.raises(LazyAppsError, match="pre-trained on 8 classes, but the meta-training tasks have 5"):
         loaded.prepare(other)
+    # A fresh learner given another count was never pre-trained: the count is what to fix, not the dataset
+    with pytest.raises(LazyAppsError, match=r"^pretrain_classes=5 does not match the meta-training tasks' 8 classes; give "
+                                            r"pretrain_classes=8 or leave it out \(it is read from the tasks\)$"):
+        _learner(pretrain_classes=5).prepare(source)
 
 
 def test_tasks_without_global_classes_are_refused() -> None:

@@ -178,6 +178,22 @@ def test_evaluate_reports_mean_and_95_percent_interval() -> None:
     assert ev.tasks == 6 and ev.metric == "accuracy" and ev.transductive is True and 0 <= ev.mean <= 100
 
 
+def test_a_task_whose_adaptation_diverged_scores_nan_accuracy_not_chance() -> None:
+    """NaN logits have argmax 0, a chance accuracy that would hide the divergence: such tasks score NaN, as in MSE."""
+    from fewshot.base import task_scores
+
+    logits = torch.zeros(3, 4, 2)
+    logits[:, :, 1] = 1.0  # every query classified as class 1
+    logits[1, 2, 0] = float("nan")  # one non-finite logit spoils task 1
+    logits[2] = float("inf")
+    targets = torch.tensor([[1, 1, 0, 0]] * 3)
+    scores = task_scores("classification", logits, targets)
+    assert scores[0] == 50.0 and scores[1:].isnan().all()
+    learner = create_learner("scratch", _conv(), eval_inner_steps=1, inner_lr=1e30)
+    ev = learner.evaluate(_tasks(seed=1))
+    assert ev.tasks == 3 and all(v != v for v in ev.values)  # (NaN), where argmax gave 33.3% before
+
+
 def test_scratch_never_meta_trains_and_adapts_by_plain_sgd_from_its_init() -> None:
     """scratch: meta-training leaves the random init alone; adaptation is eval_inner_steps SGD steps on the support set."""
     learner = create_learner("scratch", _conv(), eval_inner_steps=3, inner_lr=0.1, vectorize=False)
@@ -333,15 +349,18 @@ def test_check_hparams_reads_command_line_values_as_the_declared_types() -> None
             get_learner(algo).check_hparams(values)
 
 
-@pytest.mark.parametrize("algo", ["reptile", "lazy-reptile"])
-def test_reptile_family_divergence_stops_training_though_it_reports_no_loss(algo) -> None:
+@pytest.mark.parametrize("algo,message", [
+    ("reptile", "reptile meta-training diverged at iteration 1: the meta-parameters are no longer finite.*--hp inner_lr="),
+    # the lazy teacher stops first: its students' NaN logits score NaN accuracy, which no leap candidate may win with
+    ("lazy-reptile", r"every leap candidate of the lazy teacher scored NaN: the student diverged; lower its learning rate \(--inner-lr\)"),
+])
+def test_reptile_family_divergence_stops_training_though_it_reports_no_loss(algo, message) -> None:
     from lazyapps.errors import DivergedError
 
     sane = create_learner(algo, _conv(), inner_optimizer="sgd", inner_lr=0.1, inner_steps=3)
     assert "loss" not in sane.train_step(_tasks(seed=1))  # what the check cannot rely on
     learner = create_learner(algo, _conv(), inner_optimizer="sgd", inner_lr=1e10, inner_steps=3)
-    with pytest.raises(DivergedError, match=f"{algo} meta-training diverged at iteration 1: the meta-parameters are "
-                                            "no longer finite.*--hp inner_lr="):
+    with pytest.raises(DivergedError, match=message):
         learner.train_step(_tasks(seed=1))
 
 
@@ -587,3 +606,11 @@ def test_batchnorm_with_running_statistics_reports_the_mode_used_not_the_flag() 
     sine = create_learner("maml", models_zoo.create("sine_mlp", num_classes=1, in_channels=1), problem="regression")
     ev = sine.evaluate(_sine_tasks().to("cpu", torch.float32))
     assert (ev.transductive, ev.batchnorm, ev.bn_label) == (None, None, "n/a")
+
+
+def test_the_running_statistics_fallback_warning_names_the_command_line_flag_too() -> None:
+    """``--arch resnet18`` meta-trains in a loop; the warning says how a command-line user silences it."""
+    model = models_zoo.create("conv4", num_classes=3, in_channels=1, image_size=16, hidden=8, track_running_stats=True)
+    learner = create_learner("maml", model, inner_steps=1)
+    with pytest.warns(RuntimeWarning, match=r"running statistics in place.*vectorize=False \(--no-vectorize on the command line\)"):
+        learner.train_step(_tasks(seed=1))
