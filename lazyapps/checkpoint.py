@@ -169,7 +169,7 @@ def first_load_problem(exc: BaseException) -> str:
 
 
 def load_weights(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``: the one way this project reads a ``.pt`` it did not build itself.
+    """``torch.load(path, weights_only=True)``: how every checkpoint and user state dict is read.
 
     A plain pickle given as a checkpoint makes torch warn about its pickle protocol and ask for a torch issue
     before it refuses the file; that advice is not the user's to act on, so only the refusal reaches them.

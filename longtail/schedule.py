@@ -47,7 +47,7 @@ class Schedule:
 
     def describe(self) -> str:
         """The schedule in words, as a run's status line gives it: only the decays that happen within the run."""
-        first, second = (e for e in self.decay_epochs)
+        first, second = self.decay_epochs
         if first >= self.epochs:
             decays = "no decay within the run"
         elif first == second:

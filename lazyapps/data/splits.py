@@ -169,7 +169,7 @@ def split_from_arrays(images: np.ndarray, labels: np.ndarray, *, what: str) -> S
         images = images[..., None]
     if images.ndim != 4:
         raise LazyAppsError(f"{what}: images must be N×H×W×C or N×H×W, got shape {images.shape}")
-    if images.shape[1] in (1, 3, 4) and images.shape[3] not in (1, 3, 4):
+    if images.shape[1] in (1, 3, 4) and images.shape[3] > 4:
         # torch's N×C×H×W read as N×H×W×C would train on C×H "images" with W channels, silently
         raise LazyAppsError(f"{what}: images of shape {images.shape} look channels-first (N×C×H×W); store them "
                             f"N×H×W×C, e.g. x.transpose(0, 2, 3, 1)")
