@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,23 @@ def settings_key(settings: Mapping[str, Any], *, length: int = 12) -> str:
     """A short stable hash of ``settings`` (JSON with sorted keys)."""
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def content_digest(parts: Iterable[Any]) -> str:
+    """A short BLAKE2b hash of ``parts`` in order: bytes as they are, tensors and arrays by their raw bytes.
+
+    What identifies data by content (a zoo model's training data, a long-tail run's split): every byte is read,
+    about 0.3 s for CIFAR-10, so a rewritten file never passes for the one hashed before.
+    """
+    import numpy as np
+
+    digest = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        if not isinstance(part, bytes):
+            array = part.detach().cpu().numpy() if hasattr(part, "detach") else part
+            part = memoryview(np.ascontiguousarray(array)).cast("B")
+        digest.update(part)
+    return digest.hexdigest()
 
 
 def artefact_path(kind: str, name: str, settings: Mapping[str, Any], *, root: str | os.PathLike | None = None, ext: str = "pt") -> Path:

@@ -350,7 +350,7 @@ def cli() -> None:
               help="Also write the comparison as CSV (one row per key, one column per file).")
 @common_options
 def compare_command(run: RunContext, results: tuple[str, ...], all_settings: bool, csv_path: str | None) -> None:
-    """Compare saved --json results side by side: the settings that differ, then every number."""
+    """Compare saved --json results side by side: the settings that differ, then every metric."""
     from .compare import KEY_COLUMN, SECTION_COLUMN, compare, format_comparison, labels, load_result
     from .results import write_csv
 

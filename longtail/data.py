@@ -24,7 +24,6 @@ and quick presets use it to keep evaluation cheap).
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -147,10 +146,10 @@ class CIFARLongTail:
         """A hash of the training, validation and test images and labels, which checkpoints record: data rewritten
         since a run (an ``npz:`` bundle, files in the data root) are then told from the run's, even at equal class
         sizes and pixel statistics."""
-        h = hashlib.blake2b(digest_size=8)
-        for t in (self.train_images, self.train_labels, self.val_images, self.val_labels, self.test_images, self.test_labels):
-            h.update(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"))
-        return h.hexdigest()
+        from lazyapps.cache import content_digest
+
+        return content_digest((self.train_images, self.train_labels, self.val_images, self.val_labels,
+                               self.test_images, self.test_labels))
 
     @classmethod
     def load(

@@ -71,3 +71,17 @@ def test_artefact_names_stay_inside_their_kind_folder_and_record_their_settings(
     _, path = cached("zoo", "m", {"e": 1, "arch": "net4"}, lambda: {"w": torch.zeros(1)}, root=tmp_path)
     meta = load_metadata(path)
     assert meta["settings"] == {"e": 1, "arch": "net4"} and meta["kind"] == "zoo" and meta["name"] == "m"
+
+
+def test_content_digest_is_blake2b_of_the_raw_bytes_in_order():
+    import hashlib
+
+    import numpy as np
+
+    from lazyapps.cache import content_digest
+
+    images = torch.arange(24, dtype=torch.uint8).reshape(2, 3, 4).transpose(1, 2)  # not contiguous: hashed as laid out
+    labels = np.array([3, 1], dtype=np.int64)
+    reference = hashlib.blake2b(b"head" + images.contiguous().numpy().tobytes() + labels.tobytes(), digest_size=8)
+    assert content_digest([b"head", images, labels]) == reference.hexdigest()
+    assert content_digest([b"head", labels, images]) != reference.hexdigest()  # order matters
