@@ -47,7 +47,8 @@ def load_result(path: str | os.PathLike) -> dict[str, Any]:
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, Scalar], list[str]]:
     """(dotted key -> cell value, keys left out): nested objects become dotted keys.
 
-    A short list of plain values becomes one comma-separated cell; longer lists and lists of objects are
+    A short list of plain values becomes one comma-separated cell (an empty one ``[]``, so it is told apart
+    from a null, ``-``, and from a one-item list of an empty string); longer lists and lists of objects are
     left out (their keys are returned so the table can say so).
     """
     cells: dict[str, Scalar] = {}
@@ -60,7 +61,7 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, Sca
             left_out += skipped
         elif isinstance(value, (list, tuple)):
             if len(value) <= MAX_LIST and all(_plain(v) for v in value):
-                cells[name] = ",".join(_cell_text(v) for v in value)
+                cells[name] = ",".join(_cell_text(v) for v in value) if value else "[]"
             else:
                 left_out.append(name)
         else:

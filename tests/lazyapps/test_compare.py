@@ -106,6 +106,9 @@ def test_compare_command_refuses_in_one_line(tmp_path):
 def test_lists_left_out_of_settings_and_results_are_named_and_a_list_of_max_length_is_one_cell(tmp_path):
     cells, left_out = flatten({"counts": list(range(MAX_LIST))})
     assert cells == {"counts": ",".join(map(str, range(MAX_LIST)))} and left_out == []
+    # an empty list is a cell of its own, not a blank that reads as a missing value
+    assert flatten({"gammas": [], "names": [""]})[0] == {"gammas": "[]", "names": ""}
+    assert compare([result({"gammas": []}, {}), result({}, {})], ["a", "b"])["settings"] == [{"key": "gammas", "a": "[]", "b": None}]
     a = result({"schedule": [{"epoch": 1}]}, {"per_class": [{"class": 0}], "acc": 1.0})
     b = result({"schedule": [{"epoch": 2}]}, {"per_class": [{"class": 1}], "acc": 0.5})
     table = compare([a, b], ["a", "b"])

@@ -387,3 +387,29 @@ def test_integer_tensor_scores_are_reported_as_floats():
     leap = LazyTeacher(criterion="accuracy").leap(theta, [phi], lambda p: (p["w"] < 0.17).sum())
     assert leap.gamma == 0.85 and leap.score == 2.0  # the first candidate with both coordinates (1 - γ) below 0.17
     assert type(leap.score) is float and all(type(s) is float for _, _, s in leap.scores)
+
+
+def test_the_readme_example_runs_as_written_and_its_comments_hold(data_root, session_cache, monkeypatch):
+    import re
+
+    from tests.conftest import REPO
+
+    monkeypatch.setenv("LAZYAPPS_DATA", str(data_root))
+    monkeypatch.setenv("LAZYAPPS_CACHE", str(session_cache))
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    example = next(b for b in blocks if "LazyTeacher" in b)
+    torch.manual_seed(0)
+    scope: dict = {}
+    exec(compile(example, "README.md", "exec"), scope)
+    leap, theta0 = scope["leap"], scope["params_of"](scope["model"])
+    assert leap.gamma in GAMMAS and leap.score == max(s for _, _, s in leap.scores)  # "chosen on validation accuracy"
+    # "equals gamma * grad of L_val at phi"
+    phi = {k: v.detach().requires_grad_() for k, v in leap.params.items()}
+    val = scope["loss"](scope["forward"](scope["model"], phi, {}, scope["xv"]), scope["yv"])
+    expected = torch.autograd.grad(val, list(phi.values()))
+    assert torch.allclose(scope["val_loss"], val.detach())
+    for k, g in zip(phi, expected):
+        torch.testing.assert_close(scope["grads"][k], leap.gamma * g)
+    # the Reptile-style update: θ ← θ − 0.1·(θ − φ), from the parameters the leap started at
+    for k, t in scope["theta"].items():
+        torch.testing.assert_close(t, theta0[k].detach() - 0.1 * (theta0[k].detach() - leap.params[k].detach()))
