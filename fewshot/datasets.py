@@ -235,7 +235,9 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, image_size: int 
     folder = Path(folder)
     if not folder.is_dir():
         what = "is a file, not a folder of class folders" if folder.exists() else "does not exist"
-        raise DataNotFoundError(f"few-shot image folder {folder} {what}")
+        raise DataNotFoundError(f"few-shot image folder {folder} {what}; it holds train/ val/ test/ folders of class "
+                                f"folders, or class folders (optionally under images/) with train.txt, val.txt and "
+                                f"test.txt class lists (docs/fewshot.md)")
     base, classes = _split_classes(folder, split)
     files: list[tuple[int, Path]] = []
     for c, name in enumerate(classes):

@@ -23,6 +23,9 @@ from .datasets import dataset_info, resolved_name
 CHECKPOINT_KIND = "fewshot"
 #: settings that are not learner hyperparameters but come from ``paper_defaults``.
 LOOP_SETTINGS = ("meta_batch", "iterations", "train_shots")
+#: The hyperparameters ``fewshot train`` has a flag of their own for (``--inner-lr``); every other one is
+#: given as ``--hp name=value``.
+FLAG_HPARAMS = ("inner_steps", "eval_inner_steps", "inner_lr", "meta_lr", "last", "gammas", "zero_head")
 
 
 def parse_hparam(item: str) -> tuple[str, Any]:
@@ -69,9 +72,12 @@ def split_settings(algo: str, *, dataset: str, ways: int, shots: int, explicit: 
 
 def not_applicable(algo: str, key: str) -> LazyAppsError:
     """The one-line refusal of a setting ``key`` that learner ``algo`` does not take (``train``'s and ``eval``'s)."""
-    names = get_learner(algo).hparam_names()
-    takes = sorted(n.replace("_", "-") for n in names - {"problem", "vectorize", "transductive"})
-    return LazyAppsError(f"--{key.replace('_', '-')} does not apply to --algo {algo} (it takes: {', '.join(takes)})")
+    names = get_learner(algo).hparam_names() - {"problem", "vectorize", "transductive"}
+    flags = [f"--{n.replace('_', '-')}" for n in sorted(names) if n in FLAG_HPARAMS]
+    others = sorted(names - set(FLAG_HPARAMS))
+    takes = ", ".join(flags + ([f"--hp {', '.join(others)}" if not flags else f"and as --hp: {', '.join(others)}"] if others else []))
+    given = f"--{key.replace('_', '-')}" if key in FLAG_HPARAMS else f"--hp {key}"
+    return LazyAppsError(f"{given} does not apply to --algo {algo} (it takes: {takes or 'no hyperparameters'})")
 
 
 def build_model(arch: str, *, dataset: str, ways: int, **options: Any) -> torch.nn.Module:

@@ -107,12 +107,14 @@ def train_command(run: RunContext, arch: str | None, dataset: str, force: bool, 
 @common_options
 def eval_command(run: RunContext, arch: str | None, dataset: str, checkpoint: str | None, split: str, **kwargs: Any) -> None:
     """Evaluate a cached zoo model (found by the same flags as `train`) or a given checkpoint."""
+    from pathlib import Path
+
     from lazyapps.errors import LazyAppsError
     from lazyapps.results import format_table
 
     from .fits import check_outputs
     from .training import evaluate, is_zoo_checkpoint, load, load_trained, load_zoo_data
-    from .user_models import load_user_model
+    from .user_models import ARCHIVE_NAMES, archive_kind, load_user_model, user_model_arch
 
     if checkpoint is not None:
         from lazyapps.checkpoint import with_metadata
@@ -132,7 +134,14 @@ def eval_command(run: RunContext, arch: str | None, dataset: str, checkpoint: st
             raise LazyAppsError(f"--checkpoint {checkpoint} holds a {made_with} model, not {arch}; drop --arch or pass the right file")
         arch, model = made_with, trained.model
     else:
-        spec = f"{arch}:{checkpoint}" if arch else checkpoint
+        named = user_model_arch(checkpoint)  # (the ARCH of an ARCH:PATH spec)
+        kind = archive_kind(Path(checkpoint)) if Path(checkpoint).is_file() else None
+        if arch and named is not None and named != arch:
+            raise LazyAppsError(f"--checkpoint {checkpoint} names architecture {named}, --arch {arch}; drop --arch")
+        if arch and kind is not None:
+            raise LazyAppsError(f"--checkpoint {checkpoint} is a {ARCHIVE_NAMES[kind]} file, which carries its own network; "
+                                f"drop --arch")
+        spec = f"{arch}:{checkpoint}" if arch and named is None else checkpoint
         size = data.image_size if isinstance(data.image_size, int) else None
         model = load_user_model(spec, num_classes=data.num_classes, in_channels=data.channels, image_size=size, device=run.device)
     # e.g. a model for 1x28x28 digits given 3x32x32 colour images, or a 3-class model scored on MNIST's 10

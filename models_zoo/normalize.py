@@ -24,6 +24,11 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor([float(s) for s in std]).view(-1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = self.mean.shape[0]
+        # Broadcasting would turn 1-channel images into 3 normalised channels: a CIFAR network would then
+        # score MNIST without complaint. One statistic for every channel is fine.
+        if channels != 1 and (x.dim() < 3 or x.shape[-3] != channels):
+            raise ValueError(f"images of shape {list(x.shape)} given to a network normalised for {channels} channels")
         return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:

@@ -57,7 +57,11 @@ class ExportedModel(nn.Module):
         return self.program(*args)
 
 
-def _archive_kind(path: Path) -> str | None:
+#: How messages name each kind of archive :func:`archive_kind` tells apart.
+ARCHIVE_NAMES = {"torchscript": "TorchScript", "export": "torch.export"}
+
+
+def archive_kind(path: Path) -> str | None:
     """``"torchscript"``, ``"export"`` (torch.export's .pt2) or ``None`` (a plain torch.save file, or not a zip)."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -137,7 +141,7 @@ def load_user_model(
     if arch is None:
         if is_zoo_checkpoint(path):
             return load_trained(path, device=device).model
-        kind = _archive_kind(path)
+        kind = archive_kind(path)
         try:
             if kind == "torchscript":
                 with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; users' files still load
@@ -146,7 +150,7 @@ def load_user_model(
             if kind == "export":
                 program = torch.export.load(str(path))
         except Exception as exc:  # a damaged archive fails in many ways inside the loaders
-            raise CheckpointError(f"{kind} file {path} cannot be loaded ({describe(exc, 300)})") from None
+            raise CheckpointError(f"{ARCHIVE_NAMES[kind]} file {path} cannot be loaded ({describe(exc, 300)})") from None
         if kind == "export":
             batch = _fixed_batch(program)
             if batch is not None:  # every other batch size would fail deep inside the program's guards
@@ -156,8 +160,9 @@ def load_user_model(
             return ExportedModel(program.module()).to(device).eval()
         raise CheckpointError(f"{path} is not TorchScript, a torch.export program or a zoo checkpoint; "
                               f"for a state dict pass ARCH:{path} (e.g. net4:{path})")
-    if _archive_kind(path) is not None:
-        raise CheckpointError(f"{path} is a {_archive_kind(path)} file, not a state dict: it carries its own code, "
+    kind = archive_kind(path)
+    if kind is not None:
+        raise CheckpointError(f"{path} is a {ARCHIVE_NAMES[kind]} file, not a state dict: it carries its own code, "
                               f"so pass it without '{arch}:'")
     try:
         state = load_weights(path)

@@ -60,8 +60,15 @@ class _ReptileBase(Learner):
         self.meta_step_final = meta_step_final
 
     def current_step_size(self) -> float:
-        """ε, linearly annealed from ``meta_step_size`` to ``meta_step_final`` over the run (Nichol et al.)."""
-        frac = self.iteration / max(1, self.total_iterations)
+        """ε, linearly annealed from ``meta_step_size`` to ``meta_step_final`` over the run (Nichol et al.).
+
+        The run is ``total_iterations`` long (``meta_train`` sets it); left at 0, as by a caller of
+        :meth:`train_step` that sets no horizon, ε stays ``meta_step_size`` (annealing over a run of 0
+        iterations would make every step after the first a step of ``meta_step_final``, 0 by default).
+        """
+        if self.total_iterations <= 0:
+            return self.meta_step_size
+        frac = self.iteration / self.total_iterations
         return self.meta_step_size + (self.meta_step_final - self.meta_step_size) * min(1.0, frac)
 
     def _update_towards(self, phis: Params, num_tasks: int) -> float:

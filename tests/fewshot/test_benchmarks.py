@@ -55,7 +55,7 @@ def test_accuracy_smoke_reports_every_learner_beside_the_papers(data_root, sessi
     ("reptile.inner_optimizer=sgd.x", None),  # a value that is not JSON is kept as text: checked by the learner
     ("reptil.inner_lr=0.1", "expected LEARNER.NAME=VALUE with LEARNER one of"),
     ("reptile.inner_lr", "is not NAME=VALUE"),
-    ("reptile.lam=1", "--lam does not apply to --algo reptile"),
+    ("reptile.lam=1", "--hp lam does not apply to --algo reptile"),
 ])
 def test_accuracy_overrides_are_checked_before_any_training(item, message, capsys) -> None:
     if message is None:

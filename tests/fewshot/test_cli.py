@@ -87,6 +87,9 @@ def test_resume_continues_and_a_second_run_never_overwrites(trained, tmp_path) -
     (["--algo", "maml", "--shots", "10", "--queries", "15"], "shots + queries = 10 + 15 = 25 examples per class are needed"),
     (["--algo", "maml", "--ways", "500"], "--ways 500 is larger than the 423 classes"),
     (["--algo", "maml", "--last", "3"], "--last does not apply to --algo maml"),
+    # flags are named as flags, the rest as --hp names (there is no --cg-steps)
+    (["--algo", "imaml", "--eval-inner-steps", "3"], "--eval-inner-steps does not apply to --algo imaml (it takes: --inner-lr, "
+                                                      "--inner-steps, --meta-lr, --zero-head, and as --hp: cg_damping, cg_steps,"),
     (["--algo", "lazy-maml", "--gammas", "0.9,1.5"], "Invalid value for '--gammas': must be comma-separated numbers in [0, 1]"),
     (["--algo", "maml", "--hp", "lam=1"], "--hp lam is not a hyperparameter of --algo maml (it takes: eval_inner_steps, inner_lr"),
     (["--algo", "maml", "--hp", "inner_lr"], "'inner_lr' is not NAME=VALUE"),
@@ -821,3 +824,18 @@ def test_eval_inner_steps_is_refused_for_learners_that_adapt_with_their_meta_tra
     assert len(result.output.strip().splitlines()) == 1
     train = _sine(tmp_path / "t", "--eval-inner-steps", "3", algo=algo)  # train's rule, which eval now shares
     assert train.exit_code == 2 and train.output.startswith("Error: " + message), train.output
+
+
+def test_the_hyperparameters_with_flags_of_their_own_are_the_ones_train_has_flags_for() -> None:
+    """Refusals name FLAG_HPARAMS as flags and every other hyperparameter as an --hp name: both must be real."""
+    import fewshot.learners  # noqa: F401  (registers every learner)
+    from fewshot.base import available, get_learner
+    from fewshot.experiment import FLAG_HPARAMS
+
+    import click
+
+    fewshot = cli.get_command(click.Context(cli), "fewshot")
+    train = fewshot.get_command(click.Context(fewshot), "train")
+    flags = {opt[2:] for p in train.params for opt in p.opts if opt.startswith("--")}
+    names = set().union(*(get_learner(a).hparam_names() for a in available())) - {"vectorize", "transductive"}  # (every learner)
+    assert {n.replace("_", "-") for n in FLAG_HPARAMS} == {n.replace("_", "-") for n in names} & flags

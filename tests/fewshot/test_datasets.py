@@ -149,7 +149,7 @@ def test_miniimagenet_and_tieredimagenet_are_folders_under_the_data_root(tmp_pat
     sampler = task_source("miniimagenet", split="val", ways=3, shots=1, queries=2, root=tmp_path, cache_dir=cache_dir)
     batch = sampler.sample(2)
     assert sampler.num_classes == 3 and batch.support_x.shape == (2, 3, 3, 84, 84)
-    with pytest.raises(DataNotFoundError, match="tieredimagenet does not exist"):
+    with pytest.raises(DataNotFoundError, match="tieredimagenet does not exist; it holds train/ val/ test/ folders of class folders, or class folders"):
         task_source("tieredimagenet", split="train", ways=2, shots=1, queries=1, root=tmp_path, cache_dir=cache_dir)
     with pytest.raises(LazyAppsError, match="shots \\+ queries = 2 \\+ 2 = 4 .* has 3"):
         task_source("miniimagenet", split="val", ways=3, shots=2, queries=2, root=tmp_path, cache_dir=cache_dir)

@@ -496,6 +496,11 @@ def test_reptile_meta_step_moves_towards_sgd_on_support_and_query_with_the_annea
     for k, v in model.named_parameters():
         expected = theta[k] + 0.8 * ((phis[0][k] + phis[1][k]) / 2 - theta[k])
         assert torch.allclose(v, expected, atol=1e-10), k
+    # past the horizon ε stays at its final value; with no horizon set (train_step driven by hand) at its first
+    learner.iteration = 9
+    assert learner.current_step_size() == pytest.approx(0.2)
+    learner.total_iterations = 0
+    assert [learner.train_step(tasks)["step_size"] for _ in range(3)] == [1.0, 1.0, 1.0]
 
 
 def test_evaluate_scores_each_task_after_adapting_on_its_support_set() -> None:

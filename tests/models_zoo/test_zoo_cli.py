@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import torch
@@ -59,6 +60,18 @@ def test_train_then_cached_then_eval(tmp_path, cache_dir):
     assert by_state.exit_code == 0 and json.loads(eval_json.read_text())["metrics"]["accuracy"] == accuracy
     wrong = invoke("eval", "--arch", "net4", "--dataset", "digits", "--checkpoint", result["path"])
     assert wrong.exit_code != 0 and "holds a mlp model" in wrong.output
+    # the state dict as ARCH:PATH, with the same --arch too, is the same model; another --arch, or --arch with a
+    # file that carries its own network, is refused naming --arch (not a spec the user never typed)
+    spelled = invoke("eval", "--arch", "mlp", "--dataset", "digits", "--checkpoint", f"mlp:{state_path}", "--quiet", "--json", str(eval_json))
+    assert spelled.exit_code == 0 and json.loads(eval_json.read_text())["metrics"]["accuracy"] == accuracy
+    clash = invoke("eval", "--arch", "net4", "--dataset", "digits", "--checkpoint", f"mlp:{state_path}")
+    assert clash.exit_code == 2 and clash.output.strip() == f"Error: --checkpoint mlp:{state_path} names architecture mlp, --arch net4; drop --arch"
+    scripted = tmp_path / "mlp.ts"
+    with warnings.catch_warnings():  # (torch deprecates TorchScript; users' files are still TorchScript)
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(models_zoo.load_trained(result["path"]).model), str(scripted))
+    own = invoke("eval", "--arch", "mlp", "--dataset", "digits", "--checkpoint", str(scripted))
+    assert own.exit_code == 2 and own.output.strip() == f"Error: --checkpoint {scripted} is a TorchScript file, which carries its own network; drop --arch"
     other_data = tmp_path / "other.npz"  # 3-channel 8x8 images: the digits MLP cannot take them
     rng = np.random.default_rng(0)
     np.savez(other_data, x_train=rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8), y_train=np.arange(20) % 10,

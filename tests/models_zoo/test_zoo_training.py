@@ -111,6 +111,13 @@ def test_a_network_that_does_not_fit_the_data_is_named_before_training():
     bn.train()
     check_outputs(bn, (1, 8, 8), 4)
     assert bn.training and int(bn[1].num_batches_tracked) == 0  # the probe leaves the mode and statistics alone
+    # A CIFAR network (3-channel statistics in front) given MNIST: broadcasting made 3 channels of the 1 and the
+    # accuracy came out silently; a network with one statistic for every channel still takes any count.
+    cifar_net = models_zoo.with_normalization(models_zoo.create("lenet5", num_classes=10, in_channels=3), (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    with pytest.raises(LazyAppsError, match=r"cannot take 1x28x28 images .*normalised for 3 channels"):
+        check_outputs(cifar_net, (1, 28, 28), 10, what="net")
+    check_outputs(cifar_net, (3, 28, 28), 10)
+    check_outputs(models_zoo.with_normalization(models_zoo.create("lenet5", num_classes=10, in_channels=3), (0.5,), (0.25,)), (3, 28, 28), 10)
 
 
 def test_force_retrains(cache_dir):
