@@ -13,6 +13,7 @@ model's bounds must be (0, 1), the pixel range the attack clips to.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -111,7 +112,8 @@ class MetaAttackFoolbox(fb.attacks.base.MinimizationAttack):
         outcome = meta_attack(blackbox, raw, labels.to(raw.device), self.meta_attacker, params,
                               target=None if target is None else target.to(raw.device), desc="meta-attack (foolbox)",
                               **self.settings)
-        self.last_outcome = outcome
+        # A targeted criterion has no true labels: the stand-in classes above are not the images' labels.
+        self.last_outcome = outcome if target is None else dataclasses.replace(outcome, labels=None)
         return restore_type(ep.astensor(outcome.x_adv.to(device=raw.device, dtype=raw.dtype)))
 
     def __repr__(self) -> str:

@@ -74,9 +74,10 @@ def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title:
         config = {**config, **own, "meta_family": args.meta_family}
         if "baseline" in attacked["config"]:
             config["baselines"] = {**config.get("baselines", {}), method: attacked["config"]["baseline"]}
-        # what departs from Du et al.'s pipeline, named in the row
-        settings = (["skip_blocked"] if attacked["config"].get("skip_blocked") else []) + (
-            [f"meta_training={training}"] if meta and training != META_TRAINING_OF[method] else [])
+        # a meta-attack's coordinate ranking (ours or Du et al.'s: rows of both kinds end up in one table) and
+        # a meta-training that departs from Du et al.'s, named in the row
+        ranking = ["skip_blocked" if attacked["config"].get("skip_blocked") else "no_skip_blocked"] if meta else []
+        settings = ranking + ([f"meta_training={training}"] if meta and training != META_TRAINING_OF[method] else [])
         rows.append({"source": "ours", **attacked["row"], **({"settings": ",".join(settings)} if settings else {}),
                      "n_images": len(images[1])})
         print(format_table(rows[-1:], ["source", *COLUMNS]), file=sys.stderr, flush=True)

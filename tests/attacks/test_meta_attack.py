@@ -281,6 +281,11 @@ def test_foolbox_users_call_it_like_any_attack():
     _, adv, ok = attack(fmodel, x, fb.criteria.TargetedMisclassification(target), epsilons=None)
     with torch.no_grad():
         assert torch.equal(model(adv).argmax(1)[ok], target[ok])
+    assert attack.last_outcome.labels is None  # the criterion gives no true labels; none are made up
+    assert torch.equal(attack.last_outcome.target_classes, target)
+    # an image the target already gives the target class is fooled as it is, as foolbox's criterion judges it
+    _, adv, ok = attack(fmodel, x, fb.criteria.TargetedMisclassification(y), epsilons=None)
+    assert ok.all() and torch.equal(adv, x) and (attack.last_outcome.queries == 1).all()
 
 
 def test_float64_images_and_targets_work_with_a_float32_meta_attacker():
