@@ -88,7 +88,11 @@ class TaskBatch:
     ``classes`` (optional, ``(T, N)`` int64) names the sampler's global class
     index (0..num_classes-1) behind each task label, for learners that
     pre-train on global labels (the ``finetune`` baseline); ``None`` when the
-    tasks have no global classes (sine, hand-made batches).
+    tasks have no global classes (sine, hand-made batches). ``span`` is
+    ``(first, total)`` when these are tasks ``first, first + 1, ...`` of a
+    batch of ``total`` (what :meth:`select` cuts, e.g. a rank's share of the
+    meta-batch under torchrun), so random draws per task can be made for the
+    whole batch, as one process makes them; ``None``: the whole batch.
     """
 
     support_x: Tensor
@@ -96,6 +100,7 @@ class TaskBatch:
     query_x: Tensor
     query_y: Tensor
     classes: Tensor | None = None
+    span: tuple[int, int] | None = None
 
     @property
     def support(self) -> tuple[Tensor, Tensor]:
@@ -121,7 +126,7 @@ class TaskBatch:
             return t.to(device, dtype) if dtype is not None and t.is_floating_point() else t.to(device)
 
         return TaskBatch(*(move(t) for t in (self.support_x, self.support_y, self.query_x, self.query_y)),
-                         classes=None if self.classes is None else self.classes.to(device))
+                         classes=None if self.classes is None else self.classes.to(device), span=self.span)
 
     def check(self, problem: str) -> None:
         """:class:`ValueError` naming the part of these tasks that a learner cannot use.
@@ -159,8 +164,11 @@ class TaskBatch:
         """The tasks at ``index`` (an int keeps a task dim of 1)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
+        start, stop, step = index.indices(self.num_tasks)
+        first, total = self.span or (0, self.num_tasks)
         return TaskBatch(self.support_x[index], self.support_y[index], self.query_x[index], self.query_y[index],
-                         classes=None if self.classes is None else self.classes[index])
+                         classes=None if self.classes is None else self.classes[index],
+                         span=(first + start, total) if step == 1 else None)
 
     def chunks(self, size: int) -> Iterator[TaskBatch]:
         """Consecutive batches of at most ``size`` tasks."""

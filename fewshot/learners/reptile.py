@@ -30,14 +30,18 @@ from ..tasks import TaskBatch
 from .lazy_maml import LAZY_GAMMAS, check_last, student_checkpoints, teacher_leaps
 
 
-def minibatches(x: Tensor, y: Tensor, *, batch: int, steps: int) -> tuple[Tensor, Tensor, list[Tensor]]:
+def minibatches(x: Tensor, y: Tensor, *, batch: int, steps: int,
+                span: tuple[int, int] | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Reptile's inner-loop data: ``(x, y)`` of every task shuffled (dim 1), and the rows of each of ``steps`` minibatches.
 
     Step j takes ``batch`` consecutive rows of the shuffled order, wrapping round, so the steps cycle through the
     task's examples. The same shuffle feeds the batched (vmap) and the looped path, so both take the same steps.
+    ``span``: the tasks' :attr:`~fewshot.tasks.TaskBatch.span`; the shuffles of the whole batch are drawn and
+    these tasks' kept, so a rank's share of a meta-batch is shuffled as one process shuffles it.
     """
     n = x.shape[1]
-    perm = torch.stack([torch.randperm(n) for _ in range(x.shape[0])]).to(x.device)
+    first, total = span or (0, x.shape[0])
+    perm = torch.stack([torch.randperm(n) for _ in range(total)][first:first + x.shape[0]]).to(x.device)
     x = torch.gather(x, 1, perm.view(*perm.shape, *([1] * (x.dim() - 2))).expand_as(x))
     y = torch.gather(y, 1, perm.view(*perm.shape, *([1] * (y.dim() - 2))).expand_as(y))
     b = min(batch, n)
@@ -146,7 +150,7 @@ class Reptile(_ReptileBase):
     def meta_step(self, tasks: TaskBatch) -> dict[str, float]:
         # Reptile has no support/query distinction at meta-train time: the inner loop cycles through both.
         x, y, rows = minibatches(torch.cat([tasks.support_x, tasks.query_x], 1), torch.cat([tasks.support_y, tasks.query_y], 1),
-                                 batch=self.inner_batch, steps=self.inner_steps)
+                                 batch=self.inner_batch, steps=self.inner_steps, span=tasks.span)
         # The inner loop is the lazy learners' student: the same minibatch steps, batched over tasks where it can be.
         phis = student_checkpoints(self, (x, y), steps=self.inner_steps, lr=self.inner_lr, keep_last=1,
                                    optimizer=self.inner_optimizer, rows=rows)[0]
@@ -218,7 +222,7 @@ class LazyReptile(_ReptileBase):
     def meta_step(self, tasks: TaskBatch) -> dict[str, float]:
         support, rows = tasks.support, None
         if self.inner_batch is not None:
-            *support, rows = minibatches(*support, batch=self.inner_batch, steps=self.inner_steps)
+            *support, rows = minibatches(*support, batch=self.inner_batch, steps=self.inner_steps, span=tasks.span)
         checkpoints = student_checkpoints(self, tuple(support), steps=self.inner_steps, lr=self.inner_lr,
                                           keep_last=self.last, optimizer=self.inner_optimizer, rows=rows)
         theta = {k: v.detach() for k, v in self.theta.items()}

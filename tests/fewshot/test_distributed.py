@@ -18,6 +18,9 @@ CASES = [
     ("meta-sgd", "sine", {}),
     ("reptile", "sine", {"inner_optimizer": "sgd", "inner_steps": 3, "inner_batch": 100, "inner_lr": 0.02}),
     ("lazy-reptile", "sine", {"inner_steps": 4, "inner_lr": 0.01}),
+    # minibatches smaller than the task: each task's shuffle must be the one a single process draws for it
+    ("reptile", "sine", {"inner_optimizer": "sgd", "inner_steps": 3, "inner_batch": 3, "inner_lr": 0.02}),
+    ("lazy-reptile", "sine", {"inner_steps": 4, "inner_lr": 0.01, "inner_batch": 2}),
     ("maml", "images", {"inner_steps": 1}),
     ("lazy-maml", "images", {"inner_steps": 3}),
 ]

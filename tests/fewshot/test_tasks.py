@@ -178,6 +178,10 @@ def test_task_batch_select_chunks_cat_and_to_keep_every_part() -> None:
     wide = batch.to("cpu", torch.float64)  # inputs take the dtype, labels and classes stay integers
     assert (wide.support_x.dtype, wide.query_x.dtype, wide.support_y.dtype, wide.classes.dtype) == (
         torch.float64, torch.float64, torch.int64, torch.int64)
+    # a selection knows where it sits in the whole batch (a rank's share of a meta-batch), through .to as well
+    assert batch.span is None and one.span == (4, 10) and parts[2].span == (8, 10)
+    assert batch.select(slice(2, 8)).select(slice(1, 3)).to("cpu").span == (3, 10)
+    assert batch.select(slice(0, 10, 2)).span is None and whole.span is None
     assert torch.equal(wide.classes, batch.classes) and batch.to("cpu").support_x.dtype == torch.float32
     assert unnamed.to("cpu").classes is None
 
