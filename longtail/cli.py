@@ -156,9 +156,10 @@ def train(run, dataset, imbalance, method, preset, epochs, batch_size, lr, inner
         if meta.get("preset") not in (None, options["preset"]):  # (a preset only names settings: they come from the run)
             raise LazyAppsError(f"{resume} was trained with --preset {meta['preset']}; leave --preset out to resume it")
         unexposed = {k: tuple(meta[k]) if k == "lr_decay" else meta[k] for k in ("lr_decay", "weight_decay", "momentum") if k in meta}
+    from .data import check_imbalance
+
     dataset, imbalance, method, preset = (options[k] for k in ("dataset", "imbalance", "method", "preset"))
-    if not imbalance >= 1:
-        raise LazyAppsError(f"--imbalance must be >= 1 (largest / smallest class size), got {imbalance}")
+    check_imbalance(imbalance)
     if method not in METHOD_NAMES:
         raise UnknownNameError("method", method, METHOD_NAMES)
     from click.core import ParameterSource

@@ -24,6 +24,7 @@ and quick presets use it to keep evaluation cheap).
 from __future__ import annotations
 
 import functools
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -42,13 +43,18 @@ N_MAX = {"cifar10": 4990, "cifar100": 490}
 FULL_TRAIN_IMAGES = 50_000
 
 
+def check_imbalance(imbalance: float) -> None:
+    """:class:`LazyAppsError` unless ``imbalance`` (largest / smallest class size) is a finite number >= 1."""
+    if not (math.isfinite(imbalance) and imbalance >= 1):
+        raise LazyAppsError(f"--imbalance must be a finite number >= 1 (largest / smallest class size), got {imbalance}")
+
+
 def longtail_counts(num_classes: int, imbalance: float, n_max: int) -> list[int]:
     """Training images per class: n_c = int(n_max · (1/imbalance)^(c/(C−1))).
 
     ``imbalance`` is the ratio of the largest to the smallest class (≥ 1).
     """
-    if not imbalance >= 1:
-        raise LazyAppsError(f"--imbalance must be >= 1 (largest / smallest class size), got {imbalance}")
+    check_imbalance(imbalance)
     if n_max < 1:
         raise LazyAppsError(f"n_max (images of the largest class) must be >= 1, got {n_max}")
     if num_classes == 1:
@@ -172,8 +178,7 @@ class CIFARLongTail:
         """
         from lazyapps.data import anchored_name, load_dataset
 
-        if not imbalance >= 1:
-            raise LazyAppsError(f"--imbalance must be >= 1 (largest / smallest class size), got {imbalance}")
+        check_imbalance(imbalance)
         try:
             data = load_dataset(dataset, root=root)
         except DataNotFoundError as exc:
@@ -185,6 +190,11 @@ class CIFARLongTail:
                 "in --data-dir / $LAZYAPPS_DATA; or train on CIFAR-10-LT with --dataset cifar10 "
                 f"[{str(exc).split(';')[0]}]") from None
         num_classes = len(data.classes)
+        unseen = sorted(set(data.test.labels.unique().tolist()) - set(data.train.labels.unique().tolist()))
+        if unseen:  # (Omniglot: its test split is the evaluation alphabets)
+            raise LazyAppsError(f"{dataset}'s test split holds {len(unseen)} classes with no training image "
+                                f"({data.classes[unseen[0]]}, ...): a classifier trained on it would score chance on "
+                                f"them by construction" + ("; Omniglot is for lazyapps fewshot" if "omniglot" in dataset else ""))
         if rule == "ldam" and dataset in N_MAX and len(data.train.labels) < FULL_TRAIN_IMAGES:
             # The permutation is seeded as Cao et al.'s, but over other images: a split of its own, not theirs.
             warnings.warn(f"--split ldam on a {len(data.train.labels)}-image subset of {dataset}'s "

@@ -25,7 +25,7 @@ from lazyapps.checkpoint import check_expected, check_files_agree, first_load_pr
 from lazyapps.data import anchored_name
 from lazyapps.errors import CheckpointError, DivergedError, Interrupted, LazyAppsError
 from lazyapps.global_batchnorm import use_global_batchnorm
-from lazyapps.progress import progress
+from lazyapps.progress import progress, status
 from lazyapps.runtime import image_layout, resolve_device, set_layout
 
 from .augment import normalize, random_crop_flip
@@ -99,7 +99,7 @@ class TrainConfig:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise LazyAppsError(f"--lr must be a positive number, got {self.lr}")
         if self.inner_lr is not None and not (math.isfinite(self.inner_lr) and self.inner_lr > 0):
-            raise LazyAppsError(f"--inner-lr must be > 0, got {self.inner_lr}")
+            raise LazyAppsError(f"--inner-lr must be a positive finite number, got {self.inner_lr}")
         if self.test_per_class is not None and self.test_per_class < 1:
             raise LazyAppsError(f"--test-per-class must be >= 1 (--preset paper evaluates on the whole test set), "
                                 f"got {self.test_per_class}")
@@ -372,6 +372,12 @@ class Trainer:
         Ctrl-C raises :class:`Interrupted` naming the checkpoint of the last epoch written to disk.
         """
         saved = self.epoch  # the last epoch completed and checkpointed (a Ctrl-C may land while its files are written)
+        world, left = distributed.world_size(), skipped_last_batch(len(self.data.train_labels), self.config.batch_size,
+                                                                   distributed.world_size())
+        if left and self.epoch < self.config.epochs:
+            status(f"warning: each epoch's last batch of {left} image{'s' if left > 1 else ''} is skipped, being fewer "
+                   f"than the {world} processes (one process trains on it, so the numbers differ from one process's); "
+                   f"another --batch-size avoids it")
         try:
             while self.epoch < self.config.epochs:
                 row = self.train_epoch()
@@ -405,6 +411,13 @@ class Trainer:
                      f"--resume {self.checkpoint_path}") if self.out_dir is not None and saved > 0 else "no epoch's checkpoint was written"
             raise Interrupted(f"interrupted during epoch {saved + 1}; {where}") from None
         return self.history
+
+
+def skipped_last_batch(images: int, batch_size: int, world: int) -> int:
+    """Images in an epoch's last batch that ``world`` processes skip (0 when none): fewer than the processes, the
+    batch would leave a rank without a row."""
+    left = images % batch_size
+    return left if world > 1 and left < world else 0
 
 
 def check_same_data(path: str | Path, meta: dict[str, Any], data: CIFARLongTail) -> None:

@@ -79,11 +79,13 @@ def test_train_lazy_method_small_model_and_resume_refusals(env):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--imbalance", "0.5"], "--imbalance must be >= 1"),
+    (["--imbalance", "0.5"], "--imbalance must be a finite number >= 1"),
+    (["--imbalance", "inf"], "--imbalance must be a finite number >= 1"),  # (no --n-max could give its classes images)
     (["--method", "focal-magic"], "unknown method 'focal-magic'; valid: cb-ce, cb-focal, ce, l2rw, lazy-two-component"),
     (["--val-per-class", "3000"], "needs 3000 for validation"),
     (["--gammas", "0.8,2"], "Invalid value for '--gammas': must be comma-separated numbers in [0, 1]"),
-    (["--inner-lr", "0"], "--inner-lr must be > 0"),
+    (["--inner-lr", "0"], "--inner-lr must be a positive finite number"),
+    (["--inner-lr", "inf"], "--inner-lr must be a positive finite number, got inf"),
     (["--inner-steps", "0"], "--inner-steps must be >= 1"),
     (["--inner-steps", "65"], "--inner-steps 65 is more than --batch-size 64: the lazy student's steps run over that many slices"),
     (["--lr", "-0.1"], "--lr must be a positive number, got -0.1"),

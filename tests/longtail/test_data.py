@@ -73,7 +73,7 @@ def test_too_few_images_is_a_clear_error(data_root):
         CIFARLongTail.load("cifar10", imbalance=5, root=data_root)
     with pytest.raises(LazyAppsError, match="needs 3000 for validation"):
         CIFARLongTail.load("cifar10", imbalance=100, root=data_root, val_per_class=3000)
-    with pytest.raises(LazyAppsError, match="--imbalance must be >= 1"):
+    with pytest.raises(LazyAppsError, match="--imbalance must be a finite number >= 1"):
         CIFARLongTail.load("cifar10", imbalance=0.5, root=data_root)
 
 
@@ -193,7 +193,7 @@ def test_bad_split_arguments_are_refused_before_the_data_load(monkeypatch, tmp_p
 
     monkeypatch.setattr(data_module, "load_dataset", no_load)
     for imbalance in (0.5, 0.0):
-        with pytest.raises(LazyAppsError, match="--imbalance must be >= 1"):
+        with pytest.raises(LazyAppsError, match="--imbalance must be a finite number >= 1"):
             CIFARLongTail.load("cifar100", imbalance=imbalance, root=tmp_path)
     # another dataset's missing files are its own error, not CIFAR-100's advice
     monkeypatch.setattr(data_module, "load_dataset",
@@ -205,8 +205,17 @@ def test_bad_split_arguments_are_refused_before_the_data_load(monkeypatch, tmp_p
 def test_counts_refuse_bad_arguments_and_take_one_class():
     assert longtail_counts(1, 10, 7) == [7]  # one class: no exponent c/(C−1) to take
     assert longtail_counts(3, 4, 1) == [1, 0, 0]  # n_max = 1 is allowed (the loader refuses empty classes)
-    with pytest.raises(LazyAppsError, match="--imbalance must be >= 1"):
+    with pytest.raises(LazyAppsError, match="--imbalance must be a finite number >= 1"):
         longtail_counts(3, 0.5, 10)
+    with pytest.raises(LazyAppsError, match="--imbalance must be a finite number >= 1 .*, got nan"):
+        longtail_counts(3, float("nan"), 10)
+
+
+def test_a_dataset_whose_test_classes_have_no_training_image_is_refused(data_root, session_cache, monkeypatch):
+    monkeypatch.setenv("LAZYAPPS_CACHE", str(session_cache))  # (the decoded Omniglot, shared with the few-shot tests)
+    # Omniglot's test split is its evaluation alphabets: no split rule could give those classes training images
+    with pytest.raises(LazyAppsError, match="omniglot's test split holds 659 classes with no training image .*Omniglot is for lazyapps fewshot"):
+        CIFARLongTail.load("omniglot", imbalance=10, root=data_root, n_max=10, val_per_class=2)
     with pytest.raises(LazyAppsError, match="n_max .* must be >= 1"):
         longtail_counts(3, 2, 0)
 

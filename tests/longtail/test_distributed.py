@@ -321,3 +321,11 @@ def test_class_weighted_losses_on_two_ranks_equal_one_process(small_lt, method):
         torch.testing.assert_close(r0["state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
         assert torch.equal(r0["state"][k], r1["state"][k]), k
     assert r0["losses"] == pytest.approx(one["losses"], rel=1e-5) and all(math.isfinite(x) for x in one["losses"])
+
+
+def test_a_last_batch_smaller_than_the_process_count_is_the_one_skipped():
+    from longtail.trainer import skipped_last_batch
+
+    assert skipped_last_batch(403, 67, 2) == 1 and skipped_last_batch(403, 66, 2) == 0  # 403 = 6·67 + 1 = 6·66 + 7
+    assert skipped_last_batch(403, 67, 1) == 0 and skipped_last_batch(402, 67, 2) == 0  # one process; no last batch
+    assert skipped_last_batch(10, 4, 3) == 2 and skipped_last_batch(10, 4, 2) == 0
