@@ -20,15 +20,15 @@ class Normalize(nn.Module):
         super().__init__()
         if len(mean) != len(std):
             raise ValueError(f"mean has {len(mean)} channels but std has {len(std)}")
+        self.channels = len(mean)
         self.register_buffer("mean", torch.tensor([float(m) for m in mean]).view(-1, 1, 1))
         self.register_buffer("std", torch.tensor([float(s) for s in std]).view(-1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = self.mean.shape[0]
         # Broadcasting would turn 1-channel images into 3 normalised channels: a CIFAR network would then
-        # score MNIST without complaint. One statistic for every channel is fine.
-        if channels != 1 and (x.dim() < 3 or x.shape[-3] != channels):
-            raise ValueError(f"images of shape {list(x.shape)} given to a network normalised for {channels} channels")
+        # score MNIST without complaint. One statistic for every channel is fine. (A trace records no check.)
+        if not torch.jit.is_tracing() and self.channels != 1 and (x.dim() < 3 or x.shape[-3] != self.channels):
+            raise ValueError(f"images of shape {list(x.shape)} given to a network normalised for {self.channels} channels")
         return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:

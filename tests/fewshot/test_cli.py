@@ -834,8 +834,8 @@ def test_the_hyperparameters_with_flags_of_their_own_are_the_ones_train_has_flag
 
     import click
 
-    fewshot = cli.get_command(click.Context(cli), "fewshot")
-    train = fewshot.get_command(click.Context(fewshot), "train")
+    group = cli.get_command(click.Context(cli), "fewshot")
+    train = group.get_command(click.Context(group), "train")
     flags = {opt[2:] for p in train.params for opt in p.opts if opt.startswith("--")}
     names = set().union(*(get_learner(a).hparam_names() for a in available())) - {"vectorize", "transductive"}  # (every learner)
     assert {n.replace("_", "-") for n in FLAG_HPARAMS} == {n.replace("_", "-") for n in names} & flags
