@@ -372,8 +372,8 @@ class Trainer:
         Ctrl-C raises :class:`Interrupted` naming the checkpoint of the last epoch written to disk.
         """
         saved = self.epoch  # the last epoch completed and checkpointed (a Ctrl-C may land while its files are written)
-        world, left = distributed.world_size(), skipped_last_batch(len(self.data.train_labels), self.config.batch_size,
-                                                                   distributed.world_size())
+        world = distributed.world_size()
+        left = skipped_last_batch(len(self.data.train_labels), self.config.batch_size, world)
         if left and self.epoch < self.config.epochs:
             status(f"warning: each epoch's last batch of {left} image{'s' if left > 1 else ''} is skipped, being fewer "
                    f"than the {world} processes (one process trains on it, so the numbers differ from one process's); "
