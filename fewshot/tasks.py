@@ -164,7 +164,7 @@ class TaskBatch:
         """The tasks at ``index`` (an int keeps a task dim of 1)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
-        start, stop, step = index.indices(self.num_tasks)
+        start, _, step = index.indices(self.num_tasks)
         first, total = self.span or (0, self.num_tasks)
         return TaskBatch(self.support_x[index], self.support_y[index], self.query_x[index], self.query_y[index],
                          classes=None if self.classes is None else self.classes[index],

@@ -135,10 +135,11 @@ def eval_command(run: RunContext, arch: str | None, dataset: str, checkpoint: st
         arch, model = made_with, trained.model
     else:
         named = user_model_arch(checkpoint)  # (the ARCH of an ARCH:PATH spec)
-        kind = archive_kind(Path(checkpoint)) if Path(checkpoint).is_file() else None
         if arch and named is not None and named != arch:
             raise LazyAppsError(f"--checkpoint {checkpoint} names architecture {named}, --arch {arch}; drop --arch")
-        if arch and kind is not None:
+        # (load_user_model refuses an ARCH: before such a file too, but in the words of a spec the user did not type)
+        kind = archive_kind(Path(checkpoint)) if arch and Path(checkpoint).is_file() else None
+        if kind is not None:
             raise LazyAppsError(f"--checkpoint {checkpoint} is a {ARCHIVE_NAMES[kind]} file, which carries its own network; "
                                 f"drop --arch")
         spec = f"{arch}:{checkpoint}" if arch and named is None else checkpoint
