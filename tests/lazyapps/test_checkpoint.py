@@ -182,3 +182,15 @@ def test_files_agree_only_when_the_json_keeps_every_setting_the_pt_records():
 def test_with_metadata_names_each_checkpoint_and_its_json_and_skips_absent_ones():
     files = with_metadata({"--checkpoint": "runs/a/best.pt", "--resume": None})
     assert files == {"--checkpoint": Path("runs/a/best.pt"), "the .json of --checkpoint": Path("runs/a/best.pt.json")}
+
+
+def test_first_load_problem_names_the_first_key_and_counts_every_other_problem():
+    # The one-line reason a checkpoint does not fit: torch lists every missing key on one line; the count of the
+    # rest must include them, or "(and N more)" hides how far the checkpoint is from the model.
+    from lazyapps.checkpoint import first_load_problem
+
+    with pytest.raises(RuntimeError) as caught:
+        torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)).load_state_dict({"extra": torch.zeros(1)})
+    # 4 missing keys (0.weight, 0.bias, 1.weight, 1.bias) and 1 unexpected one
+    assert first_load_problem(caught.value) == "missing key '0.weight' (and 4 more)"
+    assert first_load_problem(KeyError("model")) == "it holds no 'model' entry"

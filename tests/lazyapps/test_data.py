@@ -215,6 +215,7 @@ def test_omniglot_extracted_folders_and_image_size(data_root, tmp_path, cache_di
     extra_png.write_bytes(first.read_bytes())
     grown = load_dataset("omniglot", root=tmp_path, download=False, cache_dir=cache_dir, image_size=20, resample="bilinear")
     assert len(grown.train) == 41 and grown.extra["train_drawer"][20] == 21
+    assert grown.extra["test_drawer"].tolist() == list(range(1, 21)) * 2  # the test part starts after the 41 train rows
 
     with pytest.raises(LazyAppsError, match="image_size"):
         load_dataset("omniglot", root=tmp_path, download=False, cache_dir=cache_dir, image_size=0)
@@ -338,6 +339,7 @@ def test_npz_bundle_round_trip_rgb_and_grayscale(tmp_path):
         ({"x_train": np.zeros((2, 4, 4), np.uint8), "y_train": np.zeros(3, int), "x_test": np.zeros((1, 4, 4), np.uint8), "y_test": np.zeros(1, int)}, "2 images but 3 labels"),
         ({"x_train": np.zeros((2, 4, 4), np.uint8), "y_train": np.zeros(2), "x_test": np.zeros((1, 4, 4), np.uint8), "y_test": np.zeros(1, int)}, "integer"),
         ({"x_train": np.zeros((2, 4, 4), np.uint8), "y_train": np.zeros(2, int), "x_test": np.zeros((1, 5, 4), np.uint8), "y_test": np.zeros(1, int)}, "test images"),
+        ({"x_train": np.zeros((2, 4, 4), np.uint8), "y_train": np.array([0, 1]), "x_test": np.zeros((1, 4, 4), np.uint8), "y_test": np.array([-1])}, "labels must be >= 0, found -1"),
         ({"x_train": np.zeros((2, 4, 4), np.uint8), "y_train": np.array([0, 5]), "x_test": np.zeros((1, 4, 4), np.uint8), "y_test": np.zeros(1, int), "classes": np.array(["a", "b"])}, "labels go up to 5"),
         # a stray huge label sized every per-class table by it (the process was killed for memory)
         ({"x_train": np.zeros((2, 4, 4), np.uint8), "y_train": np.array([0, 10**9]), "x_test": np.zeros((1, 4, 4), np.uint8), "y_test": np.zeros(1, int)}, "at most 100,000 classes.*found label 1000000000"),
@@ -440,6 +442,10 @@ def test_class_indices_match_a_plain_loop():
     assert [idx.tolist() for idx in class_indices(labels)] == expected[:4]
     with pytest.raises(ValueError):
         class_indices(labels, num_classes=3)
+    # each class's positions ascending (file order) also where an unstable sort would reorder ties
+    labels = torch.tensor([2, 1, 0, 2, 0, 1, 1, 0, 2, 2, 1, 0, 0, 2, 1, 0, 2, 1, 1, 0])
+    assert [idx.tolist() for idx in class_indices(labels)] == [
+        [i for i, label in enumerate(labels.tolist()) if label == c] for c in range(3)]
 
 
 def test_split_is_a_dataset_for_dataloader():
@@ -536,6 +542,11 @@ def test_omniglot_test_drawers_nearest_filter_and_edited_pngs(data_root, tmp_pat
     near = load_dataset("omniglot", root=tmp_path, download=False, cache_dir=cache_dir, image_size=20, resample="nearest")
     reference = Image.open(first).convert("L").resize((20, 20), Image.NEAREST)
     assert torch.equal(near.train.images[0, 0], torch.from_numpy(255 - np.asarray(reference)))
+    # another filter at the same size is decoded again, not taken from the nearest-neighbour cache
+    box = load_dataset("omniglot", root=tmp_path, download=False, cache_dir=cache_dir, image_size=20, resample="box")
+    reference = Image.open(first).convert("L").resize((20, 20), Image.BOX)
+    assert torch.equal(box.train.images[0, 0], torch.from_numpy(255 - np.asarray(reference)))
+    assert not torch.equal(box.train.images, near.train.images)
     # an edited drawing (same names, same count) is noticed through the modification time
     clear_memory_cache()
     first.write_bytes(second.read_bytes())

@@ -247,9 +247,20 @@ def _weighted_helpers(folder: str) -> dict:
         bn.running_mean.fill_(float(r + 1))
     D.broadcast_buffers(bn)
     out["running_mean"] = bn.running_mean.clone()
+    # broadcast_module copies the buffers too (BatchNorm statistics), not only the parameters
+    bn = torch.nn.BatchNorm1d(2)
+    with torch.no_grad():
+        bn.weight.fill_(float(r + 1))
+        bn.running_var.fill_(float(r + 1))
+    D.broadcast_module(bn)
+    out["module_state"] = (bn.weight.detach().clone(), bn.running_var.clone())
     # LOCAL_RANK is 0 on both ranks (two machines): per node both build, globally only rank 0
     with D.main_first() as per_node:
         out["per_node"] = per_node
+        if per_node:  # each node's builder writes its cache, also where it is not global rank 0
+            from lazyapps.checkpoint import write_json_atomic
+
+            write_json_atomic(Path(folder, f"node-cache-{r}.json"), {"by": r})
     with D.main_first(per_node=False) as global_builder:
         out["global"] = global_builder
         if global_builder:
@@ -265,7 +276,10 @@ def test_weighted_helpers_and_builders_on_two_ranks(tmp_path):
         assert res["metrics"]["flag"] == (r == 0) and res["metrics"]["name"] == f"r{r}"
         torch.testing.assert_close(res["stacked"]["w"], torch.full((1, 2), 2 / 3))  # mean over the 3 tasks
         torch.testing.assert_close(res["running_mean"], torch.ones(2))  # rank 0's statistics
+        torch.testing.assert_close(res["module_state"][0], torch.ones(2))  # rank 0's parameters
+        torch.testing.assert_close(res["module_state"][1], torch.ones(2))  # and rank 0's buffers
         assert res["per_node"]
+    assert (tmp_path / "node-cache-0.json").exists() and (tmp_path / "node-cache-1.json").exists()
     assert (r0["scale"], r1["scale"]) == (pytest.approx(2 / 3), pytest.approx(4 / 3))  # DDP's plain mean × scale = mean over 3
     assert (r0["global"], r1["global"]) == (True, False) and (tmp_path / "built").read_text() == "0"
 

@@ -114,3 +114,44 @@ def test_conversion_keeps_eps_and_momentum():
     assert (converted.eps, converted.momentum) == (0.5, 0.3)
     x = torch.randn(4, 3, 2, 2)
     torch.testing.assert_close(converted(x), nn.BatchNorm2d(3, eps=0.5, momentum=0.3)(x))
+
+
+def _no_running_stats_and_one_value(split_of: int) -> dict:
+    from lazyapps import distributed
+
+    rows = SPLITS[split_of][distributed.rank()]
+    # conv4's BatchNorm (track_running_stats=False) normalises with batch statistics in eval mode too: the whole
+    # batch's, over every rank, as one process would.
+    bn = use_global_batchnorm(nn.BatchNorm2d(2, track_running_stats=False).double()).eval()
+    out = {"eval_out": bn(_batch()[rows]).detach()}
+    # One value per channel over all ranks: refused on every rank, as plain BatchNorm refuses it in one process
+    # (training on it would set running_var to inf: the unbiased factor count / (count - 1) divides by zero).
+    one = use_global_batchnorm(nn.BatchNorm1d(2).double())
+    try:
+        one(torch.ones(1 if distributed.rank() == 0 else 0, 2, dtype=torch.float64))
+        out["error"] = None
+    except ValueError as exc:
+        out["error"] = str(exc)
+    out["running_var"] = one.running_var.clone()
+    return out
+
+
+def test_two_ranks_use_global_batch_statistics_without_running_stats_and_refuse_a_single_value():
+    expected = nn.BatchNorm2d(2, track_running_stats=False).double().eval()(_batch())
+    r0, r1 = run_ranks(_no_running_stats_and_one_value, 0, world=2)
+    torch.testing.assert_close(torch.cat([r0["eval_out"], r1["eval_out"]]), expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):  # one process refuses it too
+        nn.BatchNorm1d(2)(torch.ones(1, 2))
+    for res in (r0, r1):
+        assert res["error"] == "BatchNorm needs more than 1 value per channel over all ranks, got 1"
+        assert res["running_var"].tolist() == [1.0, 1.0]
+
+
+def test_conversion_keeps_eval_mode():
+    # A model converted after model.eval() must keep using (and not update) its running statistics.
+    bn = nn.BatchNorm2d(3).eval()
+    converted = use_global_batchnorm(bn)
+    assert not converted.training
+    x = torch.randn(4, 3, 2, 2) * 3 + 2
+    torch.testing.assert_close(converted(x), x / (1 + 1e-5) ** 0.5)  # running mean 0, var 1: eval BatchNorm
+    assert converted.running_mean.tolist() == [0.0, 0.0, 0.0] and int(converted.num_batches_tracked) == 0

@@ -321,3 +321,30 @@ def test_a_torch_export_program_for_a_fixed_batch_is_one_line(tmp_path):
     torch.export.save(torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)), str(dynamic))
     with torch.no_grad():
         torch.testing.assert_close(models_zoo.load_user_model(str(dynamic))(x[:1]), net(x[:1]))
+
+
+def test_evaluate_scores_in_eval_mode_and_restores_the_mode():
+    # The reported test accuracy is the eval-mode model's: BatchNorm with its running statistics, which scoring
+    # must not update. Here eval mode predicts class 2 for every image (running mean -100 on its logit), while
+    # batch statistics would spread the predictions over the three classes.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    with torch.no_grad():
+        model[2].running_mean.copy_(torch.tensor([0.0, 0.0, -100.0]))
+    images = torch.randint(0, 256, (60, 1, 2, 2), dtype=torch.uint8)
+    labels = torch.full((60,), 2)
+    for training in (True, False):
+        model.train(training)
+        assert models_zoo.evaluate(model, (images, labels), batch_size=16) == 1.0
+        assert model.training == training and all(m.training == training for m in model.modules())
+    assert model[2].running_mean.tolist() == [0.0, 0.0, -100.0] and int(model[2].num_batches_tracked) == 0
+
+
+def test_the_seed_decides_the_trained_model(cache_dir):
+    run = dict(DIGITS_RUN, epochs=1, train_subset=256)
+    first = models_zoo.train("mlp", "digits", cache_dir=cache_dir, seed=1, **run)
+    again = models_zoo.train("mlp", "digits", cache_dir=cache_dir, seed=1, force=True, **run)
+    other = models_zoo.train("mlp", "digits", cache_dir=cache_dir, seed=2, **run)
+    weights = [m.model.state_dict()["net.layers.1.weight"] for m in (first, again, other)]  # the first layer's
+    torch.testing.assert_close(weights[1], weights[0], rtol=0, atol=0)  # the same seed: the same model
+    assert not torch.allclose(weights[2], weights[0])  # another seed: another initialisation and batch order
