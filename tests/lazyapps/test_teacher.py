@@ -413,3 +413,17 @@ def test_the_readme_example_runs_as_written_and_its_comments_hold(data_root, ses
     # the Reptile-style update: θ ← θ − 0.1·(θ − φ), from the parameters the leap started at
     for k, t in scope["theta"].items():
         torch.testing.assert_close(t, theta0[k].detach() - 0.1 * (theta0[k].detach() - leap.params[k].detach()))
+
+
+def test_candidates_are_visited_weights_major_and_a_tie_goes_to_the_first_visited():
+    # The documented order (for each α in grid order, each γ in gammas order) is what the tie rule and
+    # Leap.scores refer to. With θ = 0 a candidate is (1 − γ)·φ_α; two of them land exactly on the target 0.5:
+    # (α=(0, 1), γ=0.75), visited second weights-major, and (α=(1, 0), γ=0.5), visited second gamma-major.
+    theta = {"w": torch.zeros(1, dtype=torch.float64)}
+    older, newer = {"w": torch.tensor([1.0], dtype=torch.float64)}, {"w": torch.tensor([2.0], dtype=torch.float64)}
+    teacher = LazyTeacher(gammas=(0.5, 0.75), last=2, weight_grid=[(0.0, 1.0), (1.0, 0.0)])
+    leap = teacher.leap(theta, [older, newer], sq_dist(torch.tensor([0.5], dtype=torch.float64)))
+    assert [(g, w) for g, w, _ in leap.scores] == [(g, w) for w in teacher.weights for g in teacher.gammas]
+    assert [s for _, _, s in leap.scores] == [0.25, 0.0, 0.0, 0.0625]  # candidates 1.0, 0.5, 0.5, 0.25
+    assert (leap.gamma, leap.weights, leap.score) == (0.75, (0.0, 1.0), 0.0)
+    torch.testing.assert_close(leap.params["w"], torch.tensor([0.5], dtype=torch.float64), rtol=0, atol=0)

@@ -252,3 +252,24 @@ def test_a_class_left_without_training_images_or_a_test_set_without_images_is_re
     assert CIFARLongTail.load(f"npz:{path}", imbalance=10, root=tmp_path, val_per_class=5, n_max=10).counts == [10, 3, 1]
     with pytest.raises(LazyAppsError, match="test_per_class must be >= 1"):
         CIFARLongTail.load(f"npz:{path}", imbalance=2, root=tmp_path, val_per_class=5, test_per_class=0)
+
+
+@pytest.mark.parametrize("rule", ["first", "ldam"])
+def test_split_images_and_labels_are_the_rows_its_indices_name(tmp_path, rule):
+    # Every image is filled with its row number, so each tensor of the split can be traced back to its file row:
+    # the training and validation images and labels must be the dataset's rows at train_index / val_index (the
+    # meta methods learn their weights on val_images/val_labels; a slip there is invisible in the counts).
+    rng = np.random.default_rng(0)
+    y = rng.permutation(np.repeat(np.arange(4), 30))  # classes shuffled through the file
+    x = np.broadcast_to(np.arange(len(y), dtype=np.uint8)[:, None, None, None], (len(y), 2, 2, 3)).copy()
+    y_test = np.arange(4).repeat(3)
+    np.savez(tmp_path / "lt.npz", x_train=x, y_train=y, x_test=x[:12] + 1, y_test=y_test)
+    lt = CIFARLongTail.load(f"npz:{tmp_path / 'lt.npz'}", imbalance=4, root=tmp_path, val_per_class=3, rule=rule, seed=2)
+    for images, labels, index in ((lt.train_images, lt.train_labels, lt.train_index),
+                                  (lt.val_images, lt.val_labels, lt.val_index)):
+        assert images.dtype == torch.uint8 and images.shape[1:] == (3, 2, 2)
+        assert images[:, 0, 0, 0].tolist() == index.tolist() and bool((images == images[:, :1, :1, :1]).all())
+        assert labels.tolist() == y[index.numpy()].tolist()
+    assert lt.val_labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3  # balanced, grouped by class
+    assert torch.bincount(lt.train_labels, minlength=4).tolist() == lt.counts == longtail_counts(4, 4, 27)
+    assert lt.test_labels.tolist() == y_test.tolist() and lt.test_images[:, 0, 0, 0].tolist() == list(range(1, 13))

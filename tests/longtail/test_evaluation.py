@@ -61,3 +61,24 @@ def test_predict_on_no_images_is_an_empty_prediction():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     got = predict(model, torch.zeros(0, 3, 2, 2, dtype=torch.uint8), mean=(0.5,) * 3, std=(0.2,) * 3)
     assert got.shape == (0,) and got.dtype == torch.long
+
+
+def test_predict_normalises_with_the_mean_then_the_std_and_runs_in_the_models_dtype():
+    # A linear model's argmax moves with the input's scale and offset: with the constants swapped (or a float32
+    # input to a float64 model) the predictions differ from the obvious (x/255 − mean)/std reference.
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).double()
+    with torch.no_grad():
+        model[1].bias.copy_(torch.tensor([4.0, -3.0, 0.5, 2.0, -1.0], dtype=torch.float64))
+    images = torch.randint(0, 256, (40, 3, 2, 2), dtype=torch.uint8)
+    mean, std = (0.1, 0.6, 0.3), (0.05, 0.5, 0.2)
+    x = (images.double() / 255 - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(
+        std, dtype=torch.float64).view(1, 3, 1, 1)
+    swapped = (images.double() / 255 - torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(
+        mean, dtype=torch.float64).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = model(x).argmax(1)
+        assert not torch.equal(expected, model(swapped).argmax(1))  # the test can tell the two apart
+    got = predict(model, images, mean=mean, std=std, batch_size=16)
+    assert torch.equal(got, expected)
+    assert torch.equal(predict(model, images, mean=torch.tensor(mean), std=torch.tensor(std)), expected)

@@ -164,3 +164,24 @@ def test_explore_across_ranks_in_one_process_is_explore(keep_last):
     assert len(got) == len(ref) == keep_last
     for a, b in zip(got, ref):
         assert all(torch.allclose(a[k], b[k], atol=1e-12) for k in b)
+
+
+@pytest.mark.parametrize("inner_lr, expected_lr", [(None, 0.4), (0.05, 0.05)])
+def test_lazy_two_component_student_steps_at_inner_lr_and_teacher_picks_by_accuracy(monkeypatch, inner_lr, expected_lr):
+    # Algorithm 2: the teacher chooses γ on validation accuracy over the last checkpoint only (b = 1); the student
+    # steps at --inner-lr when given, else at the training lr of the step (the virtual step's).
+    model, x, y, vx, vy = _linear_problem()
+    seen = {}
+
+    def fake_direction(model, theta_tilde, student_loss, val_inputs, val_targets, **kw):
+        seen.update(kw)
+        leap = SimpleNamespace(gamma=0.9, score=0.5, scores=[(0.9, (1.0,), 0.5)])
+        return {k: torch.zeros_like(t) for k, t in theta_tilde.items()}, leap, 1.0
+
+    monkeypatch.setattr(M, "lazy_direction", fake_direction)
+    method = create_method("lazy-two-component", COUNTS, inner_lr=inner_lr, gammas=(0.7, 0.9))
+    method.loss(StepContext(model, 0.4, 0, vx, vy), x, y)
+    assert seen["lr"] == expected_lr and seen["steps"] == 5  # 9 examples in 5 slices: inner_steps = 5 student steps
+    teacher = seen["teacher"]
+    assert (teacher.criterion, teacher.last, teacher.weights, teacher.gammas) == ("accuracy", 1, ((1.0,),), (0.7, 0.9))
+    assert create_method("lazy-two-component", COUNTS).teacher.gammas == (0.75, 0.80, 0.85, 0.90, 0.95)

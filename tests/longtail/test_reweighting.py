@@ -159,6 +159,9 @@ def test_two_component_eps_rules():
     # L2RW-style: max(−g, 0) normalised to the batch's class-weight mass (4.0)
     normalized = TwoComponent(counts, eps_rule="normalized").final_weights(grad_w, base, None, None)
     assert torch.allclose(normalized, base + torch.tensor([0.0, 1.0, 3.0, 0.0]))
+    # the mass is the batch's Σ w_y, not the batch size (equal above): here 2 · 4.0 over 4 examples
+    doubled = TwoComponent(counts, eps_rule="normalized").final_weights(grad_w, 2 * base, None, None)
+    assert torch.allclose(doubled, 2 * base + torch.tensor([0.0, 2.0, 6.0, 0.0]))
     with pytest.raises(UnknownNameError, match="unknown eps rule 'huge'"):
         TwoComponent(counts, eps_rule="huge")
 
@@ -503,3 +506,46 @@ def test_a_summed_virtual_loss_is_the_mean_form_at_n_times_the_lr():
     torch.testing.assert_close(summed.weight_gradient(v), mean.weight_gradient(v))
     with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum', got 'max'"):
         LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4, reduction="max")
+
+
+def test_pull_back_from_the_real_forward_costs_one_forward_and_reuses_its_losses():
+    # The documented cost: with the real forward's losses given, the directional difference runs the model once
+    # (at θ + h·v) and takes ℓ_i(θ) from those losses; without them it needs ℓ_i(θ) too.
+    model, x, y, vx, vy = _linear_meta_problem()
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    losses = L.cross_entropy(model(x), y)
+    look = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4, losses=losses)
+    v, _ = plain_direction(model, look.step(torch.ones(10, dtype=torch.float64)), vx, vy)
+    calls.clear()
+    shared = look.weight_gradient(v)
+    assert len(calls) == 1
+    # the losses given are the ones the difference starts from: offsetting them offsets the result by α/N·c/h
+    offset = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4, losses=losses + 1e-9).weight_gradient(v)
+    assert not torch.allclose(offset, shared, rtol=0, atol=1e-3 * float(shared.abs().max()))
+    calls.clear()
+    alone = LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4).weight_gradient(v)
+    assert len(calls) == 2 and torch.allclose(alone, shared, rtol=1e-6, atol=1e-12)
+
+
+def test_clipped_normalized_gives_zero_weights_when_no_example_helps():
+    # L2RW's rule when every −∂L/∂w_i ≤ 0: all weights 0 (the step does nothing), not 0·(1/0) = NaN weights
+    from longtail.reweighting import clipped_normalized
+
+    for total in (1.0, torch.tensor(4.0)):
+        got = clipped_normalized(torch.tensor([-1.0, 0.0, -2.0]), total=total)
+        assert torch.equal(got, torch.zeros(3))
+    assert torch.allclose(clipped_normalized(torch.tensor([-1.0, 1.0, 3.0]), total=2.0), torch.tensor([0.0, 0.5, 1.5]))
+
+
+def test_validation_accuracy_scores_with_batch_statistics_and_leaves_the_buffers_alone(tiny_net):
+    from longtail.reweighting import validation_accuracy
+
+    model = tiny_net().train()
+    vx, vy = _batch(40, 11)
+    before = {k: v.clone() for k, v in model.named_buffers()}
+    got = validation_accuracy(model, {k: t.detach() for k, t in params_of(model).items()}, vx, vy)
+    assert all(torch.equal(before[k], v) for k, v in model.named_buffers())
+    with torch.no_grad():
+        expected = float((copy.deepcopy(model)(vx).argmax(1) == vy).float().mean())  # train mode: the batch's statistics
+    assert got == expected

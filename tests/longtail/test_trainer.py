@@ -396,3 +396,37 @@ def test_meta_weight_nets_mlp_starts_from_the_runs_seed_whatever_the_process_dre
     assert all(torch.equal(a, b) for a, b in zip(*first))
     other = Trainer(_config("meta-weight-net", seed=4), small_lt, model=tiny_net())
     assert not torch.equal(next(other.method.weight_net.parameters()), first[0][0])
+
+
+def test_a_zoo_network_starts_from_the_runs_seed_whatever_the_method_or_the_process_drew_before(small_lt):
+    # "the same initial weights for every method of a seed": methods are compared from one initialisation, and
+    # a run is reproducible from its seed alone (not from what the process drew before the trainer was built)
+    def initial(method, seed, drawn):
+        torch.manual_seed(drawn)
+        config = TrainConfig(dataset="cifar10", imbalance=10, method=method, epochs=10, batch_size=32, n_max=30,
+                             test_per_class=5, model="resnet32", seed=seed)
+        return Trainer(config, small_lt).model.state_dict()
+
+    a, b, other = initial("ce", 3, 100), initial("cb-ce", 3, 200), initial("ce", 4, 100)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], other[k]) for k in a)  # the seed is what decides them
+
+
+def test_the_meta_phase_starts_at_the_schedules_first_decay_epoch(small_lt, tiny_net):
+    # the epoch meta_start itself is a meta epoch (the validation batch reaches the method), the one before is not
+    trainer = Trainer(_config("l2rw", epochs=10), small_lt, model=tiny_net())
+    start = trainer.schedule.meta_start
+    assert start == 8
+    seen, original = [], trainer.method.loss
+
+    def spy(ctx, x, y):
+        seen.append((ctx.epoch, ctx.val_inputs is not None))
+        return original(ctx, x, y)
+
+    trainer.method.loss = spy
+    rows = []
+    for epoch in (start - 1, start):
+        trainer.epoch = epoch
+        rows.append(trainer.train_epoch())
+    assert [(r["epoch"], r["meta"]) for r in rows] == [(start, False), (start + 1, True)]
+    assert {e: v for e, v in seen} == {start - 1: False, start: True} and "meta_val_loss" in rows[1]
