@@ -389,3 +389,28 @@ def test_image_selection_refuses_a_target_that_scores_one_row_per_batch():
     split = split_from_arrays(np.zeros((6, 3, 3, 2), np.uint8), np.zeros(6, np.int64), what="test")
     with pytest.raises(LazyAppsError, match=r"answered a batch of 6 images with shape \(1, 4\)"):
         select_images(FirstRowOnly(), split, 2, device="cpu")
+
+
+def test_pixels_exactly_on_the_box_are_taken_and_just_outside_refused():
+    """[0, 1] is closed and exact: an attack that forgets to clip by a hair is told so, not silently queried."""
+    bb = BlackBox(CountingNet().double())
+    edge = images(2).double()
+    edge[0, 0, 0, 0], edge[1, 1, 2, 2] = 0.0, 1.0
+    bb.query(edge)
+    for bad in (1.0 + 1e-9, -1e-9):
+        x = edge.clone()
+        x[1, 0, 1, 1] = bad
+        with pytest.raises(LazyAppsError, match="must lie in \\[0, 1\\]"):
+            bb.query(x)
+    assert bb.total == 2
+
+
+def test_the_target_runs_without_autograd():
+    """Queries run under no_grad: the target builds no graph (memory on big query batches), whatever the caller's mode."""
+    seen = []
+    net = CountingNet()
+    net.register_forward_hook(lambda m, i, o: seen.append(torch.is_grad_enabled()))
+    bb = BlackBox(net)
+    with torch.enable_grad():
+        bb.query(images(3))
+    assert seen == [False]

@@ -191,8 +191,10 @@ def test_random_draws_are_per_image_whatever_the_batch(setup, name):
     index = torch.tensor([4, 9, 2])
     for _ in range(3):  # successive estimates continue each image's stream (and Bandits' prior)
         whole, _ = together.estimate(BlackBox(model), x, y, index=index)
-        first, _ = apart.estimate(BlackBox(model), x[:1], y[:1], index=index[:1])
+        # the later images first: draws taken from one shared stream in batch order would match the whole batch's
+        # when the halves come in the same order, but not in this one
         rest, _ = apart.estimate(BlackBox(model), x[1:], y[1:], index=index[1:])
+        first, _ = apart.estimate(BlackBox(model), x[:1], y[:1], index=index[:1])
         torch.testing.assert_close(torch.cat([first, rest]), whole)
     # The same image under two numbers draws differently, another seed draws differently, reset restarts the streams.
     same = x[:1].expand(2, -1, -1, -1)
@@ -371,3 +373,23 @@ def test_bandits_equals_algorithm_2_by_hand(setup, settings):
                 prior[i] = prior[i] + lr * step if settings else _eg_step(prior[i], step, lr)
             torch.testing.assert_close(grad, up(prior))
     assert bb.counts[index].tolist() == [4] * 3
+
+
+def test_bandits_priors_grow_by_one_image_and_keep_the_others(setup):
+    """Images attacked one after another (0, then 1): the priors grow by exactly one row, image 0's prior is kept."""
+    model, x, y = setup
+    est = BanditsEstimator(tile_size=4, seed=0)
+    bb = BlackBox(model)
+    est.estimate(bb, x[:1], y[:1], index=torch.tensor([0]))
+    kept = est.priors(torch.tensor([0]), x).clone()
+    est.estimate(bb, x[1:2], y[1:2], index=torch.tensor([1]))
+    assert (kept != 0).any() and torch.equal(est.priors(torch.tensor([0]), x), kept)
+    assert (est.priors(torch.tensor([1]), x) != 0).any() and bb.counts.tolist() == [2, 2]
+
+
+def test_default_loss_of_a_probability_blackbox_is_the_logit_margin(setup):
+    """On a blackbox returning probabilities the default loss takes their log (Du et al.'s log-probability margin),
+    so ZOO recovers the gradient of the logits' margin, not of the much flatter margin of raw probabilities."""
+    model, x, y = setup
+    grad, _ = ZOOEstimator().estimate(BlackBox(model, output="probs"), x, y)
+    torch.testing.assert_close(grad, true_gradient(model, x, y), rtol=1e-4, atol=1e-7)

@@ -129,3 +129,20 @@ def test_first_success_is_the_budget_a_shorter_run_needs(mnist_target, runner):
     assert alone.budget_curve([first - 1, first, 300]) == [0.0, 1.0, 1.0]
     assert attack(first, [i]).success.all()
     assert not attack(first - 1, [i]).success.any()
+
+
+def test_the_wrapper_keeps_the_closest_adversarial_queried_not_the_last():
+    """HopSkipJump's gradient probes are adversarial points farther out than its boundary point: the outcome must be
+    the closest adversarial seen (its L2 is the reported distortion), with the queries spent when the first was found."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 2))
+    with torch.no_grad():  # class 1 exactly when the first pixel is above 0.5
+        net[1].weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+        net[1].bias.copy_(torch.tensor([0.5, -0.5]))
+    x, y = torch.tensor([[[[0.2, 0.2]]]]), torch.tensor([0])
+    wrapper = BlackBoxFoolboxModel(BlackBox(net, output="label"), x, y, max_queries=10)
+    for point in ([0.6, 0.2], [0.9, 0.9], [0.3, 0.2], [0.55, 0.6]):  # near, farther, not adversarial, farther
+        wrapper(torch.tensor([[[point]]]))
+    out = wrapper.outcome()
+    assert out.success.tolist() == [True] and out.queries.tolist() == [4] and out.first_success.tolist() == [1]
+    torch.testing.assert_close(out.x_adv, torch.tensor([[[[0.6, 0.2]]]]))
+    assert out.l2.tolist() == pytest.approx([0.4])

@@ -104,3 +104,38 @@ def test_the_zoo_order_does_not_change_the_meta_attacker_its_key_names(tmp_path)
                                        cache_dir=tmp_path / cache, in_channels=1)
         trained_params.append(params)
     assert all(torch.equal(trained_params[0][k], trained_params[1][k]) for k in trained_params[0])
+
+
+def test_a_gradient_set_draws_its_images_with_its_seed_which_its_cache_key_holds(tmp_path, capsys):
+    """Another seed is another draw of training images (and another cached set); the same seed loads the same set."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from attacks import pipeline as P
+    from lazyapps.data.splits import DatasetSplits, split_from_arrays
+
+    rng = np.random.RandomState(0)
+    split = split_from_arrays(rng.randint(0, 256, (40, 28, 28)).astype(np.uint8), np.arange(40) % 10, what="train")
+    data = DatasetSplits("mnist", split, split, [str(c) for c in range(10)])
+    torch.manual_seed(0)
+    trained = SimpleNamespace(path=tmp_path / "zoo" / "m.pt",
+                              model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
+
+    def images(seed):
+        state, _ = P.gradient_set(trained, "m", data, n_images=8, mode="untargeted", seed=seed, device="cpu",
+                                  cache_dir=tmp_path)
+        return state["images"]
+
+    first, other = images(0), images(1)
+    assert len(first) == len(other) == 8 and not torch.equal(first, other)
+    capsys.readouterr()
+    assert torch.equal(images(0), first) and "8 maps loaded from cache" in capsys.readouterr().err
+
+
+def test_a_zoo_listing_a_model_twice_is_refused():
+    """A duplicated zoo model would be two identical meta-training tasks under a key that names it twice."""
+    from attacks.pipeline import parse_zoo
+
+    with pytest.raises(LazyAppsError, match="--zoo lists a model twice: lenet5, net2, lenet5"):
+        parse_zoo("lenet5, net2,lenet5", "mnist", "net4")
