@@ -483,6 +483,17 @@ def _sine(out, *extra: str, algo: str = "maml"):
                 "--out", str(out), "--quiet", *extra)
 
 
+def test_train_scores_the_seeded_test_tasks_of_eval_whatever_seed_trained_it(tmp_path) -> None:
+    """--seed draws the meta-training tasks only: train's final score is eval's on the same checkpoint (the fixed
+    test tasks of EVAL_SEED), so runs of different seeds and algorithms are compared on the same tasks."""
+    assert _sine(tmp_path / "r", "--iterations", "1", "--seed", "5", "--json", str(tmp_path / "t.json")).exit_code == 0
+    result = _run("fewshot", "eval", "--checkpoint", str(tmp_path / "r" / "checkpoint.pt"), "--tasks", "2",
+                  "--json", str(tmp_path / "e.json"), "--quiet")
+    assert result.exit_code == 0, result.output
+    trained, scored = (json.loads((tmp_path / name).read_text())["metrics"]["test"] for name in ("t.json", "e.json"))
+    assert trained["tasks"] == scored["tasks"] == 2 and trained["mean"] == pytest.approx(scored["mean"], rel=1e-9)
+
+
 def test_learning_curve_has_a_point_every_eval_every_iterations_and_one_at_the_end(tmp_path) -> None:
     result = _sine(tmp_path / "c", "--iterations", "4", "--eval-every", "2", "--json", str(tmp_path / "c.json"))
     assert result.exit_code == 0, result.output

@@ -121,6 +121,37 @@ def test_damped_system_matches_a_direct_solve():
         implicit_meta_gradient(model, theta, {}, F.mse_loss, (xs, ys), (xq, yq), cg_damping=-1.0, **kw)
 
 
+def test_meta_batch_gradient_and_loss_are_the_means_of_the_tasks_own():
+    """The meta-gradient of a meta-batch is the mean over its tasks of each task's implicit gradient (as computed
+    for that task alone), and so is the loss: a sum would scale Adam's input with the meta-batch size."""
+    model = tanh_net(1)
+    theta = params_of(model, detach=True)
+    g = torch.Generator().manual_seed(11)
+    s = (torch.randn(3, 5, 2, generator=g, dtype=torch.float64), torch.randn(3, 5, 1, generator=g, dtype=torch.float64))
+    q = (torch.randn(3, 6, 2, generator=g, dtype=torch.float64), torch.randn(3, 6, 1, generator=g, dtype=torch.float64))
+    kw = dict(lam=1.5, inner_steps=4, inner_lr=0.1, cg_steps=3)
+    batch = implicit_meta_gradient(model, theta, {}, F.mse_loss, s, q, **kw)
+    alone = [implicit_meta_gradient(model, theta, {}, F.mse_loss, tuple(t[i:i + 1] for t in s), tuple(t[i:i + 1] for t in q), **kw)
+             for i in range(3)]
+    for k in theta:
+        torch.testing.assert_close(batch.grads[k], torch.stack([a.grads[k] for a in alone]).mean(0), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(batch.task_losses, torch.cat([a.task_losses for a in alone]))
+    torch.testing.assert_close(batch.loss, torch.stack([a.loss for a in alone]).mean())
+
+
+def test_defaults_are_the_papers_equation_and_omniglot_the_authors_released_run():
+    """Class defaults: the paper's undamped system with λ = 2, 16 GD steps of 0.1, 5 CG steps, Adam 1e-3. Omniglot:
+    the authors' released 5-way run (aravindr93/imaml_dev), whose CG system is damped (cg_damping 1, hessian 10)."""
+    learner = IMAML(tanh_net())
+    assert (learner.lam, learner.inner_steps, learner.inner_lr, learner.cg_steps, learner.meta_lr) == (2.0, 16, 0.1, 5, 1e-3)
+    assert (learner.cg_damping, learner.hessian_damping) == (0.0, 0.0)
+    assert learner.meta_optimizer.defaults["lr"] == 1e-3
+    for ways in (5, 20):
+        assert IMAML.paper_defaults(dataset="omniglot", ways=ways, shots=1) == {
+            "lam": 2.0, "inner_steps": 16, "inner_lr": 0.1, "cg_steps": 5, "cg_damping": 1.0, "hessian_damping": 10.0,
+            "meta_batch": 32}
+
+
 def test_proximal_term_pulls_towards_theta():
     model = tanh_net()
     theta = params_of(model, detach=True)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot import LazyMAML
+from fewshot import LazyMAML, LazyReptile
 from fewshot.tasks import TaskBatch
 
 
@@ -98,3 +98,31 @@ def test_last_three_mixes_the_final_checkpoints_and_rejects_too_few_steps() -> N
     assert len(leaps[0].scores) == 6 * 5  # 6 simplex points with spacing 0.5 for 3 checkpoints × 5 gammas
     with pytest.raises(ValueError, match="inner_steps .* must be >= last"):
         LazyMAML(_net(), inner_steps=2, last=3)
+
+
+@pytest.mark.parametrize("cls", [LazyMAML, LazyReptile])
+def test_on_regression_the_teacher_picks_the_leap_of_least_query_mse(cls) -> None:
+    """Regression has no accuracy: whatever ``criterion`` says, the teacher minimises the query MSE of
+    γθ + (1−γ)φ_k (maximising it, as "accuracy" does, would pick the worst leap on every task)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    gammas = (0.1, 0.5, 0.9)
+    learner = cls(model, problem="regression", inner_lr=0.1, inner_steps=4, gammas=gammas)
+    assert learner.criterion == "accuracy" and learner.teacher.criterion == "loss"
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(4, 11, 1, generator=g, dtype=torch.float64) * 10 - 5
+    y = 2 * torch.sin(x + torch.rand(4, 1, 1, generator=g, dtype=torch.float64))
+    tasks = TaskBatch(x[:, :5], y[:, :5], x[:, 5:], y[:, 5:])
+    theta = {k: v.detach().clone() for k, v in model.named_parameters()}
+    phi = learner.adapt(tasks.support)  # the k-step SGD student (eval_inner_steps defaults to k): its last checkpoint
+    learner.meta_step(tasks)
+    best, worst = [], []
+    for t in range(4):
+        mses = []
+        for gamma in gammas:
+            mix = {k: gamma * v + (1 - gamma) * phi[k][t] for k, v in theta.items()}
+            mses.append(float(F.mse_loss(torch.func.functional_call(model, mix, (tasks.query_x[t],)), tasks.query_y[t])))
+        best.append(gammas[mses.index(min(mses))])
+        worst.append(gammas[mses.index(max(mses))])
+    assert learner.last_gammas == best
+    assert best != worst  # the tasks tell minimising from maximising

@@ -1,6 +1,7 @@
 """Learners: batched (vmap) vs. looped meta-gradients, MAML against finite differences, BN modes, the registry, the zeroing trick."""
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -480,6 +481,28 @@ def test_test_time_adaptation_takes_eval_inner_steps_sgd_steps_on_the_support_se
         assert not all(torch.allclose(ref[k], one_step[k]) for k in ref)
 
 
+def test_reptile_adapts_a_test_task_by_adam_steps_by_default() -> None:
+    """Nichol et al. adapt at test time with their inner optimiser, Adam: ``eval_inner_steps`` steps of
+    ``torch.optim.Adam`` (fresh state, lr ``inner_lr``) on each task's full support set, not SGD steps."""
+    torch.manual_seed(0)
+    model = models_zoo.create("sine_mlp", num_classes=1, in_channels=1, hidden=5).double()
+    learner = create_learner("reptile", model, problem="regression", inner_lr=0.05, eval_inner_steps=3)
+    assert learner.inner_optimizer == "adam"
+    tasks = _sine_tasks()
+    fast = learner.adapt(tasks.support)
+    for t in range(tasks.num_tasks):
+        ref = copy.deepcopy(model)
+        opt = torch.optim.Adam(ref.parameters(), lr=0.05)
+        for _ in range(3):
+            opt.zero_grad()
+            F.mse_loss(ref(tasks.support_x[t]), tasks.support_y[t]).backward()
+            opt.step()
+        for k, v in ref.named_parameters():
+            assert torch.allclose(fast[k][t], v.detach(), atol=1e-10), (k, t)
+    sgd = _sgd_by_hand(model, dict(model.named_parameters()), tasks.support_x[0], tasks.support_y[0], steps=3, lr=0.05)
+    assert not all(torch.allclose(fast[k][0], sgd[k], atol=1e-6) for k in sgd)  # the reference tells Adam from SGD
+
+
 def test_reptile_meta_step_moves_towards_sgd_on_support_and_query_with_the_annealed_step() -> None:
     torch.manual_seed(0)
     model = models_zoo.create("sine_mlp", num_classes=1, in_channels=1, hidden=5).double()
@@ -560,6 +583,29 @@ def test_reptile_paper_defaults_are_nichol_et_als_omniglot_commands() -> None:
     for shots in (1, 5):
         assert reptile.paper_defaults(dataset="folder:/data/mini", ways=5, shots=shots) == {
             "inner_steps": 8, "inner_batch": 10, "meta_batch": 5, "iterations": 100000, "train_shots": 15}
+
+
+def test_maml_defaults_are_finn_et_als_settings() -> None:
+    """Finn et al. (2017): the class defaults are their 5-way Omniglot run (inner lr 0.4, 1 step, Adam 1e-3), and
+    paper_defaults gives 3 steps at test there; 20-way lr 0.1 with 5 steps and meta-batch 16; sine lr 0.01, 1 step
+    (10 at test), meta-batch 25; the miniImageNet-style datasets lr 0.01, 5 steps (10 at test), meta-batch 4 for
+    1-shot and 2 for 5-shot. A wrong value here silently changes every benchmark run of maml/fomaml/meta-sgd/turtle."""
+    for algo in ("maml", "fomaml"):
+        cls = get_learner(algo)
+        learner = cls(_conv())
+        assert (learner.inner_lr, learner.inner_steps, learner.eval_inner_steps, learner.meta_lr) == (0.4, 1, 1, 1e-3)
+        assert isinstance(learner.meta_optimizer, torch.optim.Adam) and learner.meta_optimizer.defaults["lr"] == 1e-3
+        for shots in (1, 5):
+            assert cls.paper_defaults(dataset="omniglot", ways=5, shots=shots) == {
+                "inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 3, "meta_lr": 1e-3, "meta_batch": 32, "iterations": 60000}
+            assert cls.paper_defaults(dataset="omniglot", ways=20, shots=shots) == {
+                "inner_lr": 0.1, "inner_steps": 5, "eval_inner_steps": 5, "meta_lr": 1e-3, "meta_batch": 16, "iterations": 60000}
+        assert cls.paper_defaults(dataset="sine", ways=1, shots=5) == {
+            "inner_lr": 0.01, "inner_steps": 1, "eval_inner_steps": 10, "meta_lr": 1e-3, "meta_batch": 25, "iterations": 70000}
+        for shots, meta_batch in ((1, 4), (5, 2)):
+            assert cls.paper_defaults(dataset="cifar-fs", ways=5, shots=shots) == {
+                "inner_lr": 0.01, "inner_steps": 5, "eval_inner_steps": 10, "meta_lr": 1e-3, "meta_batch": meta_batch,
+                "iterations": 60000}
 
 
 def test_evaluate_refuses_a_task_source_which_never_runs_out(monkeypatch) -> None:

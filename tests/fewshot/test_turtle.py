@@ -222,3 +222,23 @@ def test_turtle_adapt_defaults_to_beta_0_9_and_second_order():
     torch.testing.assert_close(default, paper)
     torch.testing.assert_close(default_grad, paper_grad)
     assert float((default_grad - first_grad).abs().max()) > 1e-6
+
+
+def test_the_learners_beta_sets_its_inner_loops_moving_average():
+    """Turtle(beta=...) reaches the inner loop: with m = the moving average a_t = β·a_{t−1} + (1 − β)·∇_t, two steps
+    of the learner's adapt are the closed-form updates for β = 0.5, not for the default 0.9."""
+    model = nn.Linear(2, 1, bias=False).double()
+    learner = Turtle(model, problem="regression", inner_steps=2, hidden=(2, 2), beta=0.5, lr_init=0.3).double()
+    learner.update_network.load_state_dict(_selector(1))
+    x = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.3, -0.2]], dtype=torch.float64)
+    y = torch.tensor([[0.5], [1.0], [-2.0]], dtype=torch.float64)
+
+    def grad_at(w):  # closed-form gradient of the MSE of a linear model
+        return 2 * (x @ w.T - y).T @ x / len(x)
+
+    w0 = model.weight.detach().clone()
+    a1 = 0.5 * grad_at(w0)
+    w1 = w0 - 0.3 * a1
+    a2 = 0.5 * a1 + 0.5 * grad_at(w1)
+    fast = learner.adapt((x[None], y[None]))
+    torch.testing.assert_close(fast["weight"][0], w1 - 0.3 * a2)
