@@ -195,6 +195,16 @@ def test_a_task_whose_adaptation_diverged_scores_nan_accuracy_not_chance() -> No
     assert ev.tasks == 3 and all(v != v for v in ev.values)  # (NaN), where argmax gave 33.3% before
 
 
+def _steps_by_torch(model, optimizer, loss_fn, x, y, *, steps, lr):
+    """The reference adaptation: ``steps`` steps of a fresh torch optimizer on (x, y), in place; returns the model."""
+    opt = optimizer(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return model
+
+
 def test_scratch_never_meta_trains_and_adapts_by_plain_sgd_from_its_init() -> None:
     """scratch: meta-training leaves the random init alone; adaptation is eval_inner_steps SGD steps on the support set."""
     learner = create_learner("scratch", _conv(), eval_inner_steps=3, inner_lr=0.1, vectorize=False)
@@ -206,11 +216,7 @@ def test_scratch_never_meta_trains_and_adapts_by_plain_sgd_from_its_init() -> No
     for t in range(2):
         model = _conv()
         model.load_state_dict(init)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        for _ in range(3):
-            opt.zero_grad()
-            F.cross_entropy(model(tasks.support_x[t]), tasks.support_y[t]).backward()
-            opt.step()
+        _steps_by_torch(model, torch.optim.SGD, F.cross_entropy, tasks.support_x[t], tasks.support_y[t], steps=3, lr=0.1)
         for k, v in model.named_parameters():
             assert torch.allclose(fast[k][t], v.detach(), atol=1e-5, rtol=1e-4), k
 
@@ -491,12 +497,8 @@ def test_reptile_adapts_a_test_task_by_adam_steps_by_default() -> None:
     tasks = _sine_tasks()
     fast = learner.adapt(tasks.support)
     for t in range(tasks.num_tasks):
-        ref = copy.deepcopy(model)
-        opt = torch.optim.Adam(ref.parameters(), lr=0.05)
-        for _ in range(3):
-            opt.zero_grad()
-            F.mse_loss(ref(tasks.support_x[t]), tasks.support_y[t]).backward()
-            opt.step()
+        ref = _steps_by_torch(copy.deepcopy(model), torch.optim.Adam, F.mse_loss, tasks.support_x[t], tasks.support_y[t],
+                              steps=3, lr=0.05)
         for k, v in ref.named_parameters():
             assert torch.allclose(fast[k][t], v.detach(), atol=1e-10), (k, t)
     sgd = _sgd_by_hand(model, dict(model.named_parameters()), tasks.support_x[0], tasks.support_y[0], steps=3, lr=0.05)
