@@ -133,6 +133,7 @@ def test_targeted_run_reaches_for_the_target_class(mini_root, session_cache, tmp
     (["--n-images", "0"], "--n-images must be at least 1"),
     (["--untargeted", "--target-class", "2"], "--target-class is for targeted attacks"),
     (["--target-class", "10"], "--target-class 10 is out of range"),
+    (["--target-class", "-1"], "--target-class -1 is out of range: mnist has classes 0..9"),
     (["--target", "missing.pt"], "does not exist"),
     (["--method", "zoo", "--skip-blocked"], "--skip-blocked is an option of the meta-attacks"),
     (["--method", "bandits", "--no-skip-blocked"], "--no-skip-blocked is an option of the meta-attacks"),
@@ -149,6 +150,7 @@ def test_bad_input_is_one_clear_line(args, message, mini_root, tmp_path):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "zoo").exists()  # refused before the target (or any zoo model) was trained
 
 
 def test_target_accepts_torchscript_and_arch_state_dict(mini_root, session_cache, tmp_path):
@@ -393,3 +395,64 @@ def test_a_target_class_meta_attack_learns_from_gradients_towards_that_class(smo
     assert "meta-attacker lazy-meta: meta-trained" in result.stderr
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert rows and all(r["target"] == "3" for r in rows)
+
+
+def test_per_image_csv_and_json_hold_the_documented_fields_and_agree(smoke_run):
+    """--per-image has docs/attack.md's header, and the --json metrics (with the attack's wall time, a column of
+    the printed table) are those of the per-image rows."""
+    result, out, _, _ = smoke_run
+    with (out / "p.csv").open() as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert reader.fieldnames == ["image", "test_index", "label", "target", "success", "queries", "l2", "first_success"]
+    assert [r["image"] for r in rows] == ["0", "1"] and all(r["target"] == "" and r["first_success"] == "" for r in rows)
+    metrics = json.loads((out / "r.json").read_text())["metrics"]
+    ok = [r for r in rows if r["success"] == "True"]
+    assert (metrics["n_images"], metrics["n_success"]) == (len(rows), len(ok))
+    assert metrics["total_queries"] == sum(int(r["queries"]) for r in rows)
+    # (a later test reruns these arguments, rewriting both files; the printed table is the first run's)
+    assert isinstance(metrics["wall_s"], float) and metrics["wall_s"] >= 0 and "wall_s" in _table_row(result.stdout, "lazy-meta")
+
+
+def test_seed_and_device_reach_every_step_of_the_meta_attack_pipeline(mini_root, tmp_path, monkeypatch):
+    """--seed 5 trains the target, each zoo model, each gradient set and the meta-attacker with seed 5 (not only the
+    attack): each step is stubbed to record what it was given, and the run stops at the meta-attacker."""
+    import types
+    from pathlib import Path
+
+    import torch
+
+    from attacks import pipeline
+    from lazyapps.errors import LazyAppsError
+
+    class Ones(torch.nn.Module):  # classifies every image as 1: the selected images are the first two 1s
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.ones(len(x), dtype=torch.long), 10).float()
+
+    seen = []
+
+    def load_target(spec, dataset, settings, **kwargs):
+        seen.append(("target", spec, kwargs["seed"], kwargs["device"]))
+        return pipeline.Target(Ones(), spec, dataset, "stub")
+
+    def train_zoo_model(name, dataset, **kwargs):
+        seen.append(("zoo", name, kwargs["seed"], kwargs["device"]))
+        return types.SimpleNamespace(name=name)
+
+    def gradient_set(trained, name, data, **kwargs):
+        seen.append(("gradients", name, kwargs["seed"], kwargs["device"]))
+        return {}, Path(f"{name}.pt")
+
+    def meta_attacker(method, dataset, sets, settings, **kwargs):
+        seen.append(("meta-attacker", method, kwargs["seed"], kwargs["device"]))
+        raise LazyAppsError("stub: stopped before the attack")
+
+    for name, stub in [("load_target", load_target), ("train_zoo_model", train_zoo_model),
+                       ("gradient_set", gradient_set), ("meta_attacker", meta_attacker)]:
+        monkeypatch.setattr(pipeline, name, stub)
+    result = invoke("--seed", "5", "--zoo", "lenet5,net3", "--preset", "smoke", "--data-dir", str(mini_root),
+                    "--cache-dir", str(tmp_path), "--device", "cpu", "--quiet")
+    assert result.exit_code == 2 and result.output.strip() == "Error: stub: stopped before the attack"
+    cpu = torch.device("cpu")
+    assert seen == [("target", "net4", 5, cpu), ("zoo", "lenet5", 5, cpu), ("gradients", "lenet5", 5, cpu),
+                    ("zoo", "net3", 5, cpu), ("gradients", "net3", 5, cpu), ("meta-attacker", "lazy-meta", 5, cpu)]

@@ -334,3 +334,33 @@ def test_int64_takes_exactly_the_int64_range():
     for past in (2**63, -(2**63) - 1):
         with pytest.raises(click.BadParameter, match="past the largest integer"):
             int64.convert(str(past), None, None)
+
+
+@pytest.mark.parametrize("cuda, args, device", [
+    (True, [], "cuda"), (True, ["--device", "cpu"], "cpu"), (True, ["--device", "cuda"], "cuda"),
+    (False, [], "cpu"), (False, ["--device", "cpu"], "cpu"),
+    (False, ["--device", "cuda"], "Error: --device cuda was asked for but no CUDA device is available; use --device cpu"),
+])
+def test_device_is_auto_by_default_and_an_explicit_device_is_the_one_used(monkeypatch, tmp_path, cuda, args, device):
+    """--device cpu on a GPU machine computes on the CPU; asked for cuda without a GPU, one line before any work.
+    (Whether a GPU is there is faked: the command only records where it would compute.)"""
+    import json
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+
+    @click.group(cls=LazyGroup)
+    def group():
+        pass
+
+    @group.command()
+    @common_options
+    def where(run):
+        run.finish({}, {"device": str(run.device)})
+
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(group, ["where", *args, "--json", str(out), "--quiet"])
+    if device.startswith("Error:"):
+        assert result.exit_code == 2 and result.output.strip() == device and not out.exists()
+    else:
+        assert result.exit_code == 0, result.output
+        assert json.loads(out.read_text())["metrics"]["device"] == device

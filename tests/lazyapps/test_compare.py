@@ -65,6 +65,7 @@ def test_labels_are_the_shortest_path_endings_that_tell_the_files_apart():
     ("[1, 2]", "not a lazyapps result"),
     ('{"command": "x", "config": {}}', "not a lazyapps result"),
     ('{"command": "x", "config": [], "metrics": {}}', "its 'config' is not an object"),
+    ('{"command": "x", "config": {}, "metrics": [1]}', "its 'metrics' is not an object"),
 ])
 def test_load_result_refuses_files_that_are_not_results(tmp_path, text, message):
     path = tmp_path / "r.json"

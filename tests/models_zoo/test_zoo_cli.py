@@ -158,3 +158,25 @@ def test_the_cache_key_sees_every_pixel_of_the_data():
     changed[1, 0, 3, 3] ^= 1  # one bit of one pixel of image 1
     assert fingerprint(images) == fingerprint(images.clone())
     assert fingerprint(changed) != fingerprint(images)
+
+
+def test_every_training_flag_and_the_seed_reach_train_and_eval_finds_that_model(tmp_path, cache_dir):
+    """Each flag of `zoo train` is the setting the model was trained (and cached) with, and `zoo eval` with the same
+    flags finds that model; another --seed names another model, which was never trained."""
+    flags = ["--arch", "mlp", "--dataset", "digits", "--epochs", "1", "--lr", "0.003", "--batch-size", "32",
+             "--optimizer", "sgd", "--weight-decay", "0.0001", "--schedule", "cosine", "--augment", "--train-subset", "300",
+             "--cache-dir", str(cache_dir), "--device", "cpu", "--quiet"]
+    trained = invoke("train", *flags, "--seed", "3", "--json", str(tmp_path / "t.json"))
+    assert trained.exit_code == 0, trained.output
+    saved = json.loads((tmp_path / "t.json").read_text())
+    config = saved["config"]
+    assert {k: config[k] for k in ("epochs", "lr", "batch_size", "optimizer", "weight_decay", "schedule", "augment",
+                                   "train_subset", "seed")} == {
+        "epochs": 1, "lr": 0.003, "batch_size": 32, "optimizer": "sgd", "weight_decay": 0.0001, "schedule": "cosine",
+        "augment": True, "train_subset": 300, "seed": 3}
+    found = invoke("eval", *flags, "--seed", "3", "--json", str(tmp_path / "e.json"))
+    assert found.exit_code == 0, found.output
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    assert evaluated["metrics"]["accuracy"] == saved["metrics"]["test_accuracy"] and evaluated["config"]["checkpoint"] == saved["path"]
+    other_seed = invoke("eval", *flags)  # (--seed 0)
+    assert other_seed.exit_code == 2 and "train it first (lazyapps zoo train --arch mlp --dataset digits" in other_seed.output
