@@ -850,3 +850,85 @@ def test_the_hyperparameters_with_flags_of_their_own_are_the_ones_train_has_flag
     flags = {opt[2:] for p in train.params for opt in p.opts if opt.startswith("--")}
     names = set().union(*(get_learner(a).hparam_names() for a in available())) - {"vectorize", "transductive"}  # (every learner)
     assert {n.replace("_", "-") for n in FLAG_HPARAMS} == {n.replace("_", "-") for n in names} & flags
+
+
+def test_train_defaults_are_the_documented_ones(tmp_path, monkeypatch) -> None:
+    """``fewshot train --algo maml`` alone: Omniglot 5-way 1-shot (the help's defaults) on the quick preset's 5 queries,
+    classes shuffled per task, seed 0; the samplers are recorded and nothing loads."""
+    from fewshot import datasets
+
+    calls: list[dict] = []
+
+    def stop(name, **kwargs):
+        calls.append({"name": name, **kwargs})
+        raise KeyboardInterrupt  # (stands in for the data loading and training that would follow)
+
+    monkeypatch.setattr(datasets, "task_source", stop)
+    monkeypatch.chdir(tmp_path)
+    _run("fewshot", "train", "--algo", "maml", "--quiet")
+    assert len(calls) == 1 and calls[0].items() >= {"name": "omniglot", "split": "train", "ways": 5, "shots": 1, "queries": 5,
+                                                    "shuffle_classes": True, "seed": 0}.items()
+
+
+def test_the_paper_preset_meta_trains_for_the_papers_iterations_and_meta_batch(tmp_path, monkeypatch) -> None:
+    """--preset paper: the loop of the learner's paper (Finn et al.'s sine: 70,000 iterations of 25 tasks), 15 queries."""
+    from fewshot.base import get_learner
+
+    seen = {}
+
+    def stop(self, source, *, iterations, meta_batch, **kwargs):
+        seen.update(iterations=iterations, meta_batch=meta_batch, queries=source.queries)
+        raise KeyboardInterrupt  # (stands in for the 70,000 iterations)
+
+    monkeypatch.setattr(get_learner("maml"), "meta_train", stop)
+    result = _run("fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--preset", "paper",
+                  "--out", str(tmp_path / "p"), "--quiet")
+    assert result.exit_code == 130, result.output
+    assert seen == {"iterations": 70000, "meta_batch": 25, "queries": 15}
+
+
+def test_eval_draws_the_tasks_with_the_checkpoints_class_shuffling(trained, tmp_path, monkeypatch) -> None:
+    """A --no-shuffle-classes run (Yin et al.'s memorization setting) is scored on tasks of one global class order."""
+    from fewshot import datasets
+
+    ckpt = _mixed_checkpoint(trained, tmp_path, shuffle_classes=False)
+    calls: list[dict] = []
+
+    def stop(name, **kwargs):
+        calls.append(kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(datasets, "task_source", stop)
+    _run("fewshot", "eval", "--checkpoint", str(ckpt), "--quiet")
+    assert len(calls) == 1 and calls[0]["shuffle_classes"] is False and calls[0]["seed"] == 2017
+
+
+def test_algos_lists_the_defaults_each_learner_is_built_with(tmp_path) -> None:
+    """The listed defaults are what a learner built without hyperparameters holds (a subclass's own, e.g. finetune's
+    100 test-time steps, not those of the class it extends)."""
+    import re
+
+    from fewshot.experiment import build_learner
+
+    result = _run("fewshot", "algos", "--quiet", "--json", str(tmp_path / "a.json"))
+    assert result.exit_code == 0, result.output
+    listed = json.loads((tmp_path / "a.json").read_text())["metrics"]["defaults"]
+    for algo, text in listed.items():
+        built = build_learner(algo, dataset="sine", ways=1).hparams()
+        names = re.findall(r"(?:^|, )(\w+)=", text)
+        expected = ", ".join(f"{name}={tuple(built[name]) if isinstance(built[name], list) else built[name]}" for name in names)
+        if "eval_inner_steps=None" in text:  # (None: as many steps as in meta-training)
+            assert built["eval_inner_steps"] == built["inner_steps"], algo
+            expected = expected.replace(f"eval_inner_steps={built['eval_inner_steps']}", "eval_inner_steps=None")
+        assert text == expected, algo
+
+
+@pytest.mark.parametrize("name, what", [("checkpoint.pt", "the run's checkpoint.pt"),
+                                        ("checkpoint.pt.json", "the .json of the run's checkpoint.pt")])
+def test_a_json_output_naming_the_runs_own_checkpoint_is_refused_before_training(tmp_path, name, what) -> None:
+    """--json written at the end over the checkpoint (or its metadata) the run just trained would lose the run."""
+    out = tmp_path / "run"
+    result = _sine(out, "--preset", "smoke", "--json", str(out / name))
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"Error: {what} and --json name the same file {out / name}; give each output its own path"), result.output
+    assert not out.exists()

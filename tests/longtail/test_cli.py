@@ -388,3 +388,121 @@ def test_eval_and_resume_refuse_a_bundle_rewritten_since_the_run(env):
                                                                       f"checkpoint {out}"), result.output
             assert changed in result.output and result.output.strip().endswith("; the data files changed since, or the .json was edited")
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_defaults_are_the_documented_ones(env, monkeypatch):
+    """``lazyapps longtail train`` alone: CIFAR-100-LT x100, lazy-two-component, the quick preset, lr 0.1, k = 5 student
+    steps and the γ grid 0.75..0.95 (help texts, docs/longtail.md); nothing is loaded or trained."""
+    from longtail import data as data_module
+    from longtail import trainer as trainer_module
+
+    seen = {}
+    real_check = trainer_module.TrainConfig.check
+
+    def check(self):
+        seen["config"] = self
+        return real_check(self)
+
+    def load(dataset, **kwargs):
+        seen["data"] = {"dataset": dataset, **kwargs}
+        raise KeyboardInterrupt  # (stands in for the data loading and training that would follow)
+
+    monkeypatch.setattr(trainer_module.TrainConfig, "check", check)
+    monkeypatch.setattr(data_module.CIFARLongTail, "load", load)
+    _invoke("train", "--quiet")
+    config = seen["config"]
+    assert (config.dataset, config.imbalance, config.method, config.preset) == ("cifar100", 100.0, "lazy-two-component", "quick")
+    assert (config.epochs, config.batch_size, config.lr, config.inner_steps, config.inner_lr) == (20, 128, 0.1, 5, None)
+    assert (config.gammas, config.eps_rule, config.rule, config.val_per_class) == ((0.75, 0.80, 0.85, 0.90, 0.95), "step", "first", 10)
+    assert (config.n_max, config.test_per_class, config.model, config.seed, config.batchnorm) == (490, 200, "resnet32", 0, "global")
+    assert (config.lr_decay, config.momentum, config.weight_decay) == ((0.01, 0.0001), 0.9, 2e-4)  # Cao et al.'s
+    assert seen["data"] == {"dataset": "cifar100", "imbalance": 100.0, "root": None, "rule": "first", "val_per_class": 10,
+                            "n_max": 490, "test_per_class": 200, "seed": 0}
+
+
+def test_device_reaches_the_trainer(env, monkeypatch):
+    """--device is where the model trains: the trainer gets the run's device, not its own default."""
+    import longtail.trainer as trainer_module
+    from lazyapps.errors import LazyAppsError
+
+    def reached(self, config, data, **kwargs):
+        raise LazyAppsError(f"reached the trainer on {kwargs.get('device')!r}")
+
+    monkeypatch.setattr(trainer_module.Trainer, "__init__", reached)
+    result = CliRunner().invoke(cli, ["longtail", "train", *TINY, "--model", "lenet5", "--method", "ce", "--device", "cpu",
+                                      "--out", str(env / "run")])
+    assert result.exit_code == 2 and "reached the trainer on device(type='cpu')" in result.output, result.output
+
+
+def test_eval_rebuilds_ldams_cosine_head(env, data_root):
+    """An LDAM-DRW ResNet-32 has a normalised (cosine) last layer: eval rebuilds it and scores the weights as trained."""
+    from longtail.data import CIFARLongTail
+    from longtail.trainer import TrainConfig, Trainer
+
+    data = CIFARLongTail.load("cifar10", imbalance=10, root=data_root, n_max=30, test_per_class=5)
+    config = TrainConfig(dataset="cifar10", imbalance=10, method="ldam-drw", epochs=2, batch_size=64, n_max=30,
+                         test_per_class=5, preset="smoke")
+    trainer = Trainer(config, data, out_dir=env / "ldam")
+    trainer.save()  # (the weights as initialised: what matters is the head they are loaded into)
+    result = _invoke("eval", "--checkpoint", str(env / "ldam" / "checkpoint.pt"), "--json", str(env / "e.json"), "--quiet")
+    assert result.exit_code == 0, result.output
+    scored = json.loads((env / "e.json").read_text())["metrics"]
+    expected = trainer.evaluate()
+    assert scored["top1_error"] == pytest.approx(expected["top1_error"])
+    assert [r["accuracy"] for r in scored["per_class"]] == [round(a, 4) for a in expected["per_class_accuracy"]]
+
+
+def test_per_class_csv_and_table_report_the_best_and_the_last_epoch_each_its_own(env, monkeypatch):
+    """Each epoch's scores scripted apart (epoch 2 best, epoch 3 last): the per-class CSV's best/last columns and the
+    table's many/medium/few columns come from the epoch they name."""
+    import longtail.trainer as trainer_module
+
+    real = trainer_module.Trainer.evaluate
+    errors = [60.0, 40.0, 50.0]
+
+    def scripted(self):
+        e = self.epoch  # (0-based: the epoch being scored)
+        return {**real(self), "top1_error": errors[e], "many_accuracy": 10.0 + e, "medium_accuracy": 20.0 + e,
+                "few_accuracy": 30.0 + e, "per_class_accuracy": [100.0 * e + c for c in range(10)]}
+
+    monkeypatch.setattr(trainer_module.Trainer, "evaluate", scripted)
+    result = _invoke("train", *TINY, "--model", "lenet5", "--method", "ce", "--epochs", "3", "--out", str(env / "run"),
+                     "--per-class-csv", str(env / "pc.csv"), "--json", str(env / "r.json"))
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(env / "pc.csv")))
+    assert [float(r["best_accuracy"]) for r in rows] == [100.0 + c for c in range(10)]
+    assert [float(r["last_accuracy"]) for r in rows] == [200.0 + c for c in range(10)]
+    metrics = json.loads((env / "r.json").read_text())["metrics"]
+    assert [r["best_accuracy"] for r in metrics["per_class"]] == [float(r["best_accuracy"]) for r in rows]
+    table = {line.split(")")[0] + ")": [float(v) for v in line.split(")")[1].split()] for line in result.output.splitlines()
+             if line.startswith(("best (", "last ("))}  # (top-1 error %, many %, medium %, few %)
+    assert table == {"best (2)": [40.0, 11.0, 21.0, 31.0], "last (3)": [50.0, 12.0, 22.0, 32.0]}
+
+
+def test_resume_keeps_the_optimiser_settings_that_have_no_option(env, data_root):
+    """A run the benchmark started with its own weight decay, momentum and lr decays (no option sets them) resumes
+    with --resume alone, on those settings, not refused for the command's defaults."""
+    from longtail.data import CIFARLongTail
+    from longtail.trainer import TrainConfig, Trainer
+
+    data = CIFARLongTail.load("cifar10", imbalance=10, root=data_root, n_max=30, test_per_class=5)
+    config = TrainConfig(dataset="cifar10", imbalance=10, method="ce", epochs=2, batch_size=64, n_max=30, test_per_class=5,
+                         model="lenet5", preset="smoke", weight_decay=5e-4, momentum=0.8, lr_decay=(0.1, 0.01))
+    Trainer(config, data, out_dir=env / "run").save()
+    result = _invoke("train", "--resume", str(env / "run" / "checkpoint.pt"), "--quiet", "--json", str(env / "r.json"))
+    assert result.exit_code == 0, result.output
+    saved = json.loads((env / "r.json").read_text())
+    assert (saved["config"]["weight_decay"], saved["config"]["momentum"], saved["config"]["lr_decay"]) == (5e-4, 0.8, [0.1, 0.01])
+    assert len(saved["metrics"]["history"]) == 2
+
+
+@pytest.mark.parametrize("option, name, what", [("--json", "checkpoint.pt", "the run's checkpoint.pt"),
+                                                ("--per-class-csv", "best.pt.json", "the .json of the run's best.pt")])
+def test_an_output_naming_one_of_the_runs_own_files_is_refused_before_training(env, option, name, what):
+    """Written when the run ends, such an output would overwrite the checkpoint (or best.pt's metadata) just trained."""
+    out = env / "run"
+    result = CliRunner().invoke(cli, ["longtail", "train", *TINY, "--model", "lenet5", "--method", "ce", "--out", str(out),
+                                      option, str(out / name)])
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"Error: {what} and {option} name the same file {out / name}; give each output its own path"), result.output
+    assert not out.exists()
