@@ -220,8 +220,8 @@ def test_eval_of_a_checkpoint_without_its_metadata_says_so(env):
     assert result.exit_code == 2 and "has no metadata file best.pt.json beside it" in result.output
 
 
-def test_explicit_flags_reach_the_training_config_and_the_data(env, monkeypatch):
-    """Every flag lands in the TrainConfig and the data split (both captured; nothing is loaded or trained)."""
+def _captured_train(monkeypatch, *args: str) -> dict:
+    """Runs ``longtail train ARGS`` up to its data loading: the TrainConfig and the data split's arguments it built."""
     from longtail import data as data_module
     from longtail import trainer as trainer_module
 
@@ -238,10 +238,17 @@ def test_explicit_flags_reach_the_training_config_and_the_data(env, monkeypatch)
 
     monkeypatch.setattr(trainer_module.TrainConfig, "check", check)
     monkeypatch.setattr(data_module.CIFARLongTail, "load", load)
-    _invoke("train", "--dataset", "cifar10", "--preset", "smoke", "--method", "lazy-two-component", "--imbalance", "10",
-            "--epochs", "3", "--batch-size", "32", "--lr", "0.05", "--inner-steps", "2", "--inner-lr", "0.01",
-            "--eps-rule", "normalized", "--gammas", "0.8,0.9", "--split", "ldam", "--val-per-class", "4", "--n-max", "50",
-            "--test-per-class", "7", "--model", "lenet5", "--seed", "4", "--quiet")
+    _invoke("train", *args)
+    return seen
+
+
+def test_explicit_flags_reach_the_training_config_and_the_data(env, monkeypatch):
+    """Every flag lands in the TrainConfig and the data split (both captured; nothing is loaded or trained)."""
+    seen = _captured_train(
+        monkeypatch, "--dataset", "cifar10", "--preset", "smoke", "--method", "lazy-two-component", "--imbalance", "10",
+        "--epochs", "3", "--batch-size", "32", "--lr", "0.05", "--inner-steps", "2", "--inner-lr", "0.01",
+        "--eps-rule", "normalized", "--gammas", "0.8,0.9", "--split", "ldam", "--val-per-class", "4", "--n-max", "50",
+        "--test-per-class", "7", "--model", "lenet5", "--seed", "4", "--quiet")
     config = seen["config"]
     assert (config.epochs, config.batch_size, config.lr, config.inner_steps, config.inner_lr) == (3, 32, 0.05, 2, 0.01)
     assert (config.eps_rule, config.gammas, config.rule, config.val_per_class) == ("normalized", (0.8, 0.9), "ldam", 4)
@@ -393,23 +400,7 @@ def test_eval_and_resume_refuse_a_bundle_rewritten_since_the_run(env):
 def test_defaults_are_the_documented_ones(env, monkeypatch):
     """``lazyapps longtail train`` alone: CIFAR-100-LT x100, lazy-two-component, the quick preset, lr 0.1, k = 5 student
     steps and the γ grid 0.75..0.95 (help texts, docs/longtail.md); nothing is loaded or trained."""
-    from longtail import data as data_module
-    from longtail import trainer as trainer_module
-
-    seen = {}
-    real_check = trainer_module.TrainConfig.check
-
-    def check(self):
-        seen["config"] = self
-        return real_check(self)
-
-    def load(dataset, **kwargs):
-        seen["data"] = {"dataset": dataset, **kwargs}
-        raise KeyboardInterrupt  # (stands in for the data loading and training that would follow)
-
-    monkeypatch.setattr(trainer_module.TrainConfig, "check", check)
-    monkeypatch.setattr(data_module.CIFARLongTail, "load", load)
-    _invoke("train", "--quiet")
+    seen = _captured_train(monkeypatch, "--quiet")
     config = seen["config"]
     assert (config.dataset, config.imbalance, config.method, config.preset) == ("cifar100", 100.0, "lazy-two-component", "quick")
     assert (config.epochs, config.batch_size, config.lr, config.inner_steps, config.inner_lr) == (20, 128, 0.1, 5, None)
