@@ -274,18 +274,22 @@ def common_options(func: Callable) -> Callable:
         distinct_outputs({param.opts[0]: ctx.params.get(param.name) for param in ctx.command.params
                           if getattr(param.callback, "writes_file", False)})
         _check_cache_root(cache_dir)
-        set_quiet(quiet)
-        seed_everything(seed)
-        # "lazyapps zoo train" -> "zoo train": the command without the program name.
-        run = RunContext(" ".join(ctx.command_path.split()[1:]), data_dir, cache_dir, device_name, seed, json_path, quiet)
-        run.device  # fail early on --device cuda without a GPU
-        from .distributed import init_from_env, shutdown
-
-        init_from_env(run.device)  # under torchrun: join the process group (gloo on CPU, NCCL on CUDA)
+        # --quiet holds for this command only: a Python caller's later library calls keep their own setting
+        was_quiet = set_quiet(quiet)
         try:
-            return func(run=run, **kwargs)
+            seed_everything(seed)
+            # "lazyapps zoo train" -> "zoo train": the command without the program name.
+            run = RunContext(" ".join(ctx.command_path.split()[1:]), data_dir, cache_dir, device_name, seed, json_path, quiet)
+            run.device  # fail early on --device cuda without a GPU
+            from .distributed import init_from_env, shutdown
+
+            init_from_env(run.device)  # under torchrun: join the process group (gloo on CPU, NCCL on CUDA)
+            try:
+                return func(run=run, **kwargs)
+            finally:
+                shutdown()
         finally:
-            shutdown()
+            set_quiet(was_quiet)
 
     return wrapper
 

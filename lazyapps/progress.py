@@ -12,10 +12,11 @@ T = TypeVar("T")
 _quiet = False
 
 
-def set_quiet(quiet: bool) -> None:
-    """Silence every progress bar and status line of this process (``--quiet``)."""
+def set_quiet(quiet: bool) -> bool:
+    """Silence every progress bar and status line of this process (``--quiet``); returns the previous setting."""
     global _quiet
-    _quiet = bool(quiet)
+    previous, _quiet = _quiet, bool(quiet)
+    return previous
 
 
 def enabled() -> bool:

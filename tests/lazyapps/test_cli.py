@@ -364,3 +364,28 @@ def test_device_is_auto_by_default_and_an_explicit_device_is_the_one_used(monkey
     else:
         assert result.exit_code == 0, result.output
         assert json.loads(out.read_text())["metrics"]["device"] == device
+
+
+def test_quiet_holds_for_the_command_only_also_when_it_fails():
+    """A Python caller who runs a command with --quiet (CliRunner, a notebook) gets its status lines back afterwards."""
+    from lazyapps import progress
+    from lazyapps.errors import LazyAppsError
+
+    @click.group(cls=LazyGroup)
+    def group():
+        pass
+
+    @group.command()
+    @click.option("--fail", is_flag=True)
+    @common_options
+    def step(run, fail):
+        assert progress._quiet
+        if fail:
+            raise LazyAppsError("refused")
+        run.finish({}, {})
+
+    assert not progress._quiet
+    for args, code in ((["--quiet"], 0), (["--quiet", "--fail"], 2), (["--quiet", "--device", "cuda"], None)):
+        result = CliRunner().invoke(group, ["step", *args])
+        assert code is None or result.exit_code == code, result.output
+        assert not progress._quiet, args
