@@ -45,15 +45,24 @@ def parse(argv, *, name: str, default_images: int, default_methods: str, default
 
 
 def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title: str) -> dict:
+    """The benchmark with ``--quiet`` for its own duration (a caller in the same process keeps its setting)."""
+    from lazyapps.progress import set_quiet
+
+    was_quiet = set_quiet(args.quiet)
+    try:
+        return _run(args, target=target, paper_rows=paper_rows, title=title)
+    finally:
+        set_quiet(was_quiet)
+
+
+def _run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title: str) -> dict:
     from attacks.cli import COLUMNS, run_attack
     from attacks.pipeline import META_TRAINING_OF
     from lazyapps.cli import RunContext
     from lazyapps.checkpoint import write_json_atomic
-    from lazyapps.progress import set_quiet
     from lazyapps.results import format_table, versions
     from lazyapps.runtime import seed_everything
 
-    set_quiet(args.quiet)
     ctx = RunContext("benchmark", args.data_dir, args.cache_dir, args.device, args.seed, None, args.quiet)
     started = time.perf_counter()
     rows, images, config = [], None, {}
