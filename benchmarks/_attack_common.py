@@ -46,13 +46,10 @@ def parse(argv, *, name: str, default_images: int, default_methods: str, default
 
 def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title: str) -> dict:
     """The benchmark with ``--quiet`` for its own duration (a caller in the same process keeps its setting)."""
-    from lazyapps.progress import set_quiet
+    from lazyapps.progress import quiet_while
 
-    was_quiet = set_quiet(args.quiet)
-    try:
+    with quiet_while(args.quiet):
         return _run(args, target=target, paper_rows=paper_rows, title=title)
-    finally:
-        set_quiet(was_quiet)
 
 
 def _run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title: str) -> dict:

@@ -267,16 +267,14 @@ def common_options(func: Callable) -> Callable:
     @click.pass_context
     @functools.wraps(func)
     def wrapper(ctx: click.Context, data_dir, cache_dir, device_name, seed, json_path, quiet, **kwargs):
-        from .progress import set_quiet
+        from .progress import quiet_while
         from .runtime import seed_everything
 
         # Every output file option of the command (callbacks marked writes_file): two naming one file are refused.
         distinct_outputs({param.opts[0]: ctx.params.get(param.name) for param in ctx.command.params
                           if getattr(param.callback, "writes_file", False)})
         _check_cache_root(cache_dir)
-        # --quiet holds for this command only: a Python caller's later library calls keep their own setting
-        was_quiet = set_quiet(quiet)
-        try:
+        with quiet_while(quiet):  # this command's only: a Python caller's later library calls keep their setting
             seed_everything(seed)
             # "lazyapps zoo train" -> "zoo train": the command without the program name.
             run = RunContext(" ".join(ctx.command_path.split()[1:]), data_dir, cache_dir, device_name, seed, json_path, quiet)
@@ -288,8 +286,6 @@ def common_options(func: Callable) -> Callable:
                 return func(run=run, **kwargs)
             finally:
                 shutdown()
-        finally:
-            set_quiet(was_quiet)
 
     return wrapper
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from tqdm.auto import tqdm
@@ -17,6 +18,17 @@ def set_quiet(quiet: bool) -> bool:
     global _quiet
     previous, _quiet = _quiet, bool(quiet)
     return previous
+
+
+@contextmanager
+def quiet_while(quiet: bool = True) -> Iterator[None]:
+    """``set_quiet(quiet)`` for a block (a command, a benchmark run), then the setting from before, also on error:
+    a caller in the same process (a notebook, a test session) keeps its own."""
+    previous = set_quiet(quiet)
+    try:
+        yield
+    finally:
+        set_quiet(previous)
 
 
 def enabled() -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,17 +157,6 @@ def _build_model(settings: dict[str, Any], mean, std) -> nn.Sequential:
     net = create(settings["arch"], num_classes=settings["num_classes"], in_channels=settings["in_channels"],
                  image_size=settings["image_size"], **settings.get("model_options", {}))
     return with_normalization(net, mean, std)
-
-
-@contextmanager
-def _quiet_progress(quiet: bool):
-    previous = getattr(progress_module, "_quiet", False)
-    if quiet:
-        progress_module.set_quiet(True)
-    try:
-        yield
-    finally:
-        progress_module.set_quiet(previous)
 
 
 def crop_flip(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, *, padding: int = 4) -> torch.Tensor:
@@ -355,7 +344,7 @@ def train(
         images = data.train.images[:count].to(device)
         labels = data.train.labels[:count].to(device)
         started = time.perf_counter()
-        with _quiet_progress(quiet):
+        with progress_module.quiet_while() if quiet else nullcontext():  # (not quiet: the caller's setting)
             progress_module.status(f"training {name} on {dataset}: {count} images, {settings['epochs']} epoch(s), "
                                    f"{settings['optimizer']} lr {settings['lr']:g}, on {device}")
             history = fit(model, images, labels, settings, generator=generator, desc=name)

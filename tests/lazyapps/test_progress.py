@@ -47,3 +47,18 @@ def test_status_lines_are_silenced_by_quiet_only(stderr):
     stream = stderr(True, True)
     progress.status("loading")
     assert stream.getvalue() == ""
+
+
+def test_quiet_while_restores_the_setting_from_before_also_on_error():
+    before = progress._quiet
+    try:
+        for outer in (False, True):
+            progress.set_quiet(outer)
+            with progress.quiet_while(not outer):
+                assert progress._quiet is (not outer)
+            assert progress._quiet is outer
+            with pytest.raises(RuntimeError), progress.quiet_while(True):
+                raise RuntimeError("a failing command")
+            assert progress._quiet is outer
+    finally:
+        progress.set_quiet(before)
