@@ -203,6 +203,9 @@ class Learner(nn.Module):
     name: ClassVar[str] = ""
     #: whether meta-training changes the model (False for ``scratch``); informs the CLI.
     meta_learns: ClassVar[bool] = True
+    #: options of this base class that a learner does not take (``finetune``: ``zero_head``): left out of its
+    #: hyperparameters (:meth:`hparam_names`, :meth:`hparams`, ``fewshot algos``), so a command line refuses them.
+    inapplicable_hparams: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Every learner's keyword hyperparameters are checked as the class declares them (check_hparams) before its
@@ -254,6 +257,14 @@ class Learner(nn.Module):
 
         :meth:`meta_train` calls it; code that calls :meth:`meta_step` itself calls it once first. No-op by default.
         """
+
+    @classmethod
+    def recorded_hparams(cls, stored: Mapping[str, Any], *, problem: str) -> dict[str, Any]:
+        """A checkpoint's recorded hyperparameters (``problem`` left out) as this version's ``__init__`` takes them.
+
+        Older versions also recorded the :attr:`inapplicable_hparams`, always at their default; they are dropped.
+        """
+        return {k: v for k, v in stored.items() if k != "problem" and k not in cls.inapplicable_hparams}
 
     @classmethod
     def paper_defaults(cls, *, dataset: str, ways: int, shots: int) -> dict[str, Any]:
@@ -328,13 +339,10 @@ class Learner(nn.Module):
     def hparams(self) -> dict[str, Any]:
         """The keyword hyperparameters of ``__init__`` with their current values (JSON-able)."""
         out: dict[str, Any] = {}
-        for klass in type(self).__mro__:
-            if klass is nn.Module or not issubclass(klass, Learner):
-                continue
-            for name, param in inspect.signature(klass.__init__).parameters.items():
-                if param.kind is inspect.Parameter.KEYWORD_ONLY and name not in out and hasattr(self, name):
-                    value = getattr(self, name)
-                    out[name] = list(value) if isinstance(value, tuple) else value
+        for name in type(self)._declared_hparams():
+            if hasattr(self, name):
+                value = getattr(self, name)
+                out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
     @classmethod
@@ -349,7 +357,7 @@ class Learner(nn.Module):
             except (NameError, TypeError):  # e.g. a user's learner annotated with a type local to a function
                 hints = {}
             for name, param in inspect.signature(klass.__init__).parameters.items():
-                if param.kind is inspect.Parameter.KEYWORD_ONLY and name not in out:
+                if param.kind is inspect.Parameter.KEYWORD_ONLY and name not in out and name not in cls.inapplicable_hparams:
                     out[name] = (hints.get(name, Any), klass)
         return out
 

@@ -466,7 +466,7 @@ def algos_command(run: RunContext) -> None:
         for klass in reversed(cls.__mro__):  # subclass defaults win
             if isinstance(klass, type) and issubclass(klass, Learner) and "__init__" in vars(klass):
                 for pname, p in inspect.signature(klass.__init__).parameters.items():
-                    if p.kind is inspect.Parameter.KEYWORD_ONLY and pname not in ("problem", "vectorize", "transductive"):
+                    if pname in cls.hparam_names() - {"problem", "vectorize", "transductive"}:
                         defaults[pname] = p.default
         for pname in inspect.signature(Learner.__init__).parameters:  # the base class's options after the algorithm's own
             if pname in defaults:

@@ -186,9 +186,10 @@ def load_learner(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = 
     algo = meta["algo"]
     try:
         cls = get_learner(algo)
+        problem = dataset_info(str(meta["dataset"])).problem
     except UnknownNameError as exc:
         raise CheckpointError(f"checkpoint {path}'s metadata names an {exc}") from None
-    stored = {k: v for k, v in dict(meta.get("hparams", {})).items() if k != "problem"}
+    stored = cls.recorded_hparams(dict(meta.get("hparams", {})), problem=problem)
     foreign = sorted(set(stored) - cls.hparam_names())
     if foreign:
         raise CheckpointError(f"checkpoint {path}'s metadata gives algo {algo!r} hyperparameters it does not take "

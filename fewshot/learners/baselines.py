@@ -8,7 +8,8 @@ by a fresh N-way head trained on each test task's support set.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -67,28 +68,42 @@ class Finetune(_SGDAdapt):
     head, initialised to zero (deterministic; a linear softmax head needs no
     random init since each class's gradient differs), is trained on the
     support set for ``eval_inner_steps`` gradient steps of ``inner_lr``. With
-    ``freeze_body`` (Chen et al.'s Baseline) only the head learns, on features
-    computed once; otherwise the whole network is fine-tuned (Finn et al.).
+    ``freeze_body`` (Chen et al.'s Baseline; the default for classification)
+    only the head learns, on features computed once; ``freeze_body=False``
+    fine-tunes the whole network (Finn et al.).
 
     Regression (sine) has no classes: the network is pre-trained on all tasks
-    jointly (Finn et al.'s sine "pretrained" baseline) and fine-tuned whole.
+    jointly (Finn et al.'s sine "pretrained" baseline) and fine-tuned whole
+    (``freeze_body`` is False there; True is refused).
     The head is the model's last ``nn.Linear`` (``head`` in conv4); its weight
     and bias are swapped functionally, so no module is copied or changed.
     """
 
+    inapplicable_hparams: ClassVar[frozenset[str]] = frozenset({"zero_head"})
+
     def __init__(self, model: nn.Module, *, inner_lr: float = 0.1, eval_inner_steps: int = 100, meta_lr: float = 1e-3,
-                 pretrain_classes: int | None = None, freeze_body: bool = True, **base: Any) -> None:
+                 pretrain_classes: int | None = None, freeze_body: bool | None = None, **base: Any) -> None:
         if base.get("zero_head"):
             raise ValueError("finetune starts every test head at zero already and trains a head of its own; zero_head does not apply")
         super().__init__(model, inner_lr=inner_lr, eval_inner_steps=eval_inner_steps, **base)
+        if freeze_body and self.problem != "classification":
+            raise ValueError("freeze_body is for classification (a fresh N-way head on a frozen body); the regression "
+                             "baseline fine-tunes the whole pre-trained network (Finn et al. 2017): leave freeze_body out")
         self.meta_lr = meta_lr
-        self.freeze_body = freeze_body
+        self.freeze_body = self.problem == "classification" if freeze_body is None else freeze_body
         self.meta_optimizer = torch.optim.Adam(self.model.parameters(), lr=meta_lr)
         self.pretrain_classes: int | None = None
         self.pretrain_head: nn.Linear | None = None
         self.head_name = last_linear(self.model) if self.problem == "classification" else None
         if pretrain_classes is not None and self.head_name is not None:
             self._build_head(int(pretrain_classes))
+
+    @classmethod
+    def recorded_hparams(cls, stored: Mapping[str, Any], *, problem: str) -> dict[str, Any]:
+        out = super().recorded_hparams(stored, problem=problem)
+        if problem != "classification" and out.get("freeze_body") is True:
+            del out["freeze_body"]  # older versions recorded the default True for sine, which fine-tuned the whole network
+        return out
 
     @classmethod
     def paper_defaults(cls, *, dataset: str, ways: int, shots: int) -> dict[str, Any]:

@@ -136,7 +136,7 @@ def test_bad_input_is_one_clear_line(extra, needle, data_root, session_cache, tm
     (["--algo", "lazy-maml", "--hp", "criterion=foo"], "Error: --algo lazy-maml: unknown criterion 'foo'; valid: loss, accuracy"),
     (["--algo", "reptile", "--hp", "inner_optimizer=rmsprop"], "Error: --algo reptile: inner_optimizer must be one of"),
     (["--algo", "turtle", "--hp", "network_init=xyz"], "Error: --algo turtle: unknown init 'xyz'; valid: gradient, random"),
-    (["--algo", "finetune", "--zero-head"], "Error: --algo finetune: finetune starts every test head at zero already"),
+    (["--algo", "finetune", "--zero-head"], "Error: --zero-head does not apply to --algo finetune (it takes: --eval-inner-steps"),
     (["--algo", "maml", "--dataset", "sine", "--zero-head"], "Error: --algo maml: zero_head is for classification"),
     # the teacher mixes the student's last 3 checkpoints: a 2-step student failed at its first meta-step
     (["--algo", "lazy-reptile", "--last", "3", "--inner-steps", "2"], "Error: --algo lazy-reptile: inner_steps (2) must be >= last (3)"),
@@ -920,7 +920,12 @@ def test_algos_lists_the_defaults_each_learner_is_built_with(tmp_path) -> None:
         if "eval_inner_steps=None" in text:  # (None: as many steps as in meta-training)
             assert built["eval_inner_steps"] == built["inner_steps"], algo
             expected = expected.replace(f"eval_inner_steps={built['eval_inner_steps']}", "eval_inner_steps=None")
+        if "freeze_body=None" in text:  # (None: frozen for classification, the whole network for regression)
+            assert built["freeze_body"] is False
+            assert build_learner(algo, dataset="omniglot", ways=5).hparams()["freeze_body"] is True
+            expected = expected.replace("freeze_body=False", "freeze_body=None")
         assert text == expected, algo
+    assert "zero_head" not in listed["finetune"]  # (finetune refuses it: its test heads start at zero anyway)
 
 
 @pytest.mark.parametrize("name, what", [("checkpoint.pt", "the run's checkpoint.pt"),

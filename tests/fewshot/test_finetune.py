@@ -207,3 +207,43 @@ def test_default_finetune_trains_only_the_head() -> None:
     for name, p in learner.theta.items():
         if not name.startswith("head."):
             assert all(torch.equal(fast[name][t], p.detach()) for t in range(2)), name
+
+
+def test_freeze_body_is_recorded_as_done_and_refused_for_regression() -> None:
+    """Classification freezes the body by default; sine fine-tunes the whole network and records so (it recorded
+    True before, which it never did); asking sine to freeze it is one clear error, not silently ignored."""
+    sine = models_zoo.create("sine_mlp", num_classes=1, in_channels=1)
+    regression = create_learner("finetune", sine, problem="regression")
+    assert regression.freeze_body is False and regression.hparams()["freeze_body"] is False
+    assert "zero_head" not in regression.hparams() and "zero_head" not in regression.hparam_names()
+    assert _learner().hparams()["freeze_body"] is True and _learner(freeze_body=False).freeze_body is False
+    with pytest.raises(ValueError, match="freeze_body is for classification"):
+        create_learner("finetune", sine, problem="regression", freeze_body=True)
+    # The whole network adapts on sine: every parameter moves from the pre-trained one.
+    x = torch.linspace(-5, 5, 10).reshape(1, 10, 1)
+    fast = regression.adapt((x, torch.sin(x)))
+    assert all(not torch.equal(fast[k][0], p.detach()) for k, p in regression.theta.items())
+
+
+def test_checkpoints_of_older_versions_load_without_their_inapplicable_records(tmp_path, monkeypatch) -> None:
+    """Before, finetune's metadata recorded zero_head=false, and sine's freeze_body=true: both still load, as what they
+    were (on sine a whole-network fine-tune); a classification checkpoint's freeze_body is kept as recorded."""
+    import fewshot.experiment as experiment
+    from fewshot.experiment import build_learner
+
+    sine = build_learner("finetune", dataset="sine", ways=1)
+    path = tmp_path / "sine.pt"
+    save_learner(path, sine, {"kind": "fewshot", "algo": "finetune", "arch": "sine_mlp", "dataset": "sine", "ways": 1,
+                              "shots": 5, "hparams": {**sine.hparams(), "zero_head": False, "freeze_body": True}})
+    loaded, _, _ = load_learner(path)
+    assert loaded.freeze_body is False and loaded.hparams() == sine.hparams()
+
+    learner = _learner(freeze_body=False)
+    learner.meta_train(_sampler(), iterations=1, meta_batch=2)
+    path = tmp_path / "ft.pt"
+    save_learner(path, learner, {"kind": "fewshot", "algo": "finetune", "arch": "conv4", "dataset": "omniglot", "ways": 3,
+                                 "shots": 1, "hparams": {**learner.hparams(), "zero_head": False}})
+    monkeypatch.setattr(experiment, "build_model", lambda arch, **kw: models_zoo.create(
+        "conv4", num_classes=3, in_channels=1, image_size=SIZE, hidden=8))
+    loaded, _, _ = load_learner(path)
+    assert loaded.freeze_body is False and loaded.hparams() == learner.hparams()
