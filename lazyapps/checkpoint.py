@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, describe
-from .paths import CHECKPOINT_FORMAT
+from .paths import CHECKPOINT_FORMAT, meta_path
 
 
 def _umask() -> int:
@@ -77,12 +77,6 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented, standard JSON to ``path`` atomically (inf and nan become null)."""
     text = json.dumps(_finite(obj), indent=2, sort_keys=False, default=str, allow_nan=False)
     write_bytes_atomic(path, (text + "\n").encode())
-
-
-def meta_path(path: str | os.PathLike) -> Path:
-    """The JSON metadata file that goes with checkpoint ``path``."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
 
 
 def with_metadata(files: Mapping[str, str | os.PathLike | None]) -> dict[str, Path]:

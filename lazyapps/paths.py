@@ -16,6 +16,12 @@ CACHE_ENV = "LAZYAPPS_CACHE"
 CHECKPOINT_FORMAT = "lazyapps-checkpoint-1"
 
 
+def meta_path(path: str | os.PathLike) -> Path:
+    """The JSON metadata file that goes with checkpoint ``path`` (also :func:`lazyapps.checkpoint.meta_path`)."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
 def _resolve(explicit: str | os.PathLike | None, env: str, default: str) -> Path:
     if explicit:
         return Path(explicit).expanduser()
@@ -57,7 +63,7 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> str | No
             return f"{path} is a folder, not a file"
         if not folder:
             # (a results file may be rewritten; a run's checkpoint may not: it would lose the run, resume and all)
-            if _is_checkpoint_metadata(path.with_name(path.name + ".json")):
+            if _is_checkpoint_metadata(meta_path(path)):
                 return f"{path} is a lazyapps checkpoint, which this would overwrite; give the output another path"
             if path.suffix == ".json" and _is_checkpoint_metadata(path):
                 return (f"{path} is the metadata of checkpoint {path.with_suffix('').name}, which this would overwrite; "
