@@ -528,6 +528,19 @@ def test_reptile_meta_step_moves_towards_sgd_on_support_and_query_with_the_annea
     assert [learner.train_step(tasks)["step_size"] for _ in range(3)] == [1.0, 1.0, 1.0]
 
 
+def test_reptile_trained_further_anneals_over_the_longer_run() -> None:
+    """As docs/fewshot.md says: a finished run given more iterations follows the longer schedule, ε = 1 − i/N."""
+    from fewshot.datasets import SineTasks
+
+    torch.manual_seed(0)
+    learner = create_learner("reptile", models_zoo.create("sine_mlp", num_classes=1, in_channels=1, hidden=5),
+                             problem="regression", inner_steps=1, inner_batch=4)
+    source = SineTasks(shots=2, queries=2, seed=0)
+    first = learner.meta_train(source, iterations=2, meta_batch=1, progress=False)
+    further = learner.meta_train(source, iterations=4, meta_batch=1, progress=False)
+    assert [m["step_size"] for m in first + further] == pytest.approx([1.0, 0.5, 0.5, 0.25])
+
+
 def test_evaluate_scores_each_task_after_adapting_on_its_support_set() -> None:
     learner = create_learner("maml", _conv(), inner_lr=0.5, inner_steps=1, eval_inner_steps=8)
     tasks = _tasks(num_tasks=4, seed=3)
