@@ -870,8 +870,10 @@ def test_train_defaults_are_the_documented_ones(tmp_path, monkeypatch) -> None:
                                                     "shuffle_classes": True, "seed": 0}.items()
 
 
-def test_the_paper_preset_meta_trains_for_the_papers_iterations_and_meta_batch(tmp_path, monkeypatch) -> None:
-    """--preset paper: the loop of the learner's paper (Finn et al.'s sine: 70,000 iterations of 25 tasks), 15 queries."""
+@pytest.mark.parametrize("algo, loop", [("maml", (70000, 25)), ("finetune", (1000, 4))])
+def test_the_paper_preset_meta_trains_for_the_papers_iterations_and_meta_batch(tmp_path, monkeypatch, algo, loop) -> None:
+    """--preset paper: the loop of the learner's paper (Finn et al.'s sine: 70,000 iterations of 25 tasks), 15 queries;
+    where the paper gives none (the finetune baseline), docs/fewshot.md's 1,000 iterations of 4 tasks."""
     from fewshot.base import get_learner
 
     seen = {}
@@ -880,11 +882,11 @@ def test_the_paper_preset_meta_trains_for_the_papers_iterations_and_meta_batch(t
         seen.update(iterations=iterations, meta_batch=meta_batch, queries=source.queries)
         raise KeyboardInterrupt  # (stands in for the 70,000 iterations)
 
-    monkeypatch.setattr(get_learner("maml"), "meta_train", stop)
-    result = _run("fewshot", "train", "--algo", "maml", "--dataset", "sine", "--shots", "5", "--preset", "paper",
+    monkeypatch.setattr(get_learner(algo), "meta_train", stop)
+    result = _run("fewshot", "train", "--algo", algo, "--dataset", "sine", "--shots", "5", "--preset", "paper",
                   "--out", str(tmp_path / "p"), "--quiet")
     assert result.exit_code == 130, result.output
-    assert seen == {"iterations": 70000, "meta_batch": 25, "queries": 15}
+    assert seen == {"iterations": loop[0], "meta_batch": loop[1], "queries": 15}
 
 
 def test_eval_draws_the_tasks_with_the_checkpoints_class_shuffling(trained, tmp_path, monkeypatch) -> None:
