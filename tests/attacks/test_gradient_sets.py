@@ -37,6 +37,7 @@ def test_untargeted_maps_match_autograd_reference():
     torch.testing.assert_close(x, images.float() / 255)
     ref = _reference(net, images.float() / 255, labels, None)
     torch.testing.assert_close(maps, ref, atol=2e-3, rtol=2e-3)  # float16 storage
+    assert gs["maps"].dtype == torch.float16  # stored at half the bytes of float32
     assert torch.allclose(maps.flatten(1).std(dim=1), torch.ones(12), atol=1e-2)
 
 
@@ -44,7 +45,7 @@ def test_targeted_maps_use_the_default_target():
     net = _net(1)
     x = torch.rand(6, 1, 8, 8)
     labels = torch.randint(5, (6,))
-    gs = build_gradient_set(net, x, labels, num_classes=5, mode="targeted")
+    gs = build_gradient_set(net, x, labels, num_classes=5, mode="targeted", batch_size=4)  # each batch its targets
     ref = _reference(net, x, labels, default_targets(labels, 5))
     torch.testing.assert_close(gs["maps"].float(), ref, atol=2e-3, rtol=2e-3)
     assert torch.equal(default_targets(torch.tensor([0, 4, 9]), 10), torch.tensor([1, 5, 0]))
@@ -84,6 +85,12 @@ def test_zero_maps_are_dropped():
     maps, kept = normalise_maps(grads)
     assert kept.tolist() == [False, True, False]
     assert torch.isclose(maps[1].std(), torch.tensor(1.0))
+
+    # tiny but non-zero maps (a confident model's gradients) are kept, scaled to unit std like the others
+    tiny = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * torch.tensor([1e-9, 1.0]).view(2, 1, 1, 1)
+    maps, kept = normalise_maps(tiny)
+    assert kept.tolist() == [True, True]
+    torch.testing.assert_close(maps.flatten(1).std(dim=1), torch.ones(2))
 
     constant = nn.Sequential(nn.Flatten(), nn.Linear(64, 5)).eval()
     with torch.no_grad():

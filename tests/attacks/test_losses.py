@@ -76,6 +76,8 @@ def test_errors():
         margin_loss(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), kind="softmax")
     with pytest.raises(LazyAppsError, match="batch, classes"):
         margin_loss(torch.zeros(3), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(LazyAppsError, match="valid: logits, probs"):  # when built, before an attack spends queries
+        MarginLoss(kind="softmax")
 
 
 def test_underflowed_probabilities_give_a_finite_loss():

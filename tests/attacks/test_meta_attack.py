@@ -628,3 +628,31 @@ def test_a_due_zoo_step_is_taken_exactly_when_the_blackbox_can_pay_for_it(scores
     assert queries.tolist() == [cost, 0] and bb.counts.tolist() == [cost, 1]
     torch.testing.assert_close(grad[1], torch.where(top_coordinates(free, 8)[1], free[1], torch.zeros_like(free[1])))
     assert not torch.allclose(grad[0], torch.where(top_coordinates(free, 8)[0], free[0], torch.zeros_like(free[0])))
+
+
+def test_a_zoo_step_of_some_images_is_theirs_alone():
+    """Image 1 is due for its ZOO step (every = 2, seen once before), image 0 is new (a free call): image 1 is
+    charged, its estimate is the one it gets alone (its own scores as the baseline), and only its copy is
+    fine-tuned; image 0's copy stays θ."""
+    model = _target(2)
+    x, y = _images(model, 2)
+    with torch.no_grad():
+        scores = model(x)
+    net = MetaAttacker(1, (4, 8))
+    est = MetaEstimator(net, q=8, every=2, finetune_steps=2)
+    bb = BlackBox(model)
+    est.estimate(bb, x[1:], y[1:], index=torch.tensor([1]), scores=scores[1:])
+    grad, queries = est.estimate(bb, x, y, index=torch.tensor([0, 1]), scores=scores)
+    assert queries.tolist() == [0, 8] and bb.counts.tolist() == [0, 8]
+    alone, _ = MetaEstimator(net, q=8, every=1, finetune_steps=0).estimate(BlackBox(model), x[1:], y[1:], scores=scores[1:])
+    torch.testing.assert_close(grad[1:], alone)
+    copies = est.copies(torch.tensor([0, 1]))
+    assert all(torch.equal(copies[k][0], v) for k, v in est.theta.items())
+    assert any(not torch.equal(copies[k][1], v) for k, v in est.theta.items())
+
+
+def test_params_with_names_the_meta_attacker_lacks_are_refused():
+    net = MetaAttacker(1, (4,))
+    params = {**dict(net.named_parameters()), "head.weight": torch.zeros(1)}  # would be silently ignored
+    with pytest.raises(LazyAppsError, match=r"missing none, unexpected \['head.weight'\]"):
+        MetaEstimator(net, params)

@@ -81,3 +81,31 @@ def test_layers_and_shapes_follow_du_et_al(dataset, chans):
     small = (side + 15) // 16  # four ceil-halvings: 28 -> 14, 7, 4, 2; 32 -> 16, 8, 4, 2
     assert code.shape == (1, chans[-1], small, small)
     assert full.shape == (1, chans[0], 16 * small, 16 * small)  # four doublings, then cropped to the image
+
+
+def test_a_relu_follows_every_layer_but_the_last():
+    """Du et al.'s autoencoder: ReLU after each strided conv and each transposed conv except the linear output."""
+    net = MetaAttacker(1, (4, 8, 8))
+    assert [type(m) for m in net.encoder] == [torch.nn.Conv2d, torch.nn.ReLU] * 3
+    assert [type(m) for m in net.decoder] == [torch.nn.ConvTranspose2d, torch.nn.ReLU] * 2 + [torch.nn.ConvTranspose2d]
+
+
+def test_the_map_is_cropped_in_register_with_the_image():
+    """Weights set to keep every other pixel, then repeat each kept pixel 2×2: an odd-sized image (5×5, decoded
+    to 6×6) comes back as pixel (2⌊i/2⌋, 2⌊j/2⌋) at (i, j), so the crop keeps the top-left, aligned part."""
+    net = MetaAttacker(1, (1,))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.encoder[0].weight[0, 0, 1, 1] = 1.0  # output (i, j) = input (2i, 2j)
+        net.decoder[0].weight[0, 0, 1:3, 1:3] = 1.0  # outputs (2i, 2j) … (2i + 1, 2j + 1) = input (i, j)
+        x = torch.rand(2, 1, 5, 5)
+        out = net(x)
+    even = torch.tensor([0, 0, 2, 2, 4])
+    torch.testing.assert_close(out, x[:, :, even][:, :, :, even])
+
+
+def test_widths_below_one_are_refused_when_built():
+    for widths in ((4, 0), ()):
+        with pytest.raises(ValueError, match="positive widths"):
+            MetaAttacker(1, widths)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from attacks.meta_attacker import MetaAttacker
 from attacks.meta_training import meta_train, mse, split_task
+from lazyapps.teacher import LazyTeacher
 
 ADAM = torch.optim.Adam  # the real one, for the references below (a test may patch torch.optim.Adam)
 
@@ -63,10 +64,11 @@ def _adam_student(net, x, g, *, steps, lr):
     return {k: v.detach() for k, v in student.named_parameters()}
 
 
-def _teacher_by_hand(net, theta, phi_k, xv, gv):
-    """(γ̂, γ̂θ + (1 − γ̂)φ_k): the default grid's γ with the lowest validation MSE (the first on ties)."""
+def _teacher_by_hand(net, theta, phi_k, xv, gv, gammas=(0.75, 0.80, 0.85, 0.90, 0.95)):
+    """(γ̂, γ̂θ + (1 − γ̂)φ_k): the grid's (default: the default grid's) γ with the lowest validation MSE (the first
+    on ties)."""
     best = None
-    for gamma in (0.75, 0.80, 0.85, 0.90, 0.95):
+    for gamma in gammas:
         cand = {k: gamma * theta[k] + (1 - gamma) * phi_k[k] for k in theta}
         with torch.no_grad():
             score = F.mse_loss(_with_params(net, cand)(xv), gv).item()
@@ -208,3 +210,147 @@ def test_default_meta_step_and_history_are_means_over_tasks():
     theta = dict(net.named_parameters())
     expected = sum(mse(net, theta, *split_task(t)[1]) for t in tasks) / 2
     assert result.history == [(0, pytest.approx(expected))]
+
+
+def test_split_task_rounds_the_validation_share_and_refuses_too_few_pairs():
+    images = torch.arange(19.0).view(19, 1, 1, 1)
+    (x, _), (xv, _) = split_task((images, -images))  # 10 % of 19 is 1.9: the last 2 pairs
+    assert x.flatten().tolist() == list(range(17)) and xv.flatten().tolist() == [17, 18]
+    with pytest.raises(ValueError, match="needs more than 1 pairs to hold out 1 for validation, got 1"):
+        split_task((images[:1], images[:1]))
+
+
+def test_mse_is_the_mean_over_every_entry_of_every_map():
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (4, 8))
+    x, g = _tasks(n_tasks=1, n=10)[0]
+    with torch.no_grad():
+        expected = F.mse_loss(net(x), g).item()
+    assert mse(net, dict(net.named_parameters()), x, g, batch_size=3) == pytest.approx(expected, rel=1e-5)
+
+
+def _differs(a, b) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("method", "steps", "lr"), [("lazy-reptile", 8, 1e-2), ("maml", 5, 0.1)])
+def test_the_default_student_is_the_documented_mnist_one(method, steps, lr, sgd_meta_step):
+    """Without inner_steps / inner_lr: lazy-reptile's student takes Algorithm 3's k = 8 Adam steps at 1e-2 (MNIST),
+    maml's 5 SGD steps at 0.1."""
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (4, 8))
+    tasks = _tasks(n_tasks=1, n=20)
+
+    def run(**kw):
+        return meta_train(net, tasks, method=method, iterations=1, batch_size=64, val_batch=64, **kw).params
+
+    default = run()
+    assert not _differs(default, run(inner_steps=steps, inner_lr=lr))
+    assert _differs(default, run(inner_steps=steps + 2, inner_lr=lr)) and _differs(default, run(inner_steps=steps, inner_lr=lr / 2))
+
+
+def test_a_task_of_exactly_one_batch_is_used_whole():
+    """18 training pairs and batch_size 18: every step uses all of them, as a larger batch_size does (no resampling)."""
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (4, 8))
+    tasks = _tasks(n_tasks=2, n=20)
+    exact = meta_train(net, tasks, method="reptile", iterations=2, batch_size=18).params
+    whole = meta_train(net, tasks, method="reptile", iterations=2, batch_size=64).params
+    assert not _differs(exact, whole)
+
+
+def test_the_generator_alone_decides_the_minibatches():
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (4, 8))
+    tasks = _tasks(n_tasks=2, n=20)
+
+    def run(seed):
+        return meta_train(net, tasks, method="reptile", iterations=2, batch_size=4,
+                          generator=torch.Generator().manual_seed(seed)).params
+
+    torch.manual_seed(1)
+    first = run(0)
+    torch.manual_seed(2)  # the global stream plays no part
+    assert not _differs(first, run(0))
+    assert _differs(first, run(1))
+
+
+def test_history_is_recorded_every_eval_every_iterations_and_at_the_end():
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (4, 8))
+    tasks = _tasks(n_tasks=2, n=20)
+    seen = []
+    result = meta_train(net, tasks, method="reptile", iterations=5, eval_every=2, batch_size=4,
+                        on_eval=lambda it, value: seen.append((it, value)))
+    assert [it for it, _ in result.history] == [0, 2, 4, 5] and seen == result.history
+    final = sum(mse(net, result.params, *split_task(t)[1]) for t in tasks) / 2
+    assert result.history[-1][1] == pytest.approx(final)
+
+
+def test_a_given_teacher_is_used_with_its_last_checkpoints():
+    """lazy-reptile, one task, β = 1, a teacher that leaps all the way (γ = 0) to the first of its last=2 of 3
+    checkpoints: θ lands on the student after 2 Adam steps."""
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (4, 8))
+    tasks = _tasks(n_tasks=1, n=20)
+    teacher = LazyTeacher(gammas=(0.0,), last=2, weight_grid=[(1.0, 0.0)])
+    result = meta_train(net, tasks, method="lazy-reptile", iterations=1, inner_steps=3, inner_lr=1e-2, meta_step=1.0,
+                        batch_size=64, val_batch=64, teacher=teacher)
+    (x, g), _ = split_task(tasks[0])
+    expected = _adam_student(net, x, g, steps=2, lr=1e-2)
+    assert result.gammas == [0.0]
+    for k in expected:
+        torch.testing.assert_close(result.params[k], expected[k], atol=1e-5, rtol=1e-5)
+
+
+def _maml_meta_gradient_by_hand(net, theta, tasks, *, steps, lr):
+    """Second-order MAML: the mean over ``(x, g, xv, gv)`` tasks of d/dθ MSE_val after ``steps`` SGD steps in the graph."""
+    total = 0.0
+    for x, g, xv, gv in tasks:
+        phi = dict(theta)
+        for _ in range(steps):
+            loss = F.mse_loss(torch.func.functional_call(net, phi, (x,)), g)
+            grads = torch.autograd.grad(loss, list(phi.values()), create_graph=True)
+            phi = {k: v - lr * d for (k, v), d in zip(phi.items(), grads)}
+        total = total + F.mse_loss(torch.func.functional_call(net, phi, (xv,)), gv)
+    return dict(zip(theta, torch.autograd.grad(total / len(tasks), list(theta.values()))))
+
+
+def test_maml_meta_objective_sees_val_batch_validation_pairs(sgd_meta_step):
+    """val_batch = 1 of each task's 2 validation pairs: the meta-gradient is that of one pair per task (which one
+    is the generator's choice), not of both."""
+    import itertools
+
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (4, 8))
+    tasks = _tasks(n_tasks=2, n=20)  # 18 training pairs (whole batches), 2 validation pairs
+    result = meta_train(net, tasks, method="maml", iterations=1, inner_steps=2, inner_lr=0.3, meta_lr=1.0,
+                        batch_size=64, val_batch=1)
+    theta = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
+    splits = [split_task(t) for t in tasks]
+    moved = {k: result.params[k] - theta[k].detach() for k in theta}
+
+    def matches(picks) -> bool:
+        grads = _maml_meta_gradient_by_hand(
+            net, theta, [(x, g, xv[p], gv[p]) for ((x, g), (xv, gv)), p in zip(splits, picks)], steps=2, lr=0.3)
+        return all(torch.allclose(moved[k], -grads[k], atol=1e-7, rtol=1e-4) for k in theta)
+
+    assert any(matches(([i], [j])) for i, j in itertools.product(range(2), repeat=2))
+    assert not matches(([0, 1], [0, 1]))  # both validation pairs: what val_batch >= 2 gives
+
+
+def test_the_lazy_teacher_chooses_on_val_batch_validation_pairs():
+    """val_batch = 1 of the task's 2 validation pairs: γ̂ is the best on one pair (which one is the generator's
+    choice), not on both (a fine γ grid, so the choices differ)."""
+    torch.manual_seed(0)
+    net = MetaAttacker(1, (4, 8))
+    tasks = _tasks(n_tasks=1, n=20)
+    gammas = tuple(i / 20 for i in range(21))
+    result = meta_train(net, tasks, method="lazy-reptile", iterations=1, inner_steps=5, inner_lr=5e-2,
+                        batch_size=64, val_batch=1, teacher=LazyTeacher(gammas=gammas))
+    theta = {k: v.detach().clone() for k, v in net.named_parameters()}
+    (x, g), (xv, gv) = split_task(tasks[0])
+    phi = _adam_student(net, x, g, steps=5, lr=5e-2)
+    one_pair = {_teacher_by_hand(net, theta, phi, xv[[i]], gv[[i]], gammas)[0] for i in range(2)}
+    assert result.gammas[0] in one_pair
+    assert _teacher_by_hand(net, theta, phi, xv, gv, gammas)[0] not in one_pair

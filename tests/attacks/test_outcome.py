@@ -75,3 +75,28 @@ def test_rows_and_concat_keep_each_image_with_its_numbers(outcome):
     both = AttackOutcome.concat([outcome, outcome])
     assert both.labels.tolist() == [1, 2, 3, 4, 5] * 2 and both.target_classes.tolist() == [0, 0, 0, 0, 9] * 2
     assert both.queries.tolist() == [10, 3, 99, 40, 20] * 2 and torch.equal(both.x_adv[5:], outcome.x_adv)
+
+
+def test_fields_of_another_length_than_the_images_are_refused():
+    x = torch.zeros(3, 1, 1, 1)
+    ok, queries, l2 = torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.long), torch.zeros(3)
+    with pytest.raises(ValueError, match="AttackOutcome.queries has 2 entries for 3 images"):
+        AttackOutcome(x, ok, queries[:2], l2)
+    with pytest.raises(ValueError, match="AttackOutcome.labels has 4 entries for 3 images"):
+        AttackOutcome(x, ok, queries, l2, labels=torch.zeros(4))
+
+
+def test_an_outcome_of_no_images_reports_nan_rates_not_zero():
+    """No images attacked: the success rate and the budget curve are undefined (NaN), not a 0 % success."""
+    out = AttackOutcome.build(torch.zeros(0, 1, 2, 2), torch.zeros(0, 1, 2, 2), torch.zeros(0, dtype=torch.bool),
+                              torch.zeros(0, dtype=torch.long))
+    s = out.summary()
+    assert s["n_images"] == 0 and s["total_queries"] == 0 and math.isnan(s["success_rate"])
+    assert all(math.isnan(v) for v in out.budget_curve([1, 10]))
+
+
+def test_success_given_as_zeros_and_ones_counts_like_booleans(outcome):
+    """0/1 success flags select the successful images (not index images 0 and 1)."""
+    as_ints = AttackOutcome(outcome.x_adv, outcome.success.long(), outcome.queries, outcome.l2)
+    assert as_ints.summary() == outcome.summary()
+    assert as_ints.budget_curve([3, 20, 1000]) == outcome.budget_curve([3, 20, 1000])

@@ -262,3 +262,32 @@ def test_run_baseline_passes_the_query_budget_to_score_based_attacks(mnist_targe
     model, x, y = mnist_target
     out = run_baseline("nes", BlackBox(model), x[:2], y[:2], max_queries=120, attack_settings={"step_size": 1e-6})
     assert out.queries.tolist() == [1 + 2 * 51] * 2  # MNIST NES: 50 samples + 1 check per iteration; a third: 154
+
+
+def test_a_non_positive_epsilon_is_refused_before_any_query(mnist_target):
+    model, x, y = mnist_target
+    bb = BlackBox(model)
+    for epsilon in (0.0, -0.1):
+        with pytest.raises(LazyAppsError, match="epsilon must be positive"):
+            score_attack(bb, x, y, NESEstimator(), epsilon=epsilon)
+    assert bb.total == 0
+
+
+def test_run_baseline_settings_override_the_datasets_table(mnist_target):
+    """estimator_settings replace the table's: ZOO on 5 coordinates (symmetric) costs 10 queries + the check per
+    iteration; dataset='cifar10' takes that table's sign step, 0.02."""
+    from attacks.score_attack import run_baseline
+
+    model, x, y = mnist_target
+    out = run_baseline("zoo", BlackBox(model), x[:2], y[:2], dataset="cifar10", estimator_settings={"coordinates": 5},
+                       attack_settings={"max_iterations": 1})
+    assert out.queries.tolist() == [1 + 10 + 1] * 2
+    delta = (out.x_adv - x[:2]).abs()
+    assert float(delta.max()) == pytest.approx(0.02) and ((delta > 0).flatten(1).sum(1) <= 5).all()
+
+
+def test_an_l2_step_moves_each_image_by_the_step_size():
+    x = torch.full((2, 1, 2, 2), 0.5)
+    g = torch.stack([torch.full((1, 2, 2), 1e-3), torch.tensor([[[3.0, -4.0], [0.0, 0.0]]])])  # norms 2e-3 and 5
+    stepped = descent_step(x, g, step_size=0.1, update="l2")
+    torch.testing.assert_close((stepped - x).flatten(1).norm(dim=1), torch.full((2,), 0.1))
