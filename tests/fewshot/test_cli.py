@@ -939,3 +939,48 @@ def test_a_json_output_naming_the_runs_own_checkpoint_is_refused_before_training
     assert result.exit_code == 2 and result.output.strip() == (
         f"Error: {what} and --json name the same file {out / name}; give each output its own path"), result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("item", ["=0.5", " =0.5", "lam"])
+def test_hp_items_without_a_name_or_a_value_are_refused(item) -> None:
+    import re
+
+    from fewshot.experiment import parse_hparam
+
+    with pytest.raises(ValueError, match=re.escape(f"{item!r} is not NAME=VALUE, e.g. lam=0.5")):
+        parse_hparam(item)
+
+
+def test_metadata_giving_true_for_a_number_is_refused() -> None:
+    """JSON true reads as a Python bool, which isinstance counts as an int: a hand-edited "ways": true is no 1-way run."""
+    from fewshot.experiment import check_metadata
+    from lazyapps.errors import CheckpointError
+
+    meta = {"kind": "fewshot", "algo": "maml", "arch": "sine_mlp", "dataset": "sine", "ways": 1, "shots": 5, "iteration": 0}
+    check_metadata("c.pt", {**meta, "shuffle_classes": False})
+    for key in ("ways", "seed"):
+        with pytest.raises(CheckpointError, match=f"c.pt's metadata gives {key}=True, not of type int"):
+            check_metadata("c.pt", {**meta, key: True})
+
+
+def test_a_regression_network_has_one_output_whatever_ways_says() -> None:
+    from fewshot.experiment import build_model
+
+    assert build_model("sine_mlp", dataset="sine", ways=5)(torch.zeros(3, 1)).shape == (3, 1)
+
+
+def test_learners_are_built_and_loaded_on_the_device_asked_for_and_a_bad_override_is_the_callers(tmp_path) -> None:
+    from fewshot.experiment import build_learner, checkpoint_metadata, load_learner, save_learner
+    from lazyapps.errors import LazyAppsError
+
+    assert {p.device.type for p in build_learner("maml", dataset="sine", ways=1, device="meta").parameters()} == {"meta"}
+    learner = build_learner("maml", dataset="sine", ways=1)
+    path = tmp_path / "checkpoint.pt"
+    save_learner(path, learner, checkpoint_metadata(learner, arch="sine_mlp", dataset="sine", ways=1, shots=5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (loading weights into meta tensors is a no-op torch warns about)
+        loaded, _, _ = load_learner(path, device="meta")
+    assert {p.device.type for p in loaded.parameters()} == {"meta"}
+    with pytest.raises(LazyAppsError) as caught:  # the caller's value, not the checkpoint's metadata, is wrong
+        load_learner(path, eval_inner_steps=-1)
+    assert str(caught.value) == "eval_inner_steps must be >= 0, got -1"

@@ -181,3 +181,91 @@ def test_finn_split_is_the_documented_seeded_permutation_of_all_characters(omnig
     assert train_chars.tolist() == sorted(perm[:1200].tolist()) and test_chars.tolist() == sorted(perm[1200:].tolist())
     # a shuffle over both of Lake's sets (964 background, 659 evaluation characters), not the file order
     assert (train_chars >= 964).any() and (test_chars < 964).any()
+
+
+def test_sine_seed_device_and_argument_checks() -> None:
+    draw = lambda seed: SineTasks(shots=2, queries=2, seed=seed).sample(3)  # noqa: E731
+    assert torch.equal(draw(5).support_x, draw(5).support_x) and not torch.equal(draw(5).support_x, draw(6).support_x)
+    on_meta = SineTasks(shots=2, queries=2, device="meta").sample(2)
+    assert on_meta.support_x.device.type == "meta" and on_meta.query_y.device.type == "meta"
+    for shots, queries in ((0, 1), (1, 0)):
+        with pytest.raises(LazyAppsError, match=f"shots and queries must be >= 1, got shots={shots} queries={queries}"):
+            SineTasks(shots=shots, queries=queries)
+
+
+def test_folder_class_lists_may_sit_in_splits_beside_class_folders_and_hold_comments(tmp_path, cache_dir) -> None:
+    from fewshot.datasets import load_image_folder
+
+    root = tmp_path / "flat"
+    _write_folder(root, ["a", "b", "c"], per_class=2)  # class folders in the dataset folder itself, no images/
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("# the training classes\na\n\nc\n")
+    images, labels, names = load_image_folder(root, "train", image_size=8, cache_dir=cache_dir)
+    assert names == ["a", "c"] and labels.tolist() == [0, 0, 1, 1]
+    assert images[:, 0, 0, 0].tolist() == [0, 1, 20, 21]  # pixel value 10·class + example
+
+
+def test_folder_images_are_rgb_channels_first_pixel_for_pixel(tmp_path, cache_dir) -> None:
+    from PIL import Image
+
+    from fewshot.datasets import load_image_folder
+
+    root = tmp_path / "pix" / "train"
+    (root / "rgb").mkdir(parents=True)
+    (root / "gray").mkdir()
+    rgb = np.random.default_rng(0).integers(0, 256, size=(6, 6, 3), dtype=np.uint8)  # no symmetry to hide a transpose
+    Image.fromarray(rgb).save(root / "rgb" / "0.PNG")  # an upper-case suffix is an image too
+    gray = np.arange(36, dtype=np.uint8).reshape(6, 6) * 7
+    Image.fromarray(gray, mode="L").save(root / "gray" / "0.png")
+    images, labels, names = load_image_folder(tmp_path / "pix", "train", image_size=6, cache_dir=cache_dir)
+    assert names == ["gray", "rgb"] and labels.tolist() == [0, 1] and images.shape == (2, 3, 6, 6)
+    assert torch.equal(images[1], torch.from_numpy(rgb).permute(2, 0, 1))  # (same size: PIL's resize copies)
+    assert all(torch.equal(images[0, c], torch.from_numpy(gray)) for c in range(3))  # grey as three equal channels
+
+
+def test_folder_cache_is_keyed_by_image_size_split_and_file_contents(tmp_path, cache_dir) -> None:
+    import os
+
+    from PIL import Image
+
+    from fewshot.datasets import load_image_folder
+
+    def write(path, value, stamp):  # BMP: the same size in bytes whatever the pixels
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((10, 13, 3), value, dtype=np.uint8)).save(path)
+        os.utime(path, ns=(stamp, stamp))
+
+    root = tmp_path / "mini"
+    write(root / "train" / "a" / "0.bmp", 3, 10**18)
+    write(root / "test" / "a" / "0.bmp", 99, 10**18)  # the same name, size and time in the other split
+    assert load_image_folder(root, "train", image_size=8, cache_dir=cache_dir)[0].shape == (1, 3, 8, 8)
+    assert load_image_folder(root, "train", image_size=5, cache_dir=cache_dir)[0].shape == (1, 3, 5, 5)
+    assert int(load_image_folder(root, "test", image_size=8, cache_dir=cache_dir)[0].max()) == 99
+    write(root / "train" / "a" / "0.bmp", 4, 2 * 10**18)  # rewritten in place, same size: its time tells the cache
+    assert int(load_image_folder(root, "train", image_size=8, cache_dir=cache_dir)[0].max()) == 4
+
+
+def test_task_source_hands_seed_class_shuffling_and_device_to_the_sampler(tmp_path, cache_dir) -> None:
+    _write_folder(tmp_path / "mini" / "train", [f"n{i}" for i in range(6)], per_class=3)
+    source = lambda **kw: task_source(f"folder:{tmp_path / 'mini'}", split="train", ways=3, shots=1, queries=1,  # noqa: E731
+                                      cache_dir=cache_dir, **kw).sample(6)
+    assert torch.equal(source(seed=1).support_x, source(seed=1).support_x)
+    assert not torch.equal(source(seed=1).support_x, source(seed=2).support_x)
+    ordered = source(seed=1, shuffle_classes=False)  # labels follow the class order: the pixel value is 10·class
+    assert all(torch.all(t[1:] > t[:-1]) for t in ordered.support_x[:, :, 0, 0, 0])
+    assert source(device="meta").support_x.device.type == "meta"
+    sine = lambda **kw: task_source("sine", split="test", shots=2, queries=1, **kw).sample(2)  # noqa: E731
+    assert torch.equal(sine(seed=3).support_x, sine(seed=3).support_x) and not torch.equal(sine(seed=3).support_x, sine(seed=4).support_x)
+    assert sine(device="meta").query_y.device.type == "meta"
+    with pytest.raises(UnknownNameError, match="unknown split 'valid'; valid: test, train, val"):
+        task_source("sine", split="valid")
+
+
+def test_omniglot_through_task_source_rotations_and_no_validation_split(omniglot, data_root, session_cache) -> None:
+    lake = task_source("omniglot-lake", split="test", ways=5, shots=1, queries=1, root=data_root, cache_dir=session_cache)
+    assert lake.num_classes == 659  # Lake's evaluation characters, not Finn's 423
+    with pytest.raises(LazyAppsError, match="Omniglot has no validation classes in this protocol; use split train or test"):
+        omniglot_sampler(omniglot, split="val", ways=5, shots=1, queries=1)
+    # rotations default to train only; asked for, they apply to either split
+    assert omniglot_sampler(omniglot, split="test", rotations=True, ways=5, shots=1, queries=1).num_classes == 4 * 423
+    assert omniglot_sampler(omniglot, split="train", rotations=False, ways=5, shots=1, queries=1).num_classes == 1200

@@ -518,6 +518,9 @@ def test_reptile_meta_step_moves_towards_sgd_on_support_and_query_with_the_annea
                          torch.cat([tasks.support_y[t], tasks.query_y[t]]), steps=2, lr=0.05) for t in range(2)]
     metrics = learner.meta_step(tasks)
     assert metrics["step_size"] == pytest.approx(0.8)
+    # the logged distance: the mean over tasks of the Euclidean norm ||φ_i − θ|| over all parameters
+    norms = [sum(float(((phi[k] - theta[k]) ** 2).sum()) for k in theta) ** 0.5 for phi in phis]
+    assert metrics["distance"] == pytest.approx(sum(norms) / 2, rel=1e-9)
     for k, v in model.named_parameters():
         expected = theta[k] + 0.8 * ((phis[0][k] + phis[1][k]) / 2 - theta[k])
         assert torch.allclose(v, expected, atol=1e-10), k
@@ -680,3 +683,59 @@ def test_the_running_statistics_fallback_warning_names_the_command_line_flag_too
     learner = create_learner("maml", model, inner_steps=1)
     with pytest.warns(RuntimeWarning, match=r"running statistics in place.*vectorize=False \(--no-vectorize on the command line\)"):
         learner.train_step(_tasks(seed=1))
+
+
+def test_reptile_minibatches_take_each_row_once_per_step_when_the_batch_exceeds_the_task() -> None:
+    from fewshot.learners.reptile import minibatches
+
+    x = torch.arange(8.0).reshape(2, 4, 1)
+    torch.manual_seed(0)
+    sx, sy, rows = minibatches(x, x.squeeze(-1).long(), batch=10, steps=3)
+    assert [r.tolist() for r in rows] == [[0, 1, 2, 3]] * 3  # min(batch, rows): no row twice in one step
+    assert torch.equal(sx.squeeze(-1).long(), sy) and sorted(sy[1].tolist()) == [4, 5, 6, 7]  # rows shuffled in pairs
+
+
+def test_reptile_and_lazy_reptile_defaults_are_the_papers() -> None:
+    """Nichol et al.'s 5-way Omniglot inner loop (Adam 1e-3, 5 steps on batches of 10, 50 steps at test, ε annealed
+    1 → 0); the lazy paper's student (15 SGD steps of 0.1, also at test) and teacher (γ grid, b = 1, spacing 0.1)."""
+    from fewshot.learners.lazy_maml import LAZY_GAMMAS
+
+    reptile = create_learner("reptile", _conv())
+    assert (reptile.inner_lr, reptile.inner_steps, reptile.inner_batch, reptile.eval_inner_steps, reptile.inner_optimizer,
+            reptile.meta_step_size, reptile.meta_step_final) == (1e-3, 5, 10, 50, "adam", 1.0, 0.0)
+    lazy = create_learner("lazy-reptile", _conv())
+    assert (lazy.inner_lr, lazy.inner_steps, lazy.eval_inner_steps, lazy.inner_batch, lazy.inner_optimizer,
+            lazy.meta_step_size, lazy.meta_step_final) == (0.1, 15, 15, None, "sgd", 1.0, 0.0)
+    assert (lazy.gammas, lazy.last, lazy.weight_step, lazy.criterion) == (LAZY_GAMMAS, 1, 0.1, "accuracy")
+    assert create_learner("lazy-reptile", _conv(), inner_steps=12).eval_inner_steps == 12
+    # meta-training shots are never fewer than the test shots; sine and miniImageNet-style settings of the lazy learner
+    reptile_cls, lazy_cls = get_learner("reptile"), get_learner("lazy-reptile")
+    assert reptile_cls.paper_defaults(dataset="omniglot", ways=5, shots=20)["train_shots"] == 20
+    assert reptile_cls.paper_defaults(dataset="omniglot", ways=20, shots=20)["train_shots"] == 20
+    assert reptile_cls.paper_defaults(dataset="cifar-fs", ways=5, shots=20)["train_shots"] == 20
+    assert lazy_cls.paper_defaults(dataset="sine", ways=1, shots=5) == {"inner_lr": 0.01, "inner_steps": 15, "meta_batch": 25}
+    assert lazy_cls.paper_defaults(dataset="cifar-fs", ways=5, shots=1) == {"inner_lr": 0.01, "inner_steps": 15, "meta_batch": 5}
+
+
+def test_lazy_reptile_meta_step_moves_to_the_teachers_leaps_of_its_minibatch_student_and_logs_their_means() -> None:
+    from fewshot.learners.lazy_maml import student_checkpoints, teacher_leaps
+    from fewshot.learners.reptile import minibatches
+
+    tasks = _tasks(num_tasks=3, shots=3, seed=2)
+    learner = create_learner("lazy-reptile", _conv(), inner_steps=4, inner_batch=4, inner_lr=0.5, last=2,
+                             gammas=(0.2, 0.6, 0.95), weight_step=0.5)
+    learner.total_iterations = 1  # ε = 1 at the first iteration
+    theta = {k: v.detach().clone() for k, v in learner.theta.items()}
+    torch.manual_seed(3)
+    x, y, rows = minibatches(*tasks.support, batch=4, steps=4)
+    checkpoints = student_checkpoints(learner, (x, y), steps=4, lr=0.5, keep_last=2, rows=rows)  # the last b = 2
+    leaps = teacher_leaps(learner, learner.teacher, theta, checkpoints, tasks.query)
+    torch.manual_seed(3)  # the same shuffle
+    metrics = learner.meta_step(tasks)
+    for k, v in learner.theta.items():
+        expected = theta[k] + sum(leap.params[k] - theta[k] for leap in leaps) / 3
+        assert torch.allclose(v, expected, atol=1e-6), k
+    gammas, scores = [leap.gamma for leap in leaps], [float(leap.score) for leap in leaps]
+    assert learner.last_gammas == gammas
+    assert metrics["gamma"] == pytest.approx(sum(gammas) / 3) and metrics["accuracy"] == pytest.approx(sum(scores) / 3)
+    assert len(set(gammas)) > 1 and len(set(scores)) > 1  # (means, not a max or the first task's)

@@ -227,3 +227,52 @@ def test_adapt_defaults_to_the_papers_first_order_loop_with_p_10():
         torch.testing.assert_close(a, b)
     assert max(float((a - b).abs().max()) for a, b in zip(default_grad, second_grad)) > 1e-6
     assert float((default - other_p).detach().abs().max()) > 1e-6
+
+
+def test_learner_defaults_are_the_papers_settings():
+    # Ravi & Larochelle: 5 updates per task, a 20-unit first layer, the first-order assumption, Adam at 1e-3 with
+    # the meta-gradient's norm clipped at 0.25, Andrychowicz et al.'s p = 10
+    learner = MetaLSTM(nn.Linear(1, 1), problem="regression")
+    assert (learner.inner_steps, learner.first_order, learner.grad_clip) == (5, True, 0.25)
+    assert (learner.meta_learner.hidden_size, learner.meta_learner.lstm_hidden.shape) == (20, (20, 80))
+    assert learner.preprocess_p == 10.0 and learner.meta_learner.preprocess_p == 10.0
+    assert isinstance(learner.meta_optimizer, torch.optim.Adam) and learner.meta_optimizer.defaults["lr"] == 1e-3
+    # the meta-optimiser trains the cell as well as θ_0
+    cell = {k: v.detach().clone() for k, v in learner.meta_learner.weights().items()}
+    g = torch.Generator().manual_seed(2)
+    learner.meta_step(TaskBatch(*(torch.randn(2, 4, 1, generator=g) for _ in range(4))))
+    assert all(not torch.equal(cell[k], v.detach()) for k, v in learner.meta_learner.weights().items())
+
+
+def test_learner_meta_step_is_the_clipped_gradient_through_its_own_adaptation():
+    """meta_step: the gradient of the mean query loss through ``inner_steps`` updates with the learner's first_order and
+    preprocess_p, on θ_0 and the cell alike, its global norm clipped at grad_clip; adapt makes the same updates."""
+    g = torch.Generator().manual_seed(4)
+    tasks = TaskBatch(*(torch.randn(2, 4, 1, generator=g, dtype=torch.float64) for _ in range(4)))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+    learner = MetaLSTM(model, problem="regression", inner_steps=3, hidden_size=4, first_order=False, preprocess_p=5.0,
+                       grad_clip=1e-3)
+    with torch.no_grad():
+        learner.meta_learner.input_bias.fill_(-1.0)  # steps large enough for the inner loop to matter
+    theta = {k: v.detach().clone().requires_grad_() for k, v in learner.theta.items()}
+    cell = {k: v.detach().clone().requires_grad_() for k, v in learner.meta_learner.weights().items()}
+
+    def query_loss(t):
+        fast = meta_lstm_adapt(model, theta, {}, F.mse_loss, (tasks.support_x[t], tasks.support_y[t]), cell, steps=3,
+                               first_order=False, preprocess_p=5.0)
+        return F.mse_loss(torch.func.functional_call(model, fast, (tasks.query_x[t],)), tasks.query_y[t]), fast
+
+    loss = (query_loss(0)[0] + query_loss(1)[0]) / 2
+    grads = torch.autograd.grad(loss, [*theta.values(), *cell.values()])
+    norm = float(torch.cat([v.flatten() for v in grads]).norm())
+    assert norm > 1e-2  # well above the bound: the step is clipped
+    for t in range(2):
+        fast = learner.adapt(tasks.support)
+        for k, v in query_loss(t)[1].items():
+            torch.testing.assert_close(fast[k][t], v.detach())
+    learner.meta_optimizer = torch.optim.SGD(learner.parameters(), lr=1.0)  # the step is then −(clipped gradient)
+    assert abs(learner.meta_step(tasks)["loss"] - float(loss.detach())) < 1e-12
+    after = [*learner.theta.values(), *learner.meta_learner.weights().values()]
+    for old, new, grad in zip([*theta.values(), *cell.values()], after, grads):
+        torch.testing.assert_close(new.detach() - old.detach(), -grad * 1e-3 / (norm + 1e-6))

@@ -166,3 +166,51 @@ def test_paper_defaults_are_one_step_with_maml_batch_sizes_and_adam_at_1e_3():
     assert MetaSGD.paper_defaults(dataset="omniglot", ways=20, shots=1) == {"inner_steps": 1, "meta_batch": 16, "iterations": 60000}
     assert MetaSGD.paper_defaults(dataset="sine", ways=1, shots=5) == {"inner_steps": 1, "meta_batch": 25, "iterations": 70000}
     assert MetaSGD(tiny_net(), problem="regression").meta_optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_first_order_meta_step_treats_the_inner_gradient_as_a_constant_but_still_learns_alpha():
+    # By hand: φ = θ − α ⊙ g with g = ∇L_support(θ) detached; the meta-gradient is d L_query(φ) / d(θ, α).
+    learner = MetaSGD(tiny_net(), problem="regression", first_order=True)
+    tasks = regression_tasks()
+    theta = {k: v.detach().clone().requires_grad_() for k, v in learner.theta.items()}
+    alpha = {k: v.detach().clone().requires_grad_() for k, v in learner.alpha.items()}
+    losses = []
+    for t in range(tasks.num_tasks):
+        g = torch.autograd.grad(F.mse_loss(manual_net(theta, tasks.support_x[t]), tasks.support_y[t]), list(theta.values()))
+        phi = {k: v - alpha[k] * gk for (k, v), gk in zip(theta.items(), g)}
+        losses.append(F.mse_loss(manual_net(phi, tasks.query_x[t]), tasks.query_y[t]))
+    ref = torch.autograd.grad(torch.stack(losses).mean(), [*theta.values(), *alpha.values()])
+    second = torch.autograd.grad(query_loss_reference(theta, alpha, tasks, 1), list(theta.values()))
+    assert max(float((a - b).abs().max()) for a, b in zip(ref, second)) > 1e-4  # the two orders differ here
+    learner.meta_optimizer = torch.optim.SGD(learner.parameters(), lr=1.0)
+    learner.meta_step(tasks)
+    after = [*learner.theta.values(), *learner.alpha.values()]
+    for old, new, g in zip([*theta.values(), *alpha.values()], after, ref):
+        torch.testing.assert_close(new.detach() - old.detach(), -g)
+
+
+def test_defaults_adapt_by_one_step_and_report_the_mean_query_mse():
+    tasks = regression_tasks(n_tasks=3)
+    learner = MetaSGD(tiny_net(), problem="regression")
+    assert learner.inner_steps == 1  # Li et al.: one adaptation step
+    fast = learner.adapt(tasks.support)
+    for t in range(3):
+        p = {k: v.detach().clone().requires_grad_() for k, v in learner.theta.items()}
+        g = torch.autograd.grad(F.mse_loss(manual_net(p, tasks.support_x[t]), tasks.support_y[t]), list(p.values()))
+        for (k, v), gk in zip(p.items(), g):
+            torch.testing.assert_close(fast[k][t], (v - learner.alpha[k] * gk).detach())
+    per_task = [float(F.mse_loss(manual_net({k: v[t] for k, v in fast.items()}, tasks.query_x[t]), tasks.query_y[t]))
+                for t in range(3)]
+    metrics = learner.meta_step(tasks)
+    assert metrics["mse"] == pytest.approx(sum(per_task) / 3, rel=1e-10) and max(per_task) - min(per_task) > 1e-3
+
+
+def test_learning_rates_follow_the_parameters_dtype_and_the_random_stream():
+    params = dict(nn.Linear(3, 2).double().named_parameters())
+    drawn = init_learning_rates(params, generator=torch.Generator().manual_seed(0))
+    assert all(v.dtype == torch.float64 for v in drawn.values())
+    alphas = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)  # a learner draws its rates from the global stream, as it draws θ
+        alphas.append(torch.cat([v.detach().flatten() for v in MetaSGD(nn.Linear(3, 2), problem="regression").alpha.values()]))
+    assert torch.equal(alphas[0], alphas[1]) and not torch.equal(alphas[0], alphas[2])

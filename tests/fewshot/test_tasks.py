@@ -195,3 +195,56 @@ def test_check_accepts_the_smallest_task_batch_and_refuses_float_labels_and_a_pa
         TaskBatch(smallest.support_x, long, smallest.query_x, long.float()).check("classification")
     with pytest.raises(ValueError, match="hold different numbers of tasks"):
         TaskBatch(torch.tensor(0.0), long, smallest.query_x, long).check("regression")
+
+
+def test_the_smallest_class_sets_the_limit_on_shots_and_queries() -> None:
+    # classes of 8, 8 and 3 examples: 2 + 2 per class does not fit the third, whatever the others hold
+    images, labels = _toy(num_classes=3, per_class=8)
+    keep = torch.cat([torch.arange(16), torch.arange(16, 19)])
+    with pytest.raises(TooFewExamplesError, match="shots \\+ queries = 2 \\+ 2 = 4 .* has 3;") as info:
+        EpisodeSampler(images[keep], labels[keep], ways=2, shots=2, queries=2)
+    assert info.value.smallest == 3
+    EpisodeSampler(images[keep], labels[keep], ways=2, shots=2, queries=1)  # 3 fits
+
+
+def test_the_seed_picks_the_task_stream() -> None:
+    images, labels = _toy()
+    draw = lambda seed: EpisodeSampler(images, labels, ways=3, shots=1, queries=1, seed=seed).sample(4)  # noqa: E731
+    assert torch.equal(draw(1).support_x, draw(1).support_x)
+    assert not torch.equal(draw(1).support_x, draw(2).support_x)
+
+
+def test_iterating_a_sampler_draws_new_tasks_from_its_stream() -> None:
+    images, labels = _toy()
+    stream = iter(EpisodeSampler(images, labels, ways=3, shots=1, queries=1, seed=4))
+    same = EpisodeSampler(images, labels, ways=3, shots=1, queries=1, seed=4)
+    first, second = next(stream), next(stream)
+    assert torch.equal(first.support_x, same.sample(1).support_x) and torch.equal(second.support_x, same.sample(1).support_x)
+    assert not torch.equal(first.support_x, second.support_x)
+
+
+def test_class_transform_gets_the_dataset_class_id_not_its_position() -> None:
+    images, labels = _toy(num_classes=3, per_class=4)
+    ids = labels * 10 + 7  # class ids 7, 17, 27
+    seen = []
+
+    def transform(class_id: int, x: torch.Tensor) -> torch.Tensor:
+        seen.append(class_id)
+        return x.float() * 0 + class_id
+
+    batch = EpisodeSampler(images, ids, ways=3, shots=1, queries=1, class_transform=transform).sample(2)
+    assert sorted(set(seen)) == [7, 17, 27]
+    # each task label's images were made for the class behind that label
+    assert torch.equal(batch.support_x[:, :, 0, 0, 0].long(), batch.classes * 10 + 7)
+
+
+def test_tasks_are_made_on_the_samplers_device() -> None:
+    images, labels = _toy()
+    batch = EpisodeSampler(images, labels, ways=3, shots=1, queries=1, device="meta").sample(2)
+    assert {t.device.type for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y, batch.classes)} == {"meta"}
+
+
+def test_check_refuses_a_negative_query_label() -> None:
+    long = torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="class labels must be >= 0, got -1"):
+        TaskBatch(torch.zeros(1, 2), long, torch.zeros(1, 2), long - 1).check("classification")
