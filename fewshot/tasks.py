@@ -155,10 +155,16 @@ class TaskBatch:
             lowest = int(torch.minimum(self.support_y.min(), self.query_y.min()))
             if lowest < 0:
                 raise ValueError(f"class labels must be >= 0, got {lowest}")
-            top_support, top_query = int(self.support_y.max()), int(self.query_y.max())
-            if top_query > top_support:
-                raise ValueError(f"query label {top_query} is not among the support labels (0..{top_support}); "
-                                 f"an N-way task labels its classes 0..N-1 in both sets")
+            classes = int(torch.maximum(self.support_y.max(), self.query_y.max())) + 1
+            support_y, query_y = self.support_y.reshape(self.num_tasks, -1), self.query_y.reshape(self.num_tasks, -1)
+            present = torch.zeros(self.num_tasks, classes, dtype=torch.bool, device=support_y.device)
+            present.scatter_(1, support_y, True)  # per task, the labels its support set has
+            unseen = ~present.gather(1, query_y)
+            if bool(unseen.any()):
+                task, row = (int(i) for i in unseen.nonzero()[0])
+                labels = present[task].nonzero().flatten().tolist()
+                raise ValueError(f"query label {int(query_y[task, row])} of task {task} is not among its support labels "
+                                 f"{labels}; an N-way task labels its classes 0..N-1 in both sets")
 
     def select(self, index: int | slice) -> TaskBatch:
         """The tasks at ``index`` (an int keeps a task dim of 1)."""

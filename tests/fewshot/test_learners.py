@@ -375,7 +375,7 @@ def test_task_batches_a_learner_cannot_use_are_named() -> None:
     learner = create_learner("maml", _conv(), inner_steps=1)
     good = _tasks()
     cases = [
-        (TaskBatch(good.support_x, good.support_y, good.query_x, good.query_y + 100), "query label 102 is not among the support labels"),
+        (TaskBatch(good.support_x, good.support_y, good.query_x, good.query_y + 100), r"query label 10\d of task 0 is not among its support labels"),
         (TaskBatch(good.support_x, good.support_y, good.query_x[:1], good.query_y[:1]), "hold different numbers of tasks"),
         (TaskBatch(good.support_x[:, :5], good.support_y, good.query_x, good.query_y), "support_x .* and support_y .* one target per row"),
         (TaskBatch(good.support_x, good.support_y - 1, good.query_x, good.query_y), "class labels must be >= 0, got -1"),

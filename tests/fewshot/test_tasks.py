@@ -113,8 +113,17 @@ def test_a_query_label_the_support_set_lacks_is_refused() -> None:
     good = EpisodeSampler(images, labels, ways=3, shots=1, queries=2, seed=0).sample(2)
     good.check("classification")
     bad = TaskBatch(good.support_x, good.support_y, good.query_x, good.query_y.clamp_max(1) + 2)  # labels 2..3 of a 3-way task
-    with pytest.raises(ValueError, match="query label 3 is not among the support labels"):
+    with pytest.raises(ValueError, match=r"query label 3 of task 0 is not among its support labels \[0, 1, 2\]"):
         bad.check("classification")
+    # per task and per label, not by the largest: a gap in one task's support labels, another task's extra class
+    x = torch.zeros(2, 3, 1)
+    gap = TaskBatch(x[:1], torch.tensor([[0, 2, 2]]), x[:1, :1], torch.tensor([[1]]))
+    with pytest.raises(ValueError, match=r"query label 1 of task 0 is not among its support labels \[0, 2\]"):
+        gap.check("classification")
+    other = TaskBatch(x, torch.tensor([[0, 1, 1], [0, 1, 2]]), x, torch.tensor([[0, 1, 0], [0, 1, 2]]))
+    other.check("classification")
+    with pytest.raises(ValueError, match=r"query label 2 of task 0 is not among its support labels \[0, 1\]"):
+        TaskBatch(x, other.support_y, x, other.query_y.flip(0)).check("classification")
 
 
 def test_fixed_tasks_come_in_batches_of_25_by_default_and_none_is_lost() -> None:
