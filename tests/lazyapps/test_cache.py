@@ -85,3 +85,14 @@ def test_content_digest_is_blake2b_of_the_raw_bytes_in_order():
     reference = hashlib.blake2b(b"head" + images.contiguous().numpy().tobytes() + labels.tobytes(), digest_size=8)
     assert content_digest([b"head", images, labels]) == reference.hexdigest()
     assert content_digest([b"head", labels, images]) != reference.hexdigest()  # order matters
+
+
+def test_a_validator_that_fails_for_another_reason_raises_instead_of_rebuilding(tmp_path):
+    """Only a CheckpointError means "stale file, rebuild"; any other error is a bug and must surface as itself."""
+    cached("zoo", "m", {}, lambda: {"w": torch.zeros(1)}, root=tmp_path)
+
+    def broken(state):
+        raise KeyError("bias")
+
+    with pytest.raises(KeyError, match="bias"):
+        cached("zoo", "m", {}, lambda: pytest.fail("rebuilt"), root=tmp_path, validate=broken)

@@ -109,6 +109,8 @@ def test_lists_left_out_of_settings_and_results_are_named_and_a_list_of_max_leng
     assert cells == {"counts": ",".join(map(str, range(MAX_LIST)))} and left_out == []
     # an empty list is a cell of its own, not a blank that reads as a missing value
     assert flatten({"gammas": [], "names": [""]})[0] == {"gammas": "[]", "names": ""}
+    # a null inside a list shows as the table's "-", a float as it was written
+    assert flatten({"mixed": [None, 0.1 + 0.2, True]})[0] == {"mixed": "-,0.3,True"}
     assert compare([result({"gammas": []}, {}), result({}, {})], ["a", "b"])["settings"] == [{"key": "gammas", "a": "[]", "b": None}]
     a = result({"schedule": [{"epoch": 1}]}, {"per_class": [{"class": 0}], "acc": 1.0})
     b = result({"schedule": [{"epoch": 2}]}, {"per_class": [{"class": 1}], "acc": 0.5})

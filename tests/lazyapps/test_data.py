@@ -1,6 +1,7 @@
 """The data layer: real MNIST / CIFAR-10 subset / Omniglot / digits, official-format files, array bundles, errors."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -250,6 +251,7 @@ def test_cifar100_official_pickles(tmp_path):
     assert cifar.classes == fine_names and cifar.extra["coarse_classes"][7] == "coarse7"
     assert cifar.train.images.shape == (6, 3, 32, 32) and cifar.train.labels.tolist() == [0, 99, 5, 5, 42, 1]
     assert cifar.extra["train_coarse"].tolist() == [0, 19, 5, 5, 2, 1] and cifar.extra["test_coarse"].tolist() == [3, 2, 1, 0]
+    assert cifar.extra["train_index"].tolist() == list(range(6))  # one original position per train row
     # Pixel (row y, column x, channel c) of the HWC source must land at [c, y, x].
     for n, y, x, c in ((0, 0, 0, 0), (1, 0, 1, 0), (2, 1, 0, 1), (5, 31, 17, 2), (3, 7, 30, 1)):
         assert cifar.train.images[n, c, y, x] == train_hwc[n, y, x, c]
@@ -587,3 +589,142 @@ def test_memory_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):
     c = load_dataset(f"npz:{paths[2]}")  # evicts paths[1], the least recently used
     assert load_dataset(f"npz:{paths[2]}") is c and load_dataset(f"npz:{paths[0]}") is a
     clear_memory_cache()
+
+
+# --------------------------------------------------------------------------- audit: refusals and edge cases of the readers
+
+def test_split_floats_lands_on_the_device_asked_for():
+    split = Split(torch.full((2, 1, 2, 2), 51, dtype=torch.uint8), torch.tensor([0, 1]))
+    moved = split.floats("meta")  # a device without memory: the conversion must happen there, not on the CPU
+    assert moved.device.type == "meta" and moved.dtype == torch.float32 and moved.shape == (2, 1, 2, 2)
+
+
+def test_split_refuses_mismatched_lengths_and_labels_that_are_not_int64():
+    images = torch.zeros(3, 1, 2, 2, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="3 images but 2 labels"):
+        Split(images, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="labels must be int64"):
+        Split(images, torch.tensor([0, 1, 2], dtype=torch.int32))
+
+
+def test_labels_up_to_the_class_limit_pass_and_bool_labels_become_classes_0_and_1():
+    from lazyapps.data.splits import MAX_CLASSES, split_from_arrays
+
+    images = np.zeros((2, 2, 2), np.uint8)
+    assert split_from_arrays(images, np.array([0, MAX_CLASSES - 1]), what="t").labels.tolist() == [0, MAX_CLASSES - 1]
+    with pytest.raises(LazyAppsError, match=f"found label {MAX_CLASSES}"):  # label C means C + 1 classes
+        split_from_arrays(images, np.array([0, MAX_CLASSES]), what="t")
+    binary = split_from_arrays(images, np.array([True, False]), what="t")
+    assert binary.labels.dtype == torch.int64 and binary.labels.tolist() == [1, 0]
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    """An uncompressed PNG: its size depends on the image's shape only, not on its pixels."""
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG", compress_level=0)
+    return out.getvalue()
+
+
+def _tiny_omniglot_zips(root: Path, drawings: dict[str, list[np.ndarray]], *, top_folder: bool = True) -> None:
+    """One character per set, as Omniglot's zips; ``top_folder=False`` is a re-zip without ``images_<set>/``."""
+    (root / "omniglot-py").mkdir(parents=True, exist_ok=True)
+    for number, (set_name, pictures) in enumerate(drawings.items(), start=1):
+        with zipfile.ZipFile(root / "omniglot-py" / f"images_{set_name}.zip", "w") as archive:
+            for drawer, pixels in enumerate(pictures, start=1):
+                name = f"Alpha{number}/character01/{number:04d}_{drawer:02d}.png"
+                archive.writestr(f"images_{set_name}/{name}" if top_folder else name, _png(pixels))
+
+
+def test_omniglot_zip_without_its_top_folder_loads(tmp_path, cache_dir):
+    rng = np.random.default_rng(5)
+    drawings = {s: [rng.integers(0, 256, (10, 10), dtype=np.uint8) for _ in range(2)] for s in ("background", "evaluation")}
+    _tiny_omniglot_zips(tmp_path, drawings, top_folder=False)
+    data = data_module.omniglot.load_omniglot(tmp_path, cache_dir=cache_dir, image_size=10)
+    assert data.classes == ["Alpha1/character01", "Alpha2/character01"] and data.extra["class_id"] == [1, 2]
+    assert torch.equal(data.train.images[1, 0], torch.from_numpy(255 - drawings["background"][1]))
+    assert torch.equal(data.test.images[0, 0], torch.from_numpy(255 - drawings["evaluation"][0]))
+
+
+def test_an_omniglot_zip_edited_to_the_same_sizes_is_decoded_again(tmp_path, cache_dir):
+    """The zip's CRC-32s are in the cache key: an edit that keeps every name and size still reaches the data."""
+    rng = np.random.default_rng(6)
+    drawings = {s: [rng.integers(0, 256, (10, 10), dtype=np.uint8) for _ in range(2)] for s in ("background", "evaluation")}
+    _tiny_omniglot_zips(tmp_path, drawings)
+    zip_path = tmp_path / "omniglot-py" / "images_background.zip"
+    size = zip_path.stat().st_size
+    first = data_module.omniglot.load_omniglot(tmp_path, cache_dir=cache_dir, image_size=10)
+    drawings["background"][0] = 255 - drawings["background"][0]
+    _tiny_omniglot_zips(tmp_path, drawings)
+    assert zip_path.stat().st_size == size  # same names, same sizes: only the contents differ
+    edited = data_module.omniglot.load_omniglot(tmp_path, cache_dir=cache_dir, image_size=10)
+    assert torch.equal(edited.train.images[0, 0], torch.from_numpy(255 - drawings["background"][0]))
+    assert torch.equal(edited.train.images[0, 0], 255 - first.train.images[0, 0])
+
+
+def test_omniglot_refuses_an_unknown_filter_and_a_character_of_two_ids(tmp_path, cache_dir):
+    with pytest.raises(LazyAppsError, match="resample must be one of lanczos.*got 'cubic'"):
+        data_module.omniglot.load_omniglot(tmp_path, cache_dir=cache_dir, image_size=20, resample="cubic")
+    for set_name, names in (("background", ["0001_01.png", "0002_02.png"]), ("evaluation", ["0003_01.png"])):
+        folder = tmp_path / "omniglot-py" / f"images_{set_name}" / "Alpha" / "character01"
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name).write_bytes(_png(np.zeros((4, 4), np.uint8)))
+    with pytest.raises(LazyAppsError, match=r"mixes character ids \[1, 2\]"):
+        data_module.omniglot.load_omniglot(tmp_path, cache_dir=cache_dir, image_size=4)
+
+
+def test_empty_omniglot_folders_count_as_missing(tmp_path):
+    """A left-over empty folder (e.g. an extraction that failed) must not stop the download or the missing-data message."""
+    for set_name in ("background", "evaluation"):
+        (tmp_path / "omniglot-py" / f"images_{set_name}").mkdir(parents=True)
+    with pytest.raises(DataNotFoundError, match="images_background.zip"):
+        load_dataset("omniglot", root=tmp_path, download=False)
+
+
+def test_read_idx_decodes_big_endian_types_and_refuses_bad_headers(tmp_path):
+    from lazyapps.data.mnist import read_idx
+
+    values = np.array([[1, -2, 300]], dtype=">i2")
+    path = tmp_path / "shorts-idx2"
+    path.write_bytes(bytes([0, 0, 0x0B, 2]) + struct.pack(">ii", 1, 3) + values.tobytes())
+    assert read_idx(path).tolist() == [[1, -2, 300]]
+    path.write_bytes(bytes([0, 0, 0x07, 1]) + struct.pack(">i", 2) + b"\x00\x00")  # 0x07 is no IDX type
+    with pytest.raises(LazyAppsError, match="not an IDX file"):
+        read_idx(path)
+    path.write_bytes(bytes([0, 0, 0x08, 1]) + struct.pack(">i", 2) + b"\x01\x02\x03")  # one byte more than promised
+    with pytest.raises(LazyAppsError, match="has 11 bytes but its header promises 10"):
+        read_idx(path)
+    gz = tmp_path / "labels-idx1.gz"
+    gz.write_bytes(gzip.compress(bytes([0, 0, 0x08, 1]) + struct.pack(">i", 100) + bytes(100))[:30])  # cut short
+    with pytest.raises(LazyAppsError, match="cannot read MNIST file"):
+        read_idx(gz)
+
+
+def test_mnist_images_and_labels_of_different_counts_are_refused(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    for stem in ("train", "t10k"):
+        _write_idx(raw / f"{stem}-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8))
+        _write_idx(raw / f"{stem}-labels-idx1-ubyte", np.array([1, 2]))
+    with pytest.raises(LazyAppsError, match=r"MNIST train files disagree: images \(3, 28, 28\), labels \(2,\)"):
+        data_module.mnist.load_mnist(tmp_path)
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"data": np.zeros((2, 3072), np.uint8)}, "lacks 'labels'"),
+    ({"data": np.zeros((2, 1024), np.uint8), "labels": [0, 1]}, r"data has shape \(2, 1024\), expected N×3072"),
+    ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1, 2]}, r"2 images but \(3,\) labels"),
+    ([np.zeros((2, 3072), np.uint8), [0, 1]], "does not hold a dict"),
+    (b"\x80\x09 a pickle of a protocol from the future", "cannot read CIFAR file"),
+])
+def test_a_malformed_cifar_batch_is_named_in_one_line(tmp_path, content, message):
+    folder = tmp_path / "cifar-10-batches-py"
+    for i in range(1, 6):
+        _dump(folder / f"data_batch_{i}", {"data": np.zeros((1, 3072), np.uint8), "labels": [i]})
+    _dump(folder / "batches.meta", {"label_names": CIFAR10_CLASSES})
+    if isinstance(content, bytes):
+        (folder / "test_batch").write_bytes(content)
+    else:
+        _dump(folder / "test_batch", content)
+    with pytest.raises(LazyAppsError, match=message) as info:
+        data_module.cifar.load_cifar10(tmp_path)
+    assert str(folder / "test_batch") in str(info.value) and "\n" not in str(info.value)

@@ -381,3 +381,28 @@ def test_maml_meta_gradient_returns_detached_results_and_leaves_params_and_lr_al
     returned = [res.loss, res.task_losses, res.outputs, *res.grads.values(), *res.lr_grads.values()]
     assert all(not t.requires_grad and t.grad_fn is None for t in returned)  # no graph kept alive per meta-step
     assert not any(t.requires_grad for t in (*theta.values(), *lr.values()))  # the caller's tensors are not flagged
+
+
+def test_maml_meta_gradient_refuses_a_query_without_targets():
+    model = mlp()
+    x, y = tasks(2)
+    with pytest.raises(ValueError, match="inputs, targets"):
+        maml_meta_gradient(model, params_of(model, detach=True), {}, F.mse_loss, (x, y), (x,), steps=1, lr=0.1)
+
+
+def test_maml_meta_gradient_scores_the_query_with_the_given_buffers():
+    """BatchNorm in eval mode normalises the query with the caller's running statistics, not the module's own."""
+    dt = torch.float64
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).to(dt).eval()
+    theta = params_of(model, detach=True)
+    bufs = {k: v.clone() for k, v in buffers_of(model).items()}
+    bufs["1.running_mean"] += 0.5
+    bufs["1.running_var"] *= 4.0
+    support, query = tasks(2, dtype=dt, seed=3), tasks(2, dtype=dt, seed=4)
+    res = maml_meta_gradient(model, theta, bufs, F.mse_loss, support, query, steps=0, lr=0.1)
+    ref = copy.deepcopy(model)
+    ref.load_state_dict({**theta, **bufs})
+    want = torch.stack([F.mse_loss(ref(query[0][t]), query[1][t]) for t in range(2)]).mean()
+    torch.testing.assert_close(res.loss, want.detach())
+    torch.testing.assert_close(res.grads, dict(zip(theta, torch.autograd.grad(want, list(ref.parameters())))))

@@ -52,3 +52,18 @@ def test_a_failed_write_keeps_the_previous_result(tmp_path):
 def test_table_shows_missing_values_as_a_dash():
     lines = format_table([{"k": "a", "x": None}, {"k": "b", "x": 2.0}]).splitlines()
     assert lines[2].split() == ["a", "-"]
+
+
+def test_csv_writes_the_given_columns_in_their_order_and_leaves_other_keys_out(tmp_path):
+    write_csv(tmp_path / "a.csv", [{"a": 1, "b": 2, "extra": 9}, {"b": 4, "a": 3}], ["b", "a"])
+    assert (tmp_path / "a.csv").read_text().splitlines() == ["b,a", "2,1", "4,3"]
+
+
+def test_result_keeps_extra_entries():
+    result = make_result("zoo train", {}, {}, 0.5, path="/cache/zoo/net4.pt")
+    assert result["path"] == "/cache/zoo/net4.pt"
+
+
+def test_table_is_as_wide_as_a_header_longer_than_its_values():
+    lines = format_table([{"k": "a", "top1_error": 1}]).splitlines()
+    assert lines == ["k  top1_error", "-  ----------", "a           1"]

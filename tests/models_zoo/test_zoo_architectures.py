@@ -299,3 +299,68 @@ def test_conv4_strided_is_mamls_omniglot_network():
     assert big.feature_dim == 64 and big(torch.rand(2, 3, 84, 84)).shape == (2, 5)
     with pytest.raises(ValueError, match="downsample must be one of"):
         Conv4(downsample="avg")
+
+
+def test_resnet32_is_kaiming_normal_initialised():
+    """Cui et al., Cao et al.: Kaiming-normal weights, std sqrt(2 / fan_in), for every conv and the linear layer."""
+    torch.manual_seed(0)
+    net = models_zoo.create("resnet32")
+    standardised = []
+    for name, module in net.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            w = module.weight.detach()
+            expected_std = (2 / w[0].numel()) ** 0.5
+            assert float(w.std()) == pytest.approx(expected_std, rel=0.15), name
+            standardised.append(w.flatten() / expected_std)
+    z = torch.cat(standardised).double()
+    assert float(z.pow(2).mean()) == pytest.approx(1.0, abs=0.02)
+    assert float(z.pow(4).mean() / z.pow(2).mean() ** 2) == pytest.approx(3.0, abs=0.1)  # normal's kurtosis; uniform's is 1.8
+
+
+def test_normed_linear_starts_with_unit_norm_class_weights():
+    torch.manual_seed(0)
+    head = NormedLinear(64, 10)
+    torch.testing.assert_close(head.weight.norm(dim=0), torch.ones(10))
+    assert head.weight.std() > 0.05  # random directions, not a constant
+
+
+def test_resnet32_features_are_the_stem_stages_and_a_spatial_mean():
+    torch.manual_seed(0)
+    net = models_zoo.create("resnet32").eval()
+    with torch.no_grad():  # a stem BatchNorm that is not the identity, so leaving it out shows
+        net.bn1.weight.uniform_(0.5, 2.0)
+        net.bn1.bias.uniform_(-0.5, 0.5)
+        net.bn1.running_mean.uniform_(-0.2, 0.2)
+        net.bn1.running_var.uniform_(0.5, 2.0)
+        x = torch.rand(2, 3, 32, 32)
+        out = F.relu(net.bn1(net.conv1(x)))
+        for stage in (net.layer1, net.layer2, net.layer3):
+            for block in stage:
+                out = block(out)
+        torch.testing.assert_close(net.features(x), out.mean(dim=(2, 3)))
+
+
+def test_resnet32_block_is_conv_bn_relu_conv_bn_plus_shortcut_then_relu():
+    from models_zoo.resnet32 import BasicBlock
+
+    torch.manual_seed(0)
+    for c_in, c_out, stride in ((16, 16, 1), (16, 32, 2)):
+        block = BasicBlock(c_in, c_out, stride).eval()
+        with torch.no_grad():
+            for bn in (block.bn1, block.bn2):
+                bn.bias.uniform_(-0.5, 0.5)  # negative pre-activations, so a missing ReLU shows
+            x = torch.randn(2, c_in, 8, 8)
+            branch = block.bn2(block.conv2(F.relu(block.bn1(block.conv1(x)))))
+            shortcut = x if stride == 1 else F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 8, 8))
+            torch.testing.assert_close(block(x), F.relu(branch + shortcut))
+
+
+def test_resnet32_takes_grayscale_input_and_refuses_a_depth_that_is_not_6n_plus_2():
+    from models_zoo.resnet32 import ResNetCifar
+
+    net = models_zoo.create("resnet32", in_channels=1, image_size=28).eval()
+    with torch.no_grad():
+        assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert ResNetCifar(depth=20).layer1.__len__() == 3  # n = 3
+    with pytest.raises(ValueError, match="6n\\+2, got 29"):
+        ResNetCifar(depth=29)

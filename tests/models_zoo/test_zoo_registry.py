@@ -96,3 +96,17 @@ def test_parameter_count_helper_matches_a_manual_sum():
     # conv 1->6 5x5, conv 6->16 5x5, fc 400-120-84-10 (weights + biases)
     manual = (6 * 25 + 6) + (16 * 6 * 25 + 16) + (400 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
     assert models_zoo.num_parameters(model) == manual
+
+
+def test_a_timm_name_takes_the_zoo_defaults_not_timms():
+    """Unset sizes give 10 classes on 3x32x32, as for the CIFAR family (timm's own default is 1000 ImageNet classes)."""
+    assert get_arch("timm:resnet10t").default_input == "3x32x32"
+    torch.manual_seed(0)
+    model = models_zoo.create("timm:resnet10t").eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_sine_mlp_takes_its_input_and_output_widths():
+    model = models_zoo.create("sine_mlp", in_channels=3, num_classes=2)
+    assert model(torch.rand(4, 3)).shape == (4, 2)

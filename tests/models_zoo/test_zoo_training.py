@@ -348,3 +348,55 @@ def test_the_seed_decides_the_trained_model(cache_dir):
     weights = [m.model.state_dict()["net.layers.1.weight"] for m in (first, again, other)]  # the first layer's
     torch.testing.assert_close(weights[1], weights[0], rtol=0, atol=0)  # the same seed: the same model
     assert not torch.allclose(weights[2], weights[0])  # another seed: another initialisation and batch order
+
+
+def test_user_model_arch_names_the_architecture_a_spec_holds(mnist_lenet, tmp_path):
+    assert models_zoo.user_model_arch(str(mnist_lenet.path)) == "lenet5"  # recorded in the zoo checkpoint
+    assert models_zoo.user_model_arch(f"net4:{tmp_path / 'w.pt'}") == "net4"
+    script_path = tmp_path / "lenet.ts"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.trace(mnist_lenet.model, torch.rand(1, 1, 28, 28)), str(script_path))
+    assert models_zoo.user_model_arch(str(script_path)) is None  # its own code, no zoo name
+
+
+def test_a_normalised_rgb_state_dict_keeps_its_own_mean_and_std(tmp_path):
+    """Saved normalisation wins over mean/std given for a bare network, for every channel."""
+    from models_zoo.normalize import with_normalization
+
+    torch.manual_seed(0)
+    model = with_normalization(models_zoo.create("mlp", in_channels=3, image_size=8), [0.1, 0.2, 0.3], [0.5, 0.6, 0.7]).eval()
+    path = tmp_path / "rgb.pt"
+    torch.save(model.state_dict(), path)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        for extra in ({}, {"mean": [0.9, 0.9, 0.9], "std": [5.0, 5.0, 5.0]}):
+            loaded = models_zoo.load_user_model(f"mlp:{path}", in_channels=3, image_size=8, **extra)
+            torch.testing.assert_close(loaded(x), expected)
+
+
+def test_user_model_specs_and_files_that_are_refused_say_why(tmp_path):
+    with pytest.raises(LazyAppsError, match="give both mean and std"):
+        models_zoo.load_user_model(f"net4:{tmp_path / 'w.pt'}", mean=[0.5])
+    with pytest.raises(CheckpointError, match="'net4:' names no file after 'net4:'"):
+        models_zoo.load_user_model("net4:")
+    not_weights = tmp_path / "run.pt"
+    torch.save({"epoch": 3, "lr": 0.1}, not_weights)
+    with pytest.raises(CheckpointError, match="does not hold a state dict"):
+        models_zoo.load_user_model(f"mlp:{not_weights}")
+    net = models_zoo.create("mlp").eval()
+    script_path = tmp_path / "mlp.ts"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(net), str(script_path))
+    with pytest.raises(CheckpointError, match="is a TorchScript file, not a state dict.*without 'mlp:'"):
+        models_zoo.load_user_model(f"mlp:{script_path}")
+
+
+def test_a_loaded_torch_export_program_reports_eval_mode(tmp_path):
+    net = models_zoo.create("mlp").eval()
+    path = tmp_path / "mlp.pt2"
+    x = torch.rand(2, 1, 28, 28)
+    torch.export.save(torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)), str(path))
+    assert not models_zoo.load_user_model(str(path)).training
