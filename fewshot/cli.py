@@ -462,11 +462,11 @@ def algos_command(run: RunContext) -> None:
     for name in available():
         cls = LEARNERS[name]
         doc = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())  # the summary paragraph, however wrapped
-        defaults = {}
+        defaults, names = {}, cls.hparam_names() - {"problem", "vectorize", "transductive"}
         for klass in reversed(cls.__mro__):  # subclass defaults win
             if isinstance(klass, type) and issubclass(klass, Learner) and "__init__" in vars(klass):
                 for pname, p in inspect.signature(klass.__init__).parameters.items():
-                    if pname in cls.hparam_names() - {"problem", "vectorize", "transductive"}:
+                    if pname in names:
                         defaults[pname] = p.default
         for pname in inspect.signature(Learner.__init__).parameters:  # the base class's options after the algorithm's own
             if pname in defaults:

@@ -129,6 +129,19 @@ def test_maml_family_lowers_the_adapted_validation_mse(method):
     assert (len(result.gammas) == 30 * 3) == (method == "lazy-maml")
 
 
+def _maml_meta_gradient_by_hand(net, theta, tasks, *, steps, lr):
+    """Second-order MAML: the mean over ``(x, g, xv, gv)`` tasks of d/dθ MSE_val after ``steps`` SGD steps in the graph."""
+    total = 0.0
+    for x, g, xv, gv in tasks:
+        phi = dict(theta)
+        for _ in range(steps):
+            loss = F.mse_loss(torch.func.functional_call(net, phi, (x,)), g)
+            grads = torch.autograd.grad(loss, list(phi.values()), create_graph=True)
+            phi = {k: v - lr * d for (k, v), d in zip(phi.items(), grads)}
+        total = total + F.mse_loss(torch.func.functional_call(net, phi, (xv,)), gv)
+    return dict(zip(theta, torch.autograd.grad(total / len(tasks), list(theta.values()))))
+
+
 @pytest.fixture
 def sgd_meta_step(monkeypatch):
     """meta_train's Adam replaced by plain SGD, so one iteration moves θ by exactly −meta_lr × the meta-gradient.
@@ -148,16 +161,7 @@ def test_one_maml_step_equals_second_order_maml_by_hand(sizes, sgd_meta_step):
     result = meta_train(net, tasks, method="maml", iterations=1, inner_steps=steps, inner_lr=lr, meta_lr=meta_lr,
                         batch_size=64, val_batch=64)
     theta = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
-    total = 0.0
-    for task in tasks:
-        (x, g), (xv, gv) = split_task(task)
-        phi = dict(theta)
-        for _ in range(steps):  # SGD kept in the graph: second order
-            loss = F.mse_loss(torch.func.functional_call(net, phi, (x,)), g)
-            grads = torch.autograd.grad(loss, list(phi.values()), create_graph=True)
-            phi = {k: v - lr * d for (k, v), d in zip(phi.items(), grads)}
-        total = total + F.mse_loss(torch.func.functional_call(net, phi, (xv,)), gv)
-    meta_grads = dict(zip(theta, torch.autograd.grad(total / len(tasks), list(theta.values()))))
+    meta_grads = _maml_meta_gradient_by_hand(net, theta, [(*a, *b) for a, b in map(split_task, tasks)], steps=steps, lr=lr)
     for k in theta:
         torch.testing.assert_close(result.params[k] - theta[k].detach(), -meta_lr * meta_grads[k], atol=1e-7, rtol=1e-4)
 
@@ -301,19 +305,6 @@ def test_a_given_teacher_is_used_with_its_last_checkpoints():
     assert result.gammas == [0.0]
     for k in expected:
         torch.testing.assert_close(result.params[k], expected[k], atol=1e-5, rtol=1e-5)
-
-
-def _maml_meta_gradient_by_hand(net, theta, tasks, *, steps, lr):
-    """Second-order MAML: the mean over ``(x, g, xv, gv)`` tasks of d/dθ MSE_val after ``steps`` SGD steps in the graph."""
-    total = 0.0
-    for x, g, xv, gv in tasks:
-        phi = dict(theta)
-        for _ in range(steps):
-            loss = F.mse_loss(torch.func.functional_call(net, phi, (x,)), g)
-            grads = torch.autograd.grad(loss, list(phi.values()), create_graph=True)
-            phi = {k: v - lr * d for (k, v), d in zip(phi.items(), grads)}
-        total = total + F.mse_loss(torch.func.functional_call(net, phi, (xv,)), gv)
-    return dict(zip(theta, torch.autograd.grad(total / len(tasks), list(theta.values()))))
 
 
 def test_maml_meta_objective_sees_val_batch_validation_pairs(sgd_meta_step):
