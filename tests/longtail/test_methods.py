@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -90,6 +91,18 @@ def test_a_meta_step_records_the_validation_loss_and_the_size_of_eps():
     assert two.diagnostics["eps_over_w"] == pytest.approx(float(eps.abs().mean() / w.mean()), rel=1e-9)
 
 
+def test_weight_mean_is_the_mean_per_example_weight_of_the_step():
+    # L2RW's weights sum to 1 over the batch: their mean is 1/N, whatever the batch (not their sum)
+    model, x, y, vx, vy = _linear_problem()
+    l2rw = create_method("l2rw", COUNTS)
+    l2rw.loss(StepContext(model, 0.4, 0, vx, vy), x, y)
+    assert float(l2rw.last_weights.sum()) == pytest.approx(1.0)
+    assert l2rw.diagnostics["weight_mean"] == pytest.approx(1 / len(y))
+    two = create_method("two-component", COUNTS)
+    two.loss(StepContext(model, 0.4, 0, vx, vy), x, y)
+    assert two.diagnostics["weight_mean"] == pytest.approx(float(two.last_weights.mean()), rel=1e-9)
+
+
 def test_reset_diagnostics_forgets_every_key():
     method = create_method("two-component", COUNTS)
     method.record(val_loss=2.0, eps_over_w=0.5)
@@ -111,6 +124,29 @@ def test_grid_tie_says_whether_every_gamma_scored_the_same(monkeypatch, scores, 
     method = create_method("lazy-two-component", COUNTS)
     method.loss(StepContext(model, 0.4, 0, vx, vy), x, y)
     assert method.diagnostics["grid_tie"] == tie and method.diagnostics["leap_val_accuracy"] == max(scores)
+
+
+def test_weight_net_is_a_relu_mlp_on_the_loss_with_a_sigmoid_output():
+    # Shu et al.'s V(ℓ; ψ) = σ(W₂ relu(W₁ℓ + b₁) + b₂): a weight in (0, 1) for every loss, by hand from ψ
+    torch.manual_seed(0)
+    net = M.WeightNet()
+    losses = torch.tensor([0.0, 0.3, 1.0, 2.5, 7.0])
+    w1, b1, w2, b2 = [p.detach().tolist() for p in net.parameters()]
+    hidden = [[max(w1[j][0] * v + b1[j], 0.0) for j in range(100)] for v in losses.tolist()]
+    expected = [1 / (1 + math.exp(-(sum(a * h for a, h in zip(w2[0], row)) + b2[0]))) for row in hidden]
+    assert any(w1[j][0] * 2.5 + b1[j] < 0 for j in range(100))  # the ReLU cuts some units off
+    assert net(losses).tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_lazy_two_component_on_a_batch_smaller_than_inner_steps_takes_one_step_per_example(monkeypatch):
+    # A last batch of 3 examples with --inner-steps 5: the student walks 3 one-example slices, not 5 steps
+    model, x, y, vx, vy = _linear_problem()
+    seen = []
+    real = M.lazy_direction
+    monkeypatch.setattr(M, "lazy_direction", lambda *a, **kw: seen.append(kw["steps"]) or real(*a, **kw))
+    method = create_method("lazy-two-component", COUNTS, gammas=(0.5, 0.9))
+    loss = method.loss(StepContext(model, 0.4, 0, vx, vy), x[:3], y[:3])
+    assert seen == [3] and torch.isfinite(loss)
 
 
 def test_meta_weight_net_second_step_follows_only_its_own_meta_gradient():

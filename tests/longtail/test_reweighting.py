@@ -528,6 +528,34 @@ def test_pull_back_from_the_real_forward_costs_one_forward_and_reuses_its_losses
     assert len(calls) == 2 and torch.allclose(alone, shared, rtol=1e-6, atol=1e-12)
 
 
+def test_virtual_step_differentiates_the_real_forwards_losses_without_a_forward_of_its_own():
+    # The documented reuse: given losses with a graph, the step is one backward through them; without one, a forward.
+    model, x, y, _, _ = _linear_meta_problem()
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    losses = L.cross_entropy(model(x), y)
+    w = torch.rand(10, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    calls.clear()
+    LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4, losses=losses).step(w)
+    assert calls == []
+    LookAhead(model, params_of(model), x, y, L.cross_entropy, lr=0.4, losses=losses.detach()).step(w)
+    assert len(calls) == 1
+
+
+def test_lazy_direction_with_one_checkpoint_runs_only_the_students_and_the_grids_forwards():
+    # b = 1: the winning candidate's scoring graph gives the meta-gradient, no extra validation forward (docs/longtail.md)
+    from lazyapps.teacher import LazyTeacher
+    from longtail.reweighting import lazy_direction
+
+    model, x, y, vx, vy = _linear_meta_problem()
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    theta = {k: t.detach() for k, t in params_of(model).items()}
+    teacher = LazyTeacher(gammas=(0.2, 0.5, 0.8), criterion="loss")
+    lazy_direction(model, theta, lambda predict: F.cross_entropy(predict(x), y), vx, vy, steps=3, lr=0.5, teacher=teacher)
+    assert len(calls) == 3 + 3  # 3 student steps, 3 γ candidates
+
+
 def test_clipped_normalized_gives_zero_weights_when_no_example_helps():
     # L2RW's rule when every −∂L/∂w_i ≤ 0: all weights 0 (the step does nothing), not 0·(1/0) = NaN weights
     from longtail.reweighting import clipped_normalized
