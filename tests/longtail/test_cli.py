@@ -468,6 +468,16 @@ def test_per_class_csv_and_table_report_the_best_and_the_last_epoch_each_its_own
     table = {line.split(")")[0] + ")": [float(v) for v in line.split(")")[1].split()] for line in result.output.splitlines()
              if line.startswith(("best (", "last ("))}  # (top-1 error %, many %, medium %, few %)
     assert table == {"best (2)": [40.0, 11.0, 21.0, 31.0], "last (3)": [50.0, 12.0, 22.0, 32.0]}
+    # eval of best.pt (real scores: eval does not go through the Trainer) names the best epoch, and its table's
+    # columns are the metrics its JSON gives
+    scored = _invoke("eval", "--checkpoint", str(env / "run" / "best.pt"), "--json", str(env / "e.json"))
+    assert scored.exit_code == 0, scored.output
+    metrics = json.loads((env / "e.json").read_text())["metrics"]
+    lines = scored.output.splitlines()
+    cells = lines[next(i for i, line in enumerate(lines) if line.startswith("epoch")) + 2].split()
+    assert metrics["epoch"] == 2 and cells[0] == "2" and metrics["many_accuracy"] is None  # (no class of > 100 images)
+    for cell, key in zip(cells[1:], ("top1_error", "many_accuracy", "medium_accuracy", "few_accuracy"), strict=True):
+        assert cell == "-" if metrics[key] is None else float(cell) == pytest.approx(metrics[key], rel=1e-3), key
 
 
 def test_resume_keeps_the_optimiser_settings_that_have_no_option(env, data_root):
@@ -497,3 +507,16 @@ def test_an_output_naming_one_of_the_runs_own_files_is_refused_before_training(e
     assert result.exit_code == 2 and result.output.strip() == (
         f"Error: {what} and {option} name the same file {out / name}; give each output its own path"), result.output
     assert not out.exists()
+
+
+def test_the_default_run_folder_is_one_per_run_configuration(tmp_path):
+    """Without --out, runs that differ in any setting (not only those its readable name shows) get folders of their own."""
+    from longtail.cli import _default_out
+    from longtail.trainer import TrainConfig
+
+    base = TrainConfig(dataset="cifar10", imbalance=10, method="ce", preset="quick")
+    folder = _default_out(tmp_path, base)
+    assert folder.parent == tmp_path / "longtail" and folder.name.startswith("cifar10-imb10-ce-quick-seed0-")
+    assert _default_out(tmp_path, TrainConfig(dataset="cifar10", imbalance=10, method="ce", preset="quick")) == folder
+    for key, value in (("lr", 0.05), ("epochs", 30), ("batch_size", 64), ("n_max", 200), ("weight_decay", 5e-4)):
+        assert _default_out(tmp_path, TrainConfig(**{**base.__dict__, key: value})) != folder, key

@@ -82,3 +82,15 @@ def test_predict_normalises_with_the_mean_then_the_std_and_runs_in_the_models_dt
     got = predict(model, images, mean=mean, std=std, batch_size=16)
     assert torch.equal(got, expected)
     assert torch.equal(predict(model, images, mean=torch.tensor(mean), std=torch.tensor(std)), expected)
+
+
+def test_predict_leaves_a_model_in_eval_mode_in_eval_mode():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3), nn.BatchNorm1d(3)).eval()
+    predict(model, torch.zeros(4, 3, 2, 2, dtype=torch.uint8), mean=(0.5,) * 3, std=(0.2,) * 3, batch_size=3)
+    assert not model.training and not model[2].training
+
+
+def test_summarize_of_no_test_images_has_no_error_rather_than_nan():
+    result = summarize(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), [150, 50, 5])
+    assert result["top1_error"] is None and result["per_class_accuracy"] == [None, None, None]
+    assert (result["many_accuracy"], result["medium_accuracy"], result["few_accuracy"]) == (None, None, None)

@@ -214,6 +214,24 @@ def test_random_crop_flip_defaults_to_the_4_pixel_zero_padding_and_shifts_each_a
     assert len({(k[0], k[1]) for k in found}) > 60  # the two offsets are drawn independently (81 pairs)
     assert 150 < sum(k[2] for k in found) < 250
 
+
+def test_normalize_takes_float_images_in_0_1_as_they_are():
+    # (only uint8 images are divided by 255: the docstring's "[0, 1] float" input is already on that scale)
+    images = torch.tensor([[[[0, 255]], [[51, 102]]]], dtype=torch.uint8)
+    mean, std = [0.5, 0.2], [0.5, 0.1]
+    assert torch.allclose(normalize(images.float() / 255, mean, std), normalize(images, mean, std), atol=1e-6)
+
+
+def test_random_crop_flip_draws_every_number_from_the_generator_given():
+    # the trainer's generator alone decides the crops and flips (reproducible and resumable whatever else draws)
+    images = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    first = random_crop_flip(images, generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(1)
+    torch.rand(7)
+    assert torch.equal(random_crop_flip(images, generator=torch.Generator().manual_seed(5)), first)
+
+
 def test_directional_difference_agrees_with_jvp_in_float32(tiny_net):
     # The default pull-back is one graph-free forward; it must keep the exact JVP's signs and size.
     model = tiny_net().train()

@@ -24,6 +24,8 @@ def test_the_default_schedule_is_the_papers():
     (2, 0, (1, 1)), (3, 0, (2, 2)), (5, 0, (4, 4)),
     # from 10 epochs on: round(0.8·E), round(0.9·E); warm-up round-half-up(0.025·E)
     (10, 0, (8, 9)), (20, 1, (16, 18)), (40, 1, (32, 36)), (60, 2, (48, 54)),
+    # rounded, not truncated: 0.8·12 = 9.6 → 10, 0.9·12 = 10.8 → 11
+    (12, 0, (10, 11)),
 ])
 def test_short_schedules_keep_the_shape_within_the_run(epochs, warmup, decays):
     s = Schedule.scaled(epochs, lr=0.4, decay_factors=(0.5, 0.25))
@@ -47,3 +49,8 @@ def test_the_status_line_names_only_the_decays_the_run_has(epochs, text):
     # what it says is what lr_at does
     rates = [schedule.lr_at(e) for e in range(epochs)]
     assert ("×0.01 from" in text) == (0.1 * 0.01 in rates) and ("×0.0001 from" in text) == (0.1 * 0.0001 in rates)
+
+
+def test_a_hand_built_schedule_names_no_decay_past_its_last_epoch():
+    # the paper's decays on a 180-epoch run: the ×0.0001 from epoch 181 never happens, so the line leaves it out
+    assert Schedule(epochs=180).describe() == "180 epochs, lr 0.1 (warm-up 5, ×0.01 from epoch 161)"

@@ -417,10 +417,12 @@ def test_the_meta_phase_starts_at_the_schedules_first_decay_epoch(small_lt, tiny
     trainer = Trainer(_config("l2rw", epochs=10), small_lt, model=tiny_net())
     start = trainer.schedule.meta_start
     assert start == 8
-    seen, original = [], trainer.method.loss
+    seen, sizes, original = [], [], trainer.method.loss
 
     def spy(ctx, x, y):
         seen.append((ctx.epoch, ctx.val_inputs is not None))
+        if ctx.val_inputs is not None:  # a batch of --batch-size distinct validation images, not the whole set
+            sizes.append((len(ctx.val_inputs), len(ctx.val_targets), len(torch.unique(ctx.val_inputs.flatten(1), dim=0))))
         return original(ctx, x, y)
 
     trainer.method.loss = spy
@@ -430,3 +432,87 @@ def test_the_meta_phase_starts_at_the_schedules_first_decay_epoch(small_lt, tiny
         rows.append(trainer.train_epoch())
     assert [(r["epoch"], r["meta"]) for r in rows] == [(start, False), (start + 1, True)]
     assert {e: v for e, v in seen} == {start - 1: False, start: True} and "meta_val_loss" in rows[1]
+    assert len(small_lt.val_labels) > 32 and sizes and set(sizes) == {(32, 32, 32)}
+
+
+def test_an_epoch_is_sgd_at_the_schedules_lr_on_shuffled_augmented_batches(small_lt, tiny_net):
+    """One epoch against a hand-written loop: batches in the order of the run's seeded generator, cropped and flipped
+    from that same stream, normalised, cross-entropy, SGD with the config's momentum and weight decay at lr_at(epoch)."""
+    import torch.nn.functional as F
+
+    from longtail.augment import normalize, random_crop_flip
+
+    config = _config("ce", epochs=60, momentum=0.5, weight_decay=0.01)  # 2 warm-up epochs: the first runs at lr 0.05
+    trainer = Trainer(config, small_lt, model=tiny_net().double())  # (float64: the comparison can be tight)
+    reference = tiny_net().double()
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.5, weight_decay=0.01)
+    for idx in torch.randperm(len(small_lt.train_labels), generator=generator).split(config.batch_size):
+        x = normalize(random_crop_flip(small_lt.train_images[idx], generator=generator), small_lt.mean, small_lt.std)
+        loss = F.cross_entropy(reference(x.double()), small_lt.train_labels[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    row = trainer.train_epoch()
+    assert row["lr"] == 0.05 and trainer.optimizer.param_groups[0]["lr"] == 0.05
+    for (k, want), (_, got) in zip(reference.state_dict().items(), trainer.model.state_dict().items()):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=k)
+
+
+def test_a_data_split_without_test_images_is_refused(small_lt, tiny_net):
+    from dataclasses import replace
+
+    empty = replace(small_lt, test_images=small_lt.test_images[:0], test_labels=small_lt.test_labels[:0])
+    with pytest.raises(LazyAppsError, match="cifar10 has no test images; every epoch is scored on the test split"):
+        Trainer(_config("ce"), empty, model=tiny_net())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 1}, "--batch-size must be >= 2 \\(BatchNorm needs a batch\\), got 1"),
+    ({"lr_decay": (0.0, 0.01)}, "lr_decay must be two positive factors"),
+    ({"lr_decay": (0.1, float("inf"))}, "lr_decay must be two positive factors"),
+    ({"epochs": True}, "--epochs must be a whole number, got True"),
+    ({"method": "lazy-two-component", "inner_steps": 33}, "--inner-steps 33 is more than --batch-size 32"),
+])
+def test_config_check_refuses_settings_out_of_range(kwargs, message):
+    with pytest.raises(LazyAppsError, match=message):
+        TrainConfig(**{**_config("ce").__dict__, **kwargs}).check()
+
+
+def test_config_check_takes_as_many_student_steps_as_batch_rows():
+    TrainConfig(**{**_config("lazy-two-component").__dict__, "inner_steps": 32}).check()  # one row per slice
+
+
+def test_resume_refuses_a_checkpoint_made_with_other_training_settings(small_lt, tmp_path, tiny_net):
+    # Each of these changes the run's numbers: resuming under another would mix two runs in one checkpoint.
+    config = _config("lazy-two-component")
+    Trainer(config, small_lt, out_dir=tmp_path, model=tiny_net()).save()
+    for key, value in (("batch_size", 16), ("epochs", 20), ("inner_steps", 3), ("gammas", (0.8, 0.9)), ("inner_lr", 0.01),
+                       ("eps_rule", "normalized"), ("lr", 0.05), ("momentum", 0.8), ("weight_decay", 1e-3), ("seed", 1)):
+        other = Trainer(TrainConfig(**{**config.__dict__, key: value}), small_lt, model=tiny_net())
+        with pytest.raises(CheckpointError, match=f"was made with {key}=.*, but {key}=.* is needed here"):
+            other.resume(tmp_path / "checkpoint.pt")
+
+
+def test_resume_refuses_a_weights_only_file_even_without_a_best_epoch_in_its_metadata(tmp_path):
+    from longtail.trainer import refuse_best_checkpoint
+
+    with pytest.raises(CheckpointError, match="holds only the best epoch's weights; resume from the run's checkpoint.pt"):
+        refuse_best_checkpoint(tmp_path / "weights.pt", {"kind": "longtail-train"}, {"model": {}})
+    refuse_best_checkpoint(tmp_path / "checkpoint.pt", {"kind": "longtail-train"}, {"model": {}, "optimizer": {}})
+
+
+def test_ldams_cosine_head_is_resnet32s_alone(small_lt):
+    # another zoo network keeps its linear head (it takes no normalized_head option), and its checkpoint says so,
+    # so the eval command rebuilds it as trained
+    for model, cosine in (("lenet5", False), ("resnet32", True)):
+        trainer = Trainer(TrainConfig(**{**_config("ldam-drw").__dict__, "model": model}), small_lt)
+        assert any(type(m).__name__ == "NormedLinear" for m in trainer.model.modules()) == cosine
+        assert trainer.metadata()["normalized_head"] is cosine
+
+
+def test_a_method_without_meta_steps_has_no_meta_epochs(small_lt, tiny_net):
+    # (the history's meta flag splits the reported epoch times; ce's late epochs are plain ones)
+    trainer = Trainer(_config("ce", epochs=10), small_lt, model=tiny_net())
+    trainer.epoch = trainer.schedule.meta_start
+    assert trainer.train_epoch()["meta"] is False
