@@ -320,6 +320,11 @@ def test_zoo_and_skip_blocked_reach_the_meta_attack(smoke_run, tmp_path, monkeyp
     assert result.exit_code == 0, result.output
     assert "zoo lenet5 (mnist)" in result.stderr and "zoo net2" not in result.stderr and "gradient set net3" not in result.stderr
     assert len(seen) == 1 and seen[0]["skip_blocked"] is True and seen[0]["max_queries"] == 500
+    from attacks.pipeline import PRESETS
+
+    smoke = PRESETS["smoke"]["mnist"]  # the preset's attack settings, each to its own argument
+    names = ("q", "every", "step", "h", "finetune_steps", "finetune_lr")
+    assert {k: seen[0][k] for k in (*names, "batch_size")} == {**{k: smoke[k] for k in names}, "batch_size": smoke["attack_batch"]}
     saved = json.loads((tmp_path / "z.json").read_text())
     config = saved["config"]
     _assert_table_shows(result.stdout, "lazy-meta", saved["metrics"])

@@ -393,3 +393,63 @@ def test_default_loss_of_a_probability_blackbox_is_the_logit_margin(setup):
     model, x, y = setup
     grad, _ = ZOOEstimator().estimate(BlackBox(model, output="probs"), x, y)
     torch.testing.assert_close(grad, true_gradient(model, x, y), rtol=1e-4, atol=1e-7)
+
+
+def test_each_images_query_rows_are_scored_against_its_own_label_and_target(setup):
+    """Images of different labels (and targets) in one call: row m of image b is scored against y[b] and target[b]."""
+    model, x, _ = setup
+    y, target = torch.tensor([0, 3, 1]), torch.tensor([4, 0, 2])
+
+    def picked(scores, y, target=None):  # (no margin clamped at 0: every label and target shows in the loss)
+        own = scores.gather(1, y.unsqueeze(1))[:, 0]
+        return own if target is None else own - 2 * scores.gather(1, target.unsqueeze(1))[:, 0]
+
+    points = x.unsqueeze(1) + 0.01 * torch.arange(4, dtype=x.dtype).reshape(1, 4, 1, 1, 1)
+    with torch.no_grad():
+        for tgt in (None, target):
+            losses = query_losses(BlackBox(model), points, y, loss=picked, index=torch.arange(3), target=tgt)
+            for b in range(3):
+                t = None if tgt is None else tgt[b:b + 1].expand(4)
+                torch.testing.assert_close(losses[b], picked(model(points[b]), y[b:b + 1].expand(4), t))
+
+
+def test_forward_differences_with_known_scores_of_a_targeted_attack(setup):
+    """f(x) taken from the given scores is the targeted loss too: the one-sided estimate is the targeted gradient."""
+    model, x, _ = setup
+    y, target = torch.tensor([0, 3, 1]), torch.tensor([4, 0, 2])
+    with torch.no_grad():
+        scores = model(x)
+    grad, _ = ZOOEstimator(mode="forward", h=1e-6).estimate(BlackBox(model), x, y, target=target, scores=scores)
+    torch.testing.assert_close(grad, true_gradient(model, x, y, target), rtol=1e-4, atol=1e-7)
+
+
+def test_nearby_seeds_and_image_numbers_give_unrelated_streams():
+    """Image i + 1 of seed s and image i of seed s + 1 (repeat runs of the same images) draw different numbers."""
+    from attacks.estimators import ImageStreams
+
+    like = torch.zeros(0)
+    for s in (0, 7):
+        a = ImageStreams(s).draw(torch.tensor([1, 2]), (16,), like=like)
+        b = ImageStreams(s + 1).draw(torch.tensor([0, 1]), (16,), like=like)
+        assert not torch.allclose(a, b)
+
+
+def test_bandits_tiles_of_an_image_size_they_do_not_divide(setup):
+    """tile 3 on 8-pixel sides: a ⌈8/3⌉ = 3 × 3 prior, tiles of 3, 3 and 2 pixels (not 4-pixel tiles of a 2 × 2 prior)."""
+    model, x, y = setup
+    est = BanditsEstimator(tile_size=3, seed=0)
+    grad, _ = est.estimate(BlackBox(model), x, y)
+    assert est.priors(torch.arange(3), x).shape == (3, 1, 3, 3)
+    blocks = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    expected = est.priors(torch.arange(3), x)[:, :, blocks][:, :, :, blocks]
+    torch.testing.assert_close(grad, expected)
+
+
+def test_bandits_probes_stay_in_the_box_at_pixels_on_its_edges(setup):
+    """Probes x + η·q/‖q‖ are clipped to [0, 1] (the blackbox refuses anything else) at pixels at 0 and 1."""
+    model, x, y = on_the_box_edges(*setup)
+    bb = BlackBox(model)
+    for _ in range(3):
+        grad, _ = BanditsEstimator(tile_size=2, seed=0, fd_eta=0.5).estimate(bb, x, y)
+        assert torch.isfinite(grad).all()
+    assert bb.counts.tolist() == [6] * 3

@@ -48,6 +48,8 @@ def _entry_points():
     # a float label compares unequal to every prediction: without the check, a "success" after one query
     ("float_labels", "labels must be an integer tensor of class numbers, got dtype torch.float32"),
     ("float_targets", "target classes must be an integer tensor of class numbers, got dtype torch.float64"),
+    # a boolean mask (which images are right, say) passed as labels: 0/1 would pass for class numbers
+    ("bool_labels", "labels must be an integer tensor of class numbers, got dtype torch.bool"),
 ])
 def test_bad_arguments_are_refused_before_any_query(name, case, message):
     model, x, y = _setup()
@@ -72,6 +74,8 @@ def test_bad_arguments_are_refused_before_any_query(name, case, message):
         y = y.float() + 0.5
     elif case == "float_targets":
         target = ((y + 1) % 4).double()
+    elif case == "bool_labels":
+        y = y > 0
     bb = BlackBox(model, output="label" if name == "hsja" else "logits")
     with pytest.raises(LazyAppsError, match=message):
         _entry_points()[name](bb, x, y, target)

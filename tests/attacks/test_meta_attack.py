@@ -656,3 +656,30 @@ def test_params_with_names_the_meta_attacker_lacks_are_refused():
     params = {**dict(net.named_parameters()), "head.weight": torch.zeros(1)}  # would be silently ignored
     with pytest.raises(LazyAppsError, match=r"missing none, unexpected \['head.weight'\]"):
         MetaEstimator(net, params)
+
+
+def test_the_foolbox_attack_hands_every_setting_to_meta_attack(monkeypatch):
+    """MetaAttackFoolbox(settings) runs meta_attack with exactly those settings (meta_attack stubbed to record them),
+    and refuses a model whose bounds are not the attack's pixel range (0, 1)."""
+    import attacks.foolbox_meta as foolbox_meta
+
+    class Recorded(Exception):
+        pass
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        raise Recorded
+
+    monkeypatch.setattr(foolbox_meta, "meta_attack", record)
+    model = _target(7)
+    x, y = _images(model, 2)
+    settings = dict(max_queries=77, q=5, every=2, step=0.03, h=0.02, finetune_steps=3, finetune_lr=0.2,
+                    skip_blocked=False, batch_size=3)
+    attack = foolbox_meta.MetaAttackFoolbox(MetaAttacker(1, (4,)), **settings)
+    with pytest.raises(Recorded):
+        attack(fb.PyTorchModel(model, bounds=(0, 1)), x, fb.criteria.Misclassification(y), epsilons=None)
+    assert {k: seen[k] for k in settings} == settings
+    with pytest.raises(LazyAppsError, match=r"needs a model with bounds \(0, 1\), got \(0(\.0)?, 255(\.0)?\)"):
+        attack(fb.PyTorchModel(model, bounds=(0, 255)), x, fb.criteria.Misclassification(y), epsilons=None)

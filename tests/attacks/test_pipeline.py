@@ -139,3 +139,88 @@ def test_a_zoo_listing_a_model_twice_is_refused():
 
     with pytest.raises(LazyAppsError, match="--zoo lists a model twice: lenet5, net2, lenet5"):
         parse_zoo("lenet5, net2,lenet5", "mnist", "net4")
+
+
+def test_select_images_gives_the_first_correct_ones_in_any_batch_size(mnist_softmax, data_root):
+    """The first n correctly classified test images, numbered in the whole split, whatever the batches they come in."""
+    model, _, _ = mnist_softmax
+    test = load_dataset("mnist", root=data_root).test
+    with torch.no_grad():
+        right = (model(test.images[:200].float().div(255)).argmax(1) == test.labels[:200]).nonzero().flatten()
+    for batch_size in (500, 7):
+        x, y, index = select_images(model, test, 12, device="cpu", batch_size=batch_size)
+        assert index.tolist() == right[:12].tolist()
+        assert torch.equal(x, test.images[index].float().div(255)) and torch.equal(y, test.labels[index])
+
+
+def test_a_gradient_set_of_another_size_or_zoo_model_is_another_cached_set(tmp_path):
+    """n_images and the zoo model's file are part of the gradient set's cache key: asking for 4 images after 8 gives 4,
+    not the cached 8, and a retrained zoo model its own gradients."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from attacks import pipeline as P
+    from lazyapps.data.splits import DatasetSplits, split_from_arrays
+
+    rng = np.random.RandomState(0)
+    split = split_from_arrays(rng.randint(0, 256, (16, 28, 28)).astype(np.uint8), np.arange(16) % 10, what="train")
+    data = DatasetSplits("mnist", split, split, [str(c) for c in range(10)])
+    torch.manual_seed(0)
+    trained = SimpleNamespace(path=tmp_path / "zoo" / "m.pt",
+                              model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
+    sizes = [len(P.gradient_set(trained, "m", data, n_images=n, mode="untargeted", seed=0, device="cpu",
+                                cache_dir=tmp_path)[0]["maps"]) for n in (8, 4)]
+    assert sizes == [8, 4]
+    # another zoo model of the same name (its own cached file: retrained with other settings) has its own gradients
+    retrained = SimpleNamespace(path=tmp_path / "zoo" / "m-other.pt",
+                                model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
+    maps = [P.gradient_set(t, "m", data, n_images=4, mode="untargeted", seed=0, device="cpu", cache_dir=tmp_path)[0]["maps"]
+            for t in (trained, retrained)]
+    assert not torch.equal(maps[0], maps[1])
+
+
+def test_every_meta_training_setting_is_in_the_meta_attackers_cache_key(tmp_path, monkeypatch):
+    """Another iteration count, meta-batch, inner step count or seed meta-trains another attacker (meta_train stubbed
+    to record its settings); the same settings load the cached one."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import attacks.meta_training as meta_training
+    from attacks import pipeline as P
+    from lazyapps.data.splits import DatasetSplits, split_from_arrays
+
+    calls = []
+
+    def fake_meta_train(model, tasks, **kwargs):
+        calls.append(kwargs)
+        return SimpleNamespace(params={k: v.detach().clone() for k, v in model.named_parameters()}, history=[])
+
+    monkeypatch.setattr(meta_training, "meta_train", fake_meta_train)
+    rng = np.random.RandomState(0)
+    split = split_from_arrays(rng.randint(0, 256, (8, 28, 28)).astype(np.uint8), np.arange(8) % 10, what="train")
+    data = DatasetSplits("mnist", split, split, [str(c) for c in range(10)])
+    trained = SimpleNamespace(path=tmp_path / "zoo" / "m.pt",
+                              model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
+    sets = [P.gradient_set(trained, "m", data, n_images=4, mode="untargeted", seed=0, device="cpu", cache_dir=tmp_path)]
+    base = {"meta_iterations": 2, "meta_batch": 3}
+    runs = [(base, 0), ({**base, "meta_iterations": 3}, 0), ({**base, "meta_batch": 4}, 0),
+            ({**base, "inner_steps": 5}, 0), (base, 1), (base, 0)]
+    for settings, seed in runs:
+        P.meta_attacker("lazy-meta", "mnist", sets, settings, seed=seed, device="cpu", cache_dir=tmp_path, in_channels=1)
+    assert [(c["iterations"], c["batch_size"], c["inner_steps"]) for c in calls] == [
+        (2, 3, 8), (3, 3, 8), (2, 4, 8), (2, 3, 5), (2, 3, 8)]  # the last run loads the first one's attacker
+
+
+def test_log_probabilities_of_probabilities_that_underflowed_stay_finite():
+    """A confident target's probabilities of exactly 0 become log(tiny), not −∞ (which finite differences turn into NaN)."""
+    from attacks.pipeline import LogProbabilities
+
+    class OneHot(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.one_hot(x.flatten(1).sum(1).long() % 3, 3).to(x.dtype)
+
+    out = LogProbabilities(OneHot())(torch.rand(4, 1, 2, 2))
+    tiny = torch.finfo(torch.float32).tiny
+    assert torch.isfinite(out).all() and set(out.flatten().tolist()) == {0.0, float(torch.tensor(tiny).log())}
