@@ -115,10 +115,18 @@ def test_links_are_followed_and_devices_written_in_place(tmp_path):
     (tmp_path / "link.json").symlink_to(target)
     write_json_atomic(tmp_path / "link.json", {"a": 1})
     assert (tmp_path / "link.json").is_symlink() and json.loads(target.read_text()) == {"a": 1}
-    # a link to a device (as /dev/stdout is): written through, the link kept, the device never replaced by a file
-    (tmp_path / "out").symlink_to("/dev/null")
-    write_json_atomic(tmp_path / "out", {"b": 2})
-    assert (tmp_path / "out").is_symlink() and Path("/dev/null").is_char_device()
+    # a link to a pipe (as /dev/stdout may be): written through, the link kept, the pipe never replaced by a file.
+    # (A pipe of our own, not /dev/null: a regression would replace what it links to, and tests may run as root.)
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # open before the write, so the writer's open does not block
+    try:
+        (tmp_path / "out").symlink_to(pipe)
+        write_json_atomic(tmp_path / "out", {"b": 2})
+        assert json.loads(os.read(reader, 1 << 16)) == {"b": 2}
+    finally:
+        os.close(reader)
+    assert (tmp_path / "out").is_symlink() and pipe.is_fifo()
     from lazyapps.paths import check_writable
 
     assert check_writable(tmp_path / "out") is None and check_writable("/dev/null") is None

@@ -389,3 +389,57 @@ def test_quiet_holds_for_the_command_only_also_when_it_fails():
         result = CliRunner().invoke(group, ["step", *args])
         assert code is None or result.exit_code == code, result.output
         assert not progress._quiet, args
+
+
+def test_a_rank_other_than_0_prints_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    """Under torchrun every process runs the command; only rank 0's result lines and --json reach the user."""
+    from lazyapps.cli import RunContext
+
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1")):
+        monkeypatch.setenv(name, value)  # launched, no group yet: the rank comes from the environment
+    run = RunContext("demo", json_path=str(tmp_path / "r.json"))
+    run.echo("a result line")
+    result = run.finish({"x": 1}, {"y": 2}, table="table here")
+    assert capsys.readouterr().out == "" and not (tmp_path / "r.json").exists() and result["metrics"] == {"y": 2}
+    monkeypatch.setenv("RANK", "0")  # (rank 0 of the same run: both appear)
+    run.finish({"x": 1}, {"y": 2}, table="table here")
+    assert capsys.readouterr().out == "table here\n" and (tmp_path / "r.json").exists()
+
+
+def test_the_process_group_is_joined_for_the_device_the_command_computes_on(monkeypatch):
+    """Under torchrun a CUDA run must join with NCCL on its own GPU, so init_from_env gets the run's device, not the CPU."""
+    import lazyapps.distributed as distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    joined = []
+    monkeypatch.setattr(distributed, "init_from_env", lambda device, **kw: joined.append(torch.device(device)) or False)
+
+    @click.group(cls=LazyGroup)
+    def group():
+        pass
+
+    @group.command()
+    @common_options
+    def where(run):
+        pass
+
+    for args, device in (([], "cuda"), (["--device", "cpu"], "cpu")):
+        assert CliRunner().invoke(group, ["where", *args, "--quiet"]).exit_code == 0
+        assert joined.pop().type == device
+
+
+def test_a_command_without_seed_runs_as_with_seed_0(tmp_path):
+    """--seed defaults to 0 (as its help says): a run without it repeats a run with --seed 0."""
+    import json
+
+    @click.command()
+    @common_options
+    def draw(run):
+        run.finish({}, {"draw": torch.rand(1).item(), "seed": run.seed})
+
+    def metrics(*args):
+        out = tmp_path / "r.json"
+        assert CliRunner().invoke(draw, [*args, "--json", str(out), "--quiet", "--device", "cpu"]).exit_code == 0
+        return json.loads(out.read_text())["metrics"]
+
+    assert metrics() == metrics("--seed", "0") == {"draw": metrics("--seed", "0")["draw"], "seed": 0}

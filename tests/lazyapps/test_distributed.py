@@ -242,6 +242,11 @@ def _weighted_helpers(folder: str) -> dict:
     # rank r holds r + 1 stacked task solutions, all equal to r
     out["stacked"] = D.mean_of_stacked({"w": torch.full((r + 1, 2), float(r))})
     out["scale"] = D.loss_scale(r + 1, 3)
+    try:  # no rank has an example: there is no mean (not a silent 0/0)
+        D.all_reduce_mean(torch.ones(2), weight=0)
+        out["no_weight"] = None
+    except ValueError as exc:
+        out["no_weight"] = str(exc)
     bn = torch.nn.BatchNorm1d(2)
     with torch.no_grad():
         bn.running_mean.fill_(float(r + 1))
@@ -279,6 +284,7 @@ def test_weighted_helpers_and_builders_on_two_ranks(tmp_path):
         torch.testing.assert_close(res["module_state"][0], torch.ones(2))  # rank 0's parameters
         torch.testing.assert_close(res["module_state"][1], torch.ones(2))  # and rank 0's buffers
         assert res["per_node"]
+        assert res["no_weight"] == "all_reduce_mean: the weights of all ranks sum to zero"
     assert (tmp_path / "node-cache-0.json").exists() and (tmp_path / "node-cache-1.json").exists()
     assert (r0["scale"], r1["scale"]) == (pytest.approx(2 / 3), pytest.approx(4 / 3))  # DDP's plain mean × scale = mean over 3
     assert (r0["global"], r1["global"]) == (True, False) and (tmp_path / "built").read_text() == "0"
@@ -323,3 +329,17 @@ def test_main_first_waits_for_a_builder_longer_than_the_group_timeout():
     assert (r0["builder"], r1["builder"]) == (True, False)
     assert r1["waited"] >= 4.0  # rank 1 entered only once rank 0 had built
     assert D.BUILD_WAIT_S >= 3600
+
+
+def test_shutdown_leaves_a_process_group_the_caller_made(monkeypatch, tmp_path):
+    """Only the group init_from_env created is destroyed: a caller's own group (a notebook, a launcher) stays."""
+    for name in D.TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert D.init_from_env("cpu") is True  # a group exists already: joined as it is, not re-created
+        D.shutdown()
+        assert torch.distributed.is_initialized()
+    finally:
+        torch.distributed.destroy_process_group()

@@ -155,3 +155,23 @@ def test_conversion_keeps_eval_mode():
     x = torch.randn(4, 3, 2, 2) * 3 + 2
     torch.testing.assert_close(converted(x), x / (1 + 1e-5) ** 0.5)  # running mean 0, var 1: eval BatchNorm
     assert converted.running_mean.tolist() == [0.0, 0.0, 0.0] and int(converted.num_batches_tracked) == 0
+
+
+def _own_eps_and_momentum(split_of: int) -> dict:
+    from lazyapps import distributed
+
+    rows = SPLITS[split_of][distributed.rank()]
+    bn = use_global_batchnorm(nn.BatchNorm2d(2, eps=0.5, momentum=0.3).double())
+    out = bn(_batch()[:, :2][rows]).detach()
+    return {"out": out, "mean": bn.running_mean.clone(), "var": bn.running_var.clone()}
+
+
+def test_two_ranks_keep_the_layers_own_eps_and_momentum():
+    # eps 0.5 and momentum 0.3 (not BatchNorm's 1e-5 and 0.1) in the normalisation and the running statistics
+    one = nn.BatchNorm2d(2, eps=0.5, momentum=0.3).double()
+    expected = one(_batch()[:, :2]).detach()
+    r0, r1 = run_ranks(_own_eps_and_momentum, 0, world=2)
+    torch.testing.assert_close(torch.cat([r0["out"], r1["out"]]), expected, rtol=1e-10, atol=1e-12)
+    for res in (r0, r1):
+        torch.testing.assert_close(res["mean"], one.running_mean, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(res["var"], one.running_var, rtol=1e-10, atol=1e-12)

@@ -27,3 +27,16 @@ def test_a_linked_output_is_checked_where_the_link_points(tmp_path):
     good = tmp_path / "ok.json"
     good.symlink_to(tmp_path / "sub" / "r.json")
     assert check_writable(good) is None and not Path(tmp_path / "sub").exists()
+
+
+def test_a_checkpoint_with_long_metadata_is_still_refused_as_an_output(tmp_path):
+    """A long run's metadata (its per-epoch history) runs to many kilobytes; its checkpoint is protected all the same."""
+    import torch
+
+    from lazyapps.checkpoint import save_checkpoint
+
+    history = [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_accuracy": 0.5} for e in range(2000)]
+    ckpt = save_checkpoint(tmp_path / "best.pt", {"w": torch.zeros(1)}, {"kind": "zoo", "history": history})
+    assert (tmp_path / "best.pt.json").stat().st_size > 100_000
+    assert check_writable(ckpt) == f"{ckpt} is a lazyapps checkpoint, which this would overwrite; give the output another path"
+    assert check_writable(tmp_path / "best.pt.json").startswith(f"{tmp_path / 'best.pt.json'} is the metadata of checkpoint best.pt")

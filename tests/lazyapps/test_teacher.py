@@ -427,3 +427,53 @@ def test_candidates_are_visited_weights_major_and_a_tie_goes_to_the_first_visite
     assert [s for _, _, s in leap.scores] == [0.25, 0.0, 0.0, 0.0625]  # candidates 1.0, 0.5, 0.5, 0.25
     assert (leap.gamma, leap.weights, leap.score) == (0.75, (0.0, 1.0), 0.0)
     torch.testing.assert_close(leap.params["w"], torch.tensor([0.5], dtype=torch.float64), rtol=0, atol=0)
+
+
+def test_explore_runs_with_the_buffers_given_and_updates_those_not_the_models():
+    # (the few-shot and long-tail learners pass their own BatchNorm statistics, separate from the module's)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    theta, own = params_of(model, detach=True), {k: v.clone() for k, v in model.named_buffers()}
+    given = {k: v.clone() for k, v in own.items()}
+    given["1.running_mean"].fill_(2.0)
+    given["1.running_var"].fill_(0.5)
+    x, y = minibatches(1)[0]
+    model.eval()  # normalised with the running statistics: the one-step checkpoint depends on which are used
+    ckpt = explore(model, theta, student_loss([(x, y)]), steps=1, lr=0.1, buffers=given)[0]
+    leaf = {k: v.clone().requires_grad_() for k, v in theta.items()}
+    ref = torch.autograd.grad(F.mse_loss(torch.func.functional_call(model, {**leaf, **given}, (x,)), y), list(leaf.values()))
+    torch.testing.assert_close(ckpt, {k: t - 0.1 * g for (k, t), g in zip(theta.items(), ref)})
+    model.train()  # training mode: the given running statistics move, the module's stay
+    before = {k: v.clone() for k, v in given.items()}
+    explore(model, theta, student_loss([(x, y)]), steps=1, lr=0.1, buffers=given)
+    assert not torch.equal(given["1.running_mean"], before["1.running_mean"]) and int(given["1.num_batches_tracked"]) == 1
+    torch.testing.assert_close(dict(model.named_buffers()), own, rtol=0, atol=0)
+
+
+def test_adam_counts_steps_per_parameter_from_its_first_gradient_as_torch_optim_does():
+    # "b" gets no gradient in the first step, so its first Adam update has the bias correction of step 1, not of step 2
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Parameter(torch.tensor([1.0, -1.0])), nn.Parameter(torch.tensor([0.5, 2.0]))
+
+        def forward(self):
+            return self.a, self.b
+
+    target = torch.tensor([0.3, 0.7])
+
+    def loss(a, b, step):
+        return ((a - target) ** 2).sum() + (((b * target) ** 2).sum() if step > 0 else 0.0)
+
+    model = Pair()
+    calls = iter(range(3))
+    ckpts = explore(model, params_of(model, detach=True), lambda predict: loss(*predict(), next(calls)), steps=3, lr=0.1,
+                    optimizer="adam", keep_last=3)
+    ref = copy.deepcopy(model)
+    opt = torch.optim.Adam(ref.parameters(), lr=0.1)
+    for step, got in enumerate(ckpts):
+        opt.zero_grad(set_to_none=True)
+        loss(*ref(), step).backward()
+        opt.step()
+        torch.testing.assert_close(got, {k: v.detach() for k, v in ref.named_parameters()})
+    assert torch.equal(ckpts[0]["b"], model.b.detach()) and not torch.equal(ckpts[1]["b"], ckpts[0]["b"])

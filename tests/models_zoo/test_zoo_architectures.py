@@ -364,3 +364,49 @@ def test_resnet32_takes_grayscale_input_and_refuses_a_depth_that_is_not_6n_plus_
     assert ResNetCifar(depth=20).layer1.__len__() == 3  # n = 3
     with pytest.raises(ValueError, match="6n\\+2, got 29"):
         ResNetCifar(depth=29)
+
+
+@pytest.mark.parametrize("name", ["net4", "lenet5", "net2", "net3", "mlp"])
+def test_mnist_nets_take_any_square_size_they_are_built_for(name):
+    """Each MNIST net computes its flatten size from image_size, odd sizes included."""
+    for size in (29, 32):
+        net = models_zoo.create(name, image_size=size)
+        with torch.no_grad():
+            assert net(torch.zeros(2, 1, size, size)).shape == (2, 10), size
+
+
+def test_mlp_default_is_two_hidden_layers_of_256():
+    net = models_zoo.create("mlp")
+    assert models_zoo.num_parameters(net) == (784 * 256 + 256) + (256 * 256 + 256) + (256 * 10 + 10)
+
+
+def test_vgg_takes_28x28_inputs_too():
+    net = models_zoo.create("vgg11", in_channels=1).eval()
+    with torch.no_grad():
+        assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)  # 28 -> 14 -> 7 -> 4 -> 2 -> 1 with ceil_mode pools
+
+
+@pytest.mark.parametrize("name, convs", [
+    ("vgg11", lambda net: [m for m in net.features if isinstance(m, nn.Conv2d)]),
+    ("resnet18", lambda net: [net.conv1]),
+    ("densenet121", lambda net: [net.features.conv0]),
+    ("mobilenetv2", lambda net: [net.features[0][0]]),
+])
+def test_cifar_convs_are_kaiming_normal_fan_out_initialised(name, convs):
+    """He et al.'s fan-out normal init (std sqrt(2 / (out_channels * k * k))), not PyTorch's default uniform one."""
+    torch.manual_seed(0)
+    for conv in convs(models_zoo.create(name)):
+        w = conv.weight.detach()
+        expected_std = (2 / (w.shape[0] * w[0, 0].numel())) ** 0.5
+        assert float(w.std()) == pytest.approx(expected_std, rel=0.15)
+
+
+def test_conv4_refuses_an_image_too_small_for_its_four_pools():
+    with pytest.raises(ValueError, match="image_size 8 is too small for conv4 \\(needs at least 16\\)"):
+        Conv4(image_size=8)
+    assert Conv4(image_size=16).feature_dim == 64
+
+
+def test_normalize_refuses_a_mean_and_std_of_different_lengths():
+    with pytest.raises(ValueError, match="mean has 3 channels but std has 1"):
+        Normalize([0.1, 0.2, 0.3], [0.5])

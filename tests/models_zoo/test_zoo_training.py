@@ -400,3 +400,108 @@ def test_a_loaded_torch_export_program_reports_eval_mode(tmp_path):
     x = torch.rand(2, 1, 28, 28)
     torch.export.save(torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)), str(path))
     assert not models_zoo.load_user_model(str(path)).training
+
+
+def test_zero_epochs_or_a_zero_batch_size_are_refused():
+    # (zero epochs would cache an untrained model as trained; a zero batch size divides by zero in the loop)
+    for name in ("epochs", "batch_size"):
+        with pytest.raises(LazyAppsError, match="epochs and batch size must be at least 1"):
+            training_settings("net4", **{name: 0})
+
+
+def test_fit_history_is_the_mean_loss_and_accuracy_over_the_images_trained_on():
+    from torch import nn
+
+    from models_zoo.training import fit
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    images = torch.randint(0, 256, (10, 1, 2, 2), dtype=torch.uint8)
+    labels = torch.arange(10) % 3
+    # a learning rate so small the model stays put: the epoch's numbers are those of the fixed model on all 10 images
+    settings = {**training_settings("net4", "mnist", epochs=1, batch_size=4, optimizer="sgd", lr=1e-12, momentum=0.0), "augment": False}
+    with torch.no_grad():
+        logits = model(images.float() / 255)
+    (epoch,) = fit(model, images, labels, settings, generator=torch.Generator().manual_seed(0))
+    assert epoch["train_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-5)  # batches 4, 4, 2
+    assert epoch["train_accuracy"] == pytest.approx(float((logits.argmax(1) == labels).float().mean()))
+    # 9 images: the single leftover image is skipped, so the accuracy is over the 8 trained on
+    (epoch,) = fit(model, images[:9], logits[:9].argmax(1), settings, generator=torch.Generator().manual_seed(0))
+    assert epoch["train_accuracy"] == 1.0
+
+
+def test_fit_visits_every_image_once_per_epoch_in_a_fresh_random_order():
+    settings = {**training_settings("net4", "mnist", epochs=2, batch_size=4), "augment": False}
+    from torch import nn
+
+    import models_zoo.training as T
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    seen: list = []
+    model.register_forward_pre_hook(lambda m, args: seen.extend(args[0].flatten(1).tolist()))
+    images = torch.arange(12 * 4, dtype=torch.uint8).view(12, 1, 2, 2)  # image i holds 4i .. 4i + 3
+    T.fit(model, images, torch.arange(12) % 3, settings, generator=torch.Generator().manual_seed(0))
+    order = [round(row[0] * 255) // 4 for row in seen]
+    first, second = order[:12], order[12:]
+    assert sorted(first) == sorted(second) == list(range(12))
+    assert first != list(range(12)) and first != second
+
+
+def test_evaluate_takes_float_images_in_0_1_as_it_takes_uint8():
+    from torch import nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():  # class 0 where the pixels sum past 0.5 (in [0, 1] units), else class 1
+        model[1].weight.copy_(torch.tensor([[1.0] * 4, [0.0] * 4]))
+        model[1].bias.copy_(torch.tensor([0.0, 0.5]))
+    images = torch.randint(0, 80, (40, 1, 2, 2), dtype=torch.uint8)
+    labels = (images.flatten(1).float().sum(1) / 255 <= 0.5).long()
+    assert 0 < int(labels.sum()) < 40
+    assert models_zoo.evaluate(model, (images, labels)) == 1.0
+    assert models_zoo.evaluate(model, (images.float() / 255, labels)) == 1.0
+
+
+def test_adam_gets_the_weight_decay_asked_for(monkeypatch):
+    settings = {**training_settings("net4", "mnist", epochs=1, batch_size=4, weight_decay=1e-3), "augment": False}
+    opt = _record_fit(monkeypatch, settings, 8)["opt"]
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["weight_decay"] == 1e-3
+
+
+def test_the_data_fingerprint_sees_the_labels_too():
+    """A dataset relabelled (same pixels) must not reuse the model trained on the old labels."""
+    from lazyapps.data.splits import DatasetSplits, Split
+    from models_zoo.training import data_fingerprint
+
+    images = torch.randint(0, 256, (20, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(20) % 2
+    relabelled = labels.clone()
+    relabelled[7] = 1 - relabelled[7]
+
+    def fingerprint(y):
+        return data_fingerprint(DatasetSplits("npz:b.npz", Split(images, y), Split(images[:4], labels[:4]), ["a", "b"]))
+
+    assert fingerprint(labels) == fingerprint(labels.clone()) and fingerprint(relabelled) != fingerprint(labels)
+
+
+def test_the_documented_epoch_defaults_are_the_ones_used():
+    """`zoo train --epochs`'s help: "3 for MNIST-sized nets, 30 for CIFAR nets"."""
+    from models_zoo.cli import train_command
+
+    (help_text,) = [p.help for p in train_command.params if p.name == "epochs"]
+    assert "3 for MNIST-sized nets, 30 for CIFAR nets" in help_text
+    assert training_settings("net4", "mnist")["epochs"] == 3 and training_settings("resnet32", "cifar10")["epochs"] == 30
+
+
+def test_train_subset_trains_on_the_first_images(monkeypatch, cache_dir):
+    import models_zoo.training as T
+
+    seen = {}
+
+    def recording_fit(model, images, labels, settings, **kwargs):
+        seen["images"], seen["labels"] = images, labels
+        return []
+
+    monkeypatch.setattr(T, "fit", recording_fit)
+    models_zoo.train("mlp", "digits", cache_dir=cache_dir, train_subset=100, **DIGITS_RUN)
+    data = load_dataset("digits")
+    assert torch.equal(seen["images"], data.train.images[:100]) and torch.equal(seen["labels"], data.train.labels[:100])
