@@ -289,11 +289,28 @@ def test_test_tasks_that_diverge_are_named_in_a_warning(tmp_path) -> None:
     assert "nan" in result.stdout  # the table reports what was measured
 
 
+def test_a_single_test_task_that_diverged_is_named_in_the_warning(capsys) -> None:
+    """One non-finite task of three already makes the mean not a number worth comparing: the warning names it."""
+    from fewshot.base import Evaluation
+    from fewshot.cli import _warn_if_not_finite
+    from lazyapps.progress import quiet_while
+
+    with quiet_while(False):
+        _warn_if_not_finite(Evaluation("mse", float("nan"), float("nan"), 3, None, [0.5, float("nan"), 0.25]))
+        _warn_if_not_finite(Evaluation("mse", 0.375, 0.2, 2, None, [0.5, 0.25]))
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: 1 of 3 test tasks scored a non-finite mse: adaptation diverged on them (a smaller inner learning rate "
+        "or fewer steps may help)"]
+
+
 def test_classification_tasks_that_diverge_are_named_in_a_warning_not_scored_at_chance(tmp_path, data_root, session_cache) -> None:
     # NaN logits have argmax 0: these tasks scored a plausible 20.00% ± 0.00% with no warning before
     here = ["--data-dir", str(data_root), "--cache-dir", str(session_cache)]
-    result = _run("fewshot", "train", "--algo", "scratch", "--inner-lr", "1e30", "--preset", "smoke", "--out", str(tmp_path / "w"), *here)
+    result = _run("fewshot", "train", "--algo", "scratch", "--inner-lr", "1e30", "--preset", "smoke", "--out", str(tmp_path / "w"),
+                  "--json", str(tmp_path / "w.json"), *here)
     assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "w.json").read_text())  # scratch does not meta-train, whatever the preset's iterations
+    assert saved["metrics"]["iterations"] == 0 and saved["config"]["iterations"] == 0
     warning = "warning: 4 of 4 test tasks scored a non-finite accuracy: adaptation diverged on them"
     assert warning in result.stderr and "nan% ± nan%" in result.stdout and "20.00%" not in result.stdout
     scored = _run("fewshot", "eval", "--checkpoint", str(tmp_path / "w" / "checkpoint.pt"), "--tasks", "3", *here)
@@ -388,6 +405,12 @@ def test_a_resumed_run_stays_in_its_checkpoints_folder(tmp_path, monkeypatch) ->
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r" / "checkpoint.pt.json").read_text())["iteration"] == 2
     assert not (tmp_path / "fewshot-runs").exists()
+    # resumed into another run's folder: that run's checkpoint is not overwritten
+    assert _run(*base, "--iterations", "1", "--out", "other").exit_code == 0
+    before = (tmp_path / "other" / "checkpoint.pt").read_bytes()
+    result = _run(*base, "--iterations", "3", "--resume", "r/checkpoint.pt", "--out", "other")
+    assert result.exit_code == 2 and "other/checkpoint.pt already exists; pass --resume" in result.output, result.output
+    assert (tmp_path / "other" / "checkpoint.pt").read_bytes() == before
 
 
 def test_a_resume_takes_the_runs_preset_and_names_every_difference_of_another_one(tmp_path) -> None:
@@ -501,6 +524,9 @@ def test_learning_curve_has_a_point_every_eval_every_iterations_and_one_at_the_e
     assert [p["iteration"] for p in curve] == [2, 4]  # (the last iteration's point once, as the final evaluation)
     saved = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)
     assert [p["iteration"] for p in saved["curve"]] == [2, 4] and len(saved["history"]) == 4
+    # the result's training metric: the mean over the (up to 20) last iterations, here all 4
+    last20 = json.loads((tmp_path / "c.json").read_text())["metrics"]["train_last20"]
+    assert last20["mse"] == pytest.approx(sum(h["mse"] for h in saved["history"]) / 4)
     # resumed 4 -> 7: history and curve carry on from the checkpoint's
     result = _sine(tmp_path / "c", "--iterations", "7", "--eval-every", "2", "--resume", str(tmp_path / "c" / "checkpoint.pt"))
     assert result.exit_code == 0, result.output

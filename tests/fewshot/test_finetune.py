@@ -108,6 +108,63 @@ def test_linear_heads_match_a_per_task_sgd_reference() -> None:
         assert torch.allclose(w[t], head.weight) and torch.allclose(b[t], head.bias)
 
 
+def test_a_frozen_body_fits_the_head_by_inner_lr_sgd_steps_on_the_support_features() -> None:
+    """freeze_body: each task's head is eval_inner_steps full-batch SGD steps of inner_lr from zero on the features of
+    its support set (the conv4 body's output, the support set as one BatchNorm batch), as torch's SGD takes them."""
+    source = _sampler()
+    tasks = source.sample(2)
+    learner = _learner(inner_lr=0.5, eval_inner_steps=3)
+    learner.prepare(source)
+    fast = learner.adapt(tasks.support)
+    for t in range(2):
+        with torch.no_grad():
+            feats = learner.model.features(tasks.support_x[t])
+        head = torch.nn.Linear(feats.shape[1], 3)
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+        opt = torch.optim.SGD(head.parameters(), lr=0.5)
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(head(feats), tasks.support_y[t]).backward()
+            opt.step()
+        torch.testing.assert_close(fast["head.weight"][t], head.weight.detach(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(fast["head.bias"][t], head.bias.detach(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_pretraining_step_scores_every_support_and_query_image_under_its_global_label() -> None:
+    """The pre-training loss is the mean cross-entropy over all the meta-batch's images, support and query, of the
+    global head's logits against each image's global class (a task's images forwarded as one batch)."""
+    source = _sampler()
+    learner = _learner()
+    learner.prepare(source)
+    tasks = source.sample(3)
+    params = learner._with_head(learner.pretrain_head.weight, learner.pretrain_head.bias)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for t in range(3):
+            x = torch.cat([tasks.support_x[t], tasks.query_x[t]])
+            y = tasks.classes[t][torch.cat([tasks.support_y[t], tasks.query_y[t]])]
+            total += float(F.cross_entropy(torch.func.functional_call(learner.model, params, (x,)), y, reduction="sum"))
+            count += len(y)
+    assert count == 3 * (3 + 6)
+    assert learner.meta_step(tasks)["loss"] == pytest.approx(total / count, rel=1e-5)
+
+
+def test_a_global_head_of_fewer_than_two_classes_is_refused() -> None:
+    with pytest.raises(ValueError, match="pretrain_classes must be >= 2, got 1"):
+        _learner(pretrain_classes=1)
+
+
+def test_finetune_defaults_are_the_documented_ones() -> None:
+    """docs/fewshot.md: Adam 1e-3 pre-training; the fresh head takes 100 full-batch steps of lr 0.1; on sine the whole
+    pre-trained network is fine-tuned with 10 steps of lr 0.01 (Finn et al.'s sine baseline)."""
+    learner = _learner()
+    assert (learner.eval_inner_steps, learner.inner_lr, learner.meta_optimizer.defaults["lr"]) == (100, 0.1, 1e-3)
+    cls = type(learner)
+    assert cls.paper_defaults(dataset="sine", ways=1, shots=5) == {"inner_lr": 0.01, "eval_inner_steps": 10}
+    assert cls.paper_defaults(dataset="omniglot", ways=5, shots=1) == {}
+
+
 def test_checkpoint_keeps_the_global_head_and_refuses_another_class_count(tmp_path, monkeypatch) -> None:
     import fewshot.experiment as experiment
 

@@ -115,6 +115,12 @@ def test_damped_system_matches_a_direct_solve():
     hessian = 2 * xs[0].T @ xs[0] / xs.shape[1]
     expected = torch.linalg.solve((1 + c) * torch.eye(3, dtype=torch.float64) + hessian / (lam + d), g_test.reshape(3))
     torch.testing.assert_close(damped.grads["weight"].reshape(3), expected, rtol=1e-6, atol=1e-9)
+    # The learner's dampings (Omniglot's paper_defaults) reach the meta-gradient its meta_step applies.
+    learner = IMAML(model, problem="regression", cg_damping=c, hessian_damping=d, **kw)
+    applied = {}
+    learner.apply_meta_gradient = lambda grads, params=None: applied.update(grads)
+    learner.meta_step(TaskBatch(xs, ys, xq, yq))
+    torch.testing.assert_close(applied["weight"].reshape(3), expected, rtol=1e-6, atol=1e-9)
     plain = implicit_meta_gradient(model, theta, {}, F.mse_loss, (xs, ys), (xq, yq), **kw)
     assert not torch.allclose(plain.grads["weight"], damped.grads["weight"], rtol=1e-2)
     with pytest.raises(ValueError, match="must be >= 0"):

@@ -89,6 +89,15 @@ def test_meta_step_applies_adam_to_the_meta_gradient_and_adapt_is_the_k_step_stu
         torch.testing.assert_close(v[0], ref)
 
 
+def test_the_logged_gamma_is_the_mean_of_the_tasks_chosen_gammas() -> None:
+    model, tasks = _net(), _tasks()
+    gammas = (0.75, 0.8, 0.85, 0.9, 0.95)
+    _, ref_gammas = _reference(model, tasks, steps=12, lr=0.5, gammas=gammas)
+    assert len(set(ref_gammas)) > 1  # (a mean, not the first task's)
+    metrics = LazyMAML(model, inner_steps=12, inner_lr=0.5, gammas=gammas).meta_step(tasks)
+    assert metrics["gamma"] == pytest.approx(sum(ref_gammas) / len(ref_gammas))
+
+
 def test_last_three_mixes_the_final_checkpoints_and_rejects_too_few_steps() -> None:
     model, tasks = _net(), _tasks(1)
     learner = LazyMAML(model, inner_steps=12, inner_lr=0.5, last=3, weight_step=0.5)
@@ -126,3 +135,20 @@ def test_on_regression_the_teacher_picks_the_leap_of_least_query_mse(cls) -> Non
         worst.append(gammas[mses.index(max(mses))])
     assert learner.last_gammas == best
     assert best != worst  # the tasks tell minimising from maximising
+
+
+def test_defaults_are_the_lazy_papers_with_mamls_meta_batches() -> None:
+    """docs/fewshot.md: a student of k = 15 SGD steps of 0.1 (also at test), the γ grid 0.75…0.95, b = 1 checkpoint,
+    a 0.1 simplex grid, validation accuracy, Adam 1e-3; per benchmark MAML's meta-batch size and the student of
+    lazy Reptile."""
+    from fewshot import MAML
+
+    learner = LazyMAML(_net())
+    assert (learner.inner_steps, learner.inner_lr, learner.eval_inner_steps) == (15, 0.1, 15)
+    assert (learner.gammas, learner.last, learner.weight_step, learner.criterion) == ((0.75, 0.8, 0.85, 0.9, 0.95), 1, 0.1, "accuracy")
+    assert learner.meta_optimizer.defaults["lr"] == 1e-3
+    for dataset, ways, shots in (("omniglot", 5, 1), ("omniglot", 20, 1), ("sine", 1, 5), ("cifar-fs", 5, 1), ("cifar-fs", 5, 5)):
+        ours = LazyMAML.paper_defaults(dataset=dataset, ways=ways, shots=shots)
+        assert ours["meta_batch"] == MAML.paper_defaults(dataset=dataset, ways=ways, shots=shots)["meta_batch"], dataset
+        student = LazyReptile.paper_defaults(dataset=dataset, ways=ways, shots=shots)
+        assert ours["inner_steps"] == 15 and (ours["inner_lr"], ours["inner_steps"]) == (student["inner_lr"], student["inner_steps"])

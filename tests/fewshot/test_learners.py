@@ -174,6 +174,8 @@ def test_evaluate_reports_mean_and_95_percent_interval() -> None:
     values = torch.tensor([80.0, 100.0, 60.0, 100.0])
     mean, ci = confidence_interval(values)
     assert mean == 85.0 and abs(ci - 1.96 * (1100 / 3) ** 0.5 / 2) < 1e-9  # sample std by hand
+    assert confidence_interval(torch.tensor([1.0, 3.0])) == pytest.approx((2.0, 1.96))  # two tasks: std √2, n 2
+    assert confidence_interval(torch.tensor([7.0])) == (7.0, 0.0)
     learner = create_learner("scratch", _conv(), eval_inner_steps=1)
     ev = learner.evaluate([_tasks(seed=1), _tasks(seed=2)])
     assert ev.tasks == 6 and ev.metric == "accuracy" and ev.transductive is True and 0 <= ev.mean <= 100
@@ -193,6 +195,26 @@ def test_a_task_whose_adaptation_diverged_scores_nan_accuracy_not_chance() -> No
     learner = create_learner("scratch", _conv(), eval_inner_steps=1, inner_lr=1e30)
     ev = learner.evaluate(_tasks(seed=1))
     assert ev.tasks == 3 and all(v != v for v in ev.values)  # (NaN), where argmax gave 33.3% before
+
+
+def test_regression_tasks_score_the_mean_squared_error_of_their_queries() -> None:
+    """Sine's metric is each task's mean (not summed) squared error over its query points, what F.mse_loss gives."""
+    from fewshot.base import task_scores
+
+    g = torch.Generator().manual_seed(0)
+    out, target = torch.randn(3, 5, 1, generator=g), torch.randn(3, 5, 1, generator=g)
+    expected = torch.stack([F.mse_loss(out[t], target[t]) for t in range(3)])
+    torch.testing.assert_close(task_scores("regression", out, target), expected)
+
+
+def test_evaluate_leaves_the_learner_in_the_mode_it_found_it() -> None:
+    """evaluate switches to eval mode and back to the caller's mode, not always to training (a running-statistics
+    BatchNorm left in training mode would update its statistics on the caller's next forward)."""
+    learner = create_learner("scratch", _conv(), eval_inner_steps=1)
+    for training in (False, True):
+        learner.train(training)
+        learner.evaluate(_tasks())
+        assert learner.training is training and learner.model.training is training
 
 
 def _steps_by_torch(model, optimizer, loss_fn, x, y, *, steps, lr):
@@ -221,6 +243,12 @@ def test_scratch_never_meta_trains_and_adapts_by_plain_sgd_from_its_init() -> No
             assert torch.allclose(fast[k][t], v.detach(), atol=1e-5, rtol=1e-4), k
 
 
+def test_scratch_defaults_to_ten_sgd_steps_of_0_1() -> None:
+    """The documented scratch baseline: 10 SGD steps of lr 0.1 on each test task's support set."""
+    learner = create_learner("scratch", _conv())
+    assert (learner.eval_inner_steps, learner.inner_lr) == (10, 0.1)
+
+
 def test_registry_and_hparams_round_trip() -> None:
     with pytest.raises(UnknownNameError, match="unknown algorithm 'mamll'; valid: .*lazy-maml.*maml"):
         get_learner("mamll")
@@ -247,6 +275,22 @@ def test_vmap_safe_batchnorm_computes_what_torch_batchnorm_does() -> None:
         after = model(x)
     assert isinstance(model.features[1], BatchStatNorm2d) and list(model.state_dict()) == keys
     assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_a_batchnorm_with_running_statistics_still_uses_them_once_wrapped_by_a_learner() -> None:
+    """Only batch-statistics BatchNorm is rewritten for vmap: a layer with running statistics (resnet18, timm) still
+    normalises by them in eval mode, as the model did before the learner took it."""
+    model = models_zoo.create("conv4", num_classes=3, in_channels=1, image_size=16, hidden=8, track_running_stats=True)
+    with torch.no_grad():  # statistics that are not the (0, 1) a fresh layer starts with
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    reference = copy.deepcopy(model).eval()
+    learner = create_learner("maml", model).eval()
+    x = _tasks().query_x[0]
+    with torch.no_grad():
+        torch.testing.assert_close(learner.model(x), reference(x))
 
 
 def test_fomaml_meta_gradient_is_the_query_gradient_at_the_adapted_weights() -> None:
@@ -293,6 +337,15 @@ def test_zero_head_first_inner_step_moves_each_class_towards_its_support_feature
         for name, value in learner.theta.items():
             if not name.startswith("head."):
                 assert torch.equal(fast[name][t], value), name  # the body's gradient is 0 at a zero head
+
+
+def test_zero_head_zeroes_the_output_layer_of_a_network_with_several_linear_layers() -> None:
+    """The head is the model's last nn.Linear: an MLP classifier's hidden layer keeps its weights."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    learner = create_learner("maml", model, zero_head=True)
+    assert not learner.model[3].weight.any() and not learner.model[3].bias.any()
+    assert learner.model[1].weight.abs().min() > 0 and learner.model[1].bias.abs().min() > 0
 
 
 @pytest.mark.parametrize("algo", ["maml", "reptile", "lazy-maml"])
@@ -351,7 +404,9 @@ def test_check_hparams_reads_command_line_values_as_the_declared_types() -> None
                                   ("maml", {"inner_lr": 0}, "inner_lr must be a positive finite number, got 0"),
                                   ("imaml", {"cg_damping": -1.0}, "cg_damping must be a non-negative finite number"),
                                   ("maml", {"inner_steps": True}, "inner_steps must be a whole number, got True"),
-                                  ("reptile", {"inner_optimizer": 3}, "inner_optimizer must be text, got 3")):
+                                  ("reptile", {"inner_optimizer": 3}, "inner_optimizer must be text, got 3"),
+                                  ("turtle", {"first_order": 2}, "first_order must be true or false, got 2"),
+                                  ("maml", {"meta_lr": float("inf")}, "meta_lr must be a positive finite number, got inf")):
         with pytest.raises(ValueError, match=message):
             get_learner(algo).check_hparams(values)
 
@@ -485,6 +540,42 @@ def test_test_time_adaptation_takes_eval_inner_steps_sgd_steps_on_the_support_se
         for k in ref:
             assert torch.allclose(fast[k][t], ref[k], atol=1e-10), (k, t)
         assert not all(torch.allclose(ref[k], one_step[k]) for k in ref)
+
+
+def test_maml_adapts_at_test_with_its_training_steps_unless_told_otherwise() -> None:
+    """eval_inner_steps defaults to inner_steps: MAML(inner_steps=2) adapts a test task by 2 SGD steps."""
+    torch.manual_seed(0)
+    model = models_zoo.create("sine_mlp", num_classes=1, in_channels=1, hidden=5).double()
+    learner = create_learner("maml", model, problem="regression", inner_lr=0.05, inner_steps=2)
+    tasks = _sine_tasks()
+    fast = learner.adapt(tasks.support)
+    theta = dict(model.named_parameters())
+    for t in range(tasks.num_tasks):
+        ref = _sgd_by_hand(model, theta, tasks.support_x[t], tasks.support_y[t], steps=2, lr=0.05)
+        for k in ref:
+            assert torch.allclose(fast[k][t], ref[k], atol=1e-10), (k, t)
+
+
+def test_maml_meta_step_reports_the_adapted_query_metrics_and_steps_adam_at_meta_lr() -> None:
+    """The step's loss and accuracy are the means over tasks of the query scores of the weights adapted from θ (as
+    evaluate adapts them), and Adam's first step moves every coordinate with a gradient by meta_lr."""
+    learner = create_learner("maml", _conv(), inner_lr=0.05, inner_steps=1, meta_lr=0.01, vectorize=False)
+    tasks = _tasks(num_tasks=4, seed=3)
+    theta = {k: v.detach().clone() for k, v in learner.theta.items()}
+    with torch.no_grad():
+        out = learner.predict(learner.adapt(tasks.support), tasks.support_x, tasks.query_x)
+    losses = [float(F.cross_entropy(out[t], tasks.query_y[t])) for t in range(4)]
+    accuracies = [100 * float((out[t].argmax(-1) == tasks.query_y[t]).float().mean()) for t in range(4)]
+    assert len(set(accuracies)) > 1  # (a mean, not a max or the first task's)
+    grads = learner.meta_gradient(tasks).grads
+    metrics = learner.meta_step(tasks)
+    assert metrics["loss"] == pytest.approx(sum(losses) / 4, rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx(sum(accuracies) / 4)
+    steps = torch.cat([(v.detach() - theta[k]).flatten() for k, v in learner.theta.items()])
+    g = torch.cat([grads[k].flatten() for k in learner.theta])
+    big = g.abs() > 1e-4  # Adam's first step is −lr·g/(|g| + 1e-8): −lr·sign(g) where |g| >> 1e-8
+    assert float(big.float().mean()) > 0.5
+    torch.testing.assert_close(steps[big], -0.01 * torch.sign(g[big]), rtol=1e-3, atol=0)
 
 
 def test_reptile_adapts_a_test_task_by_adam_steps_by_default() -> None:

@@ -242,3 +242,42 @@ def test_the_learners_beta_sets_its_inner_loops_moving_average():
     a2 = 0.5 * a1 + 0.5 * grad_at(w1)
     fast = learner.adapt((x[None], y[None]))
     torch.testing.assert_close(fast["weight"][0], w1 - 0.3 * a2)
+
+
+def test_adapt_steps_with_the_meta_learned_rates_not_their_initial_value():
+    """At test time one step is θ − α ⊙ ∇ with α as meta-training left it (per coordinate), not lr_init."""
+    model = nn.Linear(2, 1, bias=False).double()
+    learner = Turtle(model, problem="regression", inner_steps=1, lr_init=0.1).double()
+    alpha = torch.tensor([[0.3, 0.05]], dtype=torch.float64)
+    with torch.no_grad():
+        learner.alpha["weight"].copy_(alpha)
+    x = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.3, -0.2]], dtype=torch.float64)
+    y = torch.tensor([[0.5], [1.0], [-2.0]], dtype=torch.float64)
+    w0 = model.weight.detach().clone()
+    fast = learner.adapt((x[None], y[None]))
+    torch.testing.assert_close(fast["weight"][0], w0 - alpha * (2 * (x @ w0.T - y).T @ x / len(x)))
+
+
+def test_a_moving_average_rate_of_one_is_refused():
+    """β = 1 would freeze the moving average at its start a_0 = 0."""
+    with pytest.raises(ValueError, match=r"beta must be in \[0, 1\), got 1.0"):
+        Turtle(nn.Linear(2, 1), beta=1.0)
+
+
+def test_defaults_are_the_documented_ones():
+    """docs/fewshot_learners.md: inner_steps=5, beta=0.9, time_input=False, hidden=(20,)*5, lr_init=0.01,
+    network_init="gradient", meta_lr=1e-3, first_order=False, no bound; paper_defaults start α at MAML's inner
+    learning rate for the benchmark (0.4 for Omniglot 5-way) with MAML's meta-batch."""
+    from fewshot import MAML
+
+    learner = Turtle(nn.Linear(3, 2))
+    assert (learner.inner_steps, learner.beta, learner.time_input, learner.network_init, learner.first_order,
+            learner.grad_clip) == (5, 0.9, False, "gradient", False, None)
+    assert [(layer.in_features, layer.out_features) for layer in learner.update_network.layers] == [(2, 20)] + [(20, 20)] * 4 + [(20, 1)]
+    assert all(torch.equal(a, torch.full_like(a, 0.01)) for a in learner.alpha.values())
+    assert learner.meta_optimizer.defaults["lr"] == 1e-3
+    assert Turtle.paper_defaults(dataset="omniglot", ways=5, shots=1)["lr_init"] == 0.4
+    for dataset, ways, shots in (("omniglot", 5, 1), ("omniglot", 20, 1), ("sine", 1, 5), ("cifar-fs", 5, 1), ("cifar-fs", 5, 5)):
+        maml = MAML.paper_defaults(dataset=dataset, ways=ways, shots=shots)
+        assert Turtle.paper_defaults(dataset=dataset, ways=ways, shots=shots) == {"lr_init": maml["inner_lr"],
+                                                                               "meta_batch": maml["meta_batch"]}
