@@ -11,6 +11,24 @@ from lazyapps.data import load_dataset
 from lazyapps.errors import LazyAppsError
 
 
+def _random_mnist(n: int):
+    """n random 28 × 28 images labelled 0, 1, …, 9, 0, … as an MNIST training split (and its test split)."""
+    import numpy as np
+
+    from lazyapps.data.splits import DatasetSplits, split_from_arrays
+
+    rng = np.random.RandomState(0)
+    split = split_from_arrays(rng.randint(0, 256, (n, 28, 28)).astype(np.uint8), np.arange(n) % 10, what="train")
+    return DatasetSplits("mnist", split, split, [str(c) for c in range(10)])
+
+
+def _linear_zoo_model(path):
+    """A trained zoo model as the pipeline sees one: an (untrained) linear MNIST classifier cached at ``path``."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(path=path, model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
+
+
 @pytest.mark.parametrize("n", [0, -2])
 def test_select_images_refuses_a_count_below_one(n, mnist_softmax, data_root):
     """Every caller is covered: a negative count once sliced the selection from its end."""
@@ -30,19 +48,10 @@ def test_select_images_takes_the_first_correctly_classified(mnist_softmax, data_
 def test_cached_gradient_sets_and_meta_attackers_that_load_but_do_not_fit_are_rebuilt(tmp_path, capsys):
     """A cached file that is a dict of tensors, but not the artefact (another version's, a hand-made one), is rebuilt
     with a warning as a corrupt one is, not a KeyError."""
-    from types import SimpleNamespace
-
-    import numpy as np
-    import torch
-
     from attacks import pipeline as P
     from lazyapps.checkpoint import save_checkpoint
-    from lazyapps.data.splits import DatasetSplits, split_from_arrays
 
-    rng = np.random.RandomState(0)
-    split = split_from_arrays(rng.randint(0, 256, (8, 28, 28)).astype(np.uint8), np.arange(8) % 10, what="train")
-    data = DatasetSplits("mnist", split, split, [str(c) for c in range(10)])
-    trained = SimpleNamespace(path=tmp_path / "zoo" / "m.pt", model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
+    data, trained = _random_mnist(8), _linear_zoo_model(tmp_path / "zoo" / "m.pt")
     settings = {"meta_iterations": 1, "meta_batch": 2}
 
     def build_both():
@@ -80,21 +89,13 @@ def test_a_target_returning_probabilities_gets_the_margins_of_its_logits(mnist_s
 
 def test_the_zoo_order_does_not_change_the_meta_attacker_its_key_names(tmp_path):
     """``--zoo a,b`` and ``--zoo b,a`` share one cache key, so they must train the same attacker."""
-    from types import SimpleNamespace
-
-    import numpy as np
-
     from attacks import pipeline as P
-    from lazyapps.data.splits import DatasetSplits, split_from_arrays
 
-    rng = np.random.RandomState(0)
-    split = split_from_arrays(rng.randint(0, 256, (8, 28, 28)).astype(np.uint8), np.arange(8) % 10, what="train")
-    data = DatasetSplits("mnist", split, split, [str(c) for c in range(10)])
+    data = _random_mnist(8)
     sets = []
     for name in ("a", "b"):
         torch.manual_seed(len(sets))
-        trained = SimpleNamespace(path=tmp_path / "zoo" / f"{name}.pt",
-                                  model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
+        trained = _linear_zoo_model(tmp_path / "zoo" / f"{name}.pt")
         sets.append(P.gradient_set(trained, name, data, n_images=8, mode="untargeted", seed=0, device="cpu",
                                    cache_dir=tmp_path / "sets"))
     settings = {"meta_iterations": 3, "meta_batch": 2}
@@ -108,19 +109,11 @@ def test_the_zoo_order_does_not_change_the_meta_attacker_its_key_names(tmp_path)
 
 def test_a_gradient_set_draws_its_images_with_its_seed_which_its_cache_key_holds(tmp_path, capsys):
     """Another seed is another draw of training images (and another cached set); the same seed loads the same set."""
-    from types import SimpleNamespace
-
-    import numpy as np
-
     from attacks import pipeline as P
-    from lazyapps.data.splits import DatasetSplits, split_from_arrays
 
-    rng = np.random.RandomState(0)
-    split = split_from_arrays(rng.randint(0, 256, (40, 28, 28)).astype(np.uint8), np.arange(40) % 10, what="train")
-    data = DatasetSplits("mnist", split, split, [str(c) for c in range(10)])
+    data = _random_mnist(40)
     torch.manual_seed(0)
-    trained = SimpleNamespace(path=tmp_path / "zoo" / "m.pt",
-                              model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
+    trained = _linear_zoo_model(tmp_path / "zoo" / "m.pt")
 
     def images(seed):
         state, _ = P.gradient_set(trained, "m", data, n_images=8, mode="untargeted", seed=seed, device="cpu",
@@ -156,25 +149,16 @@ def test_select_images_gives_the_first_correct_ones_in_any_batch_size(mnist_soft
 def test_a_gradient_set_of_another_size_or_zoo_model_is_another_cached_set(tmp_path):
     """n_images and the zoo model's file are part of the gradient set's cache key: asking for 4 images after 8 gives 4,
     not the cached 8, and a retrained zoo model its own gradients."""
-    from types import SimpleNamespace
-
-    import numpy as np
-
     from attacks import pipeline as P
-    from lazyapps.data.splits import DatasetSplits, split_from_arrays
 
-    rng = np.random.RandomState(0)
-    split = split_from_arrays(rng.randint(0, 256, (16, 28, 28)).astype(np.uint8), np.arange(16) % 10, what="train")
-    data = DatasetSplits("mnist", split, split, [str(c) for c in range(10)])
+    data = _random_mnist(16)
     torch.manual_seed(0)
-    trained = SimpleNamespace(path=tmp_path / "zoo" / "m.pt",
-                              model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
+    trained = _linear_zoo_model(tmp_path / "zoo" / "m.pt")
     sizes = [len(P.gradient_set(trained, "m", data, n_images=n, mode="untargeted", seed=0, device="cpu",
                                 cache_dir=tmp_path)[0]["maps"]) for n in (8, 4)]
     assert sizes == [8, 4]
     # another zoo model of the same name (its own cached file: retrained with other settings) has its own gradients
-    retrained = SimpleNamespace(path=tmp_path / "zoo" / "m-other.pt",
-                                model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
+    retrained = _linear_zoo_model(tmp_path / "zoo" / "m-other.pt")
     maps = [P.gradient_set(t, "m", data, n_images=4, mode="untargeted", seed=0, device="cpu", cache_dir=tmp_path)[0]["maps"]
             for t in (trained, retrained)]
     assert not torch.equal(maps[0], maps[1])
@@ -185,11 +169,8 @@ def test_every_meta_training_setting_is_in_the_meta_attackers_cache_key(tmp_path
     to record its settings); the same settings load the cached one."""
     from types import SimpleNamespace
 
-    import numpy as np
-
     import attacks.meta_training as meta_training
     from attacks import pipeline as P
-    from lazyapps.data.splits import DatasetSplits, split_from_arrays
 
     calls = []
 
@@ -198,11 +179,7 @@ def test_every_meta_training_setting_is_in_the_meta_attackers_cache_key(tmp_path
         return SimpleNamespace(params={k: v.detach().clone() for k, v in model.named_parameters()}, history=[])
 
     monkeypatch.setattr(meta_training, "meta_train", fake_meta_train)
-    rng = np.random.RandomState(0)
-    split = split_from_arrays(rng.randint(0, 256, (8, 28, 28)).astype(np.uint8), np.arange(8) % 10, what="train")
-    data = DatasetSplits("mnist", split, split, [str(c) for c in range(10)])
-    trained = SimpleNamespace(path=tmp_path / "zoo" / "m.pt",
-                              model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
+    data, trained = _random_mnist(8), _linear_zoo_model(tmp_path / "zoo" / "m.pt")
     sets = [P.gradient_set(trained, "m", data, n_images=4, mode="untargeted", seed=0, device="cpu", cache_dir=tmp_path)]
     base = {"meta_iterations": 2, "meta_batch": 3}
     runs = [(base, 0), ({**base, "meta_iterations": 3}, 0), ({**base, "meta_batch": 4}, 0),
