@@ -91,20 +91,26 @@ def test_adaptation_starts_from_a_fresh_zero_head_whatever_the_models_head_holds
         assert body_moved is (not freeze)
 
 
+def _head_by_torch_sgd(feats: torch.Tensor, labels: torch.Tensor, *, classes: int, steps: int, lr: float) -> torch.nn.Linear:
+    """The reference: a zero-initialised linear head after ``steps`` full-batch ``torch.optim.SGD`` steps on (feats, labels)."""
+    head = torch.nn.Linear(feats.shape[-1], classes, dtype=feats.dtype)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    opt = torch.optim.SGD(head.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(head(feats), labels).backward()
+        opt.step()
+    return head
+
+
 def test_linear_heads_match_a_per_task_sgd_reference() -> None:
     g = torch.Generator().manual_seed(3)
     feats = torch.randn(3, 6, 5, generator=g, dtype=torch.float64)
     labels = torch.tensor([[0, 0, 1, 1, 2, 2]]).repeat(3, 1)
     w, b = fit_linear_heads(feats, labels, classes=3, steps=7, lr=0.3)
     for t in range(3):
-        head = torch.nn.Linear(5, 3).double()
-        torch.nn.init.zeros_(head.weight)
-        torch.nn.init.zeros_(head.bias)
-        opt = torch.optim.SGD(head.parameters(), lr=0.3)
-        for _ in range(7):
-            opt.zero_grad()
-            F.cross_entropy(head(feats[t]), labels[t]).backward()
-            opt.step()
+        head = _head_by_torch_sgd(feats[t], labels[t], classes=3, steps=7, lr=0.3)
         assert torch.allclose(w[t], head.weight) and torch.allclose(b[t], head.bias)
 
 
@@ -119,14 +125,7 @@ def test_a_frozen_body_fits_the_head_by_inner_lr_sgd_steps_on_the_support_featur
     for t in range(2):
         with torch.no_grad():
             feats = learner.model.features(tasks.support_x[t])
-        head = torch.nn.Linear(feats.shape[1], 3)
-        torch.nn.init.zeros_(head.weight)
-        torch.nn.init.zeros_(head.bias)
-        opt = torch.optim.SGD(head.parameters(), lr=0.5)
-        for _ in range(3):
-            opt.zero_grad()
-            F.cross_entropy(head(feats), tasks.support_y[t]).backward()
-            opt.step()
+        head = _head_by_torch_sgd(feats, tasks.support_y[t], classes=3, steps=3, lr=0.5)
         torch.testing.assert_close(fast["head.weight"][t], head.weight.detach(), rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(fast["head.bias"][t], head.bias.detach(), rtol=1e-4, atol=1e-6)
 

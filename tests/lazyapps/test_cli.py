@@ -336,6 +336,20 @@ def test_int64_takes_exactly_the_int64_range():
             int64.convert(str(past), None, None)
 
 
+def _where_group():
+    """A command group whose one command, ``where``, reports the device it would compute on."""
+    @click.group(cls=LazyGroup)
+    def group():
+        pass
+
+    @group.command()
+    @common_options
+    def where(run):
+        run.finish({}, {"device": str(run.device)})
+
+    return group
+
+
 @pytest.mark.parametrize("cuda, args, device", [
     (True, [], "cuda"), (True, ["--device", "cpu"], "cpu"), (True, ["--device", "cuda"], "cuda"),
     (False, [], "cpu"), (False, ["--device", "cpu"], "cpu"),
@@ -347,18 +361,8 @@ def test_device_is_auto_by_default_and_an_explicit_device_is_the_one_used(monkey
     import json
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-
-    @click.group(cls=LazyGroup)
-    def group():
-        pass
-
-    @group.command()
-    @common_options
-    def where(run):
-        run.finish({}, {"device": str(run.device)})
-
     out = tmp_path / "r.json"
-    result = CliRunner().invoke(group, ["where", *args, "--json", str(out), "--quiet"])
+    result = CliRunner().invoke(_where_group(), ["where", *args, "--json", str(out), "--quiet"])
     if device.startswith("Error:"):
         assert result.exit_code == 2 and result.output.strip() == device and not out.exists()
     else:
@@ -413,16 +417,7 @@ def test_the_process_group_is_joined_for_the_device_the_command_computes_on(monk
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     joined = []
     monkeypatch.setattr(distributed, "init_from_env", lambda device, **kw: joined.append(torch.device(device)) or False)
-
-    @click.group(cls=LazyGroup)
-    def group():
-        pass
-
-    @group.command()
-    @common_options
-    def where(run):
-        pass
-
+    group = _where_group()
     for args, device in (([], "cuda"), (["--device", "cpu"], "cpu")):
         assert CliRunner().invoke(group, ["where", *args, "--quiet"]).exit_code == 0
         assert joined.pop().type == device
