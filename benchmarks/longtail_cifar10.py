@@ -257,6 +257,10 @@ def main(argv=None) -> dict:
                         if m == "ce":
                             meta_pending = start(META)
                 time.sleep(2)
+            # Let the workers exit on their own: the with block's terminate() kills them holding their semaphores,
+            # which Python then reports as leaked at shutdown.
+            pool.close()
+            pool.join()
     else:
         for m in [m for m in methods if m in PLAIN] + [m for m in methods if m in META]:
             results[m] = run_method(args, m, threads)

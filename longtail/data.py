@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lazyapps.errors import DataNotFoundError, LazyAppsError
+from lazyapps.errors import DataNotFoundError, LazyAppsError, UnknownNameError
 
 SPLIT_RULES = ("first", "ldam")
 
@@ -181,6 +181,8 @@ class CIFARLongTail:
         check_imbalance(imbalance)
         try:
             data = load_dataset(dataset, root=root)
+        except UnknownNameError as exc:  # (not offering Omniglot, which is refused below: its test classes are unseen)
+            raise UnknownNameError(exc.kind, exc.name, [name for name in exc.valid if name != "omniglot"]) from None
         except DataNotFoundError as exc:
             if dataset != "cifar100":
                 raise

@@ -172,9 +172,11 @@ class Trainer:
         if len(data.test_labels) == 0:
             raise LazyAppsError(f"{config.dataset} has no test images; every epoch is scored on the test split")
         self.config, self.data = describe_data(config, data), data
+        if model is not None:  # the config the checkpoints record names the network trained, not the zoo default
+            self.config = replace(self.config, model=f"custom:{type(model).__name__}")
         self.device = resolve_device(device)
         # What the checkpoint names as the network: a zoo name it can be rebuilt from, or a user's own module.
-        self.model_name = config.model if model is None else f"custom:{type(model).__name__}"
+        self.model_name = self.config.model
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.schedule = config.schedule
         # The method's own networks (Meta-Weight-Net's MLP, built on the CPU) from the run's seed alone, not from

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lazyapps.data import load_dataset
-from lazyapps.errors import DataNotFoundError, LazyAppsError
+from lazyapps.errors import DataNotFoundError, LazyAppsError, UnknownNameError
 from longtail.data import CIFARLongTail, longtail_counts, split_indices
 
 
@@ -209,6 +209,8 @@ def test_counts_refuse_bad_arguments_and_take_one_class():
         longtail_counts(3, 0.5, 10)
     with pytest.raises(LazyAppsError, match="--imbalance must be a finite number >= 1 .*, got nan"):
         longtail_counts(3, float("nan"), 10)
+    with pytest.raises(LazyAppsError, match="n_max .* must be >= 1"):
+        longtail_counts(3, 2, 0)
 
 
 def test_a_dataset_whose_test_classes_have_no_training_image_is_refused(data_root, session_cache, monkeypatch):
@@ -216,8 +218,14 @@ def test_a_dataset_whose_test_classes_have_no_training_image_is_refused(data_roo
     # Omniglot's test split is its evaluation alphabets: no split rule could give those classes training images
     with pytest.raises(LazyAppsError, match="omniglot's test split holds 659 classes with no training image .*Omniglot is for lazyapps fewshot"):
         CIFARLongTail.load("omniglot", imbalance=10, root=data_root, n_max=10, val_per_class=2)
-    with pytest.raises(LazyAppsError, match="n_max .* must be >= 1"):
-        longtail_counts(3, 2, 0)
+
+
+def test_an_unknown_dataset_lists_only_datasets_that_can_be_cut(data_root):
+    with pytest.raises(UnknownNameError) as caught:
+        CIFARLongTail.load("cifar1O", imbalance=10, root=data_root)
+    assert str(caught.value).startswith("unknown dataset 'cifar1O'; valid: ")
+    assert {"cifar10", "cifar100", "mnist", "npz:PATH"} <= set(caught.value.valid)
+    assert "omniglot" not in caught.value.valid  # (offered, it would only be refused: see the test above)
 
 
 def test_split_defaults_and_bad_split_arguments():

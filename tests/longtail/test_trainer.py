@@ -138,6 +138,7 @@ def test_a_users_network_is_checked_and_recorded_as_such(small_lt, tmp_path, tin
     trainer.run()
     meta = json.loads((tmp_path / "u" / "best.pt.json").read_text())
     assert meta["model"].startswith("custom:") and meta["normalized_head"] is False
+    assert trainer.config.model == meta["model"]  # (the config is what the checkpoints record)
     resumed = _trainer(_config("ce", epochs=1), small_lt, tmp_path / "u", tiny_net)
     resumed.resume(tmp_path / "u" / "checkpoint.pt")  # its own checkpoint: the same network name
     from click.testing import CliRunner
