@@ -7,6 +7,8 @@ import io
 import os
 import pickle
 import struct
+import sys
+import types
 import zipfile
 from pathlib import Path
 
@@ -728,3 +730,108 @@ def test_a_malformed_cifar_batch_is_named_in_one_line(tmp_path, content, message
     with pytest.raises(LazyAppsError, match=message) as info:
         data_module.cifar.load_cifar10(tmp_path)
     assert str(folder / "test_batch") in str(info.value) and "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- bundle refusals and extras, downloads, sources
+
+def _bundle_arrays(**changes) -> dict:
+    arrays = {"x_train": np.zeros((2, 4, 4, 3), np.uint8), "y_train": np.array([0, 1]),
+              "x_test": np.zeros((1, 4, 4, 3), np.uint8), "y_test": np.array([1])}
+    return {**arrays, **changes}
+
+
+def test_a_bundle_whose_test_images_have_other_channels_is_refused(tmp_path):
+    path = tmp_path / "b.npz"
+    np.savez(path, **_bundle_arrays(x_test=np.zeros((1, 4, 4), np.uint8)))  # RGB train, grayscale test
+    with pytest.raises(LazyAppsError, match=r"train images are \(3, 4, 4\) \(C×H×W\) but test images are \(1, 4, 4\)"):
+        load_dataset(f"npz:{path}")
+
+
+def test_a_single_array_or_an_object_array_is_refused_in_one_line(tmp_path):
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as handle:  # np.save's .npy format under a .npz name
+        np.save(handle, np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(LazyAppsError, match="holds a single array, not a .npz with keys x_train, y_train, x_test, y_test"):
+        load_dataset(f"npz:{single}")
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, **_bundle_arrays(notes=np.array([{"a": 1}], dtype=object)))
+    with pytest.raises(LazyAppsError, match="store plain numeric/string arrays") as caught:
+        load_dataset(f"npz:{objects}")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_bundles_other_arrays_land_in_extra_strings_as_lists(tmp_path):
+    path = tmp_path / "b.npz"
+    np.savez(path, **_bundle_arrays(classes=np.array(["cat", "dog"]), source_files=np.array(["a.png", "b.png"]),
+                                    note=np.array("made by hand"), train_index=np.array([4, 9])))
+    data = load_dataset(f"npz:{path}")
+    assert data.classes == ["cat", "dog"]
+    assert sorted(data.extra) == ["note", "source_files", "train_index"]  # (classes are not repeated there)
+    assert data.extra["source_files"] == ["a.png", "b.png"] and data.extra["note"] == "made by hand"
+    assert data.extra["train_index"].tolist() == [4, 9]
+
+
+def test_download_calls_each_datasets_torchvision_class_with_download_on(tmp_path, monkeypatch):
+    """Every name fetches its own dataset, all of it: Omniglot's background and evaluation halves both."""
+    from lazyapps.data import download as download_module
+
+    calls = []
+    fake = types.ModuleType("torchvision.datasets")  # stands in for torchvision (and spares its import)
+    for cls in ("MNIST", "CIFAR10", "CIFAR100", "Omniglot"):
+        setattr(fake, cls, lambda root, cls=cls, **kw: calls.append((cls, root, kw)))
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", fake)
+    for name in ("mnist", "cifar10", "cifar100", "omniglot"):
+        download_module.download(name, tmp_path)
+    root = str(tmp_path)
+    assert calls == [("MNIST", root, {"train": True, "download": True}), ("CIFAR10", root, {"train": True, "download": True}),
+                     ("CIFAR100", root, {"train": True, "download": True}),
+                     ("Omniglot", root, {"background": True, "download": True}),
+                     ("Omniglot", root, {"background": False, "download": True})]
+
+
+def test_a_failed_or_interrupted_download_keeps_what_it_did_not_make_and_its_own_error(tmp_path, monkeypatch):
+    from lazyapps.data import download as download_module
+
+    def part_file(root):  # a file half-written when the network fails: kept, and the network's error is the one raised
+        (root / "MNIST" / "raw").mkdir(parents=True)
+        (root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b partial")
+        raise OSError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setitem(download_module.DOWNLOADERS, "mnist", part_file)
+    (tmp_path / "empty_but_mine").mkdir()  # the user's own empty folder in the data root stays
+    with pytest.raises(OSError, match="Network is unreachable"):
+        download_module.download("mnist", tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "MNIST", "MNIST/raw", "MNIST/raw/train-images-idx3-ubyte.gz", "empty_but_mine"]
+
+    def ctrl_c(root):
+        (root / "cifar-10-batches-py").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(download_module.DOWNLOADERS, "cifar10", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        download_module.download("cifar10", tmp_path / "new")
+    assert not (tmp_path / "new").exists()  # Ctrl-C cleans up as a failure does
+
+
+def test_a_dataset_folder_with_two_bundles_is_ambiguous_and_a_nested_one_is_not_seen(tmp_path):
+    folder = tmp_path / "cifar10"
+    (folder / "old").mkdir(parents=True)
+    np.savez(folder / "old" / "backup.npz", **_bundle_arrays())
+    with pytest.raises(DataNotFoundError):  # only the folder itself is searched
+        load_dataset("cifar10", root=tmp_path, download=False)
+    np.savez(folder / "a.npz", **_bundle_arrays())
+    np.savez(folder / "b.npz", **_bundle_arrays())
+    with pytest.raises(LazyAppsError, match=r"several array bundles in .*cifar10 \(.*a.npz, .*b.npz\); name one with --dataset npz:PATH"):
+        load_dataset("cifar10", root=tmp_path, download=False)
+
+
+def test_a_folder_named_like_a_data_file_is_passed_over(tmp_path):
+    from lazyapps.data.sources import first_existing
+
+    (tmp_path / "train-images-idx3-ubyte").mkdir()
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    assert first_existing([tmp_path / "train-images-idx3-ubyte", tmp_path / "train-images-idx3-ubyte.gz"]) == (
+        tmp_path / "train-images-idx3-ubyte.gz")
+    assert first_existing([tmp_path / "train-images-idx3-ubyte"]) is None

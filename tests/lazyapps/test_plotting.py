@@ -40,6 +40,14 @@ def test_every_plot_option_without_matplotlib_says_how_to_install_it(command, tm
     assert [p.name for p in tmp_path.iterdir()] == []
 
 
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c[1] == "eval"], ids=lambda c: " ".join(c[:2]))
+def test_a_command_without_plot_neither_needs_matplotlib_nor_draws(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = CliRunner().invoke(cli, [*command, "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 2 and "missing.pt" in result.output and "matplotlib" not in result.output
+
+
 def test_check_plot_path_accepts_any_case_of_a_known_extension_and_none():
     assert check_plot_path(None) is None
     assert check_plot_path("a/b/Curve.PNG") == "a/b/Curve.PNG"
@@ -63,3 +71,14 @@ def test_save_figure_writes_the_format_of_the_extension_into_new_folders(tmp_pat
     assert path.read_bytes().startswith(magic)
     assert [p.name for p in path.parent.iterdir()] == [name]  # no temporary file left beside it
     assert not pyplot().fignum_exists(fig.number)  # closed: a long run's figures do not pile up
+
+
+def test_pyplot_draws_off_screen_whatever_backend_was_chosen_before():
+    """A run on a desktop or over ssh with a display must not open windows: pyplot() is always Agg."""
+    import matplotlib
+
+    matplotlib.use("svg")
+    try:
+        assert pyplot().get_backend().lower() == "agg"
+    finally:
+        matplotlib.use("Agg")

@@ -62,3 +62,15 @@ def test_quiet_while_restores_the_setting_from_before_also_on_error():
             assert progress._quiet is outer
     finally:
         progress.set_quiet(before)
+
+
+def test_a_finished_bar_is_erased_from_the_terminal(stderr):
+    stream = stderr(True, False)
+    list(progress.progress(range(3), desc="steps"))
+    assert "steps" in stream.getvalue() and stream.getvalue().endswith("\r") and "\n" not in stream.getvalue()
+
+
+def test_a_bar_over_an_iterator_counts_against_the_total_given(stderr):
+    stream = stderr(True, False)
+    assert list(progress.progress(iter("abc"), desc="steps", total=3)) == ["a", "b", "c"]
+    assert "0/3" in stream.getvalue()  # (an iterator has no len: without the total the bar could show no count)

@@ -410,3 +410,49 @@ def test_conv4_refuses_an_image_too_small_for_its_four_pools():
 def test_normalize_refuses_a_mean_and_std_of_different_lengths():
     with pytest.raises(ValueError, match="mean has 3 channels but std has 1"):
         Normalize([0.1, 0.2, 0.3], [0.5])
+
+
+@pytest.mark.parametrize("name, stem", [("resnet18", "conv1"), ("resnet34", "conv1"), ("densenet121", "features.conv0"),
+                                        ("mobilenetv2", "features.0")])
+def test_cifar_stems_keep_the_full_32x32_map(name, stem):
+    """The CIFAR stem is a padded 3x3 stride-1 conv: a 32x32 image leaves it 32x32 (an unpadded one would give 30x30)."""
+    net = models_zoo.create(name).eval()
+    with torch.no_grad():
+        assert net.get_submodule(stem)(torch.rand(1, 3, 32, 32)).shape[-2:] == (32, 32)
+
+
+def test_resnet34_is_resnet34_and_takes_grayscale_input():
+    net = models_zoo.create("resnet34")
+    assert [len(getattr(net, f"layer{i}")) for i in (1, 2, 3, 4)] == [3, 4, 6, 3]  # He et al., Table 1
+    # torchvision's ResNet-34 with a 10-class head, its 7x7 stem (9,408 weights) replaced by a 3x3 one (1,728)
+    assert models_zoo.num_parameters(net) == 21_282_122
+    gray = models_zoo.create("resnet34", in_channels=1)
+    with torch.no_grad():
+        assert gray.conv1(torch.rand(1, 1, 32, 32)).shape == (1, 64, 32, 32)
+
+
+def test_densenet121_takes_grayscale_input():
+    net = models_zoo.create("densenet121", in_channels=1).eval()
+    with torch.no_grad():
+        assert net.features.conv0(torch.rand(1, 1, 32, 32)).shape == (1, 64, 32, 32)
+    assert models_zoo.num_parameters(net) == 6_956_426 - 2 * 9 * 64  # torchvision's, 3x3 stem, two input channels fewer
+
+
+def test_vgg_head_sees_the_spatial_mean_of_larger_inputs():
+    """On 64x64 images the last map is 2x2: the head takes its average (not its maximum, nor the flattened map)."""
+    torch.manual_seed(0)
+    net = models_zoo.create("vgg11").eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = net.features(x)
+        assert maps.shape[-2:] == (2, 2)
+        torch.testing.assert_close(net(x), net.fc(maps.mean(dim=(2, 3))))
+
+
+def test_sine_mlp_is_relu_layers_by_hand():
+    torch.manual_seed(0)
+    net = models_zoo.create("sine_mlp")
+    first, second, third = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    x = torch.linspace(-5, 5, 7).unsqueeze(1)
+    expected = third(F.relu(second(F.relu(first(x)))))
+    torch.testing.assert_close(net(x), expected)

@@ -5,6 +5,7 @@ import json
 import warnings
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -178,5 +179,26 @@ def test_every_training_flag_and_the_seed_reach_train_and_eval_finds_that_model(
     assert found.exit_code == 0, found.output
     evaluated = json.loads((tmp_path / "e.json").read_text())
     assert evaluated["metrics"]["accuracy"] == saved["metrics"]["test_accuracy"] and evaluated["config"]["checkpoint"] == saved["path"]
+    row = next(line.split() for line in trained.output.splitlines() if line.startswith("mlp"))
+    assert row[:4] == ["mlp", "digits", "1", "300"]  # the table names the subset trained on, not "all"
     other_seed = invoke("eval", *flags)  # (--seed 0)
     assert other_seed.exit_code == 2 and "train it first (lazyapps zoo train --arch mlp --dataset digits" in other_seed.output
+
+
+def test_eval_builds_a_state_dict_for_the_datasets_channels_and_classes(tmp_path):
+    """--arch with a state dict: the network is built for the data (3 channels, 3 classes, 8x8), scored as by hand."""
+    rng = np.random.default_rng(1)
+    x_test, y_test = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8), np.arange(12) % 3
+    bundle = tmp_path / "rgb3.npz"
+    np.savez(bundle, x_train=x_test, y_train=y_test, x_test=x_test, y_test=y_test)
+    torch.manual_seed(0)
+    net = models_zoo.create("mlp", num_classes=3, in_channels=3, image_size=8).eval()
+    torch.save(net.state_dict(), tmp_path / "state.pt")
+    out = tmp_path / "e.json"
+    result = invoke("eval", "--arch", "mlp", "--dataset", f"npz:{bundle}", "--checkpoint", str(tmp_path / "state.pt"),
+                    "--quiet", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    with torch.no_grad():
+        logits = net(torch.from_numpy(x_test).permute(0, 3, 1, 2).float() / 255)
+    expected = float((logits.argmax(1) == torch.from_numpy(y_test)).double().mean())
+    assert json.loads(out.read_text())["metrics"]["accuracy"] == pytest.approx(expected, abs=1e-12)
