@@ -41,18 +41,23 @@ def parse(argv, *, name: str, default_images: int, default_methods: str, default
     # seconds once the target, zoo and meta-attackers are cached; the first run trains them (CIFAR-10: minutes)
     parser.add_smoke_option("a code-path check: seconds, or minutes while its first models train", preset="smoke",
                             n_images=min(default_images, 2), methods=",".join(default_methods.split(",")[:2]))
+    parser.set_defaults(benchmark=name)  # (the JSON's name for the script, whoever calls main)
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title: str) -> dict:
-    """The benchmark with ``--quiet`` for its own duration (a caller in the same process keeps its setting)."""
+def run(args: argparse.Namespace, *, dataset: str, paper_target: str, paper_rows: list[dict]) -> dict:
+    """The benchmark with ``--quiet`` for its own duration (a caller in the same process keeps its setting).
+
+    ``paper_rows`` are the papers' numbers on ``dataset`` against ``paper_target``, the target attacked unless
+    ``--target`` names another (the table's title then says whose the paper's rows are).
+    """
     from lazyapps.progress import quiet_while
 
     with quiet_while(args.quiet):
-        return _run(args, target=target, paper_rows=paper_rows, title=title)
+        return _run(args, dataset=dataset, paper_target=paper_target, paper_rows=paper_rows)
 
 
-def _run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title: str) -> dict:
+def _run(args: argparse.Namespace, *, dataset: str, paper_target: str, paper_rows: list[dict]) -> dict:
     from attacks.cli import COLUMNS, run_attack
     from attacks.pipeline import META_TRAINING_OF
     from lazyapps.cli import RunContext
@@ -61,6 +66,7 @@ def _run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title
     from lazyapps.runtime import seed_everything
 
     ctx = RunContext("benchmark", args.data_dir, args.cache_dir, args.device, args.seed, None, args.quiet)
+    target = args.target or paper_target
     started = time.perf_counter()
     rows, images, config = [], None, {}
     wanted = "targeted" if args.targeted else "untargeted"
@@ -88,12 +94,13 @@ def _run(args: argparse.Namespace, *, target: str, paper_rows: list[dict], title
                      "n_images": len(images[1])})
         print(format_table(rows[-1:], ["source", *COLUMNS]), file=sys.stderr, flush=True)
         # written after every method, so a long run stopped part-way keeps the rows it finished
-        result = {"benchmark": Path(sys.argv[0]).stem, "config": config, "rows": rows, "paper": paper,
+        result = {"benchmark": args.benchmark, "config": config, "rows": rows, "paper": paper,
                   "versions": versions(), "elapsed_s": round(time.perf_counter() - started, 1)}
         if json_path(args):
             write_json_atomic(json_path(args), result)
     columns = ["source", *COLUMNS, *(["settings"] if any("settings" in r for r in rows) else []), "n_images"]
-    print(format_table(rows + paper, columns, title=f"{title} ({wanted}, preset {args.preset})"))
+    whose = "" if target == paper_target else f"; the paper's rows: {paper_target}"
+    print(format_table(rows + paper, columns, title=f"{dataset} / {target} ({wanted}, preset {args.preset}{whose})"))
     return result
 
 

@@ -28,7 +28,7 @@ PAPER = [
 def main(argv=None) -> None:
     args = parse(argv, name="attack_cifar", default_images=100, default_methods="lazy-meta,meta,zoo,nes,bandits,hsja",
                  default_out="benchmarks/results/attack_cifar.json")
-    run(args, target=args.target or "resnet18", paper_rows=PAPER, title="CIFAR-10 / resnet18")
+    run(args, dataset="CIFAR-10", paper_target="resnet18", paper_rows=PAPER)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ PAPER = [
 def main(argv=None) -> None:
     args = parse(argv, name="attack_mnist", default_images=1000, default_methods="lazy-meta,meta,zoo,nes,bandits,hsja",
                  default_out="benchmarks/results/attack_mnist.json")
-    run(args, target=args.target or "net4", paper_rows=PAPER, title="MNIST / net4")
+    run(args, dataset="MNIST", paper_target="net4", paper_rows=PAPER)
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def measure_cost(args, steps: int) -> dict:
 
     from longtail.augment import random_crop_flip
     from longtail.methods import StepContext, create_method
-    from longtail.trainer import Trainer
+    from longtail.trainer import Trainer, method_options
 
     data = _data(args)
     base = Trainer(_config(args, "ce"), data, device=args.device)
@@ -131,8 +131,8 @@ def measure_cost(args, steps: int) -> dict:
     val_y = data.val_labels.to(args.device)[: args.batch_size]
     gen = torch.Generator().manual_seed(args.seed)
     names = ("ce", "two-component", "lazy-two-component")
-    methods = {n: create_method(n, data.counts, device=args.device, **({"inner_steps": args.inner_steps} if n.startswith("lazy") else {}))
-               for n in names}
+    # (each with the run's own settings: --inner-steps, --inner-lr, --eps-rule)
+    methods = {n: create_method(n, data.counts, device=args.device, **method_options(_config(args, n))) for n in names}
     times = {n: [] for n in names}
     for step in range(steps + 1):  # the first round warms up (allocations, forward-mode AD setup) and is dropped
         idx = torch.randperm(len(data.train_labels), generator=gen)[: args.batch_size]

@@ -152,7 +152,8 @@ def describe_data(config: TrainConfig, data: CIFARLongTail) -> TrainConfig:
     return replace(config, **{key: described[key] for key in open_keys})
 
 
-def _method_options(config: TrainConfig) -> dict[str, Any]:
+def method_options(config: TrainConfig) -> dict[str, Any]:
+    """The keyword options ``create_method`` takes for ``config.method`` (the lazy student's and ε's settings)."""
     if config.method == "lazy-two-component":
         return {"inner_steps": config.inner_steps, "gammas": tuple(config.gammas), "inner_lr": config.inner_lr,
                 "eps_rule": config.eps_rule}
@@ -183,7 +184,7 @@ class Trainer:
         # whatever the process drew before; forked, so the model's initial weights below stay those of every method.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.method: Method = create_method(config.method, data.counts, device=self.device, **_method_options(config))
+            self.method: Method = create_method(config.method, data.counts, device=self.device, **method_options(config))
         deferred = "meta steps" if self.method.meta else "deferred re-weighting" if hasattr(self.method, "drw_start") else None
         if deferred and self.schedule.meta_start >= config.epochs:  # the method would silently train plain CE
             raise LazyAppsError(f"--method {config.method} starts its {deferred} at epoch {self.schedule.meta_start + 1} of the "

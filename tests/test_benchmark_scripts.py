@@ -135,6 +135,7 @@ def test_bad_names_and_counts_are_refused_when_parsed(script, argv, message, cap
     (_script.non_negative_int, "-1", "must be at least 0, got -1"),
     (_script.positive_float, "0", "must be above 0, got 0"),
     (_script.positive_float, "inf", "expected a finite number, got 'inf'"),
+    (_script.positive_float, "nan", "expected a finite number, got 'nan'"),  # no comparison refuses nan: --minutes nan never ends
     (_script.seed, str(2**32), f"must be in 0..{2**32 - 1}, got {2**32}"),
     (_script.positive_ints, "", "expected at least one number"),
     (_script.positive_ints, "1,,2", "expected a whole number, got ''"),
@@ -152,6 +153,8 @@ def test_the_type_helpers_accept_what_they_should():
     assert _script.positive_ints(" 1, 5 ") == [1, 5] and _script.non_negative_int("0") == 0 and _script.seed("0") == 0
     assert _script.names("thing", lambda: ["a", "b"], allow_empty=True)("") == []  # a registry read when parsed
     assert _script.positive_float("0.5") == 0.5
+    assert _script.seed(str(_script.SEED_MAX)) == 2**32 - 1  # the CLI's range includes its top
+    assert _script.names("thing", ["a", "b"])(" a, b ") == ["a", "b"]  # "--methods 'lazy-meta, meta'" as typed
 
 
 def test_flags_given_with_smoke_win_over_its_sizes():
@@ -186,6 +189,18 @@ def test_the_default_results_file_is_checked_when_parsed_unless_smoke_writes_non
     assert capsys.readouterr().err.startswith(f"Error: --json {default}: cannot write there (")
     assert _script.json_path(parser.parse_args(["--smoke"])) is None  # a smoke run writes no JSON: nothing to check
     assert _script.json_path(parser.parse_args(["--json", str(tmp_path / "r.json")])) == str(tmp_path / "r.json")
+
+
+def test_a_default_output_folder_is_checked_when_parsed(tmp_path, capsys):
+    """argparse runs an action only for a flag given: an unwritable default --out is refused before any work too."""
+    (tmp_path / "a-file").write_text("")
+    default = str(tmp_path / "a-file" / "runs")
+    parser = _script.ScriptParser()
+    parser.add_argument("--out", default=default, action=_script.WritableFolder)
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args([])
+    assert exited.value.code == 2 and capsys.readouterr().err.startswith(f"Error: --out {default}: cannot write there (")
+    assert parser.parse_args(["--out", str(tmp_path / "runs")]).out == str(tmp_path / "runs")
 
 
 def test_longtail_refuses_an_unreadable_ce_phase_before_any_work(tmp_path, capsys, monkeypatch):
@@ -231,6 +246,7 @@ Root Cause (first observed failure):
     (2, "Error: no data here\n", "no data here"),  # the script run again (fewshot_memory's child)
     (1, "Error: no data here\n" + _TORCHRUN_REPORT.format(code=2), "no data here"),  # torchrun's workers (scaling's)
     (1, "Error: no data here\n" + _TORCHRUN_REPORT.format(code=1), None),  # the first worker crashed: the whole report
+    (1, "Error: no data here\n" + _TORCHRUN_REPORT.format(code=-9), None),  # the first worker was killed (out of memory)
     (1, "Traceback (most recent call last):\nValueError: Error: x\n", None),  # a crash, not a refusal
     (2, "Error: early\nTraceback (most recent call last):\nRuntimeError\n", None),  # refused line not last: a crash after it
     (0, "Error: only a warning\n", None),
@@ -256,3 +272,80 @@ def test_clock_waits_for_cuda_work_and_nothing_else(monkeypatch):
     assert waited == []
     after = _script.clock("cuda:0")
     assert waited == [torch.device("cuda:0")] and after >= before
+
+
+@pytest.mark.parametrize("threads_flag, threads", [([], {1: 4, 2: 2, 3: 1}), (["--threads", "1"], {1: 1, 2: 1, 3: 1})])
+def test_scaling_speedups_are_throughputs_over_one_processs(threads_flag, threads, tmp_path, monkeypatch, capsys):
+    """scaling.py's table and JSON from its torchrun runs (replaced: each writes the rows its workers would)."""
+    import json
+    import os
+
+    scaling = _load("scaling.py")
+    seconds = {("fewshot", 1): 4.0, ("fewshot", 2): 2.5, ("fewshot", 3): 2.0, ("attack", 1): 2.0, ("attack", 2): 4.0, ("attack", 3): 2.0}
+    launched = []
+
+    def run(cmd, env, **kwargs):
+        flag = {name: cmd[cmd.index(name) + 1] for name in ("--nproc_per_node", "--worker-out", "--products", "--threads")}
+        n = int(flag["--nproc_per_node"])
+        launched.append((n, int(flag["--threads"]), int(env["OMP_NUM_THREADS"]), "--smoke" in cmd))
+        rows = [{"product": p, "processes": n, "work": 12, "unit": "u/s", "seconds": seconds[p, n], "setting": "s",
+                 "throughput": 12 / seconds[p, n]} for p in flag["--products"].split(",")]
+        Path(flag["--worker-out"]).write_text(json.dumps(rows))
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(scaling, "subprocess", type("FakeSubprocess", (), {"run": staticmethod(run)}))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    out = tmp_path / "scaling.json"
+    scaling.main(["--smoke", "--procs", "1,2,3", "--products", "fewshot,attack", "--json", str(out), *threads_flag])
+    assert launched == [(n, threads[n], threads[n], True) for n in (1, 2, 3)]  # cores / processes unless --threads
+    rows = json.loads(out.read_text())["metrics"]["rows"]
+    assert [(r["product"], r["processes"], r["threads_per_process"]) for r in rows] == [
+        (p, n, threads[n]) for n in (1, 2, 3) for p in ("fewshot", "attack")]
+    assert [r["speedup"] for r in rows] == pytest.approx([1, 1, 1.6, 0.5, 2, 1])  # seconds at 1 process / at n
+    table = [line.split() for line in capsys.readouterr().out.splitlines()[3:]]
+    assert [(line[0], line[1], line[6]) for line in table] == [
+        (r["product"], str(r["processes"]), f"{r['speedup']:.2f}x") for r in rows]
+
+
+def test_scaling_fewshot_work_is_the_tasks_of_the_timed_iterations(monkeypatch):
+    """The tasks/s numerator: the meta-batches the timed meta_train ran, the warm-up not among them."""
+    import fewshot
+
+    scaling = _load("scaling.py")
+    learners = []
+    real = fewshot.create_learner
+    monkeypatch.setattr(fewshot, "create_learner", lambda *a, **k: learners.append(real(*a, **k)) or learners[-1])
+    done = []
+
+    def timed(fn):  # the meta-iterations done before and after the timed call
+        done.append(learners[0].iteration)
+        fn()
+        done.append(learners[0].iteration)
+        return 1.0
+
+    monkeypatch.setattr(scaling, "_timed", timed)
+    row = scaling._fewshot({"dataset": "sine", "meta_batch": 3, "iterations": 2}, "cpu", None, None)
+    assert done == [1, 3] and row["work"] == (done[1] - done[0]) * 3 and row["unit"] == "tasks/s"
+
+
+def test_scaling_worker_rows_are_work_per_second_with_each_products_batchnorm(tmp_path, monkeypatch):
+    """A worker outside torchrun (one process): the products' timings (replaced) become rows of work / seconds."""
+    import argparse
+    import json
+
+    scaling = _load("scaling.py")
+    batchnorms = []
+    monkeypatch.setattr(scaling, "_fewshot", lambda size, *a: {"work": 12, "unit": "tasks/s", "seconds": 4.0, "setting": "f"})
+
+    def longtail(size, *args, batchnorm):
+        batchnorms.append(batchnorm)
+        return {"work": 30, "unit": "images/s", "seconds": 2.0, "setting": "l"}
+
+    monkeypatch.setattr(scaling, "_longtail", longtail)
+    out = tmp_path / "rows.json"
+    scaling.worker(argparse.Namespace(threads=1, device="cpu", smoke=True, products=["fewshot", "longtail", "longtail-local-bn"],
+                                      data_dir=None, cache_dir=None, scratch=str(tmp_path), worker_out=str(out)))
+    rows = json.loads(out.read_text())
+    assert [(r["product"], r["processes"], r["throughput"]) for r in rows] == [
+        ("fewshot", 1, 3.0), ("longtail", 1, 15.0), ("longtail-local-bn", 1, 15.0)]
+    assert batchnorms == ["global", "local"]  # the whole batch's statistics unless -local-bn

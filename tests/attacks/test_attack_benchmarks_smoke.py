@@ -33,6 +33,7 @@ def test_mnist_benchmark_smoke(mini_root, session_cache, tmp_path, capsys):
     assert [(r["method"], r.get("settings")) for r in result["rows"]] == [("lazy-meta", "skip_blocked"), ("meta", "skip_blocked")]
     assert all(r["n_images"] == 2 for r in result["rows"])
     assert {(r["method"], r["mean_queries"]) for r in result["paper"]} == {("meta", 749), ("lazy-meta", 566)}
+    assert result["benchmark"] == "attack_mnist"
 
 
 def test_mnist_benchmark_smoke_with_du_et_al_ranking(mini_root, session_cache, tmp_path, capsys):
@@ -60,8 +61,10 @@ def test_cifar_benchmark_smoke(mini_root, session_cache, tmp_path, capsys):
     # the smallest CIFAR nets keep this in seconds; the script and pipeline are the benchmark's own
     attack_cifar.main(["--smoke", "--methods", "lazy-meta", "--zoo", "vgg11", "--target", "resnet32", "--n-images", "1", "--data-dir",
                        str(mini_root), "--cache-dir", str(session_cache), "--device", "cpu", "--json", str(out), "--quiet"])
-    assert "CIFAR-10 / resnet18" in capsys.readouterr().out  # the benchmark's title
+    # the title names the target attacked, and whose the paper's rows beside it are
+    assert "CIFAR-10 / resnet32 (untargeted, preset smoke; the paper's rows: resnet18)" in capsys.readouterr().out
     result = json.loads(out.read_text())
+    assert result["benchmark"] == "attack_cifar"  # (the script's name, not the caller's: here pytest's)
     assert result["config"]["dataset"] == "cifar10" and result["config"]["zoo"] == ["vgg11"]
     assert result["rows"][0]["n_images"] == 1
     # Algorithm 3's student explores k = 10 steps on CIFAR-10 (8 on MNIST): the cached meta-attacker says so
@@ -99,3 +102,75 @@ def test_bad_options_are_refused_before_any_work(argv, message, tmp_path, capsys
     captured = capsys.readouterr()
     assert captured.err.startswith(f"Error: {message}") and len(captured.err.strip().splitlines()) == 1 and not captured.out
     assert not (tmp_path / "r.json").exists() and not cache.exists()
+
+
+def _fake_run_attack(monkeypatch, json_out=None):
+    """attacks.cli.run_attack replaced by a recorder: the driver's own bookkeeping runs in milliseconds."""
+    import attacks.cli
+    import torch
+
+    calls = []
+
+    def run_attack(ctx, *, target_spec, targeted, method, zoo_spec, preset, overrides, images, skip_blocked, meta_training):
+        # what the JSON held when this method started (written after every finished method)
+        saved = json.loads(json_out.read_text())["rows"] if json_out is not None and json_out.exists() else []
+        calls.append({"method": method, "target": target_spec, "images": images, "zoo": zoo_spec, "skip_blocked": skip_blocked, "targeted": targeted,
+                      "meta_training": meta_training, "overrides": overrides, "draw": torch.rand(1).item(), "saved": len(saved)})
+        if images is None:  # one image fewer than asked was correctly classified
+            n = overrides["n_images"] - 1
+            images = (torch.zeros(n, 1, 28, 28), torch.arange(n) % 10, list(range(n)))
+        meta = meta_training is not None
+        config = {"method": method, "dataset": "mnist", "preset": preset,
+                  **({"skip_blocked": skip_blocked, "meta_training": meta_training} if meta else {"baseline": {"of": method}})}
+        row = {"method": method, "success_rate": 0.5, "mean_l2": 1.0, "mean_queries": 10.0, "median_queries": 10.0, "wall_s": 0.0}
+        return {"outcome": None, "config": config, "row": row, "test_index": images[2], "images": images}
+
+    monkeypatch.setattr(attacks.cli, "run_attack", run_attack)
+    return calls
+
+
+def test_every_method_attacks_the_same_images_from_the_same_seed(monkeypatch, tmp_path, capsys):
+    """The driver's bookkeeping: same images and seed per method, per-method options, JSON after every method."""
+    out = tmp_path / "r.json"
+    calls = _fake_run_attack(monkeypatch, out)
+    attack_mnist.main(["--methods", "lazy-meta,bandits,meta,nes", "--n-images", "3", "--zoo", "lenet5", "--seed", "7",
+                       "--no-skip-blocked", "--json", str(out), "--quiet"])
+    assert [c["method"] for c in calls] == ["lazy-meta", "bandits", "meta", "nes"]
+    assert calls[0]["images"] is None and all(c["images"] is calls[1]["images"] for c in calls[1:])
+    assert len({c["draw"] for c in calls}) == 1  # each method starts from --seed, not from where the last one left off
+    assert all(c["overrides"] == {"n_images": 3, "max_queries": None} and c["targeted"] is False for c in calls)
+    assert {c["target"] for c in calls} == {"net4"}  # the paper's target, whose numbers the table shows
+    # --zoo, the ranking and the meta-training go to the meta-attacks only
+    assert [(c["zoo"], c["skip_blocked"], c["meta_training"]) for c in calls] == [
+        ("lenet5", False, "lazy-reptile"), (None, False, None), ("lenet5", False, "reptile"), (None, False, None)]
+    assert [c["saved"] for c in calls] == [0, 1, 2, 3]  # a run stopped part-way keeps the methods it finished
+    result = json.loads(out.read_text())
+    assert [r["n_images"] for r in result["rows"]] == [2] * 4  # the images attacked, not the count asked for
+    assert result["config"]["baselines"] == {"bandits": {"of": "bandits"}, "nes": {"of": "nes"}}
+    # our rows, then the paper's rows of the same setting only, in one table
+    assert [(r["method"], r["mean_queries"]) for r in result["paper"]] == [("meta", 749), ("lazy-meta", 566)]
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "MNIST / net4 (untargeted, preset quick)" and "settings" in table[1]
+    assert [line.split()[:2] for line in table[3:]] == [["ours", m] for m in ("lazy-meta", "bandits", "meta", "nes")] + [
+        ["paper", "meta"], ["paper", "lazy-meta"]]
+
+
+def test_another_target_is_the_one_attacked(monkeypatch, tmp_path):
+    calls = _fake_run_attack(monkeypatch)
+    attack_mnist.main(["--methods", "bandits", "--target", "net3", "--json", str(tmp_path / "r.json"), "--quiet"])
+    attack_cifar.main(["--methods", "bandits", "--target", "resnet32", "--json", str(tmp_path / "r.json"), "--quiet"])
+    assert [c["target"] for c in calls] == ["net3", "resnet32"]
+
+
+def test_a_targeted_run_is_printed_beside_the_papers_targeted_rows(monkeypatch, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    calls = _fake_run_attack(monkeypatch)
+    attack_cifar.main(["--methods", "lazy-meta", "--targeted", "--meta-family", "maml", "--max-queries", "50",
+                       "--json", str(out), "--quiet"])
+    assert calls[0]["targeted"] is True and calls[0]["meta_training"] == "lazy-maml" and calls[0]["skip_blocked"] is True
+    assert calls[0]["overrides"]["max_queries"] == 50 and calls[0]["target"] == "resnet18"
+    result = json.loads(out.read_text())
+    assert [(r["source"], r["method"], r["mean_queries"]) for r in result["paper"]] == [("paper", "lazy-meta", 3092)]
+    assert result["rows"][0]["settings"] == "skip_blocked,meta_training=lazy-maml"
+    assert result["config"]["meta_family"] == "maml" and "meta_training" not in result["config"]
+    assert capsys.readouterr().out.startswith("CIFAR-10 / resnet18 (targeted, preset quick)\n")

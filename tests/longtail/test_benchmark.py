@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lazyapps.errors import CheckpointError
+from longtail.trainer import TrainConfig
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -44,6 +47,50 @@ def test_benchmark_smoke(data_root, tmp_path, capsys):
     assert out["results"]["lazy-two-component"]["history"][-1]["meta"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["cost"]["lazy_over_ce"] > 0 and saved["paper_cifar100_lt"]["ce"][1] == 61.68
+    _check_table_against_results(printed, out)
+
+
+def _check_table_against_results(printed: str, out: dict) -> None:
+    """Each method's table row holds its own best and last epoch's numbers, and the epochs it ran itself."""
+    def cell(v, digits):
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    meta = ("l2rw", "meta-weight-net", "two-component", "lazy-two-component")
+    rows = {line.split()[0]: line.split() for line in printed.splitlines() if line.split()[:1] and line.split()[0] in out["results"]}
+    assert list(rows) == [m for m in ("ce", "cb-ce", "cb-focal", "ldam-drw", "logit-adjust", *meta) if m in out["results"]]
+    for m, r in out["results"].items():
+        history = r["history"]
+        assert r["best"]["top1_error"] == min(h["top1_error"] for h in history) and r["last"]["epoch"] == history[-1]["epoch"]
+        own = [h for h in history if h["meta"]] if m in meta else history  # a meta method ran its meta epochs only
+        assert r["own_epochs"] == len(own) and r["own_epoch_s"] == pytest.approx(sum(h["train_s"] for h in own) / len(own))
+        expected = [cell(r[which][k], d) for which in ("best", "last") for k, d in
+                    (("top1_error", 2), ("many_accuracy", 1), ("medium_accuracy", 1), ("few_accuracy", 1))]
+        assert rows[m][1:5] + rows[m][6:10] == expected and rows[m][11:13] == [cell(r["own_epoch_s"], 1), str(r["own_epochs"])]
+        paper = out["paper_cifar100_lt"].get(m)
+        assert rows[m][13] == ("/".join(f"{v:.2f}" for v in paper) if paper else "-")  # the paper's numbers of this method
+        if m in meta:  # the budget line names the epoch the meta phase really started
+            assert f"meta/DRW from epoch {own[0]['epoch']})" in out["budget"]
+    # ... and the epochs the learning rate really dropped at: first below its peak, then to x(second decay) of it
+    (f1, f2), lrs = out["config"]["lr_decay"], [h["lr"] for h in out["results"]["ce"]["history"]]
+    first = next(e for e in range(lrs.index(max(lrs)), len(lrs)) if lrs[e] < max(lrs)) + 1
+    second = next(e for e, lr in enumerate(lrs) if lr == pytest.approx(max(lrs) * f2)) + 1
+    assert f"x{f1:g} from epoch {first}, x{f2:g} from {second}," in out["budget"]
+
+
+def _args(**changed):
+    import argparse
+
+    args = dict(dataset="cifar10", imbalance=10.0, data_dir=None, n_max=30, test_per_class=10, seed=0, epochs=2, batch_size=8,
+                inner_steps=3, lr_decay=(0.01, 0.0001), inner_lr=None, eps_rule="step", model="lenet5", smoke=True, device="cpu")
+    return argparse.Namespace(**{**args, **changed})
+
+
+def test_zero_sizes_are_the_datasets_standard_ones():
+    """--n-max 0 and --test-per-class 0 (their help: the standard sizes) make a valid training config."""
+    bench = _load_benchmark()
+    config = bench._config(_args(n_max=0, test_per_class=0, inner_lr=0.05, eps_rule="normalized"), "lazy-two-component")
+    config.check()
+    assert (config.n_max, config.test_per_class, config.inner_lr, config.eps_rule) == (None, None, 0.05, "normalized")
 
 
 def test_benchmark_meta_runs_from_a_saved_ce_phase_in_parallel_jobs(data_root, tmp_path):
@@ -56,3 +103,73 @@ def test_benchmark_meta_runs_from_a_saved_ce_phase_in_parallel_jobs(data_root, t
     assert set(again["results"]) == {"two-component", "l2rw"}
     for run in again["results"].values():
         assert run["history"][0] == first["results"]["ce"]["history"][0] and run["history"][-1]["meta"]
+    # another seed's run does not continue this CE run (its data draw and random stream are not this one's)
+    with pytest.raises(CheckpointError, match="was made with seed=0, but seed=1 is needed here"):
+        bench.main(common + ["--out", str(tmp_path / "seed1"), "--methods", "l2rw", "--seed", "1",
+                             "--ce-phase", str(tmp_path / "ce" / "ce_phase.pt")])
+
+
+def test_cost_ratio_is_of_medians_after_the_warm_up_step(data_root, monkeypatch):
+    """measure_cost: every method on the same batch from the same weights; the warm-up dropped; medians; ratios to CE."""
+    import longtail.methods
+
+    bench = _load_benchmark()
+    args = _args(data_dir=str(data_root), inner_lr=0.05, eps_rule="normalized")
+    # seconds each method's step takes, per round (round 0 is the warm-up): medians 2, 4, 6 (means 4, 4, 24)
+    seconds = {"ce": [100, 1, 2, 9], "two-component": [100, 3, 4, 5], "lazy-two-component": [100, 6, 6, 60]}
+    now, created, seen = [0.0], {}, []
+
+    class Timed:
+        def __init__(self, name, method):
+            self.name, self.round, self.method = name, 0, method
+
+        def __getattr__(self, attr):  # (the benchmark's Trainer builds its own "ce" through create_method too)
+            return getattr(self.method, attr)
+
+        def loss(self, ctx, x, y):
+            now[0] += seconds[self.name][self.round]
+            self.round += 1
+            seen.append((self.name, x.sum().item(), y.tolist(), sum(p.sum().item() for p in ctx.model.parameters())))
+            return ctx.model(x).logsumexp(1).mean()
+
+    real = longtail.methods.create_method
+
+    def create_method(name, counts, device, **kwargs):
+        created[name] = kwargs
+        return Timed(name, real(name, counts, device=device, **kwargs))
+
+    monkeypatch.setattr(longtail.methods, "create_method", create_method)
+    monkeypatch.setattr(bench, "clock", lambda device: now[0])
+    cost = bench.measure_cost(args, 3)
+    assert cost["steps"] == 3 and cost["step_s"] == {"ce": 2, "two-component": 4, "lazy-two-component": 6}
+    assert cost["two_component_over_ce"] == 2.0 and cost["lazy_over_ce"] == 3.0
+    # each method timed with the run's own settings (the lazy student's k and lr, the ε rule)
+    gammas = tuple(TrainConfig().gammas)
+    assert created == {"ce": {}, "two-component": {"eps_rule": "normalized"},
+                       "lazy-two-component": {"inner_steps": 3, "gammas": gammas, "inner_lr": 0.05, "eps_rule": "normalized"}}
+    assert len(seen) == 12
+    assert [name for name, *_ in seen] == ["ce", "two-component", "lazy-two-component"] * 4
+    for r in range(4):  # one batch and one set of starting weights per round, shared by the three methods
+        assert len({tuple(map(str, s[1:])) for s in seen[3 * r: 3 * r + 3]}) == 1
+    assert seen[0][1:3] != seen[3][1:3] and seen[0][3] == seen[3][3]  # a new batch each round, the same initial weights
+
+
+def test_table_rows_hold_each_methods_best_and_last_epoch(data_root, tmp_path, monkeypatch, capsys):
+    """The runs and the cost measurement replaced by results whose best and last epochs differ: each cell is its own."""
+    bench = _load_benchmark()
+
+    def run_method(args, method, threads):
+        e = 10.0 if method == "ce" else 20.0
+        epoch = {"many_accuracy": None, "medium_accuracy": 50.0 + e, "few_accuracy": 1.0 + e}
+        return {"method": method, "best": {"top1_error": e, **epoch}, "last": {"top1_error": e + 5, **epoch, "few_accuracy": 3.0},
+                "own_epoch_s": e / 4, "own_epochs": int(e), "wall_s": 99.0, "history": []}
+
+    monkeypatch.setattr(bench, "run_method", run_method)
+    monkeypatch.setattr(bench, "measure_cost", lambda args, steps: {
+        "step_s": {"ce": 1.0, "two-component": 2.0, "lazy-two-component": 3.0}, "two_component_over_ce": 2.0,
+        "lazy_over_ce": 3.0, "steps": steps})
+    bench.main(["--smoke", "--data-dir", str(data_root), "--out", str(tmp_path), "--n-max", "30", "--imbalance", "10",
+                "--methods", "two-component,ce"])
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (["ce"], ["two-component"])}
+    assert rows["ce"][:12] == ["10.00", "-", "60.0", "11.0", "|", "15.00", "-", "60.0", "3.0", "|", "2.5", "10"]
+    assert rows["two-component"][:12] == ["20.00", "-", "70.0", "21.0", "|", "25.00", "-", "70.0", "3.0", "|", "5.0", "20"]
