@@ -257,8 +257,8 @@ def main(argv=None) -> dict:
                         if m == "ce":
                             meta_pending = start(META)
                 time.sleep(2)
-            # Let the workers exit on their own: the with block's terminate() kills them holding their semaphores,
-            # which Python then reports as leaked at shutdown.
+            # Let the workers exit on their own: the with block's terminate() kills them, which can leave a semaphore
+            # that Python reports as leaked at shutdown (seen once with --jobs 2).
             pool.close()
             pool.join()
     else:
