@@ -173,11 +173,10 @@ class Trainer:
         if len(data.test_labels) == 0:
             raise LazyAppsError(f"{config.dataset} has no test images; every epoch is scored on the test split")
         self.config, self.data = describe_data(config, data), data
-        if model is not None:  # the config the checkpoints record names the network trained, not the zoo default
+        if model is not None:
+            # What the checkpoint names as the network: a zoo name it can be rebuilt from, or a user's own module.
             self.config = replace(self.config, model=f"custom:{type(model).__name__}")
         self.device = resolve_device(device)
-        # What the checkpoint names as the network: a zoo name it can be rebuilt from, or a user's own module.
-        self.model_name = self.config.model
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.schedule = config.schedule
         # The method's own networks (Meta-Weight-Net's MLP, built on the CPU) from the run's seed alone, not from
@@ -234,8 +233,8 @@ class Trainer:
         return self.out_dir / "checkpoint.pt" if self.out_dir is not None else None
 
     def identity(self) -> dict[str, Any]:
-        """The settings a checkpoint must share with the run that resumes it (the network as :attr:`model_name`)."""
-        return {**self.config.identity(), "model": self.model_name}
+        """The settings a checkpoint must share with the run that resumes it (the network as ``config.model`` names it)."""
+        return self.config.identity()
 
     def metadata(self) -> dict[str, Any]:
         # batchnorm is recorded, not identity: --resume keeps the run's mode unless told otherwise, and it may be
@@ -243,7 +242,7 @@ class Trainer:
         return {"kind": CHECKPOINT_KIND, **self.identity(), "preset": self.config.preset, "batchnorm": self.config.batchnorm,
                 "epochs_done": self.epoch, "classes": self.data.classes, "counts": self.data.counts,
                 "mean": list(self.data.mean), "std": list(self.data.std), "data_digest": self.data.digest,
-                "normalized_head": self.method.normalized_head and self.model_name == "resnet32"}
+                "normalized_head": self.method.normalized_head and self.config.model == "resnet32"}
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -287,7 +286,7 @@ class Trainer:
         try:
             self.load_state(state)
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path} does not fit this run's {self.model_name} and {self.config.method} "
+            raise CheckpointError(f"checkpoint {path} does not fit this run's {self.config.model} and {self.config.method} "
                                   f"({first_load_problem(exc)})") from None
 
     def load_state(self, state: dict[str, Any]) -> None:
