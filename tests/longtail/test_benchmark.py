@@ -7,21 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from lazyapps.errors import CheckpointError
 from longtail.trainer import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    # main() sets this process's torch threads (1 with --jobs > 1) as a script should; tests after these must not
-    # inherit it (a float32 comparison elsewhere rounds differently on one thread).
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _load_benchmark():
