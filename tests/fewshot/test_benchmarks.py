@@ -231,8 +231,9 @@ def test_memory_ratios_and_verdicts_from_the_childs_measurements(measured, maml_
 
 
 def test_cpu_peak_counts_what_the_run_allocates_not_what_was_there_before() -> None:
-    # Measured as the benchmark measures: in a fresh process with its fixed mmap threshold. In this test process the
-    # heap may hold a free, resident chunk from earlier tests that serves the 64 MiB without a page fault (CI saw 0).
+    # Measured as the benchmark measures: in a fresh process with its fixed mmap threshold. In this test process an
+    # earlier test may have run lazyapps.allocator.keep_freed_memory (run_script does), and then the 128 MiB stays
+    # in the heap, resident, and serves the 64 MiB without a page fault: 0 (seen on CI).
     # 128 MiB touched and freed first: an earlier peak that is not the run's.
     script = (f"import sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import torch, fewshot_memory; "
               "torch.ones(128 * 2**18).sum(); "
