@@ -80,6 +80,16 @@ def _worker_init() -> None:
     keep_freed_memory()  # spawned workers start with glibc's defaults; give them the CLI's setting too
 
 
+def _continue_ce_phase(trainer, path, device: str) -> None:
+    """Load the CE run's checkpoint at the meta start into ``trainer``; it must have these data and schedule settings."""
+    from lazyapps.checkpoint import load_checkpoint
+
+    same = {k: v for k, v in trainer.config.identity().items()
+            if k not in ("method", "inner_steps", "gammas", "inner_lr", "eps_rule")}
+    state, _ = load_checkpoint(path, map_location=device, expect=same)
+    trainer.load_state(state)
+
+
 def run_method(args, method: str, threads: int) -> dict:
     """Train one method (a worker process); meta methods start from the CE phase checkpoint."""
     import torch
@@ -92,13 +102,7 @@ def run_method(args, method: str, threads: int) -> dict:
     ce_phase = Path(args.out) / "ce_phase.pt"
     started_at = 0
     if method in META:
-        from lazyapps.checkpoint import load_checkpoint
-
-        # The CE run's checkpoint at the meta start, made with these same data and schedule settings.
-        same = {k: v for k, v in trainer.config.identity().items()
-                if k not in ("method", "inner_steps", "gammas", "inner_lr", "eps_rule")}
-        state, _ = load_checkpoint(args.ce_phase or ce_phase, map_location=args.device, expect=same)
-        trainer.load_state(state)
+        _continue_ce_phase(trainer, args.ce_phase or ce_phase, args.device)
         started_at = trainer.epoch
 
     def keep_ce_phase(tr, row):
@@ -154,6 +158,72 @@ def measure_cost(args, steps: int) -> dict:
             "lazy_over_ce": med["lazy-two-component"] / med["ce"], "steps": steps}
 
 
+def weight_agreement(model, plain, lazy, batches, *, lr: float, epoch: int, val) -> dict:
+    """How far lazy-two-component's example weights are from two-component's when both step from the same θ.
+
+    For each ``(x, y)`` in ``batches``, each method takes its meta step from a copy of ``model`` (same weights, same
+    BatchNorm state); ε = weight − w_y. Returns the median and least cosine of the two ε, the median overlap of the
+    examples each gives a positive ε (Jaccard; the normalized rule clips), and the median and largest
+    ‖w_lazy − w‖₁ / ‖w‖₁. Cosine 1 and distance 0 mean the teacher's leap changed nothing the update sees.
+    """
+    import torch
+
+    from longtail.methods import StepContext
+
+    cos, overlap, dist = [], [], []
+    for x, y in batches:
+        eps, weights = [], []
+        for method in (plain, lazy):
+            method.loss(StepContext(copy.deepcopy(model), lr, epoch, *val), x, y)
+            weights.append(method.last_weights)
+            eps.append(method.last_weights - method.class_weights[y])
+        cos.append(float(torch.nn.functional.cosine_similarity(eps[0].double(), eps[1].double(), dim=0)))
+        either = (eps[0] > 0) | (eps[1] > 0)
+        overlap.append(float(((eps[0] > 0) & (eps[1] > 0)).sum() / either.sum()) if bool(either.any()) else 1.0)
+        dist.append(float((weights[1] - weights[0]).abs().sum() / weights[0].abs().sum()))
+    return {"eps_cosine_median": statistics.median(cos), "eps_cosine_min": min(cos),
+            "positive_eps_overlap_median": statistics.median(overlap),
+            "weight_distance_median": statistics.median(dist), "weight_distance_max": max(dist), "batches": len(cos)}
+
+
+def measure_agreement(args, batches: int) -> dict:
+    """:func:`weight_agreement` for both ε rules at the meta phase's first lr, from the CE phase's weights.
+
+    The weights are ``--ce-phase``'s, else this run's ``OUT/ce_phase.pt``, else the untrained network's (``from``
+    says which); the validation batch is the first ``--batch-size`` validation images, as in :func:`measure_cost`.
+    """
+    import torch
+
+    from longtail.augment import random_crop_flip
+    from longtail.methods import create_method
+    from longtail.trainer import Trainer, method_options
+
+    data = _data(args)
+    base = Trainer(_config(args, "ce"), data, device=args.device)
+    source = args.ce_phase or (Path(args.out) / "ce_phase.pt")
+    if Path(source).is_file():
+        _continue_ce_phase(base, source, args.device)
+        origin = str(source)
+    else:
+        origin = "the untrained network (no CE phase checkpoint)"
+    start = base.schedule.meta_start
+    lr = base.schedule.lr_at(start)
+    val = (base.prepare_images(data.val_images[: args.batch_size]), data.val_labels.to(args.device)[: args.batch_size])
+    gen = torch.Generator().manual_seed(args.seed)
+    picked = []
+    for _ in range(batches):
+        idx = torch.randperm(len(data.train_labels), generator=gen)[: args.batch_size]
+        picked.append((base.prepare_images(random_crop_flip(data.train_images[idx], generator=gen)),
+                       data.train_labels[idx].to(args.device)))
+    out = {"from": origin, "lr": lr}
+    for rule in ("step", "normalized"):
+        settings = argparse.Namespace(**{**vars(args), "eps_rule": rule})
+        plain, lazy = (create_method(n, data.counts, device=args.device, **method_options(_config(settings, n)))
+                       for n in ("two-component", "lazy-two-component"))
+        out[rule] = weight_agreement(base.model, plain, lazy, picked, lr=lr, epoch=start, val=val)
+    return out
+
+
 def _zoo_model(name: str) -> str:
     """A ``type=`` for ``--model``: a zoo architecture, checked when parsed (not in the first worker)."""
     import models_zoo
@@ -207,6 +277,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="benchmark-runs/longtail", action=WritableFolder)
     parser.add_argument("--json", default=None, action=WritableFile, help="where to write the JSON result (default: OUT/results.json)")
     parser.add_argument("--cost-only", action="store_true", help="only the interleaved step-cost measurement")
+    parser.add_argument("--agreement", type=non_negative_int, default=0, metavar="BATCHES",
+                        help="also compare two-component's and lazy-two-component's weights from the same CE-phase "
+                             "weights on this many batches (0: not)")
     parser.add_argument("--ce-phase", type=_checkpoint_file, default=None,
                         help="reuse this ce_phase.pt of an earlier run with the same settings instead of training CE again")
     parser.add_smoke_option("seconds: a code-path check (~250 images)", epochs=2, n_max=100, test_per_class=10, batch_size=64,
@@ -269,6 +342,7 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(threads)  # one thread when runs share the CPU: contention would distort the ratio
     cost = measure_cost(args, args.timing_steps)
+    agreement = measure_agreement(args, args.agreement) if args.agreement else None
 
     header = (f"{'method':<20} {'best err%':>9} {'many%':>6} {'med%':>6} {'few%':>6} | {'last err%':>9} {'many%':>6} {'med%':>6} "
               f"{'few%':>6} | {'s/epoch':>8} {'epochs run':>10}   paper C100-LT x200/x100/x50/x20")
@@ -289,10 +363,18 @@ def main(argv=None) -> dict:
                  f"lazy-two-component {s['lazy-two-component']:.3f}s ({cost['lazy_over_ce']:.2f}x CE; budget 4x)")
     lines.append("s/epoch: mean training seconds of the epochs each method ran itself (meta methods: their meta epochs); "
                  f"{args.jobs} runs in parallel, so these are perturbed; the step costs above are the fair comparison")
+    if agreement:
+        lines.append(f"lazy vs plain two-component from the same weights ({agreement['from']}, lr {agreement['lr']:g}, "
+                     f"{args.agreement} batches; no paper reports this):")
+        for rule in ("step", "normalized"):
+            a = agreement[rule]
+            lines.append(f"  eps {rule:<10} cosine of eps median {a['eps_cosine_median']:.4f} (min {a['eps_cosine_min']:.4f}), "
+                         f"positive-eps overlap {a['positive_eps_overlap_median']:.2f}, weights differ by "
+                         f"{100 * a['weight_distance_median']:.3f}% (max {100 * a['weight_distance_max']:.3f}%) of their L1")
     table = "\n".join(lines)
     print(table)
     out = {"config": {k: v for k, v in vars(args).items()}, "counts": data.counts, "budget": budget,
-           "results": results, "cost": cost, "paper_cifar100_lt": PAPER_CIFAR100_LT, "elapsed_s": time.perf_counter() - started}
+           "results": results, "cost": cost, "agreement": agreement, "paper_cifar100_lt": PAPER_CIFAR100_LT, "elapsed_s": time.perf_counter() - started}
     json_path = args.json or str(Path(args.out) / "results.json")
     write_json_atomic(json_path, out)
     print(f"results written to {json_path}")

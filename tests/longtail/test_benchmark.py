@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lazyapps.errors import CheckpointError
 from longtail.trainer import TrainConfig
@@ -28,9 +29,14 @@ def _load_benchmark():
 def test_benchmark_smoke(data_root, tmp_path, capsys):
     bench = _load_benchmark()
     out = bench.main(["--smoke", "--data-dir", str(data_root), "--out", str(tmp_path), "--n-max", "30", "--imbalance", "10",
-                      "--methods", "ce,cb-ce,ldam-drw,logit-adjust,two-component,lazy-two-component"])
+                      "--methods", "ce,cb-ce,ldam-drw,logit-adjust,two-component,lazy-two-component", "--agreement", "1"])
     printed = capsys.readouterr().out
     assert "REDUCED BUDGET" in printed and "58.67/53.46/48.24/43.68" in printed and "budget 4x" in printed
+    # the weights' agreement starts from the CE phase this run wrote, at the meta phase's lr
+    agreement = out["agreement"]
+    assert agreement["from"] == str(tmp_path / "ce_phase.pt") and agreement["lr"] == out["results"]["ce"]["history"][-1]["lr"]
+    assert all(agreement[rule]["batches"] == 1 and -1 <= agreement[rule]["eps_cosine_min"] <= 1 for rule in ("step", "normalized"))
+    assert f"cosine of eps median {agreement['normalized']['eps_cosine_median']:.4f}" in printed
     assert set(out["results"]) == {"ce", "cb-ce", "ldam-drw", "logit-adjust", "two-component", "lazy-two-component"}
     # the meta methods continue the CE run: their first epoch is the CE run's first epoch
     assert out["results"]["lazy-two-component"]["history"][0] == out["results"]["ce"]["history"][0]
@@ -96,6 +102,9 @@ def test_benchmark_meta_runs_from_a_saved_ce_phase_in_parallel_jobs(data_root, t
     # another seed's run does not continue this CE run (its data draw and random stream are not this one's)
     with pytest.raises(CheckpointError, match="was made with seed=0, but seed=1 is needed here"):
         bench.main(common + ["--out", str(tmp_path / "seed1"), "--methods", "l2rw", "--seed", "1",
+                             "--ce-phase", str(tmp_path / "ce" / "ce_phase.pt")])
+    with pytest.raises(CheckpointError, match="was made with seed=0, but seed=1 is needed here"):  # nor is it compared from
+        bench.main(common + ["--out", str(tmp_path / "seed1"), "--cost-only", "--agreement", "1", "--seed", "1",
                              "--ce-phase", str(tmp_path / "ce" / "ce_phase.pt")])
 
 
@@ -163,3 +172,32 @@ def test_table_rows_hold_each_methods_best_and_last_epoch(data_root, tmp_path, m
     rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (["ce"], ["two-component"])}
     assert rows["ce"][:12] == ["10.00", "-", "60.0", "11.0", "|", "15.00", "-", "60.0", "3.0", "|", "2.5", "10"]
     assert rows["two-component"][:12] == ["20.00", "-", "70.0", "21.0", "|", "25.00", "-", "70.0", "3.0", "|", "5.0", "20"]
+
+
+@pytest.mark.parametrize("rule", ["step", "normalized"])
+def test_weight_agreement_is_exact_when_the_leap_is_the_virtual_step_and_falls_as_the_student_walks(rule):
+    """γ = 1 puts the leap at θ̃, so lazy's ε must be two-component's; the further the student walks, the less alike."""
+    from longtail.methods import LazyTwoComponent, TwoComponent
+    from .._models import linear_problem
+
+    bench = _load_benchmark()
+    model, x, y, vx, vy = linear_problem(5, 4, 3, 24, 9)
+    batches = [(x[:12], y[:12]), (x[12:], y[12:])]
+    counts = [20, 6, 2]
+
+    def agreement(**lazy_options):
+        plain, lazy = TwoComponent(counts, eps_rule=rule), LazyTwoComponent(counts, eps_rule=rule, inner_steps=3, **lazy_options)
+        for method in (plain, lazy):
+            method.class_weights = method.class_weights.double()
+        before = [p.clone() for p in model.parameters()]
+        out = bench.weight_agreement(model, plain, lazy, batches, lr=0.3, epoch=plain.meta_start, val=(vx, vy))
+        assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))  # each step ran on a copy
+        return out
+
+    same = agreement(gammas=(1.0,))
+    assert same["batches"] == 2 and same["eps_cosine_min"] == pytest.approx(1.0, abs=1e-12)
+    assert same["weight_distance_max"] < 1e-12 and same["positive_eps_overlap_median"] == 1.0
+    near, far = agreement(gammas=(0.5,), inner_lr=1.0), agreement(gammas=(0.5,), inner_lr=5.0)  # halfway to φ_k
+    assert 0.95 < near["eps_cosine_median"] < 0.999 and far["eps_cosine_median"] < 0.95  # the further, the less alike
+    assert 1e-4 < near["weight_distance_median"] < far["weight_distance_median"]
+    assert far["eps_cosine_min"] <= far["eps_cosine_median"] and far["weight_distance_max"] >= far["weight_distance_median"]
