@@ -121,27 +121,45 @@ def _strip(res):
     return None if res is None else {k: v for k, v in res.items() if k != "per_class_accuracy"}
 
 
+def _step_inputs(args):
+    """What the one-process step measurements share: the data, a CE trainer (its untrained model, its image
+    preparation), the validation batch (the first ``--batch-size`` validation images) and a seeded generator for
+    :func:`_draw_batch`."""
+    import torch
+
+    from longtail.trainer import Trainer
+
+    data = _data(args)
+    base = Trainer(_config(args, "ce"), data, device=args.device)
+    val = (base.prepare_images(data.val_images[: args.batch_size]), data.val_labels.to(args.device)[: args.batch_size])
+    return data, base, val, torch.Generator().manual_seed(args.seed)
+
+
+def _draw_batch(base, data, gen, size: int):
+    """A random augmented training batch as the trainer would feed it."""
+    import torch
+
+    from longtail.augment import random_crop_flip
+
+    idx = torch.randperm(len(data.train_labels), generator=gen)[:size]
+    return (base.prepare_images(random_crop_flip(data.train_images[idx], generator=gen)),
+            data.train_labels[idx].to(base.device))
+
+
 def measure_cost(args, steps: int) -> dict:
     """Seconds per training step of ce / two-component / lazy-two-component, interleaved on the same batches."""
     import torch
 
-    from longtail.augment import random_crop_flip
     from longtail.methods import StepContext, create_method
-    from longtail.trainer import Trainer, method_options
+    from longtail.trainer import method_options
 
-    data = _data(args)
-    base = Trainer(_config(args, "ce"), data, device=args.device)
-    val_x = base.prepare_images(data.val_images[: args.batch_size])
-    val_y = data.val_labels.to(args.device)[: args.batch_size]
-    gen = torch.Generator().manual_seed(args.seed)
+    data, base, (val_x, val_y), gen = _step_inputs(args)
     names = ("ce", "two-component", "lazy-two-component")
     # (each with the run's own settings: --inner-steps, --inner-lr, --eps-rule)
     methods = {n: create_method(n, data.counts, device=args.device, **method_options(_config(args, n))) for n in names}
     times = {n: [] for n in names}
     for step in range(steps + 1):  # the first round warms up (allocations, forward-mode AD setup) and is dropped
-        idx = torch.randperm(len(data.train_labels), generator=gen)[: args.batch_size]
-        x = base.prepare_images(random_crop_flip(data.train_images[idx], generator=gen))
-        y = data.train_labels[idx].to(args.device)
+        x, y = _draw_batch(base, data, gen, args.batch_size)
         for n in names:
             model = copy.deepcopy(base.model)  # same weights for every method (outside the timed region)
             opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
@@ -192,14 +210,10 @@ def measure_agreement(args, batches: int) -> dict:
     The weights are ``--ce-phase``'s, else this run's ``OUT/ce_phase.pt``, else the untrained network's (``from``
     says which); the validation batch is the first ``--batch-size`` validation images, as in :func:`measure_cost`.
     """
-    import torch
-
-    from longtail.augment import random_crop_flip
     from longtail.methods import create_method
-    from longtail.trainer import Trainer, method_options
+    from longtail.trainer import method_options
 
-    data = _data(args)
-    base = Trainer(_config(args, "ce"), data, device=args.device)
+    data, base, val, gen = _step_inputs(args)
     source = args.ce_phase or (Path(args.out) / "ce_phase.pt")
     if Path(source).is_file():
         _continue_ce_phase(base, source, args.device)
@@ -208,13 +222,7 @@ def measure_agreement(args, batches: int) -> dict:
         origin = "the untrained network (no CE phase checkpoint)"
     start = base.schedule.meta_start
     lr = base.schedule.lr_at(start)
-    val = (base.prepare_images(data.val_images[: args.batch_size]), data.val_labels.to(args.device)[: args.batch_size])
-    gen = torch.Generator().manual_seed(args.seed)
-    picked = []
-    for _ in range(batches):
-        idx = torch.randperm(len(data.train_labels), generator=gen)[: args.batch_size]
-        picked.append((base.prepare_images(random_crop_flip(data.train_images[idx], generator=gen)),
-                       data.train_labels[idx].to(args.device)))
+    picked = [_draw_batch(base, data, gen, args.batch_size) for _ in range(batches)]
     out = {"from": origin, "lr": lr}
     for rule in ("step", "normalized"):
         settings = argparse.Namespace(**{**vars(args), "eps_rule": rule})
