@@ -354,8 +354,11 @@ def main(argv=None) -> dict:
 
     header = (f"{'method':<20} {'best err%':>9} {'many%':>6} {'med%':>6} {'few%':>6} | {'last err%':>9} {'many%':>6} {'med%':>6} "
               f"{'few%':>6} | {'s/epoch':>8} {'epochs run':>10}   paper C100-LT x200/x100/x50/x20")
-    lines = [f"{args.dataset}-LT imbalance {args.imbalance:g} on this machine; best epoch (what the literature reports, "
-             "selected on the test set) | last epoch", budget, header, "-" * len(header)]
+    lines = [budget]
+    if results:  # (none with --cost-only)
+        lines[:0] = [f"{args.dataset}-LT imbalance {args.imbalance:g} on this machine; best epoch (what the literature "
+                     "reports, selected on the test set) | last epoch"]
+        lines += [header, "-" * len(header)]
     for m in [m for m in PLAIN + META if m in results]:
         r = results[m]
         b = r["best"]
@@ -365,12 +368,14 @@ def main(argv=None) -> dict:
                      f"{_fmt(b['few_accuracy'], 1):>6} | {_fmt(last['top1_error']):>9} {_fmt(last['many_accuracy'], 1):>6} "
                      f"{_fmt(last['medium_accuracy'], 1):>6} {_fmt(last['few_accuracy'], 1):>6} | {_fmt(r['own_epoch_s'], 1):>8} "
                      f"{r['own_epochs']:>10}   {paper}")
+    if results:
+        lines.append("s/epoch: mean training seconds of the epochs each method ran itself (meta methods: their meta "
+                     + (f"epochs); {args.jobs} runs shared the CPU, so these are perturbed; the step costs below are the "
+                        "fair comparison" if args.jobs > 1 else "epochs), this command's runs one at a time"))
     s = cost["step_s"]
     lines.append(f"cost per training step, interleaved in one process ({cost['steps']} steps, median): ce {s['ce']:.3f}s, "
                  f"two-component {s['two-component']:.3f}s ({cost['two_component_over_ce']:.2f}x), "
                  f"lazy-two-component {s['lazy-two-component']:.3f}s ({cost['lazy_over_ce']:.2f}x CE; budget 4x)")
-    lines.append("s/epoch: mean training seconds of the epochs each method ran itself (meta methods: their meta epochs); "
-                 f"{args.jobs} runs in parallel, so these are perturbed; the step costs above are the fair comparison")
     if agreement:
         lines.append(f"lazy vs plain two-component from the same weights ({agreement['from']}, lr {agreement['lr']:g}, "
                      f"{args.agreement} batches; no paper reports this):")

@@ -89,16 +89,25 @@ def test_zero_sizes_are_the_datasets_standard_ones():
     assert (config.n_max, config.test_per_class, config.inner_lr, config.eps_rule) == (None, None, 0.05, "normalized")
 
 
-def test_benchmark_meta_runs_from_a_saved_ce_phase_in_parallel_jobs(data_root, tmp_path):
+def test_benchmark_meta_runs_from_a_saved_ce_phase_in_parallel_jobs(data_root, tmp_path, capsys):
     # --ce-phase without "ce" among the methods: the worker pool must start the meta runs at once
     bench = _load_benchmark()
     common = ["--smoke", "--data-dir", str(data_root), "--n-max", "30", "--imbalance", "10"]
     first = bench.main(common + ["--out", str(tmp_path / "ce"), "--methods", "ce"])
+    assert "this command's runs one at a time" in capsys.readouterr().out
     again = bench.main(common + ["--out", str(tmp_path / "meta"), "--methods", "two-component,l2rw", "--jobs", "2",
                                  "--ce-phase", str(tmp_path / "ce" / "ce_phase.pt")])
+    assert "2 runs shared the CPU, so these are perturbed" in capsys.readouterr().out
     assert set(again["results"]) == {"two-component", "l2rw"}
     for run in again["results"].values():
         assert run["history"][0] == first["results"]["ce"]["history"][0] and run["history"][-1]["meta"]
+    # measured from it without training: no table of runs, only the budget, the cost and the agreement
+    measured = bench.main(common + ["--out", str(tmp_path / "cost"), "--cost-only", "--agreement", "1",
+                                    "--ce-phase", str(tmp_path / "ce" / "ce_phase.pt")])
+    printed = capsys.readouterr().out
+    assert measured["results"] == {} and measured["agreement"]["normalized"]["batches"] == 1
+    assert "best err%" not in printed and "s/epoch" not in printed
+    assert "REDUCED BUDGET" in printed and "budget 4x" in printed and "cosine of eps median" in printed
     # another seed's run does not continue this CE run (its data draw and random stream are not this one's)
     with pytest.raises(CheckpointError, match="was made with seed=0, but seed=1 is needed here"):
         bench.main(common + ["--out", str(tmp_path / "seed1"), "--methods", "l2rw", "--seed", "1",
