@@ -352,23 +352,21 @@ def main(argv=None) -> dict:
     cost = measure_cost(args, args.timing_steps)
     agreement = measure_agreement(args, args.agreement) if args.agreement else None
 
-    header = (f"{'method':<20} {'best err%':>9} {'many%':>6} {'med%':>6} {'few%':>6} | {'last err%':>9} {'many%':>6} {'med%':>6} "
-              f"{'few%':>6} | {'s/epoch':>8} {'epochs run':>10}   paper C100-LT x200/x100/x50/x20")
     lines = [budget]
-    if results:  # (none with --cost-only)
-        lines[:0] = [f"{args.dataset}-LT imbalance {args.imbalance:g} on this machine; best epoch (what the literature "
-                     "reports, selected on the test set) | last epoch"]
-        lines += [header, "-" * len(header)]
-    for m in [m for m in PLAIN + META if m in results]:
-        r = results[m]
-        b = r["best"]
-        paper = "/".join(f"{v:.2f}" for v in PAPER_CIFAR100_LT[m]) if m in PAPER_CIFAR100_LT else "-"
-        last = r["last"]
-        lines.append(f"{m:<20} {_fmt(b['top1_error']):>9} {_fmt(b['many_accuracy'], 1):>6} {_fmt(b['medium_accuracy'], 1):>6} "
-                     f"{_fmt(b['few_accuracy'], 1):>6} | {_fmt(last['top1_error']):>9} {_fmt(last['many_accuracy'], 1):>6} "
-                     f"{_fmt(last['medium_accuracy'], 1):>6} {_fmt(last['few_accuracy'], 1):>6} | {_fmt(r['own_epoch_s'], 1):>8} "
-                     f"{r['own_epochs']:>10}   {paper}")
-    if results:
+    if results:  # (none with --cost-only): the table of runs
+        header = (f"{'method':<20} {'best err%':>9} {'many%':>6} {'med%':>6} {'few%':>6} | {'last err%':>9} {'many%':>6} "
+                  f"{'med%':>6} {'few%':>6} | {'s/epoch':>8} {'epochs run':>10}   paper C100-LT x200/x100/x50/x20")
+        lines = [f"{args.dataset}-LT imbalance {args.imbalance:g} on this machine; best epoch (what the literature reports, "
+                 "selected on the test set) | last epoch", budget, header, "-" * len(header)]
+        for m in [m for m in PLAIN + META if m in results]:
+            r = results[m]
+            b = r["best"]
+            paper = "/".join(f"{v:.2f}" for v in PAPER_CIFAR100_LT[m]) if m in PAPER_CIFAR100_LT else "-"
+            last = r["last"]
+            lines.append(f"{m:<20} {_fmt(b['top1_error']):>9} {_fmt(b['many_accuracy'], 1):>6} {_fmt(b['medium_accuracy'], 1):>6} "
+                         f"{_fmt(b['few_accuracy'], 1):>6} | {_fmt(last['top1_error']):>9} {_fmt(last['many_accuracy'], 1):>6} "
+                         f"{_fmt(last['medium_accuracy'], 1):>6} {_fmt(last['few_accuracy'], 1):>6} | {_fmt(r['own_epoch_s'], 1):>8} "
+                         f"{r['own_epochs']:>10}   {paper}")
         lines.append("s/epoch: mean training seconds of the epochs each method ran itself (meta methods: their meta "
                      + (f"epochs); {args.jobs} runs shared the CPU, so these are perturbed; the step costs below are the "
                         "fair comparison" if args.jobs > 1 else "epochs), this command's runs one at a time"))
