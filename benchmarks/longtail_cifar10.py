@@ -121,18 +121,17 @@ def _strip(res):
     return None if res is None else {k: v for k, v in res.items() if k != "per_class_accuracy"}
 
 
-def _step_inputs(args):
-    """What the one-process step measurements share: the data, a CE trainer (its untrained model, its image
-    preparation), the validation batch (the first ``--batch-size`` validation images) and a seeded generator for
-    :func:`_draw_batch`."""
+def _step_inputs(args, data):
+    """What the one-process step measurements share on ``data`` (the run's :func:`_data`): a CE trainer (its untrained
+    model, its image preparation), the validation batch (the first ``--batch-size`` validation images) and a seeded
+    generator for :func:`_draw_batch`."""
     import torch
 
     from longtail.trainer import Trainer
 
-    data = _data(args)
     base = Trainer(_config(args, "ce"), data, device=args.device)
     val = (base.prepare_images(data.val_images[: args.batch_size]), data.val_labels.to(args.device)[: args.batch_size])
-    return data, base, val, torch.Generator().manual_seed(args.seed)
+    return base, val, torch.Generator().manual_seed(args.seed)
 
 
 def _draw_batch(base, data, gen, size: int):
@@ -146,14 +145,15 @@ def _draw_batch(base, data, gen, size: int):
             data.train_labels[idx].to(base.device))
 
 
-def measure_cost(args, steps: int) -> dict:
-    """Seconds per training step of ce / two-component / lazy-two-component, interleaved on the same batches."""
+def measure_cost(args, data, steps: int) -> dict:
+    """Seconds per training step of ce / two-component / lazy-two-component, interleaved on the same batches of
+    ``data`` (the run's :func:`_data`)."""
     import torch
 
     from longtail.methods import StepContext, create_method
     from longtail.trainer import method_options
 
-    data, base, (val_x, val_y), gen = _step_inputs(args)
+    base, (val_x, val_y), gen = _step_inputs(args, data)
     names = ("ce", "two-component", "lazy-two-component")
     # (each with the run's own settings: --inner-steps, --inner-lr, --eps-rule)
     methods = {n: create_method(n, data.counts, device=args.device, **method_options(_config(args, n))) for n in names}
@@ -204,7 +204,7 @@ def weight_agreement(model, plain, lazy, batches, *, lr: float, epoch: int, val)
             "weight_distance_median": statistics.median(dist), "weight_distance_max": max(dist), "batches": len(cos)}
 
 
-def measure_agreement(args, batches: int) -> dict:
+def measure_agreement(args, data, batches: int) -> dict:
     """:func:`weight_agreement` for both ε rules at the meta phase's first lr, from the CE phase's weights.
 
     The weights are ``--ce-phase``'s, else this run's ``OUT/ce_phase.pt``, else the untrained network's (``from``
@@ -213,7 +213,7 @@ def measure_agreement(args, batches: int) -> dict:
     from longtail.methods import create_method
     from longtail.trainer import method_options
 
-    data, base, val, gen = _step_inputs(args)
+    base, val, gen = _step_inputs(args, data)
     source = args.ce_phase or (Path(args.out) / "ce_phase.pt")
     if Path(source).is_file():
         _continue_ce_phase(base, source, args.device)
@@ -349,8 +349,8 @@ def main(argv=None) -> dict:
     import torch
 
     torch.set_num_threads(threads)  # one thread when runs share the CPU: contention would distort the ratio
-    cost = measure_cost(args, args.timing_steps)
-    agreement = measure_agreement(args, args.agreement) if args.agreement else None
+    cost = measure_cost(args, data, args.timing_steps)
+    agreement = measure_agreement(args, data, args.agreement) if args.agreement else None
 
     lines = [budget]
     if results:  # (none with --cost-only): the table of runs

@@ -148,7 +148,7 @@ def test_cost_ratio_is_of_medians_after_the_warm_up_step(data_root, monkeypatch)
 
     monkeypatch.setattr(longtail.methods, "create_method", create_method)
     monkeypatch.setattr(bench, "clock", lambda device: now[0])
-    cost = bench.measure_cost(args, 3)
+    cost = bench.measure_cost(args, bench._data(args), 3)
     assert cost["steps"] == 3 and cost["step_s"] == {"ce": 2, "two-component": 4, "lazy-two-component": 6}
     assert cost["two_component_over_ce"] == 2.0 and cost["lazy_over_ce"] == 3.0
     # each method timed with the run's own settings (the lazy student's k and lr, the ε rule)
@@ -173,7 +173,7 @@ def test_table_rows_hold_each_methods_best_and_last_epoch(data_root, tmp_path, m
                 "own_epoch_s": e / 4, "own_epochs": int(e), "wall_s": 99.0, "history": []}
 
     monkeypatch.setattr(bench, "run_method", run_method)
-    monkeypatch.setattr(bench, "measure_cost", lambda args, steps: {
+    monkeypatch.setattr(bench, "measure_cost", lambda args, data, steps: {
         "step_s": {"ce": 1.0, "two-component": 2.0, "lazy-two-component": 3.0}, "two_component_over_ce": 2.0,
         "lazy_over_ce": 3.0, "steps": steps})
     bench.main(["--smoke", "--data-dir", str(data_root), "--out", str(tmp_path), "--n-max", "30", "--imbalance", "10",
