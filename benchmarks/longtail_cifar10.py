@@ -90,6 +90,13 @@ def _continue_ce_phase(trainer, path, device: str) -> None:
     trainer.load_state(state)
 
 
+def _reseed_meta_phase(trainer, meta_seed: int | None) -> None:
+    """With ``--meta-seed``, the epochs from the meta start on draw their batch order and augmentation from a stream
+    seeded with it (every method of the command alike, CE included); None: the CE run's stream goes on."""
+    if meta_seed is not None:
+        trainer.generator.manual_seed(meta_seed)
+
+
 def run_method(args, method: str, threads: int) -> dict:
     """Train one method (a worker process); meta methods start from the CE phase checkpoint."""
     import torch
@@ -104,10 +111,12 @@ def run_method(args, method: str, threads: int) -> dict:
     if method in META:
         _continue_ce_phase(trainer, args.ce_phase or ce_phase, args.device)
         started_at = trainer.epoch
+        _reseed_meta_phase(trainer, args.meta_seed)
 
     def keep_ce_phase(tr, row):
         if method == "ce" and tr.epoch == tr.schedule.meta_start:
-            tr.save(ce_phase)
+            tr.save(ce_phase)  # (with the CE run's own stream: the meta runs reseed after loading it)
+            _reseed_meta_phase(tr, args.meta_seed)
 
     started = time.perf_counter()
     trainer.run(on_epoch_end=keep_ce_phase)
@@ -288,6 +297,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--agreement", type=non_negative_int, default=0, metavar="BATCHES",
                         help="also compare two-component's and lazy-two-component's weights from the same CE-phase "
                              "weights on this many batches (0: not)")
+    parser.add_argument("--meta-seed", type=seed, default=None,
+                        help="reseed the batch order and augmentation of every method from the meta start on (CE's "
+                             "epochs there too): another draw of the meta phase from the same CE phase, for its "
+                             "run-to-run spread (default: the CE run's random stream goes on)")
     parser.add_argument("--ce-phase", type=_checkpoint_file, default=None,
                         help="reuse this ce_phase.pt of an earlier run with the same settings instead of training CE again")
     parser.add_smoke_option("seconds: a code-path check (~250 images)", epochs=2, n_max=100, test_per_class=10, batch_size=64,
@@ -310,7 +323,8 @@ def main(argv=None) -> dict:
     f1, f2 = sched.decay_factors
     budget = (f"REDUCED BUDGET: {args.model}, {args.epochs} epochs (lr 0.1, warm-up {sched.warmup_epochs}, x{f1:g} from epoch "
               f"{sched.decay_epochs[0] + 1}, x{f2:g} from {sched.decay_epochs[1] + 1}, meta/DRW from epoch {sched.meta_start + 1}), "
-              f"batch {args.batch_size}, n_max {args.n_max or 'standard'}, {len(data.test_labels)} test images, seed {args.seed}, "
+              f"batch {args.batch_size}, n_max {args.n_max or 'standard'}, {len(data.test_labels)} test images, seed {args.seed}"
+              f"{'' if args.meta_seed is None else f' (meta phase reseeded with {args.meta_seed})'}, "
               f"lazy student k={args.inner_steps} at lr {args.inner_lr if args.inner_lr else 'of the schedule'}, "
               f"two-component eps rule '{args.eps_rule}'")
     print(budget, flush=True)

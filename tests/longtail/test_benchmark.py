@@ -117,6 +117,28 @@ def test_benchmark_meta_runs_from_a_saved_ce_phase_in_parallel_jobs(data_root, t
                              "--ce-phase", str(tmp_path / "ce" / "ce_phase.pt")])
 
 
+def test_meta_seed_redraws_only_the_meta_phase_and_alike_for_every_method(data_root, tmp_path, capsys):
+    bench = _load_benchmark()
+    common = ["--smoke", "--data-dir", str(data_root), "--n-max", "30", "--imbalance", "10", "--epochs", "3"]
+    plain = bench.main(common + ["--out", str(tmp_path / "plain"), "--methods", "ce,two-component"])
+    capsys.readouterr()
+    both = bench.main(common + ["--out", str(tmp_path / "both"), "--methods", "ce,two-component", "--meta-seed", "7"])
+    assert "seed 0 (meta phase reseeded with 7)" in capsys.readouterr().out and both["config"]["meta_seed"] == 7
+    start = sum(not row["meta"] for row in both["results"]["two-component"]["history"])
+    assert 0 < start < 3
+
+    def untimed(run):
+        return [{k: v for k, v in row.items() if k != "train_s"} for row in run["history"]]
+    for method in ("ce", "two-component"):
+        before, after = untimed(plain["results"][method]), untimed(both["results"][method])
+        assert before[:start] == after[:start]  # the CE phase is the same run
+        assert all(a["train_loss"] != b["train_loss"] for a, b in zip(before[start:], after[start:]))
+    # a meta run from the saved CE phase with the same meta seed is that command's run again, step for step
+    again = bench.main(common + ["--out", str(tmp_path / "again"), "--methods", "two-component", "--meta-seed", "7",
+                                 "--ce-phase", str(tmp_path / "both" / "ce_phase.pt")])
+    assert untimed(again["results"]["two-component"]) == untimed(both["results"]["two-component"])
+
+
 def test_cost_ratio_is_of_medians_after_the_warm_up_step(data_root, monkeypatch):
     """measure_cost: every method on the same batch from the same weights; the warm-up dropped; medians; ratios to CE."""
     import longtail.methods
