@@ -192,11 +192,17 @@ def weight_agreement(model, plain, lazy, batches, *, lr: float, epoch: int, val)
     BatchNorm state); ε = weight − w_y. Returns the median and least cosine of the two ε, the median overlap of the
     examples each gives a positive ε (Jaccard; the normalized rule clips), and the median and largest
     ‖w_lazy − w‖₁ / ‖w‖₁. Cosine 1 and distance 0 mean the teacher's leap changed nothing the update sees.
+    ``eps_share`` is each method's mean share of a batch's |ε| on the examples of many-, medium- and few-shot
+    classes (:func:`longtail.evaluation.shot_group` of the methods' training counts): where the extra weight goes.
     """
     import torch
 
+    from longtail.evaluation import shot_group
     from longtail.methods import StepContext
 
+    groups = ("many", "medium", "few")
+    group_of = torch.tensor([groups.index(shot_group(n)) for n in plain.counts])
+    shares: dict[str, list] = {plain.name: [], lazy.name: []}
     cos, overlap, dist = [], [], []
     for x, y in batches:
         eps, weights = [], []
@@ -204,13 +210,18 @@ def weight_agreement(model, plain, lazy, batches, *, lr: float, epoch: int, val)
             method.loss(StepContext(copy.deepcopy(model), lr, epoch, *val), x, y)
             weights.append(method.last_weights)
             eps.append(method.last_weights - method.class_weights[y])
+            mass = eps[-1].detach().abs().double().cpu()
+            if float(mass.sum()) > 0:
+                shares[method.name].append(torch.zeros(len(groups), dtype=torch.float64)
+                                           .index_add_(0, group_of[y.cpu()], mass) / mass.sum())
         cos.append(float(torch.nn.functional.cosine_similarity(eps[0].double(), eps[1].double(), dim=0)))
         either = (eps[0] > 0) | (eps[1] > 0)
         overlap.append(float(((eps[0] > 0) & (eps[1] > 0)).sum() / either.sum()) if bool(either.any()) else 1.0)
         dist.append(float((weights[1] - weights[0]).abs().sum() / weights[0].abs().sum()))
     return {"eps_cosine_median": statistics.median(cos), "eps_cosine_min": min(cos),
             "positive_eps_overlap_median": statistics.median(overlap),
-            "weight_distance_median": statistics.median(dist), "weight_distance_max": max(dist), "batches": len(cos)}
+            "weight_distance_median": statistics.median(dist), "weight_distance_max": max(dist), "batches": len(cos),
+            "eps_share": {name: dict(zip(groups, torch.stack(v).mean(0).tolist())) if v else None for name, v in shares.items()}}
 
 
 def measure_agreement(args, data, batches: int) -> dict:
@@ -396,6 +407,9 @@ def main(argv=None) -> dict:
             lines.append(f"  eps {rule:<10} cosine of eps median {a['eps_cosine_median']:.4f} (min {a['eps_cosine_min']:.4f}), "
                          f"positive-eps overlap {a['positive_eps_overlap_median']:.2f}, weights differ by "
                          f"{100 * a['weight_distance_median']:.3f}% (max {100 * a['weight_distance_max']:.3f}%) of their L1")
+            lines.append(f"  {'':<15} share of |eps| on many/medium/few-shot classes: " + ", ".join(
+                f"{name} " + ("-" if share is None else "/".join(f"{100 * v:.1f}" for v in share.values()) + "%")
+                for name, share in a["eps_share"].items()))
     table = "\n".join(lines)
     print(table)
     out = {"config": {k: v for k, v in vars(args).items()}, "counts": data.counts, "budget": budget,

@@ -1,6 +1,7 @@
 """The CIFAR-LT benchmark script keeps working: its --smoke size runs, prints the table and writes JSON."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import sys
@@ -37,6 +38,8 @@ def test_benchmark_smoke(data_root, tmp_path, capsys):
     assert agreement["from"] == str(tmp_path / "ce_phase.pt") and agreement["lr"] == out["results"]["ce"]["history"][-1]["lr"]
     assert all(agreement[rule]["batches"] == 1 and -1 <= agreement[rule]["eps_cosine_min"] <= 1 for rule in ("step", "normalized"))
     assert f"cosine of eps median {agreement['normalized']['eps_cosine_median']:.4f}" in printed
+    share = agreement["normalized"]["eps_share"]["lazy-two-component"]
+    assert sum(share.values()) == pytest.approx(1.0) and ("/".join(f"{100 * v:.1f}" for v in share.values()) + "%") in printed
     assert set(out["results"]) == {"ce", "cb-ce", "ldam-drw", "logit-adjust", "two-component", "lazy-two-component"}
     # the meta methods continue the CE run: their first epoch is the CE run's first epoch
     assert out["results"]["lazy-two-component"]["history"][0] == out["results"]["ce"]["history"][0]
@@ -208,7 +211,7 @@ def test_table_rows_hold_each_methods_best_and_last_epoch(data_root, tmp_path, m
 @pytest.mark.parametrize("rule", ["step", "normalized"])
 def test_weight_agreement_is_exact_when_the_leap_is_the_virtual_step_and_falls_as_the_student_walks(rule):
     """γ = 1 puts the leap at θ̃, so lazy's ε must be two-component's; the further the student walks, the less alike."""
-    from longtail.methods import LazyTwoComponent, TwoComponent
+    from longtail.methods import LazyTwoComponent, StepContext, TwoComponent
     from .._models import linear_problem
 
     bench = _load_benchmark()
@@ -232,3 +235,15 @@ def test_weight_agreement_is_exact_when_the_leap_is_the_virtual_step_and_falls_a
     assert 0.95 < near["eps_cosine_median"] < 0.999 and far["eps_cosine_median"] < 0.95  # the further, the less alike
     assert 1e-4 < near["weight_distance_median"] < far["weight_distance_median"]
     assert far["eps_cosine_min"] <= far["eps_cosine_median"] and far["weight_distance_max"] >= far["weight_distance_median"]
+    # where the extra weight goes, against a count by hand from two-component's ε (class 0: 20 images, medium; 1, 2: few)
+    plain = TwoComponent(counts, eps_rule=rule)
+    plain.class_weights = plain.class_weights.double()
+    by_hand = []
+    for bx, by in batches:
+        plain.loss(StepContext(copy.deepcopy(model), 0.3, plain.meta_start, vx, vy), bx, by)
+        mass = (plain.last_weights - plain.class_weights[by]).abs()
+        by_hand.append([0.0, float(mass[by == 0].sum() / mass.sum()), float(mass[by > 0].sum() / mass.sum())])
+    expected = [sum(column) / len(batches) for column in zip(*by_hand)]
+    assert 0 < expected[1] < 1 and list(same["eps_share"]["two-component"].values()) == pytest.approx(expected, abs=1e-12)
+    assert list(same["eps_share"]["lazy-two-component"].values()) == pytest.approx(expected, abs=1e-12)
+    assert sum(far["eps_share"]["lazy-two-component"].values()) == pytest.approx(1.0)
