@@ -197,11 +197,10 @@ def weight_agreement(model, plain, lazy, batches, *, lr: float, epoch: int, val)
     """
     import torch
 
-    from longtail.evaluation import shot_group
+    from longtail.evaluation import SHOT_GROUPS, shot_group
     from longtail.methods import StepContext
 
-    groups = ("many", "medium", "few")
-    group_of = torch.tensor([groups.index(shot_group(n)) for n in plain.counts])
+    group_of = torch.tensor([SHOT_GROUPS.index(shot_group(n)) for n in plain.counts])
     shares: dict[str, list] = {plain.name: [], lazy.name: []}
     cos, overlap, dist = [], [], []
     for x, y in batches:
@@ -212,7 +211,7 @@ def weight_agreement(model, plain, lazy, batches, *, lr: float, epoch: int, val)
             eps.append(method.last_weights - method.class_weights[y])
             mass = eps[-1].detach().abs().double().cpu()
             if float(mass.sum()) > 0:
-                shares[method.name].append(torch.zeros(len(groups), dtype=torch.float64)
+                shares[method.name].append(torch.zeros(len(SHOT_GROUPS), dtype=torch.float64)
                                            .index_add_(0, group_of[y.cpu()], mass) / mass.sum())
         cos.append(float(torch.nn.functional.cosine_similarity(eps[0].double(), eps[1].double(), dim=0)))
         either = (eps[0] > 0) | (eps[1] > 0)
@@ -221,7 +220,7 @@ def weight_agreement(model, plain, lazy, batches, *, lr: float, epoch: int, val)
     return {"eps_cosine_median": statistics.median(cos), "eps_cosine_min": min(cos),
             "positive_eps_overlap_median": statistics.median(overlap),
             "weight_distance_median": statistics.median(dist), "weight_distance_max": max(dist), "batches": len(cos),
-            "eps_share": {name: dict(zip(groups, torch.stack(v).mean(0).tolist())) if v else None for name, v in shares.items()}}
+            "eps_share": {name: dict(zip(SHOT_GROUPS, torch.stack(v).mean(0).tolist())) if v else None for name, v in shares.items()}}
 
 
 def measure_agreement(args, data, batches: int) -> dict:

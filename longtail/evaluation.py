@@ -18,6 +18,7 @@ from .augment import normalize
 
 MANY_SHOT = 100  # more than this many training images
 FEW_SHOT = 20  # fewer than this many training images
+SHOT_GROUPS = ("many", "medium", "few")  # the names shot_group returns, in the order results report them
 
 
 def shot_group(count: int) -> str:
@@ -54,7 +55,7 @@ def summarize(predictions: torch.Tensor, labels: torch.Tensor, counts: Sequence[
     # A class without test images has no accuracy (None), not 0%.
     per_class = [float(a) if n > 0 else None
                  for a, n in zip((100 * per_class_correct / per_class_total.clamp_min(1)).tolist(), per_class_total.tolist())]
-    groups: dict[str, list[int]] = {"many": [], "medium": [], "few": []}
+    groups: dict[str, list[int]] = {group: [] for group in SHOT_GROUPS}
     for c, n in enumerate(counts):
         if per_class[c] is not None:
             groups[shot_group(n)].append(c)
