@@ -54,6 +54,7 @@ def _config(args, method):
     return TrainConfig(dataset=args.dataset, imbalance=args.imbalance, method=method, epochs=args.epochs,
                        batch_size=args.batch_size, inner_steps=args.inner_steps, n_max=args.n_max or None,
                        lr_decay=args.lr_decay, inner_lr=args.inner_lr, eps_rule=args.eps_rule,
+                       **({} if args.gammas is None else {"gammas": args.gammas}),
                        test_per_class=args.test_per_class or None, model=args.model, seed=args.seed,
                        preset="benchmark-smoke" if args.smoke else "benchmark")
 
@@ -65,6 +66,16 @@ def _decay(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"expected two comma-separated multipliers, got {text!r}")
     first, second = (positive_float(v) for v in parts)
     return first, second
+
+
+def _gammas(text: str) -> tuple[float, ...]:
+    """``--gammas``: :func:`lazyapps.cli.parse_gammas` as an ``argparse`` type."""
+    from lazyapps.cli import parse_gammas
+
+    try:
+        return parse_gammas(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _data(args):
@@ -164,7 +175,7 @@ def measure_cost(args, data, steps: int) -> dict:
 
     base, (val_x, val_y), gen = _step_inputs(args, data)
     names = ("ce", "two-component", "lazy-two-component")
-    # (each with the run's own settings: --inner-steps, --inner-lr, --eps-rule)
+    # (each with the run's own settings: --inner-steps, --inner-lr, --gammas, --eps-rule)
     methods = {n: create_method(n, data.counts, device=args.device, **method_options(_config(args, n))) for n in names}
     times = {n: [] for n in names}
     for step in range(steps + 1):  # the first round warms up (allocations, forward-mode AD setup) and is dropped
@@ -292,6 +303,8 @@ def main(argv=None) -> dict:
                         help="lr multipliers from the first and second decay (paper: 0.01,0.0001)")
     parser.add_argument("--inner-steps", type=positive_int, default=5)
     parser.add_argument("--inner-lr", type=positive_float, default=None, help="lazy student's lr (default: the current lr)")
+    parser.add_argument("--gammas", type=_gammas, default=None,
+                        help="lazy teacher's γ grid, ties going to the first listed (default: 0.75,0.8,0.85,0.9,0.95)")
     parser.add_argument("--eps-rule", default="step", choices=("step", "normalized"), help="two-component's ε rule")
     parser.add_argument("--model", type=_zoo_model, default="resnet32")
     parser.add_argument("--methods", type=names("method", PLAIN + META), default=",".join(PLAIN + META))
@@ -335,7 +348,8 @@ def main(argv=None) -> dict:
               f"{sched.decay_epochs[0] + 1}, x{f2:g} from {sched.decay_epochs[1] + 1}, meta/DRW from epoch {sched.meta_start + 1}), "
               f"batch {args.batch_size}, n_max {args.n_max or 'standard'}, {len(data.test_labels)} test images, seed {args.seed}"
               f"{'' if args.meta_seed is None else f' (meta phase reseeded with {args.meta_seed})'}, "
-              f"lazy student k={args.inner_steps} at lr {args.inner_lr if args.inner_lr else 'of the schedule'}, "
+              f"lazy student k={args.inner_steps} at lr {args.inner_lr if args.inner_lr else 'of the schedule'}"
+              f"{'' if args.gammas is None else ', gamma grid ' + ','.join(f'{g:g}' for g in args.gammas)}, "
               f"two-component eps rule '{args.eps_rule}'")
     print(budget, flush=True)
 

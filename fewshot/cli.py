@@ -129,7 +129,7 @@ def _refuse_transductive_for_regression(dataset: str) -> None:
 @click.option("--iterations", type=INT64, default=None, help="Meta-iterations (default: the preset's).")
 @click.option("--meta-batch", type=INT64, default=None, help="Tasks per meta-iteration (default: the preset's / paper's).")
 @click.option("--last", type=click.IntRange(1, 10), default=None, help="Lazy learners: checkpoints the teacher mixes (1 or 3 in the paper).")
-@click.option("--gammas", callback=gammas_option, default=None, help="Lazy learners: the teacher's gamma grid, comma-separated (default 0.75,...,0.95).")
+@click.option("--gammas", callback=gammas_option, default=None, help="Lazy learners: the teacher's gamma grid, comma-separated; ties go to the first listed (default 0.75,...,0.95).")
 @click.option("--zero-head", is_flag=True, default=None,
               help="Zero the output layer at the start and after every meta-update (Kao et al.'s zeroing trick; off in the papers).")
 @click.option("--hp", "extra_hparams", multiple=True, callback=_hparam_values, metavar="NAME=VALUE",

@@ -241,17 +241,27 @@ def distinct_outputs(paths: Mapping[str, Any], keep: Mapping[str, Any] | None = 
         seen[resolved] = option
 
 
-def gammas_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
-    """Click callback for ``--gammas``: the lazy teacher's γ grid, comma-separated numbers in [0, 1] (None if not given)."""
-    if value is None:
-        return None
-    try:  # (an empty entry, as in 0.5,,0.7, is a typo: refused rather than skipped)
-        gammas = tuple(float(v) for v in value.split(","))
+def parse_gammas(text: str) -> tuple[float, ...]:
+    """The lazy teacher's γ grid from comma-separated numbers in [0, 1] ("0.75,0.8"), in the order given (the
+    teacher breaks ties by it); :class:`ValueError` otherwise. An empty entry, as in 0.5,,0.7, is a typo: refused
+    rather than skipped."""
+    try:
+        gammas = tuple(float(v) for v in text.split(","))
     except ValueError:
         gammas = ()
     if not gammas or not all(0 <= g <= 1 for g in gammas):
-        raise click.BadParameter(f"must be comma-separated numbers in [0, 1] such as 0.75,0.8,0.85, got {value!r}")
+        raise ValueError(f"must be comma-separated numbers in [0, 1] such as 0.75,0.8,0.85, got {text!r}")
     return gammas
+
+
+def gammas_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+    """Click callback for ``--gammas``: :func:`parse_gammas` of the value (None if not given)."""
+    if value is None:
+        return None
+    try:
+        return parse_gammas(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 def common_options(func: Callable) -> Callable:

@@ -111,7 +111,7 @@ def longtail() -> None:
 @click.option("--inner-lr", type=float, default=None, help="The lazy student's lr (default: the current training lr).")
 @click.option("--eps-rule", type=click.Choice(["step", "normalized"]), default="step", show_default=True,
               help="two-component ε: step (Jamal et al.'s code, ε = -0.01 dL_val/dε) or normalized (L2RW-style, mass of w_y).")
-@click.option("--gammas", callback=gammas_option, default=None, help="The teacher's γ grid, e.g. 0.75,0.8,0.85,0.9,0.95 (default).")
+@click.option("--gammas", callback=gammas_option, default=None, help="The teacher's γ grid, e.g. 0.75,0.8,0.85,0.9,0.95 (default); ties go to the first listed.")
 @click.option("--split", "rule", type=click.Choice(["first", "ldam"]), default="first", show_default=True,
               help="first: per class the first --val-per-class images validate, the next n_c train (file order); "
                    "ldam: the same from Cao et al.'s seeded shuffle (needs the full dataset).")

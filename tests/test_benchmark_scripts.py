@@ -118,6 +118,8 @@ def test_every_script_refuses_an_unwritable_json_before_any_work(script, tmp_pat
     ("scaling.py", ["--procs", "abc"], "--procs: expected a whole number, got 'abc'"),
     ("longtail_cifar10.py", ["--timing-steps", "0"], "--timing-steps: must be at least 1, got 0"),  # once a StatisticsError
     ("longtail_cifar10.py", ["--lr-decay", "0.1"], "--lr-decay: expected two comma-separated multipliers, got '0.1'"),
+    ("longtail_cifar10.py", ["--gammas", "0.9,,0.8"],
+     "--gammas: must be comma-separated numbers in [0, 1] such as 0.75,0.8,0.85, got '0.9,,0.8'"),
     ("longtail_cifar10.py", ["--model", "nosuchnet"], "--model: unknown model 'nosuchnet'; valid: conv4,"),
     ("attack_cifar.py", ["--n-images", "x"], "--n-images: expected a whole number, got 'x'"),
     # once refused only after the data was loaded, in the first meta worker

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from lazyapps.errors import CheckpointError
-from longtail.trainer import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,7 +79,7 @@ def _args(**changed):
     import argparse
 
     args = dict(dataset="cifar10", imbalance=10.0, data_dir=None, n_max=30, test_per_class=10, seed=0, epochs=2, batch_size=8,
-                inner_steps=3, lr_decay=(0.01, 0.0001), inner_lr=None, eps_rule="step", model="lenet5", smoke=True, device="cpu")
+                inner_steps=3, lr_decay=(0.01, 0.0001), inner_lr=None, gammas=None, eps_rule="step", model="lenet5", smoke=True, device="cpu")
     return argparse.Namespace(**{**args, **changed})
 
 
@@ -142,12 +141,25 @@ def test_meta_seed_redraws_only_the_meta_phase_and_alike_for_every_method(data_r
     assert untimed(again["results"]["two-component"]) == untimed(both["results"]["two-component"])
 
 
+def test_gammas_set_the_lazy_teachers_grid_and_are_named_in_the_budget(data_root, tmp_path, capsys):
+    bench = _load_benchmark()
+    common = ["--smoke", "--data-dir", str(data_root), "--n-max", "30", "--imbalance", "10", "--epochs", "3"]
+    out = bench.main(common + ["--out", str(tmp_path), "--methods", "lazy-two-component", "--gammas", "0.6"])
+    assert ", gamma grid 0.6, two-component eps rule" in capsys.readouterr().out and out["config"]["gammas"] == (0.6,)
+    meta = [row for row in out["results"]["lazy-two-component"]["history"] if row["meta"]]
+    assert meta and all(row["meta_gamma"] == 0.6 for row in meta)  # a one-value grid: the leap at 0.6 every step
+    default = bench.main(common + ["--out", str(tmp_path / "default"), "--methods", "lazy-two-component",
+                                   "--ce-phase", str(tmp_path / "ce_phase.pt")])
+    assert "gamma grid" not in capsys.readouterr().out and default["config"]["gammas"] is None
+    assert all(0.75 <= row["meta_gamma"] <= 0.95 for row in default["results"]["lazy-two-component"]["history"] if row["meta"])
+
+
 def test_cost_ratio_is_of_medians_after_the_warm_up_step(data_root, monkeypatch):
     """measure_cost: every method on the same batch from the same weights; the warm-up dropped; medians; ratios to CE."""
     import longtail.methods
 
     bench = _load_benchmark()
-    args = _args(data_dir=str(data_root), inner_lr=0.05, eps_rule="normalized")
+    args = _args(data_dir=str(data_root), inner_lr=0.05, eps_rule="normalized", gammas=(0.9, 0.6))
     # seconds each method's step takes, per round (round 0 is the warm-up): medians 2, 4, 6 (means 4, 4, 24)
     seconds = {"ce": [100, 1, 2, 9], "two-component": [100, 3, 4, 5], "lazy-two-component": [100, 6, 6, 60]}
     now, created, seen = [0.0], {}, []
@@ -176,10 +188,9 @@ def test_cost_ratio_is_of_medians_after_the_warm_up_step(data_root, monkeypatch)
     cost = bench.measure_cost(args, bench._data(args), 3)
     assert cost["steps"] == 3 and cost["step_s"] == {"ce": 2, "two-component": 4, "lazy-two-component": 6}
     assert cost["two_component_over_ce"] == 2.0 and cost["lazy_over_ce"] == 3.0
-    # each method timed with the run's own settings (the lazy student's k and lr, the ε rule)
-    gammas = tuple(TrainConfig().gammas)
+    # each method timed with the run's own settings (the lazy student's k and lr, its γ grid, the ε rule)
     assert created == {"ce": {}, "two-component": {"eps_rule": "normalized"},
-                       "lazy-two-component": {"inner_steps": 3, "gammas": gammas, "inner_lr": 0.05, "eps_rule": "normalized"}}
+                       "lazy-two-component": {"inner_steps": 3, "gammas": (0.9, 0.6), "inner_lr": 0.05, "eps_rule": "normalized"}}
     assert len(seen) == 12
     assert [name for name, *_ in seen] == ["ce", "two-component", "lazy-two-component"] * 4
     for r in range(4):  # one batch and one set of starting weights per round, shared by the three methods
