@@ -196,7 +196,57 @@ def measure_cost(args, data, steps: int) -> dict:
             "lazy_over_ce": med["lazy-two-component"] / med["ce"], "steps": steps}
 
 
-def weight_agreement(model, plain, lazy, batches, *, lr: float, epoch: int, val) -> dict:
+def gradients_of_test_loss(model, images, labels, counts, *, prepare, chunk: int = 250) -> dict:
+    """∇θ of the mean test cross-entropy, over all test images and over each shot group's (``all``, ``many``,
+    ``medium``, ``few``; groups without test images left out), as the evaluation sees the model: eval-mode
+    BatchNorm, so chunks add up exactly and the model's buffers stay as they are. ``prepare`` turns uint8 images
+    into the model's input (the trainer's ``prepare_images``)."""
+    import torch
+
+    from longtail.evaluation import SHOT_GROUPS, shot_group
+    from lazyapps.functional import forward, params_of
+
+    params = {k: v.detach().requires_grad_() for k, v in params_of(model).items()}
+    group = torch.tensor([SHOT_GROUPS.index(shot_group(n)) for n in counts])[labels.cpu()]
+    sums = {g: [torch.zeros_like(v) for v in params.values()] for g in SHOT_GROUPS}
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(labels), chunk):
+            x = prepare(images[start:start + chunk])
+            y = labels[start:start + chunk].to(x.device)
+            losses = torch.nn.functional.cross_entropy(forward(model, params, {}, x), y, reduction="none")
+            for g, name in enumerate(SHOT_GROUPS):
+                mine = (group[start:start + chunk] == g).to(x.device)
+                if bool(mine.any()):
+                    grads = torch.autograd.grad(losses[mine].sum(), list(params.values()), retain_graph=True,
+                                                allow_unused=True, materialize_grads=True)
+                    for total, grad in zip(sums[name], grads):
+                        total += grad
+    finally:
+        model.train(was_training)
+    sizes = {name: int((group == g).sum()) for g, name in enumerate(SHOT_GROUPS)}
+    out = {"all": {k: sum(sums[g][i] for g in SHOT_GROUPS) / len(labels) for i, k in enumerate(params)}}
+    out.update({g: {k: sums[g][i] / sizes[g] for i, k in enumerate(params)} for g in SHOT_GROUPS if sizes[g]})
+    return out
+
+
+def per_example_alignment(model, inputs, targets, directions) -> dict:
+    """c_i = ⟨∇θ ℓ_i(θ), u⟩ for every example of a training batch and every u in ``directions`` (by name).
+
+    ℓ_i is the training forward's per-example cross-entropy (batch statistics, as the real step sees it). A step
+    on the weighted mean loss Σ w_i ℓ_i / Σ w_i then changes a loss with gradient u by −lr·Σ w_i c_i / Σ w_i to
+    first order. Computed as the look-ahead's pull-back of u: a directional difference, one forward per u (in float32
+    within a few per cent of the exact derivative, and the same c serves every weighting compared on the batch)."""
+    from longtail.losses import cross_entropy
+    from longtail.reweighting import LookAhead
+    from lazyapps.functional import params_of
+
+    look = LookAhead(model, params_of(model, detach=True), inputs, targets, cross_entropy, lr=1.0, reduction="sum")
+    return {name: -look.weight_gradient(u) for name, u in directions.items()}  # (−α⟨∇ℓ_i, u⟩ with α = 1)
+
+
+def weight_agreement(model, plain, lazy, batches, *, lr: float, epoch: int, val, test_gradients=None) -> dict:
     """How far lazy-two-component's example weights are from two-component's when both step from the same θ.
 
     For each ``(x, y)`` in ``batches``, each method takes its meta step from a copy of ``model`` (same weights, same
@@ -205,6 +255,10 @@ def weight_agreement(model, plain, lazy, batches, *, lr: float, epoch: int, val)
     ‖w_lazy − w‖₁ / ‖w‖₁. Cosine 1 and distance 0 mean the teacher's leap changed nothing the update sees.
     ``eps_share`` is each method's mean share of a batch's |ε| on the examples of many-, medium- and few-shot
     classes (:func:`longtail.evaluation.shot_group` of the methods' training counts): where the extra weight goes.
+    With ``test_gradients`` (:func:`gradients_of_test_loss` at ``model``), ``test_descent`` says which weights serve
+    the test loss better, to first order: for CE (uniform weights), the class weights alone, and each method's
+    weights, the mean over batches of Σ w_i c_i / Σ w_i (:func:`per_example_alignment`; how fast that step lowers
+    the test loss of all classes, or of one shot group's, per unit lr), and lazy minus two-component per batch.
     """
     import torch
 
@@ -214,8 +268,10 @@ def weight_agreement(model, plain, lazy, batches, *, lr: float, epoch: int, val)
     group_of = torch.tensor([SHOT_GROUPS.index(shot_group(n)) for n in plain.counts])
     shares: dict[str, list] = {plain.name: [], lazy.name: []}
     cos, overlap, dist = [], [], []
+    descent: dict[str, dict[str, list[float]]] = {}
     for x, y in batches:
         eps, weights = [], []
+        align = per_example_alignment(model, x, y, test_gradients) if test_gradients else {}
         for method in (plain, lazy):
             method.loss(StepContext(copy.deepcopy(model), lr, epoch, *val), x, y)
             weights.append(method.last_weights)
@@ -228,10 +284,24 @@ def weight_agreement(model, plain, lazy, batches, *, lr: float, epoch: int, val)
         either = (eps[0] > 0) | (eps[1] > 0)
         overlap.append(float(((eps[0] > 0) & (eps[1] > 0)).sum() / either.sum()) if bool(either.any()) else 1.0)
         dist.append(float((weights[1] - weights[0]).abs().sum() / weights[0].abs().sum()))
+        candidates = {"ce": torch.ones_like(weights[0]), "class weights": plain.class_weights[y],
+                      plain.name: weights[0], lazy.name: weights[1]}
+        for name, w in candidates.items():
+            w = w.detach().double()
+            for group, c in align.items():
+                descent.setdefault(name, {}).setdefault(group, []).append(float((w * c.double()).sum() / w.sum()))
+    test_descent = None
+    if descent:
+        test_descent = {name: {g: statistics.mean(v) for g, v in groups.items()} for name, groups in descent.items()}
+        differences = {g: [a - b for a, b in zip(descent[lazy.name][g], descent[plain.name][g])] for g in align}
+        test_descent["lazy_minus_two_component"] = {
+            g: {"mean": statistics.mean(d), "sd": statistics.stdev(d) if len(d) > 1 else 0.0,
+                "positive": sum(v > 0 for v in d), "batches": len(d)} for g, d in differences.items()}
     return {"eps_cosine_median": statistics.median(cos), "eps_cosine_min": min(cos),
             "positive_eps_overlap_median": statistics.median(overlap),
             "weight_distance_median": statistics.median(dist), "weight_distance_max": max(dist), "batches": len(cos),
-            "eps_share": {name: dict(zip(SHOT_GROUPS, torch.stack(v).mean(0).tolist())) if v else None for name, v in shares.items()}}
+            "eps_share": {name: dict(zip(SHOT_GROUPS, torch.stack(v).mean(0).tolist())) if v else None for name, v in shares.items()},
+            "test_descent": test_descent}
 
 
 def measure_agreement(args, data, batches: int) -> dict:
@@ -239,6 +309,8 @@ def measure_agreement(args, data, batches: int) -> dict:
 
     The weights are ``--ce-phase``'s, else this run's ``OUT/ce_phase.pt``, else the untrained network's (``from``
     says which); the validation batch is the first ``--batch-size`` validation images, as in :func:`measure_cost`.
+    The test-loss descent is measured against the gradient of the whole test set's loss (and each shot group's) at
+    those weights: a diagnosis on the test set, which no method trains or selects on.
     """
     from longtail.methods import create_method
     from longtail.trainer import method_options
@@ -254,11 +326,12 @@ def measure_agreement(args, data, batches: int) -> dict:
     lr = base.schedule.lr_at(start)
     picked = [_draw_batch(base, data, gen, args.batch_size) for _ in range(batches)]
     out = {"from": origin, "lr": lr}
+    test = gradients_of_test_loss(base.model, data.test_images, data.test_labels, data.counts, prepare=base.prepare_images)
     for rule in ("step", "normalized"):
         settings = argparse.Namespace(**{**vars(args), "eps_rule": rule})
         plain, lazy = (create_method(n, data.counts, device=args.device, **method_options(_config(settings, n)))
                        for n in ("two-component", "lazy-two-component"))
-        out[rule] = weight_agreement(base.model, plain, lazy, picked, lr=lr, epoch=start, val=val)
+        out[rule] = weight_agreement(base.model, plain, lazy, picked, lr=lr, epoch=start, val=val, test_gradients=test)
     return out
 
 
@@ -423,6 +496,14 @@ def main(argv=None) -> dict:
             lines.append(f"  {'':<15} share of |eps| on many/medium/few-shot classes: " + ", ".join(
                 f"{name} " + ("-" if share is None else "/".join(f"{100 * v:.1f}" for v in share.values()) + "%")
                 for name, share in a["eps_share"].items()))
+            d = a["test_descent"]
+            groups = list(d["lazy_minus_two_component"])
+            lines.append(f"  {'':<15} first-order test-loss descent per unit lr, Σw·<∇ℓ_i, ∇L_test>/Σw ({'/'.join(groups)} "
+                         "test images): " + ", ".join(f"{name} " + "/".join(f"{d[name][g]:.3f}" for g in groups)
+                                                      for name in ("ce", "class weights", "two-component", "lazy-two-component")))
+            lines.append(f"  {'':<15} lazy minus two-component per batch: " + ", ".join(
+                f"{g} {v['mean']:+.4f} (sd {v['sd']:.4f}, {v['positive']} of {v['batches']} positive)"
+                for g, v in d["lazy_minus_two_component"].items()))
     table = "\n".join(lines)
     print(table)
     out = {"config": {k: v for k, v in vars(args).items()}, "counts": data.counts, "budget": budget,

@@ -39,6 +39,13 @@ def test_benchmark_smoke(data_root, tmp_path, capsys):
     assert f"cosine of eps median {agreement['normalized']['eps_cosine_median']:.4f}" in printed
     share = agreement["normalized"]["eps_share"]["lazy-two-component"]
     assert sum(share.values()) == pytest.approx(1.0) and ("/".join(f"{100 * v:.1f}" for v in share.values()) + "%") in printed
+    # the first-order test-loss descent of each weighting, by shot group of the test images (counts 30..3: no many-shot)
+    descent = agreement["normalized"]["test_descent"]
+    assert list(descent["lazy_minus_two_component"]) == ["all", "medium", "few"] == list(descent["ce"])
+    two = descent["two-component"]
+    assert "(all/medium/few test images)" in printed
+    assert "lazy-two-component " + "/".join(f"{descent['lazy-two-component'][g]:.3f}" for g in ("all", "medium", "few")) in printed
+    assert f"two-component {two['all']:.3f}/" in printed and "of 1 positive" in printed
     assert set(out["results"]) == {"ce", "cb-ce", "ldam-drw", "logit-adjust", "two-component", "lazy-two-component"}
     # the meta methods continue the CE run: their first epoch is the CE run's first epoch
     assert out["results"]["lazy-two-component"]["history"][0] == out["results"]["ce"]["history"][0]
@@ -258,3 +265,100 @@ def test_weight_agreement_is_exact_when_the_leap_is_the_virtual_step_and_falls_a
     assert 0 < expected[1] < 1 and list(same["eps_share"]["two-component"].values()) == pytest.approx(expected, abs=1e-12)
     assert list(same["eps_share"]["lazy-two-component"].values()) == pytest.approx(expected, abs=1e-12)
     assert sum(far["eps_share"]["lazy-two-component"].values()) == pytest.approx(1.0)
+
+
+def _batchnorm_net(seed: int) -> torch.nn.Module:
+    """A float64 conv net with BatchNorm (so a batch's examples are coupled) and non-trivial running statistics."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)).double()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    return net
+
+
+def test_per_example_alignment_is_each_examples_gradient_along_u():
+    """c_i against a slow obvious reference: autograd of each ℓ_i alone through the whole batch's forward."""
+    bench = _load_benchmark()
+    net = _batchnorm_net(0)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(6, 3, 5, 5, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    u = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in net.named_parameters()}
+    buffers = [b.clone() for b in net.buffers()]
+    c = bench.per_example_alignment(net, x, y, {"u": u, "-2u": {k: -2 * v for k, v in u.items()}})
+    assert all(torch.equal(a, b) for a, b in zip(buffers, net.buffers()))  # batch statistics, buffers untouched
+    losses = torch.nn.functional.cross_entropy(net(x), y, reduction="none")  # train mode: the batch's statistics
+    slow = []
+    for i in range(len(y)):
+        grads = torch.autograd.grad(losses[i], list(net.parameters()), retain_graph=True)
+        slow.append(sum(float((gi * u[k]).sum()) for (k, _), gi in zip(net.named_parameters(), grads)))
+    assert c["u"].tolist() == pytest.approx(slow, rel=1e-6, abs=1e-9) and max(map(abs, slow)) > 1e-3
+    assert c["-2u"].tolist() == pytest.approx([-2 * v for v in slow], rel=1e-6, abs=1e-9)
+
+
+def test_gradients_of_test_loss_are_the_evaluations_mean_loss_by_group():
+    """Eval-mode gradients, summed over chunks, equal one whole-set backward; 'all' is the size-weighted mix."""
+    bench = _load_benchmark()
+    net = _batchnorm_net(2)
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (7, 3, 5, 5), generator=g, dtype=torch.uint8)
+    labels = torch.tensor([0, 2, 1, 2, 0, 2, 1])
+    counts = [500, 50, 5]  # many, medium, few
+
+    def prepare(batch):
+        return batch.double() / 255
+
+    buffers = [b.clone() for b in net.buffers()]
+    out = bench.gradients_of_test_loss(net, images, labels, counts, prepare=prepare, chunk=3)
+    assert net.training and all(torch.equal(a, b) for a, b in zip(buffers, net.buffers()))
+    assert set(out) == {"all", "many", "medium", "few"}
+    net.eval()
+    for group, members in (("all", labels >= 0), ("many", labels == 0), ("few", labels == 2)):
+        loss = torch.nn.functional.cross_entropy(net(prepare(images[members])), labels[members])
+        expected = torch.autograd.grad(loss, list(net.parameters()))
+        for (k, _), e in zip(net.named_parameters(), expected):
+            assert torch.allclose(out[group][k], e, rtol=1e-10, atol=1e-12), (group, k)
+    # a group without test images is left out
+    assert set(bench.gradients_of_test_loss(net, images[labels > 0], labels[labels > 0], counts, prepare=prepare)) == {
+        "all", "medium", "few"}
+
+
+def test_weight_agreement_reports_each_weightings_first_order_test_descent():
+    """test_descent is Σ w_i c_i / Σ w_i per batch, averaged, for CE, the class weights and both methods' weights."""
+    from longtail.methods import LazyTwoComponent, StepContext, TwoComponent
+    from .._models import linear_problem
+
+    bench = _load_benchmark()
+    model, x, y, vx, vy = linear_problem(5, 4, 3, 24, 9)
+    batches = [(x[:12], y[:12]), (x[12:], y[12:])]
+    counts = [20, 6, 2]
+    g = torch.Generator().manual_seed(4)
+    u = {"all": {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in model.named_parameters()}}
+    plain, lazy = TwoComponent(counts, eps_rule="normalized"), LazyTwoComponent(counts, eps_rule="normalized", inner_steps=3,
+                                                                                 gammas=(0.5,), inner_lr=5.0)
+    for method in (plain, lazy):
+        method.class_weights = method.class_weights.double()
+    out = bench.weight_agreement(model, plain, lazy, batches, lr=0.3, epoch=plain.meta_start, val=(vx, vy),
+                                 test_gradients=u)["test_descent"]
+    by_hand: dict[str, list[float]] = {}
+    for bx, by in batches:
+        # c_i by hand: the linear model's per-example gradient is exact in closed form, (softmax − onehot) ⊗ [x, 1]
+        with torch.no_grad():
+            p = torch.softmax(model(bx), 1) - torch.nn.functional.one_hot(by, 3)
+            c = (p @ u["all"]["weight"] * bx).sum(1) + p @ u["all"]["bias"]
+        for name, method in (("two-component", plain), ("lazy-two-component", lazy), ("ce", None), ("class weights", None)):
+            if method is not None:
+                method.loss(StepContext(copy.deepcopy(model), 0.3, method.meta_start, vx, vy), bx, by)
+                w = method.last_weights
+            else:
+                w = torch.ones(len(by), dtype=torch.float64) if name == "ce" else plain.class_weights[by]
+            by_hand.setdefault(name, []).append(float((w * c).sum() / w.sum()))
+    for name, values in by_hand.items():
+        assert out[name]["all"] == pytest.approx(sum(values) / 2, rel=1e-6), name
+    differences = [a - b for a, b in zip(by_hand["lazy-two-component"], by_hand["two-component"])]
+    assert max(map(abs, differences)) > 1e-6  # the far leap moves the weights, so the two differ
+    d = out["lazy_minus_two_component"]["all"]
+    assert d["mean"] == pytest.approx(sum(differences) / 2, rel=1e-5) and d["batches"] == 2
+    assert d["positive"] == sum(v > 0 for v in differences)
+    assert bench.weight_agreement(model, plain, lazy, batches, lr=0.3, epoch=plain.meta_start, val=(vx, vy))["test_descent"] is None
