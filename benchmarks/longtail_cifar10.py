@@ -200,7 +200,8 @@ def gradients_of_test_loss(model, images, labels, counts, *, prepare, chunk: int
     """∇θ of the mean test cross-entropy, over all test images and over each shot group's (``all``, ``many``,
     ``medium``, ``few``; groups without test images left out), as the evaluation sees the model: eval-mode
     BatchNorm, so chunks add up exactly and the model's buffers stay as they are. ``prepare`` turns uint8 images
-    into the model's input (the trainer's ``prepare_images``)."""
+    into the model's input (the trainer's ``prepare_images``). Each group's images run in their own chunks, so the
+    test set costs one forward and one backward in all; ``all`` is the groups' sum."""
     import torch
 
     from longtail.evaluation import SHOT_GROUPS, shot_group
@@ -208,26 +209,24 @@ def gradients_of_test_loss(model, images, labels, counts, *, prepare, chunk: int
 
     params = {k: v.detach().requires_grad_() for k, v in params_of(model).items()}
     group = torch.tensor([SHOT_GROUPS.index(shot_group(n)) for n in counts])[labels.cpu()]
-    sums = {g: [torch.zeros_like(v) for v in params.values()] for g in SHOT_GROUPS}
+    sums: dict[str, list] = {}
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(labels), chunk):
-            x = prepare(images[start:start + chunk])
-            y = labels[start:start + chunk].to(x.device)
-            losses = torch.nn.functional.cross_entropy(forward(model, params, {}, x), y, reduction="none")
-            for g, name in enumerate(SHOT_GROUPS):
-                mine = (group[start:start + chunk] == g).to(x.device)
-                if bool(mine.any()):
-                    grads = torch.autograd.grad(losses[mine].sum(), list(params.values()), retain_graph=True,
-                                                allow_unused=True, materialize_grads=True)
-                    for total, grad in zip(sums[name], grads):
-                        total += grad
+        for g, name in enumerate(SHOT_GROUPS):
+            members = torch.nonzero(group == g).flatten()
+            for start in range(0, len(members), chunk):
+                pick = members[start:start + chunk]
+                x = prepare(images[pick])
+                loss = torch.nn.functional.cross_entropy(forward(model, params, {}, x), labels[pick].to(x.device),
+                                                         reduction="sum")
+                grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True, materialize_grads=True)
+                sums[name] = list(grads) if name not in sums else [t + d for t, d in zip(sums[name], grads)]
     finally:
         model.train(was_training)
     sizes = {name: int((group == g).sum()) for g, name in enumerate(SHOT_GROUPS)}
-    out = {"all": {k: sum(sums[g][i] for g in SHOT_GROUPS) / len(labels) for i, k in enumerate(params)}}
-    out.update({g: {k: sums[g][i] / sizes[g] for i, k in enumerate(params)} for g in SHOT_GROUPS if sizes[g]})
+    out = {"all": {k: sum(sums[g][i] for g in sums) / len(labels) for i, k in enumerate(params)}}
+    out.update({g: {k: sums[g][i] / sizes[g] for i, k in enumerate(params)} for g in sums})
     return out
 
 

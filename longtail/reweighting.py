@@ -130,6 +130,7 @@ class LookAhead:
         self.batch_size = len(targets) if batch_size is None else int(batch_size)
         self.sum_over_ranks = sum_over_ranks
         self.divisor = virtual_divisor(reduction, self.batch_size)  # (of the whole batch under torchrun)
+        self._at_theta: Tensor | None = None  # the per-example losses at θ, once a pull-back has needed them
 
     def _per_example(self, params: Mapping[str, Tensor]) -> Tensor:
         with batch_statistics(self.model):
@@ -187,7 +188,9 @@ class LookAhead:
             # θ first: the sum takes θ's memory layout (v may be channels-last, see fast_layout), so the
             # real forward's kernels run and their rounding cancels in the difference.
             moved = self._per_example({k: t + h * tangent[k] for k, t in self.theta.items()})
-            here = self.losses.detach() if self.losses is not None else self._per_example(self.theta)
+            if self._at_theta is None:  # ℓ(θ) does not change: one forward serves every direction pulled back
+                self._at_theta = self.losses.detach() if self.losses is not None else self._per_example(self.theta)
+            here = self._at_theta
         return scale * (moved - here) / h
 
 
