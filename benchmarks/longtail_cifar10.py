@@ -196,6 +196,15 @@ def measure_cost(args, data, steps: int) -> dict:
             "lazy_over_ce": med["lazy-two-component"] / med["ce"], "steps": steps}
 
 
+def _shot_group_of_class(counts):
+    """Each class's shot group as its index in :data:`longtail.evaluation.SHOT_GROUPS` (a tensor over classes)."""
+    import torch
+
+    from longtail.evaluation import SHOT_GROUPS, shot_group
+
+    return torch.tensor([SHOT_GROUPS.index(shot_group(n)) for n in counts])
+
+
 def gradients_of_test_loss(model, images, labels, counts, *, prepare, chunk: int = 250) -> dict:
     """∇θ of the mean test cross-entropy, over all test images and over each shot group's (``all``, ``many``,
     ``medium``, ``few``; groups without test images left out), as the evaluation sees the model: eval-mode
@@ -204,11 +213,11 @@ def gradients_of_test_loss(model, images, labels, counts, *, prepare, chunk: int
     test set costs one forward and one backward in all; ``all`` is the groups' sum."""
     import torch
 
-    from longtail.evaluation import SHOT_GROUPS, shot_group
+    from longtail.evaluation import SHOT_GROUPS
     from lazyapps.functional import forward, params_of
 
     params = {k: v.detach().requires_grad_() for k, v in params_of(model).items()}
-    group = torch.tensor([SHOT_GROUPS.index(shot_group(n)) for n in counts])[labels.cpu()]
+    group = _shot_group_of_class(counts)[labels.cpu()]
     sums: dict[str, list] = {}
     was_training = model.training
     model.eval()
@@ -261,10 +270,10 @@ def weight_agreement(model, plain, lazy, batches, *, lr: float, epoch: int, val,
     """
     import torch
 
-    from longtail.evaluation import SHOT_GROUPS, shot_group
+    from longtail.evaluation import SHOT_GROUPS
     from longtail.methods import StepContext
 
-    group_of = torch.tensor([SHOT_GROUPS.index(shot_group(n)) for n in plain.counts])
+    group_of = _shot_group_of_class(plain.counts)
     shares: dict[str, list] = {plain.name: [], lazy.name: []}
     cos, overlap, dist = [], [], []
     descent: dict[str, dict[str, list[float]]] = {}
